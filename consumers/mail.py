@@ -1,0 +1,62 @@
+"""Customer e-mail: queued in the outbox inside the order's transaction, sent by the worker."""
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from urllib.parse import urlparse
+
+import structlog
+from sqlalchemy.orm import Session
+
+from models.events import Topic, enqueue
+from models.orders import Order
+from models.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SUBJECTS = {
+    "confirmation": "Thank you for your order {order_id}",
+    "payment_failed": "Your payment for order {order_id} did not go through",
+}
+
+
+def _body(order: Order, kind: str) -> str:
+    lines = [f"{line.quantity} x {line.name} ({line.sku}): {line.unit_amount * line.quantity} {order.currency.upper()}"
+             for line in order.lines]
+    if kind == "confirmation":
+        head = f"We have received your payment for order {order.id}."
+        tail = f"It will be shipped to {order.ship_name}, {order.ship_prefecture} {order.ship_address}."
+    else:
+        head = f"Your card was declined for order {order.id} ({order.failure_message or order.failure_code})."
+        tail = "Your items stay reserved for a while: you can try again with another card."
+    return "\n".join([head, "", *lines, f"Shipping: {order.shipping_fee}", f"Total: {order.total}", "", tail])
+
+
+def queue_order_mail(session: Session, order: Order, kind: str) -> None:
+    enqueue(session, Topic.MAIL, {
+        "kind": kind,
+        "order_id": order.id,
+        "to": order.email,
+        "subject": SUBJECTS[kind].format(order_id=order.id),
+        "body": _body(order, kind),
+    })
+
+
+def send_mail(settings: Settings, message: dict) -> None:
+    """Send one queued e-mail; without SMTP_URL it is written to the log instead."""
+    if not settings.smtp_url:
+        log.info("mail_logged", to=message["to"], subject=message["subject"], kind=message.get("kind"),
+                 order_id=message.get("order_id"))
+        return
+    url = urlparse(settings.smtp_url)
+    email = EmailMessage()
+    email["From"] = settings.mail_from
+    email["To"] = message["to"]
+    email["Subject"] = message["subject"]
+    email.set_content(message["body"])
+    smtp_cls = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
+    with smtp_cls(url.hostname or "localhost", url.port or (465 if url.scheme == "smtps" else 25), timeout=10) as smtp:
+        if url.username:
+            smtp.login(url.username, url.password or "")
+        smtp.send_message(email)
+    log.info("mail_sent", to=message["to"], kind=message.get("kind"), order_id=message.get("order_id"))

@@ -1,0 +1,38 @@
+"""The one place the service talks to Stripe's API (the official SDK): create, cancel, refund, list events."""
+from __future__ import annotations
+
+import stripe
+
+from models.settings import Settings
+
+
+class PaymentGatewayError(Exception):
+    """Stripe could not be reached or refused the call; the message says which."""
+
+
+def configure_stripe(settings: Settings) -> None:
+    stripe.api_key = settings.stripe_api_key
+    if settings.stripe_api_base:
+        stripe.api_base = settings.stripe_api_base.rstrip("/")
+    # Safe to retry: every call that changes money carries an idempotency key.
+    stripe.max_network_retries = 2
+    stripe.default_http_client = stripe.new_default_http_client(timeout=15)
+
+
+def create_payment_intent(*, order_id: str, amount: int, currency: str, email: str) -> stripe.PaymentIntent:
+    try:
+        return stripe.PaymentIntent.create(
+            amount=amount,
+            currency=currency,
+            metadata={"order_id": order_id, "email": email},
+            payment_method_types=["card"],
+            # Derived from the order, so a retried checkout can never create a second intent.
+            idempotency_key=f"order-{order_id}-payment-intent",
+        )
+    except stripe.StripeError as exc:
+        raise PaymentGatewayError(_describe(exc)) from exc
+
+
+def _describe(exc: stripe.StripeError) -> str:
+    message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {message}"

@@ -1,0 +1,109 @@
+"""Run one outbox message through its handler in one transaction; record retries and dead letters.
+
+The worker acknowledges a broker message only after this has committed. A crash before the
+commit leaves the message to be delivered again; after it, the next delivery finds the
+outbox row done and changes nothing.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from consumers.alerts import alert_staff
+from consumers.handlers import HANDLERS, Outcome
+from consumers.mail import send_mail
+from models.base import utcnow
+from models.db import transaction
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
+from models.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: str          # "done", "skipped", "retry", "dead", "missing"
+    detail: str = ""
+
+
+def run_event(session: Session, event: InboxEvent) -> Outcome:
+    """Apply a stored event's handler and write its outcome on the inbox row (idempotent)."""
+    structlog.contextvars.bind_contextvars(event_id=event.event_id, event_type=event.type)
+    data = event.data
+    intent_id = (data.get("data", {}).get("object") or {}).get("id")
+    if intent_id:
+        structlog.contextvars.bind_contextvars(payment_intent=intent_id)
+    handler = HANDLERS.get(event.type)
+    outcome = Outcome.ignored(f"event type {event.type} is not handled") if handler is None else handler(session, data)
+    event.attempts += 1
+    event.status = outcome.status
+    event.outcome = outcome.reason
+    event.order_id = outcome.order_id or event.order_id
+    event.last_error = None
+    event.processed_at = utcnow()
+    log.info("event_processed", status=outcome.status.value, reason=outcome.reason)
+    return outcome
+
+
+def process_message(factory: sessionmaker[Session], settings: Settings, outbox_id: int) -> Result:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
+    try:
+        with transaction(factory) as session:
+            message = session.scalars(
+                select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()
+            ).one_or_none()
+            if message is None:
+                return Result("missing", f"no outbox message {outbox_id}")
+            if message.status in (OutboxStatus.DONE, OutboxStatus.DEAD):
+                log.info("message_already_handled", status=message.status.value)
+                return Result("skipped", message.status.value)
+            alert = _handle(session, settings, message)
+            message.mark_done()
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped
+        return _record_failure(factory, settings, outbox_id, exc)
+    if alert:
+        alert_staff(settings, alert, event_id=structlog.contextvars.get_contextvars().get("event_id"))
+    return Result("done")
+
+
+def _handle(session: Session, settings: Settings, message: OutboxMessage) -> str | None:
+    if message.topic is Topic.MAIL:
+        send_mail(settings, message.body)
+        return None
+    event = session.scalars(
+        select(InboxEvent).where(InboxEvent.id == message.inbox_event_id).with_for_update()
+    ).one()
+    if event.status in (EventStatus.PROCESSED, EventStatus.IGNORED):
+        structlog.contextvars.bind_contextvars(event_id=event.event_id, event_type=event.type)
+        log.info("event_already_processed", status=event.status.value)
+        return None
+    return run_event(session, event).alert
+
+
+def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception) -> Result:
+    error = f"{type(exc).__name__}: {exc}"
+    trace = traceback.format_exc(limit=20)
+    with transaction(factory) as session:
+        message = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()
+        ).one()
+        again = message.schedule_retry(f"{error}\n{trace}", max_attempts=settings.max_attempts,
+                                       base_seconds=settings.retry_base_seconds)
+        event = message.inbox_event
+        if event is not None:
+            event.attempts = message.attempts
+            event.last_error = error
+            event.status = EventStatus.RETRYING if again else EventStatus.DEAD
+        attempts, next_at = message.attempts, message.available_at
+    if again:
+        log.warning("handler_failed_will_retry", error=error, attempts=attempts, next_attempt_at=next_at.isoformat())
+        return Result("retry", error)
+    log.error("message_dead_lettered", error=error, attempts=attempts)
+    alert_staff(settings, f"Message {outbox_id} was dead-lettered after {attempts} attempts: {error}",
+                outbox_id=outbox_id)
+    return Result("dead", error)

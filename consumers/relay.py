@@ -1,0 +1,121 @@
+"""`shop relay`: publish due outbox rows to the broker, re-publish lost ones, expire reservations."""
+from __future__ import annotations
+
+import signal
+import time
+
+import structlog
+from kombu import Producer
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from consumers.broker import EXCHANGE, QUEUES, connect
+from models.base import utcnow
+from models.catalog import Reservation, ReservationStatus
+from models.db import make_engine, make_session_factory, transaction
+from models.events import OutboxMessage, OutboxStatus
+from models.orders import OrderStatus, get_order, release_reservations
+from models.settings import Settings
+
+log = structlog.get_logger(__name__)
+BATCH = 200
+
+
+def publish_due(factory: sessionmaker[Session], producer: Producer, settings: Settings) -> int:
+    """Publish every outbox row that is due, mark it published, in one transaction.
+
+    Rows are claimed with SKIP LOCKED on PostgreSQL, so several relays share the work; on
+    SQLite the transaction's write lock does the same. If publishing fails the transaction
+    rolls back and the rows are published again later: a consumer may see a message twice,
+    which the handlers are built for, but never zero times.
+    """
+    now = utcnow()
+    with transaction(factory) as session:
+        rows = session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.PUBLISHED]),
+                   OutboxMessage.available_at <= now)
+            .order_by(OutboxMessage.id)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            if row.status is OutboxStatus.PUBLISHED:
+                log.warning("message_redelivered", outbox_id=row.id, deliveries=row.deliveries)
+            queue = QUEUES[row.topic]
+            producer.publish(
+                {"outbox_id": row.id},
+                exchange=EXCHANGE,
+                routing_key=queue.routing_key,
+                declare=[queue],
+                serializer="json",
+                delivery_mode=2,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
+            row.mark_published(settings.redelivery_seconds)
+    if rows:
+        log.info("outbox_published", count=len(rows))
+    return len(rows)
+
+
+def expire_reservations(factory: sessionmaker[Session]) -> int:
+    """Release stock whose hold ran out and cancel the unpaid orders that held it."""
+    now = utcnow()
+    with transaction(factory) as session:
+        order_ids = session.scalars(
+            select(Reservation.order_id)
+            .where(Reservation.status == ReservationStatus.ACTIVE, Reservation.expires_at <= now)
+            .distinct()
+            .limit(BATCH)
+        ).all()
+        for order_id in order_ids:
+            order = get_order(session, order_id, for_update=True)
+            released = release_reservations(session, order)
+            if order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED):
+                order.cancel("reservation expired before payment")
+            log.info("reservation_expired", order_id=order.id, units_released=released,
+                     order_status=order.status.value)
+    return len(order_ids)
+
+
+class Relay:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.factory = make_session_factory(self.engine)
+        self.stopping = False
+
+    def stop(self, *_args) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        log.info("relay_started")
+        while not self.stopping:
+            try:
+                self._loop()
+            except Exception as exc:  # noqa: BLE001 - broker or database down: the outbox keeps everything
+                log.warning("relay_paused", error=f"{type(exc).__name__}: {exc}")
+                time.sleep(1)
+        self.engine.dispose()
+        log.info("relay_stopped")
+
+    def _loop(self) -> None:
+        with connect(self.settings) as conn:
+            conn.ensure_connection(max_retries=3, interval_start=0.5, interval_step=1, interval_max=3)
+            producer = Producer(conn.default_channel)
+            log.info("relay_connected", broker=conn.as_uri())
+            last_expiry = 0.0
+            while not self.stopping:
+                published = publish_due(self.factory, producer, self.settings)
+                if time.monotonic() - last_expiry > 5:
+                    expire_reservations(self.factory)
+                    last_expiry = time.monotonic()
+                if published < BATCH:
+                    time.sleep(self.settings.relay_interval_seconds)
+
+
+def run_relay(settings: Settings) -> None:
+    Relay(settings).run()

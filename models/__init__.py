@@ -1,0 +1,16 @@
+"""The data and its rules: catalog and stock, carts, orders, shipping fees, the event inbox and outbox.
+
+Nothing here imports Flask or kombu.
+"""
+from models.base import Base, utcnow
+from models.carts import Cart, CartItem, CartStatus
+from models.catalog import Product, Reservation, ReservationStatus, Stock
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
+from models.orders import Order, OrderLine, OrderStatus, Shipment, ShippingAddress
+from models.shipping import ShippingRate
+
+__all__ = [
+    "Base", "utcnow", "Cart", "CartItem", "CartStatus", "Product", "Reservation", "ReservationStatus",
+    "Stock", "EventStatus", "InboxEvent", "OutboxMessage", "OutboxStatus", "Topic", "Order", "OrderLine",
+    "OrderStatus", "Shipment", "ShippingAddress", "ShippingRate",
+]

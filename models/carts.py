@@ -1,0 +1,103 @@
+"""Carts: a cart is checked out into an order and logically deleted once paid, never removed."""
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, Enum, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from models.base import Base, new_id, utcnow
+from models.catalog import Product
+from models.errors import Conflict, InvalidInput, NotFound
+
+MAX_QUANTITY = 99
+
+
+class CartStatus(str, enum.Enum):
+    OPEN = "open"
+    CHECKED_OUT = "checked_out"
+
+
+class Cart(Base):
+    __tablename__ = "carts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cart"))
+    status: Mapped[CartStatus] = mapped_column(
+        Enum(CartStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        default=CartStatus.OPEN,
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    items: Mapped[list["CartItem"]] = relationship(
+        back_populates="cart", order_by="CartItem.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def currency(self) -> str | None:
+        return self.items[0].currency if self.items else None
+
+    @property
+    def subtotal(self) -> int:
+        return sum(i.unit_amount * i.quantity for i in self.items)
+
+    def add(self, product: Product, quantity: int) -> "CartItem":
+        if self.deleted_at is not None or self.status is not CartStatus.OPEN:
+            raise Conflict(f"cart {self.id} is already checked out", field="cart_id")
+        if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
+            raise InvalidInput(f"quantity must be an integer from 1 to {MAX_QUANTITY}", field="quantity")
+        if self.currency is not None and product.currency != self.currency:
+            raise InvalidInput(
+                f"{product.sku} is priced in {product.currency}, this cart in {self.currency}", field="sku"
+            )
+        item = next((i for i in self.items if i.sku == product.sku), None)
+        if item is None:
+            item = CartItem(sku=product.sku, quantity=0, unit_amount=product.unit_amount, currency=product.currency)
+            self.items.append(item)
+        if item.quantity + quantity > MAX_QUANTITY:
+            raise InvalidInput(f"at most {MAX_QUANTITY} of one sku per cart", field="quantity")
+        item.quantity += quantity
+        item.unit_amount = product.unit_amount
+        return item
+
+    def delete_logically(self) -> None:
+        if self.deleted_at is None:
+            self.deleted_at = utcnow()
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "items": [{"sku": i.sku, "quantity": i.quantity, "unit_amount": i.unit_amount} for i in self.items],
+            "subtotal": self.subtotal,
+            "currency": self.currency,
+        }
+
+
+class CartItem(Base):
+    __tablename__ = "cart_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cart_id: Mapped[str] = mapped_column(ForeignKey("carts.id"), index=True)
+    sku: Mapped[str] = mapped_column(ForeignKey("products.sku"))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_amount: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+
+    cart: Mapped[Cart] = relationship(back_populates="items")
+
+    __table_args__ = (
+        UniqueConstraint("cart_id", "sku"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+    )
+
+
+def get_cart(session: Session, cart_id: str, *, for_update: bool = False) -> Cart:
+    query = select(Cart).where(Cart.id == cart_id, Cart.deleted_at.is_(None))
+    if for_update:
+        query = query.with_for_update()
+    cart = session.scalars(query).one_or_none()
+    if cart is None:
+        raise NotFound(f"no cart {cart_id}", field="cart_id")
+    return cart

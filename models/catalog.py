@@ -1,0 +1,129 @@
+"""Products and their stock. Stock is never negative and a unit is never reserved twice."""
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, Enum, ForeignKey, Integer, String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from models.base import Base, utcnow
+from models.errors import NotFound, OutOfStock
+
+
+class Product(Base):
+    __tablename__ = "products"
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    unit_amount: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    weight_grams: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    stock: Mapped["Stock"] = relationship(back_populates="product", uselist=False, lazy="joined")
+
+    __table_args__ = (CheckConstraint("unit_amount >= 0", name="unit_amount_not_negative"),)
+
+    def to_dict(self) -> dict:
+        return {
+            "sku": self.sku,
+            "name": self.name,
+            "unit_amount": self.unit_amount,
+            "currency": self.currency,
+            "on_hand": self.stock.on_hand,
+            "reserved": self.stock.reserved,
+            "available": self.stock.available,
+        }
+
+
+class Stock(Base):
+    """Units on the shelf (`on_hand`) and units held by checkouts awaiting payment (`reserved`)."""
+
+    __tablename__ = "stock"
+
+    sku: Mapped[str] = mapped_column(ForeignKey("products.sku"), primary_key=True)
+    on_hand: Mapped[int] = mapped_column(Integer, default=0)
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
+
+    product: Mapped[Product] = relationship(back_populates="stock")
+
+    __table_args__ = (
+        CheckConstraint("on_hand >= 0", name="on_hand_not_negative"),
+        CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+        CheckConstraint("reserved <= on_hand", name="reserved_within_on_hand"),
+    )
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+    def reserve(self, quantity: int) -> None:
+        _positive(quantity)
+        if quantity > self.available:
+            raise OutOfStock(self.sku, quantity, self.available)
+        self.reserved += quantity
+
+    def release(self, quantity: int) -> None:
+        """Give back units a reservation held (expired, cancelled or failed checkout)."""
+        _positive(quantity)
+        if quantity > self.reserved:
+            raise ValueError(f"cannot release {quantity} of {self.sku}: only {self.reserved} reserved")
+        self.reserved -= quantity
+
+    def consume(self, quantity: int) -> None:
+        """Turn reserved units into a real decrement: they leave the shelf."""
+        self.release(quantity)
+        self.on_hand -= quantity
+
+    def take(self, quantity: int) -> None:
+        """Decrement units that were not reserved (the reservation expired before payment)."""
+        _positive(quantity)
+        if quantity > self.available:
+            raise OutOfStock(self.sku, quantity, self.available)
+        self.on_hand -= quantity
+
+    def set_on_hand(self, on_hand: int) -> None:
+        if on_hand < self.reserved:
+            raise ValueError(f"{self.sku}: on hand {on_hand} is below the {self.reserved} units reserved")
+        self.on_hand = on_hand
+
+
+def _positive(quantity: int) -> None:
+    if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
+        raise ValueError(f"quantity must be a positive integer, got {quantity!r}")
+
+
+def lock_stock(session: Session, sku: str) -> Stock:
+    """Load a stock row for update (a row lock on PostgreSQL; SQLite's write lock is already held)."""
+    stock = session.scalars(select(Stock).where(Stock.sku == sku).with_for_update()).one_or_none()
+    if stock is None:
+        raise NotFound(f"unknown sku {sku}", field="sku")
+    return stock
+
+
+class ReservationStatus(str, enum.Enum):
+    ACTIVE = "active"
+    CONSUMED = "consumed"
+    RELEASED = "released"
+
+
+class Reservation(Base):
+    """Units held for one order until it is paid or the hold expires."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    sku: Mapped[str] = mapped_column(ForeignKey("products.sku"))
+    quantity: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    status: Mapped[ReservationStatus] = mapped_column(
+        Enum(ReservationStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        default=ReservationStatus.ACTIVE,
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)

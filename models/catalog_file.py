@@ -1,0 +1,105 @@
+"""`shop catalog load FILE`: validate a catalog document and apply it, updating by sku."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from models.catalog import Product, Stock
+from models.errors import InvalidInput
+from models.shipping import DEFAULT, ShippingRate, canonical_prefecture
+
+
+def read_catalog(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+    validate_catalog(data)
+    return data
+
+
+def _require(cond: bool, message: str, field: str) -> None:
+    if not cond:
+        raise InvalidInput(message, field=field)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_catalog(data) -> None:
+    _require(isinstance(data, dict), "the catalog must be an object", "catalog")
+    currency = data.get("currency")
+    _require(isinstance(currency, str) and len(currency) == 3, "currency must be a 3-letter code", "currency")
+    products = data.get("products")
+    _require(isinstance(products, list), "products must be a list", "products")
+    seen = set()
+    for i, p in enumerate(products):
+        where = f"products[{i}]"
+        _require(isinstance(p, dict), f"{where} must be an object", where)
+        _require(isinstance(p.get("sku"), str) and 0 < len(p["sku"]) <= 64, f"{where}.sku must be a string", f"{where}.sku")
+        _require(p["sku"] not in seen, f"{where}.sku {p['sku']} appears twice", f"{where}.sku")
+        seen.add(p["sku"])
+        _require(isinstance(p.get("name"), str) and p["name"].strip(), f"{where}.name must be a string", f"{where}.name")
+        for key in ("unit_amount", "stock"):
+            _require(_is_int(p.get(key)) and p[key] >= 0, f"{where}.{key} must be an integer >= 0", f"{where}.{key}")
+        if "weight_grams" in p:
+            _require(_is_int(p["weight_grams"]) and p["weight_grams"] >= 0,
+                     f"{where}.weight_grams must be an integer >= 0", f"{where}.weight_grams")
+    shipping = data.get("shipping")
+    if shipping is None:
+        return
+    _require(isinstance(shipping, dict), "shipping must be an object", "shipping")
+    free_over = shipping.get("free_over")
+    _require(free_over is None or (_is_int(free_over) and free_over >= 0),
+             "shipping.free_over must be an integer >= 0", "shipping.free_over")
+    rates = shipping.get("rates")
+    _require(isinstance(rates, list) and rates, "shipping.rates must be a non-empty list", "shipping.rates")
+    for i, rate in enumerate(rates):
+        where = f"shipping.rates[{i}]"
+        _require(isinstance(rate, dict), f"{where} must be an object", where)
+        _require(_is_int(rate.get("fee")) and rate["fee"] >= 0, f"{where}.fee must be an integer >= 0", f"{where}.fee")
+        prefs = rate.get("prefectures")
+        if prefs == DEFAULT:
+            continue
+        _require(isinstance(prefs, list) and prefs, f"{where}.prefectures must be a list or \"default\"",
+                 f"{where}.prefectures")
+        for name in prefs:
+            _require(isinstance(name, str) and canonical_prefecture(name) is not None,
+                     f"{where}.prefectures: unknown prefecture {name!r}", f"{where}.prefectures")
+
+
+def apply_catalog(session: Session, data: dict) -> dict:
+    """Insert or update every product by sku and replace the shipping table. Returns counts."""
+    currency = data["currency"].lower()
+    created = updated = 0
+    for p in data["products"]:
+        product = session.get(Product, p["sku"])
+        if product is None:
+            product = Product(sku=p["sku"], stock=Stock(on_hand=0, reserved=0))
+            session.add(product)
+            created += 1
+        else:
+            updated += 1
+        product.name = p["name"]
+        product.unit_amount = p["unit_amount"]
+        product.currency = currency
+        product.weight_grams = p.get("weight_grams", 0)
+        product.stock.set_on_hand(p["stock"])
+    rates = 0
+    if data.get("shipping") is not None:
+        session.execute(delete(ShippingRate))
+        free_over = data["shipping"].get("free_over")
+        for rate in data["shipping"]["rates"]:
+            names = [DEFAULT] if rate["prefectures"] == DEFAULT else [canonical_prefecture(n) for n in rate["prefectures"]]
+            for name in names:
+                session.add(ShippingRate(prefecture=name, fee=rate["fee"], currency=currency, free_over=free_over))
+                rates += 1
+    session.flush()
+    return {"created": created, "updated": updated, "shipping_rates": rates,
+            "products": len(session.scalars(select(Product.sku)).all())}

@@ -1,0 +1,180 @@
+"""The event inbox (every Stripe event, stored once) and the outbox (every message still to deliver).
+
+The outbox is also the retry schedule: a message that failed waits in it with its attempt
+count, next attempt time and last error, on every broker, so staff can see it and a broker
+restart cannot lose it.
+"""
+from __future__ import annotations
+
+import enum
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy import Boolean, Enum, ForeignKey, Integer, String, Text, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from models.base import Base, utcnow
+
+
+def _enum(enum_cls):
+    return Enum(enum_cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+
+
+class EventStatus(str, enum.Enum):
+    RECEIVED = "received"      # stored, waiting for a worker
+    PROCESSED = "processed"    # its handler ran and committed
+    IGNORED = "ignored"        # a type we do not handle, or no order of ours
+    RETRYING = "retrying"      # its handler failed; the next attempt is scheduled
+    DEAD = "dead"              # dead-lettered after the last attempt: a person must look
+
+
+class InboxEvent(Base):
+    __tablename__ = "inbox_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    type: Mapped[str] = mapped_column(String(100), index=True)
+    api_version: Mapped[str | None] = mapped_column(String(40), default=None)
+    livemode: Mapped[bool] = mapped_column(Boolean, default=False)
+    payload: Mapped[str] = mapped_column(Text)
+    object_id: Mapped[str | None] = mapped_column(String(255), index=True, default=None)
+    status: Mapped[EventStatus] = mapped_column(_enum(EventStatus), default=EventStatus.RECEIVED, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    outcome: Mapped[str | None] = mapped_column(Text, default=None)
+    order_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def data(self) -> dict:
+        return json.loads(self.payload)
+
+    def to_dict(self) -> dict:
+        return {
+            "event_id": self.event_id,
+            "type": self.type,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "outcome": self.outcome,
+            "order_id": self.order_id,
+            "object_id": self.object_id,
+            "received_at": self.received_at.isoformat(),
+            "processed_at": self.processed_at.isoformat() if self.processed_at else None,
+        }
+
+
+class OutboxStatus(str, enum.Enum):
+    PENDING = "pending"        # to publish when available_at is due
+    PUBLISHED = "published"    # on the broker; re-published if not done by available_at
+    DONE = "done"              # a consumer committed its effect
+    DEAD = "dead"              # out of attempts
+
+
+class Topic(str, enum.Enum):
+    STRIPE_EVENT = "stripe_event"
+    MAIL = "mail"
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    topic: Mapped[Topic] = mapped_column(_enum(Topic), index=True)
+    payload: Mapped[str] = mapped_column(Text)
+    inbox_event_id: Mapped[int | None] = mapped_column(ForeignKey("inbox_events.id"), index=True, default=None)
+    status: Mapped[OutboxStatus] = mapped_column(_enum(OutboxStatus), default=OutboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)      # failed handler runs
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)    # times put on the broker
+    available_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(default=None)
+    done_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    inbox_event: Mapped[InboxEvent | None] = relationship()
+
+    @property
+    def body(self) -> dict:
+        return json.loads(self.payload)
+
+    def schedule_retry(self, error: str, *, max_attempts: int, base_seconds: float) -> bool:
+        """Record a failed attempt; True if another is scheduled, False if this one was the last."""
+        self.attempts += 1
+        self.last_error = error
+        if self.attempts >= max_attempts:
+            self.status = OutboxStatus.DEAD
+            return False
+        self.status = OutboxStatus.PENDING
+        self.available_at = utcnow() + timedelta(seconds=retry_delay(self.attempts, base_seconds))
+        return True
+
+    def mark_published(self, redelivery_seconds: float) -> None:
+        """On the broker now; if no consumer finishes it in time, the relay publishes it again.
+
+        That covers a broker that loses an unacknowledged message (the file transport when a
+        worker is killed). The wait doubles with each delivery so a stopped worker pool does
+        not fill the queue with copies; a redelivery is not a failed attempt.
+        """
+        self.deliveries += 1
+        self.status = OutboxStatus.PUBLISHED
+        self.published_at = utcnow()
+        wait = redelivery_seconds * (2 ** min(self.deliveries - 1, 5))
+        self.available_at = self.published_at + timedelta(seconds=wait)
+
+    def mark_done(self) -> None:
+        self.status = OutboxStatus.DONE
+        self.done_at = utcnow()
+
+
+def retry_delay(attempt: int, base_seconds: float, cap_seconds: float = 3600.0) -> float:
+    """Exponential back-off: base, 2*base, 4*base, ... capped at an hour."""
+    return min(cap_seconds, base_seconds * (2 ** (attempt - 1)))
+
+
+def enqueue(session: Session, topic: Topic, body: dict, *, inbox_event: InboxEvent | None = None) -> OutboxMessage:
+    message = OutboxMessage(topic=topic, payload=json.dumps(body, sort_keys=True), inbox_event=inbox_event)
+    session.add(message)
+    return message
+
+
+HANDLED_EVENT_TYPES = frozenset(
+    {"payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled"}
+)
+
+
+def store_event(session: Session, event: dict, raw_payload: str) -> tuple[InboxEvent, bool]:
+    """Store a verified Stripe event once, with its outbox row, in the caller's transaction.
+
+    Returns (event, duplicate). Types the service does not handle are stored as ignored,
+    with no outbox row, so they stay visible and never reach a worker.
+    """
+    existing = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one_or_none()
+    if existing is not None:
+        return existing, True
+    obj = event.get("data", {}).get("object") or {}
+    inbox = InboxEvent(
+        event_id=event["id"],
+        type=event["type"],
+        api_version=event.get("api_version"),
+        livemode=bool(event.get("livemode", False)),
+        payload=raw_payload,
+        object_id=obj.get("id") if isinstance(obj.get("id"), str) else None,
+    )
+    if event["type"] not in HANDLED_EVENT_TYPES:
+        inbox.status = EventStatus.IGNORED
+        inbox.outcome = f"event type {event['type']} is not handled"
+        inbox.processed_at = utcnow()
+    try:
+        with session.begin_nested():
+            session.add(inbox)
+            session.flush()
+    except IntegrityError:
+        # Another process stored the same event id between our look-up and our insert.
+        existing = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
+        return existing, True
+    if inbox.status is EventStatus.RECEIVED:
+        enqueue(session, Topic.STRIPE_EVENT, {"event_id": inbox.event_id}, inbox_event=inbox)
+    return inbox, False

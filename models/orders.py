@@ -1,0 +1,305 @@
+"""Orders, their lines and shipment, and the order state machine (a status only moves forward)."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import CheckConstraint, Enum, ForeignKey, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from models.base import Base, new_id, utcnow
+from models.carts import Cart, CartStatus
+from models.catalog import Reservation, ReservationStatus, lock_stock
+from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound, OutOfStock
+from models.shipping import load_shipping_table
+
+
+class OrderStatus(str, enum.Enum):
+    PENDING_PAYMENT = "pending_payment"
+    PAYMENT_FAILED = "payment_failed"
+    PAID = "paid"
+    NEEDS_REVIEW = "needs_review"
+    CANCELLED = "cancelled"
+    REFUNDED = "refunded"
+
+
+S = OrderStatus
+# The one place the allowed moves are written down. Anything not listed is refused, so a
+# late or replayed event can never move an order backwards (a paid order never becomes
+# payment_failed again). payment_failed -> payment_failed records a second declined card.
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    S.PENDING_PAYMENT: frozenset({S.PAYMENT_FAILED, S.PAID, S.NEEDS_REVIEW, S.CANCELLED}),
+    S.PAYMENT_FAILED: frozenset({S.PAYMENT_FAILED, S.PAID, S.NEEDS_REVIEW, S.CANCELLED}),
+    S.PAID: frozenset({S.NEEDS_REVIEW, S.REFUNDED}),
+    S.NEEDS_REVIEW: frozenset({S.PAID, S.REFUNDED, S.CANCELLED}),
+    S.CANCELLED: frozenset({S.NEEDS_REVIEW}),
+    S.REFUNDED: frozenset(),
+}
+
+
+def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
+    return target in TRANSITIONS[current]
+
+
+def _status_enum(enum_cls):
+    return Enum(enum_cls, native_enum=False, length=24, values_callable=lambda e: [m.value for m in e])
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ord"))
+    cart_id: Mapped[str] = mapped_column(ForeignKey("carts.id"), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
+    email: Mapped[str] = mapped_column(String(254))
+    status: Mapped[OrderStatus] = mapped_column(_status_enum(OrderStatus), default=S.PENDING_PAYMENT, index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    subtotal: Mapped[int] = mapped_column(Integer)
+    shipping_fee: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    ship_name: Mapped[str] = mapped_column(String(200))
+    ship_postal_code: Mapped[str] = mapped_column(String(16))
+    ship_prefecture: Mapped[str] = mapped_column(String(32))
+    ship_address: Mapped[str] = mapped_column(String(500))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
+    client_secret: Mapped[str | None] = mapped_column(String(255), default=None)
+    reserved_until: Mapped[datetime]
+    payment_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failure_code: Mapped[str | None] = mapped_column(String(100), default=None)
+    failure_message: Mapped[str | None] = mapped_column(Text, default=None)
+    review_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    cancel_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    paid_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    lines: Mapped[list["OrderLine"]] = relationship(
+        back_populates="order", order_by="OrderLine.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+    shipment: Mapped["Shipment | None"] = relationship(back_populates="order", uselist=False, lazy="selectin")
+    reservations: Mapped[list[Reservation]] = relationship(order_by=Reservation.id, lazy="selectin")
+
+    __table_args__ = (CheckConstraint("total = subtotal + shipping_fee", name="total_adds_up"),)
+
+    def _move(self, target: OrderStatus) -> None:
+        if not can_transition(self.status, target):
+            raise IllegalTransition(self.id, self.status.value, target.value)
+        self.status = target
+
+    def mark_paid(self) -> None:
+        self._move(S.PAID)
+        self.paid_at = utcnow()
+        self.failure_code = None
+        self.failure_message = None
+
+    def record_failed_attempt(self, code: str | None, message: str | None) -> None:
+        self._move(S.PAYMENT_FAILED)
+        self.payment_attempts += 1
+        self.failure_code = code
+        self.failure_message = message
+
+    def flag_for_review(self, reason: str) -> None:
+        self._move(S.NEEDS_REVIEW)
+        self.review_reason = reason
+
+    def cancel(self, reason: str) -> None:
+        self._move(S.CANCELLED)
+        self.cancel_reason = reason
+
+    def to_dict(self) -> dict:
+        shipment = self.shipment.to_dict() if self.shipment else None
+        return {
+            "order_id": self.id,
+            "status": self.status.value,
+            "email": self.email,
+            "subtotal": self.subtotal,
+            "shipping_fee": self.shipping_fee,
+            "total": self.total,
+            "currency": self.currency,
+            "lines": [line.to_dict() for line in self.lines],
+            "shipment": shipment,
+            "payment_intent_id": self.payment_intent_id,
+            "failure_code": self.failure_code,
+            "failure_message": self.failure_message,
+            "review_reason": self.review_reason,
+            "created_at": self.created_at.isoformat(),
+            "paid_at": self.paid_at.isoformat() if self.paid_at else None,
+        }
+
+
+class OrderLine(Base):
+    __tablename__ = "order_lines"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    sku: Mapped[str] = mapped_column(ForeignKey("products.sku"))
+    name: Mapped[str] = mapped_column(String(200))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_amount: Mapped[int] = mapped_column(Integer)
+
+    order: Mapped[Order] = relationship(back_populates="lines")
+
+    def to_dict(self) -> dict:
+        return {
+            "sku": self.sku,
+            "name": self.name,
+            "quantity": self.quantity,
+            "unit_amount": self.unit_amount,
+            "amount": self.unit_amount * self.quantity,
+        }
+
+
+class Shipment(Base):
+    __tablename__ = "shipments"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("shp"))
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    postal_code: Mapped[str] = mapped_column(String(16))
+    prefecture: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(500))
+    fee: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    order: Mapped[Order] = relationship(back_populates="shipment")
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "name": self.name,
+            "postal_code": self.postal_code,
+            "prefecture": self.prefecture,
+            "address": self.address,
+            "fee": self.fee,
+        }
+
+
+@dataclass(frozen=True)
+class ShippingAddress:
+    name: str
+    postal_code: str
+    prefecture: str
+    address: str
+
+
+def place_order(
+    session: Session,
+    cart: Cart,
+    *,
+    email: str,
+    shipping: ShippingAddress,
+    reservation_ttl_seconds: int,
+    idempotency_key: str | None = None,
+) -> Order:
+    """Reserve the cart's stock and create the order in pending_payment, in the caller's transaction.
+
+    Stock rows are locked in sku order so that two checkouts never deadlock each other.
+    """
+    if cart.status is not CartStatus.OPEN:
+        raise Conflict(f"cart {cart.id} is already checked out", field="cart_id")
+    if not cart.items:
+        raise InvalidInput(f"cart {cart.id} is empty", field="cart_id")
+    reserved_until = utcnow() + timedelta(seconds=reservation_ttl_seconds)
+    order = Order(
+        cart_id=cart.id,
+        idempotency_key=idempotency_key,
+        email=email,
+        currency=cart.currency,
+        ship_name=shipping.name,
+        ship_postal_code=shipping.postal_code,
+        ship_prefecture=shipping.prefecture,
+        ship_address=shipping.address,
+        reserved_until=reserved_until,
+    )
+    for item in sorted(cart.items, key=lambda i: i.sku):
+        stock = lock_stock(session, item.sku)
+        stock.reserve(item.quantity)
+        order.lines.append(
+            OrderLine(sku=item.sku, name=stock.product.name, quantity=item.quantity, unit_amount=item.unit_amount)
+        )
+        order.reservations.append(Reservation(sku=item.sku, quantity=item.quantity, expires_at=reserved_until))
+    order.subtotal = cart.subtotal
+    try:
+        order.shipping_fee = load_shipping_table(session).fee_for(shipping.prefecture, order.subtotal)
+    except LookupError as exc:
+        raise InvalidInput(str(exc), field="shipping.prefecture") from exc
+    order.total = order.subtotal + order.shipping_fee
+    cart.status = CartStatus.CHECKED_OUT
+    session.add(order)
+    session.flush()
+    return order
+
+
+def release_reservations(session: Session, order: Order) -> int:
+    """Give back every unit the order still holds; returns how many units were released."""
+    released = 0
+    for reservation in order.reservations:
+        if reservation.status is ReservationStatus.ACTIVE:
+            lock_stock(session, reservation.sku).release(reservation.quantity)
+            reservation.status = ReservationStatus.RELEASED
+            reservation.closed_at = utcnow()
+            released += reservation.quantity
+    return released
+
+
+def consume_reservations(session: Session, order: Order) -> list[str]:
+    """Decrement stock for a paid order exactly once.
+
+    Reserved units are consumed; units whose reservation already lapsed are taken from what
+    is available. Returns the skus that could not be covered (paid but out of stock): the
+    caller flags the order for a person, the service never refunds on its own.
+    """
+    short: list[str] = []
+    for reservation in order.reservations:
+        stock = lock_stock(session, reservation.sku)
+        if reservation.status is ReservationStatus.ACTIVE:
+            stock.consume(reservation.quantity)
+        elif reservation.status is ReservationStatus.RELEASED:
+            try:
+                stock.take(reservation.quantity)
+            except OutOfStock:
+                short.append(reservation.sku)
+                continue
+        else:
+            continue
+        reservation.status = ReservationStatus.CONSUMED
+        reservation.closed_at = utcnow()
+    return short
+
+
+def create_shipment(session: Session, order: Order) -> Shipment:
+    if order.shipment is None:
+        order.shipment = Shipment(
+            name=order.ship_name,
+            postal_code=order.ship_postal_code,
+            prefecture=order.ship_prefecture,
+            address=order.ship_address,
+            fee=order.shipping_fee,
+        )
+        session.flush()
+    return order.shipment
+
+
+def get_order(session: Session, order_id: str, *, for_update: bool = False) -> Order:
+    query = select(Order).where(Order.id == order_id)
+    if for_update:
+        query = query.with_for_update()
+    order = session.scalars(query).one_or_none()
+    if order is None:
+        raise NotFound(f"no order {order_id}", field="order_id")
+    return order
+
+
+def find_order_for_payment_intent(session: Session, payment_intent_id: str, order_id: str | None) -> Order | None:
+    """The order a PaymentIntent pays for, locked: by the PaymentIntent id, else by metadata.order_id."""
+    order = session.scalars(
+        select(Order).where(Order.payment_intent_id == payment_intent_id).with_for_update()
+    ).one_or_none()
+    if order is None and order_id:
+        order = session.scalars(select(Order).where(Order.id == order_id).with_for_update()).one_or_none()
+        if order is not None and order.payment_intent_id not in (None, payment_intent_id):
+            return None
+    return order

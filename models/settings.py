@@ -1,0 +1,93 @@
+"""Configuration read from the environment once, into one small typed object."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _int(env: dict, name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///instance/shop.db"
+    broker_url: str = "filesystem://instance/broker"
+    stripe_api_key: str = "sk_test_local"
+    stripe_api_base: str | None = None
+    webhook_secrets: tuple[str, ...] = ()
+    reservation_ttl_seconds: int = 1800
+    smtp_url: str | None = None
+    staff_alert_url: str | None = None
+    log_format: str = "json"
+    # Not in the public contract: tuning knobs with safe defaults.
+    max_webhook_bytes: int = 256 * 1024
+    webhook_tolerance_seconds: int = 300
+    max_attempts: int = 8
+    retry_base_seconds: float = 2.0
+    redelivery_seconds: float = 120.0
+    relay_interval_seconds: float = 0.2
+    worker_prefetch: int = 10
+    mail_from: str = "shop@example.com"
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip())
+        log_format = env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+        return cls(
+            database_url=resolve_sqlite_path(env.get("DATABASE_URL") or cls.database_url),
+            broker_url=env.get("BROKER_URL") or cls.broker_url,
+            stripe_api_key=env.get("STRIPE_API_KEY") or cls.stripe_api_key,
+            stripe_api_base=env.get("STRIPE_API_BASE") or None,
+            webhook_secrets=secrets,
+            reservation_ttl_seconds=_int(env, "RESERVATION_TTL_SECONDS", cls.reservation_ttl_seconds),
+            smtp_url=env.get("SMTP_URL") or None,
+            staff_alert_url=env.get("STAFF_ALERT_URL") or None,
+            log_format=log_format,
+            max_webhook_bytes=_int(env, "WEBHOOK_MAX_BYTES", cls.max_webhook_bytes),
+            max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts),
+            retry_base_seconds=_float(env, "RETRY_BASE_SECONDS", cls.retry_base_seconds),
+            redelivery_seconds=_float(env, "REDELIVERY_SECONDS", cls.redelivery_seconds),
+            relay_interval_seconds=_float(env, "RELAY_INTERVAL_SECONDS", cls.relay_interval_seconds),
+            worker_prefetch=_int(env, "WORKER_PREFETCH", cls.worker_prefetch),
+            mail_from=env.get("MAIL_FROM") or cls.mail_from,
+        )
+
+    @property
+    def broker_folder(self) -> Path | None:
+        """The folder of the embedded file-backed transport, or None for a server broker."""
+        if not self.broker_url.startswith("filesystem://"):
+            return None
+        rest = self.broker_url[len("filesystem://"):] or "instance/broker"
+        return Path(rest).resolve()
+
+
+def resolve_sqlite_path(url: str) -> str:
+    """Make a relative SQLite path absolute against the working directory and create its folder."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == "sqlite:///:memory:":
+        return url
+    path = Path(url[len(prefix):].split("?")[0])
+    query = url[len(prefix) + len(url[len(prefix):].split("?")[0]):]
+    path = path if path.is_absolute() else Path.cwd() / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"{prefix}{path}{query}"

@@ -1,0 +1,58 @@
+"""HTTP side of the service: the app factory, its blueprints, and the `shop` CLI."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from flask import Flask, current_app, g, request
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from consumers.payments import configure_stripe
+from models.base import new_id
+from models.db import make_engine, make_session_factory
+from models.logs import configure_logging
+from models.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_format)
+    configure_stripe(settings)
+    app = Flask(__name__)
+    engine = make_engine(settings.database_url)
+    app.extensions["shop"] = AppState(settings, engine, make_session_factory(engine))
+
+    from webhook_app.errors import register_error_handlers
+    from webhook_app.health import bp as health_bp
+    from webhook_app.shop_api import bp as shop_bp
+    from webhook_app.webhooks import bp as webhooks_bp
+
+    register_error_handlers(app)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(shop_bp)
+    app.register_blueprint(webhooks_bp)
+
+    @app.before_request
+    def _bind_request_id():
+        structlog.contextvars.clear_contextvars()
+        g.request_id = request.headers.get("X-Request-Id") or new_id("req")
+        structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    return app
+
+
+def state() -> AppState:
+    return current_app.extensions["shop"]

@@ -1,0 +1,222 @@
+"""The `shop` command: migrations, catalog, the long-running processes, and staff tools.
+
+Exit codes: 0 success, 1 operation failed, 2 bad usage or unknown id.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+
+from models.settings import Settings
+
+DEV_ENV = Path("instance/dev.env")
+
+
+def _load_dev_env() -> None:
+    """Pick up what `make run` generated (local Stripe base, webhook secret) when not set."""
+    import os
+
+    if not DEV_ENV.is_file():
+        return
+    for line in DEV_ENV.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip())
+
+
+class UnknownId(click.ClickException):
+    exit_code = 2
+
+
+def _settings() -> Settings:
+    from models.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_format)
+    return settings
+
+
+def _sessions(settings: Settings):
+    from models.db import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(settings.database_url))
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def shop():
+    """Order-payment service: Stripe webhooks in, paid orders and shipments out."""
+
+
+@shop.group()
+def db():
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to migrate to.")
+def db_upgrade(revision):
+    """Migrate the database at DATABASE_URL to the latest schema."""
+    from models.migrations import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database migrated to {revision}")
+
+
+@shop.group()
+def catalog():
+    """Products, stock and shipping rates."""
+
+
+@catalog.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def catalog_load(file):
+    """Load products, stock and shipping rates from FILE (JSON or YAML); loading again updates by sku."""
+    from models.catalog_file import apply_catalog, read_catalog
+    from models.db import transaction
+    from models.errors import DomainError
+
+    settings = _settings()
+    try:
+        data = read_catalog(file)
+        with transaction(_sessions(settings)) as session:
+            counts = apply_catalog(session, data)
+    except DomainError as exc:
+        raise click.ClickException(f"{file}: {exc.message}") from exc
+    except ValueError as exc:
+        raise click.ClickException(f"{file}: {exc}") from exc
+    click.echo(f"catalog loaded: {counts['created']} created, {counts['updated']} updated, "
+               f"{counts['shipping_rates']} shipping rates")
+
+
+@shop.command()
+def worker():
+    """Consume the work queues and run each message through its handler (ack after commit)."""
+    from consumers.payments import configure_stripe
+    from consumers.worker import run_worker
+
+    settings = _settings()
+    configure_stripe(settings)
+    run_worker(settings)
+
+
+@shop.command()
+def relay():
+    """Publish the outbox to the broker, re-publish lost messages, expire reservations."""
+    from consumers.relay import run_relay
+
+    run_relay(_settings())
+
+
+@shop.group()
+def events():
+    """Stripe events stored in the inbox."""
+
+
+@events.command("list")
+@click.option("--status", help="received, processed, ignored, retrying or dead")
+@click.option("--type", "event_type", help="e.g. payment_intent.succeeded")
+@click.option("--limit", default=50, show_default=True)
+def events_list(status, event_type, limit):
+    """List stored events, newest first."""
+    from models.events import EventStatus, InboxEvent
+
+    settings = _settings()
+    query = select(InboxEvent).order_by(InboxEvent.id.desc()).limit(limit)
+    if status:
+        try:
+            query = query.where(InboxEvent.status == EventStatus(status))
+        except ValueError:
+            raise click.BadParameter(f"unknown status {status!r}", param_hint="--status")
+    if event_type:
+        query = query.where(InboxEvent.type == event_type)
+    with _sessions(settings)() as session:
+        rows = session.scalars(query).all()
+        for e in rows:
+            click.echo(f"{e.event_id}  {e.type:<32} {e.status.value:<10} attempts={e.attempts} "
+                       f"order={e.order_id or '-'}  {e.outcome or e.last_error or ''}")
+        if not rows:
+            click.echo("no events")
+
+
+def _find_event(session, event_id: str):
+    from models.events import InboxEvent
+
+    event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)).one_or_none()
+    if event is None:
+        raise UnknownId(f"no stored event {event_id}")
+    return event
+
+
+@events.command("show")
+@click.argument("event_id")
+def events_show(event_id):
+    """Show one stored event: its status, outcome and payload."""
+    settings = _settings()
+    with _sessions(settings)() as session:
+        event = _find_event(session, event_id)
+        _echo_json({**event.to_dict(), "payload": event.data})
+
+
+@events.command("replay")
+@click.argument("event_id")
+def events_replay(event_id):
+    """Run a stored event through its handler again, now (idempotent: a second run changes nothing)."""
+    from consumers.payments import configure_stripe
+    from consumers.processing import run_event
+    from models.db import transaction
+
+    settings = _settings()
+    configure_stripe(settings)
+    with transaction(_sessions(settings)) as session:
+        event = _find_event(session, event_id)
+        outcome = run_event(session, event)
+    click.echo(f"{event_id}: {outcome.status.value} ({outcome.reason})")
+
+
+@events.command("send")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", default="http://127.0.0.1:8000/webhooks/stripe", show_default=True)
+@click.option("--fresh-id", is_flag=True, help="Give the event a new id and created time before sending.")
+def events_send(file, url, fresh_id):
+    """Sign a Stripe event from FILE with the configured secret and POST it to the service."""
+    from webhook_app.signing import post_signed_event
+
+    settings = Settings.from_env()
+    if not settings.webhook_secrets:
+        raise click.UsageError("STRIPE_WEBHOOK_SECRETS is not set: there is no secret to sign with")
+    try:
+        event = json.loads(file.read_text())
+    except ValueError as exc:
+        raise click.UsageError(f"{file} is not JSON: {exc}")
+    status, body = post_signed_event(url, event, settings.webhook_secrets[0], fresh_id=fresh_id)
+    click.echo(f"{status} {body}")
+    if status >= 300:
+        sys.exit(1)
+
+
+@shop.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The running service.")
+@click.option("--card", default="4242424242424242", show_default=True,
+              help="Test card; 4000000000000341 is declined.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the webhook.")
+def demo(url, card, timeout):
+    """A complete purchase against localstripe, step by step."""
+    from webhook_app.demo import run_demo
+
+    settings = Settings.from_env()
+    ok = run_demo(url.rstrip("/"), settings, card=card, timeout=timeout, echo=click.echo)
+    sys.exit(0 if ok else 1)
+
+
+def main() -> None:
+    _load_dev_env()
+    shop()

@@ -1,0 +1,84 @@
+"""`make run`: migrate, load the demo catalog, start localstripe if needed, then every Procfile process.
+
+Writes instance/dev.env (local Stripe base and the generated webhook secret) so that `shop`
+commands run from this directory, such as `shop demo`, use the same settings.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from webhook_app.cli import DEV_ENV, _load_dev_env
+
+WEB_PORT = int(os.environ.get("WEB_PORT", "8000"))
+LOCALSTRIPE_PORT = int(os.environ.get("LOCALSTRIPE_PORT", "8420"))
+CATALOG = Path(__file__).parent / "data" / "demo_catalog.json"
+
+
+def _wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing listens on port {port} after {timeout} s")
+
+
+def _dev_env() -> dict:
+    DEV_ENV.parent.mkdir(parents=True, exist_ok=True)
+    _load_dev_env()
+    values = {}
+    uses_localstripe = not os.environ.get("STRIPE_API_BASE") and os.environ.get("STRIPE_API_KEY", "sk_test_local") == "sk_test_local"
+    if uses_localstripe:
+        values["STRIPE_API_BASE"] = f"http://127.0.0.1:{LOCALSTRIPE_PORT}"
+    values["STRIPE_WEBHOOK_SECRETS"] = os.environ.get("STRIPE_WEBHOOK_SECRETS") or f"whsec_{secrets.token_hex(24)}"
+    DEV_ENV.write_text("# written by `make run`\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
+    os.environ.update(values)
+    return values
+
+
+def main() -> int:
+    bin_dir = Path(sys.executable).parent
+    shop = str(bin_dir / "shop")
+    env_values = _dev_env()
+    subprocess.run([shop, "db", "upgrade"], check=True)
+    subprocess.run([shop, "catalog", "load", str(CATALOG)], check=True)
+    children = []
+    if "STRIPE_API_BASE" in env_values:
+        children.append(subprocess.Popen([str(bin_dir / "localstripe"), "--port", str(LOCALSTRIPE_PORT),
+                                          "--from-scratch"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_for_port(LOCALSTRIPE_PORT)
+        secret = env_values["STRIPE_WEBHOOK_SECRETS"].split(",")[0]
+        body = f"url=http://127.0.0.1:{WEB_PORT}/webhooks/stripe&secret={secret}".encode()
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{LOCALSTRIPE_PORT}/_config/webhooks/shop", data=body, method="POST"), timeout=5)
+    env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{WEB_PORT}", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    print(f"web        http://127.0.0.1:{WEB_PORT}  (POST /webhooks/stripe, GET /products, /readyz, /metrics)")
+    if "STRIPE_API_BASE" in env_values:
+        print(f"localstripe {env_values['STRIPE_API_BASE']}  (webhooks to the web process, secret in {DEV_ENV})")
+    print("worker, relay  on the embedded transport under instance/broker")
+    print("try it:    .venv/bin/shop demo      (in another terminal, from this directory)")
+    sys.stdout.flush()
+    honcho = subprocess.Popen([str(bin_dir / "honcho"), "start", "-f", "Procfile", "web", "worker", "relay"], env=env)
+    children.append(honcho)
+    signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGINT))
+    try:
+        return honcho.wait()
+    except KeyboardInterrupt:
+        return honcho.wait()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

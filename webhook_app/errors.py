@@ -1,0 +1,46 @@
+"""Every error that crosses the HTTP boundary has one shape: {"error": {"code", "message", "field"?}}."""
+from __future__ import annotations
+
+import structlog
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from models.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
+
+log = structlog.get_logger(__name__)
+
+STATUS_FOR = {NotFound: 404, InvalidInput: 422, Conflict: 409, IllegalTransition: 409}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None):
+    error = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return jsonify({"error": error}), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+
+    @app.errorhandler(DomainError)
+    def _domain_error(exc: DomainError):
+        status = next((s for cls, s in STATUS_FOR.items() if isinstance(exc, cls)), 400)
+        return error_response(status, exc.code, exc.message, exc.field)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("request_failed")
+        return error_response(500, "internal_error", "the service failed to handle this request; it was logged")
