@@ -1,0 +1,126 @@
+"""Fixtures: a migrated real database, the Flask app on it, a real localstripe, and message delivery."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from kombu import Consumer, Producer
+
+from consumers.broker import QUEUES, connect
+from consumers.relay import publish_due
+from consumers.worker import Worker
+from models.catalog_file import apply_catalog
+from models.db import make_engine, make_session_factory, transaction
+from models.migrations import upgrade
+from models.settings import Settings
+from tests.support import CATALOG, SHIPPING, WEBHOOK_SECRET, LocalStripe, signed_headers, use_stripe
+
+
+@pytest.fixture(scope="session")
+def localstripe(tmp_path_factory):
+    server = LocalStripe(tmp_path_factory.mktemp("localstripe"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path, localstripe) -> Settings:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    upgrade(url)
+    return Settings(
+        database_url=url,
+        broker_url=f"memory://localhost/{tmp_path.name}",
+        stripe_api_base=localstripe.base,
+        webhook_secrets=(WEBHOOK_SECRET,),
+        log_format="console",
+        retry_base_seconds=0.0,
+        max_attempts=3,
+    )
+
+
+@pytest.fixture
+def sessions(settings):
+    engine = make_engine(settings.database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def catalog(sessions):
+    with transaction(sessions) as session:
+        apply_catalog(session, json.loads(json.dumps(CATALOG)))
+    return CATALOG
+
+
+@pytest.fixture
+def app(settings, catalog):
+    from webhook_app import create_app
+
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    use_stripe(settings.stripe_api_base)
+    yield app
+    app.extensions["shop"].engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def post_event(client):
+    """POST an event to the webhook endpoint, signed with Stripe's scheme."""
+
+    def post(event: dict | str, secret: str = WEBHOOK_SECRET, timestamp: int | None = None):
+        payload = event if isinstance(event, str) else json.dumps(event)
+        return client.post("/webhooks/stripe", data=payload, headers=signed_headers(payload, secret, timestamp))
+
+    return post
+
+
+@pytest.fixture
+def checkout(client):
+    """Cart -> items -> checkout through the API, as a shop's front end does. Returns the 201 body."""
+
+    def place(items=(("TEA-01", 2),), *, email="buyer@example.com", shipping=SHIPPING, key=None):
+        cart = client.post("/carts").get_json()
+        for sku, quantity in items:
+            response = client.post(f"/carts/{cart['id']}/items", json={"sku": sku, "quantity": quantity})
+            assert response.status_code == 200, response.get_json()
+        headers = {"Idempotency-Key": key} if key else {}
+        response = client.post("/checkout", json={"cart_id": cart["id"], "email": email, "shipping": shipping},
+                               headers=headers)
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()
+
+    return place
+
+
+@pytest.fixture
+def deliver(settings, sessions):
+    """Relay the outbox through the in-memory broker and let a worker consume until nothing is left."""
+    worker = Worker(settings)
+
+    def run(max_rounds: int = 20) -> int:
+        handled = 0
+        with connect(settings) as conn:
+            producer = Producer(conn.default_channel)
+            seen = []
+            with Consumer(conn, queues=list(QUEUES.values()), accept=["json"],
+                          callbacks=[lambda body, message: (seen.append(body), worker.on_message(body, message))]):
+                for _ in range(max_rounds):
+                    published = publish_due(sessions, producer, settings)
+                    before = len(seen)
+                    while True:
+                        try:
+                            conn.drain_events(timeout=0.05)
+                        except TimeoutError:
+                            break
+                    if not published and len(seen) == before:
+                        break
+            handled = len(seen)
+        return handled
+
+    yield run
+    worker.engine.dispose()
