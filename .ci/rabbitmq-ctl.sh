@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016  # single-quoted `bash -c` snippets get their args as $1 on purpose
 # Control the throwaway RabbitMQ node started by .ci/services.sh.
 #
 #   .ci/rabbitmq-ctl.sh start     start the node (same data dir, same ports); waits until AMQP answers
@@ -24,7 +25,8 @@ die() { echo "rabbitmq-ctl: $*" >&2; exit 1; }
 
 D="$SHOP_CI_RABBIT_DIR"
 PORT="$SHOP_CI_RABBIT_PORT"
-PID_FILE="$D/rabbit.pid"
+PID_FILE="$D/rabbit.pid"          # beam.smp pid, written by the node early during boot
+LAUNCHER_FILE="$D/launcher.pid"   # pid of the runuser process that wraps rabbitmq-server
 LOG="$D/log/rabbit.log"
 CONSOLE_LOG="$D/log/console.log"
 TIMEOUT="${SHOP_CI_RABBIT_TIMEOUT:-90}"
@@ -70,8 +72,17 @@ alive() {
 node_pid() {
   local pid
   [ -s "$PID_FILE" ] || return 1
-  pid=$(tr -dc 0-9 <"$PID_FILE")
+  pid=$({ tr -dc 0-9 <"$PID_FILE"; } 2>/dev/null) || return 1
   [ -n "$pid" ] && alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = beam.smp ] || return 1
+  echo "$pid"
+}
+
+# PID of the still-running launcher (runuser -> sh rabbitmq-server -> beam.smp), or nothing
+launcher_pid() {
+  local pid
+  [ -s "$LAUNCHER_FILE" ] || return 1
+  pid=$({ tr -dc 0-9 <"$LAUNCHER_FILE"; } 2>/dev/null) || return 1
+  [ -n "$pid" ] && alive "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = runuser ] || return 1
   echo "$pid"
 }
 
@@ -99,10 +110,10 @@ do_start() {
     echo "rabbitmq-ctl: already running on 127.0.0.1:$PORT"
     return 0
   fi
-  if pid=$(node_pid); then
+  if pid=$(node_pid) || pid=$(launcher_pid); then
     echo "rabbitmq-ctl: node (pid $pid) is booting, waiting for it"
   else
-    rm -f "$PID_FILE"
+    rm -f "$PID_FILE" "$LAUNCHER_FILE"
     if port_open; then
       die "something else listens on 127.0.0.1:$PORT but does not speak AMQP"
     fi
@@ -112,6 +123,7 @@ do_start() {
     ( cd "$D" && exec setsid runuser -u rabbitmq -- env -i "${RENV[@]}" "$RABBIT_LIB/rabbitmq-server" \
         >>"$CONSOLE_LOG" 2>&1 </dev/null ) &
     launcher=$!
+    echo "$launcher" >"$LAUNCHER_FILE"
   fi
   deadline=$(( t0 + TIMEOUT * 1000 ))
   until amqp_ready; do
@@ -129,22 +141,32 @@ do_start() {
 }
 
 do_stop() {
-  local sig="${1:-TERM}" t0 pid deadline
+  local sig="${1:-TERM}" t0 pid lpid deadline killed=""
   t0=$(now_ms)
-  if ! pid=$(node_pid); then
+  pid=$(node_pid) || pid=""
+  lpid=$(launcher_pid) || lpid=""
+  if [ -z "$pid" ] && [ -z "$lpid" ]; then
     if amqp_ready; then die "AMQP answers on $PORT but no live node pid in $PID_FILE"; fi
     echo "rabbitmq-ctl: already stopped"
     return 0
   fi
   # SIGTERM = graceful shutdown (rabbit_prelaunch_sighandler), SIGKILL = crash.
-  kill "-$sig" "$pid" 2>/dev/null || true
+  if [ -n "$pid" ]; then
+    kill "-$sig" "$pid" 2>/dev/null || true
+  else
+    # Very early in the boot (no pid file yet): runuser forwards SIGTERM down to the node.
+    kill -TERM "$lpid" 2>/dev/null || true
+  fi
   deadline=$(( t0 + TIMEOUT * 1000 ))
-  while alive "$pid"; do
-    if [ "$(now_ms)" -ge "$deadline" ]; then
-      echo "rabbitmq-ctl: node $pid still alive after ${TIMEOUT}s, sending SIGKILL" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 1
-      break
+  while pid=$(node_pid) || pid=$(launcher_pid); do
+    if [ "$(now_ms)" -ge "$deadline" ] && [ -z "$killed" ]; then
+      echo "rabbitmq-ctl: node still alive after ${TIMEOUT}s, sending SIGKILL" >&2
+      if p=$(node_pid); then kill -KILL "$p" 2>/dev/null || true; fi
+      if p=$(launcher_pid); then kill -KILL "$p" 2>/dev/null || true; fi
+      killed=1
+      deadline=$(( $(now_ms) + 10000 ))
+    elif [ "$(now_ms)" -ge "$deadline" ]; then
+      die "could not stop the node (pid $pid)"
     fi
     sleep 0.1
   done

@@ -111,6 +111,7 @@ PY
   while [ "${#out[@]}" -lt "$n" ]; do
     p=$(( 10000 + RANDOM % 20000 ))
     case " ${out[*]} " in *" $p "*) continue ;; esac
+    # shellcheck disable=SC2016
     if ! timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$p" 2>/dev/null; then out+=("$p"); fi
   done
   echo "${out[*]}"
@@ -182,7 +183,9 @@ EOF
 
   # --- PostgreSQL (meanwhile) ---------------------------------------------------------------------
   t=$(_shop_ci_now_ms)
-  mkdir -p "$pgd" && chown postgres:postgres "$pgd" || { wait "$rabbit_job"; _shop_ci_fail "mkdir $pgd"; return 1; }
+  if ! { mkdir -p "$pgd" && chown postgres:postgres "$pgd"; }; then
+    wait "$rabbit_job"; _shop_ci_fail "mkdir $pgd"; return 1
+  fi
   if ! (cd / && runuser -u postgres -- "$pg_bin/initdb" -D "$pgd/data" -U postgres -A trust -E UTF8 \
           --locale=C --no-sync >"$base/initdb.log" 2>&1); then
     tail -n 20 "$base/initdb.log" >&2
@@ -233,10 +236,13 @@ shop_ci_services_stop() {
     return 0
   fi
   t0=$(_shop_ci_now_ms)
+  # shellcheck disable=SC1090
   base=$( . "$state" 2>/dev/null; echo "${SHOP_CI_BASE:-}" ) || true
+  # shellcheck disable=SC1090
   epmd_port=$( . "$state" 2>/dev/null; echo "${SHOP_CI_EPMD_PORT:-}" ) || true
-  SHOP_CI_STATE="$state" bash "$SHOP_CI_RABBITMQ_CTL" stop >&2 || _shop_ci_log "WARNING: rabbitmq stop failed"
-  SHOP_CI_STATE="$state" bash "$SHOP_CI_POSTGRES_CTL" stop >&2 || _shop_ci_log "WARNING: postgres stop failed"
+  local ok=1
+  SHOP_CI_STATE="$state" bash "$SHOP_CI_RABBITMQ_CTL" stop >&2 || { ok=""; _shop_ci_log "WARNING: rabbitmq stop failed"; }
+  SHOP_CI_STATE="$state" bash "$SHOP_CI_POSTGRES_CTL" stop >&2 || { ok=""; _shop_ci_log "WARNING: postgres stop failed"; }
   # our private epmd (started by the node itself); only answers if no node is registered any more
   if [ -n "$epmd_port" ]; then
     timeout 10 epmd -port "$epmd_port" -kill >/dev/null 2>&1 || true
@@ -244,6 +250,8 @@ shop_ci_services_stop() {
   if [ -n "$base" ] && [ -d "$base" ]; then
     if [ -n "${SHOP_CI_KEEP_TMP:-}" ]; then
       _shop_ci_log "keeping $base (SHOP_CI_KEEP_TMP set)"
+    elif [ -z "$ok" ]; then
+      _shop_ci_log "keeping $base (something may still be running; retry: SHOP_CI_STATE=$state .ci/rabbitmq-ctl.sh stop)"
     else
       rm -rf -- "$base" || true
     fi

@@ -124,3 +124,22 @@ def deliver(settings, sessions):
 
     yield run
     worker.engine.dispose()
+
+
+def pytest_configure(config):
+    from tests.backends import servers_available, servers_required
+
+    if servers_required() and not servers_available():
+        raise pytest.UsageError(
+            "SHOP_REQUIRE_SERVERS=1 but TEST_POSTGRES_URL / TEST_AMQP_URL are not set: "
+            "the PostgreSQL and RabbitMQ suites cannot run (.ci/run starts both servers)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.backends import servers_available
+
+    if not servers_available():
+        terminalreporter.write_line(
+            "NOT RUN: the PostgreSQL + RabbitMQ variants of the integration and end-to-end tests "
+            "(TEST_POSTGRES_URL and TEST_AMQP_URL are unset; `bash .ci/run` starts both servers)",
+            yellow=True)

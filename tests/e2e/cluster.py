@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -30,10 +29,7 @@ class Cluster:
             STRIPE_API_BASE=stripe_base,
             STRIPE_WEBHOOK_SECRETS=WEBHOOK_SECRET,
             GUNICORN_BIND=f"127.0.0.1:{self.port}",
-            WEB_CONCURRENCY=2,
-            REDELIVERY_SECONDS=3,
-            RETRY_BASE_SECONDS=0.2,
-            **env,
+            **{"WEB_CONCURRENCY": 2, "REDELIVERY_SECONDS": 3, "RETRY_BASE_SECONDS": 0.2, **env},
         )
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs = []
@@ -81,6 +77,7 @@ class Cluster:
             self.stop(name)
         for log in self._logs:
             log.close()
+        self._logs.clear()
         self.engine.dispose()
 
     def log_of(self, name: str) -> str:
@@ -95,18 +92,24 @@ class Cluster:
     def stock(self, sku: str) -> dict:
         return self.get(f"/products/{sku}")
 
-    def checkout(self, items, *, key: str | None = None) -> dict:
-        from tests.support import SHIPPING
-
+    def cart(self, items) -> str:
         cart = requests.post(f"{self.base}/carts", timeout=10).json()
         for sku, quantity in items:
             r = requests.post(f"{self.base}/carts/{cart['id']}/items", json={"sku": sku, "quantity": quantity},
                               timeout=10)
             assert r.status_code == 200, r.text
+        return cart["id"]
+
+    def checkout_cart(self, cart_id: str, *, key: str | None = None) -> dict:
+        from tests.support import SHIPPING
+
         headers = {"Idempotency-Key": key} if key else {}
-        r = requests.post(f"{self.base}/checkout", json={"cart_id": cart["id"], "email": "buyer@example.com",
+        r = requests.post(f"{self.base}/checkout", json={"cart_id": cart_id, "email": "buyer@example.com",
                                                          "shipping": SHIPPING}, headers=headers, timeout=30)
         return {"status": r.status_code, **r.json()}
+
+    def checkout(self, items, *, key: str | None = None) -> dict:
+        return self.checkout_cart(self.cart(items), key=key)
 
     def wait_for_order(self, order_id: str, statuses, timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout
@@ -134,10 +137,3 @@ class Cluster:
         return requests.post(f"{self.base}/webhooks/stripe", data=payload, headers=signed_headers(payload, secret),
                              timeout=10)
 
-
-def environment_backends() -> list[tuple[str, str | None, str | None]]:
-    """The (name, DATABASE_URL, BROKER_URL) pairs this run can test: the embedded default always."""
-    backends = [("sqlite+filesystem", None, None)]
-    if os.environ.get("TEST_POSTGRES_URL") and os.environ.get("TEST_AMQP_URL"):
-        backends.append(("postgresql+rabbitmq", os.environ["TEST_POSTGRES_URL"], os.environ["TEST_AMQP_URL"]))
-    return backends

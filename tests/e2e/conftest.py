@@ -1,14 +1,41 @@
+"""Clusters of real processes for each backend this run has (see tests/backends.py)."""
 import pytest
 
+from tests.backends import SERVERS, backends, create_postgres_database, drop_postgres_database, purge_rabbitmq
 from tests.e2e.cluster import Cluster
 from tests.support import use_stripe
+import os
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, localstripe):
-    workdir = tmp_path_factory.mktemp("cluster")
-    running = Cluster(workdir, stripe_base=localstripe.base).start_all(workers=1, relays=1)
-    localstripe.register_webhook(f"{running.base}/webhooks/stripe")
-    use_stripe(localstripe.base)
+@pytest.fixture(scope="session")
+def make_cluster(tmp_path_factory, localstripe):
+    """Build a cluster on a backend, with its own database and empty queues; stopped at the end."""
+    made = []
+
+    def make(backend: str, *, workers: int = 1, relays: int = 1, **env) -> Cluster:
+        database_url = broker_url = None
+        if backend == SERVERS:
+            database_url = create_postgres_database()
+            broker_url = os.environ["TEST_AMQP_URL"]
+            purge_rabbitmq()
+        workdir = tmp_path_factory.mktemp(f"cluster-{backend.split('+')[0]}")
+        cluster = Cluster(workdir, stripe_base=localstripe.base, database_url=database_url,
+                          broker_url=broker_url, **env)
+        made.append((cluster, database_url))
+        cluster.start_all(workers=workers, relays=relays)
+        localstripe.register_webhook(f"{cluster.base}/webhooks/stripe")
+        use_stripe(localstripe.base)
+        return cluster
+
+    yield make
+    for cluster, database_url in made:
+        cluster.stop_all()
+        if database_url:
+            drop_postgres_database(database_url)
+
+
+@pytest.fixture(scope="module", params=backends())
+def cluster(request, make_cluster):
+    running = make_cluster(request.param)
     yield running
     running.stop_all()
