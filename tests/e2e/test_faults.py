@@ -183,3 +183,31 @@ def test_burst_of_two_thousand_events_is_processed_once_each(make_cluster, backe
     assert sum(status is EventStatus.IGNORED for status, _ in rows) == 1980
     _assert_paid_exactly_once(cluster, orders, "TEA-01", on_hand, 1)
     cluster.stop_all()
+
+
+def test_sigterm_stops_a_worker_after_its_current_message_and_loses_none(make_cluster, backend):
+    cluster = make_cluster(backend, workers=1, relays=1)
+    on_hand = cluster.stock("TEA-01")["on_hand"]
+    orders = [cluster.checkout([("TEA-01", 1)]) for _ in range(30)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        assert all(r.status_code == 200 for r in pool.map(cluster.post_event, map(_succeeded, orders)))
+    cluster.wait_until(lambda: any(cluster.get(f"/orders/{o['order_id']}")["status"] == "paid" for o in orders),
+                       what="the worker to start on the burst")
+
+    assert cluster.stop("worker.1", signal.SIGTERM) == 0
+    assert "worker_stopped" in cluster.log_of("worker.1")
+    # Every order is either wholly paid (with its shipment) or wholly untouched (still reserved).
+    with cluster.sessions() as session:
+        for order in session.scalars(select(Order)).all():
+            if order.status.value == "paid":
+                assert order.shipment is not None
+            else:
+                assert order.status.value == "pending_payment" and order.shipment is None
+                assert all(r.status.value == "active" for r in order.reservations)
+
+    cluster.start("worker.2")
+    for order in orders:
+        cluster.wait_for_order(order["order_id"], {"paid"}, timeout=60)
+    _wait_all_done(cluster)
+    _assert_paid_exactly_once(cluster, orders, "TEA-01", on_hand, 1)
+    cluster.stop_all()
