@@ -13,6 +13,10 @@ keepalive = 5
 # Bound what one request may carry; the webhook endpoint enforces its own smaller body limit.
 limit_request_line = 8190
 limit_request_fields = 100
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+# Several services (and test clusters) may run on one host: no shared control socket.
+control_socket_disable = True
+# One structured line per request (GUNICORN_ACCESS_LOG=0 turns it off), through structlog.
+logger_class = "webhook_app.gunicorn_logging.StructlogLogger"
+accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")

@@ -51,6 +51,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
+    @app.teardown_request
+    def _unbind(_exc):
+        structlog.contextvars.clear_contextvars()
+
     return app
 
 

@@ -1,0 +1,39 @@
+"""gunicorn's logger, rendered through structlog: one JSON line per request and per server event."""
+from __future__ import annotations
+
+import logging
+import os
+
+import structlog
+from gunicorn.glogging import Logger
+
+from models.logs import configure_logging
+
+
+class StructlogLogger(Logger):
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        configure_logging(os.environ.get("LOG_FORMAT") or "json")
+        # Server events (booting, worker timeouts) go through the root handler structlog renders.
+        for name in ("gunicorn.error", "gunicorn.access"):
+            logger = logging.getLogger(name)
+            logger.handlers[:] = []
+            logger.propagate = True
+        self.error_log.setLevel(logging.INFO)
+        self._log = structlog.get_logger("gunicorn")
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if os.environ.get("GUNICORN_ACCESS_LOG", "1") == "0":
+            return
+        status = getattr(resp, "status_code", None) or str(resp.status).split(" ")[0]
+        headers = dict(getattr(resp, "headers", []) or [])
+        self._log.info(
+            "http_request",
+            method=environ.get("REQUEST_METHOD"),
+            path=environ.get("PATH_INFO"),
+            status=int(status),
+            duration_ms=round(request_time.total_seconds() * 1000, 2),
+            request_id=headers.get("X-Request-Id"),
+            user_agent=environ.get("HTTP_USER_AGENT"),
+            remote_addr=environ.get("REMOTE_ADDR"),
+        )
