@@ -34,7 +34,7 @@ def connect(settings: Settings) -> Connection:
         queue_dir.mkdir(parents=True, exist_ok=True)
         processed.mkdir(parents=True, exist_ok=True)
         return Connection(
-            "filesystem://",
+            "filesystem://localhost//",
             transport_options={
                 "data_folder_in": str(queue_dir),
                 "data_folder_out": str(queue_dir),

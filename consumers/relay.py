@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.broker import EXCHANGE, QUEUES, connect
 from models.base import utcnow
 from models.catalog import Reservation, ReservationStatus
-from models.db import make_engine, make_session_factory, transaction
+from models.db import engine_for, make_session_factory, transaction
 from models.events import OutboxMessage, OutboxStatus
 from models.orders import OrderStatus, get_order, release_reservations
 from models.settings import Settings
@@ -82,7 +82,7 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
 class Relay:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.engine = make_engine(settings.database_url)
+        self.engine = engine_for(settings)
         self.factory = make_session_factory(self.engine)
         self.stopping = False
 

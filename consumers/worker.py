@@ -10,7 +10,7 @@ from kombu import Consumer, Message
 
 from consumers.broker import QUEUES, connect
 from consumers.processing import process_message
-from models.db import make_engine, make_session_factory
+from models.db import engine_for, make_session_factory
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -19,7 +19,7 @@ log = structlog.get_logger(__name__)
 class Worker:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.engine = make_engine(settings.database_url)
+        self.engine = engine_for(settings)
         self.factory = make_session_factory(self.engine)
         self.stopping = False
 

@@ -46,6 +46,8 @@ class Settings:
     redelivery_seconds: float = 120.0
     relay_interval_seconds: float = 0.2
     worker_prefetch: int = 10
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
     mail_from: str = "shop@example.com"
 
     @classmethod
@@ -69,6 +71,8 @@ class Settings:
             redelivery_seconds=_float(env, "REDELIVERY_SECONDS", cls.redelivery_seconds),
             relay_interval_seconds=_float(env, "RELAY_INTERVAL_SECONDS", cls.relay_interval_seconds),
             worker_prefetch=_int(env, "WORKER_PREFETCH", cls.worker_prefetch),
+            db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),
+            db_max_overflow=_int(env, "DB_MAX_OVERFLOW", cls.db_max_overflow),
             mail_from=env.get("MAIL_FROM") or cls.mail_from,
         )
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.payments import configure_stripe
 from models.base import new_id
-from models.db import make_engine, make_session_factory
+from models.db import engine_for, make_session_factory
 from models.logs import configure_logging
 from models.settings import Settings
 
@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_format)
     configure_stripe(settings)
     app = Flask(__name__)
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     app.extensions["shop"] = AppState(settings, engine, make_session_factory(engine))
 
     from webhook_app.errors import register_error_handlers

@@ -41,9 +41,9 @@ def _settings() -> Settings:
 
 
 def _sessions(settings: Settings):
-    from models.db import make_engine, make_session_factory
+    from models.db import engine_for, make_session_factory
 
-    return make_session_factory(make_engine(settings.database_url))
+    return make_session_factory(engine_for(settings))
 
 
 def _echo_json(data) -> None:
