@@ -42,8 +42,17 @@ class Worker:
             message.requeue()
             time.sleep(1)
             return
+        if result.outcome == "dead":
+            # Recorded as dead in the database; on RabbitMQ the rejection also drops the message
+            # into shop.dead (the queue's dead-letter exchange), where operators look for it.
+            message.reject()
+            return
         message.ack()
         log.debug("message_acked", outbox_id=outbox_id, result=result.outcome)
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        log.error("message_rejected", reason=f"undecodable body: {exc}", content_type=message.content_type)
+        message.reject()
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -63,7 +72,7 @@ class Worker:
             conn.ensure_connection(max_retries=3, interval_start=0.5, interval_step=1, interval_max=3)
             queues = list(QUEUES.values())
             with Consumer(conn, queues=queues, callbacks=[self.on_message], accept=["json"],
-                          prefetch_count=self.settings.worker_prefetch):
+                          on_decode_error=self.on_decode_error, prefetch_count=self.settings.worker_prefetch):
                 log.info("worker_connected", broker=conn.as_uri())
                 while not self.stopping:
                     try:

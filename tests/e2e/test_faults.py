@@ -211,3 +211,45 @@ def test_sigterm_stops_a_worker_after_its_current_message_and_loses_none(make_cl
     _wait_all_done(cluster)
     _assert_paid_exactly_once(cluster, orders, "TEA-01", on_hand, 1)
     cluster.stop_all()
+
+
+def test_a_failing_handler_is_retried_dead_lettered_alerted_and_replayable(make_cluster, backend, tmp_path):
+    from tests.e2e.alerts import AlertInbox
+
+    with AlertInbox() as alerts:
+        cluster = make_cluster(backend, workers=1, relays=1, MAX_ATTEMPTS=3, RETRY_BASE_SECONDS=0.2,
+                               STAFF_ALERT_URL=alerts.url)
+        order = cluster.checkout([("TEA-01", 1)])
+        with cluster.engine.begin() as conn:  # a fault the handler cannot get past: its table is gone
+            conn.execute(text("ALTER TABLE shipments RENAME TO shipments_away"))
+        event = _succeeded(order)
+        assert cluster.post_event(event).status_code == 200
+
+        shown = cluster.wait_until(
+            lambda: (lambda r: r if '"dead"' in r.stdout else None)(cluster.shop("events", "show", event["id"])),
+            what="the event to be dead-lettered")
+        assert '"attempts": 3' in shown.stdout and "shipments" in shown.stdout
+        with cluster.sessions() as session:
+            status = session.scalar(select(Order.status).where(Order.id == order["order_id"]))
+        assert status.value == "pending_payment"
+        alert = alerts.wait_for("dead-lettered")
+        assert "after 3 attempts" in alert["text"]
+        if backend == SERVERS:
+            assert _dead_letter_queue_depth() == 1
+
+        with cluster.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE shipments_away RENAME TO shipments"))
+        replay = cluster.shop("events", "replay", event["id"])
+        assert "processed (order paid)" in replay.stdout
+        assert cluster.get(f"/orders/{order['order_id']}")["status"] == "paid"
+        cluster.stop_all()
+
+
+def _dead_letter_queue_depth() -> int:
+    import os
+
+    from consumers.broker import DEAD_LETTER_QUEUE, connect
+    from models.settings import Settings
+
+    with connect(Settings(broker_url=os.environ["TEST_AMQP_URL"])) as conn:
+        return DEAD_LETTER_QUEUE(conn.default_channel).queue_declare(passive=True).message_count
