@@ -20,6 +20,7 @@ from webhook_app.cli import DEV_ENV, _load_dev_env
 WEB_PORT = int(os.environ.get("WEB_PORT", "8000"))
 LOCALSTRIPE_PORT = int(os.environ.get("LOCALSTRIPE_PORT", "8420"))
 CATALOG = Path(__file__).parent / "data" / "demo_catalog.json"
+ROOT = Path(__file__).resolve().parent.parent  # the Procfile and gunicorn.conf.py live here
 
 
 def _wait_for_port(port: int, timeout: float = 20) -> None:
@@ -60,14 +61,17 @@ def main() -> int:
         body = f"url=http://127.0.0.1:{WEB_PORT}/webhooks/stripe&secret={secret}".encode()
         urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{LOCALSTRIPE_PORT}/_config/webhooks/shop", data=body, method="POST"), timeout=5)
-    env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{WEB_PORT}", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    print(f"web        http://127.0.0.1:{WEB_PORT}  (POST /webhooks/stripe, GET /products, /readyz, /metrics)")
+    env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{WEB_PORT}", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           # The processes run in this directory (its instance/), with the repository's gunicorn config.
+           "GUNICORN_CMD_ARGS": f"-c {ROOT / 'gunicorn.conf.py'}"}
+    print(f"web         http://127.0.0.1:{WEB_PORT}  (POST /webhooks/stripe, GET /products, /readyz, /metrics)")
     if "STRIPE_API_BASE" in env_values:
         print(f"localstripe {env_values['STRIPE_API_BASE']}  (webhooks to the web process, secret in {DEV_ENV})")
-    print("worker, relay  on the embedded transport under instance/broker")
-    print("try it:    .venv/bin/shop demo      (in another terminal, from this directory)")
+    print(f"worker, relay on {os.environ.get('BROKER_URL') or 'the embedded file transport under instance/broker'}")
+    print(f"try it:     {shop} demo --url http://127.0.0.1:{WEB_PORT}   (another terminal, this directory)")
     sys.stdout.flush()
-    honcho = subprocess.Popen([str(bin_dir / "honcho"), "start", "-f", "Procfile", "web", "worker", "relay"], env=env)
+    honcho = subprocess.Popen([str(bin_dir / "honcho"), "-f", str(ROOT / "Procfile"), "-d", os.getcwd(),
+                               "start", "web", "worker", "relay"], env=env)
     children.append(honcho)
     signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGINT))
     try:

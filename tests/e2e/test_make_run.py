@@ -1,0 +1,39 @@
+"""What a new user does: `make run`'s program in a fresh directory, then `shop demo` from the same one."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import BIN, env_for, free_port, wait_for_port
+
+pytestmark = pytest.mark.e2e
+
+
+def test_make_run_then_shop_demo_takes_an_order_from_cart_to_paid(tmp_path):
+    web, stripe_port = free_port(), free_port()
+    env = env_for(tmp_path, WEB_PORT=web, LOCALSTRIPE_PORT=stripe_port, WEB_CONCURRENCY=2)
+    log = open(tmp_path / "run.log", "wb")
+    run = subprocess.Popen([sys.executable, "-m", "webhook_app.devserver"], cwd=tmp_path, env=env, stdout=log,
+                           stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(web, timeout=60, proc=run)
+        demo = subprocess.run([str(BIN / "shop"), "demo", "--url", f"http://127.0.0.1:{web}"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)
+        declined = subprocess.run([str(BIN / "shop"), "demo", "--url", f"http://127.0.0.1:{web}", "--card",
+                                   "4000000000000341"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=60)
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.wait(30)
+        log.close()
+    output = (tmp_path / "run.log").read_text()
+    assert f"http://127.0.0.1:{web}" in output and f"http://127.0.0.1:{stripe_port}" in output
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "order is paid" in demo.stdout
+    assert "on hand 38, reserved 0" in demo.stdout  # the demo catalog's 40 teas, 2 sold
+    assert declined.returncode == 0, declined.stdout + declined.stderr
+    assert "order is payment_failed (card_declined)" in declined.stdout
+    assert (tmp_path / "instance" / "shop.db").is_file() and (tmp_path / "instance" / "dev.env").is_file()
