@@ -97,18 +97,19 @@ def checkout(client):
     return place
 
 
-@pytest.fixture
-def deliver(settings, sessions):
+def deliver_with(settings, sessions, max_rounds: int = 20) -> int:
     """Relay the outbox through the in-memory broker and let a worker consume until nothing is left."""
     worker = Worker(settings)
+    seen = []
 
-    def run(max_rounds: int = 20) -> int:
-        handled = 0
+    def on_message(body, message):
+        seen.append(body)
+        worker.on_message(body, message)
+
+    try:
         with connect(settings) as conn:
             producer = Producer(conn.default_channel)
-            seen = []
-            with Consumer(conn, queues=list(QUEUES.values()), accept=["json"],
-                          callbacks=[lambda body, message: (seen.append(body), worker.on_message(body, message))]):
+            with Consumer(conn, queues=list(QUEUES.values()), accept=["json"], callbacks=[on_message]):
                 for _ in range(max_rounds):
                     published = publish_due(sessions, producer, settings)
                     before = len(seen)
@@ -119,12 +120,15 @@ def deliver(settings, sessions):
                             break
                     if not published and len(seen) == before:
                         break
-            handled = len(seen)
-        return handled
+    finally:
+        worker.engine.dispose()
+    return len(seen)
 
-    yield run
-    worker.engine.dispose()
 
+@pytest.fixture
+def deliver(settings, sessions):
+    """Deliver everything due in the outbox, as relay + worker would (see deliver_with)."""
+    return lambda max_rounds=20: deliver_with(settings, sessions, max_rounds)
 
 def pytest_configure(config):
     from tests.backends import servers_available, servers_required
