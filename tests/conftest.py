@@ -5,6 +5,7 @@ import json
 
 import pytest
 from kombu import Consumer, Producer
+from sqlalchemy.engine import make_url
 
 from consumers.broker import QUEUES, connect
 from consumers.relay import publish_due
@@ -13,6 +14,7 @@ from models.catalog_file import apply_catalog
 from models.db import make_engine, make_session_factory, transaction
 from models.migrations import upgrade
 from models.settings import Settings
+from tests.backends import create_postgres_database, drop_postgres_database, servers_available
 from tests.support import CATALOG, SHIPPING, WEBHOOK_SECRET, LocalStripe, signed_headers, use_stripe
 
 
@@ -23,12 +25,32 @@ def localstripe(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def settings(tmp_path, localstripe) -> Settings:
-    url = f"sqlite:///{tmp_path / 'shop.db'}"
+@pytest.fixture(scope="session")
+def postgres_template():
+    """A migrated PostgreSQL database that each test's database is copied from (fast, isolated)."""
+    url = create_postgres_database()
     upgrade(url)
+    yield make_url(url).database
+    drop_postgres_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"] if servers_available() else ["sqlite"])
+def database_url(request, tmp_path):
+    """A migrated, empty database of its own for each test: SQLite always, PostgreSQL when the run has it."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shop.db'}"
+        upgrade(url)
+        yield url
+        return
+    url = create_postgres_database(template=request.getfixturevalue("postgres_template"))
+    yield url
+    drop_postgres_database(url)
+
+
+@pytest.fixture
+def settings(database_url, tmp_path, localstripe) -> Settings:
     return Settings(
-        database_url=url,
+        database_url=database_url,
         broker_url=f"memory://localhost/{tmp_path.name}",
         stripe_api_base=localstripe.base,
         webhook_secrets=(WEBHOOK_SECRET,),

@@ -1,0 +1,75 @@
+"""Reservations that run out: the relay releases the stock and cancels the unpaid order."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from consumers.relay import expire_reservations
+from tests.support import SHIPPING, event_for, signed_headers
+
+
+@pytest.fixture
+def short_hold_client(settings, catalog):
+    from webhook_app import create_app
+
+    app = create_app(dataclasses.replace(settings, reservation_ttl_seconds=0))
+    yield app.test_client()
+    app.extensions["shop"].engine.dispose()
+
+
+def _checkout(client, quantity=2):
+    cart = client.post("/carts").get_json()
+    client.post(f"/carts/{cart['id']}/items", json={"sku": "TEA-01", "quantity": quantity})
+    response = client.post("/checkout", json={"cart_id": cart["id"], "email": "a@example.com", "shipping": SHIPPING})
+    assert response.status_code == 201
+    return response.get_json()
+
+
+def _post(client, event):
+    import json
+
+    payload = json.dumps(event)
+    return client.post("/webhooks/stripe", data=payload, headers=signed_headers(payload))
+
+
+def test_expired_reservation_releases_stock_and_cancels_the_unpaid_order(short_hold_client, sessions):
+    order = _checkout(short_hold_client)
+    assert short_hold_client.get("/products/TEA-01").get_json()["reserved"] == 2
+
+    assert expire_reservations(sessions) == 1
+    assert expire_reservations(sessions) == 0  # a second sweep finds nothing left to release
+
+    stock = short_hold_client.get("/products/TEA-01").get_json()
+    assert (stock["on_hand"], stock["reserved"]) == (40, 0)
+    body = short_hold_client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "cancelled"
+
+
+def test_declined_order_keeps_its_hold_until_expiry_then_is_cancelled(short_hold_client, sessions, deliver):
+    order = _checkout(short_hold_client, quantity=1)
+    _post(short_hold_client, event_for("localstripe_payment_intent.payment_failed",
+                                       intent_id=order["payment_intent_id"], order_id=order["order_id"],
+                                       amount=order["total"]))
+    deliver()
+    assert short_hold_client.get(f"/orders/{order['order_id']}").get_json()["status"] == "payment_failed"
+    assert short_hold_client.get("/products/TEA-01").get_json()["reserved"] == 1
+
+    expire_reservations(sessions)
+    assert short_hold_client.get(f"/orders/{order['order_id']}").get_json()["status"] == "cancelled"
+    assert short_hold_client.get("/products/TEA-01").get_json()["reserved"] == 0
+
+
+def test_payment_after_expiry_flags_the_order_for_review_without_touching_stock(short_hold_client, sessions,
+                                                                                deliver):
+    order = _checkout(short_hold_client)
+    expire_reservations(sessions)
+    _post(short_hold_client, event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                                       order_id=order["order_id"], amount=order["total"]))
+    deliver()
+
+    body = short_hold_client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "needs_review"
+    assert "paid after the order was cancelled" in body["review_reason"]
+    stock = short_hold_client.get("/products/TEA-01").get_json()
+    assert (stock["on_hand"], stock["reserved"]) == (40, 0)
