@@ -39,6 +39,7 @@ def connect(settings: Settings) -> Connection:
                 "data_folder_in": str(queue_dir),
                 "data_folder_out": str(queue_dir),
                 "processed_folder": str(processed),
+                "control_folder": str(folder / "control"),
                 "store_processed": False,
                 "polling_interval": 0.05,
             },
