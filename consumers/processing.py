@@ -54,16 +54,22 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
     structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
     try:
         with transaction(factory) as session:
-            message = session.scalars(
-                select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()
-            ).one_or_none()
+            message = _lock(session, outbox_id)
             if message is None:
                 return Result("missing", f"no outbox message {outbox_id}")
             if message.status in (OutboxStatus.DONE, OutboxStatus.DEAD):
                 log.info("message_already_handled", status=message.status.value)
                 return Result("skipped", message.status.value)
-            alert = _handle(session, settings, message)
-            message.mark_done()
+            topic, body, alert = message.topic, message.body, None
+            if topic is Topic.STRIPE_EVENT:
+                alert = _handle_event(session, message)
+                message.mark_done()
+        if topic is Topic.MAIL:
+            # Sent outside any transaction, so a slow SMTP server never holds a database lock;
+            # a crash between sending and marking it done sends it again (at least once).
+            send_mail(settings, body)
+            with transaction(factory) as session:
+                _lock(session, outbox_id).mark_done()
     except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped
         return _record_failure(factory, settings, outbox_id, exc)
     if alert:
@@ -71,10 +77,11 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
     return Result("done")
 
 
-def _handle(session: Session, settings: Settings, message: OutboxMessage) -> str | None:
-    if message.topic is Topic.MAIL:
-        send_mail(settings, message.body)
-        return None
+def _lock(session: Session, outbox_id: int) -> OutboxMessage | None:
+    return session.scalars(select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()).one_or_none()
+
+
+def _handle_event(session: Session, message: OutboxMessage) -> str | None:
     event = session.scalars(
         select(InboxEvent).where(InboxEvent.id == message.inbox_event_id).with_for_update()
     ).one()
@@ -89,9 +96,7 @@ def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception)
     error = f"{type(exc).__name__}: {exc}"
     trace = traceback.format_exc(limit=20)
     with transaction(factory) as session:
-        message = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()
-        ).one()
+        message = _lock(session, outbox_id)
         again = message.schedule_retry(f"{error}\n{trace}", max_attempts=settings.max_attempts,
                                        base_seconds=settings.retry_base_seconds)
         event = message.inbox_event
