@@ -31,12 +31,20 @@ class Result:
 
 
 def run_event(session: Session, event: InboxEvent) -> Outcome:
-    """Apply a stored event's handler and write its outcome on the inbox row (idempotent)."""
+    """Apply a stored event's handler and write its outcome on the inbox row (idempotent).
+
+    Used by the worker and by `shop events replay`, which re-drives an event that is retrying,
+    dead or was ignored; a processed event is reported and left alone.
+    """
     structlog.contextvars.bind_contextvars(event_id=event.event_id, event_type=event.type)
     data = event.data
     intent_id = (data.get("data", {}).get("object") or {}).get("id")
     if intent_id:
         structlog.contextvars.bind_contextvars(payment_intent=intent_id)
+    if event.status is EventStatus.PROCESSED:
+        # Already applied: running it again would, for instance, count a declined card twice.
+        log.info("event_already_processed", outcome=event.outcome)
+        return Outcome(event.status, f"already processed: {event.outcome}", event.order_id)
     handler = HANDLERS.get(event.type)
     outcome = Outcome.ignored(f"event type {event.type} is not handled") if handler is None else handler(session, data)
     event.attempts += 1

@@ -6,6 +6,7 @@ stored, so anything that stops us storing it answers 503 and Stripe delivers it 
 from __future__ import annotations
 
 import json
+import time
 
 import stripe
 import structlog
@@ -24,6 +25,12 @@ log = structlog.get_logger(__name__)
 def _reject(status: int, code: str, message: str):
     log.warning("webhook_rejected", code=code, reason=message)
     return error_response(status, code, message)
+
+
+def _timestamp_of(header: str) -> int:
+    """The `t=` of a Stripe-Signature header the SDK has already verified (so it is there)."""
+    return next(int(value) for key, _, value in (item.strip().partition("=") for item in header.split(","))
+                if key == "t")
 
 
 def _not_an_event(event) -> str | None:
@@ -71,6 +78,11 @@ def receive_stripe_event():
             reason = str(exc)
     else:
         return _reject(400, "invalid_signature", f"signature verification failed: {reason}")
+    # The SDK refuses only timestamps too far in the past; one too far ahead is as suspect.
+    signed_at = _timestamp_of(header)
+    if signed_at > time.time() + settings.webhook_tolerance_seconds:
+        return _reject(400, "invalid_signature", f"signature verification failed: timestamp {signed_at} is in "
+                       f"the future, outside the {settings.webhook_tolerance_seconds}-second tolerance")
 
     try:
         event = json.loads(payload)
