@@ -1,0 +1,362 @@
+"""POST /checkout and GET /orders/<id>: reservation, shipping fee, the PaymentIntent in localstripe, every status."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import stripe
+from sqlalchemy import func, select
+
+from models.catalog import Reservation, ReservationStatus
+from models.catalog_file import apply_catalog
+from models.carts import Cart, CartStatus
+from models.db import transaction
+from models.orders import Order
+from tests.support import CATALOG, SHIPPING, free_port, use_stripe
+
+CHECKOUT_KEYS = {"order_id", "payment_intent_id", "client_secret", "subtotal", "shipping_fee", "total", "currency",
+                 "reserved_until"}
+
+
+def assert_error(response, status: int, code: str | None = None, field: str | None = None) -> dict:
+    """The one error shape: {"error": {"code", "message", "field"?}}, with the field named where given."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert {"code", "message"} <= set(error) <= {"code", "message", "field"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    if field is not None:
+        assert error.get("field") == field, error
+    return error
+
+
+@pytest.fixture
+def new_cart(client):
+    """An open cart holding the given items, built through the API."""
+
+    def make(items=(("TEA-01", 2),)) -> str:
+        cart_id = client.post("/carts").get_json()["id"]
+        for sku, quantity in items:
+            assert client.post(f"/carts/{cart_id}/items", json={"sku": sku, "quantity": quantity}).status_code == 200
+        return cart_id
+
+    return make
+
+
+def checkout_body(cart_id: str, **overrides) -> dict:
+    body = {"cart_id": cart_id, "email": "buyer@example.com", "shipping": dict(SHIPPING)}
+    body.update(overrides)
+    return body
+
+
+def order_count(sessions) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(Order))
+
+
+def stock(client, sku: str) -> tuple[int, int, int]:
+    p = client.get(f"/products/{sku}").get_json()
+    return p["on_hand"], p["reserved"], p["available"]
+
+
+# --- 201 ------------------------------------------------------------------------------------------------------
+
+
+def test_checkout_is_201_with_exactly_the_contract_fields(client, new_cart):
+    cart_id = new_cart([("TEA-01", 2)])
+    response = client.post("/checkout", json=checkout_body(cart_id))
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert set(body) == CHECKOUT_KEYS
+    assert body["subtotal"] == 2400
+    assert body["shipping_fee"] == 700
+    assert body["total"] == 3100
+    assert body["currency"] == "jpy"
+    assert body["payment_intent_id"].startswith("pi_")
+    assert body["client_secret"].startswith(body["payment_intent_id"])
+    reserved_until = datetime.fromisoformat(body["reserved_until"])
+    assert reserved_until.tzinfo is not None
+    now = datetime.now(timezone.utc)
+    assert now + timedelta(seconds=1700) < reserved_until <= now + timedelta(seconds=1801)
+
+
+def test_checkout_creates_a_payment_intent_in_stripe_for_the_total_with_the_order_id(checkout):
+    order = checkout([("TEA-01", 2), ("CUP-01", 1)])
+    intent = stripe.PaymentIntent.retrieve(order["payment_intent_id"])
+    assert intent.id == order["payment_intent_id"]
+    assert intent.amount == order["total"] == 2400 + 3500 + 700
+    assert intent.currency == "jpy"
+    assert intent.metadata["order_id"] == order["order_id"]
+    assert intent.client_secret == order["client_secret"]
+    assert intent.status == "requires_payment_method"
+
+
+@pytest.mark.parametrize("prefecture, expected_fee", [
+    ("Hokkaido", 700),
+    ("Okinawa", 1500),
+    ("Tokyo", 900),
+    ("Osaka", 900),
+    ("okinawa-ken", 1500),
+])
+def test_shipping_fee_comes_from_the_table_by_prefecture(checkout, prefecture, expected_fee):
+    order = checkout([("TEA-01", 2)], shipping={**SHIPPING, "prefecture": prefecture})
+    assert order["subtotal"] == 2400
+    assert order["shipping_fee"] == expected_fee
+    assert order["total"] == 2400 + expected_fee
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).amount == order["total"]
+
+
+@pytest.mark.parametrize("items, subtotal, expected_fee", [
+    pytest.param((("TEA-01", 6),), 7200, 700, id="below-threshold"),
+    pytest.param((("GIFT-8K", 1),), 8000, 0, id="exactly-at-threshold"),
+    pytest.param((("TEA-01", 7),), 8400, 0, id="over-threshold"),
+])
+def test_shipping_is_free_from_a_subtotal_of_8000(client, sessions, checkout, items, subtotal, expected_fee):
+    catalog = copy.deepcopy(CATALOG)
+    catalog["products"].append({"sku": "GIFT-8K", "name": "Gift box", "unit_amount": 8000, "stock": 5})
+    with transaction(sessions) as session:
+        apply_catalog(session, catalog)
+    order = checkout(items)
+    assert (order["subtotal"], order["shipping_fee"]) == (subtotal, expected_fee)
+    assert order["total"] == subtotal + expected_fee
+
+
+def test_checkout_reserves_the_stock_without_taking_it_off_the_shelf(client, checkout):
+    checkout([("TEA-01", 2), ("CUP-01", 1)])
+    assert stock(client, "TEA-01") == (40, 2, 38)
+    assert stock(client, "CUP-01") == (3, 1, 2)
+    listed = {p["sku"]: p for p in client.get("/products").get_json()}
+    assert (listed["TEA-01"]["reserved"], listed["TEA-01"]["available"]) == (2, 38)
+
+
+def test_checkout_closes_the_cart_to_more_items(client, new_cart):
+    cart_id = new_cart([("TEA-01", 1)])
+    assert client.post("/checkout", json=checkout_body(cart_id)).status_code == 201
+    assert client.get(f"/carts/{cart_id}").get_json()["status"] == "checked_out"
+    assert_error(client.post("/checkout", json=checkout_body(cart_id)), 409, "conflict", "cart_id")
+
+
+# --- 409 ------------------------------------------------------------------------------------------------------
+
+
+def test_second_cart_for_the_last_units_is_409_naming_the_sku_and_stock_never_goes_negative(
+        client, sessions, new_cart):
+    first, second = new_cart([("CUP-01", 2)]), new_cart([("TEA-01", 1), ("CUP-01", 2)])
+    assert client.post("/checkout", json=checkout_body(first)).status_code == 201
+    response = client.post("/checkout", json=checkout_body(second))
+    error = assert_error(response, 409, "out_of_stock", "sku")
+    assert "CUP-01" in error["message"]
+    assert stock(client, "CUP-01") == (3, 2, 1)
+    # Nothing of the refused checkout is held: not the TEA-01 it also wanted, nor an order.
+    assert stock(client, "TEA-01") == (40, 0, 40)
+    assert order_count(sessions) == 1
+    assert client.get(f"/carts/{second}").get_json()["status"] == "open"
+
+
+def test_concurrent_checkouts_for_the_last_units_sell_them_once(app, sessions, new_cart):
+    carts = [new_cart([("CUP-01", 2)]) for _ in range(4)]
+    barrier = threading.Barrier(len(carts))
+
+    def attempt(cart_id):
+        client = app.test_client()
+        barrier.wait()
+        response = client.post("/checkout", json=checkout_body(cart_id))
+        return response.status_code, response.get_json()
+
+    with ThreadPoolExecutor(len(carts)) as pool:
+        results = list(pool.map(attempt, carts))
+
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [201, 409, 409, 409], results
+    for status, body in results:
+        if status == 409:
+            assert body["error"]["code"] == "out_of_stock" and "CUP-01" in body["error"]["message"]
+    assert stock(app.test_client(), "CUP-01") == (3, 2, 1)
+    assert order_count(sessions) == 1
+
+
+# --- 422 ------------------------------------------------------------------------------------------------------
+
+
+def _without(mapping: dict, key: str) -> dict:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+INVALID = [
+    pytest.param(lambda b: _without(b, "cart_id"), "cart_id", id="missing-cart_id"),
+    pytest.param(lambda b: {**b, "cart_id": 12}, "cart_id", id="cart_id-not-a-string"),
+    pytest.param(lambda b: _without(b, "email"), "email", id="missing-email"),
+    pytest.param(lambda b: {**b, "email": "not-an-email"}, "email", id="bad-email"),
+    pytest.param(lambda b: {**b, "email": "a b@example.com"}, "email", id="email-with-space"),
+    pytest.param(lambda b: _without(b, "shipping"), "shipping", id="missing-shipping"),
+    pytest.param(lambda b: {**b, "shipping": "Sapporo"}, "shipping", id="shipping-a-string"),
+    pytest.param(lambda b: {**b, "shipping": [SHIPPING]}, "shipping", id="shipping-a-list"),
+    *[pytest.param(lambda b, k=key: {**b, "shipping": _without(b["shipping"], k)}, f"shipping.{key}",
+                   id=f"missing-shipping.{key}")
+      for key in ("name", "postal_code", "prefecture", "address")],
+    *[pytest.param(lambda b, k=key: {**b, "shipping": {**b["shipping"], k: "  "}}, f"shipping.{key}",
+                   id=f"blank-shipping.{key}")
+      for key in ("name", "postal_code", "prefecture", "address")],
+    pytest.param(lambda b: {**b, "shipping": {**b["shipping"], "postal_code": "12-34567"}}, "shipping.postal_code",
+                 id="bad-postal-code"),
+    pytest.param(lambda b: {**b, "shipping": {**b["shipping"], "postal_code": "abc-defg"}}, "shipping.postal_code",
+                 id="letters-postal-code"),
+    pytest.param(lambda b: {**b, "shipping": {**b["shipping"], "prefecture": "Atlantis"}}, "shipping.prefecture",
+                 id="unknown-prefecture"),
+]
+
+
+@pytest.mark.parametrize("mutate, field", INVALID)
+def test_invalid_checkout_input_is_422_naming_the_field_and_reserves_nothing(
+        client, sessions, new_cart, mutate, field):
+    cart_id = new_cart([("TEA-01", 2)])
+    response = client.post("/checkout", json=mutate(checkout_body(cart_id)))
+    error = assert_error(response, 422, "invalid_input", field)
+    assert field.split(".")[-1] in error["message"]
+    assert order_count(sessions) == 0
+    assert stock(client, "TEA-01") == (40, 0, 40)
+    assert client.get(f"/carts/{cart_id}").get_json()["status"] == "open"
+
+
+@pytest.mark.parametrize("data", ["not json", "[1, 2]", ""])
+def test_checkout_body_that_is_not_a_json_object_is_422(client, sessions, data):
+    response = client.post("/checkout", data=data, content_type="application/json")
+    assert_error(response, 422, "invalid_input", "body")
+    assert order_count(sessions) == 0
+
+
+def test_checkout_of_an_empty_cart_is_422_naming_the_cart(client, sessions):
+    cart_id = client.post("/carts").get_json()["id"]
+    error = assert_error(client.post("/checkout", json=checkout_body(cart_id)), 422, "invalid_input", "cart_id")
+    assert "empty" in error["message"]
+    assert order_count(sessions) == 0
+
+
+# --- 404 ------------------------------------------------------------------------------------------------------
+
+
+def test_checkout_of_an_unknown_cart_is_404_naming_the_cart(client, sessions):
+    error = assert_error(client.post("/checkout", json=checkout_body("cart_doesnotexist")), 404, "not_found",
+                         "cart_id")
+    assert "cart_doesnotexist" in error["message"]
+    assert order_count(sessions) == 0
+
+
+# --- Idempotency-Key ------------------------------------------------------------------------------------------
+
+
+def test_repeated_idempotency_key_answers_the_same_order_and_creates_nothing_new(client, sessions, new_cart):
+    cart_id = new_cart([("TEA-01", 2)])
+    headers = {"Idempotency-Key": "checkout-attempt-1"}
+    first = client.post("/checkout", json=checkout_body(cart_id), headers=headers)
+    second = client.post("/checkout", json=checkout_body(cart_id), headers=headers)
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert second.get_json() == first.get_json()
+    assert order_count(sessions) == 1
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Reservation)) == 1
+    assert stock(client, "TEA-01") == (40, 2, 38)
+
+
+def test_idempotency_key_reused_for_another_cart_is_422(client, sessions, new_cart):
+    headers = {"Idempotency-Key": "checkout-attempt-2"}
+    first_cart, other_cart = new_cart([("TEA-01", 1)]), new_cart([("TEA-01", 3)])
+    assert client.post("/checkout", json=checkout_body(first_cart), headers=headers).status_code == 201
+    response = client.post("/checkout", json=checkout_body(other_cart), headers=headers)
+    assert_error(response, 422, "idempotency_key_reused", "Idempotency-Key")
+    assert order_count(sessions) == 1
+    assert stock(client, "TEA-01") == (40, 1, 39)
+    assert client.get(f"/carts/{other_cart}").get_json()["status"] == "open"
+
+
+def test_blank_idempotency_key_is_422(client, sessions, new_cart):
+    response = client.post("/checkout", json=checkout_body(new_cart()), headers={"Idempotency-Key": "   "})
+    assert_error(response, 422, "invalid_input", "Idempotency-Key")
+    assert order_count(sessions) == 0
+
+
+# --- 502 ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def unreachable_stripe_client(app, settings, localstripe):
+    """A client of an app whose Stripe API base is a closed port (same database as `client`).
+
+    Built after `app`, because create_app points the SDK's global api_base at its settings.
+    """
+    from webhook_app import create_app
+
+    app = create_app(dataclasses.replace(settings, stripe_api_base=f"http://127.0.0.1:{free_port()}"))
+    app.config["TESTING"] = True
+    try:
+        yield app.test_client()
+    finally:
+        use_stripe(localstripe.base)
+        app.extensions["shop"].engine.dispose()
+
+
+def test_stripe_unreachable_is_502_and_releases_stock_and_cancels_the_order(
+        client, sessions, new_cart, unreachable_stripe_client):
+    cart_id = new_cart([("TEA-01", 2)])
+    response = unreachable_stripe_client.post("/checkout", json=checkout_body(cart_id))
+    error = assert_error(response, 502, "payment_provider_unavailable")
+    assert "released" in error["message"]
+    assert stock(client, "TEA-01") == (40, 0, 40)
+    with sessions() as session:
+        orders = session.scalars(select(Order)).all()
+        assert [o.status.value for o in orders] == ["cancelled"]
+        assert orders[0].payment_intent_id is None
+        assert [r.status for r in orders[0].reservations] == [ReservationStatus.RELEASED]
+        assert session.get(Cart, cart_id).status is CartStatus.OPEN
+
+
+def test_after_a_502_the_same_cart_and_idempotency_key_check_out_afresh(
+        client, sessions, localstripe, new_cart, unreachable_stripe_client):
+    cart_id = new_cart([("TEA-01", 2)])
+    headers = {"Idempotency-Key": "retry-after-outage"}
+    failed = unreachable_stripe_client.post("/checkout", json=checkout_body(cart_id), headers=headers)
+    assert failed.status_code == 502
+    use_stripe(localstripe.base)
+
+    retried = client.post("/checkout", json=checkout_body(cart_id), headers=headers)
+    assert retried.status_code == 201, retried.get_json()
+    order = retried.get_json()
+    assert stock(client, "TEA-01") == (40, 2, 38)
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).metadata["order_id"] == order["order_id"]
+    with sessions() as session:
+        statuses = {o.id: o.status.value for o in session.scalars(select(Order))}
+    assert statuses[order["order_id"]] == "pending_payment"
+    assert sorted(statuses.values()) == ["cancelled", "pending_payment"]
+
+
+# --- GET /orders/<id> -----------------------------------------------------------------------------------------
+
+
+def test_order_is_shown_with_the_contract_fields(client, checkout):
+    placed = checkout([("TEA-01", 2), ("CUP-01", 1)])
+    response = client.get(f"/orders/{placed['order_id']}")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert {"order_id", "status", "total", "currency", "lines", "shipment", "payment_intent_id"} <= set(body)
+    assert body["order_id"] == placed["order_id"]
+    assert body["status"] == "pending_payment"
+    assert body["total"] == placed["total"] == 2400 + 3500 + 700
+    assert body["currency"] == "jpy"
+    assert body["payment_intent_id"] == placed["payment_intent_id"]
+    assert body["shipment"] is None
+    assert sorted((line["sku"], line["quantity"], line["unit_amount"]) for line in body["lines"]) == [
+        ("CUP-01", 1, 3500), ("TEA-01", 2, 1200)]
+    json.dumps(body)  # plain JSON all the way down
+
+
+def test_unknown_order_is_404(client):
+    error = assert_error(client.get("/orders/ord_doesnotexist"), 404, "not_found", "order_id")
+    assert "ord_doesnotexist" in error["message"]

@@ -1,0 +1,427 @@
+"""Health, readiness and metrics endpoints, and the `shop` command on a real database."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+from sqlalchemy import create_engine, inspect, select
+from werkzeug.serving import make_server
+
+from models.events import InboxEvent
+from tests.support import WEBHOOK_SECRET, event_for, free_port, stripe_fixture
+from webhook_app.cli import shop
+from webhook_app.signing import post_signed_event
+
+
+def app_with(settings, **changes):
+    from webhook_app import create_app
+
+    app = create_app(dataclasses.replace(settings, **changes))
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def make_client(app, settings, localstripe):
+    apps = []
+
+    def make(**changes):
+        apps.append(app_with(settings, **changes))
+        return apps[-1].test_client()
+
+    yield make
+    for built in apps:
+        built.extensions["shop"].engine.dispose()
+
+
+# --- /healthz, /readyz, /metrics ------------------------------------------------------------------------------
+
+
+def test_healthz_answers_200_while_the_process_runs(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_readyz_is_200_when_database_and_broker_answer(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json() == {"ready": True, "checks": {"database": "ok", "broker": "ok"}}
+
+
+@pytest.mark.parametrize("unreachable_url", [
+    pytest.param("sqlite:////nonexistent-dir-for-shop-tests/deeper/shop.db", id="sqlite-in-missing-folder"),
+    pytest.param(f"postgresql+psycopg://shop:shop@127.0.0.1:{free_port()}/shop?connect_timeout=2",
+                 id="postgresql-closed-port"),
+])
+def test_readyz_is_503_naming_the_database_when_it_cannot_be_reached(make_client, unreachable_url):
+    response = make_client(database_url=unreachable_url).get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["ready"] is False
+    assert body["checks"]["broker"] == "ok"
+    assert body["checks"]["database"].startswith("unavailable: ")
+    assert "OperationalError" in body["checks"]["database"]
+
+
+def test_readyz_is_503_naming_the_broker_when_its_folder_is_gone(make_client, tmp_path):
+    response = make_client(broker_url=f"filesystem://{tmp_path / 'no-such-broker'}").get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["ready"] is False
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["broker"].startswith("unavailable: ")
+    assert "no-such-broker" in body["checks"]["broker"]
+
+
+def test_metrics_is_prometheus_text_counting_orders_events_and_outbox(client, checkout, post_event):
+    order = checkout()
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"]))
+    post_event(stripe_fixture("charge.refunded"))
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    lines = response.get_data(as_text=True).splitlines()
+    assert "# TYPE shop_orders gauge" in lines
+    assert 'shop_orders{status="pending_payment"} 1' in lines
+    assert 'shop_inbox_events{type="payment_intent.succeeded",status="received"} 1' in lines
+    assert 'shop_inbox_events{type="charge.refunded",status="ignored"} 1' in lines
+    assert 'shop_outbox_messages{topic="stripe_event",status="pending"} 1' in lines
+    for line in lines:
+        assert line.startswith("#") or line.rsplit(" ", 1)[1].isdigit(), line
+
+
+# --- the shop command -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_shop(settings, localstripe):
+    """`shop ARGS…` in this process, with the environment a deployment would give it."""
+    runner = CliRunner()
+    base_env = {
+        "DATABASE_URL": settings.database_url,
+        "BROKER_URL": settings.broker_url,
+        "STRIPE_API_BASE": localstripe.base,
+        "STRIPE_API_KEY": "sk_test_local",
+        "STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+        "LOG_FORMAT": "console",
+    }
+
+    def run(*args, **env):
+        return runner.invoke(shop, [str(a) for a in args], env={**base_env, **env}, catch_exceptions=False)
+
+    return run
+
+
+def _commands(group: click.Group, prefix=()):
+    for name, command in sorted(group.commands.items()):
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+
+
+ALL_COMMANDS = list(_commands(shop))
+# The Contract's verbs that the command has today; each must keep its --help.
+CONTRACT_COMMANDS = [("db", "upgrade"), ("catalog", "load"), ("worker",), ("relay",), ("events", "list"),
+                     ("events", "show"), ("events", "replay"), ("events", "send"), ("demo",)]
+
+
+def test_shop_help_lists_its_verbs(run_shop):
+    result = run_shop("--help")
+    assert result.exit_code == 0, result.output
+    for verb in ("db", "catalog", "worker", "relay", "events", "demo"):
+        assert verb in result.output
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=" ".join)
+def test_every_verb_has_help(run_shop, path):
+    result = run_shop(*path, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage: shop " + " ".join(path) in result.output
+
+
+def test_the_contract_verbs_are_all_there():
+    assert set(CONTRACT_COMMANDS) <= set(ALL_COMMANDS)
+
+
+def test_unknown_verb_is_exit_2(run_shop):
+    assert run_shop("no-such-verb").exit_code == 2
+
+
+# shop db upgrade
+
+
+def test_db_upgrade_creates_the_schema_and_is_safe_to_run_again(run_shop, tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh' / 'new.db'}"
+    (tmp_path / "fresh").mkdir()
+    for _ in range(2):
+        result = run_shop("db", "upgrade", DATABASE_URL=url)
+        assert result.exit_code == 0, result.output
+        assert "migrated to head" in result.output
+    engine = create_engine(url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"alembic_version", "products", "stock", "carts", "orders", "reservations", "inbox_events",
+            "outbox", "shipments", "shipping_rates"} <= tables
+
+
+# shop catalog load
+
+CATALOG_FILE = {
+    "currency": "jpy",
+    "products": [{"sku": "MUG-01", "name": "Hasami mug", "unit_amount": 2800, "stock": 12, "weight_grams": 400}],
+    "shipping": {"free_over": 10000, "rates": [{"prefectures": ["Hokkaido"], "fee": 800},
+                                                {"prefectures": "default", "fee": 1000}]},
+}
+
+
+def _product(client, sku):
+    response = client.get(f"/products/{sku}")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_catalog_load_from_json_adds_products_and_shipping_rates(run_shop, client, checkout, tmp_path):
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(CATALOG_FILE))
+    result = run_shop("catalog", "load", path)
+    assert result.exit_code == 0, result.output
+    assert "1 created, 0 updated, 2 shipping rates" in result.output
+    assert _product(client, "MUG-01") == {"sku": "MUG-01", "name": "Hasami mug", "unit_amount": 2800,
+                                          "currency": "jpy", "on_hand": 12, "reserved": 0, "available": 12}
+    # The shipping table was replaced: Hokkaido is now 800, everything else 1000.
+    assert checkout([("MUG-01", 1)])["shipping_fee"] == 800
+    assert checkout([("MUG-01", 1)], shipping={"name": "A", "postal_code": "100-0001", "prefecture": "Tokyo",
+                                               "address": "Chiyoda 1-1"})["shipping_fee"] == 1000
+
+
+def test_catalog_load_from_yaml_then_again_updates_by_sku(run_shop, client, tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(CATALOG_FILE))
+    first = run_shop("catalog", "load", path)
+    assert first.exit_code == 0, first.output
+    assert "1 created, 0 updated" in first.output
+
+    changed = json.loads(json.dumps(CATALOG_FILE))
+    changed["products"][0].update(name="Hasami mug (blue)", unit_amount=3000, stock=20)
+    path.write_text(yaml.safe_dump(changed))
+    second = run_shop("catalog", "load", path)
+    assert second.exit_code == 0, second.output
+    assert "0 created, 1 updated" in second.output
+    assert _product(client, "MUG-01") == {"sku": "MUG-01", "name": "Hasami mug (blue)", "unit_amount": 3000,
+                                          "currency": "jpy", "on_hand": 20, "reserved": 0, "available": 20}
+    assert [p["sku"] for p in client.get("/products").get_json()].count("MUG-01") == 1
+
+
+def _broken(path: str, value):
+    data = json.loads(json.dumps(CATALOG_FILE))
+    *parents, last = path.split(".")
+    target = data
+    for key in parents:
+        target = target[int(key)] if key.isdigit() else target[key]
+    if value is KeyError:
+        del target[last]
+    else:
+        target[int(last) if last.isdigit() else last] = value
+    return data
+
+
+@pytest.mark.parametrize("data, field", [
+    pytest.param(_broken("products.0.unit_amount", -5), "products[0].unit_amount", id="negative-price"),
+    pytest.param(_broken("products.0.stock", "ten"), "products[0].stock", id="stock-not-int"),
+    pytest.param(_broken("products.0.sku", KeyError), "products[0].sku", id="missing-sku"),
+    pytest.param(_broken("currency", KeyError), "currency", id="missing-currency"),
+    pytest.param(_broken("shipping.rates.0.prefectures", ["Atlantis"]), "shipping.rates[0].prefectures",
+                 id="unknown-prefecture"),
+    pytest.param(_broken("products", {"sku": "MUG-01"}), "products", id="products-not-a-list"),
+])
+def test_catalog_load_of_a_bad_file_is_exit_1_naming_the_field_and_loads_nothing(
+        run_shop, client, tmp_path, data, field):
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(data))
+    result = run_shop("catalog", "load", path)
+    assert result.exit_code == 1, result.output
+    assert field in result.output
+    assert client.get("/products/MUG-01").status_code == 404
+
+
+def test_catalog_load_of_a_file_that_does_not_parse_is_exit_1(run_shop, tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text("products: [unclosed\n  - sku: {")
+    result = run_shop("catalog", "load", path)
+    assert result.exit_code == 1, result.output
+    assert "not valid YAML" in result.output
+
+
+def test_catalog_load_cannot_set_stock_below_what_checkouts_reserved(run_shop, client, checkout, tmp_path):
+    checkout([("TEA-01", 2)])
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({"currency": "jpy", "products": [
+        {"sku": "TEA-01", "name": "Hokkaido black tea", "unit_amount": 1200, "stock": 1}]}))
+    result = run_shop("catalog", "load", path)
+    assert result.exit_code == 1, result.output
+    assert "TEA-01" in result.output and "reserved" in result.output
+    tea = _product(client, "TEA-01")
+    assert (tea["on_hand"], tea["reserved"]) == (40, 2)
+
+
+def test_catalog_load_of_a_missing_file_is_exit_2(run_shop, tmp_path):
+    assert run_shop("catalog", "load", tmp_path / "nope.json").exit_code == 2
+
+
+# shop events list | show | replay
+
+
+@pytest.fixture
+def stored_events(checkout, post_event):
+    order = checkout([("TEA-01", 2)])
+    paid = event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                     order_id=order["order_id"], amount=order["total"])
+    refunded = stripe_fixture("charge.refunded")
+    for event in (paid, refunded):
+        assert post_event(event).status_code == 200
+    return {"order": order, "paid": paid, "refunded": refunded}
+
+
+def test_events_list_shows_stored_events_and_filters_by_status_and_type(run_shop, stored_events):
+    paid, refunded = stored_events["paid"]["id"], stored_events["refunded"]["id"]
+    everything = run_shop("events", "list")
+    assert everything.exit_code == 0, everything.output
+    assert paid in everything.output and refunded in everything.output
+    assert "payment_intent.succeeded" in everything.output
+
+    ignored = run_shop("events", "list", "--status", "ignored")
+    assert ignored.exit_code == 0
+    assert refunded in ignored.output and paid not in ignored.output
+
+    by_type = run_shop("events", "list", "--type", "payment_intent.succeeded")
+    assert by_type.exit_code == 0
+    assert paid in by_type.output and refunded not in by_type.output
+
+    none = run_shop("events", "list", "--status", "dead")
+    assert none.exit_code == 0
+    assert "no events" in none.output
+
+
+def test_events_list_with_an_unknown_status_is_exit_2(run_shop):
+    result = run_shop("events", "list", "--status", "sideways")
+    assert result.exit_code == 2
+    assert "sideways" in result.output
+
+
+def test_events_show_prints_the_stored_event_and_its_payload(run_shop, stored_events):
+    event = stored_events["paid"]
+    result = run_shop("events", "show", event["id"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert (shown["event_id"], shown["type"], shown["status"]) == (event["id"], "payment_intent.succeeded",
+                                                                   "received")
+    assert shown["payload"] == event
+
+
+def test_events_show_of_an_unknown_id_is_exit_2(run_shop):
+    result = run_shop("events", "show", "evt_doesnotexist")
+    assert result.exit_code == 2
+    assert "evt_doesnotexist" in result.output
+
+
+def test_events_replay_runs_the_handler_once_and_a_second_replay_changes_nothing(
+        run_shop, client, sessions, stored_events):
+    order, event = stored_events["order"], stored_events["paid"]
+    first = run_shop("events", "replay", event["id"])
+    assert first.exit_code == 0, first.output
+    assert "processed (order paid)" in first.output
+    after_first = client.get(f"/orders/{order['order_id']}").get_json()
+    assert after_first["status"] == "paid"
+    assert _product(client, "TEA-01")["on_hand"] == 38
+
+    second = run_shop("events", "replay", event["id"])
+    assert second.exit_code == 0, second.output
+    assert "already" in second.output
+    assert client.get(f"/orders/{order['order_id']}").get_json() == after_first
+    assert _product(client, "TEA-01")["on_hand"] == 38
+
+
+def test_events_replay_of_an_unknown_id_is_exit_2(run_shop):
+    result = run_shop("events", "replay", "evt_doesnotexist")
+    assert result.exit_code == 2
+    assert "evt_doesnotexist" in result.output
+
+
+# shop events send, over real HTTP
+
+
+@pytest.fixture
+def live_url(app):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/webhooks/stripe"
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def _stored(sessions) -> list[str]:
+    with sessions() as session:
+        return session.scalars(select(InboxEvent.event_id).order_by(InboxEvent.id)).all()
+
+
+def test_post_signed_event_is_accepted_by_the_running_service(live_url, sessions):
+    event = stripe_fixture("payment_intent.succeeded")
+    status, body = post_signed_event(live_url, event, WEBHOOK_SECRET)
+    assert (status, json.loads(body)) == (200, {"received": True, "duplicate": False})
+    status, body = post_signed_event(live_url, event, WEBHOOK_SECRET)
+    assert (status, json.loads(body)) == (200, {"received": True, "duplicate": True})
+    assert _stored(sessions) == [event["id"]]
+
+
+def test_post_signed_event_with_the_wrong_secret_gets_the_400(live_url, sessions):
+    status, body = post_signed_event(live_url, stripe_fixture("payment_intent.succeeded"), "whsec_wrong")
+    assert status == 400
+    assert json.loads(body)["error"]["code"] == "invalid_signature"
+    assert _stored(sessions) == []
+
+
+def test_events_send_signs_and_posts_a_file(run_shop, live_url, sessions, tmp_path):
+    event = stripe_fixture("payment_intent.succeeded")
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event))
+    result = run_shop("events", "send", path, "--url", live_url)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("200 ")
+    fresh = run_shop("events", "send", path, "--url", live_url, "--fresh-id")
+    assert fresh.exit_code == 0, fresh.output
+    stored = _stored(sessions)
+    assert len(stored) == 2 and stored[0] == event["id"] and stored[1] != event["id"]
+
+
+def test_events_send_refused_by_the_service_is_exit_1(run_shop, live_url, sessions, tmp_path):
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(stripe_fixture("payment_intent.succeeded")))
+    result = run_shop("events", "send", path, "--url", live_url, STRIPE_WEBHOOK_SECRETS="whsec_not_the_endpoints")
+    assert result.exit_code == 1
+    assert result.output.startswith("400 ")
+    assert _stored(sessions) == []
+
+
+def test_events_send_without_a_secret_or_with_a_non_json_file_is_exit_2(run_shop, live_url, tmp_path):
+    good = tmp_path / "event.json"
+    good.write_text(json.dumps(stripe_fixture("payment_intent.succeeded")))
+    no_secret = run_shop("events", "send", good, "--url", live_url, STRIPE_WEBHOOK_SECRETS="")
+    assert no_secret.exit_code == 2
+    assert "STRIPE_WEBHOOK_SECRETS" in no_secret.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    not_json = run_shop("events", "send", bad, "--url", live_url)
+    assert not_json.exit_code == 2
+    assert "not JSON" in not_json.output

@@ -1,0 +1,353 @@
+"""POST /webhooks/stripe: verify, store once with its outbox row, answer; every refusal stores nothing."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+from sqlalchemy import func, select, text
+from werkzeug.test import EnvironBuilder
+
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
+from tests.support import FIXTURES, WEBHOOK_SECRET, event_for, signed_headers, stripe_fixture
+
+LIMIT = 4096
+FIXTURE_NAMES = sorted(p.stem for p in (FIXTURES / "stripe").glob("*.json"))
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert {"code", "message"} <= set(error) <= {"code", "message", "field"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+def counts(sessions) -> tuple[int, int]:
+    with sessions() as session:
+        return (session.scalar(select(func.count()).select_from(InboxEvent)),
+                session.scalar(select(func.count()).select_from(OutboxMessage)))
+
+
+def inbox_row(sessions, event_id: str) -> InboxEvent:
+    with sessions() as session:
+        return session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)).one()
+
+
+def outbox_rows(sessions) -> list[OutboxMessage]:
+    with sessions() as session:
+        return session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+
+
+def app_with(settings, **changes):
+    from webhook_app import create_app
+
+    app = create_app(dataclasses.replace(settings, **changes))
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def make_client(app, settings):
+    """A test client of an app built with changed settings, on the same database as `client`."""
+    apps = []
+
+    def make(**changes):
+        apps.append(app_with(settings, **changes))
+        return apps[-1].test_client()
+
+    yield make
+    for built in apps:
+        built.extensions["shop"].engine.dispose()
+
+
+def post_raw(client, body: bytes | str, headers: dict):
+    return client.post("/webhooks/stripe", data=body, headers=headers)
+
+
+# --- 200 ------------------------------------------------------------------------------------------------------
+
+
+def test_signed_event_is_stored_with_one_outbox_row_and_acknowledged(post_event, sessions):
+    event = event_for("localstripe_payment_intent.succeeded")
+    response = post_event(event)
+    assert response.status_code == 200
+    assert response.get_json() == {"received": True, "duplicate": False}
+    row = inbox_row(sessions, event["id"])
+    assert (row.type, row.status, row.object_id) == ("payment_intent.succeeded", EventStatus.RECEIVED,
+                                                     event["data"]["object"]["id"])
+    assert json.loads(row.payload) == event
+    [message] = outbox_rows(sessions)
+    assert (message.topic, message.status, message.inbox_event_id) == (Topic.STRIPE_EVENT, OutboxStatus.PENDING,
+                                                                         row.id)
+
+
+def test_second_delivery_of_the_same_event_is_acknowledged_as_duplicate_and_changes_nothing(post_event, sessions):
+    event = event_for("localstripe_payment_intent.succeeded")
+    assert post_event(event).get_json() == {"received": True, "duplicate": False}
+    before = inbox_row(sessions, event["id"]).to_dict()
+    again = post_event(event)
+    assert again.status_code == 200
+    assert again.get_json() == {"received": True, "duplicate": True}
+    assert counts(sessions) == (1, 1)
+    assert inbox_row(sessions, event["id"]).to_dict() == before
+
+
+def test_redelivery_with_a_changed_body_keeps_the_first_stored_copy(post_event, sessions):
+    event = event_for("localstripe_payment_intent.succeeded")
+    post_event(event)
+    tampered = {**event, "data": {"object": {**event["data"]["object"], "amount": 1}}}
+    assert post_event(tampered).get_json() == {"received": True, "duplicate": True}
+    assert json.loads(inbox_row(sessions, event["id"]).payload)["data"]["object"]["amount"] == 3100
+    assert counts(sessions) == (1, 1)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_every_shared_stripe_fixture_is_accepted(post_event, sessions, name):
+    event = stripe_fixture(name)
+    response = post_event(event)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {"received": True, "duplicate": False}
+    assert inbox_row(sessions, event["id"]).type == event["type"]
+
+
+def test_unknown_fields_anywhere_in_the_event_are_accepted(post_event, sessions):
+    event = event_for("localstripe_payment_intent.succeeded")
+    event["brand_new_top_level_field"] = {"nested": [1, 2, 3]}
+    event["data"]["object"]["brand_new_intent_field"] = "x"
+    assert post_event(event).get_json() == {"received": True, "duplicate": False}
+    assert counts(sessions) == (1, 1)
+
+
+@pytest.mark.parametrize("name", ["charge.refunded", "charge.dispute.created"])
+def test_unhandled_event_types_are_stored_ignored_with_no_outbox_row(post_event, sessions, name):
+    event = stripe_fixture(name)
+    assert post_event(event).get_json() == {"received": True, "duplicate": False}
+    row = inbox_row(sessions, event["id"])
+    assert row.status is EventStatus.IGNORED
+    assert name in row.outcome
+    assert counts(sessions) == (1, 0)
+
+
+def test_event_for_a_payment_intent_of_no_order_ends_ignored_with_a_reason_and_is_not_retried(
+        post_event, sessions, deliver):
+    event = stripe_fixture("payment_intent.succeeded")
+    post_event(event)
+    deliver()
+    row = inbox_row(sessions, event["id"])
+    assert row.status is EventStatus.IGNORED
+    assert "no order" in row.outcome and event["data"]["object"]["id"] in row.outcome
+    assert row.attempts == 1
+    assert row.last_error is None
+    assert [m.status for m in outbox_rows(sessions)] == [OutboxStatus.DONE]
+    assert deliver() == 0  # nothing is due again
+
+
+# --- 400 ------------------------------------------------------------------------------------------------------
+
+
+def _payload() -> str:
+    return json.dumps(event_for("localstripe_payment_intent.succeeded"))
+
+
+def test_missing_signature_header_is_400_and_stores_nothing(client, sessions):
+    response = post_raw(client, _payload(), {"Content-Type": "application/json"})
+    error = assert_error(response, 400, "missing_signature")
+    assert "Stripe-Signature" in error["message"]
+    assert counts(sessions) == (0, 0)
+
+
+@pytest.mark.parametrize("header", [
+    pytest.param(lambda p: f"t={int(time.time())},v1={'0' * 64}", id="wrong-mac"),
+    pytest.param(lambda p: "garbage", id="unparseable"),
+    pytest.param(lambda p: f"t={int(time.time())}", id="no-v1"),
+    pytest.param(lambda p: signed_headers(p + " ")["Stripe-Signature"], id="body-changed-after-signing"),
+])
+def test_bad_signature_is_400_and_stores_nothing(client, sessions, header):
+    payload = _payload()
+    response = post_raw(client, payload, {"Content-Type": "application/json", "Stripe-Signature": header(payload)})
+    error = assert_error(response, 400, "invalid_signature")
+    assert "signature" in error["message"]
+    assert counts(sessions) == (0, 0)
+
+
+def test_signature_made_with_another_secret_is_400_and_stores_nothing(post_event, sessions):
+    response = post_event(_payload(), secret="whsec_someone_elses_endpoint")
+    error = assert_error(response, 400, "invalid_signature")
+    assert "signature" in error["message"].lower()
+    assert counts(sessions) == (0, 0)
+
+
+def test_stale_timestamp_is_400_and_stores_nothing(post_event, sessions):
+    response = post_event(_payload(), timestamp=int(time.time()) - 301)
+    error = assert_error(response, 400)
+    assert "tolerance" in error["message"] or "timestamp" in error["message"].lower()
+    assert counts(sessions) == (0, 0)
+
+
+def test_timestamp_just_inside_tolerance_is_accepted(post_event, sessions):
+    assert post_event(_payload(), timestamp=int(time.time()) - 290).status_code == 200
+    assert counts(sessions) == (1, 1)
+
+
+def test_future_timestamp_beyond_tolerance_is_400_and_stores_nothing(post_event, sessions):
+    response = post_event(_payload(), timestamp=int(time.time()) + 3600)
+    error = assert_error(response, 400)
+    assert "timestamp" in error["message"].lower() or "tolerance" in error["message"]
+    assert counts(sessions) == (0, 0)
+
+
+def test_correctly_signed_body_that_is_not_json_is_400_and_stores_nothing(post_event, sessions):
+    error = assert_error(post_event("this is not json {"), 400, "invalid_payload")
+    assert "JSON" in error["message"]
+    assert counts(sessions) == (0, 0)
+
+
+def test_correctly_signed_body_that_is_not_utf8_is_400_and_stores_nothing(client, sessions):
+    body = b'{"id": "evt_\xff\xfe", "object": "event"}'
+    timestamp = int(time.time())
+    mac = hmac.new(WEBHOOK_SECRET.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json", "Stripe-Signature": f"t={timestamp},v1={mac}"}
+    response = post_raw(client, body, headers)
+    error = assert_error(response, 400, "invalid_payload")
+    assert "UTF-8" in error["message"]
+    assert counts(sessions) == (0, 0)
+
+
+def _event() -> dict:
+    return event_for("localstripe_payment_intent.succeeded")
+
+
+NOT_EVENTS = [
+    pytest.param(lambda: {k: v for k, v in _event().items() if k != "id"}, "id", id="no-id"),
+    pytest.param(lambda: {**_event(), "id": "pi_123"}, "id", id="id-not-evt"),
+    pytest.param(lambda: {**_event(), "object": "payment_intent"}, "object", id="object-not-event"),
+    pytest.param(lambda: {k: v for k, v in _event().items() if k != "object"}, "object", id="no-object"),
+    pytest.param(lambda: {k: v for k, v in _event().items() if k != "type"}, "type", id="no-type"),
+    pytest.param(lambda: {**_event(), "data": {}}, "data.object", id="no-data-object"),
+    pytest.param(lambda: {**_event(), "data": {"object": "pi_123"}}, "data.object", id="data-object-not-object"),
+    pytest.param(lambda: {k: v for k, v in _event().items() if k != "data"}, "data.object", id="no-data"),
+    pytest.param(lambda: [_event()], "JSON object", id="a-list"),
+    pytest.param(lambda: "evt_123", "JSON object", id="a-string"),
+    pytest.param(lambda: None, "JSON object", id="null"),
+]
+
+
+@pytest.mark.parametrize("make, said", NOT_EVENTS)
+def test_signed_json_that_is_not_an_event_is_400_saying_what_is_wrong_and_stores_nothing(
+        post_event, sessions, make, said):
+    response = post_event(json.dumps(make()))
+    error = assert_error(response, 400, "not_an_event")
+    assert said in error["message"]
+    assert counts(sessions) == (0, 0)
+
+
+# --- 413 ------------------------------------------------------------------------------------------------------
+
+
+def _event_of_size(size: int) -> str:
+    event = event_for("localstripe_payment_intent.succeeded")
+    event["padding"] = ""
+    filler = size - len(json.dumps(event))
+    event["padding"] = "x" * filler
+    payload = json.dumps(event)
+    assert len(payload.encode()) == size
+    return payload
+
+
+def test_body_over_the_limit_is_413_and_stores_nothing(make_client, sessions):
+    small = make_client(max_webhook_bytes=LIMIT)
+    payload = _event_of_size(LIMIT + 1)
+    error = assert_error(post_raw(small, payload, signed_headers(payload)), 413, "payload_too_large")
+    assert str(LIMIT) in error["message"]
+    assert counts(sessions) == (0, 0)
+
+
+def test_body_exactly_at_the_limit_is_accepted(make_client, sessions):
+    small = make_client(max_webhook_bytes=LIMIT)
+    payload = _event_of_size(LIMIT)
+    response = post_raw(small, payload, signed_headers(payload))
+    assert response.status_code == 200, response.get_json()
+    assert counts(sessions) == (1, 1)
+
+
+def test_body_over_the_limit_without_content_length_is_413(make_client, sessions):
+    small = make_client(max_webhook_bytes=LIMIT)
+    payload = _event_of_size(2 * LIMIT)
+    environ = EnvironBuilder(path="/webhooks/stripe", method="POST", data=payload,
+                             headers=signed_headers(payload)).get_environ()
+    # A body of unknown length, as with chunked transfer encoding: only the read can stop it.
+    del environ["CONTENT_LENGTH"]
+    environ["wsgi.input_terminated"] = True
+    assert_error(small.open(environ), 413, "payload_too_large")
+    assert counts(sessions) == (0, 0)
+
+
+def test_body_within_the_limit_without_content_length_is_read_and_stored(make_client, sessions):
+    small = make_client(max_webhook_bytes=LIMIT)
+    payload = _event_of_size(LIMIT - 10)
+    environ = EnvironBuilder(path="/webhooks/stripe", method="POST", data=payload,
+                             headers=signed_headers(payload)).get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ["wsgi.input_terminated"] = True
+    response = small.open(environ)
+    assert response.status_code == 200, response.get_json()
+    assert counts(sessions) == (1, 1)
+
+
+# --- secrets --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", ["whsec_old", "whsec_new"])
+def test_during_secret_rotation_an_event_signed_with_either_secret_is_accepted(make_client, sessions, secret):
+    rotating = make_client(webhook_secrets=("whsec_old", "whsec_new"))
+    payload = _payload()
+    response = post_raw(rotating, payload, signed_headers(payload, secret))
+    assert response.status_code == 200
+    assert response.get_json() == {"received": True, "duplicate": False}
+    assert counts(sessions) == (1, 1)
+
+
+def test_during_secret_rotation_a_third_secret_is_still_refused(make_client, sessions):
+    rotating = make_client(webhook_secrets=("whsec_old", "whsec_new"))
+    payload = _payload()
+    assert_error(post_raw(rotating, payload, signed_headers(payload, "whsec_other")), 400, "invalid_signature")
+    assert counts(sessions) == (0, 0)
+
+
+def test_no_configured_secret_is_500_with_a_clear_message_and_stores_nothing(make_client, sessions):
+    unconfigured = make_client(webhook_secrets=())
+    payload = _payload()
+    error = assert_error(post_raw(unconfigured, payload, signed_headers(payload)), 500, "webhook_not_configured")
+    assert "STRIPE_WEBHOOK_SECRETS" in error["message"]
+    assert "not stored" in error["message"]
+    assert counts(sessions) == (0, 0)
+
+
+# --- 503 ------------------------------------------------------------------------------------------------------
+
+
+def test_database_that_cannot_store_is_503_so_stripe_retries_and_the_retry_is_stored(post_event, sessions):
+    event = event_for("localstripe_payment_intent.succeeded")
+    with sessions() as session:
+        session.execute(text("ALTER TABLE inbox_events RENAME TO inbox_events_away"))
+        session.commit()
+    try:
+        response = post_event(event)
+    finally:
+        with sessions() as session:
+            session.execute(text("ALTER TABLE inbox_events_away RENAME TO inbox_events"))
+            session.commit()
+    error = assert_error(response, 503, "storage_unavailable")
+    assert "could not be stored" in error["message"] and "retry" in error["message"]
+    assert counts(sessions) == (0, 0)
+    # Stripe delivers again; now it is stored, and not as a duplicate.
+    assert post_event(event).get_json() == {"received": True, "duplicate": False}
+    assert counts(sessions) == (1, 1)
