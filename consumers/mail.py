@@ -9,7 +9,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from models.events import Topic, enqueue
-from models.orders import Order
+from models.orders import Order, OrderStatus
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -40,6 +40,14 @@ def queue_order_mail(session: Session, order: Order, kind: str) -> None:
         "subject": SUBJECTS[kind].format(order_id=order.id),
         "body": _body(order, kind),
     })
+
+
+def is_still_true(session: Session, message: dict) -> bool:
+    """A "payment failed" mail queued before a later success must not reach a paid customer."""
+    if message.get("kind") != "payment_failed":
+        return True
+    order = session.get(Order, message["order_id"])
+    return order is not None and order.status is OrderStatus.PAYMENT_FAILED
 
 
 def send_mail(settings: Settings, message: dict) -> None:

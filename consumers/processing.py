@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.alerts import alert_staff
 from consumers.handlers import HANDLERS, Outcome
-from consumers.mail import send_mail
+from consumers.mail import is_still_true, send_mail
 from models.base import utcnow
 from models.db import transaction
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
@@ -68,14 +68,20 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
             if message.status in (OutboxStatus.DONE, OutboxStatus.DEAD):
                 log.info("message_already_handled", status=message.status.value)
                 return Result("skipped", message.status.value)
-            topic, body, alert = message.topic, message.body, None
-            if topic is Topic.STRIPE_EVENT:
+            body, alert, mail = message.body, None, None
+            if message.topic is Topic.STRIPE_EVENT:
                 alert = _handle_event(session, message)
                 message.mark_done()
-        if topic is Topic.MAIL:
+            elif is_still_true(session, body):
+                mail = body
+            else:
+                log.info("mail_dropped", kind=body.get("kind"), order_id=body.get("order_id"),
+                         reason="the order moved on since it was queued")
+                message.mark_done()
+        if mail is not None:
             # Sent outside any transaction, so a slow SMTP server never holds a database lock;
             # a crash between sending and marking it done sends it again (at least once).
-            send_mail(settings, body)
+            send_mail(settings, mail)
             with transaction(factory) as session:
                 _lock(session, outbox_id).mark_done()
     except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped

@@ -60,18 +60,24 @@ def validate_catalog(data) -> None:
              "shipping.free_over must be an integer >= 0", "shipping.free_over")
     rates = shipping.get("rates")
     _require(isinstance(rates, list) and rates, "shipping.rates must be a non-empty list", "shipping.rates")
+    priced = set()  # each prefecture, and the default, has exactly one fee
     for i, rate in enumerate(rates):
         where = f"shipping.rates[{i}]"
         _require(isinstance(rate, dict), f"{where} must be an object", where)
         _require(_is_int(rate.get("fee")) and rate["fee"] >= 0, f"{where}.fee must be an integer >= 0", f"{where}.fee")
         prefs = rate.get("prefectures")
         if prefs == DEFAULT:
-            continue
-        _require(isinstance(prefs, list) and prefs, f"{where}.prefectures must be a list or \"default\"",
-                 f"{where}.prefectures")
-        for name in prefs:
-            _require(isinstance(name, str) and canonical_prefecture(name) is not None,
-                     f"{where}.prefectures: unknown prefecture {name!r}", f"{where}.prefectures")
+            names = [DEFAULT]
+        else:
+            _require(isinstance(prefs, list) and prefs, f"{where}.prefectures must be a list or \"default\"",
+                     f"{where}.prefectures")
+            for name in prefs:
+                _require(isinstance(name, str) and canonical_prefecture(name) is not None,
+                         f"{where}.prefectures: unknown prefecture {name!r}", f"{where}.prefectures")
+            names = [canonical_prefecture(name) for name in prefs]
+        for name in names:
+            _require(name not in priced, f"{where}.prefectures: {name} already has a rate", f"{where}.prefectures")
+            priced.add(name)
 
 
 def apply_catalog(session: Session, data: dict) -> dict:

@@ -89,3 +89,18 @@ def test_smtp_down_retries_the_mail_and_sends_it_when_back(client, checkout, pos
     with sessions() as session:
         assert session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.MAIL)).one().status \
             is OutboxStatus.DONE
+
+
+def test_declined_then_paid_sends_only_the_confirmation(client, checkout, post_event, sessions, smtp,
+                                                       mailing_settings):
+    from tests.conftest import deliver_with
+
+    order = checkout([("TEA-01", 1)], email="jiro@example.jp")
+    for name in ("localstripe_payment_intent.payment_failed", "localstripe_payment_intent.succeeded"):
+        post_event(event_for(name, intent_id=order["payment_intent_id"], order_id=order["order_id"],
+                             amount=order["total"]))
+    deliver_with(mailing_settings, sessions)
+
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+    subjects = [mail["Subject"] for _, mail in smtp.messages]
+    assert subjects == [f"Thank you for your order {order['order_id']}"]
