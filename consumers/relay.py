@@ -1,18 +1,18 @@
 """`shop relay`: publish due outbox rows to the broker, re-publish lost ones, expire reservations."""
 from __future__ import annotations
 
-import signal
 import time
 
 import structlog
-from kombu import Producer
+from kombu import Connection, Producer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumers.broker import EXCHANGE, QUEUES, connect
+from consumers.broker import EXCHANGE, QUEUES
+from consumers.process import LongRunningProcess
 from models.base import utcnow
 from models.catalog import Reservation, ReservationStatus
-from models.db import engine_for, make_session_factory, transaction
+from models.db import transaction
 from models.events import OutboxMessage, OutboxStatus
 from models.orders import OrderStatus, get_order, release_reservations
 from models.settings import Settings
@@ -79,42 +79,19 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
     return len(order_ids)
 
 
-class Relay:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.engine = engine_for(settings)
-        self.factory = make_session_factory(self.engine)
-        self.stopping = False
+class Relay(LongRunningProcess):
+    name = "relay"
 
-    def stop(self, *_args) -> None:
-        self.stopping = True
-
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
-        log.info("relay_started")
+    def serve(self, conn: Connection) -> None:
+        producer = Producer(conn.default_channel)
+        last_expiry = 0.0
         while not self.stopping:
-            try:
-                self._loop()
-            except Exception as exc:  # noqa: BLE001 - broker or database down: the outbox keeps everything
-                log.warning("relay_paused", error=f"{type(exc).__name__}: {exc}")
-                time.sleep(1)
-        self.engine.dispose()
-        log.info("relay_stopped")
-
-    def _loop(self) -> None:
-        with connect(self.settings) as conn:
-            conn.ensure_connection(max_retries=3, interval_start=0.5, interval_step=1, interval_max=3)
-            producer = Producer(conn.default_channel)
-            log.info("relay_connected", broker=conn.as_uri())
-            last_expiry = 0.0
-            while not self.stopping:
-                published = publish_due(self.factory, producer, self.settings)
-                if time.monotonic() - last_expiry > 5:
-                    expire_reservations(self.factory)
-                    last_expiry = time.monotonic()
-                if published < BATCH:
-                    time.sleep(self.settings.relay_interval_seconds)
+            published = publish_due(self.factory, producer, self.settings)
+            if time.monotonic() - last_expiry > 5:
+                expire_reservations(self.factory)
+                last_expiry = time.monotonic()
+            if published < BATCH:
+                time.sleep(self.settings.relay_interval_seconds)
 
 
 def run_relay(settings: Settings) -> None:

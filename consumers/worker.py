@@ -1,32 +1,24 @@
 """`shop worker`: consume the work queues and run each message through its handler, ack after commit."""
 from __future__ import annotations
 
-import signal
 import socket
 import time
 
 import structlog
-from kombu import Consumer, Message
+from kombu import Connection, Consumer, Message
 
-from consumers.broker import QUEUES, connect
+from consumers.broker import QUEUES
+from consumers.process import LongRunningProcess
 from consumers.processing import process_message
-from models.db import engine_for, make_session_factory
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
-class Worker:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.engine = engine_for(settings)
-        self.factory = make_session_factory(self.engine)
-        self.stopping = False
+class Worker(LongRunningProcess):
+    """Unacknowledged messages of a stopped worker go back to the broker (or are re-published)."""
 
-    def stop(self, *_args) -> None:
-        # SIGTERM: finish the message in hand, then leave; unacked ones go back to the broker.
-        log.info("worker_stopping")
-        self.stopping = True
+    name = "worker"
 
     def on_message(self, body: dict, message: Message) -> None:
         outbox_id = body.get("outbox_id") if isinstance(body, dict) else None
@@ -54,31 +46,14 @@ class Worker:
         log.error("message_rejected", reason=f"undecodable body: {exc}", content_type=message.content_type)
         message.reject()
 
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
-        log.info("worker_started", queues=[q.name for q in QUEUES.values()])
-        while not self.stopping:
-            try:
-                self._consume()
-            except Exception as exc:  # noqa: BLE001 - broker gone: reconnect after a pause
-                log.warning("broker_connection_lost", error=f"{type(exc).__name__}: {exc}")
-                time.sleep(1)
-        self.engine.dispose()
-        log.info("worker_stopped")
-
-    def _consume(self) -> None:
-        with connect(self.settings) as conn:
-            conn.ensure_connection(max_retries=3, interval_start=0.5, interval_step=1, interval_max=3)
-            queues = list(QUEUES.values())
-            with Consumer(conn, queues=queues, callbacks=[self.on_message], accept=["json"],
-                          on_decode_error=self.on_decode_error, prefetch_count=self.settings.worker_prefetch):
-                log.info("worker_connected", broker=conn.as_uri())
-                while not self.stopping:
-                    try:
-                        conn.drain_events(timeout=1)
-                    except (socket.timeout, TimeoutError):
-                        continue
+    def serve(self, conn: Connection) -> None:
+        with Consumer(conn, queues=list(QUEUES.values()), callbacks=[self.on_message], accept=["json"],
+                      on_decode_error=self.on_decode_error, prefetch_count=self.settings.worker_prefetch):
+            while not self.stopping:
+                try:
+                    conn.drain_events(timeout=1)
+                except (socket.timeout, TimeoutError):
+                    continue
 
 
 def run_worker(settings: Settings) -> None:
