@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import structlog
 from flask import Flask, jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from models.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
@@ -39,6 +40,11 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(exc: OperationalError):
+        log.error("database_unavailable", error=str(exc.orig)[:200])
+        return error_response(503, "storage_unavailable", "the database is unavailable; please retry")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
