@@ -1,6 +1,7 @@
 """Fixtures: a migrated real database, the Flask app on it, a real localstripe, and message delivery."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,12 +11,11 @@ from sqlalchemy.engine import make_url
 from consumers.broker import QUEUES, connect
 from consumers.relay import publish_due
 from consumers.worker import Worker
-from models.catalog_file import apply_catalog
-from models.db import make_engine, make_session_factory, transaction
+from models.db import make_engine, make_session_factory
 from models.migrations import upgrade
 from models.settings import Settings
 from tests.backends import create_postgres_database, drop_postgres_database, servers_available
-from tests.support import CATALOG, SHIPPING, WEBHOOK_SECRET, LocalStripe, signed_headers, use_stripe
+from tests.support import SHIPPING, WEBHOOK_SECRET, LocalStripe, load_catalog, settings_for, signed_headers, use_stripe
 
 
 @pytest.fixture(scope="session")
@@ -49,15 +49,8 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def settings(database_url, tmp_path, localstripe) -> Settings:
-    return Settings(
-        database_url=database_url,
-        broker_url=f"memory://localhost/{tmp_path.name}",
-        stripe_api_base=localstripe.base,
-        webhook_secrets=(WEBHOOK_SECRET,),
-        log_format="console",
-        retry_base_seconds=0.0,
-        max_attempts=3,
-    )
+    return settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}",
+                        stripe_api_base=localstripe.base)
 
 
 @pytest.fixture
@@ -69,9 +62,7 @@ def sessions(settings):
 
 @pytest.fixture
 def catalog(sessions):
-    with transaction(sessions) as session:
-        apply_catalog(session, json.loads(json.dumps(CATALOG)))
-    return CATALOG
+    return load_catalog(sessions)
 
 
 @pytest.fixture
@@ -88,6 +79,32 @@ def app(settings, catalog):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def app_with(settings, **changes):
+    """A testing app on `settings` with some fields changed (same database unless database_url is one)."""
+    from webhook_app import create_app
+
+    app = create_app(dataclasses.replace(settings, **changes))
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def make_client(app, settings):
+    """A test client of an app built with changed settings, on the same database as `client`.
+
+    Built after `app`; each app built here has its engine disposed at teardown.
+    """
+    apps = []
+
+    def make(**changes):
+        apps.append(app_with(settings, **changes))
+        return apps[-1].test_client()
+
+    yield make
+    for built in apps:
+        built.extensions["shop"].engine.dispose()
 
 
 @pytest.fixture

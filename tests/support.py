@@ -13,6 +13,9 @@ from pathlib import Path
 
 import stripe
 
+from models.catalog_file import apply_catalog
+from models.db import transaction
+from models.settings import Settings
 from webhook_app.signing import refresh, sign
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -32,6 +35,42 @@ CATALOG = {
                                                {"prefectures": ["Okinawa"], "fee": 1500},
                                                {"prefectures": "default", "fee": 900}]},
 }
+
+
+def settings_for(database_url: str, *, broker_url: str, stripe_api_base: str) -> Settings:
+    """The suite's Settings: our webhook secret, console logs, no retry back-off, three attempts."""
+    return Settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        stripe_api_base=stripe_api_base,
+        webhook_secrets=(WEBHOOK_SECRET,),
+        log_format="console",
+        retry_base_seconds=0.0,
+        max_attempts=3,
+    )
+
+
+def load_catalog(sessions) -> dict:
+    """Put CATALOG (a fresh copy, so nothing can change the constant) into a migrated database."""
+    with transaction(sessions) as session:
+        apply_catalog(session, json.loads(json.dumps(CATALOG)))
+    return CATALOG
+
+
+def assert_error(response, status: int, code: str | None = None, field: str | None = None) -> dict:
+    """The one error shape: {"error": {"code", "message", "field"?}}, with the field named where given."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert {"code", "message"} <= set(error) <= {"code", "message", "field"}, error
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    if field is not None:
+        assert error.get("field") == field, error
+    return error
 
 
 def stripe_fixture(name: str) -> dict:

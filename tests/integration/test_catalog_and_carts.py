@@ -6,24 +6,9 @@ from sqlalchemy import func, select
 
 from models.carts import CartItem
 from models.orders import Order
+from tests.support import assert_error
 
 PRODUCT_KEYS = {"sku", "name", "unit_amount", "currency", "on_hand", "reserved", "available"}
-
-
-def assert_error(response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The one error shape: {"error": {"code", "message", "field"?}}, with the field named where given."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert {"code", "message"} <= set(error) <= {"code", "message", "field"}, error
-    assert isinstance(error["code"], str) and error["code"]
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    if field is not None:
-        assert error.get("field") == field, error
-    return error
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -17,25 +16,10 @@ from models.catalog_file import apply_catalog
 from models.carts import Cart, CartStatus
 from models.db import transaction
 from models.orders import Order
-from tests.support import CATALOG, SHIPPING, free_port, use_stripe
+from tests.support import CATALOG, SHIPPING, assert_error, free_port, use_stripe
 
 CHECKOUT_KEYS = {"order_id", "payment_intent_id", "client_secret", "subtotal", "shipping_fee", "total", "currency",
                  "reserved_until"}
-
-
-def assert_error(response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The one error shape: {"error": {"code", "message", "field"?}}, with the field named where given."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert {"code", "message"} <= set(error) <= {"code", "message", "field"}, error
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    if field is not None:
-        assert error.get("field") == field, error
-    return error
 
 
 @pytest.fixture
@@ -287,20 +271,16 @@ def test_blank_idempotency_key_is_422(client, sessions, new_cart):
 
 
 @pytest.fixture
-def unreachable_stripe_client(app, settings, localstripe):
+def unreachable_stripe_client(make_client, localstripe):
     """A client of an app whose Stripe API base is a closed port (same database as `client`).
 
-    Built after `app`, because create_app points the SDK's global api_base at its settings.
+    Built after `app` (make_client is), because create_app points the SDK's global api_base at its
+    settings; pointed back at localstripe before make_client disposes the app's engine.
     """
-    from webhook_app import create_app
-
-    app = create_app(dataclasses.replace(settings, stripe_api_base=f"http://127.0.0.1:{free_port()}"))
-    app.config["TESTING"] = True
     try:
-        yield app.test_client()
+        yield make_client(stripe_api_base=f"http://127.0.0.1:{free_port()}")
     finally:
         use_stripe(localstripe.base)
-        app.extensions["shop"].engine.dispose()
 
 
 def test_stripe_unreachable_is_502_and_releases_stock_and_cancels_the_order(

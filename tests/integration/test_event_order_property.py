@@ -24,13 +24,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.processing import process_message, run_event
-from models.catalog_file import apply_catalog
 from models.db import transaction
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
 from models.migrations import upgrade
 from models.orders import Order, Shipment
 from models.settings import Settings
-from tests.support import CATALOG, SHIPPING, WEBHOOK_SECRET, event_for, signed_headers, use_stripe
+from tests.support import CATALOG, SHIPPING, event_for, load_catalog, settings_for, signed_headers, use_stripe
 
 SUCCEEDED = "localstripe_payment_intent.succeeded"
 FAILED = "localstripe_payment_intent.payment_failed"
@@ -61,23 +60,14 @@ def fresh_shop(localstripe, tmp_path_factory):
         folder.mkdir()
         url = f"sqlite:///{folder / 'shop.db'}"
         upgrade(url)
-        settings = Settings(
-            database_url=url,
-            broker_url=f"memory://localhost/{folder.name}",
-            stripe_api_base=localstripe.base,
-            webhook_secrets=(WEBHOOK_SECRET,),
-            log_format="console",
-            retry_base_seconds=0.0,
-            max_attempts=3,
-        )
+        settings = settings_for(url, broker_url=f"memory://localhost/{folder.name}", stripe_api_base=localstripe.base)
         from webhook_app import create_app
 
         app = create_app(settings)
         app.config["TESTING"] = True
         use_stripe(settings.stripe_api_base)
         sessions = app.extensions["shop"].sessions
-        with transaction(sessions) as session:
-            apply_catalog(session, json.loads(json.dumps(CATALOG)))
+        load_catalog(sessions)
         try:
             yield Shop(app, app.test_client(), settings, sessions)
         finally:

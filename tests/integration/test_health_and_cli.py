@@ -1,7 +1,6 @@
 """Health, readiness and metrics endpoints, and the `shop` command on a real database."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 
@@ -16,27 +15,6 @@ from models.events import InboxEvent
 from tests.support import WEBHOOK_SECRET, event_for, free_port, stripe_fixture
 from webhook_app.cli import shop
 from webhook_app.signing import post_signed_event
-
-
-def app_with(settings, **changes):
-    from webhook_app import create_app
-
-    app = create_app(dataclasses.replace(settings, **changes))
-    app.config["TESTING"] = True
-    return app
-
-
-@pytest.fixture
-def make_client(app, settings, localstripe):
-    apps = []
-
-    def make(**changes):
-        apps.append(app_with(settings, **changes))
-        return apps[-1].test_client()
-
-    yield make
-    for built in apps:
-        built.extensions["shop"].engine.dispose()
 
 
 # --- /healthz, /readyz, /metrics ------------------------------------------------------------------------------

@@ -1,8 +1,6 @@
 """Reservations that run out: the relay releases the stock and cancels the unpaid order."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from consumers.relay import expire_reservations
@@ -10,12 +8,8 @@ from tests.support import SHIPPING, event_for, signed_headers
 
 
 @pytest.fixture
-def short_hold_client(settings, catalog):
-    from webhook_app import create_app
-
-    app = create_app(dataclasses.replace(settings, reservation_ttl_seconds=0))
-    yield app.test_client()
-    app.extensions["shop"].engine.dispose()
+def short_hold_client(make_client):
+    return make_client(reservation_ttl_seconds=0)
 
 
 def _checkout(client, quantity=2):

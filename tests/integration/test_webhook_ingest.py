@@ -1,7 +1,6 @@
 """POST /webhooks/stripe: verify, store once with its outbox row, answer; every refusal stores nothing."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -12,22 +11,10 @@ from sqlalchemy import func, select, text
 from werkzeug.test import EnvironBuilder
 
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
-from tests.support import FIXTURES, WEBHOOK_SECRET, event_for, signed_headers, stripe_fixture
+from tests.support import FIXTURES, WEBHOOK_SECRET, assert_error, event_for, signed_headers, stripe_fixture
 
 LIMIT = 4096
 FIXTURE_NAMES = sorted(p.stem for p in (FIXTURES / "stripe").glob("*.json"))
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert {"code", "message"} <= set(error) <= {"code", "message", "field"}, error
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    return error
 
 
 def counts(sessions) -> tuple[int, int]:
@@ -44,28 +31,6 @@ def inbox_row(sessions, event_id: str) -> InboxEvent:
 def outbox_rows(sessions) -> list[OutboxMessage]:
     with sessions() as session:
         return session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
-
-
-def app_with(settings, **changes):
-    from webhook_app import create_app
-
-    app = create_app(dataclasses.replace(settings, **changes))
-    app.config["TESTING"] = True
-    return app
-
-
-@pytest.fixture
-def make_client(app, settings):
-    """A test client of an app built with changed settings, on the same database as `client`."""
-    apps = []
-
-    def make(**changes):
-        apps.append(app_with(settings, **changes))
-        return apps[-1].test_client()
-
-    yield make
-    for built in apps:
-        built.extensions["shop"].engine.dispose()
 
 
 def post_raw(client, body: bytes | str, headers: dict):
