@@ -1,20 +1,14 @@
 """While the database is unreachable every endpoint says so with 503, never a bare 500."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from tests.support import assert_error
 
 
 @pytest.fixture
-def client_without_database(settings, tmp_path):
-    from webhook_app import create_app
-
-    app = create_app(dataclasses.replace(settings, database_url=f"sqlite:///{tmp_path / 'no-such-dir' / 'shop.db'}"))
-    yield app.test_client()
-    app.extensions["shop"].engine.dispose()
+def client_without_database(make_client, tmp_path):
+    return make_client(database_url=f"sqlite:///{tmp_path / 'no-such-dir' / 'shop.db'}")
 
 
 @pytest.mark.parametrize("method, path", [("GET", "/products"), ("GET", "/products/TEA-01"), ("POST", "/carts"),
