@@ -34,6 +34,18 @@ def create_payment_intent(*, order_id: str, amount: int, currency: str, email: s
         raise PaymentGatewayError(_describe(exc)) from exc
 
 
+def refund_payment(*, order_id: str, payment_intent_id: str, reason: str) -> stripe.Refund:
+    try:
+        return stripe.Refund.create(
+            payment_intent=payment_intent_id,
+            metadata={"order_id": order_id, "staff_reason": reason[:500]},
+            # One refund per order, however often staff press the button.
+            idempotency_key=f"order-{order_id}-refund",
+        )
+    except stripe.StripeError as exc:
+        raise PaymentGatewayError(_describe(exc)) from exc
+
+
 def _describe(exc: stripe.StripeError) -> str:
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {message}"

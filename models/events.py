@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, utcnow
+from models.errors import Conflict
 
 
 def _enum(enum_cls):
@@ -27,6 +28,7 @@ class EventStatus(str, enum.Enum):
     IGNORED = "ignored"        # a type we do not handle, or no order of ours
     RETRYING = "retrying"      # its handler failed; the next attempt is scheduled
     DEAD = "dead"              # dead-lettered after the last attempt: a person must look
+    RESOLVED = "resolved"      # a person closed its dead letter with a note
 
 
 class InboxEvent(Base):
@@ -70,7 +72,8 @@ class OutboxStatus(str, enum.Enum):
     PENDING = "pending"        # to publish when available_at is due
     PUBLISHED = "published"    # on the broker; re-published if not done by available_at
     DONE = "done"              # a consumer committed its effect
-    DEAD = "dead"              # out of attempts
+    DEAD = "dead"              # out of attempts: a dead letter, until staff retry or resolve it
+    RESOLVED = "resolved"      # a dead letter staff closed with a note
 
 
 class Topic(str, enum.Enum):
@@ -93,6 +96,8 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(default=None)
     done_at: Mapped[datetime | None] = mapped_column(default=None)
+    resolution_note: Mapped[str | None] = mapped_column(Text, default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
 
     inbox_event: Mapped[InboxEvent | None] = relationship()
 
@@ -127,6 +132,27 @@ class OutboxMessage(Base):
     def mark_done(self) -> None:
         self.status = OutboxStatus.DONE
         self.done_at = utcnow()
+
+    def redrive(self) -> None:
+        """Staff's retry of a dead letter: a fresh set of attempts, starting now."""
+        if self.status is not OutboxStatus.DEAD:
+            raise Conflict(f"message {self.id} is {self.status.value}, not a dead letter")
+        self.status = OutboxStatus.PENDING
+        self.attempts = 0
+        self.available_at = utcnow()
+        if self.inbox_event is not None:
+            self.inbox_event.status = EventStatus.RETRYING
+
+    def resolve(self, note: str) -> None:
+        """Staff close a dead letter without re-driving it (handled by hand, or not needed)."""
+        if self.status is not OutboxStatus.DEAD:
+            raise Conflict(f"message {self.id} is {self.status.value}, not a dead letter")
+        self.status = OutboxStatus.RESOLVED
+        self.resolution_note = note
+        self.resolved_at = utcnow()
+        if self.inbox_event is not None:
+            self.inbox_event.status = EventStatus.RESOLVED
+            self.inbox_event.outcome = f"resolved by staff: {note}"
 
 
 def retry_delay(attempt: int, base_seconds: float, cap_seconds: float = 3600.0) -> float:

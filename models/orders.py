@@ -70,6 +70,9 @@ class Order(Base):
     failure_message: Mapped[str | None] = mapped_column(Text, default=None)
     review_reason: Mapped[str | None] = mapped_column(Text, default=None)
     cancel_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    refund_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    refund_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    refunded_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -106,6 +109,17 @@ class Order(Base):
     def cancel(self, reason: str) -> None:
         self._move(S.CANCELLED)
         self.cancel_reason = reason
+
+    def ensure_refundable(self) -> None:
+        if not can_transition(self.status, S.REFUNDED) or self.payment_intent_id is None:
+            raise IllegalTransition(self.id, self.status.value, S.REFUNDED.value)
+
+    def mark_refunded(self, refund_id: str, reason: str) -> None:
+        """Only ever a staff action: the service never refunds on its own."""
+        self._move(S.REFUNDED)
+        self.refund_id = refund_id
+        self.refund_reason = reason
+        self.refunded_at = utcnow()
 
     def to_dict(self) -> dict:
         shipment = self.shipment.to_dict() if self.shipment else None

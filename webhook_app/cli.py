@@ -203,6 +203,120 @@ def events_send(file, url, fresh_id):
         sys.exit(1)
 
 
+@shop.group()
+def dlq():
+    """Dead letters: messages out of attempts, waiting for a person to retry or resolve them."""
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0][:120] if text else ""
+
+
+@dlq.command("list")
+def dlq_list():
+    """List dead letters: id, what it is, attempts and the last error."""
+    from consumers.staff_actions import dead_letters
+
+    with _sessions(_settings())() as session:
+        rows = dead_letters(session)
+        for m in rows:
+            what = (f"{m.inbox_event.type} {m.inbox_event.event_id}" if m.inbox_event
+                    else f"{m.topic.value} {m.body.get('kind', '')} to {m.body.get('to', '?')}")
+            click.echo(f"{m.id:>6}  {what:<60} attempts={m.attempts}  {_first_line(m.last_error)}")
+        if not rows:
+            click.echo("no dead letters")
+
+
+@dlq.command("show")
+@click.argument("message_id", type=int)
+def dlq_show(message_id):
+    """Show one dead letter with its full last error (traceback) and the event it carries."""
+    from consumers.staff_actions import get_dead_letter
+    from models.errors import NotFound
+
+    with _sessions(_settings())() as session:
+        try:
+            m = get_dead_letter(session, message_id)
+        except NotFound as exc:
+            raise UnknownId(exc.message)
+        _echo_json({"id": m.id, "topic": m.topic.value, "status": m.status.value, "attempts": m.attempts,
+                    "created_at": m.created_at, "last_error": m.last_error, "resolution_note": m.resolution_note,
+                    "message": m.body, "event": m.inbox_event.to_dict() if m.inbox_event else None})
+
+
+@dlq.command("retry")
+@click.argument("message_ids", type=int, nargs=-1, required=True)
+def dlq_retry(message_ids):
+    """Re-drive dead letters through their handlers (the relay publishes them again now)."""
+    from consumers.staff_actions import retry_dead_letter
+
+    _each_dead_letter(message_ids, retry_dead_letter, "queued again")
+
+
+@dlq.command("resolve")
+@click.argument("message_id", type=int)
+@click.option("--note", required=True, help="What was done about it (kept with the message).")
+def dlq_resolve(message_id, note):
+    """Close a dead letter without re-driving it, with a note saying why."""
+    from consumers.staff_actions import resolve_dead_letter
+
+    _each_dead_letter([message_id], lambda factory, i: resolve_dead_letter(factory, i, note), "resolved")
+
+
+def _each_dead_letter(message_ids, action, done: str) -> None:
+    from models.errors import Conflict, NotFound
+
+    factory = _sessions(_settings())
+    for message_id in message_ids:
+        try:
+            action(factory, message_id)
+        except NotFound as exc:
+            raise UnknownId(exc.message)
+        except Conflict as exc:
+            raise click.ClickException(exc.message)
+        click.echo(f"{message_id}: {done}")
+
+
+@shop.group()
+def orders():
+    """Orders that need a person."""
+
+
+@orders.command("review")
+def orders_review():
+    """List orders flagged needs_review, with the reason."""
+    from consumers.staff_actions import orders_needing_review
+
+    with _sessions(_settings())() as session:
+        rows = orders_needing_review(session)
+        for o in rows:
+            click.echo(f"{o.id}  {o.total:>8} {o.currency}  {o.email:<30} {o.review_reason}")
+        if not rows:
+            click.echo("no orders need review")
+
+
+@orders.command("refund")
+@click.argument("order_id")
+@click.option("--reason", required=True, help="Why the customer is refunded (kept on the order and at Stripe).")
+def orders_refund(order_id, reason):
+    """Refund an order's payment in full at Stripe: a staff decision, never automatic."""
+    from consumers.payments import PaymentGatewayError, configure_stripe
+    from consumers.staff_actions import refund_order
+    from models.errors import IllegalTransition, NotFound
+
+    settings = _settings()
+    configure_stripe(settings)
+    try:
+        order = refund_order(_sessions(settings), order_id, reason)
+    except NotFound as exc:
+        raise UnknownId(exc.message)
+    except IllegalTransition as exc:
+        raise click.ClickException(f"{exc.message}: only paid orders or orders in review can be refunded")
+    except PaymentGatewayError as exc:
+        raise click.ClickException(f"Stripe refused or could not be reached: {exc}")
+    click.echo(f"{order_id}: refunded ({order.refund_id})")
+
+
 @shop.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The running service.")
 @click.option("--card", default="4242424242424242", show_default=True,

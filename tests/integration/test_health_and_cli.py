@@ -107,13 +107,15 @@ def _commands(group: click.Group, prefix=()):
 ALL_COMMANDS = list(_commands(shop))
 # The Contract's verbs that the command has today; each must keep its --help.
 CONTRACT_COMMANDS = [("db", "upgrade"), ("catalog", "load"), ("worker",), ("relay",), ("events", "list"),
-                     ("events", "show"), ("events", "replay"), ("events", "send"), ("demo",)]
+                     ("events", "show"), ("events", "replay"), ("events", "send"), ("demo",),
+                     ("dlq", "list"), ("dlq", "show"), ("dlq", "retry"), ("dlq", "resolve"),
+                     ("orders", "review"), ("orders", "refund")]
 
 
 def test_shop_help_lists_its_verbs(run_shop):
     result = run_shop("--help")
     assert result.exit_code == 0, result.output
-    for verb in ("db", "catalog", "worker", "relay", "events", "demo"):
+    for verb in ("db", "catalog", "worker", "relay", "events", "demo", "dlq", "orders"):
         assert verb in result.output
 
 

@@ -1,0 +1,96 @@
+"""Staff tools: dead letters listed, shown, retried and resolved; flagged orders reviewed and refunded."""
+from __future__ import annotations
+
+import stripe
+from click.testing import CliRunner
+from sqlalchemy import select, text
+
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
+from tests.support import event_for
+from webhook_app.cli import shop
+
+
+def _run(settings, *args):
+    return CliRunner().invoke(shop, list(args), env={"DATABASE_URL": settings.database_url,
+                                                     "STRIPE_API_BASE": settings.stripe_api_base,
+                                                     "LOG_FORMAT": "console"})
+
+
+def _dead_letter(settings, sessions, client, checkout, post_event, deliver):
+    """A real dead letter: the handler's table is gone for all of its attempts."""
+    order = checkout([("TEA-01", 1)])
+    event = event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                      order_id=order["order_id"], amount=order["total"])
+    with sessions.kw["bind"].begin() as conn:
+        conn.execute(text("ALTER TABLE shipments RENAME TO shipments_away"))
+    post_event(event)
+    for _ in range(settings.max_attempts):
+        deliver(max_rounds=1)
+    with sessions.kw["bind"].begin() as conn:
+        conn.execute(text("ALTER TABLE shipments_away RENAME TO shipments"))
+    with sessions() as session:
+        message = session.scalars(select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD)).one()
+        return order, event, message.id
+
+
+def test_dead_letter_is_listed_shown_and_retried_until_the_order_is_paid(settings, sessions, client, checkout,
+                                                                          post_event, deliver):
+    order, event, message_id = _dead_letter(settings, sessions, client, checkout, post_event, deliver)
+
+    listed = _run(settings, "dlq", "list")
+    assert listed.exit_code == 0 and str(message_id) in listed.output and event["id"] in listed.output
+    shown = _run(settings, "dlq", "show", str(message_id))
+    assert shown.exit_code == 0 and "shipments" in shown.output and "Traceback" in shown.output
+
+    retried = _run(settings, "dlq", "retry", str(message_id))
+    assert retried.exit_code == 0, retried.output
+    deliver()
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+    assert _run(settings, "dlq", "list").output.strip() == "no dead letters"
+    assert _run(settings, "dlq", "retry", str(message_id)).exit_code == 1  # no longer a dead letter
+
+
+def test_resolving_a_dead_letter_keeps_the_note_and_closes_the_event(settings, sessions, client, checkout,
+                                                                     post_event, deliver):
+    _, event, message_id = _dead_letter(settings, sessions, client, checkout, post_event, deliver)
+    resolved = _run(settings, "dlq", "resolve", str(message_id), "--note", "shipped by hand")
+    assert resolved.exit_code == 0, resolved.output
+    with sessions() as session:
+        message = session.get(OutboxMessage, message_id)
+        assert message.status is OutboxStatus.RESOLVED and message.resolution_note == "shipped by hand"
+        inbox = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
+        assert inbox.status is EventStatus.RESOLVED
+
+
+def test_unknown_dead_letter_exits_2_and_a_note_is_required(settings):
+    assert _run(settings, "dlq", "show", "999").exit_code == 2
+    assert _run(settings, "dlq", "retry", "999").exit_code == 2
+    assert _run(settings, "dlq", "resolve", "1").exit_code == 2  # --note missing: bad usage
+
+
+def test_flagged_order_is_reviewed_then_refunded_at_stripe_once(settings, client, checkout, post_event, deliver):
+    order = checkout([("TEA-01", 1)])
+    stripe.PaymentIntent.modify(order["payment_intent_id"],
+                                payment_method=stripe.PaymentMethod.create(
+                                    type="card", card={"number": "4242424242424242", "exp_month": 12,
+                                                       "exp_year": 2034, "cvc": "123"}).id)
+    stripe.PaymentIntent.confirm(order["payment_intent_id"])
+    # Stripe reports a different amount than the order's total: a person must look.
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"] + 100))
+    deliver()
+
+    review = _run(settings, "orders", "review")
+    assert order["order_id"] in review.output and "amount mismatch" in review.output
+
+    refunded = _run(settings, "orders", "refund", order["order_id"], "--reason", "customer charged the wrong amount")
+    assert refunded.exit_code == 0, refunded.output
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "refunded"
+    assert client.get("/products/TEA-01").get_json()["reserved"] == 0
+    refunds = stripe.Refund.list(limit=100).data
+    assert sum(r.metadata.to_dict().get("order_id") == order["order_id"] for r in refunds) == 1
+
+    again = _run(settings, "orders", "refund", order["order_id"], "--reason", "twice")
+    assert again.exit_code == 1 and "cannot move from refunded" in again.output
+    assert _run(settings, "orders", "refund", "ord_nope", "--reason", "x").exit_code == 2
