@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from kombu import Connection, Exchange, Queue
 
+from consumers import file_transport
 from models.events import Topic
 from models.settings import Settings
 
@@ -35,6 +36,7 @@ def connect(settings: Settings) -> Connection:
         processed.mkdir(parents=True, exist_ok=True)
         return Connection(
             "filesystem://localhost//",
+            transport=file_transport.Transport,
             transport_options={
                 "data_folder_in": str(queue_dir),
                 "data_folder_out": str(queue_dir),
