@@ -10,8 +10,11 @@ import enum
 import json
 from datetime import datetime, timedelta
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Integer, String, Text, select
-from sqlalchemy.exc import IntegrityError
+from typing import NamedTuple
+
+from sqlalchemy import Boolean, Enum, ForeignKey, Integer, String, Text, bindparam, insert, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, utcnow
@@ -171,36 +174,52 @@ HANDLED_EVENT_TYPES = frozenset(
 )
 
 
-def store_event(session: Session, event: dict, raw_payload: str) -> tuple[InboxEvent, bool]:
+class StoredEvent(NamedTuple):
+    id: int
+    status: EventStatus
+    duplicate: bool
+
+
+def _event_insert(dialect_insert):
+    table = InboxEvent.__table__
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=["event_id"]).returning(table.c.id)
+
+
+# Built once: the webhook's hot path only binds parameters (INSERT … ON CONFLICT exists on both).
+_INSERT_EVENT = {"postgresql": _event_insert(postgresql_insert), "sqlite": _event_insert(sqlite_insert)}
+_INSERT_OUTBOX = insert(OutboxMessage.__table__)
+_EXISTING_EVENT = select(InboxEvent.id, InboxEvent.status).where(InboxEvent.event_id == bindparam("event_id"))
+
+
+def store_event(session: Session, event: dict, raw_payload: str) -> StoredEvent:
     """Store a verified Stripe event once, with its outbox row, in the caller's transaction.
 
-    Returns (event, duplicate). Types the service does not handle are stored as ignored,
-    with no outbox row, so they stay visible and never reach a worker.
+    Types the service does not handle are stored as ignored, with no outbox row, so they stay
+    visible and never reach a worker. This is the webhook's hot path, so it is two Core
+    statements: the unique event id, not a look-up first, decides what is a duplicate, which
+    also holds when two deliveries of one event race each other.
     """
-    existing = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one_or_none()
-    if existing is not None:
-        return existing, True
+    now = utcnow()
     obj = event.get("data", {}).get("object") or {}
-    inbox = InboxEvent(
-        event_id=event["id"],
-        type=event["type"],
-        api_version=event.get("api_version"),
-        livemode=bool(event.get("livemode", False)),
-        payload=raw_payload,
-        object_id=obj.get("id") if isinstance(obj.get("id"), str) else None,
-    )
-    if event["type"] not in HANDLED_EVENT_TYPES:
-        inbox.status = EventStatus.IGNORED
-        inbox.outcome = f"event type {event['type']} is not handled"
-        inbox.processed_at = utcnow()
-    try:
-        with session.begin_nested():
-            session.add(inbox)
-            session.flush()
-    except IntegrityError:
-        # Another process stored the same event id between our look-up and our insert.
-        existing = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
-        return existing, True
-    if inbox.status is EventStatus.RECEIVED:
-        enqueue(session, Topic.STRIPE_EVENT, {"event_id": inbox.event_id}, inbox_event=inbox)
-    return inbox, False
+    handled = event["type"] in HANDLED_EVENT_TYPES
+    status = EventStatus.RECEIVED if handled else EventStatus.IGNORED
+    stored_id = session.execute(_INSERT_EVENT[session.get_bind().dialect.name], {
+        "event_id": event["id"],
+        "type": event["type"],
+        "api_version": event.get("api_version"),
+        "livemode": bool(event.get("livemode", False)),
+        "payload": raw_payload,
+        "object_id": obj.get("id") if isinstance(obj.get("id"), str) else None,
+        "status": status,
+        "outcome": None if handled else f"event type {event['type']} is not handled",
+        "processed_at": None if handled else now,
+        "received_at": now,
+    }).scalar_one_or_none()
+    if stored_id is None:
+        existing = session.execute(_EXISTING_EVENT, {"event_id": event["id"]}).one()
+        return StoredEvent(existing.id, existing.status, True)
+    if handled:
+        session.execute(_INSERT_OUTBOX, {
+            "topic": Topic.STRIPE_EVENT, "payload": json.dumps({"event_id": event["id"]}),
+            "inbox_event_id": stored_id, "status": OutboxStatus.PENDING, "available_at": now, "created_at": now})
+    return StoredEvent(stored_id, status, False)

@@ -95,10 +95,9 @@ def receive_stripe_event():
     structlog.contextvars.bind_contextvars(event_id=event["id"], event_type=event["type"])
     try:
         with transaction(state().sessions) as session:
-            inbox, duplicate = store_event(session, event, payload)
-            status = inbox.status.value
+            stored = store_event(session, event, payload)
     except SQLAlchemyError as exc:
         log.error("webhook_store_failed", error=f"{type(exc).__name__}: {exc}")
         return error_response(503, "storage_unavailable", "the event could not be stored; please retry")
-    log.info("webhook_received", duplicate=duplicate, status=status)
-    return jsonify({"received": True, "duplicate": duplicate}), 200
+    log.info("webhook_received", duplicate=stored.duplicate, status=stored.status.value)
+    return jsonify({"received": True, "duplicate": stored.duplicate}), 200
