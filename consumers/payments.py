@@ -34,6 +34,26 @@ def create_payment_intent(*, order_id: str, amount: int, currency: str, email: s
         raise PaymentGatewayError(_describe(exc)) from exc
 
 
+def cancel_payment_intent(payment_intent_id: str) -> str:
+    """Cancel an intent nobody paid, so an expired order can no longer be paid.
+
+    Returns what happened. An intent that can no longer be cancelled (it succeeded meanwhile)
+    is not an error: its succeeded event flags the order for a person.
+    """
+    try:
+        return stripe.PaymentIntent.cancel(payment_intent_id).status
+    except stripe.InvalidRequestError as exc:
+        try:
+            status = stripe.PaymentIntent.retrieve(payment_intent_id).status
+        except stripe.StripeError:
+            status = None
+        if status in ("succeeded", "processing", "canceled"):
+            return f"not cancellable: already {status}"
+        raise PaymentGatewayError(_describe(exc)) from exc
+    except stripe.StripeError as exc:
+        raise PaymentGatewayError(_describe(exc)) from exc
+
+
 def refund_payment(*, order_id: str, payment_intent_id: str, reason: str) -> stripe.Refund:
     try:
         return stripe.Refund.create(

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.alerts import alert_staff
 from consumers.handlers import HANDLERS, Outcome
 from consumers.mail import is_still_true, send_mail
+from consumers.payments import cancel_payment_intent
 from models.base import utcnow
 from models.db import transaction
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
@@ -68,20 +69,21 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
             if message.status in (OutboxStatus.DONE, OutboxStatus.DEAD):
                 log.info("message_already_handled", status=message.status.value)
                 return Result("skipped", message.status.value)
-            body, alert, mail = message.body, None, None
-            if message.topic is Topic.STRIPE_EVENT:
+            topic, body, alert, outside = message.topic, message.body, None, False
+            if topic is Topic.STRIPE_EVENT:
                 alert = _handle_event(session, message)
                 message.mark_done()
-            elif is_still_true(session, body):
-                mail = body
-            else:
+            elif topic is Topic.MAIL and not is_still_true(session, body):
                 log.info("mail_dropped", kind=body.get("kind"), order_id=body.get("order_id"),
                          reason="the order moved on since it was queued")
                 message.mark_done()
-        if mail is not None:
-            # Sent outside any transaction, so a slow SMTP server never holds a database lock;
-            # a crash between sending and marking it done sends it again (at least once).
-            send_mail(settings, mail)
+            else:
+                outside = True
+        if outside:
+            # Calls to SMTP and Stripe happen outside any transaction, so a slow server never
+            # holds a database lock; a crash before marking it done repeats the call (at least
+            # once: Stripe's cancel is idempotent, a mail may be sent twice).
+            _call_outside(settings, topic, body)
             with transaction(factory) as session:
                 _lock(session, outbox_id).mark_done()
     except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped
@@ -89,6 +91,15 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
     if alert:
         alert_staff(settings, alert, event_id=structlog.contextvars.get_contextvars().get("event_id"))
     return Result("done")
+
+
+def _call_outside(settings: Settings, topic: Topic, body: dict) -> None:
+    if topic is Topic.MAIL:
+        send_mail(settings, body)
+    elif topic is Topic.PAYMENT_CANCEL:
+        result = cancel_payment_intent(body["payment_intent_id"])
+        log.info("payment_intent_cancelled", order_id=body["order_id"], payment_intent=body["payment_intent_id"],
+                 result=result)
 
 
 def _lock(session: Session, outbox_id: int) -> OutboxMessage | None:

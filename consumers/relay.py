@@ -13,7 +13,7 @@ from consumers.process import LongRunningProcess
 from models.base import utcnow
 from models.catalog import Reservation, ReservationStatus
 from models.db import transaction
-from models.events import OutboxMessage, OutboxStatus
+from models.events import OutboxMessage, OutboxStatus, Topic, enqueue
 from models.orders import OrderStatus, get_order, release_reservations
 from models.settings import Settings
 
@@ -74,6 +74,10 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
             released = release_reservations(session, order)
             if order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED):
                 order.cancel("reservation expired before payment")
+                if order.payment_intent_id:
+                    # So the customer cannot pay for stock that is no longer held.
+                    enqueue(session, Topic.PAYMENT_CANCEL,
+                            {"order_id": order.id, "payment_intent_id": order.payment_intent_id})
             log.info("reservation_expired", order_id=order.id, units_released=released,
                      order_status=order.status.value)
     return len(order_ids)

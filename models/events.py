@@ -82,6 +82,7 @@ class OutboxStatus(str, enum.Enum):
 class Topic(str, enum.Enum):
     STRIPE_EVENT = "stripe_event"
     MAIL = "mail"
+    PAYMENT_CANCEL = "payment_cancel"  # cancel an expired order's PaymentIntent at Stripe
 
 
 class OutboxMessage(Base):

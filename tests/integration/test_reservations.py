@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import pytest
 
+import stripe
+from sqlalchemy import select
+
 from consumers.relay import expire_reservations
-from tests.support import SHIPPING, event_for, signed_headers
+from models.events import OutboxMessage, OutboxStatus, Topic
+from tests.support import SHIPPING, confirm_card, event_for, signed_headers
 
 
 @pytest.fixture
@@ -27,7 +31,7 @@ def _post(client, event):
     return client.post("/webhooks/stripe", data=payload, headers=signed_headers(payload))
 
 
-def test_expired_reservation_releases_stock_and_cancels_the_unpaid_order(short_hold_client, sessions):
+def test_expired_reservation_releases_stock_and_cancels_the_unpaid_order(short_hold_client, sessions, deliver):
     order = _checkout(short_hold_client)
     assert short_hold_client.get("/products/TEA-01").get_json()["reserved"] == 2
 
@@ -38,6 +42,10 @@ def test_expired_reservation_releases_stock_and_cancels_the_unpaid_order(short_h
     assert (stock["on_hand"], stock["reserved"]) == (40, 0)
     body = short_hold_client.get(f"/orders/{order['order_id']}").get_json()
     assert body["status"] == "cancelled"
+    # ... and the PaymentIntent is cancelled at Stripe, so nobody can pay for the released stock.
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).status == "requires_payment_method"
+    deliver()
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).status == "canceled"
 
 
 def test_declined_order_keeps_its_hold_until_expiry_then_is_cancelled(short_hold_client, sessions, deliver):
@@ -67,3 +75,20 @@ def test_payment_after_expiry_flags_the_order_for_review_without_touching_stock(
     assert "paid after the order was cancelled" in body["review_reason"]
     stock = short_hold_client.get("/products/TEA-01").get_json()
     assert (stock["on_hand"], stock["reserved"]) == (40, 0)
+
+
+def test_intent_paid_just_before_expiry_is_not_cancelled_and_the_order_goes_to_review(short_hold_client, sessions,
+                                                                                       deliver):
+    order = _checkout(short_hold_client)
+    assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
+    expire_reservations(sessions)  # the sweep ran before the succeeded webhook arrived
+    deliver()
+    with sessions() as session:
+        cancel = session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.PAYMENT_CANCEL)).one()
+        assert cancel.status is OutboxStatus.DONE
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).status == "succeeded"
+
+    _post(short_hold_client, event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                                       order_id=order["order_id"], amount=order["total"]))
+    deliver()
+    assert short_hold_client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
