@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 operation failed, 2 bad usage or unknown id.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,10 +17,8 @@ from models.settings import Settings
 DEV_ENV = Path("instance/dev.env")
 
 
-def _load_dev_env() -> None:
+def load_dev_env() -> None:
     """Pick up what `make run` generated (local Stripe base, webhook secret) when not set."""
-    import os
-
     if not DEV_ENV.is_file():
         return
     for line in DEV_ENV.read_text().splitlines():
@@ -332,5 +331,5 @@ def demo(url, card, timeout):
 
 
 def main() -> None:
-    _load_dev_env()
+    load_dev_env()
     shop()

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from webhook_app.cli import DEV_ENV, _load_dev_env
+from webhook_app.cli import DEV_ENV, load_dev_env
 
 WEB_PORT = int(os.environ.get("WEB_PORT", "8000"))
 LOCALSTRIPE_PORT = int(os.environ.get("LOCALSTRIPE_PORT", "8420"))
@@ -35,7 +35,7 @@ def _wait_for_port(port: int, timeout: float = 20) -> None:
 
 def _dev_env() -> dict:
     DEV_ENV.parent.mkdir(parents=True, exist_ok=True)
-    _load_dev_env()
+    load_dev_env()
     values = {}
     uses_localstripe = not os.environ.get("STRIPE_API_BASE") and os.environ.get("STRIPE_API_KEY", "sk_test_local") == "sk_test_local"
     if uses_localstripe:
