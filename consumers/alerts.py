@@ -21,6 +21,6 @@ def alert_staff(settings: Settings, text: str, **fields) -> None:
     try:
         with urllib.request.urlopen(request, timeout=5):
             pass
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - an alert must never undo or repeat the work it reports
         # The alert is also in the log and the problem stays visible in `shop dlq list`.
         log.error("staff_alert_failed", error=str(exc))

@@ -8,8 +8,9 @@ from abc import ABC, abstractmethod
 import structlog
 from kombu import Connection
 
-from consumers.broker import connect
+from consumers.broker import connect, declare_topology
 from models.db import engine_for, make_session_factory
+from models.logs import describe_error
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -37,10 +38,12 @@ class LongRunningProcess(ABC):
             try:
                 with connect(self.settings) as conn:
                     conn.ensure_connection(max_retries=3, interval_start=0.5, interval_step=1, interval_max=3)
+                    # Idempotent; without it RabbitMQ would silently drop what workers reject.
+                    declare_topology(conn)
                     log.info(f"{self.name}_connected", broker=conn.as_uri())
                     self.serve(conn)
             except Exception as exc:  # noqa: BLE001 - broker or database down: wait, reconnect, go on
-                log.warning(f"{self.name}_paused", error=f"{type(exc).__name__}: {exc}")
+                log.warning(f"{self.name}_paused", error=describe_error(exc))
                 time.sleep(1)
         self.engine.dispose()
         log.info(f"{self.name}_stopped")

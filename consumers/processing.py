@@ -19,7 +19,8 @@ from consumers.mail import is_still_true, send_mail
 from consumers.payments import cancel_payment_intent
 from models.base import utcnow
 from models.db import transaction
-from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
+from models.events import EventStatus, InboxEvent, OutboxMessage, Topic
+from models.logs import describe_error
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -66,8 +67,8 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
             message = _lock(session, outbox_id)
             if message is None:
                 return Result("missing", f"no outbox message {outbox_id}")
-            if message.status in (OutboxStatus.DONE, OutboxStatus.DEAD):
-                log.info("message_already_handled", status=message.status.value)
+            if not message.is_to_handle():
+                log.info("message_skipped", status=message.status.value)
                 return Result("skipped", message.status.value)
             topic, body, alert, outside = message.topic, message.body, None, False
             if topic is Topic.STRIPE_EVENT:
@@ -118,7 +119,7 @@ def _handle_event(session: Session, message: OutboxMessage) -> str | None:
 
 
 def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception) -> Result:
-    error = f"{type(exc).__name__}: {exc}"
+    error = describe_error(exc)
     trace = traceback.format_exc(limit=20)
     with transaction(factory) as session:
         message = _lock(session, outbox_id)

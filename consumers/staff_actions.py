@@ -9,13 +9,35 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from consumers.handlers import Outcome
 from consumers.payments import refund_payment
+from consumers.processing import run_event
 from models.db import transaction
 from models.errors import NotFound
-from models.events import OutboxMessage, OutboxStatus
+from models.events import InboxEvent, OutboxMessage, OutboxStatus
 from models.orders import Order, OrderStatus, get_order, release_reservations
 
 log = structlog.get_logger(__name__)
+
+
+def replay_event(factory: sessionmaker[Session], event_id: str) -> Outcome:
+    """`shop events replay`: run a stored event's handler now, under the same locks a worker takes.
+
+    Whatever delivery of it is still open (a dead letter, a scheduled retry) is closed, so the
+    event cannot be applied a second time through that route afterwards.
+    """
+    with transaction(factory) as session:
+        event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id).with_for_update()
+                                ).one_or_none()
+        if event is None:
+            raise NotFound(f"no stored event {event_id}")
+        outcome = run_event(session, event)
+        for message in session.scalars(select(OutboxMessage).where(
+                OutboxMessage.inbox_event_id == event.id,
+                OutboxMessage.status.not_in([OutboxStatus.DONE, OutboxStatus.RESOLVED])).with_for_update()):
+            message.mark_done()
+    log.info("event_replayed", event_id=event_id, status=outcome.status.value, reason=outcome.reason)
+    return outcome
 
 
 def dead_letters(session: Session) -> list[OutboxMessage]:

@@ -10,6 +10,7 @@ from kombu import Connection, Consumer, Message
 from consumers.broker import QUEUES
 from consumers.process import LongRunningProcess
 from consumers.processing import process_message
+from models.logs import describe_error
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -30,7 +31,7 @@ class Worker(LongRunningProcess):
             result = process_message(self.factory, self.settings, outbox_id)
         except Exception as exc:  # noqa: BLE001 - the database itself is unreachable
             # Nothing was recorded, so the message must not be acked: give it back and pause.
-            log.error("message_requeued", outbox_id=outbox_id, error=f"{type(exc).__name__}: {exc}")
+            log.error("message_requeued", outbox_id=outbox_id, error=describe_error(exc))
             message.requeue()
             time.sleep(1)
             return

@@ -137,6 +137,13 @@ class OutboxMessage(Base):
         self.status = OutboxStatus.DONE
         self.done_at = utcnow()
 
+    def is_to_handle(self) -> bool:
+        """A consumer acts on a message only while it is live: not finished, not closed by staff,
+        and not a copy that arrived before its scheduled retry is due."""
+        if self.status is OutboxStatus.PUBLISHED:
+            return True
+        return self.status is OutboxStatus.PENDING and self.available_at <= utcnow()
+
     def redrive(self) -> None:
         """Staff's retry of a dead letter: a fresh set of attempts, starting now."""
         if self.status is not OutboxStatus.DEAD:
@@ -144,7 +151,7 @@ class OutboxMessage(Base):
         self.status = OutboxStatus.PENDING
         self.attempts = 0
         self.available_at = utcnow()
-        if self.inbox_event is not None:
+        if self.inbox_event is not None and self.inbox_event.status is EventStatus.DEAD:
             self.inbox_event.status = EventStatus.RETRYING
 
     def resolve(self, note: str) -> None:

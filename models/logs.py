@@ -7,6 +7,14 @@ import sys
 import structlog
 
 
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """An error for a log line: its type and message, without a database error's bound parameters
+    (they can hold a whole event payload or a customer's address)."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's error
+    message = str(orig) if orig is not None else str(exc)
+    return f"{type(exc).__name__}: {message}"[:limit]
+
+
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
     renderer = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())

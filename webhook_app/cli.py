@@ -170,14 +170,15 @@ def events_show(event_id):
 def events_replay(event_id):
     """Run a stored event through its handler again, now (idempotent: a second run changes nothing)."""
     from consumers.payments import configure_stripe
-    from consumers.processing import run_event
-    from models.db import transaction
+    from consumers.staff_actions import replay_event
+    from models.errors import NotFound
 
     settings = _settings()
     configure_stripe(settings)
-    with transaction(_sessions(settings)) as session:
-        event = _find_event(session, event_id)
-        outcome = run_event(session, event)
+    try:
+        outcome = replay_event(_sessions(settings), event_id)
+    except NotFound as exc:
+        raise UnknownId(exc.message)
     click.echo(f"{event_id}: {outcome.status.value} ({outcome.reason})")
 
 

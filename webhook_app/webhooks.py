@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.db import transaction
 from models.events import store_event
+from models.logs import describe_error
 from webhook_app import state
 from webhook_app.errors import error_response
 
@@ -27,10 +28,16 @@ def _reject(status: int, code: str, message: str):
     return error_response(status, code, message)
 
 
-def _timestamp_of(header: str) -> int:
-    """The `t=` of a Stripe-Signature header the SDK has already verified (so it is there)."""
-    return next(int(value) for key, _, value in (item.strip().partition("=") for item in header.split(","))
-                if key == "t")
+def _timestamp_of(header: str) -> int | None:
+    """The `t=` of a Stripe-Signature header, read the way Stripe's SDK reads it."""
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            try:
+                return int(value.split("=")[0])
+            except ValueError:
+                return None
+    return None
 
 
 def _not_an_event(event) -> str | None:
@@ -80,6 +87,8 @@ def receive_stripe_event():
         return _reject(400, "invalid_signature", f"signature verification failed: {reason}")
     # The SDK refuses only timestamps too far in the past; one too far ahead is as suspect.
     signed_at = _timestamp_of(header)
+    if signed_at is None:
+        return _reject(400, "invalid_signature", "signature verification failed: the timestamp is not a number")
     if signed_at > time.time() + settings.webhook_tolerance_seconds:
         return _reject(400, "invalid_signature", f"signature verification failed: timestamp {signed_at} is in "
                        f"the future, outside the {settings.webhook_tolerance_seconds}-second tolerance")
@@ -97,7 +106,7 @@ def receive_stripe_event():
         with transaction(state().sessions) as session:
             stored = store_event(session, event, payload)
     except SQLAlchemyError as exc:
-        log.error("webhook_store_failed", error=f"{type(exc).__name__}: {exc}")
+        log.error("webhook_store_failed", error=describe_error(exc))
         return error_response(503, "storage_unavailable", "the event could not be stored; please retry")
     log.info("webhook_received", duplicate=stored.duplicate, status=stored.status.value)
     return jsonify({"received": True, "duplicate": stored.duplicate}), 200

@@ -94,3 +94,15 @@ def test_flagged_order_is_reviewed_then_refunded_at_stripe_once(settings, client
     again = _run(settings, "orders", "refund", order["order_id"], "--reason", "twice")
     assert again.exit_code == 1 and "cannot move from refunded" in again.output
     assert _run(settings, "orders", "refund", "ord_nope", "--reason", "x").exit_code == 2
+
+
+def test_replaying_a_dead_letters_event_closes_the_dead_letter_so_it_cannot_run_twice(settings, sessions, client,
+                                                                                      checkout, post_event, deliver):
+    order, event, message_id = _dead_letter(settings, sessions, client, checkout, post_event, deliver)
+    replayed = _run(settings, "events", "replay", event["id"])
+    assert replayed.exit_code == 0 and "processed (order paid)" in replayed.output
+    assert _run(settings, "dlq", "list").output.strip() == "no dead letters"
+    assert _run(settings, "dlq", "retry", str(message_id)).exit_code == 1
+    with sessions() as session:
+        assert session.get(OutboxMessage, message_id).status is OutboxStatus.DONE
+    assert client.get("/products/TEA-01").get_json()["on_hand"] == 39  # one unit left the shelf, once

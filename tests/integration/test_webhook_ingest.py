@@ -316,3 +316,15 @@ def test_database_that_cannot_store_is_503_so_stripe_retries_and_the_retry_is_st
     # Stripe delivers again; now it is stored, and not as a duplicate.
     assert post_event(event).get_json() == {"received": True, "duplicate": False}
     assert counts(sessions) == (1, 1)
+
+
+def test_a_timestamp_with_trailing_text_is_read_as_stripes_sdk_reads_it_never_a_500(client, sessions):
+    import hmac as _hmac
+
+    event = event_for("payment_intent.succeeded")
+    payload = json.dumps(event)
+    now = int(time.time())
+    mac = _hmac.new(WEBHOOK_SECRET.encode(), f"{now}.{payload}".encode(), hashlib.sha256).hexdigest()
+    response = client.post("/webhooks/stripe", data=payload,
+                           headers={"Content-Type": "application/json", "Stripe-Signature": f"t={now}=x,v1={mac}"})
+    assert response.status_code == 200, response.get_json()
