@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from webhook_app.cli import DEV_ENV, load_dev_env
+from webhook_app.cli import DEV_ENV
 
 WEB_PORT = int(os.environ.get("WEB_PORT", "8000"))
 LOCALSTRIPE_PORT = int(os.environ.get("LOCALSTRIPE_PORT", "8420"))
@@ -34,10 +34,12 @@ def _wait_for_port(port: int, timeout: float = 20) -> None:
 
 
 def _dev_env() -> dict:
+    """This run's Stripe settings. Decided from the real environment only: what an earlier run
+    wrote to dev.env must not make this one skip starting localstripe."""
     DEV_ENV.parent.mkdir(parents=True, exist_ok=True)
-    load_dev_env()
     values = {}
-    uses_localstripe = not os.environ.get("STRIPE_API_BASE") and os.environ.get("STRIPE_API_KEY", "sk_test_local") == "sk_test_local"
+    uses_localstripe = (not os.environ.get("STRIPE_API_BASE")
+                        and os.environ.get("STRIPE_API_KEY", "sk_test_local") == "sk_test_local")
     if uses_localstripe:
         values["STRIPE_API_BASE"] = f"http://127.0.0.1:{LOCALSTRIPE_PORT}"
     values["STRIPE_WEBHOOK_SECRETS"] = os.environ.get("STRIPE_WEBHOOK_SECRETS") or f"whsec_{secrets.token_hex(24)}"
@@ -46,12 +48,29 @@ def _dev_env() -> dict:
     return values
 
 
+def _has_products() -> bool:
+    """Load the demo catalog into an empty database only: a second run keeps the stock it had."""
+    from sqlalchemy import func, select
+
+    from models.catalog import Product
+    from models.db import make_engine
+    from models.settings import Settings
+
+    engine = make_engine(Settings.from_env().database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(Product)).scalar_one() > 0
+    finally:
+        engine.dispose()
+
+
 def main() -> int:
     bin_dir = Path(sys.executable).parent
     shop = str(bin_dir / "shop")
     env_values = _dev_env()
     subprocess.run([shop, "db", "upgrade"], check=True)
-    subprocess.run([shop, "catalog", "load", str(CATALOG)], check=True)
+    if not _has_products():
+        subprocess.run([shop, "catalog", "load", str(CATALOG)], check=True)
     children = []
     if "STRIPE_API_BASE" in env_values:
         children.append(subprocess.Popen([str(bin_dir / "localstripe"), "--port", str(LOCALSTRIPE_PORT),
