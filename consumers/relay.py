@@ -14,7 +14,7 @@ from models.base import utcnow
 from models.catalog import Reservation, ReservationStatus
 from models.db import transaction
 from models.events import OutboxMessage, OutboxStatus, Topic, enqueue
-from models.orders import OrderStatus, get_order, release_reservations
+from models.orders import Order, OrderStatus, release_reservations
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -60,18 +60,31 @@ def publish_due(factory: sessionmaker[Session], producer: Producer, settings: Se
 
 
 def expire_reservations(factory: sessionmaker[Session]) -> int:
-    """Release stock whose hold ran out and cancel the unpaid orders that held it."""
+    """Release stock whose hold ran out and cancel the unpaid orders that held it.
+
+    One short transaction per order, the order claimed with SKIP LOCKED: a checkout or a
+    handler holding it is left alone until the next sweep, two relays never wait on each
+    other, and stock rows are locked in the order's own (sku) order as checkout does.
+    """
     now = utcnow()
-    with transaction(factory) as session:
+    with factory() as session:
         order_ids = session.scalars(
             select(Reservation.order_id)
             .where(Reservation.status == ReservationStatus.ACTIVE, Reservation.expires_at <= now)
             .distinct()
             .limit(BATCH)
         ).all()
-        for order_id in order_ids:
-            order = get_order(session, order_id, for_update=True)
+    expired = 0
+    for order_id in order_ids:
+        with transaction(factory) as session:
+            order = session.scalars(
+                select(Order).where(Order.id == order_id).with_for_update(skip_locked=True)).one_or_none()
+            if order is None:
+                continue
             released = release_reservations(session, order)
+            if not released:
+                continue
+            expired += 1
             if order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED):
                 order.cancel("reservation expired before payment")
                 if order.payment_intent_id:
@@ -80,7 +93,7 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
                             {"order_id": order.id, "payment_intent_id": order.payment_intent_id})
             log.info("reservation_expired", order_id=order.id, units_released=released,
                      order_status=order.status.value)
-    return len(order_ids)
+    return expired
 
 
 class Relay(LongRunningProcess):
