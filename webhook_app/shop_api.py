@@ -10,8 +10,8 @@ from consumers.payments import PaymentGatewayError, create_payment_intent
 from models.carts import Cart, CartStatus, get_cart
 from models.catalog import Product
 from models.db import transaction
-from models.errors import NotFound, OutOfStock
-from models.orders import Order, ShippingAddress, get_order, place_order, release_reservations
+from models.errors import Conflict, NotFound, OutOfStock
+from models.orders import Order, OrderStatus, ShippingAddress, get_order, place_order, release_reservations
 from models.shipping import canonical_prefecture
 from webhook_app import state
 from webhook_app.errors import ApiError
@@ -113,14 +113,39 @@ def _replay(order: Order, cart_id: str):
         raise ApiError(422, "idempotency_key_reused",
                        "this Idempotency-Key was used for a different cart", "Idempotency-Key")
     if order.payment_intent_id is None:
-        raise ApiError(409, "checkout_in_progress",
-                       f"the checkout for order {order.id} with this Idempotency-Key is still in progress",
-                       "Idempotency-Key")
+        if order.status is not OrderStatus.PENDING_PAYMENT:
+            raise ApiError(409, "checkout_cancelled",
+                           f"order {order.id} of this Idempotency-Key is {order.status.value} "
+                           f"({order.cancel_reason}); start a new checkout with a new key", "Idempotency-Key")
+        # The first request stopped between creating the PaymentIntent and storing it (or is
+        # still there): the order's idempotency key at Stripe gives back the same intent.
+        try:
+            order = _attach_payment_intent(order)
+        except PaymentGatewayError:
+            raise ApiError(409, "checkout_in_progress",
+                           f"the checkout for order {order.id} with this Idempotency-Key is still in progress",
+                           "Idempotency-Key")
     return jsonify(_checkout_body(order)), 201
 
 
-def _by_key(session, key: str) -> Order | None:
-    return session.scalars(select(Order).where(Order.idempotency_key == key)).one_or_none()
+def _by_key(key: str | None) -> Order | None:
+    if not key:
+        return None
+    with state().sessions() as session:
+        return session.scalars(select(Order).where(Order.idempotency_key == key)).one_or_none()
+
+
+def _attach_payment_intent(order: Order) -> Order:
+    intent = create_payment_intent(order_id=order.id, amount=order.total, currency=order.currency, email=order.email)
+    with transaction(state().sessions) as session:
+        order = get_order(session, order.id, for_update=True)
+        if order.payment_intent_id is not None:
+            return order  # a concurrent retry of the same checkout stored it first
+        order.payment_intent_id = intent.id
+        order.client_secret = intent.client_secret
+    structlog.contextvars.bind_contextvars(payment_intent=intent.id)
+    log.info("payment_intent_created", amount=order.total)
+    return order
 
 
 @bp.post("/checkout")
@@ -130,36 +155,30 @@ def checkout():
     if key is not None and not 1 <= len(key.strip()) <= 255:
         raise ApiError(422, "invalid_input", "Idempotency-Key must be 1 to 255 characters", "Idempotency-Key")
     cart_id, email, shipping = _checkout_input()
+    existing = _by_key(key)
+    if existing is not None:
+        return _replay(existing, cart_id)
     try:
         with transaction(app_state.sessions) as session:
-            existing = _by_key(session, key) if key else None
-            if existing is None:
-                cart = get_cart(session, cart_id, for_update=True)
-                order = place_order(session, cart, email=email, shipping=shipping, idempotency_key=key,
-                                    reservation_ttl_seconds=app_state.settings.reservation_ttl_seconds)
-    except IntegrityError:
-        # A concurrent request with the same key won the race: answer with its order.
-        with app_state.sessions() as session:
-            existing = _by_key(session, key) if key else None
+            cart = get_cart(session, cart_id, for_update=True)
+            order = place_order(session, cart, email=email, shipping=shipping, idempotency_key=key,
+                                reservation_ttl_seconds=app_state.settings.reservation_ttl_seconds)
+    except (IntegrityError, Conflict):
+        # A concurrent request with the same key got there first (the unique key, or the
+        # cart it just checked out): answer with its order.
+        existing = _by_key(key)
         if existing is None:
             raise
-    if existing is not None:
         return _replay(existing, cart_id)
 
     structlog.contextvars.bind_contextvars(order_id=order.id)
     log.info("order_placed", total=order.total, currency=order.currency)
     try:
-        intent = create_payment_intent(order_id=order.id, amount=order.total, currency=order.currency, email=email)
+        order = _attach_payment_intent(order)
     except PaymentGatewayError as exc:
         _abandon(order.id, str(exc))
         raise ApiError(502, "payment_provider_unavailable",
                        f"could not create the payment with Stripe ({exc}); the stock was released, please retry")
-    with transaction(app_state.sessions) as session:
-        order = get_order(session, order.id, for_update=True)
-        order.payment_intent_id = intent.id
-        order.client_secret = intent.client_secret
-    structlog.contextvars.bind_contextvars(payment_intent=intent.id)
-    log.info("payment_intent_created", amount=order.total)
     return jsonify(_checkout_body(order)), 201
 
 

@@ -340,3 +340,26 @@ def test_order_is_shown_with_the_contract_fields(client, checkout):
 def test_unknown_order_is_404(client):
     error = assert_error(client.get("/orders/ord_doesnotexist"), 404, "not_found", "order_id")
     assert "ord_doesnotexist" in error["message"]
+
+
+def test_a_key_whose_first_request_died_before_storing_the_intent_is_completed_by_the_retry(client, sessions):
+    from models.carts import get_cart
+    from models.orders import ShippingAddress, place_order
+
+    cart = client.post("/carts").get_json()
+    client.post(f"/carts/{cart['id']}/items", json={"sku": "TEA-01", "quantity": 1})
+    # The first request's process got as far as the order and its reservation, then died.
+    with transaction(sessions) as session:
+        died = place_order(session, get_cart(session, cart["id"]), email="a@example.com",
+                           shipping=ShippingAddress(**SHIPPING), reservation_ttl_seconds=600,
+                           idempotency_key="key-died")
+        died_id = died.id
+
+    retry = client.post("/checkout", json={"cart_id": cart["id"], "email": "a@example.com", "shipping": SHIPPING},
+                        headers={"Idempotency-Key": "key-died"})
+    assert retry.status_code == 201, retry.get_json()
+    body = retry.get_json()
+    assert body["order_id"] == died_id and body["payment_intent_id"].startswith("pi_")
+    assert stripe.PaymentIntent.retrieve(body["payment_intent_id"]).metadata["order_id"] == died_id
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 1
