@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from typing import NamedTuple
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Integer, String, Text, bindparam, insert, select
+from sqlalchemy import Boolean, Enum, ForeignKey, Index, Integer, String, Text, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
@@ -104,6 +104,9 @@ class OutboxMessage(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
 
     inbox_event: Mapped[InboxEvent | None] = relationship()
+
+    # The relay's poll: what is pending or published and due, without scanning finished rows.
+    __table_args__ = (Index("ix_outbox_status_available_at", "status", "available_at"),)
 
     @property
     def body(self) -> dict:
