@@ -11,8 +11,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from models.base import Base, new_id, utcnow
 from models.carts import Cart, CartStatus
 from models.catalog import Reservation, ReservationStatus, lock_stock
-from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound, OutOfStock
-from models.shipping import load_shipping_table
+from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from models.shipping import load_shipping_table, shipping_fee
 
 
 class OrderStatus(str, enum.Enum):
@@ -237,7 +237,7 @@ def place_order(
         order.reservations.append(Reservation(sku=item.sku, quantity=item.quantity, expires_at=reserved_until))
     order.subtotal = cart.subtotal
     try:
-        order.shipping_fee = load_shipping_table(session).fee_for(shipping.prefecture, order.subtotal)
+        order.shipping_fee = shipping_fee(load_shipping_table(session), shipping.prefecture, order.subtotal)
     except LookupError as exc:
         raise InvalidInput(str(exc), field="shipping.prefecture") from exc
     order.total = order.subtotal + order.shipping_fee
@@ -260,28 +260,21 @@ def release_reservations(session: Session, order: Order) -> int:
 
 
 def consume_reservations(session: Session, order: Order) -> list[str]:
-    """Decrement stock for a paid order exactly once.
+    """Decrement stock for a paid order exactly once: the units it holds leave the shelf.
 
-    Reserved units are consumed; units whose reservation already lapsed are taken from what
-    is available. Returns the skus that could not be covered (paid but out of stock): the
-    caller flags the order for a person, the service never refunds on its own.
+    If the order no longer holds some of its units (its hold was released), nothing is
+    changed and those skus are returned: the caller flags the order for a person, who decides
+    whether there is stock to ship. The service never refunds on its own.
     """
-    short: list[str] = []
+    released = [r.sku for r in order.reservations if r.status is ReservationStatus.RELEASED]
+    if released:
+        return released
     for reservation in order.reservations:
-        stock = lock_stock(session, reservation.sku)
         if reservation.status is ReservationStatus.ACTIVE:
-            stock.consume(reservation.quantity)
-        elif reservation.status is ReservationStatus.RELEASED:
-            try:
-                stock.take(reservation.quantity)
-            except OutOfStock:
-                short.append(reservation.sku)
-                continue
-        else:
-            continue
-        reservation.status = ReservationStatus.CONSUMED
-        reservation.closed_at = utcnow()
-    return short
+            lock_stock(session, reservation.sku).consume(reservation.quantity)
+            reservation.status = ReservationStatus.CONSUMED
+            reservation.closed_at = utcnow()
+    return []
 
 
 def create_shipment(session: Session, order: Order) -> Shipment:

@@ -54,9 +54,9 @@ def on_payment_succeeded(session: Session, event: dict) -> Outcome:
     if order.status is S.CANCELLED:
         return _flag(order, f"paid after the order was cancelled ({order.cancel_reason})")
 
-    short = consume_reservations(session, order)
-    if short:
-        return _flag(order, f"paid but out of stock: {', '.join(short)}")
+    no_longer_held = consume_reservations(session, order)
+    if no_longer_held:
+        return _flag(order, f"paid but the stock is no longer held: {', '.join(no_longer_held)}")
     order.mark_paid()
     create_shipment(session, order)
     cart = session.get(Cart, order.cart_id)

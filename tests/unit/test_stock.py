@@ -70,26 +70,10 @@ def test_consuming_more_than_reserved_is_refused_and_changes_nothing():
     assert snapshot(s) == (10, 2)
 
 
-def test_take_decrements_unreserved_units():
-    s = stock(10, 4)
-    s.take(6)
-    assert (s.on_hand, s.reserved, s.available) == (4, 4, 0)
-
-
-def test_take_never_takes_units_another_checkout_holds():
-    s = stock(10, 8)
-    with pytest.raises(OutOfStock) as caught:
-        s.take(3)
-    assert (caught.value.sku, caught.value.requested, caught.value.available) == ("TEA-01", 3, 2)
-    assert snapshot(s) == (10, 8)
-
-
 def test_stock_never_goes_negative_when_the_shelf_is_empty():
     s = stock(0)
     with pytest.raises(OutOfStock):
         s.reserve(1)
-    with pytest.raises(OutOfStock):
-        s.take(1)
     with pytest.raises(ValueError):
         s.consume(1)
     with pytest.raises(ValueError):
@@ -97,7 +81,7 @@ def test_stock_never_goes_negative_when_the_shelf_is_empty():
     assert snapshot(s) == (0, 0)
 
 
-@pytest.mark.parametrize("operation", ["reserve", "release", "consume", "take"])
+@pytest.mark.parametrize("operation", ["reserve", "release", "consume"])
 @pytest.mark.parametrize("quantity", [0, -1, -5, True, False, 1.0, 2.5, "1", None])
 def test_bad_quantities_are_refused_with_value_error_and_change_nothing(operation, quantity):
     s = stock(10, 5)
@@ -129,7 +113,7 @@ def test_set_on_hand_never_accepts_a_negative_count():
 
 
 OPERATIONS = st.lists(
-    st.tuples(st.sampled_from(["reserve", "release", "consume", "take"]), st.integers(min_value=1, max_value=15)),
+    st.tuples(st.sampled_from(["reserve", "release", "consume"]), st.integers(min_value=1, max_value=15)),
     max_size=60,
 )
 
@@ -146,7 +130,7 @@ def test_any_sequence_of_operations_keeps_stock_consistent(initial_on_hand, oper
             # A refused operation leaves no trace.
             assert snapshot(s) == before
         else:
-            if name in ("consume", "take"):
+            if name == "consume":
                 left_the_shelf += quantity
         assert 0 <= s.reserved <= s.on_hand
         assert s.available == s.on_hand - s.reserved
