@@ -82,5 +82,7 @@ def refund_order(factory: sessionmaker[Session], order_id: str, reason: str) -> 
         if order.status is not OrderStatus.REFUNDED:
             release_reservations(session, order)
             order.mark_refunded(refund.id, reason)
+            if order.shipment is not None and order.shipment.status == "pending":
+                order.shipment.status = "cancelled"  # refunded goods must not leave the warehouse
     log.info("order_refunded", order_id=order_id, refund_id=refund.id, reason=reason)
     return order

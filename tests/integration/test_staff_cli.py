@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, text
 
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
-from tests.support import event_for
+from tests.support import confirm_card, event_for
 from webhook_app.cli import shop
 
 
@@ -106,3 +106,16 @@ def test_replaying_a_dead_letters_event_closes_the_dead_letter_so_it_cannot_run_
     with sessions() as session:
         assert session.get(OutboxMessage, message_id).status is OutboxStatus.DONE
     assert client.get("/products/TEA-01").get_json()["on_hand"] == 39  # one unit left the shelf, once
+
+
+def test_refunding_a_paid_order_cancels_its_pending_shipment(settings, client, checkout, post_event, deliver):
+    order = checkout([("TEA-01", 1)])
+    confirm_card(order["payment_intent_id"], "4242424242424242")
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"]))
+    deliver()
+    assert client.get(f"/orders/{order['order_id']}").get_json()["shipment"]["status"] == "pending"
+
+    assert _run(settings, "orders", "refund", order["order_id"], "--reason", "changed their mind").exit_code == 0
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert (body["status"], body["shipment"]["status"]) == ("refunded", "cancelled")
