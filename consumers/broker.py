@@ -40,6 +40,7 @@ def connect(settings: Settings) -> Connection:
             transport_options={
                 "data_folder_in": str(queue_dir),
                 "data_folder_out": str(queue_dir),
+                # Where a consumer claims a message by renaming it: must be on the same file system.
                 "processed_folder": str(processed),
                 "control_folder": str(folder / "control"),
                 "store_processed": False,

@@ -1,18 +1,21 @@
-"""kombu's file transport, with each message written whole before a consumer can see it.
+"""kombu's file transport, with each message written whole and claimed by exactly one consumer.
 
 kombu writes a message straight into its final `.msg` name; a consumer polling the folder
 can take the file before its bytes are in, read nothing, and lose the message until the
 relay re-publishes it. Here a message is written under a name consumers ignore and then
-renamed, which is atomic on one file system.
+renamed, which is atomic on one file system. kombu also claims a message by moving it to
+the system's temp folder, a copy when that is another file system, so two workers could
+both take it; here the claim is a rename inside the broker folder.
 """
 from __future__ import annotations
 
 import os
 import uuid
+from queue import Empty
 from time import monotonic
 
 from kombu.transport import filesystem
-from kombu.utils.json import dumps
+from kombu.utils.json import dumps, loads
 
 
 class Channel(filesystem.Channel):
@@ -26,6 +29,25 @@ class Channel(filesystem.Channel):
             os.replace(partial, final)
         except OSError as exc:
             raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+
+    def _get(self, queue):
+        for name in sorted(os.listdir(self.data_folder_in)):
+            if name.partition(".")[2] != f"{queue}.msg":
+                continue
+            claimed = os.path.join(self.processed_folder, name)
+            try:
+                os.rename(os.path.join(self.data_folder_in, name), claimed)
+            except OSError:
+                continue  # another consumer claimed it first
+            try:
+                with open(claimed, "rb") as f:
+                    payload = f.read()
+                os.remove(claimed)
+            except OSError as exc:
+                raise filesystem.ChannelError(f"Cannot read file {claimed!r} from queue.") from exc
+            return loads(payload.decode())
+        raise Empty()
 
 
 class Transport(filesystem.Transport):

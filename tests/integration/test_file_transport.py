@@ -51,3 +51,36 @@ def test_the_same_reader_catches_torn_writes_in_kombus_own_transport(tmp_path):
         if torn:
             break
     assert torn > 0
+
+
+def test_each_message_is_claimed_by_exactly_one_of_two_racing_consumers(tmp_path):
+    from queue import Empty
+
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "claimed").mkdir()
+
+    def channel():
+        ch = file_transport.Channel.__new__(file_transport.Channel)
+        ch.data_folder_out = ch.data_folder_in = str(tmp_path / "queue")
+        ch.processed_folder = str(tmp_path / "claimed")
+        return ch
+
+    for n in range(300):
+        channel()._put("q", {"n": n})
+    got = [[], []]
+
+    def consume(into):
+        ch = channel()
+        while True:
+            try:
+                into.append(ch._get("q")["n"])
+            except Empty:
+                return
+
+    threads = [threading.Thread(target=consume, args=(got[i],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got[0] + got[1]) == list(range(300))
+    assert not list((tmp_path / "claimed").iterdir())
