@@ -203,6 +203,26 @@ def events_send(file, url, fresh_id):
         sys.exit(1)
 
 
+@shop.command()
+@click.option("--since", default="3d", show_default=True, help="How far back to look: 3d, 12h, 30m, 90s.")
+def reconcile(since):
+    """Fetch events from Stripe's API that never arrived, and ingest them (safe to repeat)."""
+    from consumers.payments import PaymentGatewayError, configure_stripe
+    from consumers.reconcile import parse_span, reconcile as run_reconcile
+
+    try:
+        seconds = parse_span(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since")
+    settings = _settings()
+    configure_stripe(settings)
+    try:
+        result = run_reconcile(_sessions(settings), seconds)
+    except PaymentGatewayError as exc:
+        raise click.ClickException(f"could not list events at Stripe: {exc}")
+    click.echo(f"{result.seen} events at Stripe since {since} ago, {result.stored} were missing and are now stored")
+
+
 @shop.group()
 def dlq():
     """Dead letters: messages out of attempts, waiting for a person to retry or resolve them."""

@@ -109,7 +109,7 @@ ALL_COMMANDS = list(_commands(shop))
 CONTRACT_COMMANDS = [("db", "upgrade"), ("catalog", "load"), ("worker",), ("relay",), ("events", "list"),
                      ("events", "show"), ("events", "replay"), ("events", "send"), ("demo",),
                      ("dlq", "list"), ("dlq", "show"), ("dlq", "retry"), ("dlq", "resolve"),
-                     ("orders", "review"), ("orders", "refund")]
+                     ("orders", "review"), ("orders", "refund"), ("reconcile",)]
 
 
 def test_shop_help_lists_its_verbs(run_shop):
