@@ -52,12 +52,14 @@ def drop_postgres_database(url: str) -> None:
 
 
 def purge_rabbitmq() -> None:
-    """Empty the service's queues so one test's messages never reach the next test's workers."""
-    from consumers.broker import DEAD_LETTER_QUEUE, QUEUES, connect, declare_topology
+    """Delete the service's queues and exchanges, so one test's messages never reach the next
+    test's workers, and each cluster has to declare its topology itself, as in production."""
+    from consumers.broker import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EXCHANGE, QUEUES, connect
     from models.settings import Settings
 
     with connect(Settings(broker_url=os.environ["TEST_AMQP_URL"])) as conn:
-        declare_topology(conn)
         channel = conn.default_channel
         for queue in (*QUEUES.values(), DEAD_LETTER_QUEUE):
-            queue(channel).purge()
+            channel.queue_delete(queue.name)
+        for exchange in (EXCHANGE, DEAD_LETTER_EXCHANGE):
+            channel.exchange_delete(exchange.name)
