@@ -44,6 +44,14 @@ def _assert_paid_exactly_once(cluster, orders, sku, on_hand_before, quantity):
     assert shipments == len(orders)
 
 
+def _wait_until_all_paid_exactly_once(cluster, orders, on_hand_before, timeout):
+    """Each order (one TEA-01 each) ends paid, and the stock moved once per order."""
+    for order in orders:
+        cluster.wait_for_order(order["order_id"], {"paid"}, timeout=timeout)
+    _wait_all_done(cluster)
+    _assert_paid_exactly_once(cluster, orders, "TEA-01", on_hand_before, 1)
+
+
 def _wait_all_done(cluster, timeout=90):
     def settled():
         with cluster.sessions() as session:
@@ -84,10 +92,7 @@ def test_worker_killed_mid_event_pays_every_order_exactly_once(make_cluster, bac
         cluster.stop(f"worker.r{round_}", signal.SIGKILL)
     cluster.start("worker.final")
 
-    for order in orders:
-        cluster.wait_for_order(order["order_id"], {"paid"}, timeout=90)
-    _wait_all_done(cluster)
-    _assert_paid_exactly_once(cluster, orders, "TEA-01", on_hand, 1)
+    _wait_until_all_paid_exactly_once(cluster, orders, on_hand, timeout=90)
     cluster.stop_all()
 
 
@@ -206,10 +211,7 @@ def test_sigterm_stops_a_worker_after_its_current_message_and_loses_none(make_cl
                 assert all(r.status.value == "active" for r in order.reservations)
 
     cluster.start("worker.2")
-    for order in orders:
-        cluster.wait_for_order(order["order_id"], {"paid"}, timeout=60)
-    _wait_all_done(cluster)
-    _assert_paid_exactly_once(cluster, orders, "TEA-01", on_hand, 1)
+    _wait_until_all_paid_exactly_once(cluster, orders, on_hand, timeout=60)
     cluster.stop_all()
 
 
