@@ -15,7 +15,7 @@ from consumers.processing import run_event
 from models.db import transaction
 from models.errors import NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
-from models.orders import Order, OrderStatus, get_order, release_reservations
+from models.orders import Order, OrderStatus, ShipmentStatus, get_order, release_reservations
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +82,7 @@ def refund_order(factory: sessionmaker[Session], order_id: str, reason: str) -> 
         if order.status is not OrderStatus.REFUNDED:
             release_reservations(session, order)
             order.mark_refunded(refund.id, reason)
-            if order.shipment is not None and order.shipment.status == "pending":
-                order.shipment.status = "cancelled"  # refunded goods must not leave the warehouse
+            if order.shipment is not None and order.shipment.status is ShipmentStatus.PENDING:
+                order.shipment.status = ShipmentStatus.CANCELLED  # refunded goods must not leave the warehouse
     log.info("order_refunded", order_id=order_id, refund_id=refund.id, reason=reason)
     return order

@@ -6,11 +6,14 @@ from models.base import Base, utcnow
 from models.carts import Cart, CartItem, CartStatus
 from models.catalog import Product, Reservation, ReservationStatus, Stock
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
-from models.orders import Order, OrderLine, OrderStatus, Shipment, ShippingAddress
+from models.history import EventAttempt, OrderStatusChange, StaffAction, StaffAlert
+from models.orders import Order, OrderLine, OrderStatus, Shipment, ShipmentStatus, ShippingAddress
+from models.refunds import Dispute, Refund, RefundSource
 from models.shipping import ShippingRate
 
 __all__ = [
     "Base", "utcnow", "Cart", "CartItem", "CartStatus", "Product", "Reservation", "ReservationStatus",
     "Stock", "EventStatus", "InboxEvent", "OutboxMessage", "OutboxStatus", "Topic", "Order", "OrderLine",
-    "OrderStatus", "Shipment", "ShippingAddress", "ShippingRate",
+    "OrderStatus", "Shipment", "ShipmentStatus", "ShippingAddress", "ShippingRate", "EventAttempt",
+    "OrderStatusChange", "StaffAction", "StaffAlert", "Dispute", "Refund", "RefundSource",
 ]

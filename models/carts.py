@@ -4,10 +4,10 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Enum, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from models.base import Base, new_id, utcnow
+from models.base import Base, enum_column, new_id, utcnow
 from models.catalog import Product
 from models.errors import Conflict, InvalidInput, NotFound
 
@@ -24,7 +24,7 @@ class Cart(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cart"))
     status: Mapped[CartStatus] = mapped_column(
-        Enum(CartStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        enum_column(CartStatus),
         default=CartStatus.OPEN,
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

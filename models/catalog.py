@@ -4,10 +4,10 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Enum, ForeignKey, Index, Integer, String, select
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from models.base import Base, utcnow
+from models.base import Base, enum_column, utcnow
 from models.errors import NotFound, OutOfStock
 
 
@@ -113,7 +113,7 @@ class Reservation(Base):
     quantity: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     status: Mapped[ReservationStatus] = mapped_column(
-        Enum(ReservationStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        enum_column(ReservationStatus),
         default=ReservationStatus.ACTIVE,
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

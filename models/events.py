@@ -12,17 +12,13 @@ from datetime import datetime, timedelta
 
 from typing import NamedTuple
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Index, Integer, String, Text, bindparam, insert, select
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from models.base import Base, utcnow
+from models.base import Base, enum_column, utcnow
 from models.errors import Conflict
-
-
-def _enum(enum_cls):
-    return Enum(enum_cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
 
 
 class EventStatus(str, enum.Enum):
@@ -44,7 +40,7 @@ class InboxEvent(Base):
     livemode: Mapped[bool] = mapped_column(Boolean, default=False)
     payload: Mapped[str] = mapped_column(Text)
     object_id: Mapped[str | None] = mapped_column(String(255), index=True, default=None)
-    status: Mapped[EventStatus] = mapped_column(_enum(EventStatus), default=EventStatus.RECEIVED, index=True)
+    status: Mapped[EventStatus] = mapped_column(enum_column(EventStatus), default=EventStatus.RECEIVED, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     outcome: Mapped[str | None] = mapped_column(Text, default=None)
@@ -89,10 +85,11 @@ class OutboxMessage(Base):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    topic: Mapped[Topic] = mapped_column(_enum(Topic), index=True)
+    topic: Mapped[Topic] = mapped_column(enum_column(Topic), index=True)
     payload: Mapped[str] = mapped_column(Text)
     inbox_event_id: Mapped[int | None] = mapped_column(ForeignKey("inbox_events.id"), index=True, default=None)
-    status: Mapped[OutboxStatus] = mapped_column(_enum(OutboxStatus), default=OutboxStatus.PENDING)
+    order_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)  # mails, Stripe calls
+    status: Mapped[OutboxStatus] = mapped_column(enum_column(OutboxStatus), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)      # failed handler runs
     deliveries: Mapped[int] = mapped_column(Integer, default=0)    # times put on the broker
     available_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -174,8 +171,10 @@ def retry_delay(attempt: int, base_seconds: float, cap_seconds: float = 3600.0) 
     return min(cap_seconds, base_seconds * (2 ** (attempt - 1)))
 
 
-def enqueue(session: Session, topic: Topic, body: dict, *, inbox_event: InboxEvent | None = None) -> OutboxMessage:
-    message = OutboxMessage(topic=topic, payload=json.dumps(body, sort_keys=True), inbox_event=inbox_event)
+def enqueue(session: Session, topic: Topic, body: dict, *, inbox_event: InboxEvent | None = None,
+            order_id: str | None = None) -> OutboxMessage:
+    message = OutboxMessage(topic=topic, payload=json.dumps(body, sort_keys=True), inbox_event=inbox_event,
+                            order_id=order_id or body.get("order_id"))
     session.add(message)
     return message
 

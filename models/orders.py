@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import CheckConstraint, Enum, ForeignKey, Integer, String, Text, select
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, WriteOnlyMapped, mapped_column, relationship
 
-from models.base import Base, new_id, utcnow
+from models.base import Base, enum_column, new_id, utcnow
 from models.carts import Cart, CartStatus
 from models.catalog import Reservation, ReservationStatus, lock_stock
 from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from models.history import OrderStatusChange, current_cause
 from models.shipping import load_shipping_table, shipping_fee
 
 
@@ -42,10 +44,6 @@ def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
     return target in TRANSITIONS[current]
 
 
-def _status_enum(enum_cls):
-    return Enum(enum_cls, native_enum=False, length=24, values_callable=lambda e: [m.value for m in e])
-
-
 class Order(Base):
     __tablename__ = "orders"
 
@@ -53,7 +51,7 @@ class Order(Base):
     cart_id: Mapped[str] = mapped_column(ForeignKey("carts.id"), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
     email: Mapped[str] = mapped_column(String(254))
-    status: Mapped[OrderStatus] = mapped_column(_status_enum(OrderStatus), default=S.PENDING_PAYMENT, index=True)
+    status: Mapped[OrderStatus] = mapped_column(enum_column(OrderStatus, 24), default=S.PENDING_PAYMENT, index=True)
     currency: Mapped[str] = mapped_column(String(3))
     subtotal: Mapped[int] = mapped_column(Integer)
     shipping_fee: Mapped[int] = mapped_column(Integer)
@@ -62,6 +60,9 @@ class Order(Base):
     ship_postal_code: Mapped[str] = mapped_column(String(16))
     ship_prefecture: Mapped[str] = mapped_column(String(32))
     ship_address: Mapped[str] = mapped_column(String(500))
+    # Shown to the buyer once (checkout's answer, the mail's link): without it, or a staff
+    # session, GET /orders/<id> shows status and totals only.
+    access_token: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_urlsafe(24))
     payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
     client_secret: Mapped[str | None] = mapped_column(String(255), default=None)
     reserved_until: Mapped[datetime]
@@ -73,6 +74,9 @@ class Order(Base):
     refund_id: Mapped[str | None] = mapped_column(String(255), default=None)
     refund_reason: Mapped[str | None] = mapped_column(Text, default=None)
     refunded_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Money actually taken and given back, in minor units: "money taken" is paid > refunded.
+    paid_amount: Mapped[int] = mapped_column(Integer, default=0)
+    refunded_amount: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -82,13 +86,22 @@ class Order(Base):
     )
     shipment: Mapped["Shipment | None"] = relationship(back_populates="order", uselist=False, lazy="selectin")
     reservations: Mapped[list[Reservation]] = relationship(order_by=Reservation.id, lazy="selectin")
+    status_changes: WriteOnlyMapped[OrderStatusChange] = relationship(order_by=OrderStatusChange.id)
 
     __table_args__ = (CheckConstraint("total = subtotal + shipping_fee", name="total_adds_up"),)
 
-    def _move(self, target: OrderStatus) -> None:
+    def _move(self, target: OrderStatus, reason: str | None = None) -> None:
+        """The one way a status changes; each change is written down with its cause."""
         if not can_transition(self.status, target):
             raise IllegalTransition(self.id, self.status.value, target.value)
+        self.status_changes.add(OrderStatusChange(from_status=self.status.value, to_status=target.value,
+                                                  cause=current_cause(), reason=reason))
         self.status = target
+
+    @property
+    def money_held(self) -> int:
+        """Minor units taken from the customer and not given back."""
+        return self.paid_amount - self.refunded_amount
 
     def mark_paid(self) -> None:
         self._move(S.PAID)
@@ -97,17 +110,17 @@ class Order(Base):
         self.failure_message = None
 
     def record_failed_attempt(self, code: str | None, message: str | None) -> None:
-        self._move(S.PAYMENT_FAILED)
+        self._move(S.PAYMENT_FAILED, f"card declined: {code}")
         self.payment_attempts += 1
         self.failure_code = code
         self.failure_message = message
 
     def flag_for_review(self, reason: str) -> None:
-        self._move(S.NEEDS_REVIEW)
+        self._move(S.NEEDS_REVIEW, reason)
         self.review_reason = reason
 
     def cancel(self, reason: str) -> None:
-        self._move(S.CANCELLED)
+        self._move(S.CANCELLED, reason)
         self.cancel_reason = reason
 
     def ensure_refundable(self) -> None:
@@ -116,7 +129,7 @@ class Order(Base):
 
     def mark_refunded(self, refund_id: str, reason: str) -> None:
         """Only ever a staff action: the service never refunds on its own."""
-        self._move(S.REFUNDED)
+        self._move(S.REFUNDED, reason)
         self.refund_id = refund_id
         self.refund_reason = reason
         self.refunded_at = utcnow()
@@ -164,6 +177,12 @@ class OrderLine(Base):
         }
 
 
+class ShipmentStatus(str, enum.Enum):
+    PENDING = "pending"        # to be packed and sent
+    SHIPPED = "shipped"        # left the warehouse
+    CANCELLED = "cancelled"    # refunded or cancelled before it left: its units went back on the shelf
+
+
 class Shipment(Base):
     __tablename__ = "shipments"
 
@@ -174,7 +193,7 @@ class Shipment(Base):
     prefecture: Mapped[str] = mapped_column(String(32))
     address: Mapped[str] = mapped_column(String(500))
     fee: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[ShipmentStatus] = mapped_column(enum_column(ShipmentStatus), default=ShipmentStatus.PENDING)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     order: Mapped[Order] = relationship(back_populates="shipment")
@@ -182,7 +201,7 @@ class Shipment(Base):
     def to_dict(self) -> dict:
         return {
             "id": self.id,
-            "status": self.status,
+            "status": self.status.value,
             "name": self.name,
             "postal_code": self.postal_code,
             "prefecture": self.prefecture,
@@ -228,6 +247,8 @@ def place_order(
         ship_address=shipping.address,
         reserved_until=reserved_until,
     )
+    order.status_changes.add(OrderStatusChange(from_status=None, to_status=S.PENDING_PAYMENT.value,
+                                               cause=current_cause(), reason="checkout"))
     for item in sorted(cart.items, key=lambda i: i.sku):
         stock = lock_stock(session, item.sku)
         stock.reserve(item.quantity)
