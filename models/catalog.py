@@ -77,6 +77,11 @@ class Stock(Base):
         self.release(quantity)
         self.on_hand -= quantity
 
+    def restock(self, quantity: int) -> None:
+        """Units that left the reserved pool for an order that will not ship come back on the shelf."""
+        _positive(quantity)
+        self.on_hand += quantity
+
     def set_on_hand(self, on_hand: int) -> None:
         if on_hand < self.reserved:
             raise ValueError(f"{self.sku}: on hand {on_hand} is below the {self.reserved} units reserved")
@@ -98,8 +103,9 @@ def lock_stock(session: Session, sku: str) -> Stock:
 
 class ReservationStatus(str, enum.Enum):
     ACTIVE = "active"
-    CONSUMED = "consumed"
-    RELEASED = "released"
+    CONSUMED = "consumed"      # paid: the units left on_hand for the order's shipment
+    RELEASED = "released"      # expired or cancelled before payment: the units were never taken
+    RETURNED = "returned"      # consumed, then the order was refunded or cancelled before shipping
 
 
 class Reservation(Base):

@@ -14,6 +14,7 @@ from models.carts import Cart, CartStatus
 from models.catalog import Reservation, ReservationStatus, lock_stock
 from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from models.history import OrderStatusChange, current_cause
+from models.refunds import Refund, RefundSource
 from models.shipping import load_shipping_table, shipping_fee
 
 
@@ -296,6 +297,42 @@ def consume_reservations(session: Session, order: Order) -> list[str]:
             reservation.status = ReservationStatus.CONSUMED
             reservation.closed_at = utcnow()
     return []
+
+
+def return_unshipped_units(session: Session, order: Order) -> int:
+    """Put back on the shelf every unit the order holds that has not left the warehouse.
+
+    Active reservations are released; if the order was paid (its reservation consumed) and its
+    shipment is still pending, the shipment is cancelled and its units go back to on_hand, in
+    the caller's transaction, so a refund or cancellation never loses stock. Safe to run twice:
+    the second run finds nothing held. Returns the units put back.
+    """
+    returned = release_reservations(session, order)
+    if order.shipment is not None and order.shipment.status is ShipmentStatus.PENDING:
+        order.shipment.status = ShipmentStatus.CANCELLED
+        for reservation in order.reservations:
+            if reservation.status is ReservationStatus.CONSUMED:
+                lock_stock(session, reservation.sku).restock(reservation.quantity)
+                reservation.status = ReservationStatus.RETURNED
+                reservation.closed_at = utcnow()
+                returned += reservation.quantity
+    return returned
+
+
+def record_refund(session: Session, order: Order, *, stripe_refund_id: str, amount: int, currency: str,
+                  status: str, source: RefundSource, reason: str | None = None) -> Refund | None:
+    """Record one Stripe refund on the order once (keyed by Stripe's id); None if already recorded.
+
+    Only a refund that has not failed counts against the money the order holds.
+    """
+    if session.scalars(select(Refund).where(Refund.stripe_refund_id == stripe_refund_id)).one_or_none():
+        return None
+    refund = Refund(stripe_refund_id=stripe_refund_id, order_id=order.id, amount=amount, currency=currency,
+                    status=status, source=source, reason=reason)
+    session.add(refund)
+    if status not in ("failed", "canceled"):
+        order.refunded_amount += amount
+    return refund
 
 
 def create_shipment(session: Session, order: Order) -> Shipment:

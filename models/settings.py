@@ -38,12 +38,19 @@ class Settings:
     smtp_url: str | None = None
     staff_alert_url: str | None = None
     log_format: str = "json"
+    admin_base_url: str = "http://127.0.0.1:8000"
     # Not in the public contract: tuning knobs with safe defaults.
     max_webhook_bytes: int = 256 * 1024
     webhook_tolerance_seconds: int = 300
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
     redelivery_seconds: float = 120.0
+    # A message put on the broker this many times without finishing (it kills its worker) is
+    # a dead letter, not a loop.
+    max_deliveries: int = 10
+    # One total deadline for checkout's call to Stripe, retries included, well inside the
+    # web server's request timeout.
+    stripe_deadline_seconds: float = 8.0
     relay_interval_seconds: float = 0.2
     worker_prefetch: int = 10
     db_pool_size: int = 5
@@ -65,10 +72,13 @@ class Settings:
             smtp_url=env.get("SMTP_URL") or None,
             staff_alert_url=env.get("STAFF_ALERT_URL") or None,
             log_format=log_format,
+            admin_base_url=(env.get("ADMIN_BASE_URL") or cls.admin_base_url).rstrip("/"),
             max_webhook_bytes=_int(env, "WEBHOOK_MAX_BYTES", cls.max_webhook_bytes),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts),
             retry_base_seconds=_float(env, "RETRY_BASE_SECONDS", cls.retry_base_seconds),
             redelivery_seconds=_float(env, "REDELIVERY_SECONDS", cls.redelivery_seconds),
+            max_deliveries=_int(env, "MAX_DELIVERIES", cls.max_deliveries),
+            stripe_deadline_seconds=_float(env, "STRIPE_DEADLINE_SECONDS", cls.stripe_deadline_seconds),
             relay_interval_seconds=_float(env, "RELAY_INTERVAL_SECONDS", cls.relay_interval_seconds),
             worker_prefetch=_int(env, "WORKER_PREFETCH", cls.worker_prefetch),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),
