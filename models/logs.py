@@ -2,17 +2,29 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
 
 
+_EMAIL = re.compile(r"[\w.!#$%&*+/=?^~-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def redact(text: str) -> str:
+    """Text fit for a log line, an error column or an alert: e-mail addresses masked.
+
+    Errors from SMTP (SMTPRecipientsRefused) and drivers quote the address they choked on.
+    """
+    return _EMAIL.sub("<email>", text)
+
+
 def describe_error(exc: BaseException, limit: int = 300) -> str:
     """An error for a log line: its type and message, without a database error's bound parameters
-    (they can hold a whole event payload or a customer's address)."""
+    (they can hold a whole event payload or a customer's address), and with addresses masked."""
     orig = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's error
     message = str(orig) if orig is not None else str(exc)
-    return f"{type(exc).__name__}: {message}"[:limit]
+    return redact(f"{type(exc).__name__}: {message}")[:limit]
 
 
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:

@@ -18,6 +18,16 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('staff_members',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('email', sa.String(length=254), nullable=False),
+    sa.Column('password_hash', sa.String(length=255), nullable=False),
+    sa.Column('disabled_at', models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_login_at', models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_staff_members')),
+    sa.UniqueConstraint('email', name=op.f('uq_staff_members_email'))
+    )
     op.create_table('staff_actions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('actor', sa.String(length=200), nullable=False),
@@ -179,3 +189,4 @@ def downgrade() -> None:
         batch_op.drop_index('ix_staff_actions_at')
 
     op.drop_table('staff_actions')
+    op.drop_table('staff_members')
