@@ -3,11 +3,13 @@ audit row each one leaves (who, what, the note, the order's status before and af
 from __future__ import annotations
 
 import getpass
+import threading
+import time
 
 import pytest
 import stripe
 from click.testing import CliRunner
-from sqlalchemy import event as sa_event, select
+from sqlalchemy import event as sa_event, select, text
 
 from consumers.relay import expire_reservations
 from consumers.staff_actions import refund_order, replay_event
@@ -17,6 +19,7 @@ from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, 
 from models.history import OrderStatusChange, StaffAction
 from models.orders import Order, OrderStatus
 from models.refunds import Refund, RefundSource
+from tests.backends import servers_available
 from tests.integration.test_staff_cli import _dead_letter
 from tests.support import SHIPPING, confirm_card, event_for
 from webhook_app.cli import shop
@@ -136,6 +139,42 @@ def test_replay_locks_the_outbox_rows_then_the_inbox_row_then_the_order(settings
     finally:
         sa_event.remove(engine, "before_cursor_execute", first_table)
     assert tables == ["outbox", "inbox_events", "orders"]
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+
+
+POSTGRES_ONLY = ["postgresql"] if servers_available() else []  # SQLite's one write lock cannot deadlock
+
+
+@pytest.mark.parametrize("database_url", POSTGRES_ONLY, indirect=True)
+def test_a_replay_racing_a_worker_on_the_same_event_does_not_deadlock(settings, sessions, client, checkout,
+                                                                      post_event, deliver):
+    order, event, message_id = _dead_letter(settings, sessions, client, checkout, post_event, deliver)
+    engine = sessions.kw["bind"]
+    failures = []
+
+    def replay():
+        try:
+            replay_event(sessions, event["id"], actor="dana")
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    with engine.connect() as worker:
+        claimed = worker.begin()
+        # The worker's first lock: the outbox row of the message it was handed.
+        worker.execute(text("SELECT id FROM outbox WHERE id = :id FOR UPDATE"), {"id": message_id})
+        racing = threading.Thread(target=replay)
+        racing.start()
+        with engine.connect() as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")).scalar() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        # Its second: the inbox row. A replay that took it first would now deadlock with us.
+        worker.execute(text("SELECT id FROM inbox_events WHERE event_id = :e FOR UPDATE"), {"e": event["id"]})
+        claimed.commit()
+    racing.join(30)
+    assert not racing.is_alive() and failures == []
     assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
 
 
