@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.handlers import Outcome
 from consumers.handlers.payment_intents import fulfil_paid_order
-from consumers.payments import find_refunds, refund_payment
+from consumers.payments import PaymentGatewayError, find_refunds, refund_payment
 from consumers.processing import run_event
 from models.db import transaction
 from models.errors import Conflict, DomainError, NotFound
@@ -73,21 +73,20 @@ def _audit(session: Session, *, actor: str, action: str, target: str, order: Ord
 @contextmanager
 def _audited_refusal(factory: sessionmaker[Session], *, actor: str, action: str, target: str,
                      order_id: str | None, note: str | None) -> Iterator[None]:
-    """A decision refused (a rule said no) leaves an audit row saying what was refused and why.
-
-    Unknown ids are not audited: nothing was decided about anything.
+    """A decision refused (a rule said no) or failed (Stripe said no) leaves an audit row saying
+    what was not done and why. Unknown ids are not audited: nothing was decided about anything.
     """
     try:
         yield
     except NotFound:
         raise
-    except DomainError as exc:
+    except (DomainError, PaymentGatewayError) as exc:
+        outcome = f"refused: {exc.message}" if isinstance(exc, DomainError) else f"failed at Stripe: {exc}"
         with transaction(factory) as session:
             order = session.get(Order, order_id) if order_id else None
             record_staff_action(session, actor=actor, action=action, target=target, order_id=order_id, note=note,
-                                status_before=_status(order), status_after=_status(order),
-                                detail=f"refused: {exc.message}")
-        log.info("staff_action_refused", actor=actor, action=action, target=target, reason=exc.message)
+                                status_before=_status(order), status_after=_status(order), detail=outcome)
+        log.info("staff_action_not_done", actor=actor, action=action, target=target, outcome=outcome)
         raise
 
 

@@ -340,3 +340,17 @@ def test_cancel_refuses_while_money_is_held_and_with_refund_gives_it_back(settin
     assert len(_refunds_at_stripe(order["payment_intent_id"])) == 1
     action = _audit(sessions, "cancel")[-1]
     assert (action.status_before, action.status_after, action.note) == ("needs_review", "refunded", "out of stock")
+
+
+def test_a_refund_stripe_refuses_changes_nothing_and_is_audited(settings, sessions, client, checkout, post_event,
+                                                                deliver):
+    order = checkout([("TEA-01", 1)])  # never paid at Stripe, yet an event claims it was (for another amount)
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"] + 100))
+    deliver()
+    failed = _run(settings, "orders", "refund", order["order_id"], "--reason", "suspicious", "--as", "jun")
+    assert failed.exit_code == 1 and "Stripe" in failed.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+    action = _audit(sessions, "refund")[-1]
+    assert (action.actor, action.status_before, action.status_after) == ("jun", "needs_review", "needs_review")
+    assert action.detail.startswith("failed at Stripe: ")
