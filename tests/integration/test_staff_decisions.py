@@ -15,7 +15,7 @@ from consumers.relay import expire_reservations
 from consumers.staff_actions import refund_order, replay_event
 from models.carts import Cart
 from models.catalog import ReservationStatus
-from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
+from models.events import EventStatus, InboxEvent, OutboxMessage, Topic
 from models.history import OrderStatusChange, StaffAction
 from models.orders import Order, OrderStatus
 from models.refunds import Refund, RefundSource
