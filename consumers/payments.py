@@ -54,14 +54,25 @@ def cancel_payment_intent(payment_intent_id: str) -> str:
         raise PaymentGatewayError(_describe(exc)) from exc
 
 
-def refund_payment(*, order_id: str, payment_intent_id: str, reason: str) -> stripe.Refund:
+def refund_payment(*, order_id: str, payment_intent_id: str, attempt: int) -> stripe.Refund:
+    """Refund what is left of the intent's charge. Staff's reason stays in our database: it is not
+    a parameter, so a re-run with other words is the same request under the same key."""
     try:
         return stripe.Refund.create(
             payment_intent=payment_intent_id,
-            metadata={"order_id": order_id, "staff_reason": reason[:500]},
-            # One refund per order, however often staff press the button.
-            idempotency_key=f"order-{order_id}-refund",
+            metadata={"order_id": order_id},
+            # Keyed on the order and the attempt: pressing the button again, or a re-run after
+            # our commit was lost, asks Stripe for the same refund, never a second one.
+            idempotency_key=f"order-{order_id}-refund-{attempt}",
         )
+    except stripe.StripeError as exc:
+        raise PaymentGatewayError(_describe(exc)) from exc
+
+
+def find_refunds(payment_intent_id: str) -> list[stripe.Refund]:
+    """The refunds Stripe holds for an intent (a re-run records one it made but we never stored)."""
+    try:
+        return list(stripe.Refund.list(payment_intent=payment_intent_id, limit=100).auto_paging_iter())
     except stripe.StripeError as exc:
         raise PaymentGatewayError(_describe(exc)) from exc
 

@@ -32,7 +32,7 @@ class Result:
     detail: str = ""
 
 
-def run_event(session: Session, event: InboxEvent) -> Outcome:
+def run_event(session: Session, event: InboxEvent, *, runner: str = "worker") -> Outcome:
     """Apply a stored event's handler and write its outcome on the inbox row (idempotent).
 
     Used by the worker and by `shop events replay`, which re-drives an event that is retrying,

@@ -1,41 +1,146 @@
-"""What staff do about the ten cases a year that need a person: dead letters and flagged orders.
+"""What staff decide about the cases that need a person: dead letters and flagged orders.
 
-The CLI (and any review screen) calls these; each is one short transaction, and the refund
-is the only place the service ever gives money back, always on a person's word.
+One function per decision (replay, retry, resolve, reopen, refund, accept, cancel); the CLI and
+the staff console call exactly these. Each writes its audit row in the same transaction as its
+effect, runs under `caused_by("staff NAME: ACTION")` so the order's status changes name it, and
+raises a domain error when it refuses. A refusal is audited too, in a transaction of its own.
+A refund is the only place the service gives money back, always on a person's word.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.handlers import Outcome
-from consumers.payments import refund_payment
+from consumers.handlers.payment_intents import fulfil_paid_order
+from consumers.payments import PaymentGatewayError, find_refunds, refund_payment
 from consumers.processing import run_event
 from models.db import transaction
-from models.errors import NotFound
-from models.events import InboxEvent, OutboxMessage, OutboxStatus
-from models.orders import Order, OrderStatus, ShipmentStatus, get_order, release_reservations
+from models.errors import Conflict, DomainError, NotFound
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
+from models.history import caused_by, record_staff_action
+from models.orders import (
+    Order,
+    OrderStatus,
+    ShipmentStatus,
+    can_transition,
+    cover_units,
+    get_order,
+    record_refund,
+    return_unshipped_units,
+)
+from models.refunds import Refund, RefundSource
 
 log = structlog.get_logger(__name__)
 
 
-def replay_event(factory: sessionmaker[Session], event_id: str) -> Outcome:
-    """`shop events replay`: run a stored event's handler now, under the same locks a worker takes.
+class Refused(Conflict):
+    """A staff decision that cannot be carried out as asked; the message says why and what to do."""
 
-    Whatever delivery of it is still open (a dead letter, a scheduled retry) is closed, so the
-    event cannot be applied a second time through that route afterwards.
+    code = "refused"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a staff action did: the order's status before and after, and a line of detail."""
+
+    action: str
+    target: str
+    order_id: str | None = None
+    status_before: str | None = None
+    status_after: str | None = None
+    detail: str = ""
+
+
+def _status(order: Order | None) -> str | None:
+    return order.status.value if order is not None else None
+
+
+def _audit(session: Session, *, actor: str, action: str, target: str, order: Order | None,
+           before: str | None, note: str | None, detail: str = "") -> Decision:
+    record_staff_action(session, actor=actor, action=action, target=target, order_id=order.id if order else None,
+                        note=note, status_before=before, status_after=_status(order), detail=detail or None)
+    log.info("staff_action", actor=actor, action=action, target=target, order_id=order.id if order else None,
+             status_before=before, status_after=_status(order), detail=detail)
+    return Decision(action, target, order.id if order else None, before, _status(order), detail)
+
+
+@contextmanager
+def _audited_refusal(factory: sessionmaker[Session], *, actor: str, action: str, target: str,
+                     order_id: str | None, note: str | None) -> Iterator[None]:
+    """A decision refused (a rule said no) or failed (Stripe said no) leaves an audit row saying
+    what was not done and why. Unknown ids are not audited: nothing was decided about anything.
     """
-    with transaction(factory) as session:
-        event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id).with_for_update()
-                                ).one_or_none()
+    try:
+        yield
+    except NotFound:
+        raise
+    except (DomainError, PaymentGatewayError) as exc:
+        outcome = f"refused: {exc.message}" if isinstance(exc, DomainError) else f"failed at Stripe: {exc}"
+        with transaction(factory) as session:
+            order = session.get(Order, order_id) if order_id else None
+            record_staff_action(session, actor=actor, action=action, target=target, order_id=order_id, note=note,
+                                status_before=_status(order), status_after=_status(order), detail=outcome)
+        log.info("staff_action_not_done", actor=actor, action=action, target=target, outcome=outcome)
+        raise
+
+
+def _order_of(session: Session, event: InboxEvent | None, *, lock: bool) -> Order | None:
+    """The order an event is about: the one it was applied to, else the one holding its intent."""
+    if event is None:
+        return None
+    query = select(Order).where(Order.id == event.order_id) if event.order_id else (
+        select(Order).where(Order.payment_intent_id == event.object_id) if event.object_id else None)
+    if query is None:
+        return None
+    return session.scalars(query.with_for_update() if lock else query).one_or_none()
+
+
+# --- dead letters and stored events ------------------------------------------------------------
+
+def replay_event(factory: sessionmaker[Session], event_id: str, *, actor: str, note: str | None = None) -> Outcome:
+    """`shop events replay`: run a stored event's handler now, under the worker's locks, in the worker's order.
+
+    Lock order, the same as the worker's (consumers/processing.py), so the two never deadlock:
+    the event's outbox rows (by id), then its inbox row, then the order. Whatever delivery is
+    still open (a dead letter, a scheduled retry) is closed, so the event cannot be applied a
+    second time through that route. A resolved event is closed: it is refused until staff reopen it.
+    """
+    with caused_by(f"staff {actor}: replay"), transaction(factory) as session:
+        messages = list(session.scalars(
+            select(OutboxMessage).join(InboxEvent, OutboxMessage.inbox_event_id == InboxEvent.id)
+            .where(InboxEvent.event_id == event_id).order_by(OutboxMessage.id).with_for_update(of=OutboxMessage)))
+        event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)
+                                .with_for_update()).one_or_none()
         if event is None:
             raise NotFound(f"no stored event {event_id}")
-        outcome = run_event(session, event)
-        for message in session.scalars(select(OutboxMessage).where(
-                OutboxMessage.inbox_event_id == event.id,
-                OutboxMessage.status.not_in([OutboxStatus.DONE, OutboxStatus.RESOLVED])).with_for_update()):
-            message.mark_done()
+        order = _order_of(session, event, lock=True)
+        before = _status(order)
+        target = f"event {event_id}"
+        if event.status is EventStatus.RESOLVED:
+            closed = next((m for m in messages if m.status is OutboxStatus.RESOLVED), None)
+            reason = (f"event {event_id} is resolved (note: {closed.resolution_note if closed else 'none'}); "
+                      f"reopen it first: shop dlq reopen {closed.id if closed else '?'} --note TEXT")
+            _audit(session, actor=actor, action="replay", target=target, order=order, before=before, note=note,
+                   detail=f"refused: {reason}")
+            refusal = Refused(reason)
+        else:
+            refusal = None
+            outcome = run_event(session, event, runner=f"replay by {actor}")
+            for message in messages:
+                if message.status not in (OutboxStatus.DONE, OutboxStatus.RESOLVED):
+                    message.mark_done()
+            if order is None and outcome.order_id:
+                order = session.get(Order, outcome.order_id)
+            _audit(session, actor=actor, action="replay", target=target, order=order, before=before, note=note,
+                   detail=f"{outcome.status.value}: {outcome.reason}")
+    if refusal is not None:
+        raise refusal
     log.info("event_replayed", event_id=event_id, status=outcome.status.value, reason=outcome.reason)
     return outcome
 
@@ -45,44 +150,163 @@ def dead_letters(session: Session) -> list[OutboxMessage]:
         select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD).order_by(OutboxMessage.id)))
 
 
-def get_dead_letter(session: Session, message_id: int) -> OutboxMessage:
-    message = session.get(OutboxMessage, message_id, with_for_update=True)
+def get_dead_letter(session: Session, message_id: int, *, for_update: bool = True) -> OutboxMessage:
+    message = session.get(OutboxMessage, message_id, with_for_update=for_update)
     if message is None:
         raise NotFound(f"no dead letter {message_id}")
     return message
 
 
-def retry_dead_letter(factory: sessionmaker[Session], message_id: int) -> None:
+def _dead_letter_decision(factory: sessionmaker[Session], message_id: int, *, actor: str, action: str,
+                          note: str | None, change) -> Decision:
+    target = f"dead letter {message_id}"
+    with factory() as session:
+        message = get_dead_letter(session, message_id, for_update=False)
+        order_id = message.order_id or (message.inbox_event.order_id if message.inbox_event else None)
+    with _audited_refusal(factory, actor=actor, action=action, target=target, order_id=order_id, note=note), \
+            caused_by(f"staff {actor}: {action}"), transaction(factory) as session:
+        message = get_dead_letter(session, message_id)
+        order = session.get(Order, order_id) if order_id else None
+        before = _status(order)
+        change(message)
+        return _audit(session, actor=actor, action=action, target=target, order=order, before=before, note=note,
+                      detail=f"message is {message.status.value}")
+
+
+def retry_dead_letter(factory: sessionmaker[Session], message_id: int, *, actor: str,
+                      note: str | None = None) -> Decision:
     """Re-drive: the relay publishes it again now and the worker runs it with fresh attempts."""
-    with transaction(factory) as session:
-        get_dead_letter(session, message_id).redrive()
-    log.info("dead_letter_retried", outbox_id=message_id)
+    return _dead_letter_decision(factory, message_id, actor=actor, action="retry", note=note,
+                                 change=lambda message: message.redrive())
 
 
-def resolve_dead_letter(factory: sessionmaker[Session], message_id: int, note: str) -> None:
-    with transaction(factory) as session:
-        get_dead_letter(session, message_id).resolve(note)
-    log.info("dead_letter_resolved", outbox_id=message_id, note=note)
+def resolve_dead_letter(factory: sessionmaker[Session], message_id: int, *, actor: str, note: str) -> Decision:
+    """Close a dead letter without running it: its event can then not be replayed until reopened."""
+    return _dead_letter_decision(factory, message_id, actor=actor, action="resolve", note=note,
+                                 change=lambda message: message.resolve(note))
 
+
+def reopen_dead_letter(factory: sessionmaker[Session], message_id: int, *, actor: str, note: str) -> Decision:
+    """Take back a resolution: a dead letter again, which staff may then retry or replay."""
+    return _dead_letter_decision(factory, message_id, actor=actor, action="reopen", note=note,
+                                 change=lambda message: message.reopen(note))
+
+
+# --- flagged orders ----------------------------------------------------------------------------
 
 def orders_needing_review(session: Session) -> list[Order]:
     return list(session.scalars(
         select(Order).where(Order.status == OrderStatus.NEEDS_REVIEW).order_by(Order.updated_at)))
 
 
-def refund_order(factory: sessionmaker[Session], order_id: str, reason: str) -> Order:
-    """Refund the order's payment in full at Stripe, then mark it refunded and free what it holds."""
+def refund_order(factory: sessionmaker[Session], order_id: str, *, actor: str, reason: str) -> Decision:
+    """Give the money the order holds back at Stripe, mark it refunded and put unshipped units back."""
+    with _audited_refusal(factory, actor=actor, action="refund", target=f"order {order_id}", order_id=order_id,
+                          note=reason):
+        return _give_money_back(factory, order_id, actor=actor, action="refund", note=reason)
+
+
+def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: str, action: str,
+                     note: str) -> Decision:
+    """The one refund path (refund, cancel --refund): safe to run again after a lost commit.
+
+    Stripe is asked first which refunds it already holds for the intent: one we made but never
+    recorded (our commit was lost) is recorded now instead of being made twice. A new refund is
+    keyed on the order and the attempt, never on staff's words, which stay in our database.
+    """
     with factory() as session:
         order = get_order(session, order_id)
         order.ensure_refundable()
-        payment_intent_id = order.payment_intent_id
-    refund = refund_payment(order_id=order_id, payment_intent_id=payment_intent_id, reason=reason)
-    with transaction(factory) as session:
+        intent_id, held = order.payment_intent_id, order.money_held
+        recorded = set(session.scalars(select(Refund.stripe_refund_id).where(Refund.order_id == order_id)))
+    at_stripe = [r for r in find_refunds(intent_id) if r.status not in ("failed", "canceled")]
+    refunds = [r for r in at_stripe if r.id not in recorded]
+    if not refunds or held - sum(r.amount for r in refunds) > 0:
+        refunds.append(refund_payment(order_id=order_id, payment_intent_id=intent_id, attempt=len(at_stripe) + 1))
+    ids = ", ".join(r.id for r in refunds)
+    log.info("refund_at_stripe", order_id=order_id, refund_ids=ids, actor=actor)
+    with caused_by(f"staff {actor}: {action}"), transaction(factory) as session:
         order = get_order(session, order_id, for_update=True)
+        before = _status(order)
+        for refund in refunds:
+            _record_staff_refund(session, order, refund, note)
+        returned = return_unshipped_units(session, order)
         if order.status is not OrderStatus.REFUNDED:
-            release_reservations(session, order)
-            order.mark_refunded(refund.id, reason)
-            if order.shipment is not None and order.shipment.status is ShipmentStatus.PENDING:
-                order.shipment.status = ShipmentStatus.CANCELLED  # refunded goods must not leave the warehouse
-    log.info("order_refunded", order_id=order_id, refund_id=refund.id, reason=reason)
-    return order
+            order.mark_refunded(refunds[-1].id, note)
+        return _audit(session, actor=actor, action=action, target=f"order {order_id}", order=order, before=before,
+                      note=note, detail=f"stripe refund {ids}; {returned} units back on the shelf")
+
+
+def _record_staff_refund(session: Session, order: Order, refund, reason: str) -> None:
+    record_refund(session, order, stripe_refund_id=refund.id, amount=refund.amount, currency=refund.currency,
+                  status=refund.status, source=RefundSource.STAFF, reason=reason)
+
+
+def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str) -> Decision:
+    """Keep the payment of a flagged order and fulfil it, if its units can be covered.
+
+    An order whose goods already left (or are about to: a pending shipment, e.g. flagged for a
+    dispute after it was paid) just goes back to paid. Otherwise its hold is consumed, or stock
+    is taken if the hold was released; if some sku is short, nothing changes and it is refused.
+    """
+    target = f"order {order_id}"
+    with _audited_refusal(factory, actor=actor, action="accept", target=target, order_id=order_id, note=note), \
+            caused_by(f"staff {actor}: accept"), transaction(factory) as session:
+        order = get_order(session, order_id, for_update=True)
+        before = _status(order)
+        if order.status is not OrderStatus.NEEDS_REVIEW:
+            raise Refused(f"order {order_id} is {before}: only an order in review can be accepted")
+        if order.money_held <= 0:
+            raise Refused(f"order {order_id} holds no money of the customer: there is nothing to keep; "
+                          f"cancel it instead")
+        if order.shipment is not None and order.shipment.status is not ShipmentStatus.CANCELLED:
+            paid_at = order.paid_at
+            order.mark_paid()
+            order.paid_at = paid_at or order.paid_at
+            detail = f"already fulfilled (shipment {order.shipment.status.value}): back to paid"
+        else:
+            missing = cover_units(session, order)
+            if missing:
+                raise Refused(f"not enough stock to fulfil order {order_id}: {'; '.join(missing)}")
+            if order.shipment is not None:
+                order.shipment.status = ShipmentStatus.PENDING  # its units are taken again
+            fulfil_paid_order(session, order)
+            detail = f"units taken, shipment {order.shipment.id} to pack, confirmation mail queued"
+        return _audit(session, actor=actor, action="accept", target=target, order=order, before=before, note=note,
+                      detail=detail)
+
+
+def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str,
+                 refund: bool = False) -> Decision:
+    """Cancel an order and put its units back; refused while it holds money, unless `refund`.
+
+    With `refund`, the money held is given back at Stripe first (the refund path) and the order
+    ends refunded. An order nobody paid also gets its PaymentIntent cancelled at Stripe (through
+    the outbox, as the expiry sweep does), so it can no longer be paid.
+    """
+    target = f"order {order_id}"
+    with _audited_refusal(factory, actor=actor, action="cancel", target=target, order_id=order_id, note=note):
+        if refund:
+            with factory() as session:
+                held = get_order(session, order_id).money_held
+            if held > 0:
+                return _give_money_back(factory, order_id, actor=actor, action="cancel", note=note)
+        with caused_by(f"staff {actor}: cancel"), transaction(factory) as session:
+            order = get_order(session, order_id, for_update=True)
+            before = _status(order)
+            if order.money_held > 0:
+                raise Refused(f"order {order_id} holds {order.money_held} {order.currency} taken from the customer: "
+                              f"cancel --refund gives it back, accept keeps it and ships")
+            if not can_transition(order.status, OrderStatus.CANCELLED):
+                raise Refused(f"order {order_id} is {before} and cannot be cancelled")
+            returned = return_unshipped_units(session, order)
+            order.cancel(f"cancelled by staff: {note}")
+            detail = f"{returned} units back on the shelf"
+            if before in (OrderStatus.PENDING_PAYMENT.value, OrderStatus.PAYMENT_FAILED.value) \
+                    and order.payment_intent_id:
+                # So the customer can no longer pay for an order that will not ship.
+                enqueue(session, Topic.PAYMENT_CANCEL,
+                        {"order_id": order.id, "payment_intent_id": order.payment_intent_id})
+                detail += f"; payment intent {order.payment_intent_id} to cancel at Stripe"
+            return _audit(session, actor=actor, action="cancel", target=target, order=order, before=before,
+                          note=note, detail=detail)

@@ -165,6 +165,18 @@ class OutboxMessage(Base):
             self.inbox_event.status = EventStatus.RESOLVED
             self.inbox_event.outcome = f"resolved by staff: {note}"
 
+    def reopen(self, note: str) -> None:
+        """Staff take back a resolution: a dead letter again, to retry or replay. The old note
+        stays in the audit trail; the row shows why it was reopened."""
+        if self.status is not OutboxStatus.RESOLVED:
+            raise Conflict(f"message {self.id} is {self.status.value}, not a resolved dead letter")
+        self.status = OutboxStatus.DEAD
+        self.resolution_note = None
+        self.resolved_at = None
+        if self.inbox_event is not None and self.inbox_event.status is EventStatus.RESOLVED:
+            self.inbox_event.status = EventStatus.DEAD
+            self.inbox_event.outcome = f"reopened by staff: {note}"
+
 
 def retry_delay(attempt: int, base_seconds: float, cap_seconds: float = 3600.0) -> float:
     """Exponential back-off: base, 2*base, 4*base, ... capped at an hour."""

@@ -299,6 +299,34 @@ def consume_reservations(session: Session, order: Order) -> list[str]:
     return []
 
 
+def cover_units(session: Session, order: Order) -> list[str]:
+    """Staff's accept: take every unit the order still needs off the shelf, or change nothing.
+
+    Units it still holds are consumed; units whose hold was released (or given back) are taken
+    from available stock. If some sku has too few available, nothing changes and the shortfalls
+    are returned ("CUP-01: 2 wanted, 1 available") for the person to read.
+    """
+    needed = {ReservationStatus.ACTIVE, ReservationStatus.RELEASED, ReservationStatus.RETURNED}
+    open_holds = [r for r in order.reservations if r.status in needed]
+    stocks = {sku: lock_stock(session, sku) for sku in sorted({r.sku for r in open_holds})}
+    wanted: dict[str, int] = {}
+    for reservation in open_holds:
+        if reservation.status is not ReservationStatus.ACTIVE:
+            wanted[reservation.sku] = wanted.get(reservation.sku, 0) + reservation.quantity
+    missing = [f"{sku}: {quantity} wanted, {stocks[sku].available} available"
+               for sku, quantity in sorted(wanted.items()) if quantity > stocks[sku].available]
+    if missing:
+        return missing
+    for reservation in open_holds:
+        stock = stocks[reservation.sku]
+        if reservation.status is not ReservationStatus.ACTIVE:
+            stock.reserve(reservation.quantity)
+        stock.consume(reservation.quantity)
+        reservation.status = ReservationStatus.CONSUMED
+        reservation.closed_at = utcnow()
+    return []
+
+
 def return_unshipped_units(session: Session, order: Order) -> int:
     """Put back on the shelf every unit the order holds that has not left the warehouse.
 

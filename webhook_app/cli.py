@@ -45,6 +45,40 @@ def _sessions(settings: Settings):
     return make_session_factory(engine_for(settings))
 
 
+def staff_verb(command):
+    """Every staff verb takes --as for the audit trail (else SHOP_STAFF, else the OS user)."""
+    return click.option("--as", "actor", metavar="NAME",
+                        help="Who decides, for the audit trail [default: $SHOP_STAFF, else the OS user].")(command)
+
+
+def _actor(name: str | None) -> str:
+    if name and name.strip():
+        return name.strip()
+    if os.environ.get("SHOP_STAFF", "").strip():
+        return os.environ["SHOP_STAFF"].strip()
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"uid {os.getuid()}"
+
+
+def _staff_call(call):
+    """Run a staff use case: unknown id exits 2, a refusal or a failed Stripe call exits 1."""
+    from consumers.payments import PaymentGatewayError
+    from models.errors import DomainError, NotFound
+
+    try:
+        return call()
+    except NotFound as exc:
+        raise UnknownId(exc.message)
+    except DomainError as exc:
+        raise click.ClickException(exc.message)
+    except PaymentGatewayError as exc:
+        raise click.ClickException(f"Stripe refused or could not be reached: {exc}")
+
+
 def _echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -167,18 +201,19 @@ def events_show(event_id):
 
 @events.command("replay")
 @click.argument("event_id")
-def events_replay(event_id):
-    """Run a stored event through its handler again, now (idempotent: a second run changes nothing)."""
+@click.option("--note", help="Why it is replayed (kept in the audit trail).")
+@staff_verb
+def events_replay(event_id, note, actor):
+    """Run a stored event through its handler again, now (idempotent: a second run changes nothing).
+
+    A resolved event is refused until its dead letter is reopened (shop dlq reopen).
+    """
     from consumers.payments import configure_stripe
     from consumers.staff_actions import replay_event
-    from models.errors import NotFound
 
     settings = _settings()
     configure_stripe(settings)
-    try:
-        outcome = replay_event(_sessions(settings), event_id)
-    except NotFound as exc:
-        raise UnknownId(exc.message)
+    outcome = _staff_call(lambda: replay_event(_sessions(settings), event_id, actor=_actor(actor), note=note))
     click.echo(f"{event_id}: {outcome.status.value} ({outcome.reason})")
 
 
@@ -232,19 +267,50 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0][:120] if text else ""
 
 
+def _what(message) -> str:
+    """A dead letter in one line: its event, or for a mail its kind and order (never the address)."""
+    if message.inbox_event is not None:
+        return f"{message.inbox_event.type} {message.inbox_event.event_id}"
+    body = message.body
+    if message.topic.value == "mail":
+        return f"mail {body.get('kind', '?')} for order {body.get('order_id', '?')}"
+    return f"{message.topic.value} for order {body.get('order_id', '?')}"
+
+
 @dlq.command("list")
 def dlq_list():
     """List dead letters: id, what it is, attempts and the last error."""
     from consumers.staff_actions import dead_letters
+    from models.logs import redact
 
     with _sessions(_settings())() as session:
         rows = dead_letters(session)
         for m in rows:
-            what = (f"{m.inbox_event.type} {m.inbox_event.event_id}" if m.inbox_event
-                    else f"{m.topic.value} {m.body.get('kind', '')} to {m.body.get('to', '?')}")
-            click.echo(f"{m.id:>6}  {what:<60} attempts={m.attempts}  {_first_line(m.last_error)}")
+            click.echo(f"{m.id:>6}  {_what(m):<60} attempts={m.attempts}  {redact(_first_line(m.last_error))}")
         if not rows:
             click.echo("no dead letters")
+
+
+def _masked_message(session, message) -> dict:
+    """A message's body for staff eyes: a mail's recipient and the customer's details masked."""
+    from models.logs import redact
+    from models.orders import Order
+
+    body = message.body
+    if message.topic.value != "mail":
+        return body
+    order = session.get(Order, body.get("order_id")) if body.get("order_id") else None
+    private = [v for v in ((order.email, order.ship_name, order.ship_postal_code, order.ship_address)
+                           if order else ()) if v]
+
+    def mask(text: str) -> str:
+        for value in private:
+            text = text.replace(value, "***")
+        return redact(text)
+
+    lines = [("It will be shipped to ***." if line.startswith("It will be shipped to") else mask(line))
+             for line in str(body.get("body", "")).splitlines()]
+    return {**body, "to": "***", "subject": mask(str(body.get("subject", ""))), "body": "\n".join(lines)}
 
 
 @dlq.command("show")
@@ -252,54 +318,63 @@ def dlq_list():
 def dlq_show(message_id):
     """Show one dead letter with its full last error (traceback) and the event it carries."""
     from consumers.staff_actions import get_dead_letter
-    from models.errors import NotFound
+    from models.logs import redact
 
     with _sessions(_settings())() as session:
-        try:
-            m = get_dead_letter(session, message_id)
-        except NotFound as exc:
-            raise UnknownId(exc.message)
+        m = _staff_call(lambda: get_dead_letter(session, message_id, for_update=False))
         _echo_json({"id": m.id, "topic": m.topic.value, "status": m.status.value, "attempts": m.attempts,
-                    "created_at": m.created_at, "last_error": m.last_error, "resolution_note": m.resolution_note,
-                    "message": m.body, "event": m.inbox_event.to_dict() if m.inbox_event else None})
+                    "created_at": m.created_at, "last_error": redact(m.last_error) if m.last_error else None,
+                    "resolution_note": m.resolution_note, "message": _masked_message(session, m),
+                    "event": m.inbox_event.to_dict() if m.inbox_event else None})
 
 
 @dlq.command("retry")
 @click.argument("message_ids", type=int, nargs=-1, required=True)
-def dlq_retry(message_ids):
+@click.option("--note", help="Why it is retried (kept in the audit trail).")
+@staff_verb
+def dlq_retry(message_ids, note, actor):
     """Re-drive dead letters through their handlers (the relay publishes them again now)."""
     from consumers.staff_actions import retry_dead_letter
 
-    _each_dead_letter(message_ids, retry_dead_letter, "queued again")
+    _each_dead_letter(message_ids, lambda f, i, who: retry_dead_letter(f, i, actor=who, note=note), actor,
+                      "queued again")
 
 
 @dlq.command("resolve")
 @click.argument("message_id", type=int)
 @click.option("--note", required=True, help="What was done about it (kept with the message).")
-def dlq_resolve(message_id, note):
-    """Close a dead letter without re-driving it, with a note saying why."""
+@staff_verb
+def dlq_resolve(message_id, note, actor):
+    """Close a dead letter without re-driving it, with a note saying why (its event can then not be replayed)."""
     from consumers.staff_actions import resolve_dead_letter
 
-    _each_dead_letter([message_id], lambda factory, i: resolve_dead_letter(factory, i, note), "resolved")
+    _each_dead_letter([message_id], lambda f, i, who: resolve_dead_letter(f, i, actor=who, note=note), actor,
+                      "resolved")
 
 
-def _each_dead_letter(message_ids, action, done: str) -> None:
-    from models.errors import Conflict, NotFound
+@dlq.command("reopen")
+@click.argument("message_id", type=int)
+@click.option("--note", required=True, help="Why the resolution is taken back (kept in the audit trail).")
+@staff_verb
+def dlq_reopen(message_id, note, actor):
+    """Reopen a resolved dead letter: it can then be retried or its event replayed."""
+    from consumers.staff_actions import reopen_dead_letter
 
+    _each_dead_letter([message_id], lambda f, i, who: reopen_dead_letter(f, i, actor=who, note=note), actor,
+                      "reopened: a dead letter again")
+
+
+def _each_dead_letter(message_ids, action, actor, done: str) -> None:
     factory = _sessions(_settings())
+    who = _actor(actor)
     for message_id in message_ids:
-        try:
-            action(factory, message_id)
-        except NotFound as exc:
-            raise UnknownId(exc.message)
-        except Conflict as exc:
-            raise click.ClickException(exc.message)
+        _staff_call(lambda: action(factory, message_id, who))
         click.echo(f"{message_id}: {done}")
 
 
 @shop.group()
 def orders():
-    """Orders that need a person."""
+    """Orders: their story, and the decisions on flagged ones."""
 
 
 @orders.command("review")
@@ -315,26 +390,84 @@ def orders_review():
             click.echo("no orders need review")
 
 
+@orders.command("show")
+@click.argument("order_id")
+def orders_show(order_id):
+    """The order's whole story, oldest first: lines, events and attempts, status changes, mails, staff actions."""
+    from consumers.order_story import order_story
+
+    with _sessions(_settings())() as session:
+        story = _staff_call(lambda: order_story(session, order_id))
+        click.echo(render_story(story))
+
+
+def render_story(story) -> str:
+    """The story as text for a terminal (the console renders the same data as HTML)."""
+    customer = story.customer
+    out = [f"order {story.order_id}  {story.status}",
+           f"  customer {customer['email']}, {customer['name']}, {customer['postal_code']} "
+           f"{customer['prefecture']} {customer['address']}",
+           f"  total {story.total} {story.currency} (subtotal {story.subtotal} + shipping {story.shipping_fee}); "
+           f"paid {story.paid_amount}, refunded {story.refunded_amount}",
+           f"  payment intent {story.payment_intent_id or '-'}",
+           "lines:"]
+    out += [f"  {line['quantity']} x {line['sku']} {line['name']} @ {line['unit_amount']} = {line['amount']}"
+            for line in story.lines]
+    out.append("reservations:")
+    out += [f"  {r['quantity']} x {r['sku']} {r['status']} (until {r['expires_at'].isoformat()})"
+            for r in story.reservations]
+    shipment = story.shipment
+    out.append(f"shipment: {shipment['id']} {shipment['status']}" if shipment else "shipment: none")
+    out.append("story:")
+    for entry in story.entries:
+        out.append(f"  {entry.at.strftime('%Y-%m-%d %H:%M:%S')}  {entry.kind:<11} {entry.summary}")
+        out += [f"  {'':19}  {'':<11}   {detail}" for detail in entry.details]
+    return "\n".join(out)
+
+
 @orders.command("refund")
 @click.argument("order_id")
-@click.option("--reason", required=True, help="Why the customer is refunded (kept on the order and at Stripe).")
-def orders_refund(order_id, reason):
+@click.option("--reason", required=True, help="Why the customer is refunded (kept on the order, not sent to Stripe).")
+@staff_verb
+def orders_refund(order_id, reason, actor):
     """Refund an order's payment in full at Stripe: a staff decision, never automatic."""
-    from consumers.payments import PaymentGatewayError, configure_stripe
+    from consumers.payments import configure_stripe
     from consumers.staff_actions import refund_order
-    from models.errors import IllegalTransition, NotFound
 
     settings = _settings()
     configure_stripe(settings)
-    try:
-        order = refund_order(_sessions(settings), order_id, reason)
-    except NotFound as exc:
-        raise UnknownId(exc.message)
-    except IllegalTransition as exc:
-        raise click.ClickException(f"{exc.message}: only paid orders or orders in review can be refunded")
-    except PaymentGatewayError as exc:
-        raise click.ClickException(f"Stripe refused or could not be reached: {exc}")
-    click.echo(f"{order_id}: refunded ({order.refund_id})")
+    decision = _staff_call(lambda: refund_order(_sessions(settings), order_id, actor=_actor(actor), reason=reason))
+    click.echo(f"{order_id}: {decision.status_before} -> {decision.status_after} ({decision.detail})")
+
+
+@orders.command("accept")
+@click.argument("order_id")
+@click.option("--note", required=True, help="Why the payment is kept and the order shipped (audit trail).")
+@staff_verb
+def orders_accept(order_id, note, actor):
+    """Keep the payment of a flagged order and fulfil it; refused if its units cannot be covered."""
+    from consumers.staff_actions import accept_order
+
+    settings = _settings()
+    decision = _staff_call(lambda: accept_order(_sessions(settings), order_id, actor=_actor(actor), note=note))
+    click.echo(f"{order_id}: {decision.status_before} -> {decision.status_after} ({decision.detail})")
+
+
+@orders.command("cancel")
+@click.argument("order_id")
+@click.option("--note", required=True, help="Why the order is cancelled (audit trail).")
+@click.option("--refund", is_flag=True, help="Give back the money taken at Stripe first; the order ends refunded.")
+@staff_verb
+def orders_cancel(order_id, note, refund, actor):
+    """Cancel an order and put its units back; refused if money was taken, unless --refund."""
+    from consumers.payments import configure_stripe
+    from consumers.staff_actions import cancel_order
+
+    settings = _settings()
+    configure_stripe(settings)
+    decision = _staff_call(lambda: cancel_order(_sessions(settings), order_id, actor=_actor(actor), note=note,
+                                                refund=refund))
+    click.echo(f"{order_id}: {decision.status_before} -> {decision.status_after} ({decision.detail})")
 
 
 @shop.command()

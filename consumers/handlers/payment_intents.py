@@ -48,6 +48,7 @@ def on_payment_succeeded(session: Session, event: dict) -> Outcome:
     # that does not add up is flagged for a person, who can retry, resolve or refund.
     paid = intent.get("amount_received") or intent.get("amount")
     currency = (intent.get("currency") or "").lower()
+    order.paid_amount = paid or 0
     if paid != order.total or currency != order.currency.lower():
         reason = f"amount mismatch: paid {paid} {currency}, order total {order.total} {order.currency}"
         return _flag(order, reason)
@@ -57,13 +58,18 @@ def on_payment_succeeded(session: Session, event: dict) -> Outcome:
     no_longer_held = consume_reservations(session, order)
     if no_longer_held:
         return _flag(order, f"paid but the stock is no longer held: {', '.join(no_longer_held)}")
+    fulfil_paid_order(session, order)
+    return Outcome.processed("order paid", order.id)
+
+
+def fulfil_paid_order(session: Session, order: Order) -> None:
+    """What a paid order sets going once its units are taken: used by this handler and by staff's accept."""
     order.mark_paid()
     create_shipment(session, order)
     cart = session.get(Cart, order.cart_id)
     cart.delete_logically()
     queue_order_mail(session, order, "confirmation")
     log.info("order_paid", total=order.total, currency=order.currency)
-    return Outcome.processed("order paid", order.id)
 
 
 def _flag(order: Order, reason: str) -> Outcome:

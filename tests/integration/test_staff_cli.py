@@ -1,12 +1,15 @@
 """Staff tools: dead letters listed, shown, retried and resolved; flagged orders reviewed and refunded."""
 from __future__ import annotations
 
+import dataclasses
+
 import stripe
 from click.testing import CliRunner
 from sqlalchemy import select, text
 
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
-from tests.support import confirm_card, event_for
+from tests.conftest import deliver_with
+from tests.support import SHIPPING, confirm_card, event_for, free_port
 from webhook_app.cli import shop
 
 
@@ -119,3 +122,23 @@ def test_refunding_a_paid_order_cancels_its_pending_shipment(settings, client, c
     assert _run(settings, "orders", "refund", order["order_id"], "--reason", "changed their mind").exit_code == 0
     body = client.get(f"/orders/{order['order_id']}").get_json()
     assert (body["status"], body["shipment"]["status"]) == ("refunded", "cancelled")
+
+
+def test_a_dead_mail_shows_no_customer_details_in_dlq_list_or_show(settings, sessions, client, checkout, post_event):
+    order = checkout([("TEA-01", 1)], email="hanako.private@example.com")
+    confirm_card(order["payment_intent_id"], "4242424242424242")
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"]))
+    nobody_listens = dataclasses.replace(settings, smtp_url=f"smtp://127.0.0.1:{free_port()}")
+    deliver_with(nobody_listens, sessions)  # the order is paid; its confirmation mail fails every attempt
+    with sessions() as session:
+        message = session.scalars(select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD)).one()
+        assert message.body["to"] == "hanako.private@example.com"  # it is still there to send later
+
+    listed = _run(settings, "dlq", "list")
+    assert listed.exit_code == 0 and f"mail confirmation for order {order['order_id']}" in listed.output
+    shown = _run(settings, "dlq", "show", str(message.id))
+    assert shown.exit_code == 0 and order["order_id"] in shown.output
+    for private in ("hanako.private", "@example.com", SHIPPING["name"], SHIPPING["address"],
+                    SHIPPING["postal_code"]):
+        assert private not in listed.output and private not in shown.output, private

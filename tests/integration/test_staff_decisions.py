@@ -1,0 +1,356 @@
+"""Staff decisions on dead letters and flagged orders: what they do to money and stock, and the
+audit row each one leaves (who, what, the note, the order's status before and after)."""
+from __future__ import annotations
+
+import getpass
+import threading
+import time
+
+import pytest
+import stripe
+from click.testing import CliRunner
+from sqlalchemy import event as sa_event, select, text
+
+from consumers.relay import expire_reservations
+from consumers.staff_actions import refund_order, replay_event
+from models.carts import Cart
+from models.catalog import ReservationStatus
+from models.events import EventStatus, InboxEvent, OutboxMessage, Topic
+from models.history import OrderStatusChange, StaffAction
+from models.orders import Order, OrderStatus
+from models.refunds import Refund, RefundSource
+from tests.backends import servers_available
+from tests.integration.test_staff_cli import _dead_letter
+from tests.support import SHIPPING, confirm_card, event_for
+from webhook_app.cli import shop
+
+
+def _run(settings, *args, **env):
+    return CliRunner().invoke(shop, list(args), env={"DATABASE_URL": settings.database_url,
+                                                     "STRIPE_API_BASE": settings.stripe_api_base,
+                                                     "LOG_FORMAT": "console", "SHOP_STAFF": None, **env})
+
+
+def _audit(sessions, action: str | None = None) -> list[StaffAction]:
+    with sessions() as session:
+        query = select(StaffAction).order_by(StaffAction.id)
+        if action:
+            query = query.where(StaffAction.action == action)
+        return list(session.scalars(query))
+
+
+def _stock(client, sku="TEA-01"):
+    body = client.get(f"/products/{sku}").get_json()
+    return body["on_hand"], body["reserved"]
+
+
+def _paid(client, checkout, post_event, deliver, items=(("TEA-01", 2),)):
+    """An order paid at localstripe and settled by the worker, as in production."""
+    order = checkout(list(items))
+    confirm_card(order["payment_intent_id"], "4242424242424242")
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"]))
+    deliver()
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+    return order
+
+
+def _flagged(client, checkout, post_event, deliver, items=(("TEA-01", 1),)):
+    """Money taken for a different amount than the order's total: flagged, its hold still active."""
+    order = checkout(list(items))
+    confirm_card(order["payment_intent_id"], "4242424242424242")
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"] + 100))
+    deliver()
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+    return order
+
+
+def _refunds_at_stripe(payment_intent_id: str) -> list:
+    return list(stripe.Refund.list(payment_intent=payment_intent_id, limit=100).data)
+
+
+# --- defect 2: a resolved event is closed ------------------------------------------------------
+
+def test_replay_refuses_a_resolved_event_until_staff_reopen_it(settings, sessions, client, checkout, post_event,
+                                                              deliver):
+    order, event, message_id = _dead_letter(settings, sessions, client, checkout, post_event, deliver)
+    note = "refunded by hand; do not ship"
+    assert _run(settings, "dlq", "resolve", str(message_id), "--note", note, "--as", "alice").exit_code == 0
+
+    refused = _run(settings, "events", "replay", event["id"], "--as", "bob")
+    assert refused.exit_code == 1 and note in refused.output and f"dlq reopen {message_id}" in refused.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "pending_payment"
+    assert _stock(client) == (40, 1)  # nothing left the shelf
+    with sessions() as session:
+        assert not session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.MAIL)).all()
+        assert session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one().status \
+            is EventStatus.RESOLVED
+
+    reopened = _run(settings, "dlq", "reopen", str(message_id), "--note", "the customer wants it after all",
+                    "--as", "carol")
+    assert reopened.exit_code == 0, reopened.output
+    replayed = _run(settings, "events", "replay", event["id"], "--as", "carol")
+    assert replayed.exit_code == 0 and "processed (order paid)" in replayed.output
+    assert _stock(client) == (39, 0)
+    assert _run(settings, "dlq", "reopen", str(message_id), "--note", "again").exit_code == 1  # not resolved now
+
+    rows = [(a.actor, a.action, a.detail.split(":")[0] if a.detail else None) for a in _audit(sessions)]
+    assert rows[:4] == [("alice", "resolve", "message is resolved"), ("bob", "replay", "refused"),
+                        ("carol", "reopen", "message is dead"), ("carol", "replay", "processed")]
+    replay = _audit(sessions, "replay")[-1]
+    assert (replay.order_id, replay.status_before, replay.status_after) == (order["order_id"], "pending_payment",
+                                                                            "paid")
+    with sessions() as session:
+        change = session.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == order["order_id"],
+                                                                 OrderStatusChange.to_status == "paid")).one()
+        assert change.cause == "staff carol: replay"
+
+
+def test_the_actor_is_as_else_shop_staff_else_the_os_user(settings, sessions, client, checkout, post_event, deliver):
+    _, _, message_id = _dead_letter(settings, sessions, client, checkout, post_event, deliver)
+    assert _run(settings, "dlq", "resolve", str(message_id), "--note", "n1", "--as", "alice",
+                SHOP_STAFF="bob").exit_code == 0
+    assert _run(settings, "dlq", "reopen", str(message_id), "--note", "n2", SHOP_STAFF="bob").exit_code == 0
+    assert _run(settings, "dlq", "retry", str(message_id)).exit_code == 0
+    assert [(a.actor, a.action, a.note) for a in _audit(sessions)] == [
+        ("alice", "resolve", "n1"), ("bob", "reopen", "n2"), (getpass.getuser(), "retry", None)]
+
+
+# --- defect 13: one lock order for replay and the worker ---------------------------------------
+
+def test_replay_locks_the_outbox_rows_then_the_inbox_row_then_the_order(settings, sessions, client, checkout,
+                                                                         post_event, deliver):
+    """The worker locks outbox -> inbox -> order; replay in the opposite order could deadlock with it."""
+    order, event, _ = _dead_letter(settings, sessions, client, checkout, post_event, deliver)
+    engine = sessions.kw["bind"]
+    tables = []
+
+    def first_table(conn, cursor, statement, parameters, context, executemany):
+        words = statement.split()
+        if words and words[0].upper() == "SELECT" and "FROM" in words:
+            name = words[words.index("FROM") + 1].strip('"')
+            if name in ("outbox", "inbox_events", "orders") and name not in tables:
+                tables.append(name)
+
+    sa_event.listen(engine, "before_cursor_execute", first_table)
+    try:
+        replay_event(sessions, event["id"], actor="dana")
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", first_table)
+    assert tables == ["outbox", "inbox_events", "orders"]
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+
+
+POSTGRES_ONLY = ["postgresql"] if servers_available() else []  # SQLite's one write lock cannot deadlock
+
+
+@pytest.mark.parametrize("database_url", POSTGRES_ONLY, indirect=True)
+def test_a_replay_racing_a_worker_on_the_same_event_does_not_deadlock(settings, sessions, client, checkout,
+                                                                      post_event, deliver):
+    order, event, message_id = _dead_letter(settings, sessions, client, checkout, post_event, deliver)
+    engine = sessions.kw["bind"]
+    failures = []
+
+    def replay():
+        try:
+            replay_event(sessions, event["id"], actor="dana")
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    with engine.connect() as worker:
+        claimed = worker.begin()
+        # The worker's first lock: the outbox row of the message it was handed.
+        worker.execute(text("SELECT id FROM outbox WHERE id = :id FOR UPDATE"), {"id": message_id})
+        racing = threading.Thread(target=replay)
+        racing.start()
+        with engine.connect() as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")).scalar() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        # Its second: the inbox row. A replay that took it first would now deadlock with us.
+        worker.execute(text("SELECT id FROM inbox_events WHERE event_id = :e FOR UPDATE"), {"e": event["id"]})
+        claimed.commit()
+    racing.join(30)
+    assert not racing.is_alive() and failures == []
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+
+
+# --- defects 9 and 10: the refund path ---------------------------------------------------------
+
+def test_refunding_a_paid_unshipped_order_puts_its_units_back_on_the_shelf(settings, sessions, client, checkout,
+                                                                            post_event, deliver):
+    order = _paid(client, checkout, post_event, deliver)
+    assert _stock(client) == (38, 0)
+
+    refunded = _run(settings, "orders", "refund", order["order_id"], "--reason", "changed their mind", "--as", "eve")
+    assert refunded.exit_code == 0, refunded.output
+    assert _stock(client) == (40, 0)
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert (body["status"], body["shipment"]["status"]) == ("refunded", "cancelled")
+    with sessions() as session:
+        stored = session.get(Order, order["order_id"])
+        assert [r.status for r in stored.reservations] == [ReservationStatus.RETURNED]
+        assert (stored.paid_amount, stored.refunded_amount, stored.money_held) == (order["total"], order["total"], 0)
+    action = _audit(sessions, "refund")[-1]
+    assert (action.actor, action.note, action.status_before, action.status_after) == (
+        "eve", "changed their mind", "paid", "refunded")
+    assert "2 units back on the shelf" in action.detail
+
+
+def test_a_refund_whose_commit_was_lost_is_found_at_stripe_and_recorded_once(settings, sessions, client, checkout,
+                                                                             post_event, deliver):
+    order = _paid(client, checkout, post_event, deliver)
+    lost = []
+
+    def lose_the_commit(session, flush_context, instances):
+        if not lost and any(isinstance(o, Order) and o.status is OrderStatus.REFUNDED for o in session.dirty):
+            lost.append(True)
+            raise RuntimeError("connection lost before commit")
+
+    sa_event.listen(sessions, "before_flush", lose_the_commit)
+    try:
+        with pytest.raises(RuntimeError):
+            refund_order(sessions, order["order_id"], actor="eve", reason="damaged in transit")
+    finally:
+        sa_event.remove(sessions, "before_flush", lose_the_commit)
+    assert len(_refunds_at_stripe(order["payment_intent_id"])) == 1  # the money went back ...
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"  # ... we never recorded it
+
+    again = _run(settings, "orders", "refund", order["order_id"], "--reason", "customer called: box was crushed")
+    assert again.exit_code == 0, again.output
+    at_stripe = _refunds_at_stripe(order["payment_intent_id"])
+    assert len(at_stripe) == 1
+    assert at_stripe[0].metadata.to_dict() == {"order_id": order["order_id"]}  # staff's words stay with us
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "refunded"
+    with sessions() as session:
+        stored = session.get(Order, order["order_id"])
+        refund = session.scalars(select(Refund)).one()
+        assert (refund.stripe_refund_id, refund.amount, refund.source, refund.reason) == (
+            at_stripe[0].id, order["total"], RefundSource.STAFF, "customer called: box was crushed")
+        assert (stored.refund_id, stored.money_held) == (at_stripe[0].id, 0)
+    assert _stock(client) == (40, 0)
+
+
+# --- accept ------------------------------------------------------------------------------------
+
+def test_accepting_a_flagged_order_consumes_its_hold_and_fulfils_it(settings, sessions, client, checkout,
+                                                                     post_event, deliver):
+    order = _flagged(client, checkout, post_event, deliver)
+    assert _stock(client) == (40, 1)
+
+    accepted = _run(settings, "orders", "accept", order["order_id"], "--note", "customer paid 100 more; keep it",
+                    "--as", "frank")
+    assert accepted.exit_code == 0, accepted.output
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert (body["status"], body["shipment"]["status"]) == ("paid", "pending")
+    assert _stock(client) == (39, 0)
+    with sessions() as session:
+        stored = session.get(Order, order["order_id"])
+        assert session.get(Cart, stored.cart_id).deleted_at is not None
+        mails = session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.MAIL)).all()
+        assert [m.body["kind"] for m in mails] == ["confirmation"]
+        change = session.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == stored.id,
+                                                                 OrderStatusChange.to_status == "paid")).one()
+        assert change.cause == "staff frank: accept"
+    action = _audit(sessions, "accept")[-1]
+    assert (action.actor, action.status_before, action.status_after) == ("frank", "needs_review", "paid")
+    assert _run(settings, "orders", "accept", order["order_id"], "--note", "again").exit_code == 1
+
+
+def test_accept_takes_available_stock_when_the_hold_was_released_or_refuses_naming_the_missing_units(
+        settings, sessions, client, make_client, post_event, deliver):
+    short = make_client(reservation_ttl_seconds=0)
+    cart = short.post("/carts").get_json()
+    short.post(f"/carts/{cart['id']}/items", json={"sku": "CUP-01", "quantity": 2})
+    late = short.post("/checkout", json={"cart_id": cart["id"], "email": "late@example.com",
+                                         "shipping": SHIPPING}).get_json()
+    expire_reservations(sessions)  # the hold ran out; the payment got in anyway
+    confirm_card(late["payment_intent_id"], "4242424242424242")
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=late["payment_intent_id"],
+                         order_id=late["order_id"], amount=late["total"]))
+    deliver()
+    assert client.get(f"/orders/{late['order_id']}").get_json()["status"] == "needs_review"
+    # Meanwhile someone else holds two of the three cups.
+    cart = client.post("/carts").get_json()
+    client.post(f"/carts/{cart['id']}/items", json={"sku": "CUP-01", "quantity": 2})
+    other = client.post("/checkout", json={"cart_id": cart["id"], "email": "o@example.com",
+                                           "shipping": SHIPPING}).get_json()
+
+    refused = _run(settings, "orders", "accept", late["order_id"], "--note", "ship it", "--as", "gail")
+    assert refused.exit_code == 1 and "CUP-01: 2 wanted, 1 available" in refused.output
+    assert client.get(f"/orders/{late['order_id']}").get_json()["status"] == "needs_review"
+    assert _stock(client, "CUP-01") == (3, 2)
+    action = _audit(sessions, "accept")[-1]
+    assert (action.actor, action.status_before, action.status_after) == ("gail", "needs_review", "needs_review")
+    assert action.detail.startswith("refused: not enough stock") and "CUP-01" in action.detail
+
+    assert _run(settings, "orders", "cancel", other["order_id"], "--note", "duplicate order").exit_code == 0
+    accepted = _run(settings, "orders", "accept", late["order_id"], "--note", "ship it", "--as", "gail")
+    assert accepted.exit_code == 0, accepted.output
+    assert client.get(f"/orders/{late['order_id']}").get_json()["status"] == "paid"
+    assert _stock(client, "CUP-01") == (1, 0)
+
+
+def test_accepting_an_order_flagged_after_it_was_fulfilled_just_makes_it_paid_again(settings, sessions, client,
+                                                                                    checkout, post_event, deliver):
+    order = _paid(client, checkout, post_event, deliver)
+    with sessions.begin() as session:  # as a dispute opened after payment does (the rule the handler calls)
+        session.get(Order, order["order_id"]).flag_for_review("dispute opened: fraudulent")
+    accepted = _run(settings, "orders", "accept", order["order_id"], "--note", "dispute won")
+    assert accepted.exit_code == 0, accepted.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+    assert _stock(client) == (38, 0)  # the units left once, not twice
+    with sessions() as session:
+        assert len(session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.MAIL)).all()) == 1
+
+
+# --- cancel ------------------------------------------------------------------------------------
+
+def test_cancelling_an_unpaid_order_releases_its_stock_and_cancels_its_intent_at_stripe(settings, sessions, client,
+                                                                                      checkout, deliver):
+    order = checkout([("TEA-01", 3)])
+    cancelled = _run(settings, "orders", "cancel", order["order_id"], "--note", "customer asked by phone",
+                     "--as", "hana")
+    assert cancelled.exit_code == 0, cancelled.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "cancelled"
+    assert _stock(client) == (40, 0)
+    deliver()
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).status == "canceled"
+    action = _audit(sessions, "cancel")[-1]
+    assert (action.actor, action.status_before, action.status_after) == ("hana", "pending_payment", "cancelled")
+
+
+def test_cancel_refuses_while_money_is_held_and_with_refund_gives_it_back(settings, sessions, client, checkout,
+                                                                           post_event, deliver):
+    order = _flagged(client, checkout, post_event, deliver)
+    refused = _run(settings, "orders", "cancel", order["order_id"], "--note", "out of stock", "--as", "ivan")
+    assert refused.exit_code == 1 and "--refund" in refused.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+    assert _stock(client) == (40, 1)
+    assert _refunds_at_stripe(order["payment_intent_id"]) == []
+    assert _audit(sessions, "cancel")[-1].detail.startswith("refused: ")
+
+    done = _run(settings, "orders", "cancel", order["order_id"], "--note", "out of stock", "--refund", "--as", "ivan")
+    assert done.exit_code == 0, done.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "refunded"
+    assert _stock(client) == (40, 0)
+    assert len(_refunds_at_stripe(order["payment_intent_id"])) == 1
+    action = _audit(sessions, "cancel")[-1]
+    assert (action.status_before, action.status_after, action.note) == ("needs_review", "refunded", "out of stock")
+
+
+def test_a_refund_stripe_refuses_changes_nothing_and_is_audited(settings, sessions, client, checkout, post_event,
+                                                                deliver):
+    order = checkout([("TEA-01", 1)])  # never paid at Stripe, yet an event claims it was (for another amount)
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"] + 100))
+    deliver()
+    failed = _run(settings, "orders", "refund", order["order_id"], "--reason", "suspicious", "--as", "jun")
+    assert failed.exit_code == 1 and "Stripe" in failed.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+    action = _audit(sessions, "refund")[-1]
+    assert (action.actor, action.status_before, action.status_after) == ("jun", "needs_review", "needs_review")
+    assert action.detail.startswith("failed at Stripe: ")
