@@ -6,17 +6,17 @@ from datetime import timedelta
 
 from markupsafe import Markup
 
-WIDTH, HEIGHT = 720, 170
-LEFT, RIGHT, TOP, BOTTOM = 48, 10, 10, 24
+WIDTH, HEIGHT = 720, 200
+LEFT, RIGHT, TOP, BOTTOM = 86, 12, 12, 30
 PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
 
-def _nice_ceiling(value: float) -> float:
-    """1, 2, 5 × a power of ten, at least `value` (an axis maximum a person can read)."""
+def _nice_ceiling(value: float, steps=(1, 2, 5, 10)) -> float:
+    """A step × a power of ten, at least `value` (an axis maximum a person can read)."""
     if value <= 0:
-        return 1
+        return steps[0]
     power = 10 ** math.floor(math.log10(value))
-    return next(step * power for step in (1, 2, 5, 10) if step * power >= value)
+    return next(step * power for step in steps if step * power >= value)
 
 
 def seconds_in_words(seconds: float) -> str:
@@ -44,7 +44,7 @@ def _frame(title: str, y_max: float, y_label, start, minutes: int) -> list[str]:
         anchor = "start" if hours_ago == 24 else "end" if hours_ago == 0 else "middle"
         label = "now" if hours_ago == 0 else at.strftime("%H:%M")
         parts.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP + PLOT_H}" y2="{TOP + PLOT_H + 4}"/>')
-        parts.append(f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 6}" text-anchor="{anchor}">{label}</text>')
+        parts.append(f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">{label}</text>')
     return parts
 
 
@@ -59,7 +59,8 @@ def _bar(css: str, minute: int, minutes: int, value: float, y_max: float, width_
 
 def traffic_charts(traffic, minutes: int) -> dict:
     """The two charts (events per minute; processing lag) and the figures they summarise."""
-    events_max = _nice_ceiling(max([*traffic.received.values(), *traffic.processed.values(), 1]))
+    # Even maxima for counts, so the middle grid line is a whole number of events.
+    events_max = _nice_ceiling(max([*traffic.received.values(), *traffic.processed.values(), 2]), (2, 4, 10, 20))
     events = _frame("Events received and processed per minute, last 24 hours (UTC)", events_max,
                     lambda v: f"{v:g}", traffic.start, minutes)
     for minute, count in sorted(traffic.received.items()):
