@@ -78,7 +78,7 @@ class Settings:
             staff_alert_url=env.get("STAFF_ALERT_URL") or None,
             log_format=log_format,
             admin_base_url=(env.get("ADMIN_BASE_URL") or cls.admin_base_url).rstrip("/"),
-            secret_key=env.get("SECRET_KEY") or instance_secret_key(),
+            secret_key=env.get("SECRET_KEY") or _instance_secret_key_or_none(),
             max_webhook_bytes=_int(env, "WEBHOOK_MAX_BYTES", cls.max_webhook_bytes),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts),
             retry_base_seconds=_float(env, "RETRY_BASE_SECONDS", cls.retry_base_seconds),
@@ -124,6 +124,15 @@ def instance_secret_key(path: Path = Path("instance/secret_key")) -> str:
     if not key:
         raise SystemExit(f"{path} is empty: delete it (a new SECRET_KEY is generated) or set SECRET_KEY")
     return key
+
+
+def _instance_secret_key_or_none() -> str | None:
+    # A process started in a read-only directory (a worker, a CLI verb) needs no key; the web
+    # app logs that it signs with a key of its own process instead.
+    try:
+        return instance_secret_key()
+    except OSError:
+        return None
 
 
 def resolve_sqlite_path(url: str) -> str:

@@ -220,6 +220,22 @@ def test_no_admin_page_shows_a_client_secret_webhook_secret_or_customer_data(app
             assert secret not in page, (rule.rule, secret)
 
 
+def test_every_form_on_every_admin_page_carries_a_csrf_token(app, client, staff):
+    def forms_without_token(url):
+        page = client.get(url).get_data(as_text=True)
+        forms = re.findall(r"<form\b.*?</form>", page, flags=re.S)
+        return len(forms), [f for f in forms if 'name="csrf_token"' not in f]
+
+    count, missing = forms_without_token("/admin/login")
+    assert count == 1 and not missing
+    log_in(client)
+    for rule in admin_get_rules(app):
+        if rule.arguments:
+            continue
+        count, missing = forms_without_token(_url(app, rule))
+        assert count >= 1 and not missing, (rule.rule, missing)  # at least the logout form
+
+
 def test_admin_pages_are_not_cached_framed_or_scripted(client, staff):
     log_in(client)
     response = client.get("/admin/")
@@ -287,3 +303,12 @@ def test_secret_key_from_the_environment_wins(tmp_path, monkeypatch):
     assert not (tmp_path / "instance" / "secret_key").exists()
     generated = Settings.from_env({}).secret_key
     assert generated == (tmp_path / "instance" / "secret_key").read_text().strip()
+
+
+def test_a_process_that_cannot_write_instance_still_starts_without_a_key_file(tmp_path, monkeypatch):
+    from models.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "instance").write_text("not a folder")  # as unwritable as it gets, even for root
+    settings = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}"})
+    assert settings.secret_key is None

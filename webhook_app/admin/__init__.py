@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 
+import structlog
 from flask import Blueprint, Flask, redirect, render_template, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, UserMixin, current_user
@@ -44,8 +45,12 @@ class StaffSessionInterface(SecureCookieSessionInterface):
 
 
 def init_admin(app: Flask, *, secret_key: str | None, admin_base_url: str) -> None:
+    if not secret_key:
+        # A Settings built in code, or no SECRET_KEY and no writable instance/: this process signs
+        # with its own key, so a staff session works only on the process that made it.
+        structlog.get_logger(__name__).warning("secret_key_per_process",
+                                               hint="set SECRET_KEY for sessions shared by every web process")
     app.config.update(
-        # Without a configured key (a Settings built in code), this process signs with its own.
         SECRET_KEY=secret_key or secrets.token_urlsafe(48),
         SESSION_COOKIE_NAME="shop_session",
         SESSION_COOKIE_HTTPONLY=True,
