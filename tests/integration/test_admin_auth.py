@@ -312,3 +312,14 @@ def test_a_process_that_cannot_write_instance_still_starts_without_a_key_file(tm
     (tmp_path / "instance").write_text("not a folder")  # as unwritable as it gets, even for root
     settings = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}"})
     assert settings.secret_key is None
+
+
+def test_the_logged_in_staff_members_email_is_the_actor_for_audit_rows(app, client, staff):
+    from flask_login import current_user
+
+    from webhook_app.admin import actor
+
+    log_in(client)
+    with client:  # keeps the request context of the next request open
+        assert client.get("/admin/").status_code == 200
+        assert current_user.email == actor() == EMAIL

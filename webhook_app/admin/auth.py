@@ -38,9 +38,10 @@ def login():
         log.warning("staff_login_rate_limited", retry_after=exc.retry_after_seconds)
         minutes = -(-exc.retry_after_seconds // 60)
         response = render_template(
-            "admin/login.html", next_url=next_url, email=email, status_code=429,
-            error=f"Too many failed logins for this account from your address. "
-                  f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.")
+            "admin/login.html", next_url=next_url, email=email,
+            error=f"Too many failed logins from your address. Logging in is paused for "
+                  f"{minutes} minute{'s' if minutes != 1 else ''}; then try again, or ask an administrator "
+                  f"to check your account.")
         return response, 429, {"Retry-After": str(exc.retry_after_seconds)}
     if user is None:
         log.info("staff_login_refused")
