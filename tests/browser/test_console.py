@@ -124,3 +124,18 @@ def test_a_wrong_password_is_told_plainly_and_does_not_log_in(browser, live_serv
     screenshot("wrong-password")
     browser.get(f"{live_server}/admin/")
     assert path_of(browser) == "/admin/login"
+
+
+def test_a_form_posted_from_another_site_is_refused_and_changes_nothing(browser, live_server, screenshot, settings):
+    add_staff(settings)
+    log_in(browser, live_server)
+    assert path_of(browser) == "/admin/"
+    # Another site's page that posts a logout form to the console (no token: it cannot read one).
+    forged = (f'<form id="f" method="post" action="{live_server}/admin/logout">'
+              '<button id="go" type="submit">go</button></form>')
+    browser.get("data:text/html," + forged)
+    browser.find_element(By.ID, "go").click()
+    assert "Nothing was changed" in browser.find_element(By.CSS_SELECTOR, ".notice.error").text
+    screenshot("csrf-refused")
+    browser.get(f"{live_server}/admin/")
+    assert path_of(browser) == "/admin/"  # still logged in
