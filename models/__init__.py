@@ -10,10 +10,12 @@ from models.history import EventAttempt, OrderStatusChange, StaffAction, StaffAl
 from models.orders import Order, OrderLine, OrderStatus, Shipment, ShipmentStatus, ShippingAddress
 from models.refunds import Dispute, Refund, RefundSource
 from models.shipping import ShippingRate
+from models.staff import LoginFailure
 
 __all__ = [
     "Base", "utcnow", "Cart", "CartItem", "CartStatus", "Product", "Reservation", "ReservationStatus",
     "Stock", "EventStatus", "InboxEvent", "OutboxMessage", "OutboxStatus", "Topic", "Order", "OrderLine",
     "OrderStatus", "Shipment", "ShipmentStatus", "ShippingAddress", "ShippingRate", "EventAttempt",
     "OrderStatusChange", "StaffAction", "StaffAlert", "StaffMember", "Dispute", "Refund", "RefundSource",
+    "LoginFailure",
 ]

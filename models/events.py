@@ -45,8 +45,8 @@ class InboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     outcome: Mapped[str | None] = mapped_column(Text, default=None)
     order_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    processed_at: Mapped[datetime | None] = mapped_column(default=None)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    processed_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
 
     @property
     def data(self) -> dict:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,9 @@ class Settings:
     staff_alert_url: str | None = None
     log_format: str = "json"
     admin_base_url: str = "http://127.0.0.1:8000"
+    # Signs staff sessions and CSRF tokens. None only for a Settings built in code (tests):
+    # the app then signs with a random key of its own process.
+    secret_key: str | None = None
     # Not in the public contract: tuning knobs with safe defaults.
     max_webhook_bytes: int = 256 * 1024
     webhook_tolerance_seconds: int = 300
@@ -73,6 +78,7 @@ class Settings:
             staff_alert_url=env.get("STAFF_ALERT_URL") or None,
             log_format=log_format,
             admin_base_url=(env.get("ADMIN_BASE_URL") or cls.admin_base_url).rstrip("/"),
+            secret_key=env.get("SECRET_KEY") or _instance_secret_key_or_none(),
             max_webhook_bytes=_int(env, "WEBHOOK_MAX_BYTES", cls.max_webhook_bytes),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts),
             retry_base_seconds=_float(env, "RETRY_BASE_SECONDS", cls.retry_base_seconds),
@@ -93,6 +99,40 @@ class Settings:
             return None
         rest = self.broker_url[len("filesystem://"):] or "instance/broker"
         return Path(rest).resolve()
+
+
+def instance_secret_key(path: Path = Path("instance/secret_key")) -> str:
+    """The local SECRET_KEY: read from `path`, or generated into it once (mode 0600).
+
+    Every process started in one directory (gunicorn's workers, the CLI) must sign with the same
+    key, so the file is written whole under a temporary name and linked into place: the first
+    writer wins, and nobody ever reads a half-written key.
+    """
+    path = path if path.is_absolute() else Path.cwd() / path
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # created with mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    key = path.read_text().strip()
+    if not key:
+        raise SystemExit(f"{path} is empty: delete it (a new SECRET_KEY is generated) or set SECRET_KEY")
+    return key
+
+
+def _instance_secret_key_or_none() -> str | None:
+    # A process started in a read-only directory (a worker, a CLI verb) needs no key; the web
+    # app logs that it signs with a key of its own process instead.
+    try:
+        return instance_secret_key()
+    except OSError:
+        return None
 
 
 def resolve_sqlite_path(url: str) -> str:

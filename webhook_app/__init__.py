@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     engine = engine_for(settings)
     app.extensions["shop"] = AppState(settings, engine, make_session_factory(engine))
 
+    from webhook_app.admin import init_admin
     from webhook_app.errors import register_error_handlers
     from webhook_app.health import bp as health_bp
     from webhook_app.shop_api import bp as shop_bp
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(shop_bp)
     app.register_blueprint(webhooks_bp)
+    init_admin(app, secret_key=settings.secret_key, admin_base_url=settings.admin_base_url)
 
     @app.before_request
     def _bind_request_id():

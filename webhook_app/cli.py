@@ -484,6 +484,10 @@ def demo(url, card, timeout):
     sys.exit(0 if ok else 1)
 
 
+from webhook_app.staff_cli import staff  # noqa: E402  (after `shop` and the helpers it uses)
+shop.add_command(staff)
+
+
 def main() -> None:
     load_dev_env()
     shop()

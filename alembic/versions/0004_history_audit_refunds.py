@@ -28,6 +28,22 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_staff_members')),
     sa.UniqueConstraint('email', name=op.f('uq_staff_members_email'))
     )
+    op.create_table('staff_login_failures',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('email', sa.String(length=254), nullable=False),
+    sa.Column('ip', sa.String(length=64), nullable=False),
+    sa.Column('at', models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_staff_login_failures'))
+    )
+    with op.batch_alter_table('staff_login_failures', schema=None) as batch_op:
+        batch_op.create_index('ix_staff_login_failures_email_ip_at', ['email', 'ip', 'at'], unique=False)
+        batch_op.create_index('ix_staff_login_failures_ip_at', ['ip', 'at'], unique=False)
+
+    # The console's dashboard counts events received and processed per minute over a day.
+    with op.batch_alter_table('inbox_events', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_inbox_events_received_at'), ['received_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_inbox_events_processed_at'), ['processed_at'], unique=False)
+
     op.create_table('staff_actions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('actor', sa.String(length=200), nullable=False),
@@ -190,3 +206,10 @@ def downgrade() -> None:
 
     op.drop_table('staff_actions')
     op.drop_table('staff_members')
+    with op.batch_alter_table('inbox_events', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_inbox_events_processed_at'))
+        batch_op.drop_index(batch_op.f('ix_inbox_events_received_at'))
+    with op.batch_alter_table('staff_login_failures', schema=None) as batch_op:
+        batch_op.drop_index('ix_staff_login_failures_ip_at')
+        batch_op.drop_index('ix_staff_login_failures_email_ip_at')
+    op.drop_table('staff_login_failures')

@@ -1,0 +1,133 @@
+"""Staff logins for the console: accounts with argon2 password hashes, and the login rate limit.
+
+The failed-login counts live in the database, so the limit holds across every web worker
+and server process, not per process.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Index, String, delete, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base, utcnow
+from models.errors import Conflict, InvalidInput, NotFound
+from models.history import StaffMember
+
+MIN_PASSWORD_LENGTH = 10
+# At most this many failed logins for one e-mail from one address in the window, and this many
+# from one address whatever the e-mail (someone trying many accounts).
+MAX_FAILURES_PER_EMAIL_AND_IP = 5
+MAX_FAILURES_PER_IP = 30
+FAILURE_WINDOW = timedelta(minutes=15)
+
+_hasher = PasswordHasher()
+# Verified when the e-mail is unknown, so a wrong e-mail costs as long as a wrong password
+# and the answer time does not tell which accounts exist.
+_UNKNOWN_ACCOUNT_HASH = _hasher.hash("no account has this password")
+
+
+class LoginFailure(Base):
+    """One failed staff login (wrong e-mail or password, or a disabled account)."""
+
+    __tablename__ = "staff_login_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    ip: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_staff_login_failures_ip_at", "ip", "at"),
+                      Index("ix_staff_login_failures_email_ip_at", "email", "ip", "at"))
+
+
+class TooManyLoginFailures(Exception):
+    def __init__(self, retry_after_seconds: int):
+        super().__init__("too many failed logins")
+        self.retry_after_seconds = retry_after_seconds
+
+
+def normalise_email(email: str) -> str:
+    email = (email or "").strip().lower()
+    local, at, domain = email.partition("@")
+    if not at or not local or "." not in domain or len(email) > 254 or any(c.isspace() for c in email):
+        raise InvalidInput(f"not an e-mail address: {email!r}", field="email")
+    return email
+
+
+def hash_password(password: str) -> str:
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(f"the password must have at least {MIN_PASSWORD_LENGTH} characters", field="password")
+    return _hasher.hash(password)
+
+
+def add_staff_member(session: Session, email: str, password: str) -> StaffMember:
+    email = normalise_email(email)
+    if session.scalar(select(StaffMember).where(StaffMember.email == email)) is not None:
+        raise Conflict(f"staff member {email} already exists", field="email")
+    member = StaffMember(email=email, password_hash=hash_password(password))
+    session.add(member)
+    session.flush()
+    return member
+
+
+def disable_staff_member(session: Session, email: str) -> tuple[StaffMember, bool]:
+    """Disable a login (its open sessions stop working at their next request); True if it changed."""
+    member = session.scalar(select(StaffMember).where(StaffMember.email == normalise_email(email)))
+    if member is None:
+        raise NotFound(f"no staff member {email}")
+    if member.disabled_at is not None:
+        return member, False
+    member.disabled_at = utcnow()
+    return member, True
+
+
+def authenticate(session: Session, email: str, password: str, ip: str) -> StaffMember | None:
+    """The staff member these credentials belong to, else None with the failure recorded (commit it).
+
+    A wrong e-mail, a wrong password and a disabled account all answer None, so the login page
+    never reveals which accounts exist. Raises TooManyLoginFailures over the limit, checked
+    before the password so that a locked-out guesser learns nothing more.
+    """
+    email = (email or "").strip().lower()[:254]
+    ip = (ip or "unknown")[:64]
+    now = utcnow()
+    _refuse_when_over_limit(session, email, ip, now)
+    member = session.scalar(select(StaffMember).where(StaffMember.email == email)) if email else None
+    if not _password_matches(member.password_hash if member else _UNKNOWN_ACCOUNT_HASH, password or ""):
+        member = None
+    if member is None or member.disabled_at is not None:
+        session.add(LoginFailure(email=email, ip=ip, at=now))
+        # Keep the table small: nothing older than the window is ever counted again.
+        session.execute(delete(LoginFailure).where(LoginFailure.at < now - FAILURE_WINDOW))
+        return None
+    if _hasher.check_needs_rehash(member.password_hash):
+        member.password_hash = _hasher.hash(password)
+    member.last_login_at = now
+    session.execute(delete(LoginFailure).where(LoginFailure.email == email, LoginFailure.ip == ip))
+    return member
+
+
+def _password_matches(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _refuse_when_over_limit(session: Session, email: str, ip: str, now: datetime) -> None:
+    since = now - FAILURE_WINDOW
+    for limit, where in ((MAX_FAILURES_PER_EMAIL_AND_IP, (LoginFailure.email == email, LoginFailure.ip == ip)),
+                         (MAX_FAILURES_PER_IP, (LoginFailure.ip == ip,))):
+        count, oldest = session.execute(
+            select(func.count(), func.min(LoginFailure.at)).where(*where, LoginFailure.at >= since)).one()
+        if count >= limit:
+            retry_after = int((oldest + FAILURE_WINDOW - now).total_seconds()) + 1
+            raise TooManyLoginFailures(max(retry_after, 1))
+
+
+def active_staff_member(session: Session, member_id: int) -> StaffMember | None:
+    member = session.get(StaffMember, member_id)
+    return member if member is not None and member.disabled_at is None else None

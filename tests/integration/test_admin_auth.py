@@ -1,0 +1,325 @@
+"""The staff console's front door: logins, sessions, CSRF, the rate limit, and the dashboard's figures."""
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from models.db import transaction
+from models.history import StaffMember
+from models.settings import instance_secret_key
+from models.staff import FAILURE_WINDOW, MAX_FAILURES_PER_EMAIL_AND_IP, LoginFailure, add_staff_member
+from tests.support import WEBHOOK_SECRET, event_for
+from webhook_app.admin.dashboard import dashboard_figures
+from webhook_app.cli import shop
+
+EMAIL = "alice@example.com"
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def staff(sessions):
+    with transaction(sessions) as session:
+        add_staff_member(session, EMAIL, PASSWORD)
+    return EMAIL
+
+
+def csrf_token(client, path="/admin/login") -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, f"no csrf_token field on {path}"
+    return match.group(1)
+
+
+def log_in(client, email=EMAIL, password=PASSWORD, **extra):
+    data = {"email": email, "password": password, "csrf_token": csrf_token(client), **extra}
+    return client.post("/admin/login", data=data)
+
+
+def admin_get_rules(app):
+    """Every GET page registered under /admin (found in the URL map, so new pages are covered too)."""
+    return [rule for rule in app.url_map.iter_rules()
+            if rule.rule.startswith("/admin") and "GET" in rule.methods and rule.endpoint != "admin.login"]
+
+
+def _url(app, rule) -> str:
+    with app.test_request_context():
+        from flask import url_for
+
+        return url_for(rule.endpoint, **{arg: "1" for arg in rule.arguments})
+
+
+def _paid_order(checkout, post_event, deliver, email="buyer@example.com"):
+    order = checkout([("TEA-01", 1)], email=email)
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"]))
+    deliver()
+    return order
+
+
+def _flagged_order(checkout, post_event, deliver):
+    """Paid, but for less than the order's total: flagged for a person."""
+    order = checkout([("TEA-01", 1)])
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"] - 100))
+    deliver()
+    return order
+
+
+def test_every_admin_url_redirects_to_the_login_page_when_logged_out(app, client):
+    rules = admin_get_rules(app)
+    assert {"admin.dashboard"} <= {rule.endpoint for rule in rules}
+    for rule in rules:
+        url = _url(app, rule)
+        response = client.get(url)
+        assert response.status_code == 302, (url, response.status_code)
+        assert response.headers["Location"].startswith("/admin/login?next="), (url, response.headers["Location"])
+    assert client.get("/admin").status_code in (301, 302, 308)
+
+
+def test_staff_member_logs_in_sees_the_dashboard_and_logs_out(client, staff, checkout, post_event, deliver):
+    _paid_order(checkout, post_event, deliver)
+    _flagged_order(checkout, post_event, deliver)
+
+    response = log_in(client, next="/admin/")
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/"
+    page = client.get("/admin/").get_data(as_text=True)
+    assert EMAIL in page  # who is logged in
+    assert re.search(r'data-status="paid">1<', page)
+    assert re.search(r'data-status="needs_review">1<', page)
+    assert 'href="/admin/orders?status=needs_review"' in page and 'href="/admin/dead-letters"' in page
+    assert "<svg" in page and re.search(r'id="received-total">2<', page) and re.search(r'id="processed-total">2<', page)
+
+    logout = client.post("/admin/logout", data={"csrf_token": csrf_token(client, "/admin/")})
+    assert logout.status_code == 302 and logout.headers["Location"] == "/admin/login"
+    assert client.get("/admin/").status_code == 302
+
+
+def test_login_never_redirects_to_another_site(client, staff):
+    response = log_in(client, next="https://evil.example/admin")
+    assert response.headers["Location"] == "/admin/"
+    client.post("/admin/logout", data={"csrf_token": csrf_token(client, "/admin/")})
+    assert log_in(client, next="//evil.example/admin").headers["Location"] == "/admin/"
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_post_without_or_with_a_wrong_csrf_token_is_refused_and_changes_nothing(client, sessions, staff, token):
+    data = {"email": EMAIL, "password": PASSWORD}
+    if token:
+        data["csrf_token"] = token
+    client.get("/admin/login")  # a session exists, as in a browser that opened the page
+    response = client.post("/admin/login", data=data)
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "security token" in page and "Nothing was changed" in page
+    assert response.mimetype == "text/html"
+    assert client.get("/admin/").status_code == 302  # not logged in
+    with sessions() as session:
+        assert session.scalar(select(StaffMember.last_login_at)) is None
+        assert session.scalar(select(func.count()).select_from(LoginFailure)) == 0
+
+    assert log_in(client).status_code == 302
+    logout = {"csrf_token": token} if token else {}
+    assert client.post("/admin/logout", data=logout).status_code == 400
+    assert client.get("/admin/").status_code == 200  # still logged in: the forged logout did nothing
+
+
+def test_disabled_staff_member_cannot_log_in_and_is_logged_out(app, client, make_client, sessions, settings, staff):
+    other = make_client()
+    assert log_in(other).status_code == 302
+    assert other.get("/admin/").status_code == 200
+
+    result = CliRunner().invoke(shop, ["staff", "disable", EMAIL],
+                                env={"DATABASE_URL": settings.database_url, "LOG_FORMAT": "console"})
+    assert result.exit_code == 0, result.output
+
+    refused = log_in(client)
+    assert refused.status_code == 401
+    assert "Wrong e-mail or password, or this account is disabled." in refused.get_data(as_text=True)
+    assert client.get("/admin/").status_code == 302
+    assert other.get("/admin/").status_code == 302  # its open session ended
+
+
+def test_wrong_password_and_unknown_email_get_the_same_answer(client, staff):
+    wrong = log_in(client, password="not the password")
+    unknown = log_in(client, email="nobody@example.com")
+    assert wrong.status_code == unknown.status_code == 401
+
+    def page_without(response, email):  # the form shows the e-mail typed and a fresh, time-stamped CSRF token
+        return re.sub(r'name="csrf_token" value="[^"]+"', "", response.get_data(as_text=True).replace(email, ""))
+
+    assert page_without(wrong, EMAIL) == page_without(unknown, "nobody@example.com")
+
+
+def _session_cookie(response) -> str:
+    cookies = [h for h in response.headers.getlist("Set-Cookie") if h.startswith("shop_session=")]
+    assert cookies, response.headers
+    return cookies[-1]
+
+
+def test_session_cookie_is_httponly_lax_and_secure_only_over_https(client, make_client, staff):
+    plain = _session_cookie(log_in(client))
+    assert "HttpOnly" in plain and "SameSite=Lax" in plain
+    assert "Secure" not in plain  # http://127.0.0.1 for local use would lose its session otherwise
+
+    https = make_client()
+    token_page = https.get("/admin/login", base_url="https://shop.example")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', token_page.get_data(as_text=True)).group(1)
+    secure = _session_cookie(https.post("/admin/login", base_url="https://shop.example",
+                                        headers={"Referer": "https://shop.example/admin/login"},
+                                        data={"email": EMAIL, "password": PASSWORD, "csrf_token": token}))
+    assert "Secure" in secure and "HttpOnly" in secure and "SameSite=Lax" in secure
+
+    behind_tls = make_client(admin_base_url="https://console.example")
+    assert "Secure" in _session_cookie(behind_tls.get("/admin/login"))
+
+
+def test_failed_logins_are_limited_per_email_and_address_across_processes(client, make_client, sessions, staff):
+    for _ in range(MAX_FAILURES_PER_EMAIL_AND_IP):
+        assert log_in(client, password="guess guess guess").status_code == 401
+    # Another process (another gunicorn worker) sees the same count: it is kept in the database.
+    other_worker = make_client()
+    limited = log_in(other_worker)  # even the right password
+    assert limited.status_code == 429
+    assert "Too many failed logins" in limited.get_data(as_text=True)
+    assert 0 < int(limited.headers["Retry-After"]) <= FAILURE_WINDOW.total_seconds() + 1
+    assert other_worker.get("/admin/").status_code == 302
+
+    # Another address is not locked out by someone else's guesses.
+    from_elsewhere = make_client()
+    data = {"email": EMAIL, "password": PASSWORD,
+            "csrf_token": csrf_token(from_elsewhere)}
+    ok = from_elsewhere.post("/admin/login", data=data, environ_base={"REMOTE_ADDR": "10.0.0.7"})
+    assert ok.status_code == 302
+
+
+def test_failures_older_than_the_window_no_longer_count(client, sessions, staff):
+    from models.base import utcnow
+
+    with transaction(sessions) as session:
+        for _ in range(MAX_FAILURES_PER_EMAIL_AND_IP):
+            session.add(LoginFailure(email=EMAIL, ip="127.0.0.1", at=utcnow() - FAILURE_WINDOW * 2))
+    assert log_in(client).status_code == 302
+
+
+def test_no_admin_page_shows_a_client_secret_webhook_secret_or_customer_data(app, client, sessions, staff, checkout,
+                                                                            post_event, deliver, settings):
+    order = _paid_order(checkout, post_event, deliver, email="secret-buyer@example.com")
+    assert order["client_secret"]
+    log_in(client)
+    for rule in admin_get_rules(app):
+        if rule.arguments:
+            continue
+        page = client.get(_url(app, rule)).get_data(as_text=True)
+        for secret in (order["client_secret"], WEBHOOK_SECRET, settings.stripe_api_key, "4242424242424242",
+                       "secret-buyer@example.com"):
+            assert secret not in page, (rule.rule, secret)
+
+
+def test_every_form_on_every_admin_page_carries_a_csrf_token(app, client, staff):
+    def forms_without_token(url):
+        page = client.get(url).get_data(as_text=True)
+        forms = re.findall(r"<form\b.*?</form>", page, flags=re.S)
+        return len(forms), [f for f in forms if 'name="csrf_token"' not in f]
+
+    count, missing = forms_without_token("/admin/login")
+    assert count == 1 and not missing
+    log_in(client)
+    for rule in admin_get_rules(app):
+        if rule.arguments:
+            continue
+        count, missing = forms_without_token(_url(app, rule))
+        assert count >= 1 and not missing, (rule.rule, missing)  # at least the logout form
+
+
+def test_admin_pages_are_not_cached_framed_or_scripted(client, staff):
+    log_in(client)
+    response = client.get("/admin/")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "script-src 'none'" in response.headers["Content-Security-Policy"]
+    assert "<script" not in response.get_data(as_text=True)
+    assert client.get("/static/site.css").status_code == 200
+
+
+def test_dashboard_counts_waiting_retrying_and_dead_events(sessions, checkout, post_event, deliver, settings):
+    _paid_order(checkout, post_event, deliver)
+    waiting = checkout([("TEA-01", 1)])
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=waiting["payment_intent_id"],
+                         order_id=waiting["order_id"], amount=waiting["total"]))
+    with sessions() as session:
+        figures = dashboard_figures(session)
+    assert figures.events_waiting == 1 and figures.oldest_waiting_at is not None
+    assert figures.orders_by_status["paid"] == 1 and figures.orders_by_status["pending_payment"] == 1
+    assert figures.dead_letters == 0 and figures.needs_review == 0
+    assert sum(figures.traffic.received.values()) == 2
+    assert sum(figures.traffic.processed.values()) == 1
+    (minute,) = figures.traffic.processed
+    assert minute == 24 * 60 - 1 or minute == 24 * 60 - 2  # this minute (or the last, at a minute's turn)
+    assert 0 <= figures.traffic.lag_avg[minute] < 60
+
+
+def test_staff_cli_adds_lists_and_disables_logins_with_the_usual_exit_codes(settings, sessions):
+    def run(*args, stdin=None):
+        return CliRunner().invoke(shop, ["staff", *args], input=stdin,
+                                  env={"DATABASE_URL": settings.database_url, "LOG_FORMAT": "console"})
+
+    added = run("add", "Bob@Example.com", "--password-stdin", stdin="a long enough password\n")
+    assert added.exit_code == 0, added.output
+    prompted = run("add", "carol@example.com", stdin="another long password\nanother long password\n")
+    assert prompted.exit_code == 0, prompted.output
+    assert run("add", "bob@example.com", "--password-stdin", stdin="a long enough password\n").exit_code == 1
+    assert run("add", "dave@example.com", "--password-stdin", stdin="short\n").exit_code == 2
+    assert run("add", "not-an-email", "--password-stdin", stdin="a long enough password\n").exit_code == 2
+    listed = run("list")
+    assert listed.exit_code == 0
+    assert "bob@example.com" in listed.output and "carol@example.com" in listed.output
+    assert "a long enough password" not in listed.output
+    assert run("disable", "bob@example.com").exit_code == 0
+    assert "disabled" in run("list").output
+    assert run("disable", "nobody@example.com").exit_code == 2
+    with sessions() as session:
+        stored = session.scalar(select(StaffMember.password_hash).where(StaffMember.email == "bob@example.com"))
+    assert stored.startswith("$argon2") and "a long enough password" not in stored
+
+
+def test_secret_key_is_generated_once_with_owner_only_permissions(tmp_path):
+    path = tmp_path / "instance" / "secret_key"
+    first = instance_secret_key(path)
+    assert len(first) >= 32 and instance_secret_key(path) == first
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["secret_key"]  # no temporary file left
+
+
+def test_secret_key_from_the_environment_wins(tmp_path, monkeypatch):
+    from models.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({"SECRET_KEY": "from-the-environment"}).secret_key == "from-the-environment"
+    assert not (tmp_path / "instance" / "secret_key").exists()
+    generated = Settings.from_env({}).secret_key
+    assert generated == (tmp_path / "instance" / "secret_key").read_text().strip()
+
+
+def test_a_process_that_cannot_write_instance_still_starts_without_a_key_file(tmp_path, monkeypatch):
+    from models.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "instance").write_text("not a folder")  # as unwritable as it gets, even for root
+    settings = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}"})
+    assert settings.secret_key is None
+
+
+def test_the_logged_in_staff_members_email_is_the_actor_for_audit_rows(app, client, staff):
+    from flask_login import current_user
+
+    from webhook_app.admin import actor
+
+    log_in(client)
+    with client:  # keeps the request context of the next request open
+        assert client.get("/admin/").status_code == 200
+        assert current_user.email == actor() == EMAIL

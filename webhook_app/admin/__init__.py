@@ -1,0 +1,119 @@
+"""The staff console at /admin: logins, sessions, CSRF, and the pages staff work from.
+
+Every /admin URL but the login page needs a logged-in, enabled staff member (checked once for
+the whole blueprint, so a new page cannot forget it); every POST needs the session's CSRF token.
+"""
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+import structlog
+from flask import Blueprint, Flask, redirect, render_template, request, url_for
+from flask.sessions import SecureCookieSessionInterface
+from flask_login import LoginManager, UserMixin, current_user
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+csrf = CSRFProtect()
+login_manager = LoginManager()
+
+# Pages a logged-out visitor may see.
+PUBLIC_ENDPOINTS = frozenset({"admin.login"})
+SESSION_LIFETIME = timedelta(hours=12)
+
+
+class StaffUser(UserMixin):
+    """The logged-in staff member as views see it: `current_user.email` is the actor in audit rows."""
+
+    def __init__(self, member_id: int, email: str):
+        self.id = member_id
+        self.email = email
+
+
+def actor() -> str:
+    """Who is acting, for the audit trail: the logged-in staff member's e-mail."""
+    return current_user.email
+
+
+class StaffSessionInterface(SecureCookieSessionInterface):
+    """Session cookies are `Secure` whenever the request came over https (or ADMIN_BASE_URL is
+    https), so one deployment behind TLS never sends a session over plain http."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"] or (request and request.is_secure))
+
+
+def init_admin(app: Flask, *, secret_key: str | None, admin_base_url: str) -> None:
+    if not secret_key:
+        # A Settings built in code, or no SECRET_KEY and no writable instance/: this process signs
+        # with its own key, so a staff session works only on the process that made it.
+        structlog.get_logger(__name__).warning("secret_key_per_process",
+                                               hint="set SECRET_KEY for sessions shared by every web process")
+    app.config.update(
+        SECRET_KEY=secret_key or secrets.token_urlsafe(48),
+        SESSION_COOKIE_NAME="shop_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=admin_base_url.startswith("https://"),
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+        # Only the console's forms are checked (below); the JSON API and Stripe's webhooks have none.
+        WTF_CSRF_CHECK_DEFAULT=False,
+        # A token lives as long as the session: a page left open for an hour still works.
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.session_interface = StaffSessionInterface()
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "admin.login"
+    login_manager.session_protection = "basic"
+
+    from webhook_app.admin import auth, dashboard  # noqa: F401  (their views register on bp)
+
+    app.register_blueprint(bp)
+
+
+@login_manager.user_loader
+def _load_staff(member_id: str) -> StaffUser | None:
+    from models.staff import active_staff_member
+    from webhook_app import state
+
+    try:
+        key = int(member_id)
+    except ValueError:
+        return None
+    with state().sessions() as session:
+        member = active_staff_member(session, key)
+        # A disabled account is logged out at its next request.
+        return StaffUser(member.id, member.email) if member else None
+
+
+@bp.before_request
+def _staff_only():
+    if request.method == "POST":
+        csrf.protect()
+    if request.endpoint not in PUBLIC_ENDPOINTS and not current_user.is_authenticated:
+        return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
+    return None
+
+
+@bp.after_request
+def _console_headers(response):
+    # Staff pages show order data: never cached, never framed, nothing loaded from elsewhere.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    return response
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_refused(exc: CSRFError):
+    return render_template("admin/refused.html", title="Form expired or not sent from this console",
+                           message="This form was refused because it did not carry this console's security "
+                                   "token (it may have expired, or the form came from another site). Nothing "
+                                   "was changed. Go back, reload the page and try again.",
+                           reason=exc.description), 400
