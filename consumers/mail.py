@@ -9,6 +9,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from models.events import Topic, enqueue
+from models.logs import describe_error
 from models.orders import Order, OrderStatus
 from models.settings import Settings
 
@@ -50,11 +51,20 @@ def is_still_true(session: Session, message: dict) -> bool:
     return order is not None and order.status is OrderStatus.PAYMENT_FAILED
 
 
+class MailNotSent(Exception):
+    """The SMTP server refused or failed a mail. Its text is the server's error with the recipient's
+    address masked: it becomes the outbox row's last_error, a log line and maybe a staff alert."""
+
+
 def send_mail(settings: Settings, message: dict) -> None:
-    """Send one queued e-mail; without SMTP_URL it is written to the log instead."""
+    """Send one queued e-mail; without SMTP_URL it is written to the log instead.
+
+    Neither way logs the recipient's address or the body (it names the customer and their address):
+    the order id, kind and subject are enough to find the mail, and the order holds the rest.
+    """
     if not settings.smtp_url:
-        log.info("mail_logged", to=message["to"], subject=message["subject"], kind=message.get("kind"),
-                 order_id=message.get("order_id"))
+        log.info("mail_logged", order_id=message.get("order_id"), kind=message.get("kind"),
+                 subject=message["subject"])
         return
     url = urlparse(settings.smtp_url)
     email = EmailMessage()
@@ -63,8 +73,14 @@ def send_mail(settings: Settings, message: dict) -> None:
     email["Subject"] = message["subject"]
     email.set_content(message["body"])
     smtp_cls = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
-    with smtp_cls(url.hostname or "localhost", url.port or (465 if url.scheme == "smtps" else 25), timeout=10) as smtp:
-        if url.username:
-            smtp.login(url.username, url.password or "")
-        smtp.send_message(email)
-    log.info("mail_sent", to=message["to"], kind=message.get("kind"), order_id=message.get("order_id"))
+    try:
+        with smtp_cls(url.hostname or "localhost", url.port or (465 if url.scheme == "smtps" else 25),
+                      timeout=10) as smtp:
+            if url.username:
+                smtp.login(url.username, url.password or "")
+            smtp.send_message(email)
+    except smtplib.SMTPException as exc:
+        # SMTPRecipientsRefused and its kin quote the address; `from None` keeps the original, address
+        # and all, out of the traceback that the worker stores with the failed attempt.
+        raise MailNotSent(describe_error(exc)) from None
+    log.info("mail_sent", order_id=message.get("order_id"), kind=message.get("kind"))

@@ -1,6 +1,7 @@
 """Shared test plumbing: free ports, real servers started as subprocesses, signed webhook posts."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -158,3 +159,26 @@ def env_for(workdir: Path, **extra) -> dict:
     env.update({"LOG_FORMAT": "json", "PATH": f"{BIN}:{env.get('PATH', '')}"})
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+@contextlib.contextmanager
+def rendered_logs():
+    """Every structlog line as it leaves the processors (redaction included), while the block runs.
+
+    Start it after building the apps the block uses: configure_logging refills the processor list.
+    """
+    import structlog
+
+    lines: list[str] = []
+
+    def record(_logger, _method_name, rendered):
+        lines.append(rendered if isinstance(rendered, str) else repr(rendered))
+        return rendered
+
+    processors = structlog.get_config()["processors"]
+    processors.append(record)
+    try:
+        yield lines
+    finally:
+        if record in processors:
+            processors.remove(record)

@@ -5,7 +5,10 @@ stored, so anything that stops us storing it answers 503 and Stripe delivers it 
 """
 from __future__ import annotations
 
+import hmac
 import json
+import math
+import re
 import time
 
 import stripe
@@ -28,16 +31,117 @@ def _reject(status: int, code: str, message: str):
     return error_response(status, code, message)
 
 
-def _timestamp_of(header: str) -> int | None:
-    """The `t=` of a Stripe-Signature header, read the way Stripe's SDK reads it."""
+class MalformedSignatureHeader(ValueError):
+    """The Stripe-Signature header is not `t=<seconds>,v1=<hex>[,v1=…][,v0=…]` (says which part is wrong)."""
+
+
+# Stripe's header is about 150 characters; several v1 signatures during a secret rotation fit many times over.
+SIGNATURE_HEADER_LIMIT = 2048
+_HEADER_CHARACTERS = re.compile(r"[\x21-\x7e]+")  # printable ASCII: no space, control or non-ASCII character
+_V1_SIGNATURE = re.compile(r"[0-9a-f]{64}")  # hex of an HMAC-SHA256, as Stripe writes it
+_SIGNATURE_SCHEME = stripe.WebhookSignature.EXPECTED_SCHEME
+
+
+def parse_signature_header(header: str) -> tuple[int, list[str]]:
+    """The timestamp and v1 signatures of a Stripe-Signature header, read ONCE, as Stripe's SDK reads them.
+
+    Items are split on "," and each on its first two "=" (`WebhookSignature._get_timestamp_and_signatures`),
+    so `t=<n>=x` means `t=<n>`, as the SDK has it. Stricter than the SDK where it would guess: exactly one
+    `t` (two let a check and the HMAC read different timestamps), only ASCII digits in it, every v1 a
+    64-digit hex HMAC, no empty or key-less part, no space, control or non-ASCII character.
+    """
+    if len(header) > SIGNATURE_HEADER_LIMIT:
+        raise MalformedSignatureHeader(f"the Stripe-Signature header is over {SIGNATURE_HEADER_LIMIT} characters")
+    if not _HEADER_CHARACTERS.fullmatch(header):
+        raise MalformedSignatureHeader("the Stripe-Signature header holds a space, a control or a non-ASCII character")
+    timestamps, signatures = [], []
     for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t":
-            try:
-                return int(value.split("=")[0])
-            except ValueError:
-                return None
-    return None
+        parts = item.split("=", 2)
+        if len(parts) < 2 or not parts[0]:
+            raise MalformedSignatureHeader("the Stripe-Signature header has a part that is not key=value")
+        if parts[0] == "t":
+            timestamps.append(parts[1])
+        elif parts[0] == _SIGNATURE_SCHEME:
+            signatures.append(parts[1])
+    if not timestamps:
+        raise MalformedSignatureHeader("the Stripe-Signature header has no t= timestamp")
+    if len(timestamps) > 1:
+        raise MalformedSignatureHeader("the Stripe-Signature header has more than one t= timestamp; "
+                                       "Stripe sends exactly one")
+    timestamp = timestamps[0]
+    if not (timestamp.isdigit() and len(timestamp) <= 12):
+        raise MalformedSignatureHeader("the t= timestamp of the Stripe-Signature header is not a number of seconds")
+    if not signatures:
+        raise MalformedSignatureHeader(f"the Stripe-Signature header has no {_SIGNATURE_SCHEME}= signature")
+    if not all(_V1_SIGNATURE.fullmatch(signature) for signature in signatures):
+        raise MalformedSignatureHeader(f"a {_SIGNATURE_SCHEME}= signature of the Stripe-Signature header is not "
+                                       "64 lowercase hex digits")
+    return int(timestamp), signatures
+
+
+def is_signed_by(payload: str, timestamp: int, signatures: list[str], secrets: tuple[str, ...]) -> bool:
+    """Whether any of `signatures` is Stripe's HMAC of `<timestamp>.<payload>` under any of `secrets`.
+
+    The HMAC is the SDK's own (`WebhookSignature._compute_signature`), so the scheme stays Stripe's; the
+    comparison is constant-time on bytes (the header is ASCII by now, so nothing can make it raise).
+    """
+    signed_payload = f"{timestamp}.{payload}"
+    candidates = [signature.encode("ascii") for signature in signatures]
+    for secret in secrets:
+        expected = stripe.WebhookSignature._compute_signature(signed_payload, secret).encode("ascii")
+        if any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+            return True
+    return False
+
+
+class InvalidJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise InvalidJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise InvalidJson("a number is too large for a float")
+    return value
+
+
+def _object_with_unique_keys(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise InvalidJson("an object repeats a key")  # which value counts would depend on the parser
+    return obj
+
+
+# Strict JSON (RFC 8259): no NaN/Infinity, no number that overflows to inf, no repeated key. The
+# database must store what this process read, and other readers of the payload must read the same.
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_object_with_unique_keys, parse_float=_finite_float,
+                                parse_constant=_refuse_constant)
+
+
+def parse_event_json(payload: str):
+    """The body's JSON value, strictly; raises InvalidJson saying what is wrong."""
+    if payload.startswith("\ufeff"):
+        raise InvalidJson("the body starts with a byte-order mark")
+    try:
+        return _STRICT_JSON.decode(payload)
+    except InvalidJson:
+        raise
+    except RecursionError:
+        raise InvalidJson("the JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer over Python's digit limit
+        raise InvalidJson(str(exc)[:200]) from None
+
+
+# What store_event writes into columns of its own must fit them on every backend (lengths, ASCII only:
+# a lone surrogate such as "\ud800" is valid JSON but cannot be encoded for the database).
+_EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]{1,251}")
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+_API_VERSION = re.compile(r"[\x21-\x7e]{1,40}")
+_OBJECT_ID = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def _not_an_event(event) -> str | None:
@@ -45,13 +149,23 @@ def _not_an_event(event) -> str | None:
         return "the body is not a JSON object"
     if event.get("object") != "event":
         return 'the body is not a Stripe event (object is not "event")'
-    if not isinstance(event.get("id"), str) or not event["id"].startswith("evt_"):
+    if not isinstance(event.get("id"), str) or not _EVENT_ID.fullmatch(event["id"]):
         return "the event has no evt_ id"
     if not isinstance(event.get("type"), str) or not event["type"]:
         return "the event has no type"
+    if not _EVENT_TYPE.fullmatch(event["type"]):
+        return "the event's type is not a Stripe event type"
+    api_version = event.get("api_version")
+    if api_version is not None and not (isinstance(api_version, str) and _API_VERSION.fullmatch(api_version)):
+        return "the event's api_version is not a Stripe API version"
+    if not isinstance(event.get("livemode", False), bool):
+        return "the event's livemode is not true or false"
     data = event.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         return "the event has no data.object"
+    object_id = data["object"].get("id")
+    if isinstance(object_id, str) and not _OBJECT_ID.fullmatch(object_id):
+        return "the event's data.object.id is not a Stripe id"
     return None
 
 
@@ -73,30 +187,30 @@ def receive_stripe_event():
     if not header:
         return _reject(400, "missing_signature", "the Stripe-Signature header is missing")
     try:
+        signed_at, signatures = parse_signature_header(header)
+    except MalformedSignatureHeader as exc:
+        return _reject(400, "invalid_signature", f"signature verification failed: {exc}")
+    try:
         payload = raw.decode("utf-8")
     except UnicodeDecodeError:
         return _reject(400, "invalid_payload", "the body is not UTF-8")
-    reason = None
-    for secret in settings.webhook_secrets:
-        try:
-            stripe.WebhookSignature.verify_header(payload, header, secret, settings.webhook_tolerance_seconds)
-            break
-        except stripe.SignatureVerificationError as exc:
-            reason = str(exc)
-    else:
-        return _reject(400, "invalid_signature", f"signature verification failed: {reason}")
-    # The SDK refuses only timestamps too far in the past; one too far ahead is as suspect.
-    signed_at = _timestamp_of(header)
-    if signed_at is None:
-        return _reject(400, "invalid_signature", "signature verification failed: the timestamp is not a number")
-    if signed_at > time.time() + settings.webhook_tolerance_seconds:
+    if not is_signed_by(payload, signed_at, signatures, settings.webhook_secrets):
+        return _reject(400, "invalid_signature", "signature verification failed: no v1 signature matches the "
+                       "body under this endpoint's secret(s)")
+    # One parse decides both directions: the SDK refuses only a stale timestamp; one far ahead is as suspect.
+    tolerance = settings.webhook_tolerance_seconds
+    now = time.time()
+    if signed_at < now - tolerance:
+        return _reject(400, "invalid_signature", f"signature verification failed: timestamp {signed_at} is older "
+                       f"than the {tolerance}-second tolerance")
+    if signed_at > now + tolerance:
         return _reject(400, "invalid_signature", f"signature verification failed: timestamp {signed_at} is in "
-                       f"the future, outside the {settings.webhook_tolerance_seconds}-second tolerance")
+                       f"the future, outside the {tolerance}-second tolerance")
 
     try:
-        event = json.loads(payload)
-    except ValueError:
-        return _reject(400, "invalid_payload", "the body is not JSON")
+        event = parse_event_json(payload)
+    except InvalidJson as exc:
+        return _reject(400, "invalid_payload", f"the body is not valid JSON: {exc}")
     problem = _not_an_event(event)
     if problem:
         return _reject(400, "not_an_event", problem)

@@ -10,7 +10,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from models.events import OutboxMessage, OutboxStatus, Topic
-from tests.support import event_for, free_port
+from tests.support import SHIPPING, event_for, free_port, rendered_logs
 
 
 class Mailbox:
@@ -104,3 +104,82 @@ def test_declined_then_paid_sends_only_the_confirmation(client, checkout, post_e
     assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
     subjects = [mail["Subject"] for _, mail in smtp.messages]
     assert subjects == [f"Thank you for your order {order['order_id']}"]
+
+
+# --- no customer address, name, postal address or mail body in a log line or an error column ------------------
+
+
+def _customer_data(email: str) -> list[str]:
+    return [email, SHIPPING["name"], SHIPPING["address"], SHIPPING["postal_code"]]
+
+
+def test_without_smtp_the_mail_is_logged_by_order_kind_and_subject_never_by_address_or_body(
+        client, checkout, post_event, sessions, deliver):
+    order = checkout([("TEA-01", 1)], email="hanako@example.jp")
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"]))
+    with rendered_logs() as lines:
+        deliver()
+    [logged] = [line for line in lines if "mail_logged" in line]
+    assert order["order_id"] in logged and "confirmation" in logged
+    assert f"Thank you for your order {order['order_id']}" in logged
+    # Not logged at all, rather than masked by the redaction net: "<email>" would mean it was passed in.
+    assert "<email>" not in logged
+    for secret in _customer_data("hanako@example.jp"):
+        assert secret not in "\n".join(lines)
+
+
+class RefusingMailbox(Mailbox):
+    """An SMTP server that refuses every recipient, quoting the address as real servers do."""
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in virtual mailbox table"
+
+
+def test_a_refused_recipient_reaches_last_error_the_log_and_the_alert_without_the_address(
+        client, checkout, post_event, sessions, settings):
+    from tests.conftest import deliver_with
+
+    refusing = RefusingMailbox()
+    refusing.start()
+    try:
+        order = checkout([("TEA-01", 1)], email="no.such.user+shop@example.jp")
+        post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                             order_id=order["order_id"], amount=order["total"]))
+        with rendered_logs() as lines:
+            deliver_with(dataclasses.replace(settings, smtp_url=f"smtp://127.0.0.1:{refusing.port}"), sessions)
+    finally:
+        refusing.stop()
+
+    with sessions() as session:
+        mail = session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.MAIL)).one()
+        assert mail.status is OutboxStatus.DEAD and mail.attempts == settings.max_attempts
+        last_error = mail.last_error
+    # Staff still see what happened: the SMTP error and its code, traceback included.
+    assert "SMTPRecipientsRefused" in last_error and "550" in last_error and "Traceback" in last_error
+    assert "dead-lettered" in "\n".join(lines)  # the staff alert, written to the log without STAFF_ALERT_URL
+    for text in (last_error, *lines):
+        assert "no.such.user" not in text and "example.jp" not in text, text
+
+
+def test_any_log_line_quoting_an_address_or_a_url_password_is_masked_whoever_logs_it(capsys):
+    """The last line of defence in configure_logging, for structlog and standard-library records alike."""
+    import logging
+
+    import structlog
+
+    from models.logs import configure_logging
+
+    configure_logging("json")  # writes to the stderr capsys holds now
+    structlog.get_logger("anywhere").error(
+        "smtp_failed", error="SMTPRecipientsRefused: {'taro@example.jp': (550, b'<taro@example.jp>')}",
+        detail={"to": ["jiro@example.jp"]})
+    try:
+        raise ConnectionError("amqp://guest:pa55word@rabbit.internal:5672// refused; notify hanako@example.jp")
+    except ConnectionError:
+        logging.getLogger("kombu.connection").error("connection failed for %s", "saburo@example.jp", exc_info=True)
+    logged = capsys.readouterr().err
+    assert "smtp_failed" in logged and "connection failed" in logged and "ConnectionError" in logged
+    for secret in ("taro@", "jiro@", "hanako@", "saburo@", "pa55word"):
+        assert secret not in logged, logged
+    assert "<email>" in logged and "amqp://<credentials>@rabbit.internal" in logged

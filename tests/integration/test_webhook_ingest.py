@@ -11,7 +11,8 @@ from sqlalchemy import func, select, text
 from werkzeug.test import EnvironBuilder
 
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
-from tests.support import FIXTURES, WEBHOOK_SECRET, assert_error, event_for, signed_headers, stripe_fixture
+from tests.support import (FIXTURES, WEBHOOK_SECRET, assert_error, event_for, rendered_logs, signed_headers,
+                           stripe_fixture)
 
 LIMIT = 4096
 FIXTURE_NAMES = sorted(p.stem for p in (FIXTURES / "stripe").glob("*.json"))
@@ -328,3 +329,132 @@ def test_a_timestamp_with_trailing_text_is_read_as_stripes_sdk_reads_it_never_a_
     response = client.post("/webhooks/stripe", data=payload,
                            headers={"Content-Type": "application/json", "Stripe-Signature": f"t={now}=x,v1={mac}"})
     assert response.status_code == 200, response.get_json()
+
+
+# --- malformed Stripe-Signature headers: 400 saying what is wrong, never a 500 ---------------------------------
+
+
+def _mac(payload: str, timestamp: int, secret: str = WEBHOOK_SECRET) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
+
+
+MALFORMED_HEADERS = [
+    pytest.param(lambda p, now: f"t={now},v1=éé", "non-ASCII", id="non-ascii-signature"),
+    pytest.param(lambda p, now: f"t={now},v1={_mac(p, now)},v0=ü", "non-ASCII", id="non-ascii-in-another-part"),
+    pytest.param(lambda p, now: f"t={now},v1={_mac(p, now)[:-1]}\x00", "control", id="control-character"),
+    pytest.param(lambda p, now: f"t={now}, v1={_mac(p, now)}", "space", id="space-after-comma"),
+    pytest.param(lambda p, now: f"t={now},,v1={_mac(p, now)}", "key=value", id="empty-part"),
+    pytest.param(lambda p, now: f"t={now},v1={_mac(p, now)},", "key=value", id="trailing-comma"),
+    pytest.param(lambda p, now: f"t={now},v1", "key=value", id="v1-without-value"),
+    pytest.param(lambda p, now: f"t={now},={_mac(p, now)}", "key=value", id="empty-key"),
+    pytest.param(lambda p, now: f"v1={_mac(p, now)}", "no t=", id="no-timestamp"),
+    pytest.param(lambda p, now: f"t=,v1={_mac(p, now)}", "not a number", id="empty-timestamp"),
+    pytest.param(lambda p, now: f"t=+{now},v1={_mac(p, now)}", "not a number", id="signed-timestamp"),
+    pytest.param(lambda p, now: f"t={now}.5,v1={_mac(p, now)}", "not a number", id="fractional-timestamp"),
+    pytest.param(lambda p, now: f"t={'9' * 40},v1={'0' * 64}", "not a number", id="huge-timestamp"),
+    pytest.param(lambda p, now: f"t={now}", "no v1=", id="no-v1"),
+    pytest.param(lambda p, now: f"t={now},v0={_mac(p, now)}", "no v1=", id="only-v0"),
+    pytest.param(lambda p, now: f"t={now},v1=xyz", "hex", id="non-hex-signature"),
+    pytest.param(lambda p, now: f"t={now},v1={_mac(p, now).upper()}", "hex", id="uppercase-hex"),
+    pytest.param(lambda p, now: f"t={now},v1={_mac(p, now)}00", "hex", id="signature-too-long"),
+    pytest.param(lambda p, now: f"t={now},v1={_mac(p, now)},t={now}", "more than one t=", id="repeated-timestamp"),
+    pytest.param(lambda p, now: f"t={now},v1={'0' * 64}," + ",".join(["v0=" + "0" * 64] * 40), "over 2048",
+                 id="huge-header"),
+]
+
+
+@pytest.mark.parametrize("header, said", MALFORMED_HEADERS)
+def test_malformed_signature_header_is_400_saying_what_is_wrong_stores_nothing_and_logs_no_traceback(
+        client, sessions, header, said):
+    payload = _payload()
+    with rendered_logs() as lines:
+        response = post_raw(client, payload, {"Content-Type": "application/json",
+                                              "Stripe-Signature": header(payload, int(time.time()))})
+    error = assert_error(response, 400, "invalid_signature")
+    assert said in error["message"]
+    assert counts(sessions) == (0, 0)
+    assert lines and not any("Traceback" in line for line in lines), lines
+
+
+def test_several_v1_signatures_as_during_a_secret_roll_are_accepted_when_one_matches(client, sessions):
+    payload = _payload()
+    now = int(time.time())
+    header = f"t={now},v1={_mac(payload, now, 'whsec_the_old_one')},v1={_mac(payload, now)},v0={'0' * 64}"
+    response = post_raw(client, payload, {"Content-Type": "application/json", "Stripe-Signature": header})
+    assert response.status_code == 200, response.get_json()
+    assert counts(sessions) == (1, 1)
+
+
+def test_a_second_timestamp_cannot_carry_a_future_signature_past_the_tolerance_check(client, sessions):
+    """The SDK verifies against the first exact `t` key; a check that read the header its own way (stripping
+    spaces) saw the other one. `, t=<now>,t=<future>` signed for the future used to be stored."""
+    payload = _payload()
+    now, future = int(time.time()), int(time.time()) + 3600
+    for header in (f", t={now},t={future},v1={_mac(payload, future)}",
+                   f"t={now},t={future},v1={_mac(payload, now)}",
+                   f"t={future},t={now},v1={_mac(payload, future)}"):
+        response = post_raw(client, payload, {"Content-Type": "application/json", "Stripe-Signature": header})
+        assert_error(response, 400, "invalid_signature")
+    assert counts(sessions) == (0, 0)
+
+
+def test_stale_and_future_timestamps_are_refused_from_the_one_parse_that_verified_them(client, sessions):
+    payload = _payload()
+    for offset, said in ((-301, "older than the 300-second tolerance"), (301, "in the future")):
+        signed_at = int(time.time()) + offset
+        header = f"t={signed_at},v1={_mac(payload, signed_at)}"
+        error = assert_error(post_raw(client, payload, {"Stripe-Signature": header}), 400, "invalid_signature")
+        assert said in error["message"]
+    assert counts(sessions) == (0, 0)
+
+
+# --- validly signed bodies that are not strict JSON or not a storable event: 400, nothing stored ---------------
+
+
+def _event_text(**changes) -> str:
+    return json.dumps({**_event(), **changes})
+
+
+SIGNED_BAD_BODIES = [
+    pytest.param(lambda: _event_text(amount="NaN").replace('"NaN"', "NaN"), "invalid_payload", "NaN", id="nan"),
+    pytest.param(lambda: _event_text(amount="I").replace('"I"', "Infinity"), "invalid_payload", "Infinity",
+                 id="infinity"),
+    pytest.param(lambda: _event_text(amount="I").replace('"I"', "-Infinity"), "invalid_payload", "Infinity",
+                 id="minus-infinity"),
+    pytest.param(lambda: _event_text(amount="I").replace('"I"', "1e400"), "invalid_payload", "too large",
+                 id="float-overflowing-to-inf"),
+    pytest.param(lambda: _event_text(amount="I").replace('"I"', "9" * 5000), "invalid_payload", "JSON",
+                 id="integer-of-5000-digits"),
+    pytest.param(lambda: _event_text()[:-1] + ', "type": "charge.refunded"}', "invalid_payload", "repeats a key",
+                 id="duplicate-key"),
+    pytest.param(lambda: "\ufeff" + _event_text(), "invalid_payload", "byte-order mark", id="bom"),
+    pytest.param(lambda: _event_text()[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                 "invalid_payload", "nested too deeply", id="deeply-nested"),
+    pytest.param(lambda: _event_text() + " {}", "invalid_payload", "JSON", id="trailing-data"),
+    pytest.param(lambda: "", "invalid_payload", "JSON", id="empty"),
+    pytest.param(lambda: _event_text(id="evt_\\ud800").replace("\\\\ud800", "\\ud800"), "not_an_event", "id",
+                 id="lone-surrogate-in-id"),
+    pytest.param(lambda: _event_text(id="evt_" + "a" * 300), "not_an_event", "id", id="id-too-long"),
+    pytest.param(lambda: _event_text(id="evt_a\u0000b"), "not_an_event", "id", id="nul-in-id"),
+    pytest.param(lambda: _event_text(type="x" * 101), "not_an_event", "type", id="type-too-long"),
+    pytest.param(lambda: _event_text(type="payment_intent.succeeded\n"), "not_an_event", "type",
+                 id="type-with-newline"),
+    pytest.param(lambda: _event_text(api_version={"v": 1}), "not_an_event", "api_version", id="api-version-object"),
+    pytest.param(lambda: _event_text(api_version="2" * 41), "not_an_event", "api_version",
+                 id="api-version-too-long"),
+    pytest.param(lambda: _event_text(livemode="false"), "not_an_event", "livemode", id="livemode-a-string"),
+    pytest.param(lambda: _event_text(data={"object": {"id": "pi_" + "x" * 300}}), "not_an_event", "data.object.id",
+                 id="object-id-too-long"),
+]
+
+
+@pytest.mark.parametrize("make, code, said", SIGNED_BAD_BODIES)
+def test_validly_signed_body_that_is_not_a_storable_event_is_400_and_stores_nothing(
+        client, sessions, make, code, said):
+    payload = make()
+    with rendered_logs() as lines:
+        response = post_raw(client, payload, signed_headers(payload))
+    error = assert_error(response, 400, code)
+    assert said in error["message"]
+    assert counts(sessions) == (0, 0)
+    assert not any("Traceback" in line for line in lines), lines
