@@ -45,9 +45,27 @@ def key_is_live(api_key: str) -> bool:
     return api_key.startswith(("sk_live_", "rk_live_"))
 
 
-def handler_context(settings: Settings) -> HandlerContext:
-    return HandlerContext(livemode=key_is_live(settings.stripe_api_key),
-                          retrieve_payment_intent=retrieve_payment_intent)
+class ConfirmationNeeded(Exception):
+    """A handler needs Stripe's record of an intent: the worker fetches it outside the
+    transaction (a slow Stripe must never hold the order's lock or SQLite's write lock)
+    and runs the handler again with it."""
+
+    def __init__(self, payment_intent_id: str):
+        super().__init__(payment_intent_id)
+        self.payment_intent_id = payment_intent_id
+
+
+def handler_context(settings: Settings, fetched: dict[str, dict | None] | None = None) -> HandlerContext:
+    """Without `fetched`, Stripe is asked at once (a staff replay); with it, only what was
+    fetched beforehand is used and anything else raises ConfirmationNeeded (the worker)."""
+    if fetched is None:
+        retrieve = retrieve_payment_intent
+    else:
+        def retrieve(payment_intent_id: str) -> dict | None:
+            if payment_intent_id not in fetched:
+                raise ConfirmationNeeded(payment_intent_id)
+            return fetched[payment_intent_id]
+    return HandlerContext(livemode=key_is_live(settings.stripe_api_key), retrieve_payment_intent=retrieve)
 
 
 def not_this_account(event: dict, livemode: bool) -> str | None:
@@ -74,7 +92,7 @@ def _ignore_foreign(session: Session, event: dict, reason: str) -> Outcome:
 
 
 def run_event(session: Session, event: InboxEvent, settings: Settings | None = None, *, runner: str = "worker",
-              outbox_id: int | None = None) -> Outcome:
+              outbox_id: int | None = None, context: HandlerContext | None = None) -> Outcome:
     """Apply a stored event's handler, write its outcome on the inbox row and one EventAttempt.
 
     Used by the worker and by staff (`shop events replay`, a retry), who pass `runner` (e.g.
@@ -93,7 +111,7 @@ def run_event(session: Session, event: InboxEvent, settings: Settings | None = N
         log.info("event_already_processed", status=event.status.value, outcome=event.outcome)
         said = "already processed" if event.status is EventStatus.PROCESSED else "resolved by staff"
         return Outcome(event.status, f"{said}: {event.outcome}", event.order_id)
-    context = handler_context(settings)
+    context = context or handler_context(settings)
     started = utcnow()
     handler = HANDLERS.get(event.type)
     foreign = not_this_account(data, context.livemode)
@@ -134,25 +152,34 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
     handled: dict[str, int] = {}  # the inbox event whose handler ran, for the failure's history row
+    fetched: dict[str, dict | None] = {}  # Stripe's records of intents, fetched outside the transaction
     outcome = None
     try:
-        with transaction(factory) as session:
-            message = _lock(session, outbox_id)
-            if message is None:
-                return Result("missing", f"no outbox message {outbox_id}")
-            if not message.is_to_handle():
-                log.info("message_skipped", status=message.status.value)
-                return Result("skipped", message.status.value)
-            topic, body, outside = message.topic, message.body, False
-            if topic is Topic.STRIPE_EVENT:
-                outcome = _handle_event(session, settings, message, handled)
-                message.mark_done()
-            elif topic is Topic.MAIL and not is_still_true(session, body):
-                log.info("mail_dropped", kind=body.get("kind"), order_id=body.get("order_id"),
-                         reason="the order moved on since it was queued")
-                message.mark_done()
-            else:
-                outside = True
+        while True:
+            try:
+                with transaction(factory) as session:
+                    message = _lock(session, outbox_id)
+                    if message is None:
+                        return Result("missing", f"no outbox message {outbox_id}")
+                    if not message.is_to_handle():
+                        log.info("message_skipped", status=message.status.value)
+                        return Result("skipped", message.status.value)
+                    topic, body, outside = message.topic, message.body, False
+                    if topic is Topic.STRIPE_EVENT:
+                        outcome = _handle_event(session, settings, message, handled, fetched)
+                        message.mark_done()
+                    elif topic is Topic.MAIL and not is_still_true(session, body):
+                        log.info("mail_dropped", kind=body.get("kind"), order_id=body.get("order_id"),
+                                 reason="the order moved on since it was queued")
+                        message.mark_done()
+                    else:
+                        outside = True
+                break
+            except ConfirmationNeeded as need:
+                if need.payment_intent_id in fetched:
+                    raise
+                # Rolled back; ask Stripe with no lock held (an outage raises: retried later).
+                fetched[need.payment_intent_id] = retrieve_payment_intent(need.payment_intent_id)
         if outside:
             # Calls to SMTP and Stripe happen outside any transaction, so a slow server never
             # holds a database lock; a crash before marking it done repeats the call (at least
@@ -203,14 +230,16 @@ def _lock_event(session: Session, inbox_event_id: int) -> InboxEvent:
     return session.scalars(select(InboxEvent).where(InboxEvent.id == inbox_event_id).with_for_update()).one()
 
 
-def _handle_event(session: Session, settings: Settings, message: OutboxMessage, handled: dict) -> Outcome | None:
+def _handle_event(session: Session, settings: Settings, message: OutboxMessage, handled: dict,
+                  fetched: dict[str, dict | None]) -> Outcome | None:
     event = _lock_event(session, message.inbox_event_id)
     if event.status in CLOSED_EVENT_STATES:
         structlog.contextvars.bind_contextvars(event_id=event.event_id, event_type=event.type)
         log.info("event_already_processed", status=event.status.value)
         return None
     handled["inbox_event_id"] = event.id
-    return run_event(session, event, settings, runner="worker", outbox_id=message.id)
+    return run_event(session, event, settings, runner="worker", outbox_id=message.id,
+                     context=handler_context(settings, fetched))
 
 
 def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception,

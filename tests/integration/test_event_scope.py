@@ -145,6 +145,10 @@ def test_stripe_unreachable_while_confirming_an_intent_is_retried_not_applied(
     assert status_of(client, order) == "pending_payment"
     deliver()
     assert status_of(client, order) == "paid"
+    with sessions() as session:
+        runs = session.scalars(select(EventAttempt.outcome).where(EventAttempt.inbox_event_id == row.id)
+                               .order_by(EventAttempt.id)).all()
+    assert runs == [AttemptOutcome.FAILED, AttemptOutcome.PROCESSED]
 
 
 # --- defect 5: money taken on an intent the order does not hold ---------------------------------------------------
