@@ -80,13 +80,16 @@ EXPIRABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
 UNAPPLIED = (EventStatus.RECEIVED, EventStatus.RETRYING, EventStatus.DEAD)
 
 
+def _payment_waiting_for(intent_id):
+    return exists().where(InboxEvent.type == "payment_intent.succeeded", InboxEvent.object_id == intent_id,
+                          InboxEvent.status.in_(UNAPPLIED))
+
+
 def payment_waiting(session: Session, order: Order) -> bool:
     """Whether the inbox holds a succeeded event for the order's intent not yet applied."""
     if order.payment_intent_id is None:
         return False
-    return bool(session.scalar(select(exists().where(
-        InboxEvent.type == "payment_intent.succeeded", InboxEvent.object_id == order.payment_intent_id,
-        InboxEvent.status.in_(UNAPPLIED)))))
+    return bool(session.scalar(select(_payment_waiting_for(order.payment_intent_id))))
 
 
 def expire_reservations(factory: sessionmaker[Session]) -> int:
@@ -104,7 +107,7 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
             select(Reservation.order_id)
             .join(Order, Order.id == Reservation.order_id)
             .where(Reservation.status == ReservationStatus.ACTIVE, Reservation.expires_at <= now,
-                   Order.status.in_(EXPIRABLE))
+                   Order.status.in_(EXPIRABLE), ~_payment_waiting_for(Order.payment_intent_id))
             .distinct()
             .limit(BATCH)
         ).all()
