@@ -54,6 +54,19 @@ def cancel_payment_intent(payment_intent_id: str) -> str:
         raise PaymentGatewayError(_describe(exc)) from exc
 
 
+def retrieve_payment_intent(payment_intent_id: str) -> dict | None:
+    """Stripe's own record of an intent (id, amount, currency, livemode, metadata), or None if
+    Stripe does not know it. Raises PaymentGatewayError when Stripe cannot answer: retry later."""
+    try:
+        return stripe.PaymentIntent.retrieve(payment_intent_id).to_dict()
+    except stripe.InvalidRequestError as exc:
+        if getattr(exc, "http_status", None) == 404:
+            return None
+        raise PaymentGatewayError(_describe(exc)) from exc
+    except stripe.StripeError as exc:
+        raise PaymentGatewayError(_describe(exc)) from exc
+
+
 def refund_payment(*, order_id: str, payment_intent_id: str, attempt: int) -> stripe.Refund:
     """Refund what is left of the intent's charge. Staff's reason stays in our database: it is not
     a parameter, so a re-run with other words is the same request under the same key."""

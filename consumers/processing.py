@@ -2,10 +2,12 @@
 
 The worker acknowledges a broker message only after this has committed. A crash before the
 commit leaves the message to be delivered again; after it, the next delivery finds the
-outbox row done and changes nothing.
+outbox row done and changes nothing. Every handler run, failed ones included, is written
+down as an EventAttempt: replays and retries add history, they never overwrite it.
 """
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from dataclasses import dataclass
 
@@ -13,17 +15,23 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumers.alerts import alert_staff
-from consumers.handlers import HANDLERS, Outcome
+from consumers.alerts import deliver_alert, record_alert
+from consumers.handlers import HANDLERS, HandlerContext, Outcome
+from consumers.handlers.lookup import ids_named, order_named
 from consumers.mail import is_still_true, send_mail
-from consumers.payments import cancel_payment_intent
+from consumers.payments import cancel_payment_intent, retrieve_payment_intent
 from models.base import utcnow
 from models.db import transaction
-from models.events import EventStatus, InboxEvent, OutboxMessage, Topic
-from models.logs import describe_error
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
+from models.history import AttemptOutcome, EventAttempt, caused_by
+from models.logs import describe_error, redact
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# An event in one of these states is finished: nothing moves it back (a late failure of
+# another copy, a re-publish) except a staff decision.
+CLOSED_EVENT_STATES = frozenset({EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.RESOLVED})
 
 
 @dataclass(frozen=True)
@@ -32,54 +40,147 @@ class Result:
     detail: str = ""
 
 
-def run_event(session: Session, event: InboxEvent, *, runner: str = "worker") -> Outcome:
-    """Apply a stored event's handler and write its outcome on the inbox row (idempotent).
+def key_is_live(api_key: str) -> bool:
+    """Stripe's key prefixes: sk_live_/rk_live_ act on live data, anything else on test data."""
+    return api_key.startswith(("sk_live_", "rk_live_"))
 
-    Used by the worker and by `shop events replay`, which re-drives an event that is retrying,
-    dead or was ignored; a processed event is reported and left alone.
+
+class ConfirmationNeeded(Exception):
+    """A handler needs Stripe's record of an intent: the worker fetches it outside the
+    transaction (a slow Stripe must never hold the order's lock or SQLite's write lock)
+    and runs the handler again with it."""
+
+    def __init__(self, payment_intent_id: str):
+        super().__init__(payment_intent_id)
+        self.payment_intent_id = payment_intent_id
+
+
+def handler_context(settings: Settings, fetched: dict[str, dict | None] | None = None) -> HandlerContext:
+    """Without `fetched`, Stripe is asked at once (a staff replay); with it, only what was
+    fetched beforehand is used and anything else raises ConfirmationNeeded (the worker)."""
+    if fetched is None:
+        retrieve = retrieve_payment_intent
+    else:
+        def retrieve(payment_intent_id: str) -> dict | None:
+            if payment_intent_id not in fetched:
+                raise ConfirmationNeeded(payment_intent_id)
+            return fetched[payment_intent_id]
+    return HandlerContext(livemode=key_is_live(settings.stripe_api_key), retrieve_payment_intent=retrieve)
+
+
+def not_this_account(event: dict, livemode: bool) -> str | None:
+    """Why a verified event is not this account's to act on, or None.
+
+    A signing secret is not proof of the account: `stripe listen` forwards test-mode and
+    connected accounts' events with the same secret as the endpoint's own.
     """
+    if event.get("account"):
+        return f"event of connected account {event['account']}: this service is not a Connect platform"
+    if bool(event.get("livemode")) != livemode:
+        mode = "live" if event.get("livemode") else "test"
+        return f"{mode}-mode event, but STRIPE_API_KEY is a {'live' if livemode else 'test'}-mode key"
+    return None
+
+
+def _ignore_foreign(session: Session, event: dict, reason: str) -> Outcome:
+    order = order_named(session, event)
+    if order is None:
+        intent_id, _ = ids_named(event)
+        return Outcome.ignored(reason if intent_id is None else f"{reason} (payment intent {intent_id})")
+    log.warning("foreign_event_names_our_order", order_id=order.id, reason=reason)
+    return Outcome.ignored(reason, order.id, alert=f"Order {order.id}: event {event['id']} ignored: {reason}")
+
+
+def run_event(session: Session, event: InboxEvent, settings: Settings | None = None, *, runner: str = "worker",
+              outbox_id: int | None = None, context: HandlerContext | None = None) -> Outcome:
+    """Apply a stored event's handler, write its outcome on the inbox row and one EventAttempt.
+
+    Used by the worker and by staff (`shop events replay`, a retry), who pass `runner` (e.g.
+    "replay by alice"). A processed or resolved event is reported and left alone. Alerts the
+    handler raises are written as StaffAlert rows in this transaction; the caller delivers
+    `outcome.alert_id` after committing (`consumers.alerts.deliver_alert`).
+    """
+    settings = settings or Settings.from_env()
     structlog.contextvars.bind_contextvars(event_id=event.event_id, event_type=event.type)
     data = event.data
-    intent_id = (data.get("data", {}).get("object") or {}).get("id")
+    intent_id, _ = ids_named(data)
     if intent_id:
         structlog.contextvars.bind_contextvars(payment_intent=intent_id)
-    if event.status is EventStatus.PROCESSED:
-        # Already applied: running it again would, for instance, count a declined card twice.
-        log.info("event_already_processed", outcome=event.outcome)
-        return Outcome(event.status, f"already processed: {event.outcome}", event.order_id)
+    if event.status in (EventStatus.PROCESSED, EventStatus.RESOLVED):
+        # Finished: running it again would, for instance, count a declined card twice.
+        log.info("event_already_processed", status=event.status.value, outcome=event.outcome)
+        said = "already processed" if event.status is EventStatus.PROCESSED else "resolved by staff"
+        return Outcome(event.status, f"{said}: {event.outcome}", event.order_id)
+    context = context or handler_context(settings)
+    started = utcnow()
     handler = HANDLERS.get(event.type)
-    outcome = Outcome.ignored(f"event type {event.type} is not handled") if handler is None else handler(session, data)
+    foreign = not_this_account(data, context.livemode)
+    # The event is the cause; a staff run says who ran it ("event evt_… (replay by alice)").
+    with caused_by(f"event {event.event_id}" + ("" if runner == "worker" else f" ({runner})")):
+        if foreign:
+            outcome = _ignore_foreign(session, data, foreign)
+        elif handler is None:
+            outcome = Outcome.ignored(f"event type {event.type} is not handled")
+        else:
+            outcome = handler(session, data, context)
     event.attempts += 1
     event.status = outcome.status
     event.outcome = outcome.reason
     event.order_id = outcome.order_id or event.order_id
     event.last_error = None
     event.processed_at = utcnow()
+    session.add(EventAttempt(inbox_event_id=event.id, outbox_id=outbox_id, order_id=event.order_id, runner=runner,
+                             outcome=AttemptOutcome(outcome.status.value), reason=outcome.reason,
+                             started_at=started, finished_at=event.processed_at))
+    if outcome.alert:
+        alert = record_alert(session, settings, outcome.alert, order_id=outcome.order_id, event_id=event.event_id)
+        outcome = dataclasses.replace(outcome, alert_id=alert.id)
     log.info("event_processed", status=outcome.status.value, reason=outcome.reason)
     return outcome
+
+
+def record_failed_run(session: Session, inbox_event_id: int, *, runner: str, error: str, trace: str | None,
+                      outbox_id: int | None = None, order_id: str | None = None) -> EventAttempt:
+    """A handler run that raised, as its own history row (in the failure's transaction)."""
+    attempt = EventAttempt(inbox_event_id=inbox_event_id, outbox_id=outbox_id, order_id=order_id, runner=runner,
+                           outcome=AttemptOutcome.FAILED, error=redact(error),
+                           traceback=redact(trace) if trace else None)
+    session.add(attempt)
+    return attempt
 
 
 def process_message(factory: sessionmaker[Session], settings: Settings, outbox_id: int) -> Result:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
+    handled: dict[str, int] = {}  # the inbox event whose handler ran, for the failure's history row
+    fetched: dict[str, dict | None] = {}  # Stripe's records of intents, fetched outside the transaction
+    outcome = None
     try:
-        with transaction(factory) as session:
-            message = _lock(session, outbox_id)
-            if message is None:
-                return Result("missing", f"no outbox message {outbox_id}")
-            if not message.is_to_handle():
-                log.info("message_skipped", status=message.status.value)
-                return Result("skipped", message.status.value)
-            topic, body, alert, outside = message.topic, message.body, None, False
-            if topic is Topic.STRIPE_EVENT:
-                alert = _handle_event(session, message)
-                message.mark_done()
-            elif topic is Topic.MAIL and not is_still_true(session, body):
-                log.info("mail_dropped", kind=body.get("kind"), order_id=body.get("order_id"),
-                         reason="the order moved on since it was queued")
-                message.mark_done()
-            else:
-                outside = True
+        while True:
+            try:
+                with transaction(factory) as session:
+                    message = _lock(session, outbox_id)
+                    if message is None:
+                        return Result("missing", f"no outbox message {outbox_id}")
+                    if not message.is_to_handle():
+                        log.info("message_skipped", status=message.status.value)
+                        return Result("skipped", message.status.value)
+                    topic, body, outside = message.topic, message.body, False
+                    if topic is Topic.STRIPE_EVENT:
+                        outcome = _handle_event(session, settings, message, handled, fetched)
+                        message.mark_done()
+                    elif topic is Topic.MAIL and not is_still_true(session, body):
+                        log.info("mail_dropped", kind=body.get("kind"), order_id=body.get("order_id"),
+                                 reason="the order moved on since it was queued")
+                        message.mark_done()
+                    else:
+                        outside = True
+                break
+            except ConfirmationNeeded as need:
+                if need.payment_intent_id in fetched:
+                    raise
+                # Rolled back; ask Stripe with no lock held (an outage raises: retried later).
+                fetched[need.payment_intent_id] = retrieve_payment_intent(need.payment_intent_id)
         if outside:
             # Calls to SMTP and Stripe happen outside any transaction, so a slow server never
             # holds a database lock; a crash before marking it done repeats the call (at least
@@ -88,10 +189,29 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
             with transaction(factory) as session:
                 _lock(session, outbox_id).mark_done()
     except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped
-        return _record_failure(factory, settings, outbox_id, exc)
-    if alert:
-        alert_staff(settings, alert, event_id=structlog.contextvars.get_contextvars().get("event_id"))
+        return _record_failure(factory, settings, outbox_id, exc, handled.get("inbox_event_id"))
+    if outcome is not None and outcome.alert_id is not None:
+        deliver_alert(factory, settings, outcome.alert_id)
     return Result("done")
+
+
+def give_up_if_out_of_deliveries(factory: sessionmaker[Session], settings: Settings, outbox_id: int) -> bool:
+    """A broker's own redelivery of an unacknowledged message (RabbitMQ after a worker died)
+    counts as a delivery too; past `max_deliveries` it is a dead letter. True if given up."""
+    with transaction(factory) as session:
+        message = _lock(session, outbox_id)
+        if message is None or message.status is not OutboxStatus.PUBLISHED:
+            return False
+        message.deliveries += 1
+        if not message.out_of_deliveries(settings.max_deliveries):
+            return False
+        error = f"delivered {message.deliveries} times without a consumer finishing it"
+        message.dead_letter(error)
+        alert_id = record_alert(session, settings, f"Message {outbox_id} was dead-lettered: {error}",
+                                outbox_id=outbox_id, order_id=message.order_id).id
+    log.error("message_dead_lettered", error=error)
+    deliver_alert(factory, settings, alert_id)
+    return True
 
 
 def _call_outside(settings: Settings, topic: Topic, body: dict) -> None:
@@ -107,34 +227,55 @@ def _lock(session: Session, outbox_id: int) -> OutboxMessage | None:
     return session.scalars(select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update()).one_or_none()
 
 
-def _handle_event(session: Session, message: OutboxMessage) -> str | None:
-    event = session.scalars(
-        select(InboxEvent).where(InboxEvent.id == message.inbox_event_id).with_for_update()
-    ).one()
-    if event.status in (EventStatus.PROCESSED, EventStatus.IGNORED):
+def _lock_event(session: Session, inbox_event_id: int) -> InboxEvent:
+    return session.scalars(select(InboxEvent).where(InboxEvent.id == inbox_event_id).with_for_update()).one()
+
+
+def _handle_event(session: Session, settings: Settings, message: OutboxMessage, handled: dict,
+                  fetched: dict[str, dict | None]) -> Outcome | None:
+    event = _lock_event(session, message.inbox_event_id)
+    if event.status in CLOSED_EVENT_STATES:
         structlog.contextvars.bind_contextvars(event_id=event.event_id, event_type=event.type)
         log.info("event_already_processed", status=event.status.value)
         return None
-    return run_event(session, event).alert
+    handled["inbox_event_id"] = event.id
+    return run_event(session, event, settings, runner="worker", outbox_id=message.id,
+                     context=handler_context(settings, fetched))
 
 
-def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception) -> Result:
+def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception,
+                    inbox_event_id: int | None) -> Result:
     error = describe_error(exc)
     trace = traceback.format_exc(limit=20)
+    alert_id = None
     with transaction(factory) as session:
         message = _lock(session, outbox_id)
-        again = message.schedule_retry(f"{error}\n{trace}", max_attempts=settings.max_attempts,
+        if message is None:
+            return Result("missing", f"no outbox message {outbox_id}")
+        event = _lock_event(session, message.inbox_event_id) if message.inbox_event_id is not None else None
+        if inbox_event_id is not None:
+            record_failed_run(session, inbox_event_id, runner="worker", error=error, trace=trace,
+                              outbox_id=outbox_id, order_id=event.order_id if event is not None else None)
+        if not message.is_to_handle():
+            # Decided meanwhile by another copy (done), by staff (resolved, re-driven) or by an
+            # earlier failure (scheduled, dead): this late failure must not reopen it.
+            log.warning("late_failure_not_recorded", status=message.status.value, error=error)
+            return Result("skipped", f"message already {message.status.value}; failure kept as history only")
+        again = message.schedule_retry(redact(f"{error}\n{trace}"), max_attempts=settings.max_attempts,
                                        base_seconds=settings.retry_base_seconds)
-        event = message.inbox_event
-        if event is not None:
+        if event is not None and event.status not in CLOSED_EVENT_STATES:
             event.attempts = message.attempts
             event.last_error = error
             event.status = EventStatus.RETRYING if again else EventStatus.DEAD
         attempts, next_at = message.attempts, message.available_at
+        if not again:
+            alert_id = record_alert(session, settings,
+                                    f"Message {outbox_id} was dead-lettered after {attempts} attempts: {error}",
+                                    outbox_id=outbox_id, order_id=message.order_id or (event and event.order_id),
+                                    event_id=event.event_id if event is not None else None).id
     if again:
         log.warning("handler_failed_will_retry", error=error, attempts=attempts, next_attempt_at=next_at.isoformat())
         return Result("retry", error)
     log.error("message_dead_lettered", error=error, attempts=attempts)
-    alert_staff(settings, f"Message {outbox_id} was dead-lettered after {attempts} attempts: {error}",
-                outbox_id=outbox_id)
+    deliver_alert(factory, settings, alert_id)
     return Result("dead", error)

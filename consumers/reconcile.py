@@ -16,6 +16,7 @@ import stripe
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from consumers.handlers import HANDLED_EVENT_TYPES
 from consumers.payments import PaymentGatewayError
 from models.db import transaction
 from models.events import store_event
@@ -47,7 +48,7 @@ def reconcile(factory: sessionmaker[Session], since_seconds: int) -> Reconciled:
         for event in stripe.Event.list(created={"gte": since}, limit=100).auto_paging_iter():
             data = event.to_dict()
             with transaction(factory) as session:
-                stored = store_event(session, data, json.dumps(data))
+                stored = store_event(session, data, json.dumps(data), handled_types=HANDLED_EVENT_TYPES)
             result.seen += 1
             if not stored.duplicate:
                 result.stored += 1

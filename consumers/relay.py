@@ -5,15 +5,17 @@ import time
 
 import structlog
 from kombu import Connection, Producer
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from consumers.alerts import deliver_alert, record_alert
 from consumers.broker import EXCHANGE, QUEUES
 from consumers.process import LongRunningProcess
 from models.base import utcnow
 from models.catalog import Reservation, ReservationStatus
 from models.db import transaction
-from models.events import OutboxMessage, OutboxStatus, Topic, enqueue
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
+from models.history import caused_by
 from models.orders import Order, OrderStatus, release_reservations
 from models.settings import Settings
 
@@ -39,7 +41,16 @@ def publish_due(factory: sessionmaker[Session], producer: Producer, settings: Se
             .limit(BATCH)
             .with_for_update(skip_locked=True)
         ).all()
+        given_up = []
         for row in rows:
+            if row.out_of_deliveries(settings.max_deliveries):
+                # Each copy so far was taken and never finished: the message kills its worker.
+                error = f"delivered {row.deliveries} times without a consumer finishing it"
+                row.dead_letter(error)
+                given_up.append(record_alert(session, settings, f"Message {row.id} was dead-lettered: {error}",
+                                             outbox_id=row.id, order_id=row.order_id).id)
+                log.error("message_dead_lettered", outbox_id=row.id, deliveries=row.deliveries, error=error)
+                continue
             if row.status is OutboxStatus.PUBLISHED:
                 log.warning("message_redelivered", outbox_id=row.id, deliveries=row.deliveries)
             queue = QUEUES[row.topic]
@@ -54,9 +65,31 @@ def publish_due(factory: sessionmaker[Session], producer: Producer, settings: Se
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
             )
             row.mark_published(settings.redelivery_seconds)
-    if rows:
-        log.info("outbox_published", count=len(rows))
-    return len(rows)
+    for alert_id in given_up:
+        deliver_alert(factory, settings, alert_id)
+    published = len(rows) - len(given_up)
+    if published:
+        log.info("outbox_published", count=published)
+    return published
+
+
+# Only an unpaid order's hold runs out. A flagged order's units wait for a staff decision
+# (accept consumes them, cancel releases them), however long that takes.
+EXPIRABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
+# A succeeded event in one of these states is money taken that a worker has yet to apply.
+UNAPPLIED = (EventStatus.RECEIVED, EventStatus.RETRYING, EventStatus.DEAD)
+
+
+def _payment_waiting_for(intent_id):
+    return exists().where(InboxEvent.type == "payment_intent.succeeded", InboxEvent.object_id == intent_id,
+                          InboxEvent.status.in_(UNAPPLIED))
+
+
+def payment_waiting(session: Session, order: Order) -> bool:
+    """Whether the inbox holds a succeeded event for the order's intent not yet applied."""
+    if order.payment_intent_id is None:
+        return False
+    return bool(session.scalar(select(_payment_waiting_for(order.payment_intent_id))))
 
 
 def expire_reservations(factory: sessionmaker[Session]) -> int:
@@ -65,32 +98,39 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
     One short transaction per order, the order claimed with SKIP LOCKED: a checkout or a
     handler holding it is left alone until the next sweep, two relays never wait on each
     other, and stock rows are locked in the order's own (sku) order as checkout does.
+    An order whose payment is already stored (its succeeded event waits in the inbox behind a
+    backlog or a broker outage) keeps its hold: the customer paid in time.
     """
     now = utcnow()
     with factory() as session:
         order_ids = session.scalars(
             select(Reservation.order_id)
-            .where(Reservation.status == ReservationStatus.ACTIVE, Reservation.expires_at <= now)
+            .join(Order, Order.id == Reservation.order_id)
+            .where(Reservation.status == ReservationStatus.ACTIVE, Reservation.expires_at <= now,
+                   Order.status.in_(EXPIRABLE), ~_payment_waiting_for(Order.payment_intent_id))
             .distinct()
             .limit(BATCH)
         ).all()
     expired = 0
     for order_id in order_ids:
-        with transaction(factory) as session:
+        with transaction(factory) as session, caused_by("reservation expiry"):
             order = session.scalars(
                 select(Order).where(Order.id == order_id).with_for_update(skip_locked=True)).one_or_none()
-            if order is None:
+            # Decided under the order's lock, which the worker applying a payment also takes.
+            if order is None or order.status not in EXPIRABLE:
+                continue
+            if payment_waiting(session, order):
+                log.info("reservation_kept_payment_waiting", order_id=order.id)
                 continue
             released = release_reservations(session, order)
             if not released:
                 continue
             expired += 1
-            if order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED):
-                order.cancel("reservation expired before payment")
-                if order.payment_intent_id:
-                    # So the customer cannot pay for stock that is no longer held.
-                    enqueue(session, Topic.PAYMENT_CANCEL,
-                            {"order_id": order.id, "payment_intent_id": order.payment_intent_id})
+            order.cancel("reservation expired before payment")
+            if order.payment_intent_id:
+                # So the customer cannot pay for stock that is no longer held.
+                enqueue(session, Topic.PAYMENT_CANCEL,
+                        {"order_id": order.id, "payment_intent_id": order.payment_intent_id})
             log.info("reservation_expired", order_id=order.id, units_released=released,
                      order_status=order.status.value)
     return expired

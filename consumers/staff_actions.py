@@ -8,6 +8,7 @@ A refund is the only place the service gives money back, always on a person's wo
 """
 from __future__ import annotations
 
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -16,14 +17,16 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from consumers.alerts import deliver_alert
 from consumers.handlers import Outcome
 from consumers.handlers.payment_intents import fulfil_paid_order
 from consumers.payments import PaymentGatewayError, find_refunds, refund_payment
-from consumers.processing import run_event
+from consumers.processing import record_failed_run, run_event
 from models.db import transaction
 from models.errors import Conflict, DomainError, NotFound
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
 from models.history import caused_by, record_staff_action
+from models.logs import describe_error, redact
 from models.orders import (
     Order,
     OrderStatus,
@@ -35,6 +38,7 @@ from models.orders import (
     return_unshipped_units,
 )
 from models.refunds import Refund, RefundSource
+from models.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -103,14 +107,33 @@ def _order_of(session: Session, event: InboxEvent | None, *, lock: bool) -> Orde
 
 # --- dead letters and stored events ------------------------------------------------------------
 
-def replay_event(factory: sessionmaker[Session], event_id: str, *, actor: str, note: str | None = None) -> Outcome:
+def replay_event(factory: sessionmaker[Session], settings: Settings, event_id: str, *, actor: str,
+                 note: str | None = None) -> Outcome:
     """`shop events replay`: run a stored event's handler now, under the worker's locks, in the worker's order.
 
     Lock order, the same as the worker's (consumers/processing.py), so the two never deadlock:
     the event's outbox rows (by id), then its inbox row, then the order. Whatever delivery is
     still open (a dead letter, a scheduled retry) is closed, so the event cannot be applied a
     second time through that route. A resolved event is closed: it is refused until staff reopen it.
+    A run that fails is kept as an attempt with its error, as a worker's would be, and re-raised.
     """
+    try:
+        return _replay(factory, settings, event_id, actor=actor, note=note)
+    except (DomainError, PaymentGatewayError):
+        raise
+    except Exception as exc:
+        error, trace = describe_error(exc), redact(traceback.format_exc(limit=20))
+        with transaction(factory) as session:
+            event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)).one()
+            record_failed_run(session, event.id, runner=f"replay by {actor}", error=error, trace=trace,
+                              order_id=event.order_id)
+            record_staff_action(session, actor=actor, action="replay", target=f"event {event_id}",
+                                order_id=event.order_id, note=note, detail=f"failed: {error}")
+        raise
+
+
+def _replay(factory: sessionmaker[Session], settings: Settings, event_id: str, *, actor: str,
+            note: str | None) -> Outcome:
     with caused_by(f"staff {actor}: replay"), transaction(factory) as session:
         messages = list(session.scalars(
             select(OutboxMessage).join(InboxEvent, OutboxMessage.inbox_event_id == InboxEvent.id)
@@ -131,7 +154,7 @@ def replay_event(factory: sessionmaker[Session], event_id: str, *, actor: str, n
             refusal = Refused(reason)
         else:
             refusal = None
-            outcome = run_event(session, event, runner=f"replay by {actor}")
+            outcome = run_event(session, event, settings, runner=f"replay by {actor}")
             for message in messages:
                 if message.status not in (OutboxStatus.DONE, OutboxStatus.RESOLVED):
                     message.mark_done()
@@ -141,6 +164,8 @@ def replay_event(factory: sessionmaker[Session], event_id: str, *, actor: str, n
                    detail=f"{outcome.status.value}: {outcome.reason}")
     if refusal is not None:
         raise refusal
+    if outcome.alert_id is not None:
+        deliver_alert(factory, settings, outcome.alert_id)
     log.info("event_replayed", event_id=event_id, status=outcome.status.value, reason=outcome.reason)
     return outcome
 

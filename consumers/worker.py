@@ -9,7 +9,7 @@ from kombu import Connection, Consumer, Message
 
 from consumers.broker import QUEUES
 from consumers.process import LongRunningProcess
-from consumers.processing import process_message
+from consumers.processing import give_up_if_out_of_deliveries, process_message
 from models.logs import describe_error
 from models.settings import Settings
 
@@ -28,6 +28,10 @@ class Worker(LongRunningProcess):
             message.reject()  # to the dead-letter queue where the broker has one
             return
         try:
+            if message.delivery_info.get("redelivered") and give_up_if_out_of_deliveries(
+                    self.factory, self.settings, outbox_id):
+                message.reject()
+                return
             result = process_message(self.factory, self.settings, outbox_id)
         except Exception as exc:  # noqa: BLE001 - the database itself is unreachable
             # Nothing was recorded, so the message must not be acked: give it back and pause.

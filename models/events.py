@@ -144,12 +144,27 @@ class OutboxMessage(Base):
             return True
         return self.status is OutboxStatus.PENDING and self.available_at <= utcnow()
 
+    def out_of_deliveries(self, max_deliveries: int) -> bool:
+        """Published this many times without a consumer finishing it: it kills its worker (or
+        every worker is gone for good). Another copy would only loop; a person must look."""
+        return self.status is OutboxStatus.PUBLISHED and self.deliveries >= max_deliveries
+
+    def dead_letter(self, error: str) -> None:
+        """Give up on delivering it: a dead letter until staff re-drive or resolve it."""
+        self.status = OutboxStatus.DEAD
+        self.last_error = error
+        if self.inbox_event is not None and self.inbox_event.status in (EventStatus.RECEIVED, EventStatus.RETRYING):
+            self.inbox_event.status = EventStatus.DEAD
+            self.inbox_event.last_error = error
+
     def redrive(self) -> None:
-        """Staff's retry of a dead letter: a fresh set of attempts, starting now."""
+        """Staff's retry of a dead letter: fresh attempts and deliveries (so the redelivery wait
+        starts short again), starting now."""
         if self.status is not OutboxStatus.DEAD:
             raise Conflict(f"message {self.id} is {self.status.value}, not a dead letter")
         self.status = OutboxStatus.PENDING
         self.attempts = 0
+        self.deliveries = 0
         self.available_at = utcnow()
         if self.inbox_event is not None and self.inbox_event.status is EventStatus.DEAD:
             self.inbox_event.status = EventStatus.RETRYING
@@ -191,11 +206,6 @@ def enqueue(session: Session, topic: Topic, body: dict, *, inbox_event: InboxEve
     return message
 
 
-HANDLED_EVENT_TYPES = frozenset(
-    {"payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled"}
-)
-
-
 class StoredEvent(NamedTuple):
     id: int
     status: EventStatus
@@ -213,9 +223,10 @@ _INSERT_OUTBOX = insert(OutboxMessage.__table__)
 _EXISTING_EVENT = select(InboxEvent.id, InboxEvent.status).where(InboxEvent.event_id == bindparam("event_id"))
 
 
-def store_event(session: Session, event: dict, raw_payload: str) -> StoredEvent:
+def store_event(session: Session, event: dict, raw_payload: str, *, handled_types: frozenset[str]) -> StoredEvent:
     """Store a verified Stripe event once, with its outbox row, in the caller's transaction.
 
+    `handled_types` comes from the handler registry (`consumers.handlers.HANDLED_EVENT_TYPES`).
     Types the service does not handle are stored as ignored, with no outbox row, so they stay
     visible and never reach a worker. This is the webhook's hot path, so it is two Core
     statements: the unique event id, not a look-up first, decides what is a duplicate, which
@@ -223,7 +234,7 @@ def store_event(session: Session, event: dict, raw_payload: str) -> StoredEvent:
     """
     now = utcnow()
     obj = event.get("data", {}).get("object") or {}
-    handled = event["type"] in HANDLED_EVENT_TYPES
+    handled = event["type"] in handled_types
     status = EventStatus.RECEIVED if handled else EventStatus.IGNORED
     stored_id = session.execute(_INSERT_EVENT[session.get_bind().dialect.name], {
         "event_id": event["id"],

@@ -213,7 +213,7 @@ def events_replay(event_id, note, actor):
 
     settings = _settings()
     configure_stripe(settings)
-    outcome = _staff_call(lambda: replay_event(_sessions(settings), event_id, actor=_actor(actor), note=note))
+    outcome = _staff_call(lambda: replay_event(_sessions(settings), settings, event_id, actor=_actor(actor), note=note))
     click.echo(f"{event_id}: {outcome.status.value} ({outcome.reason})")
 
 

@@ -16,6 +16,7 @@ import structlog
 from flask import Blueprint, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from consumers.handlers import HANDLED_EVENT_TYPES
 from models.db import transaction
 from models.events import store_event
 from models.logs import describe_error
@@ -218,7 +219,7 @@ def receive_stripe_event():
     structlog.contextvars.bind_contextvars(event_id=event["id"], event_type=event["type"])
     try:
         with transaction(state().sessions) as session:
-            stored = store_event(session, event, payload)
+            stored = store_event(session, event, payload, handled_types=HANDLED_EVENT_TYPES)
     except SQLAlchemyError as exc:
         log.error("webhook_store_failed", error=describe_error(exc))
         return error_response(503, "storage_unavailable", "the event could not be stored; please retry")

@@ -1,17 +1,16 @@
-"""One handler per Stripe event type, in one visible table.
+"""One handler per Stripe event type, in one visible table (`HANDLERS`, filled by `@handles`).
 
-Each handler takes the session (inside the worker's one transaction) and the event, returns
-an Outcome, and is safe to run twice: it keys on the order's state, which only moves forward.
+Each handler takes the session (inside the worker's one transaction), the event and a
+HandlerContext, returns an Outcome, and is safe to run twice: it keys on the order's state,
+which only moves forward, and on Stripe's ids for refunds and disputes.
 """
 from __future__ import annotations
 
+# Importing the handler modules registers them.
+from consumers.handlers import charges, disputes, payment_intents  # noqa: F401
 from consumers.handlers.outcome import Outcome
-from consumers.handlers.payment_intents import on_payment_canceled, on_payment_failed, on_payment_succeeded
+from consumers.handlers.registry import HANDLERS, HandlerContext, handles
 
-HANDLERS = {
-    "payment_intent.succeeded": on_payment_succeeded,
-    "payment_intent.payment_failed": on_payment_failed,
-    "payment_intent.canceled": on_payment_canceled,
-}
+HANDLED_EVENT_TYPES: frozenset[str] = frozenset(HANDLERS)
 
-__all__ = ["HANDLERS", "Outcome"]
+__all__ = ["HANDLED_EVENT_TYPES", "HANDLERS", "HandlerContext", "Outcome", "handles"]

@@ -11,12 +11,13 @@ class Outcome:
     status: EventStatus
     reason: str
     order_id: str | None = None
-    alert: str | None = None  # set when a person must look (the order was flagged needs_review)
+    alert: str | None = None  # set when a person must look (flagged order, money taken, a dispute)
+    alert_id: int | None = None  # the StaffAlert row written for it, delivered after the commit
 
     @classmethod
     def processed(cls, reason: str, order_id: str, alert: str | None = None) -> "Outcome":
         return cls(EventStatus.PROCESSED, reason, order_id, alert)
 
     @classmethod
-    def ignored(cls, reason: str, order_id: str | None = None) -> "Outcome":
-        return cls(EventStatus.IGNORED, reason, order_id)
+    def ignored(cls, reason: str, order_id: str | None = None, alert: str | None = None) -> "Outcome":
+        return cls(EventStatus.IGNORED, reason, order_id, alert)

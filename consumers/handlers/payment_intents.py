@@ -2,62 +2,100 @@
 from __future__ import annotations
 
 import structlog
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from consumers.mail import queue_order_mail
+from consumers.handlers.lookup import flag_or_note, lock_order, lock_order_for_intent, unconfirmed
 from consumers.handlers.outcome import Outcome
+from consumers.handlers.registry import HandlerContext, handles
+from consumers.mail import queue_order_mail
 from models.carts import Cart
+from models.events import EventStatus, InboxEvent
 from models.orders import (
     Order,
     OrderStatus,
     consume_reservations,
     create_shipment,
-    find_order_for_payment_intent,
     release_reservations,
 )
 
 log = structlog.get_logger(__name__)
-S = OrderStatus
+SUCCEEDED = "payment_intent.succeeded"
 
 
-def _order_for(session: Session, event: dict) -> tuple[dict, Order | None]:
-    intent = event["data"]["object"]
-    metadata = intent.get("metadata") or {}
-    order = find_order_for_payment_intent(session, intent["id"], metadata.get("order_id"))
+class _Found:
+    """The order an intent event is for, or the outcome that ends the handler before it."""
+
+    def __init__(self, order: Order | None = None, outcome: Outcome | None = None, other_intent: bool = False):
+        self.order, self.outcome, self.other_intent = order, outcome, other_intent
+
+
+def _find(session: Session, intent: dict, context: HandlerContext) -> _Found:
+    """By the intent id the order holds; else by metadata.order_id, confirmed with Stripe's API
+    when the order holds no intent yet. An order holding another intent is reported as such."""
+    order = lock_order_for_intent(session, intent["id"])
     if order is not None:
-        structlog.contextvars.bind_contextvars(order_id=order.id)
-    return intent, order
-
-
-def _no_order(intent: dict) -> Outcome:
-    return Outcome.ignored(f"no order of ours for payment intent {intent['id']}")
-
-
-def on_payment_succeeded(session: Session, event: dict) -> Outcome:
-    intent, order = _order_for(session, event)
+        return _Found(order)
+    order_id = (intent.get("metadata") or {}).get("order_id")
+    order = lock_order(session, order_id) if isinstance(order_id, str) else None
     if order is None:
-        return _no_order(intent)
-    if order.status in (S.PAID, S.REFUNDED):
+        return _Found(outcome=Outcome.ignored(f"no order of ours for payment intent {intent['id']}"))
+    if order.payment_intent_id is not None:
+        return _Found(order, other_intent=True)
+    problem = unconfirmed(intent, order, context)
+    if problem:
+        log.warning("payment_intent_unconfirmed", reason=problem)
+        return _Found(outcome=Outcome.ignored(problem, order.id, alert=f"Order {order.id}: event ignored: {problem}"))
+    return _Found(order)
+
+
+def _count_payment(session: Session, order: Order, intent: dict, event_id: str) -> int:
+    """Add the money taken on this intent to the order's paid_amount, once per intent.
+
+    Counted when the first succeeded event for the intent is processed for this order; a
+    later event for the same intent (Stripe's duplicate, a replay) finds it counted.
+    """
+    paid = intent.get("amount_received") or intent.get("amount") or 0
+    counted = session.scalar(select(exists().where(
+        InboxEvent.type == SUCCEEDED, InboxEvent.object_id == intent["id"], InboxEvent.order_id == order.id,
+        InboxEvent.status == EventStatus.PROCESSED, InboxEvent.event_id != event_id)))
+    if not counted:
+        order.paid_amount += paid
+    return paid
+
+
+@handles(SUCCEEDED)
+def on_payment_succeeded(session: Session, event: dict, context: HandlerContext) -> Outcome:
+    intent = event["data"]["object"]
+    found = _find(session, intent, context)
+    if found.outcome is not None:
+        return found.outcome
+    order = found.order
+    paid = _count_payment(session, order, intent, event["id"])
+    currency = (intent.get("currency") or "").lower()
+    if found.other_intent:
+        # Money taken on an intent the order does not hold (a second checkout tab, a copied
+        # client secret): never silent, a person decides whether to refund it.
+        return flag_or_note(order, f"paid {paid} {currency} on payment intent {intent['id']}, "
+                                   f"but the order holds {order.payment_intent_id}")
+    if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
         return Outcome.processed(f"order already {order.status.value}", order.id)
-    if order.status is S.NEEDS_REVIEW:
+    if order.status is OrderStatus.NEEDS_REVIEW:
         return Outcome.processed("order already flagged for review", order.id)
     if order.payment_intent_id is None:
         order.payment_intent_id = intent["id"]
 
     # Money has been taken from here on. The service never refunds on its own: anything
     # that does not add up is flagged for a person, who can retry, resolve or refund.
-    paid = intent.get("amount_received") or intent.get("amount")
-    currency = (intent.get("currency") or "").lower()
-    order.paid_amount = paid or 0
     if paid != order.total or currency != order.currency.lower():
-        reason = f"amount mismatch: paid {paid} {currency}, order total {order.total} {order.currency}"
-        return _flag(order, reason)
-    if order.status is S.CANCELLED:
-        return _flag(order, f"paid after the order was cancelled ({order.cancel_reason})")
+        return flag_or_note(order, f"amount mismatch: paid {paid} {currency}, order total {order.total} "
+                                   f"{order.currency}")
+    if order.status is OrderStatus.CANCELLED:
+        return flag_or_note(order, f"paid after the order was cancelled ({order.cancel_reason})")
 
     no_longer_held = consume_reservations(session, order)
     if no_longer_held:
-        return _flag(order, f"paid but the stock is no longer held: {', '.join(no_longer_held)}")
+        return flag_or_note(order, f"paid but the stock is no longer held: {', '.join(no_longer_held)}")
     fulfil_paid_order(session, order)
     return Outcome.processed("order paid", order.id)
 
@@ -72,17 +110,23 @@ def fulfil_paid_order(session: Session, order: Order) -> None:
     log.info("order_paid", total=order.total, currency=order.currency)
 
 
-def _flag(order: Order, reason: str) -> Outcome:
-    order.flag_for_review(reason)
-    log.warning("order_needs_review", reason=reason)
-    return Outcome.processed(f"flagged for review: {reason}", order.id, alert=f"Order {order.id} needs review: {reason}")
+def _own_order(session: Session, intent: dict, context: HandlerContext) -> _Found:
+    found = _find(session, intent, context)
+    if found.other_intent:
+        # No money moved on it: a decline or cancellation of an intent the order does not hold.
+        return _Found(outcome=Outcome.ignored(
+            f"payment intent {intent['id']} is not the one order {found.order.id} holds", found.order.id))
+    return found
 
 
-def on_payment_failed(session: Session, event: dict) -> Outcome:
-    intent, order = _order_for(session, event)
-    if order is None:
-        return _no_order(intent)
-    if order.status not in (S.PENDING_PAYMENT, S.PAYMENT_FAILED):
+@handles("payment_intent.payment_failed")
+def on_payment_failed(session: Session, event: dict, context: HandlerContext) -> Outcome:
+    intent = event["data"]["object"]
+    found = _own_order(session, intent, context)
+    if found.outcome is not None:
+        return found.outcome
+    order = found.order
+    if order.status not in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED):
         # Status only moves forward: a late decline never un-pays an order.
         return Outcome.processed(f"stale failure ignored: order already {order.status.value}", order.id)
     error = intent.get("last_payment_error") or {}
@@ -94,11 +138,14 @@ def on_payment_failed(session: Session, event: dict) -> Outcome:
     return Outcome.processed(f"payment attempt failed: {code}", order.id)
 
 
-def on_payment_canceled(session: Session, event: dict) -> Outcome:
-    intent, order = _order_for(session, event)
-    if order is None:
-        return _no_order(intent)
-    if order.status not in (S.PENDING_PAYMENT, S.PAYMENT_FAILED):
+@handles("payment_intent.canceled")
+def on_payment_canceled(session: Session, event: dict, context: HandlerContext) -> Outcome:
+    intent = event["data"]["object"]
+    found = _own_order(session, intent, context)
+    if found.outcome is not None:
+        return found.outcome
+    order = found.order
+    if order.status not in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED):
         return Outcome.processed(f"cancellation ignored: order already {order.status.value}", order.id)
     released = release_reservations(session, order)
     order.cancel(f"payment intent canceled ({intent.get('cancellation_reason') or 'no reason given'})")

@@ -358,3 +358,117 @@ def test_replaying_a_processed_payment_failed_event_records_no_second_attempt(cl
     assert _snapshot(client, sessions, order["order_id"]) == before  # no second "card declined" mail
     with sessions() as session:
         assert session.get(Order, order["order_id"]).payment_attempts == 1
+
+
+# --- two copies of one message: a late failure never reopens what the other finished ----------------------------
+
+
+def test_a_late_failure_of_one_copy_never_reopens_the_message_another_copy_finished(
+        client, sessions, settings, checkout, post_event, deliver, monkeypatch):
+    # Two copies of one outbox message (a re-publish, a replay racing a worker). Copy 1's
+    # handler runs and fails, its transaction rolls back; copy 2 then commits "done"; only
+    # after that does copy 1 record its failure. Deterministic on both backends.
+    import consumers.processing as processing
+    from consumers.handlers import HANDLERS
+    from models.history import AttemptOutcome, EventAttempt
+
+    order = checkout([("TEA-01", 2)])
+    event = failed(order)  # a declined card: applied twice it would count two attempts, send two mails
+    post_event(event)
+    [message] = outbox(sessions, Topic.STRIPE_EVENT)
+
+    real_handler = HANDLERS["payment_intent.payment_failed"]
+    runs = []
+
+    def copy_one_fails(*args):
+        runs.append(len(runs) + 1)
+        outcome = real_handler(*args)
+        if len(runs) == 1:
+            raise RuntimeError("copy 1 lost its database connection")  # after the handler's changes: rolled back
+        return outcome
+
+    real_record_failure = processing._record_failure
+
+    def copy_two_commits_first(*args, **kwargs):
+        assert processing.process_message(sessions, settings, message.id).outcome == "done"  # copy 2
+        return real_record_failure(*args, **kwargs)  # ... and only now copy 1 records its failure
+
+    monkeypatch.setitem(HANDLERS, "payment_intent.payment_failed", copy_one_fails)
+    monkeypatch.setattr(processing, "_record_failure", copy_two_commits_first)
+    processing.process_message(sessions, settings, message.id)  # copy 1
+    monkeypatch.undo()
+    deliver()  # whatever is still open in the outbox (the mail), as relay + worker would
+
+    assert runs == [1, 2]
+    [message] = outbox(sessions, Topic.STRIPE_EVENT)
+    assert message.status is OutboxStatus.DONE
+    row = inbox_row(sessions, event["id"])
+    assert (row.status, row.outcome) == (EventStatus.PROCESSED, "payment attempt failed: card_declined")
+    with sessions() as session:
+        assert session.get(Order, order["order_id"]).payment_attempts == 1
+        attempts = session.scalars(select(EventAttempt.outcome).where(EventAttempt.inbox_event_id == row.id)
+                                   .order_by(EventAttempt.id)).all()
+    # Copy 1's failure is kept as history, after copy 2's success; it changed nothing.
+    assert sorted(attempts) == sorted([AttemptOutcome.PROCESSED, AttemptOutcome.FAILED])
+    assert [m.body["kind"] for m in outbox(sessions, Topic.MAIL)] == ["payment_failed"]
+
+
+# --- a message that kills its worker: a dead letter after MAX_DELIVERIES ----------------------------------------
+
+
+def test_a_message_delivered_max_deliveries_times_without_finishing_is_a_dead_letter_and_a_redrive_starts_afresh(
+        client, sessions, settings, checkout, post_event, deliver):
+    import dataclasses
+
+    from kombu import Producer
+
+    from consumers.broker import connect
+    from consumers.relay import publish_due
+    from models.history import StaffAlert
+
+    capped = dataclasses.replace(settings, max_deliveries=3, redelivery_seconds=0.0)
+    order = checkout([("TEA-01", 2)])
+    event = succeeded(order)
+    post_event(event)
+    published = []
+    with connect(capped) as conn:
+        producer = Producer(conn.default_channel)
+        # Each copy is taken by a worker that dies before finishing it (nobody consumes here).
+        for _ in range(5):
+            published.append(publish_due(sessions, producer, capped))
+    assert published == [1, 1, 1, 0, 0]
+    [message] = outbox(sessions, Topic.STRIPE_EVENT)
+    assert (message.status, message.deliveries) == (OutboxStatus.DEAD, 3)
+    assert "delivered 3 times" in message.last_error
+    assert inbox_row(sessions, event["id"]).status is EventStatus.DEAD
+    with sessions() as session:
+        [alert] = session.scalars(select(StaffAlert)).all()
+    assert alert.outbox_id == message.id
+    assert alert.url == f"{settings.admin_base_url}/admin/dead-letters/{message.id}"
+    assert "dead-lettered" in alert.text and "buyer@example.com" not in alert.text
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "pending_payment"
+
+    # Staff re-drive it: a fresh delivery count (so a fresh, short redelivery wait), then it is paid.
+    with transaction(sessions) as session:
+        session.get(OutboxMessage, message.id).redrive()
+    [message] = outbox(sessions, Topic.STRIPE_EVENT)
+    assert (message.status, message.deliveries, message.attempts) == (OutboxStatus.PENDING, 0, 0)
+    deliver()
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+
+
+def test_a_broker_redelivery_counts_towards_max_deliveries(client, sessions, settings, checkout, post_event):
+    # RabbitMQ hands an unacknowledged message to the next worker itself, without the relay.
+    import dataclasses
+
+    from consumers.processing import give_up_if_out_of_deliveries
+
+    capped = dataclasses.replace(settings, max_deliveries=2)
+    order = checkout([("TEA-01", 1)])
+    post_event(succeeded(order))
+    with transaction(sessions) as session:
+        [message] = session.scalars(select(OutboxMessage)).all()
+        message.mark_published(capped.redelivery_seconds)  # deliveries == 1
+    assert give_up_if_out_of_deliveries(sessions, capped, message.id) is True
+    [message] = outbox(sessions, Topic.STRIPE_EVENT)
+    assert (message.status, message.deliveries) == (OutboxStatus.DEAD, 2)

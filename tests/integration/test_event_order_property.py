@@ -240,3 +240,104 @@ def test_redriving_stored_events_changes_nothing(fresh_shop, paid):
         deliver_all(shop)
 
         assert snapshot(shop, order["order_id"]) == before
+
+
+# --- money events: payments, refunds and disputes in any order -----------------------------------------------------
+
+CHARGE_ID = "ch_PropertyCharge0001"
+PARTIAL = 1000
+
+
+def _charge_refunded(order: dict, refunds: list[tuple[str, int]]) -> dict:
+    """charge.refunded as Stripe sends it: the charge with every refund made so far."""
+    event = event_for("charge.refunded")
+    charge = event["data"]["object"]
+    charge.update(id=CHARGE_ID, payment_intent=order["payment_intent_id"], amount=order["total"],
+                  currency=order["currency"], amount_refunded=sum(amount for _, amount in refunds),
+                  refunded=sum(amount for _, amount in refunds) >= order["total"])
+    charge["refunds"]["data"] = [{"id": refund_id, "object": "refund", "amount": amount, "charge": CHARGE_ID,
+                                  "currency": order["currency"], "payment_intent": order["payment_intent_id"],
+                                  "status": "succeeded", "reason": None} for refund_id, amount in refunds]
+    return event
+
+
+def _dispute(order: dict, kind: str, status: str) -> dict:
+    event = event_for("charge.dispute.created")
+    event["type"] = f"charge.dispute.{kind}"
+    event["data"]["object"].update(id="dp_PropertyDispute01", charge=CHARGE_ID,
+                                   payment_intent=order["payment_intent_id"], amount=order["total"],
+                                   currency=order["currency"], status=status)
+    return event
+
+
+def money_events(order: dict) -> dict[str, dict]:
+    address = dict(intent_id=order["payment_intent_id"], order_id=order["order_id"], amount=order["total"])
+    return {
+        "succeeded": event_for(SUCCEEDED, **address),
+        "failed": event_for(FAILED, **address),
+        "canceled": event_for("payment_intent.canceled", currency=order["currency"], **address),
+        "refund_partial": _charge_refunded(order, [("re_PropertyPart01", PARTIAL)]),
+        "refund_full": _charge_refunded(order, [("re_PropertyPart01", PARTIAL),
+                                                ("re_PropertyRest01", order["total"] - PARTIAL)]),
+        "dispute_created": _dispute(order, "created", "needs_response"),
+        "dispute_closed": _dispute(order, "closed", "lost"),
+    }
+
+
+@PROPERTY
+@given(items=ITEMS, kinds=st.lists(st.sampled_from(["succeeded", "failed", "canceled", "refund_partial",
+                                                    "refund_full", "dispute_created", "dispute_closed"]),
+                                   min_size=1, max_size=10),
+       data=st.data())
+def test_any_order_and_repetition_of_money_events_keeps_money_and_stock_accounted_for(
+        fresh_shop, items, kinds, data):
+    from models.catalog import ReservationStatus, Stock
+    from models.refunds import Dispute, Refund
+
+    with fresh_shop() as shop:
+        order = place_order(shop, items)
+        events = money_events(order)
+        post_all(shop, [events[kind] for kind in kinds])
+        deliver_all(shop, data)
+
+        with shop.sessions() as session:
+            stored = session.get(Order, order["order_id"])
+            status = stored.status.value
+            # Every event ran to an end: none left retrying or dead.
+            assert {s for (s,) in session.execute(select(InboxEvent.status))} <= {EventStatus.PROCESSED,
+                                                                                  EventStatus.IGNORED}
+            # Money taken is never silent: the order is paid, refunded or in front of a person.
+            if stored.money_held > 0:
+                assert status in ("paid", "refunded", "needs_review"), (kinds, status)
+            # The payment is counted once, each refund recorded once.
+            assert stored.paid_amount == (order["total"] if "succeeded" in kinds else 0)
+            refund_rows = session.scalars(select(Refund)).all()
+            assert len({r.stripe_refund_id for r in refund_rows}) == len(refund_rows)
+            expected_refunds = ({"re_PropertyPart01"} if {"refund_partial", "refund_full"} & set(kinds) else set()) \
+                | ({"re_PropertyRest01"} if "refund_full" in kinds else set())
+            assert {r.stripe_refund_id for r in refund_rows} == expected_refunds
+            assert stored.refunded_amount == sum(r.amount for r in refund_rows)
+            assert session.scalar(select(func.count()).select_from(Dispute)) == (
+                1 if {"dispute_created", "dispute_closed"} & set(kinds) else 0)
+            # One shipment and one confirmation at most, and only for a payment applied.
+            shipments = session.scalar(select(func.count()).select_from(Shipment))
+            assert shipments <= 1
+            if shipments:
+                assert "succeeded" in kinds
+            mails = Counter(json.loads(p)["kind"] for p in session.scalars(
+                select(OutboxMessage.payload).where(OutboxMessage.topic == Topic.MAIL)))
+            assert mails["confirmation"] == shipments
+            assert mails["payment_failed"] <= 1
+            # Stock: never negative; what left the shelf is exactly what a paid, unrefunded
+            # order still has out; what is reserved is exactly what an order still holds.
+            for sku, initial in STOCK.items():
+                row = session.get(Stock, sku)
+                assert row.on_hand >= 0 and 0 <= row.reserved <= row.on_hand, sku
+                held = [r for r in stored.reservations if r.sku == sku]
+                out = sum(r.quantity for r in held if r.status is ReservationStatus.CONSUMED)
+                reserved = sum(r.quantity for r in held if r.status is ReservationStatus.ACTIVE)
+                assert row.on_hand + out == initial, (sku, kinds, status)
+                assert row.reserved == reserved, (sku, kinds, status)
+            if status == "refunded":
+                assert all(r.status is not ReservationStatus.ACTIVE for r in stored.reservations)
+                assert stored.shipment is None or stored.shipment.status.value == "cancelled"

@@ -92,3 +92,50 @@ def test_intent_paid_just_before_expiry_is_not_cancelled_and_the_order_goes_to_r
                                        order_id=order["order_id"], amount=order["total"]))
     deliver()
     assert short_hold_client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+
+
+def test_expiry_leaves_the_reservation_of_an_order_under_review_alone(short_hold_client, sessions, deliver):
+    order = _checkout(short_hold_client)
+    # Paid the wrong amount: flagged for a person, who decides whether its units ship.
+    _post(short_hold_client, event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                                       order_id=order["order_id"], amount=order["total"] + 1))
+    deliver()
+    assert short_hold_client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+
+    assert expire_reservations(sessions) == 0
+
+    assert short_hold_client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+    stock = short_hold_client.get("/products/TEA-01").get_json()
+    assert (stock["on_hand"], stock["reserved"]) == (40, 2)
+
+
+@pytest.mark.parametrize("stored_as", ["received", "retrying", "dead"])
+def test_expiry_keeps_the_hold_of_an_order_whose_payment_is_stored_but_not_yet_applied(
+        short_hold_client, sessions, deliver, stored_as):
+    from sqlalchemy import update
+
+    from models.events import EventStatus, InboxEvent
+
+    order = _checkout(short_hold_client)
+    assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
+    event = event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                      order_id=order["order_id"], amount=order["total"])
+    _post(short_hold_client, event)  # stored; no worker has run it yet (a backlog, a broker outage)
+    if stored_as != "received":
+        with sessions() as session:
+            session.execute(update(InboxEvent).where(InboxEvent.event_id == event["id"])
+                            .values(status=EventStatus(stored_as)))
+            session.commit()
+
+    assert expire_reservations(sessions) == 0
+
+    assert short_hold_client.get(f"/orders/{order['order_id']}").get_json()["status"] == "pending_payment"
+    stock = short_hold_client.get("/products/TEA-01").get_json()
+    assert (stock["on_hand"], stock["reserved"]) == (40, 2)
+    with sessions() as session:
+        assert session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.PAYMENT_CANCEL)).all() == []
+    if stored_as == "received":
+        deliver()
+        assert short_hold_client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+        stock = short_hold_client.get("/products/TEA-01").get_json()
+        assert (stock["on_hand"], stock["reserved"]) == (38, 0)

@@ -19,7 +19,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from models.events import HANDLED_EVENT_TYPES, InboxEvent, OutboxMessage
+from consumers.handlers import HANDLED_EVENT_TYPES
+from models.events import InboxEvent, OutboxMessage
 from tests.support import WEBHOOK_SECRET, event_for, rendered_logs
 
 LIMIT = 8192  # a small body limit, so that 413s are cheap to generate

@@ -92,9 +92,9 @@ def test_unknown_fields_anywhere_in_the_event_are_accepted(post_event, sessions)
     assert counts(sessions) == (1, 1)
 
 
-@pytest.mark.parametrize("name", ["charge.refunded", "charge.dispute.created"])
+@pytest.mark.parametrize("name", ["charge.captured", "customer.updated"])
 def test_unhandled_event_types_are_stored_ignored_with_no_outbox_row(post_event, sessions, name):
-    event = stripe_fixture(name)
+    event = {**stripe_fixture("charge.refunded"), "type": name}
     assert post_event(event).get_json() == {"received": True, "duplicate": False}
     row = inbox_row(sessions, event["id"])
     assert row.status is EventStatus.IGNORED

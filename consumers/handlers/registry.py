@@ -1,0 +1,42 @@
+"""The one table of event handlers: each handler names its Stripe event type with `@handles(...)`.
+
+The handled types (what the webhook queues for a worker, what it stores as ignored) are read
+from this table, never from a second list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from sqlalchemy.orm import Session
+
+from consumers.handlers.outcome import Outcome
+
+
+@dataclass(frozen=True)
+class HandlerContext:
+    """What a handler may need beyond the session and the event, passed in (no globals).
+
+    `livemode` is the mode of the configured STRIPE_API_KEY; `retrieve_payment_intent` asks
+    Stripe's API for an intent (raises PaymentGatewayError when Stripe cannot be reached).
+    """
+
+    livemode: bool
+    retrieve_payment_intent: Callable[[str], dict | None]
+
+
+class Handler(Protocol):
+    def __call__(self, session: Session, event: dict, context: HandlerContext) -> Outcome: ...
+
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(event_type: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        if event_type in HANDLERS:
+            raise RuntimeError(f"two handlers for {event_type}: {HANDLERS[event_type].__name__}, {handler.__name__}")
+        HANDLERS[event_type] = handler
+        return handler
+
+    return register

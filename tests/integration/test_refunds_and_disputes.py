@@ -1,0 +1,205 @@
+"""Refunds and disputes made at Stripe: charge.refunded and charge.dispute.* through the webhook.
+
+localstripe makes real refunds (and charges that list them) but sends none of these events, so
+each event is built from the real objects, in the shape of the fixtures Stripe sends, signed
+with Stripe's scheme and posted through the webhook, then run by the worker.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import stripe
+from sqlalchemy import select
+
+from models.db import transaction
+from models.events import EventStatus, InboxEvent
+from models.history import StaffAlert
+from models.orders import Order, get_order, record_refund, return_unshipped_units
+from models.refunds import Dispute, Refund, RefundSource
+from tests.support import confirm_card, event_for
+
+
+@pytest.fixture
+def paid_order(client, checkout, post_event, deliver):
+    """A real payment at localstripe, its succeeded event applied: the order is paid, 2 units taken."""
+    def make() -> dict:
+        order = checkout([("TEA-01", 2)])
+        assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
+        post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                             order_id=order["order_id"], amount=order["total"]))
+        deliver()
+        assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+        return order
+    return make
+
+
+@pytest.fixture
+def stripe_says(post_event, deliver):
+    """POST an event signed with Stripe's scheme and let the worker run it."""
+    def send(event: dict) -> dict:
+        assert post_event(event).status_code == 200
+        deliver()
+        return event
+    return send
+
+
+def charge_refunded(charge_id: str) -> dict:
+    """charge.refunded as Stripe sends it: the charge, with its refunds listed, as Stripe has it now."""
+    event = event_for("charge.refunded")
+    event["data"]["object"] = stripe.Charge.retrieve(charge_id).to_dict()
+    return event
+
+
+def dispute_event(kind: str, order: dict, charge_id: str, status: str, dispute_id: str = "dp_FromTheCardIssuer1"):
+    event = event_for("charge.dispute.created")
+    event["type"] = f"charge.dispute.{kind}"
+    dispute = copy.deepcopy(event["data"]["object"])
+    dispute.update(id=dispute_id, charge=charge_id, payment_intent=order["payment_intent_id"],
+                   amount=order["total"], currency=order["currency"], status=status, reason="fraudulent")
+    event["data"]["object"] = dispute
+    return event
+
+
+def stock(client) -> tuple[int, int]:
+    product = client.get("/products/TEA-01").get_json()
+    return product["on_hand"], product["reserved"]
+
+
+def order_row(sessions, order: dict) -> Order:
+    with sessions() as session:
+        return session.get(Order, order["order_id"])
+
+
+def refunds(sessions) -> list[tuple[str, int, RefundSource]]:
+    with sessions() as session:
+        return [(r.stripe_refund_id, r.amount, r.source)
+                for r in session.scalars(select(Refund).order_by(Refund.id))]
+
+
+def alerts(sessions) -> list[StaffAlert]:
+    with sessions() as session:
+        return session.scalars(select(StaffAlert).order_by(StaffAlert.id)).all()
+
+
+# --- charge.refunded ------------------------------------------------------------------------------------------
+
+
+def test_a_full_refund_at_stripe_refunds_the_order_and_puts_its_unshipped_units_back(
+        client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    assert stock(client) == (38, 0)
+    refund = stripe.Refund.create(payment_intent=order["payment_intent_id"])  # in Stripe's dashboard
+    event = stripe_says(charge_refunded(refund.charge))
+
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "refunded"
+    assert body["shipment"]["status"] == "cancelled"
+    assert stock(client) == (40, 0)
+    assert refunds(sessions) == [(refund.id, order["total"], RefundSource.STRIPE)]
+    row = order_row(sessions, order)
+    assert (row.refunded_amount, row.money_held, row.refund_id) == (order["total"], 0, refund.id)
+    with sessions() as session:
+        stored = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
+        assert (stored.status, stored.order_id) == (EventStatus.PROCESSED, order["order_id"])
+
+    # Stripe's next charge.refunded for the same charge (another event id) records nothing again.
+    stripe_says(charge_refunded(refund.charge))
+    assert refunds(sessions) == [(refund.id, order["total"], RefundSource.STRIPE)]
+    assert stock(client) == (40, 0)
+
+
+def test_a_partial_refund_at_stripe_is_recorded_and_flags_the_order_then_the_rest_refunds_it(
+        client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    first = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=1000)
+    stripe_says(charge_refunded(first.charge))
+
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "needs_review"
+    assert "partially refunded at Stripe: 1000 of 3100" in body["review_reason"]
+    assert stock(client) == (38, 0)  # a person decides whether the goods still ship
+    assert order_row(sessions, order).money_held == order["total"] - 1000
+    [alert] = alerts(sessions)
+    assert alert.order_id == order["order_id"] and alert.url.endswith(f"/admin/orders/{order['order_id']}")
+
+    rest = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=order["total"] - 1000)
+    stripe_says(charge_refunded(rest.charge))
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "refunded"
+    assert refunds(sessions) == [(first.id, 1000, RefundSource.STRIPE),
+                                 (rest.id, order["total"] - 1000, RefundSource.STRIPE)]
+    assert order_row(sessions, order).money_held == 0
+    assert stock(client) == (40, 0)
+
+
+def test_a_refund_staff_made_here_is_recorded_once_and_its_event_changes_nothing(
+        client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    refund = stripe.Refund.create(payment_intent=order["payment_intent_id"])
+    with transaction(sessions) as session:  # what the staff refund records
+        stored = get_order(session, order["order_id"], for_update=True)
+        record_refund(session, stored, stripe_refund_id=refund.id, amount=refund.amount, currency=refund.currency,
+                      status=refund.status, source=RefundSource.STAFF, reason="customer asked")
+        stored.mark_refunded(refund.id, "customer asked")
+        return_unshipped_units(session, stored)
+    assert stock(client) == (40, 0)
+
+    stripe_says(charge_refunded(refund.charge))
+    assert refunds(sessions) == [(refund.id, order["total"], RefundSource.STAFF)]
+    assert stock(client) == (40, 0)
+    row = order_row(sessions, order)
+    assert (row.status.value, row.refunded_amount, row.refund_reason) == ("refunded", order["total"],
+                                                                         "customer asked")
+
+
+def test_a_refund_of_a_charge_that_is_not_ours_is_ignored(client, sessions, stripe_says):
+    event = stripe_says(event_for("charge.refunded"))
+    with sessions() as session:
+        stored = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
+    assert stored.status is EventStatus.IGNORED and "no order of ours" in stored.outcome
+    assert refunds(sessions) == []
+
+
+# --- disputes -------------------------------------------------------------------------------------------------
+
+
+def test_a_dispute_flags_the_order_alerts_staff_and_its_closing_is_recorded_with_the_outcome(
+        client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    charge_id = stripe.PaymentIntent.retrieve(order["payment_intent_id"]).to_dict()["latest_charge"]
+    charge_id = charge_id["id"] if isinstance(charge_id, dict) else charge_id
+    stripe_says(dispute_event("created", order, charge_id, "needs_response"))
+    stripe_says(dispute_event("created", order, charge_id, "needs_response"))  # Stripe's own duplicate
+
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "needs_review"
+    assert "dispute dp_FromTheCardIssuer1 opened (fraudulent)" in body["review_reason"]
+    with sessions() as session:
+        [dispute] = session.scalars(select(Dispute)).all()
+    assert (dispute.order_id, dispute.charge_id, dispute.amount, dispute.status, dispute.closed_at) == (
+        order["order_id"], charge_id, order["total"], "needs_response", None)
+    [opened] = alerts(sessions)
+    assert "dispute dp_FromTheCardIssuer1" in opened.text
+
+    stripe_says(dispute_event("updated", order, charge_id, "under_review"))
+    stripe_says(dispute_event("closed", order, charge_id, "lost"))
+    with sessions() as session:
+        [dispute] = session.scalars(select(Dispute)).all()
+    assert dispute.status == "lost" and dispute.closed_at is not None
+    closed = alerts(sessions)[-1]
+    assert (closed.order_id, len(alerts(sessions))) == (order["order_id"], 2)
+    assert "closed: lost" in closed.text
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+
+
+def test_a_dispute_on_a_refunded_order_is_noted_and_alerted(client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    refund = stripe.Refund.create(payment_intent=order["payment_intent_id"])
+    stripe_says(charge_refunded(refund.charge))
+    event = stripe_says(dispute_event("created", order, refund.charge, "needs_response"))
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "refunded"
+    with sessions() as session:
+        stored = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
+        assert session.scalars(select(Dispute.order_id)).all() == [order["order_id"]]
+    assert "noted, order already refunded" in stored.outcome
+    assert "dispute" in alerts(sessions)[-1].text
