@@ -8,6 +8,7 @@ down as an EventAttempt: replays and retries add history, they never overwrite i
 from __future__ import annotations
 
 import dataclasses
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from consumers import metrics
 from consumers.alerts import deliver_alert, record_alert
 from consumers.handlers import HANDLERS, HandlerContext, Outcome
 from consumers.handlers.lookup import ids_named, order_named
@@ -152,7 +154,8 @@ def record_failed_run(session: Session, inbox_event_id: int, *, runner: str, err
 def process_message(factory: sessionmaker[Session], settings: Settings, outbox_id: int) -> Result:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
-    handled: dict[str, int] = {}  # the inbox event whose handler ran, for the failure's history row
+    started = time.monotonic()
+    handled: dict = {}  # the inbox event whose handler ran: for the failure's history row and the metrics
     fetched: dict[str, dict | None] = {}  # Stripe's records of intents, fetched outside the transaction
     outcome = None
     try:
@@ -189,9 +192,15 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
             with transaction(factory) as session:
                 _lock(session, outbox_id).mark_done()
     except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped
-        return _record_failure(factory, settings, outbox_id, exc, handled.get("inbox_event_id"))
-    if outcome is not None and outcome.alert_id is not None:
-        deliver_alert(factory, settings, outcome.alert_id)
+        result = _record_failure(factory, settings, outbox_id, exc, handled.get("inbox_event_id"))
+        if "type" in handled and result.outcome in ("retry", "dead"):
+            metrics.observe_event(handled["type"], result.outcome, started=started, stripe_created=None)
+        return result
+    if outcome is not None:
+        metrics.observe_event(handled["type"], outcome.status.value, started=started,
+                              stripe_created=handled.get("created"))
+        if outcome.alert_id is not None:
+            deliver_alert(factory, settings, outcome.alert_id)
     return Result("done")
 
 
@@ -209,6 +218,8 @@ def give_up_if_out_of_deliveries(factory: sessionmaker[Session], settings: Setti
         message.dead_letter(error)
         alert_id = record_alert(session, settings, f"Message {outbox_id} was dead-lettered: {error}",
                                 outbox_id=outbox_id, order_id=message.order_id).id
+        topic = message.topic
+    metrics.DEAD_LETTERS.labels(topic.value).inc()
     log.error("message_dead_lettered", error=error)
     deliver_alert(factory, settings, alert_id)
     return True
@@ -238,7 +249,7 @@ def _handle_event(session: Session, settings: Settings, message: OutboxMessage, 
         structlog.contextvars.bind_contextvars(event_id=event.event_id, event_type=event.type)
         log.info("event_already_processed", status=event.status.value)
         return None
-    handled["inbox_event_id"] = event.id
+    handled.update(inbox_event_id=event.id, type=event.type, created=event.data.get("created"))
     return run_event(session, event, settings, runner="worker", outbox_id=message.id,
                      context=handler_context(settings, fetched))
 
@@ -267,15 +278,17 @@ def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception,
             event.attempts = message.attempts
             event.last_error = error
             event.status = EventStatus.RETRYING if again else EventStatus.DEAD
-        attempts, next_at = message.attempts, message.available_at
+        attempts, next_at, topic = message.attempts, message.available_at, message.topic
         if not again:
             alert_id = record_alert(session, settings,
                                     f"Message {outbox_id} was dead-lettered after {attempts} attempts: {error}",
                                     outbox_id=outbox_id, order_id=message.order_id or (event and event.order_id),
                                     event_id=event.event_id if event is not None else None).id
     if again:
+        metrics.RETRIES.labels(topic.value).inc()
         log.warning("handler_failed_will_retry", error=error, attempts=attempts, next_attempt_at=next_at.isoformat())
         return Result("retry", error)
+    metrics.DEAD_LETTERS.labels(topic.value).inc()
     log.error("message_dead_lettered", error=error, attempts=attempts)
     deliver_alert(factory, settings, alert_id)
     return Result("dead", error)

@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from consumers.metrics import prepare_folder
 from webhook_app.cli import DEV_ENV
 
 WEB_PORT = int(os.environ.get("WEB_PORT", "8000"))
@@ -80,9 +81,16 @@ def main() -> int:
         body = f"url=http://127.0.0.1:{WEB_PORT}/webhooks/stripe&secret={secret}".encode()
         urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{LOCALSTRIPE_PORT}/_config/webhooks/shop", data=body, method="POST"), timeout=5)
+    metrics_dir = Path("instance/metrics").resolve()
+    prepare_folder(metrics_dir)
     env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{WEB_PORT}", "PATH": f"{bin_dir}:{os.environ['PATH']}",
            # The processes run in this directory (its instance/), with the repository's gunicorn config.
-           "GUNICORN_CMD_ARGS": f"-c {ROOT / 'gunicorn.conf.py'}"}
+           "GUNICORN_CMD_ARGS": f"-c {ROOT / 'gunicorn.conf.py'}",
+           # Web, worker and relay count into one folder, so /metrics shows them all.
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    if not os.environ.get("LOG_FORMAT") and sys.stdout.isatty():
+        # honcho pipes each process's output, so they cannot see the terminal themselves.
+        env["LOG_FORMAT"] = "console"
     print(f"web         http://127.0.0.1:{WEB_PORT}  (POST /webhooks/stripe, GET /products, /readyz, /metrics)")
     if "STRIPE_API_BASE" in env_values:
         print(f"localstripe {env_values['STRIPE_API_BASE']}  (webhooks to the web process, secret in {DEV_ENV})")

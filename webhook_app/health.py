@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import structlog
 from flask import Blueprint, Response, jsonify
-from sqlalchemy import func, select
 
 from consumers import broker
+from consumers.metrics import CONTENT_TYPE, render as render_metrics
 from models.db import ping as ping_database
-from models.events import InboxEvent, OutboxMessage
 from models.logs import describe_error
-from models.orders import Order
 from webhook_app import state
 
 bp = Blueprint("health", __name__)
@@ -43,21 +41,4 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    lines = []
-    with state().sessions() as session:
-        gauges = (
-            ("shop_inbox_events", "Stripe events in the inbox, by type and status",
-             select(InboxEvent.type, InboxEvent.status, func.count()).group_by(InboxEvent.type, InboxEvent.status),
-             ("type", "status")),
-            ("shop_outbox_messages", "Outbox messages, by topic and status",
-             select(OutboxMessage.topic, OutboxMessage.status, func.count())
-             .group_by(OutboxMessage.topic, OutboxMessage.status), ("topic", "status")),
-            ("shop_orders", "Orders, by status",
-             select(Order.status, func.count()).group_by(Order.status), ("status",)),
-        )
-        for name, help_text, query, labels in gauges:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-            for *values, count in session.execute(query).all():
-                label = ",".join(f'{k}="{getattr(v, "value", v)}"' for k, v in zip(labels, values))
-                lines.append(f"{name}{{{label}}} {count}")
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    return Response(render_metrics(state().sessions), content_type=CONTENT_TYPE)

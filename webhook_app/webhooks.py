@@ -16,6 +16,7 @@ import structlog
 from flask import Blueprint, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from consumers import metrics
 from consumers.handlers import HANDLED_EVENT_TYPES
 from models.db import transaction
 from models.events import store_event
@@ -29,6 +30,7 @@ log = structlog.get_logger(__name__)
 
 def _reject(status: int, code: str, message: str):
     log.warning("webhook_rejected", code=code, reason=message)
+    metrics.observe_webhook(None, "rejected", code)
     return error_response(status, code, message)
 
 
@@ -172,6 +174,7 @@ def _not_an_event(event) -> str | None:
 
 @bp.post("/webhooks/stripe")
 def receive_stripe_event():
+    started = time.perf_counter()
     settings = state().settings
     if not settings.webhook_secrets:
         log.error("webhook_secrets_missing", hint="set STRIPE_WEBHOOK_SECRETS to the endpoint's whsec_ secret(s)")
@@ -222,6 +225,9 @@ def receive_stripe_event():
             stored = store_event(session, event, payload, handled_types=HANDLED_EVENT_TYPES)
     except SQLAlchemyError as exc:
         log.error("webhook_store_failed", error=describe_error(exc))
+        metrics.observe_webhook(event["type"], "rejected", "storage_unavailable")
         return error_response(503, "storage_unavailable", "the event could not be stored; please retry")
     log.info("webhook_received", duplicate=stored.duplicate, status=stored.status.value)
+    metrics.observe_webhook(event["type"], "duplicate" if stored.duplicate else "accepted",
+                            seconds=time.perf_counter() - started)
     return jsonify({"received": True, "duplicate": stored.duplicate}), 200

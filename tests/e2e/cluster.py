@@ -29,8 +29,11 @@ class Cluster:
             STRIPE_API_BASE=stripe_base,
             STRIPE_WEBHOOK_SECRETS=WEBHOOK_SECRET,
             GUNICORN_BIND=f"127.0.0.1:{self.port}",
+            # Web, workers and relays count into one folder, as `make run` and a deployment do.
+            PROMETHEUS_MULTIPROC_DIR=workdir / "metrics",
             **{"WEB_CONCURRENCY": 2, "REDELIVERY_SECONDS": 3, "RETRY_BASE_SECONDS": 0.2, **env},
         )
+        (workdir / "metrics").mkdir(exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs = []
         (workdir / "catalog.json").write_text(json.dumps(CATALOG))

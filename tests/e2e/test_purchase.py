@@ -2,6 +2,7 @@
 import concurrent.futures
 
 import pytest
+import requests
 import stripe
 from sqlalchemy import func, select
 
@@ -33,6 +34,12 @@ def test_successful_purchase_ends_paid_with_stock_decremented_once(cluster):
     assert after["reserved"] == before["reserved"]
     assert paid["shipment"]["status"] == "pending"
     assert paid["shipment"]["fee"] == order["shipping_fee"]
+
+    # The worker process counted it; the web process serves every process's counters.
+    metrics = requests.get(f"{cluster.base}/metrics", timeout=10).text
+    processed = [line for line in metrics.splitlines() if line.startswith(
+        'shop_events_processed_total{outcome="processed",type="payment_intent.succeeded"}')]
+    assert processed and float(processed[0].rsplit(" ", 1)[1]) >= 1, metrics
 
 
 def test_declined_card_ends_payment_failed_with_stock_still_reserved(cluster):

@@ -65,22 +65,72 @@ def test_readyz_is_503_naming_the_broker_when_its_folder_is_gone(make_client, tm
     assert "broker" in logged and "no-such-broker" in logged
 
 
-def test_metrics_is_prometheus_text_counting_orders_events_and_outbox(client, checkout, post_event):
-    order = checkout()
-    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
-                         order_id=order["order_id"], amount=order["total"]))
-    post_event({**stripe_fixture("charge.refunded"), "type": "charge.captured"})  # a type not handled
+def _samples(client) -> dict[str, float]:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
-    lines = response.get_data(as_text=True).splitlines()
-    assert "# TYPE shop_orders gauge" in lines
-    assert 'shop_orders{status="pending_payment"} 1' in lines
-    assert 'shop_inbox_events{type="payment_intent.succeeded",status="received"} 1' in lines
-    assert 'shop_inbox_events{type="charge.captured",status="ignored"} 1' in lines
-    assert 'shop_outbox_messages{topic="stripe_event",status="pending"} 1' in lines
-    for line in lines:
-        assert line.startswith("#") or line.rsplit(" ", 1)[1].isdigit(), line
+    samples = {}
+    for line in response.get_data(as_text=True).splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_webhooks_by_outcome_and_events_processed_with_their_lag(client, checkout, post_event,
+                                                                               deliver):
+    before = _samples(client)
+    order = checkout()
+    event = event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                      order_id=order["order_id"], amount=order["total"])
+    post_event(event)
+    post_event(event)  # Stripe's retry of the same delivery
+    client.post("/webhooks/stripe", data="{}", headers={"Stripe-Signature": "t=1,v1=00"})
+    waiting = _samples(client)
+    assert waiting['shop_outbox_backlog{status="pending"}'] == 1
+    assert waiting['shop_inbox_events_open{status="received"}'] == 1
+    deliver()
+    after = _samples(client)
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    accepted = 'shop_webhooks_received_total{outcome="accepted",reason="",type="payment_intent.succeeded"}'
+    assert grew(accepted) == 1
+    assert grew('shop_webhooks_received_total{outcome="duplicate",reason="",type="payment_intent.succeeded"}') == 1
+    assert grew('shop_webhooks_received_total{outcome="rejected",reason="invalid_signature",type="unverified"}') == 1
+    assert grew("shop_webhook_ingest_seconds_count") == 2
+    assert grew('shop_events_processed_total{outcome="processed",type="payment_intent.succeeded"}') == 1
+    assert grew('shop_event_lag_seconds_count{type="payment_intent.succeeded"}') == 1
+    assert after['shop_outbox_backlog{status="pending"}'] == 0
+    assert after['shop_inbox_events_open{status="received"}'] == 0
+    assert after["shop_orders_needing_review"] == 0
+
+
+def test_metrics_count_retries_and_dead_letters_and_show_the_backlog_age(settings, sessions, client, checkout,
+                                                                          post_event, deliver):
+    from sqlalchemy import text
+
+    before = _samples(client)
+    order = checkout()
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"]))
+    with sessions.kw["bind"].begin() as conn:
+        conn.execute(text("ALTER TABLE shipments RENAME TO shipments_away"))
+    try:
+        assert _samples(client)["shop_outbox_oldest_age_seconds"] >= 0
+        for _ in range(settings.max_attempts):
+            deliver(max_rounds=1)
+    finally:
+        with sessions.kw["bind"].begin() as conn:
+            conn.execute(text("ALTER TABLE shipments_away RENAME TO shipments"))
+    after = _samples(client)
+    assert after.get('shop_retries_total{topic="stripe_event"}', 0) - before.get(
+        'shop_retries_total{topic="stripe_event"}', 0) == settings.max_attempts - 1
+    assert after.get('shop_dead_letters_total{topic="stripe_event"}', 0) - before.get(
+        'shop_dead_letters_total{topic="stripe_event"}', 0) == 1
+    assert after['shop_outbox_backlog{status="dead"}'] == 1
+    assert after['shop_inbox_events_open{status="dead"}'] == 1
 
 
 # --- the shop command -----------------------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""Prometheus metrics of every process: webhooks in, events processed, retries, dead letters, lag.
+
+Counters and histograms are recorded where the work happens (the webhook view, the worker).
+Under gunicorn and with separate worker processes they are shared through prometheus-client's
+multiprocess mode: set PROMETHEUS_MULTIPROC_DIR to an empty folder for all processes of one
+deployment (`make run` uses instance/metrics). Without it each process reports its own.
+Database-wide figures (backlog, dead letters, orders in review) are read at scrape time with
+queries that use the status indexes, never a scan of every event ever stored.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.base import utcnow
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
+from models.orders import Order, OrderStatus
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Webhook latency is milliseconds; processing and lag run from milliseconds to hours (retries).
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+
+WEBHOOKS = Counter("shop_webhooks_received", "Stripe webhook requests, by event type and outcome "
+                   "(accepted, duplicate, rejected) and the reason of a rejection", ["type", "outcome", "reason"])
+INGEST_SECONDS = Histogram("shop_webhook_ingest_seconds", "Time to verify and store one webhook", buckets=_FAST)
+EVENTS = Counter("shop_events_processed", "Stored events run through their handler, by type and outcome "
+                 "(processed, ignored, retry, dead)", ["type", "outcome"])
+PROCESSING_SECONDS = Histogram("shop_event_processing_seconds", "Handler run time, one transaction",
+                               ["type"], buckets=_SLOW)
+LAG_SECONDS = Histogram("shop_event_lag_seconds", "From Stripe creating an event to its handler committing",
+                        ["type"], buckets=_SLOW)
+RETRIES = Counter("shop_retries", "Failed handler runs that were scheduled to run again", ["topic"])
+DEAD_LETTERS = Counter("shop_dead_letters", "Messages dead-lettered after their last attempt", ["topic"])
+
+
+def observe_webhook(event_type: str | None, outcome: str, reason: str = "", seconds: float | None = None) -> None:
+    WEBHOOKS.labels(event_type or "unverified", outcome, reason).inc()
+    if seconds is not None:
+        INGEST_SECONDS.observe(seconds)
+
+
+def observe_event(event_type: str, outcome: str, *, started: float, stripe_created: int | None) -> None:
+    """One handler run; `started` is time.monotonic() before it, `stripe_created` the event's `created`."""
+    EVENTS.labels(event_type, outcome).inc()
+    PROCESSING_SECONDS.labels(event_type).observe(time.monotonic() - started)
+    if outcome in ("processed", "ignored") and isinstance(stripe_created, int):
+        LAG_SECONDS.labels(event_type).observe(max(0.0, time.time() - stripe_created))
+
+
+class DatabaseCollector:
+    """Gauges read from the database at scrape time, each on an indexed status column."""
+
+    def __init__(self, sessions: sessionmaker[Session]):
+        self.sessions = sessions
+
+    def collect(self):
+        now = utcnow()
+        waiting = [OutboxStatus.PENDING, OutboxStatus.PUBLISHED]
+        with self.sessions() as session:
+            backlog = dict(session.execute(
+                select(OutboxMessage.status, func.count())
+                .where(OutboxMessage.status.in_([*waiting, OutboxStatus.DEAD]))
+                .group_by(OutboxMessage.status)).all())
+            oldest = session.scalar(select(func.min(OutboxMessage.created_at))
+                                    .where(OutboxMessage.status.in_(waiting)))
+            inbox = dict(session.execute(
+                select(InboxEvent.status, func.count())
+                .where(InboxEvent.status.in_([EventStatus.RECEIVED, EventStatus.RETRYING, EventStatus.DEAD]))
+                .group_by(InboxEvent.status)).all())
+            review = session.scalar(select(func.count()).select_from(Order)
+                                    .where(Order.status == OrderStatus.NEEDS_REVIEW))
+        outbox = GaugeMetricFamily("shop_outbox_backlog", "Outbox messages not yet done, by status",
+                                   labels=["status"])
+        for status in (*waiting, OutboxStatus.DEAD):
+            outbox.add_metric([status.value], backlog.get(status, 0))
+        yield outbox
+        yield GaugeMetricFamily("shop_outbox_oldest_age_seconds",
+                                "Age of the oldest outbox message still waiting (0 when none)",
+                                value=(now - oldest).total_seconds() if oldest else 0.0)
+        events = GaugeMetricFamily("shop_inbox_events_open", "Stored events not finished, by status",
+                                   labels=["status"])
+        for status in (EventStatus.RECEIVED, EventStatus.RETRYING, EventStatus.DEAD):
+            events.add_metric([status.value], inbox.get(status, 0))
+        yield events
+        yield GaugeMetricFamily("shop_orders_needing_review", "Orders flagged needs_review, waiting for staff",
+                                value=review or 0)
+
+
+def render(sessions: sessionmaker[Session]) -> bytes:
+    """The text of GET /metrics: every process's counters (multiprocess mode) plus the database gauges."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        for metric in (WEBHOOKS, INGEST_SECONDS, EVENTS, PROCESSING_SECONDS, LAG_SECONDS, RETRIES, DEAD_LETTERS):
+            registry.register(_Reader(metric))
+    registry.register(DatabaseCollector(sessions))
+    return generate_latest(registry)
+
+
+class _Reader:
+    """Expose one already-registered metric in another registry (single-process mode)."""
+
+    def __init__(self, metric):
+        self.metric = metric
+
+    def collect(self):
+        return self.metric.collect()
+
+
+def process_exited(pid: int) -> None:
+    """gunicorn's child_exit hook: drop a dead worker's live gauges from the shared folder."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        mark_process_dead(pid)
+
+
+def prepare_folder(folder: Path) -> None:
+    """An empty multiprocess folder for a fresh start (old files would add up stale counts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
