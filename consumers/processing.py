@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.alerts import alert_staff
 from consumers.handlers import HANDLERS, Outcome
 from consumers.mail import is_still_true, send_mail
-from consumers.payments import cancel_payment_intent
+from consumers.payments import cancel_order_payment_intents
 from models.base import utcnow
 from models.db import transaction
 from models.events import EventStatus, InboxEvent, OutboxMessage, Topic
@@ -98,9 +98,8 @@ def _call_outside(settings: Settings, topic: Topic, body: dict) -> None:
     if topic is Topic.MAIL:
         send_mail(settings, body)
     elif topic is Topic.PAYMENT_CANCEL:
-        result = cancel_payment_intent(body["payment_intent_id"])
-        log.info("payment_intent_cancelled", order_id=body["order_id"], payment_intent=body["payment_intent_id"],
-                 result=result)
+        result = cancel_order_payment_intents(**body)
+        log.info("payment_intent_cancelled", order_id=body["order_id"], result=result)
 
 
 def _lock(session: Session, outbox_id: int) -> OutboxMessage | None:
