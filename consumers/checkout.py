@@ -144,7 +144,6 @@ def place(sessions: sessionmaker[Session], settings: Settings, request: Checkout
                                 idempotency_key=request.idempotency_key,
                                 reservation_ttl_seconds=settings.reservation_ttl_seconds)
         else:
-            session.flush()
             subtotal, currency = cart.subtotal, cart.currency
     if changes:
         log.info("checkout_refused_price_changed", cart_id=request.cart_id, lines_changed=len(changes))

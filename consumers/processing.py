@@ -98,7 +98,8 @@ def _call_outside(settings: Settings, topic: Topic, body: dict) -> None:
     if topic is Topic.MAIL:
         send_mail(settings, body)
     elif topic is Topic.PAYMENT_CANCEL:
-        result = cancel_order_payment_intents(**body)
+        result = cancel_order_payment_intents(order_id=body["order_id"], created_since=body.get("created_since"),
+                                              payment_intent_id=body.get("payment_intent_id"))
         log.info("payment_intent_cancelled", order_id=body["order_id"], result=result)
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hmac
 
-import structlog
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 
@@ -20,7 +19,6 @@ from webhook_app.errors import ApiError
 from webhook_app.validation import EMAIL, POSTAL_CODE, json_body, require_int, require_string
 
 bp = Blueprint("shop", __name__)
-log = structlog.get_logger(__name__)
 
 
 def _product(session, sku: str) -> Product:

@@ -588,3 +588,25 @@ def test_a_checkout_over_the_processs_cap_of_stripe_calls_is_a_fast_503_and_rese
         hole.close()
         use_stripe(localstripe.base)
     assert stock(client, "TEA-01") == (40, 0, 40)
+
+
+def test_checkout_use_case_runs_without_the_web_app(sessions, settings, catalog, localstripe):
+    """The shop's screens call the same function as POST /checkout: plain values in, the order out."""
+    from consumers.checkout import CheckoutRequest, checkout as check_out
+    from models.catalog import Product
+    from models.orders import OrderStatus, ShippingAddress
+
+    use_stripe(localstripe.base)
+    with transaction(sessions) as session:
+        cart = Cart()
+        session.add(cart)
+        cart.add(session.get(Product, "TEA-01"), 2)
+        session.flush()
+        cart_id = cart.id
+    request = CheckoutRequest(cart_id=cart_id, email="buyer@example.com", shipping=ShippingAddress(**SHIPPING),
+                              idempotency_key="screens-1")
+    order = check_out(sessions, settings, request)
+    assert (order.status, order.total) == (OrderStatus.PENDING_PAYMENT, 2400 + 700)
+    assert stripe.PaymentIntent.retrieve(order.payment_intent_id).metadata["order_id"] == order.id
+    assert check_out(sessions, settings, request).id == order.id
+    assert order_count(sessions) == 1
