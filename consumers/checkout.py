@@ -103,7 +103,7 @@ def stripe_call_slots(limit: int) -> StripeCallSlots:
 
 
 def checkout(sessions: sessionmaker[Session], settings: Settings, request: CheckoutRequest) -> Order:
-    """Check a cart out: the order with its PaymentIntent attached (a replayed key gets its own order).
+    """Check a cart out: the order with its PaymentIntent attached (a replayed key: the order it created).
 
     Raises a DomainError the caller presents: NotFound, InvalidInput, OutOfStock, PriceChanged,
     CheckoutCancelled, CheckoutInProgress, IdempotencyKeyReused, PaymentProviderUnavailable,

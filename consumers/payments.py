@@ -45,6 +45,7 @@ def create_payment_intent(*, order_id: str, amount: int, currency: str, email: s
 # Worth another try inside the deadline: the request may not have reached Stripe, or Stripe
 # asked us to come back. Anything else (a card error, a bad request) will not get better.
 _RETRYABLE = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+_TRIES = 2
 _RETRY_PAUSE_SECONDS = 0.25
 _MIN_TRY_SECONDS = 0.5
 
@@ -52,24 +53,23 @@ _MIN_TRY_SECONDS = 0.5
 def _within_deadline(call, deadline_seconds: float):
     """Run `call(client)` with fresh clients whose timeouts never pass one total deadline."""
     deadline = time.monotonic() + deadline_seconds
-    while True:
+    for attempt in range(1, _TRIES + 1):
         remaining = deadline - time.monotonic()
-        client = stripe.StripeClient(
-            stripe.api_key,
-            base_addresses={"api": stripe.api_base},
-            max_network_retries=0,
-            # requests' timeout bounds the connect and each wait for bytes: a server that
-            # accepts and never answers is given up on when the deadline is reached.
-            http_client=stripe.RequestsClient(timeout=(min(remaining, 3.0), remaining)),
-        )
+        # requests' timeout bounds the connect and each wait for bytes: a server that accepts
+        # and never answers is given up on when the deadline is reached.
+        http_client = stripe.RequestsClient(timeout=(min(remaining, 3.0), remaining))
+        client = stripe.StripeClient(stripe.api_key, base_addresses={"api": stripe.api_base},
+                                     max_network_retries=0, http_client=http_client)
         try:
             return call(client)
         except _RETRYABLE as exc:
-            if deadline - time.monotonic() < _RETRY_PAUSE_SECONDS + _MIN_TRY_SECONDS:
-                raise PaymentGatewayError(f"{_describe(exc)} (gave up after {deadline_seconds:g} s)") from exc
+            if attempt == _TRIES or deadline - time.monotonic() < _RETRY_PAUSE_SECONDS + _MIN_TRY_SECONDS:
+                raise PaymentGatewayError(f"{_describe(exc)} (gave up after try {attempt})") from exc
             time.sleep(_RETRY_PAUSE_SECONDS)
         except stripe.StripeError as exc:
             raise PaymentGatewayError(_describe(exc)) from exc
+        finally:
+            http_client.close()
 
 
 def cancel_payment_intent(payment_intent_id: str) -> str:
