@@ -8,6 +8,7 @@ meanwhile given a PaymentIntent, and an intent that arrives for a cancelled orde
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -68,26 +69,62 @@ class CheckoutRequest:
 class StripeCallSlots:
     """A per-process cap on checkouts waiting for Stripe at once.
 
-    Web threads that wait on a stalled Stripe cannot take webhooks; with fewer slots than
-    threads, some threads are always free for the webhook endpoint and the health checks.
-    Over the cap a checkout is refused at once (503) rather than queued behind the others.
+    Web threads that wait on a stalled Stripe cannot take webhooks; with fewer slots (and
+    waiters) than threads, some threads are always free for the webhook endpoint and the
+    health checks. While Stripe answers promptly, a call over the cap waits briefly for a slot
+    (a burst of customers is not refused); once every slot is held by a call older than Stripe
+    normally takes, Stripe is slow and a checkout is refused at once (503), before it reserves.
     """
+
+    # Stripe answers a create in well under this; a call older than it means Stripe is slow.
+    SLOW_SECONDS = 1.0
 
     def __init__(self, limit: int):
         self.limit = limit
         self._semaphore = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+        self._waiting = 0
+
+    def refuse_if_stalled(self) -> None:
+        """Refuse a checkout before it reserves anything when every slot waits on a slow Stripe."""
+        with self._lock:
+            stalled = (len(self._started) >= self.limit
+                       and time.monotonic() - max(self._started.values()) > self.SLOW_SECONDS)
+        if stalled:
+            raise self._busy()
 
     @contextmanager
-    def take(self) -> Iterator[None]:
-        if not self._semaphore.acquire(blocking=False):
-            log.warning("checkout_refused_payment_provider_busy", limit=self.limit)
-            raise PaymentProviderBusy(
-                "the payment provider is slow to answer and this server is waiting on it for as many checkouts "
-                "as it allows; nothing was reserved, please retry in a moment")
+    def call(self) -> Iterator[None]:
+        """Hold a slot for one call to Stripe (waiting briefly for one while Stripe is quick)."""
+        if not self._semaphore.acquire(blocking=False) and not self._wait_for_slot():
+            raise self._busy()
+        me = threading.get_ident()
+        with self._lock:
+            self._started[me] = time.monotonic()
         try:
             yield
         finally:
+            with self._lock:
+                del self._started[me]
             self._semaphore.release()
+
+    def _wait_for_slot(self) -> bool:
+        with self._lock:
+            if self._waiting >= self.limit:
+                return False
+            self._waiting += 1
+        try:
+            return self._semaphore.acquire(timeout=self.SLOW_SECONDS)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _busy(self) -> "PaymentProviderBusy":
+        log.warning("checkout_refused_payment_provider_busy", limit=self.limit)
+        return PaymentProviderBusy(
+            "the payment provider is slow to answer and this server is waiting on it for as many checkouts "
+            "as it allows; nothing is reserved, please retry in a moment")
 
 
 _slots: dict[int, StripeCallSlots] = {}
@@ -112,20 +149,19 @@ def checkout(sessions: sessionmaker[Session], settings: Settings, request: Check
     existing = order_for_key(sessions, request.idempotency_key)
     if existing is not None:
         return replay(sessions, settings, existing, request.cart_id)
-    slots = stripe_call_slots(settings.stripe_max_concurrent_calls)
-    with slots.take():
-        try:
-            order = place(sessions, settings, request)
-        except (OutOfStock, PriceChanged):
+    stripe_call_slots(settings.stripe_max_concurrent_calls).refuse_if_stalled()
+    try:
+        order = place(sessions, settings, request)
+    except (OutOfStock, PriceChanged):
+        raise
+    except (IntegrityError, Conflict):
+        # A concurrent request with the same key got there first (the unique key, or the
+        # cart it just checked out): answer with its order.
+        existing = order_for_key(sessions, request.idempotency_key)
+        if existing is None:
             raise
-        except (IntegrityError, Conflict):
-            # A concurrent request with the same key got there first (the unique key, or the
-            # cart it just checked out): answer with its order.
-            existing = order_for_key(sessions, request.idempotency_key)
-            if existing is None:
-                raise
-            return replay(sessions, settings, existing, request.cart_id, slots_taken=True)
-        return pay(sessions, settings, order)
+        return replay(sessions, settings, existing, request.cart_id)
+    return pay(sessions, settings, order)
 
 
 def place(sessions: sessionmaker[Session], settings: Settings, request: CheckoutRequest) -> Order:
@@ -156,11 +192,26 @@ def place(sessions: sessionmaker[Session], settings: Settings, request: Checkout
 def pay(sessions: sessionmaker[Session], settings: Settings, order: Order) -> Order:
     """Create the order's PaymentIntent at Stripe and attach it; abandon the order if Stripe fails."""
     try:
-        intent = create_payment_intent(order_id=order.id, amount=order.total, currency=order.currency,
-                                       email=order.email, deadline_seconds=settings.stripe_deadline_seconds)
+        intent = _create_intent(settings, order)
+    except PaymentProviderBusy:
+        # No call was made: the stock goes back, and there is nothing to cancel at Stripe.
+        winner = abandon(sessions, order.id, "payment provider busy", stripe_called=False)
+        if winner is None:
+            raise
+        return winner
     except PaymentGatewayError as exc:
-        return abandon(sessions, order.id, str(exc))
+        winner = abandon(sessions, order.id, str(exc))
+        if winner is None:
+            raise PaymentProviderUnavailable(
+                f"could not create the payment with Stripe ({exc}); the stock was released, please retry")
+        return winner
     return attach(sessions, order.id, intent)
+
+
+def _create_intent(settings: Settings, order: Order) -> stripe.PaymentIntent:
+    with stripe_call_slots(settings.stripe_max_concurrent_calls).call():
+        return create_payment_intent(order_id=order.id, amount=order.total, currency=order.currency,
+                                     email=order.email, deadline_seconds=settings.stripe_deadline_seconds)
 
 
 def attach(sessions: sessionmaker[Session], order_id: str, intent: stripe.PaymentIntent) -> Order:
@@ -192,11 +243,11 @@ def attach(sessions: sessionmaker[Session], order_id: str, intent: stripe.Paymen
     return order
 
 
-def abandon(sessions: sessionmaker[Session], order_id: str, reason: str) -> Order:
+def abandon(sessions: sessionmaker[Session], order_id: str, reason: str, *, stripe_called: bool = True) -> Order | None:
     """Stripe failed: unless another request attached an intent meanwhile, cancel and release.
 
-    Decided under the order's lock. If an intent is attached, that request won: the order is
-    answered as it is and nothing is cancelled. Otherwise the order is cancelled, its stock
+    Decided under the order's lock. If an intent is attached, that request won: its order is
+    returned and nothing is cancelled. Otherwise (None) the order is cancelled, its stock
     released, its cart reopened and its key freed for a fresh try; and since Stripe may have
     created an intent whose answer never came back, the cancellation of every intent of this
     order is queued in the same transaction.
@@ -204,25 +255,21 @@ def abandon(sessions: sessionmaker[Session], order_id: str, reason: str) -> Orde
     with transaction(sessions) as session:
         order = get_order(session, order_id, for_update=True)
         if order.payment_intent_id is not None and order.status not in CLOSED:
-            winner = order
-        else:
-            winner = None
-            if order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED):
-                released = release_reservations(session, order)
-                order.cancel(f"payment provider unavailable: {reason}")
-                session.get(Cart, order.cart_id).status = CartStatus.OPEN
-                log.warning("checkout_abandoned", order_id=order_id, reason=reason, units_released=released)
-            order.idempotency_key = None  # a retry with the same key starts afresh
+            log.info("checkout_completed_by_another_request", order_id=order_id,
+                     payment_intent=order.payment_intent_id)
+            return order
+        if order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED):
+            released = release_reservations(session, order)
+            order.cancel(f"payment provider unavailable: {reason}")
+            session.get(Cart, order.cart_id).status = CartStatus.OPEN
+            log.warning("checkout_abandoned", order_id=order_id, reason=reason, units_released=released)
+        order.idempotency_key = None  # a retry with the same key starts afresh
+        if stripe_called or order.payment_intent_id:
             queue_intent_cancellation(session, order, payment_intent_id=order.payment_intent_id)
-    if winner is not None:
-        log.info("checkout_completed_by_another_request", order_id=order_id, payment_intent=winner.payment_intent_id)
-        return winner
-    raise PaymentProviderUnavailable(
-        f"could not create the payment with Stripe ({reason}); the stock was released, please retry")
+    return None
 
 
-def replay(sessions: sessionmaker[Session], settings: Settings, order: Order, cart_id: str, *,
-           slots_taken: bool = False) -> Order:
+def replay(sessions: sessionmaker[Session], settings: Settings, order: Order, cart_id: str) -> Order:
     """Answer a repeated Idempotency-Key with the order it created, never a second order."""
     if order.cart_id != cart_id:
         raise IdempotencyKeyReused("this Idempotency-Key was used for a different cart", field="Idempotency-Key")
@@ -234,16 +281,8 @@ def replay(sessions: sessionmaker[Session], settings: Settings, order: Order, ca
         raise _cancelled(order.id, order.status, order.cancel_reason)
     # The first request stopped between placing the order and storing its intent (or is still
     # there): the order's idempotency key at Stripe gives back the same intent.
-    if slots_taken:
-        return _attach_on_replay(sessions, settings, order)
-    with stripe_call_slots(settings.stripe_max_concurrent_calls).take():
-        return _attach_on_replay(sessions, settings, order)
-
-
-def _attach_on_replay(sessions: sessionmaker[Session], settings: Settings, order: Order) -> Order:
     try:
-        intent = create_payment_intent(order_id=order.id, amount=order.total, currency=order.currency,
-                                       email=order.email, deadline_seconds=settings.stripe_deadline_seconds)
+        intent = _create_intent(settings, order)
     except PaymentGatewayError:
         raise CheckoutInProgress(f"the checkout for order {order.id} with this Idempotency-Key is still in progress",
                                  field="Idempotency-Key")

@@ -51,9 +51,10 @@ class Settings:
     # One total deadline for checkout's call to Stripe, retries included, well inside the
     # web server's request timeout.
     stripe_deadline_seconds: float = 8.0
-    # Checkouts one web process lets wait on Stripe at once; keep it below the process's
-    # threads (gunicorn.conf.py) so that webhooks always find a free thread.
-    stripe_max_concurrent_calls: int = 4
+    # Checkouts one web process lets wait on Stripe at once (and as many more waiting for a
+    # turn while Stripe is quick); twice this stays below the process's threads
+    # (gunicorn.conf.py), so webhooks always find a free thread.
+    stripe_max_concurrent_calls: int = 6
     relay_interval_seconds: float = 0.2
     worker_prefetch: int = 10
     db_pool_size: int = 5

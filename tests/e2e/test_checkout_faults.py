@@ -71,7 +71,7 @@ def test_webhooks_and_readyz_answer_promptly_while_checkouts_wait_on_a_stalled_s
         with ThreadPoolExecutor(len(carts)) as pool:
             checkouts = [pool.submit(_timed, lambda cart_id=cart_id: cluster.checkout_cart(cart_id))
                          for cart_id in carts]
-            # Every web process has checkouts waiting on Stripe (2 processes, 4 Stripe slots each).
+            # Checkouts wait on Stripe in both web processes (6 Stripe slots each).
             hole.wait_for_requests(4)
 
             answers = []

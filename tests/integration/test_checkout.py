@@ -568,7 +568,11 @@ def test_a_replayed_key_of_a_cancelled_order_is_409_and_never_shows_the_client_s
 
 
 def test_a_checkout_over_the_processs_cap_of_stripe_calls_is_a_fast_503_and_reserves_nothing(
-        client, sessions, localstripe, make_client, new_cart):
+        client, sessions, localstripe, make_client, new_cart, monkeypatch):
+    from consumers.checkout import StripeCallSlots
+
+    # Any call in flight counts as slow, so the cap refuses at once instead of after a second.
+    monkeypatch.setattr(StripeCallSlots, "SLOW_SECONDS", 0.0)
     first, second = new_cart([("TEA-01", 1)]), new_cart([("CUP-01", 1)])
     hole = BlackHole()
     try:
@@ -578,7 +582,7 @@ def test_a_checkout_over_the_processs_cap_of_stripe_calls_is_a_fast_503_and_rese
             hole.wait_for_requests(1)
             refused = stalled.post("/checkout", json=checkout_body(second))
             error = assert_error(refused, 503, "payment_provider_busy")
-            assert "nothing was reserved" in error["message"]
+            assert "nothing is reserved" in error["message"]
             assert stock(client, "CUP-01") == (3, 0, 3)
             assert order_count(sessions) == 1
             assert client.get(f"/carts/{second}").get_json()["status"] == "open"
@@ -588,6 +592,21 @@ def test_a_checkout_over_the_processs_cap_of_stripe_calls_is_a_fast_503_and_rese
         hole.close()
         use_stripe(localstripe.base)
     assert stock(client, "TEA-01") == (40, 0, 40)
+
+
+def test_a_burst_of_checkouts_over_the_cap_waits_for_a_quick_stripe_instead_of_being_refused(
+        app, sessions, new_cart, make_client):
+    capped = make_client(stripe_max_concurrent_calls=2)
+    carts = [new_cart([("TEA-01", 1)]) for _ in range(4)]
+    barrier = threading.Barrier(len(carts))
+
+    def attempt(cart_id):
+        barrier.wait()
+        return capped.post("/checkout", json=checkout_body(cart_id)).status_code
+
+    with ThreadPoolExecutor(len(carts)) as pool:
+        assert list(pool.map(attempt, carts)) == [201] * 4
+    assert stock(app.test_client(), "TEA-01") == (40, 4, 36)
 
 
 def test_checkout_use_case_runs_without_the_web_app(sessions, settings, catalog, localstripe):
