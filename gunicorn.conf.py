@@ -3,10 +3,16 @@ import multiprocessing
 import os
 
 bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-# Webhook requests are short and I/O-bound (one commit): a few sync workers per core.
+# Webhook requests are short and I/O-bound (one commit): a few processes per core.
 workers = int(os.environ.get("WEB_CONCURRENCY") or min(8, multiprocessing.cpu_count() * 2 + 1))
-worker_class = "sync"
+# Threads, so that a checkout waiting on a slow Stripe holds one thread, not a whole process:
+# each process lets at most STRIPE_MAX_CONCURRENT_CALLS (default 6) checkouts wait on Stripe
+# and as many wait for a turn, and keeps its other threads for webhooks and health checks
+# (docs/deploy.md, "Web server").
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # Stripe waits up to 10 s for an answer; a request that takes longer is stuck, not slow.
+# (With threads this is the process's heartbeat; checkout's own deadline is STRIPE_DEADLINE_SECONDS.)
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "20"))
 graceful_timeout = 20
 keepalive = 5
@@ -20,3 +26,10 @@ logger_class = "webhook_app.gunicorn_logging.StructlogLogger"
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+
+def child_exit(server, worker):
+    # Prometheus multiprocess mode: a web worker that exited leaves no live values behind.
+    from consumers.metrics import process_exited
+
+    process_exited(worker.pid)

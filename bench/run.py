@@ -153,8 +153,8 @@ def _client(port: int, count: int, seconds: float, no_order: bool, barrier, resu
     deadline = start + seconds
     latencies: list[float] = []
     errors = 0
-    # HTTP/1.1 keep-alive; gunicorn's sync workers close after each answer and
-    # http.client reconnects on the next request, as it would for the service.
+    # HTTP/1.1 keep-alive (gunicorn's gthread workers keep it); if a server closes after an
+    # answer, http.client reconnects on the next request, as it would for the service.
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         for body, headers in bodies:

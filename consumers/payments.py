@@ -1,6 +1,8 @@
 """The one place the service talks to Stripe's API (the official SDK): create, cancel, refund, list events."""
 from __future__ import annotations
 
+import time
+
 import stripe
 
 from models.settings import Settings
@@ -15,23 +17,59 @@ def configure_stripe(settings: Settings) -> None:
     if settings.stripe_api_base:
         stripe.api_base = settings.stripe_api_base.rstrip("/")
     # Safe to retry: every call that changes money carries an idempotency key. Two tries of
-    # 6 s stay inside gunicorn's 20 s request timeout, so a hung Stripe gets a clean 502.
+    # 6 s suit the worker and the CLI; checkout, which a customer waits for, does not use
+    # this client but one total deadline of its own (create_payment_intent).
     stripe.max_network_retries = 1
     stripe.default_http_client = stripe.new_default_http_client(timeout=6)
 
 
-def create_payment_intent(*, order_id: str, amount: int, currency: str, email: str) -> stripe.PaymentIntent:
-    try:
-        return stripe.PaymentIntent.create(
-            amount=amount,
-            currency=currency,
-            metadata={"order_id": order_id, "email": email},
-            payment_method_types=["card"],
-            # Derived from the order, so a retried checkout can never create a second intent.
-            idempotency_key=f"order-{order_id}-payment-intent",
-        )
-    except stripe.StripeError as exc:
-        raise PaymentGatewayError(_describe(exc)) from exc
+def create_payment_intent(*, order_id: str, amount: int, currency: str, email: str,
+                          deadline_seconds: float = 8.0) -> stripe.PaymentIntent:
+    """Create the order's PaymentIntent, giving up after `deadline_seconds` in all, retries included.
+
+    A customer waits for this call in a web request: a stalled Stripe must cost them one
+    bounded wait, never two full SDK timeouts back to back.
+    """
+    params = {
+        "amount": amount,
+        "currency": currency,
+        "metadata": {"order_id": order_id, "email": email},
+        "payment_method_types": ["card"],
+    }
+    # Derived from the order, so a retried checkout can never create a second intent.
+    options = {"idempotency_key": f"order-{order_id}-payment-intent"}
+    return _within_deadline(lambda client: client.v1.payment_intents.create(params=params, options=options),
+                            deadline_seconds)
+
+
+# Worth another try inside the deadline: the request may not have reached Stripe, or Stripe
+# asked us to come back. Anything else (a card error, a bad request) will not get better.
+_RETRYABLE = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+_TRIES = 2
+_RETRY_PAUSE_SECONDS = 0.25
+_MIN_TRY_SECONDS = 0.5
+
+
+def _within_deadline(call, deadline_seconds: float):
+    """Run `call(client)` with fresh clients whose timeouts never pass one total deadline."""
+    deadline = time.monotonic() + deadline_seconds
+    for attempt in range(1, _TRIES + 1):
+        remaining = deadline - time.monotonic()
+        # requests' timeout bounds the connect and each wait for bytes: a server that accepts
+        # and never answers is given up on when the deadline is reached.
+        http_client = stripe.RequestsClient(timeout=(min(remaining, 3.0), remaining))
+        client = stripe.StripeClient(stripe.api_key, base_addresses={"api": stripe.api_base},
+                                     max_network_retries=0, http_client=http_client)
+        try:
+            return call(client)
+        except _RETRYABLE as exc:
+            if attempt == _TRIES or deadline - time.monotonic() < _RETRY_PAUSE_SECONDS + _MIN_TRY_SECONDS:
+                raise PaymentGatewayError(f"{_describe(exc)} (gave up after try {attempt})") from exc
+            time.sleep(_RETRY_PAUSE_SECONDS)
+        except stripe.StripeError as exc:
+            raise PaymentGatewayError(_describe(exc)) from exc
+        finally:
+            http_client.close()
 
 
 def cancel_payment_intent(payment_intent_id: str) -> str:
@@ -63,6 +101,41 @@ def retrieve_payment_intent(payment_intent_id: str) -> dict | None:
         if getattr(exc, "http_status", None) == 404:
             return None
         raise PaymentGatewayError(_describe(exc)) from exc
+    except stripe.StripeError as exc:
+        raise PaymentGatewayError(_describe(exc)) from exc
+
+
+def cancel_order_payment_intents(*, order_id: str, payment_intent_id: str | None = None,
+                                 created_since: int | None = None) -> dict[str, str]:
+    """Cancel the PaymentIntents of an order that will never be paid; returns {intent id: what happened}.
+
+    With `payment_intent_id`, that intent. Without it (checkout gave up before Stripe's answer
+    came, so the intent, if Stripe made one, is known only to Stripe), every intent whose
+    metadata names the order, created since `created_since` (a Unix time). An intent that
+    already succeeded is left alone: money was taken, and its succeeded event flags the order
+    for a person.
+    """
+    if payment_intent_id:
+        return {payment_intent_id: cancel_payment_intent(payment_intent_id)}
+    results = {}
+    for intent in _intents_created_since(created_since or 0):
+        if (intent.metadata.to_dict() if intent.metadata else {}).get("order_id") != order_id:
+            continue
+        if intent.status in ("succeeded", "processing", "canceled"):
+            results[intent.id] = f"not cancellable: already {intent.status}"
+        else:
+            results[intent.id] = cancel_payment_intent(intent.id)
+    return results
+
+
+def _intents_created_since(created_since: int):
+    try:
+        try:
+            listing = stripe.PaymentIntent.list(created={"gte": created_since}, limit=100)
+        except stripe.InvalidRequestError:
+            # An API without the `created` filter (localstripe): list everything, filter here.
+            listing = stripe.PaymentIntent.list(limit=100)
+        return [intent for intent in listing.auto_paging_iter() if intent.created >= created_since]
     except stripe.StripeError as exc:
         raise PaymentGatewayError(_describe(exc)) from exc
 

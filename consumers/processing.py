@@ -21,7 +21,7 @@ from consumers.alerts import deliver_alert, record_alert
 from consumers.handlers import HANDLERS, HandlerContext, Outcome
 from consumers.handlers.lookup import ids_named, order_named
 from consumers.mail import is_still_true, send_mail
-from consumers.payments import cancel_payment_intent, retrieve_payment_intent
+from consumers.payments import cancel_order_payment_intents, retrieve_payment_intent
 from models.base import utcnow
 from models.db import transaction
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
@@ -229,9 +229,9 @@ def _call_outside(settings: Settings, topic: Topic, body: dict) -> None:
     if topic is Topic.MAIL:
         send_mail(settings, body)
     elif topic is Topic.PAYMENT_CANCEL:
-        result = cancel_payment_intent(body["payment_intent_id"])
-        log.info("payment_intent_cancelled", order_id=body["order_id"], payment_intent=body["payment_intent_id"],
-                 result=result)
+        result = cancel_order_payment_intents(order_id=body["order_id"], created_since=body.get("created_since"),
+                                              payment_intent_id=body.get("payment_intent_id"))
+        log.info("payment_intent_cancelled", order_id=body["order_id"], result=result)
 
 
 def _lock(session: Session, outbox_id: int) -> OutboxMessage | None:

@@ -93,6 +93,22 @@ class CartItem(Base):
     )
 
 
+def reprice_cart(session: Session, cart: Cart) -> list[dict]:
+    """Bring the cart's lines to the catalog's current prices; returns the lines that changed.
+
+    A cart may wait for days: checkout charges what the catalog says now, never what it said
+    when the item was added.
+    """
+    changes = []
+    for item in cart.items:
+        product = session.get(Product, item.sku)
+        if product is not None and product.unit_amount != item.unit_amount:
+            changes.append({"sku": item.sku, "quantity": item.quantity, "old_unit_amount": item.unit_amount,
+                            "new_unit_amount": product.unit_amount})
+            item.unit_amount = product.unit_amount
+    return changes
+
+
 def get_cart(session: Session, cart_id: str, *, for_update: bool = False) -> Cart:
     query = select(Cart).where(Cart.id == cart_id, Cart.deleted_at.is_(None))
     if for_update:

@@ -42,3 +42,23 @@ class IllegalTransition(DomainError):
         super().__init__(f"order {order_id} cannot move from {current} to {target}")
         self.current = current
         self.target = target
+
+
+class PriceChanged(Conflict):
+    """A cart line's price is not the catalog's any more; the cart now holds the new prices."""
+
+    code = "price_changed"
+
+    def __init__(self, cart_id: str, changes: list[dict], subtotal: int, currency: str | None):
+        described = ", ".join(f"{c['sku']} {c['old_unit_amount']} -> {c['new_unit_amount']}" for c in changes)
+        super().__init__(f"prices changed since the items were added ({described}); the cart now holds the new "
+                         f"prices, subtotal {subtotal} {currency}: confirm the new total and check out again",
+                         field="cart_id")
+        self.cart_id = cart_id
+        self.changes = changes
+        self.subtotal = subtotal
+        self.currency = currency
+
+    def details(self) -> dict:
+        return {"cart_id": self.cart_id, "changes": self.changes, "subtotal": self.subtotal,
+                "currency": self.currency}

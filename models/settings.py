@@ -56,6 +56,10 @@ class Settings:
     # One total deadline for checkout's call to Stripe, retries included, well inside the
     # web server's request timeout.
     stripe_deadline_seconds: float = 8.0
+    # Checkouts one web process lets wait on Stripe at once (and as many more waiting for a
+    # turn while Stripe is quick); twice this stays below the process's threads
+    # (gunicorn.conf.py), so webhooks always find a free thread.
+    stripe_max_concurrent_calls: int = 6
     relay_interval_seconds: float = 0.2
     worker_prefetch: int = 10
     db_pool_size: int = 5
@@ -85,6 +89,7 @@ class Settings:
             redelivery_seconds=_float(env, "REDELIVERY_SECONDS", cls.redelivery_seconds),
             max_deliveries=_int(env, "MAX_DELIVERIES", cls.max_deliveries),
             stripe_deadline_seconds=_float(env, "STRIPE_DEADLINE_SECONDS", cls.stripe_deadline_seconds),
+            stripe_max_concurrent_calls=_int(env, "STRIPE_MAX_CONCURRENT_CALLS", cls.stripe_max_concurrent_calls),
             relay_interval_seconds=_float(env, "RELAY_INTERVAL_SECONDS", cls.relay_interval_seconds),
             worker_prefetch=_int(env, "WORKER_PREFETCH", cls.worker_prefetch),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),

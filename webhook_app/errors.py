@@ -6,11 +6,13 @@ from flask import Flask, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from consumers.checkout import PaymentProviderBusy, PaymentProviderUnavailable
 from models.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
 
 log = structlog.get_logger(__name__)
 
-STATUS_FOR = {NotFound: 404, InvalidInput: 422, Conflict: 409, IllegalTransition: 409}
+STATUS_FOR = {NotFound: 404, InvalidInput: 422, Conflict: 409, IllegalTransition: 409,
+              PaymentProviderUnavailable: 502, PaymentProviderBusy: 503}
 
 
 class ApiError(Exception):
@@ -19,10 +21,13 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None):
+def error_response(status: int, code: str, message: str, field: str | None = None, details: dict | None = None):
     error = {"code": code, "message": message}
     if field:
         error["field"] = field
+    # Figures the client needs to act on the error (e.g. a cart's new prices), beside the
+    # code, as Stripe puts `param` and `decline_code` in its error object.
+    error.update(details or {})
     return jsonify({"error": error}), status
 
 
@@ -34,7 +39,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain_error(exc: DomainError):
         status = next((s for cls, s in STATUS_FOR.items() if isinstance(exc, cls)), 400)
-        return error_response(status, exc.code, exc.message, exc.field)
+        details = exc.details() if hasattr(exc, "details") else None
+        return error_response(status, exc.code, exc.message, exc.field, details)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

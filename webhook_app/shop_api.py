@@ -1,24 +1,24 @@
 """The shop's API: products, carts, checkout (reserve stock, create the PaymentIntent) and orders."""
 from __future__ import annotations
 
-import structlog
+import hmac
+
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
-from consumers.payments import PaymentGatewayError, create_payment_intent
-from models.carts import Cart, CartStatus, get_cart
+from consumers.checkout import CheckoutRequest
+from consumers.checkout import checkout as checkout_cart
+from models.carts import Cart, get_cart
 from models.catalog import Product
 from models.db import transaction
-from models.errors import Conflict, NotFound, OutOfStock
-from models.orders import Order, OrderStatus, ShippingAddress, get_order, place_order, release_reservations
+from models.errors import NotFound, OutOfStock
+from models.orders import Order, ShippingAddress, get_order
 from models.shipping import canonical_prefecture
 from webhook_app import state
 from webhook_app.errors import ApiError
 from webhook_app.validation import EMAIL, POSTAL_CODE, json_body, require_int, require_string
 
 bp = Blueprint("shop", __name__)
-log = structlog.get_logger(__name__)
 
 
 def _product(session, sku: str) -> Product:
@@ -99,6 +99,7 @@ def _checkout_body(order: Order) -> dict:
         "order_id": order.id,
         "payment_intent_id": order.payment_intent_id,
         "client_secret": order.client_secret,
+        "access_token": order.access_token,
         "subtotal": order.subtotal,
         "shipping_fee": order.shipping_fee,
         "total": order.total,
@@ -107,93 +108,49 @@ def _checkout_body(order: Order) -> dict:
     }
 
 
-def _replay(order: Order, cart_id: str):
-    """Answer a repeated Idempotency-Key with the order it created, never a second order."""
-    if order.cart_id != cart_id:
-        raise ApiError(422, "idempotency_key_reused",
-                       "this Idempotency-Key was used for a different cart", "Idempotency-Key")
-    if order.payment_intent_id is None:
-        if order.status is not OrderStatus.PENDING_PAYMENT:
-            raise ApiError(409, "checkout_cancelled",
-                           f"order {order.id} of this Idempotency-Key is {order.status.value} "
-                           f"({order.cancel_reason}); start a new checkout with a new key", "Idempotency-Key")
-        # The first request stopped between creating the PaymentIntent and storing it (or is
-        # still there): the order's idempotency key at Stripe gives back the same intent.
-        try:
-            order = _attach_payment_intent(order)
-        except PaymentGatewayError:
-            raise ApiError(409, "checkout_in_progress",
-                           f"the checkout for order {order.id} with this Idempotency-Key is still in progress",
-                           "Idempotency-Key")
-    return jsonify(_checkout_body(order)), 201
-
-
-def _by_key(key: str | None) -> Order | None:
-    if not key:
-        return None
-    with state().sessions() as session:
-        return session.scalars(select(Order).where(Order.idempotency_key == key)).one_or_none()
-
-
-def _attach_payment_intent(order: Order) -> Order:
-    intent = create_payment_intent(order_id=order.id, amount=order.total, currency=order.currency, email=order.email)
-    with transaction(state().sessions) as session:
-        order = get_order(session, order.id, for_update=True)
-        if order.payment_intent_id is not None:
-            return order  # a concurrent retry of the same checkout stored it first
-        order.payment_intent_id = intent.id
-        order.client_secret = intent.client_secret
-    structlog.contextvars.bind_contextvars(payment_intent=intent.id)
-    log.info("payment_intent_created", amount=order.total)
-    return order
-
-
 @bp.post("/checkout")
 def checkout():
-    app_state = state()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key.strip()) <= 255:
         raise ApiError(422, "invalid_input", "Idempotency-Key must be 1 to 255 characters", "Idempotency-Key")
     cart_id, email, shipping = _checkout_input()
-    existing = _by_key(key)
-    if existing is not None:
-        return _replay(existing, cart_id)
-    try:
-        with transaction(app_state.sessions) as session:
-            cart = get_cart(session, cart_id, for_update=True)
-            order = place_order(session, cart, email=email, shipping=shipping, idempotency_key=key,
-                                reservation_ttl_seconds=app_state.settings.reservation_ttl_seconds)
-    except (IntegrityError, Conflict):
-        # A concurrent request with the same key got there first (the unique key, or the
-        # cart it just checked out): answer with its order.
-        existing = _by_key(key)
-        if existing is None:
-            raise
-        return _replay(existing, cart_id)
-
-    structlog.contextvars.bind_contextvars(order_id=order.id)
-    log.info("order_placed", total=order.total, currency=order.currency)
-    try:
-        order = _attach_payment_intent(order)
-    except PaymentGatewayError as exc:
-        _abandon(order.id, str(exc))
-        raise ApiError(502, "payment_provider_unavailable",
-                       f"could not create the payment with Stripe ({exc}); the stock was released, please retry")
+    app_state = state()
+    order = checkout_cart(app_state.sessions, app_state.settings,
+                          CheckoutRequest(cart_id=cart_id, email=email, shipping=shipping, idempotency_key=key))
     return jsonify(_checkout_body(order)), 201
 
 
-def _abandon(order_id: str, reason: str) -> None:
-    """Stripe failed: release the stock, cancel the order, reopen the cart for another try."""
-    with transaction(state().sessions) as session:
-        order = get_order(session, order_id, for_update=True)
-        release_reservations(session, order)
-        order.cancel(f"payment provider unavailable: {reason}")
-        order.idempotency_key = None  # a retry with the same key starts afresh
-        session.get(Cart, order.cart_id).status = CartStatus.OPEN
-    log.warning("checkout_abandoned", reason=reason)
+def _presented_token() -> str | None:
+    """The order's access token from `?token=` or `Authorization: Bearer …`, if the caller gave one."""
+    token = request.args.get("token")
+    authorization = request.headers.get("Authorization", "")
+    if not token and authorization[:7].lower() == "bearer ":
+        token = authorization[7:].strip()
+    return token or None
+
+
+def order_view(order: Order, *, token: str | None, staff: bool = False) -> dict:
+    """What GET /orders/<id> shows: everything to the buyer's token or staff, status and totals to anyone.
+
+    A wrong token is refused rather than quietly answered with less, so a customer with a
+    mangled link learns why they see no address.
+    """
+    if not staff and token is not None and not hmac.compare_digest(token.encode(), order.access_token.encode()):
+        raise ApiError(403, "forbidden", "this access token does not open this order; use the link from your "
+                                         "checkout or order e-mail", "token")
+    body = order.to_dict()
+    if staff or token is not None:
+        body["shipping"] = {"name": order.ship_name, "postal_code": order.ship_postal_code,
+                            "prefecture": order.ship_prefecture, "address": order.ship_address}
+        return body
+    del body["email"]
+    if order.shipment is not None:
+        body["shipment"] = {"status": order.shipment.status.value, "fee": order.shipment.fee}
+    return body
 
 
 @bp.get("/orders/<order_id>")
 def show_order(order_id: str):
+    token = _presented_token()
     with state().sessions() as session:
-        return jsonify(get_order(session, order_id).to_dict())
+        return jsonify(order_view(get_order(session, order_id), token=token))

@@ -11,15 +11,18 @@ import pytest
 import stripe
 from sqlalchemy import func, select
 
+from consumers.relay import expire_reservations
 from models.catalog import Reservation, ReservationStatus
 from models.catalog_file import apply_catalog
 from models.carts import Cart, CartStatus
 from models.db import transaction
+from models.events import OutboxMessage, Topic
 from models.orders import Order
+from tests.stripe_proxy import BlackHole, HoldingProxy, creates_payment_intent
 from tests.support import CATALOG, SHIPPING, assert_error, free_port, use_stripe
 
-CHECKOUT_KEYS = {"order_id", "payment_intent_id", "client_secret", "subtotal", "shipping_fee", "total", "currency",
-                 "reserved_until"}
+CHECKOUT_KEYS = {"order_id", "payment_intent_id", "client_secret", "access_token", "subtotal", "shipping_fee", "total",
+                 "currency", "reserved_until"}
 
 
 @pytest.fixture
@@ -363,3 +366,266 @@ def test_a_key_whose_first_request_died_before_storing_the_intent_is_completed_b
     assert stripe.PaymentIntent.retrieve(body["payment_intent_id"]).metadata["order_id"] == died_id
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Order)) == 1
+
+
+def test_order_shows_status_and_totals_but_no_email_or_address_without_its_token(client, checkout, deliver_paid):
+    placed = checkout([("TEA-01", 2)])
+    deliver_paid(placed)
+    response = client.get(f"/orders/{placed['order_id']}")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert {"order_id", "status", "total", "currency", "lines", "shipment", "payment_intent_id"} <= set(body)
+    assert (body["status"], body["total"]) == ("paid", placed["total"])
+    assert body["shipment"] == {"status": "pending", "fee": placed["shipping_fee"]}
+    text = response.get_data(as_text=True)
+    for private in ("buyer@example.com", SHIPPING["name"], SHIPPING["postal_code"], SHIPPING["address"]):
+        assert private not in text
+
+
+@pytest.mark.parametrize("how", ["query", "bearer"])
+def test_order_shows_email_and_address_with_its_access_token(client, checkout, deliver_paid, how):
+    placed = checkout([("TEA-01", 2)])
+    deliver_paid(placed)
+    token = placed["access_token"]
+    assert isinstance(token, str) and len(token) >= 24
+    if how == "query":
+        response = client.get(f"/orders/{placed['order_id']}?token={token}")
+    else:
+        response = client.get(f"/orders/{placed['order_id']}", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["email"] == "buyer@example.com"
+    assert body["shipping"] == SHIPPING
+    assert (body["shipment"]["name"], body["shipment"]["address"]) == (SHIPPING["name"], SHIPPING["address"])
+
+
+@pytest.mark.parametrize("token", ["wrong-token", "éé", "x" * 300])
+def test_a_wrong_access_token_is_403_and_shows_nothing(client, checkout, token):
+    placed = checkout([("TEA-01", 1)])
+    other = checkout([("TEA-01", 1)])
+    for params in ({"token": token}, {"token": other["access_token"]}):
+        response = client.get(f"/orders/{placed['order_id']}", query_string=params)
+        error = assert_error(response, 403, "forbidden", "token")
+        assert "token" in error["message"]
+        assert "buyer@example.com" not in response.get_data(as_text=True)
+    response = client.get(f"/orders/{placed['order_id']}", headers={"Authorization": f"Bearer {other['access_token']}"})
+    assert_error(response, 403, "forbidden")
+
+
+@pytest.fixture
+def deliver_paid(client, localstripe, deliver):
+    """Pay the order at localstripe and deliver its signed succeeded event (as Stripe would)."""
+    from tests.support import confirm_card, event_for, signed_headers
+
+    def pay(order: dict) -> None:
+        assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
+        payload = json.dumps(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                                       order_id=order["order_id"], amount=order["total"]))
+        assert client.post("/webhooks/stripe", data=payload, headers=signed_headers(payload)).status_code == 200
+        deliver()
+        assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+
+    return pay
+
+
+# --- prices change between the cart and the checkout ------------------------------------------------------------
+
+
+def _set_price(sessions, sku: str, unit_amount: int) -> None:
+    catalog = copy.deepcopy(CATALOG)
+    for product in catalog["products"]:
+        if product["sku"] == sku:
+            product["unit_amount"] = unit_amount
+    with transaction(sessions) as session:
+        apply_catalog(session, catalog)
+
+
+def test_a_price_changed_since_the_item_was_added_is_409_with_the_new_figures_and_updates_the_cart(
+        client, sessions, new_cart):
+    cart_id = new_cart([("TEA-01", 2), ("CUP-01", 1)])
+    _set_price(sessions, "TEA-01", 1500)
+    response = client.post("/checkout", json=checkout_body(cart_id))
+    assert response.status_code == 409, response.get_json()
+    error = response.get_json()["error"]
+    assert (error["code"], error["field"]) == ("price_changed", "cart_id")
+    assert error["changes"] == [{"sku": "TEA-01", "quantity": 2, "old_unit_amount": 1200, "new_unit_amount": 1500}]
+    assert (error["subtotal"], error["currency"]) == (2 * 1500 + 3500, "jpy")
+    assert "TEA-01" in error["message"] and "1500" in error["message"]
+    cart = client.get(f"/carts/{cart_id}").get_json()
+    assert cart["status"] == "open"
+    assert sorted((i["sku"], i["unit_amount"]) for i in cart["items"]) == [("CUP-01", 3500), ("TEA-01", 1500)]
+    assert cart["subtotal"] == 6500
+    # Nothing was reserved and no order exists.
+    assert order_count(sessions) == 0
+    assert stock(client, "TEA-01") == (40, 0, 40)
+    assert stock(client, "CUP-01") == (3, 0, 3)
+
+
+def test_after_a_price_change_the_same_cart_checks_out_at_the_new_total(client, sessions, new_cart):
+    cart_id = new_cart([("TEA-01", 2)])
+    _set_price(sessions, "TEA-01", 900)
+    assert client.post("/checkout", json=checkout_body(cart_id)).status_code == 409
+    response = client.post("/checkout", json=checkout_body(cart_id))
+    assert response.status_code == 201, response.get_json()
+    order = response.get_json()
+    assert (order["subtotal"], order["total"]) == (1800, 1800 + 700)
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).amount == 2500
+    lines = client.get(f"/orders/{order['order_id']}").get_json()["lines"]
+    assert [(line["sku"], line["unit_amount"]) for line in lines] == [("TEA-01", 900)]
+
+
+# --- two requests with one Idempotency-Key, one of them failing at Stripe --------------------------------------
+
+
+def _in_thread(pool, client, cart_id, key):
+    return pool.submit(lambda: client.post("/checkout", json=checkout_body(cart_id), headers={"Idempotency-Key": key}))
+
+
+def _payment_cancels(sessions) -> list[dict]:
+    with sessions() as session:
+        return [json.loads(m.payload) for m in session.scalars(
+            select(OutboxMessage).where(OutboxMessage.topic == Topic.PAYMENT_CANCEL))]
+
+
+def test_a_request_whose_stripe_call_failed_answers_the_order_its_key_twin_attached_and_cancels_nothing(
+        client, sessions, localstripe, make_client, new_cart):
+    """A's call to Stripe hangs; B (same key) attaches an intent and answers 201; then A's call fails."""
+    cart_id = new_cart([("TEA-01", 2)])
+    hole = BlackHole()
+    try:
+        request_a = make_client(stripe_api_base=hole.base, stripe_deadline_seconds=30)
+        with ThreadPoolExecutor(1) as pool:
+            a = _in_thread(pool, request_a, cart_id, "key-twins")
+            hole.wait_for_requests(1)  # A placed the order and waits on Stripe
+            use_stripe(localstripe.base)
+            b = client.post("/checkout", json=checkout_body(cart_id), headers={"Idempotency-Key": "key-twins"})
+            assert b.status_code == 201, b.get_json()
+            hole.cut()  # now A's call fails
+            a = a.result(30)
+    finally:
+        hole.close()
+        use_stripe(localstripe.base)
+    assert a.status_code == 201, a.get_json()
+    assert a.get_json() == b.get_json()
+    order = client.get(f"/orders/{b.get_json()['order_id']}").get_json()
+    assert (order["status"], order["payment_intent_id"]) == ("pending_payment", b.get_json()["payment_intent_id"])
+    assert stock(client, "TEA-01") == (40, 2, 38)
+    assert client.get(f"/carts/{cart_id}").get_json()["status"] == "checked_out"
+    assert _payment_cancels(sessions) == []
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).status == "requires_payment_method"
+
+
+def test_an_intent_that_arrives_after_its_checkout_was_abandoned_is_refused_and_cancelled(
+        client, sessions, localstripe, make_client, new_cart, deliver):
+    """A's call fails and A abandons the order while B's create (same key) is on its way back."""
+    cart_id = new_cart([("TEA-01", 2)])
+    hole = BlackHole()
+    proxy = HoldingProxy(localstripe.port, hold=creates_payment_intent)
+    try:
+        request_a = make_client(stripe_api_base=hole.base, stripe_deadline_seconds=30)
+        with ThreadPoolExecutor(2) as pool:
+            a = _in_thread(pool, request_a, cart_id, "key-late")
+            hole.wait_for_requests(1)
+            request_b = make_client(stripe_api_base=proxy.base, stripe_deadline_seconds=30)
+            b = _in_thread(pool, request_b, cart_id, "key-late")
+            proxy.wait_for_answers(1)  # Stripe made B's intent; B has not heard yet
+            hole.cut()
+            a = a.result(30)
+            assert a.status_code == 502, a.get_json()
+            proxy.release()
+            b = b.result(30)
+    finally:
+        hole.close()
+        proxy.close()
+        use_stripe(localstripe.base)
+    error = assert_error(b, 409, "checkout_cancelled", "Idempotency-Key")
+    assert "client_secret" not in b.get_data(as_text=True)
+    assert "cancelled" in error["message"]
+    with sessions() as session:
+        order = session.scalars(select(Order)).one()
+        assert (order.status.value, order.payment_intent_id) == ("cancelled", None)
+    assert stock(client, "TEA-01") == (40, 0, 40)
+    # B's intent is payable at Stripe until the worker cancels it.
+    intents = [m["payment_intent_id"] for m in _payment_cancels(sessions) if "payment_intent_id" in m]
+    assert len(intents) == 1
+    assert stripe.PaymentIntent.retrieve(intents[0]).metadata["order_id"] == order.id
+    deliver()
+    assert stripe.PaymentIntent.retrieve(intents[0]).status == "canceled"
+
+
+def test_a_replayed_key_of_a_cancelled_order_is_409_and_never_shows_the_client_secret(
+        client, sessions, make_client, new_cart):
+    short_hold = make_client(reservation_ttl_seconds=0)
+    cart_id = new_cart([("TEA-01", 1)])
+    headers = {"Idempotency-Key": "key-expired"}
+    first = short_hold.post("/checkout", json=checkout_body(cart_id), headers=headers)
+    assert first.status_code == 201
+    assert expire_reservations(sessions) == 1
+    replay = client.post("/checkout", json=checkout_body(cart_id), headers=headers)
+    error = assert_error(replay, 409, "checkout_cancelled", "Idempotency-Key")
+    assert first.get_json()["order_id"] in error["message"]
+    assert first.get_json()["client_secret"] not in replay.get_data(as_text=True)
+
+
+def test_a_checkout_over_the_processs_cap_of_stripe_calls_is_a_fast_503_and_reserves_nothing(
+        client, sessions, localstripe, make_client, new_cart, monkeypatch):
+    from consumers.checkout import StripeCallSlots
+
+    # Any call in flight counts as slow, so the cap refuses at once instead of after a second.
+    monkeypatch.setattr(StripeCallSlots, "SLOW_SECONDS", 0.0)
+    first, second = new_cart([("TEA-01", 1)]), new_cart([("CUP-01", 1)])
+    hole = BlackHole()
+    try:
+        stalled = make_client(stripe_api_base=hole.base, stripe_deadline_seconds=30, stripe_max_concurrent_calls=1)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(lambda: stalled.post("/checkout", json=checkout_body(first)))
+            hole.wait_for_requests(1)
+            refused = stalled.post("/checkout", json=checkout_body(second))
+            error = assert_error(refused, 503, "payment_provider_busy")
+            assert "nothing is reserved" in error["message"]
+            assert stock(client, "CUP-01") == (3, 0, 3)
+            assert order_count(sessions) == 1
+            assert client.get(f"/carts/{second}").get_json()["status"] == "open"
+            hole.cut()
+            assert_error(waiting.result(30), 502, "payment_provider_unavailable")
+    finally:
+        hole.close()
+        use_stripe(localstripe.base)
+    assert stock(client, "TEA-01") == (40, 0, 40)
+
+
+def test_a_burst_of_checkouts_over_the_cap_waits_for_a_quick_stripe_instead_of_being_refused(
+        app, sessions, new_cart, make_client):
+    capped = make_client(stripe_max_concurrent_calls=2)
+    carts = [new_cart([("TEA-01", 1)]) for _ in range(4)]
+    barrier = threading.Barrier(len(carts))
+
+    def attempt(cart_id):
+        barrier.wait()
+        return capped.post("/checkout", json=checkout_body(cart_id)).status_code
+
+    with ThreadPoolExecutor(len(carts)) as pool:
+        assert list(pool.map(attempt, carts)) == [201] * 4
+    assert stock(app.test_client(), "TEA-01") == (40, 4, 36)
+
+
+def test_checkout_use_case_runs_without_the_web_app(sessions, settings, catalog, localstripe):
+    """The shop's screens call the same function as POST /checkout: plain values in, the order out."""
+    from consumers.checkout import CheckoutRequest, checkout as check_out
+    from models.catalog import Product
+    from models.orders import OrderStatus, ShippingAddress
+
+    use_stripe(localstripe.base)
+    with transaction(sessions) as session:
+        cart = Cart()
+        session.add(cart)
+        cart.add(session.get(Product, "TEA-01"), 2)
+        session.flush()
+        cart_id = cart.id
+    request = CheckoutRequest(cart_id=cart_id, email="buyer@example.com", shipping=ShippingAddress(**SHIPPING),
+                              idempotency_key="screens-1")
+    order = check_out(sessions, settings, request)
+    assert (order.status, order.total) == (OrderStatus.PENDING_PAYMENT, 2400 + 700)
+    assert stripe.PaymentIntent.retrieve(order.payment_intent_id).metadata["order_id"] == order.id
+    assert check_out(sessions, settings, request).id == order.id
+    assert order_count(sessions) == 1

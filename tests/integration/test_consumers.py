@@ -87,7 +87,7 @@ def test_succeeded_creates_a_pending_shipment_with_the_address_and_fee(client, c
     shipping = {**SHIPPING, "prefecture": "Okinawa", "postal_code": "900-0001", "address": "Naha 1-1"}
     order = checkout([("TEA-01", 2)], shipping=shipping)
     deliver_event(succeeded(order))
-    shipment = client.get(f"/orders/{order['order_id']}").get_json()["shipment"]
+    shipment = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()["shipment"]
     assert shipment["status"] == "pending"
     assert (shipment["name"], shipment["postal_code"], shipment["prefecture"], shipment["address"]) == (
         "Hanako Yamada", "900-0001", "Okinawa", "Naha 1-1")

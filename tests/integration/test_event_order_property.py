@@ -150,7 +150,7 @@ def test_any_order_and_repetition_of_failed_and_succeeded_events_ends_paid_with_
         post_all(shop, [events[name] for name in sequence])
         deliver_all(shop, data)
 
-        body = shop.client.get(f"/orders/{order['order_id']}").get_json()
+        body = shop.client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
         assert body["status"] == "paid"
         assert body["payment_intent_id"] == order["payment_intent_id"]
         assert body["shipment"] is not None and body["shipment"]["prefecture"] == SHIPPING["prefecture"]

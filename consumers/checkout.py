@@ -1,0 +1,316 @@
+"""Checkout, the use case: place the order, create its PaymentIntent, abandon it when Stripe fails.
+
+Called by the HTTP API (and the shop's screens) with plain values; no web framework here.
+Who attached an intent to the order is decided under the order's row lock: a request whose
+Stripe call failed never cancels an order that another request (same Idempotency-Key) has
+meanwhile given a PaymentIntent, and an intent that arrives for a cancelled order is cancelled.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import stripe
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from consumers.payments import PaymentGatewayError, create_payment_intent
+from models.carts import Cart, CartStatus, get_cart, reprice_cart
+from models.db import transaction
+from models.errors import Conflict, DomainError, InvalidInput, OutOfStock, PriceChanged
+from models.events import Topic, enqueue
+from models.orders import Order, OrderStatus, ShippingAddress, get_order, place_order, release_reservations
+from models.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# A replayed Idempotency-Key of an order in one of these states gets no client_secret: it can
+# no longer be paid.
+CLOSED = frozenset({OrderStatus.CANCELLED, OrderStatus.REFUNDED})
+
+
+class CheckoutCancelled(Conflict):
+    code = "checkout_cancelled"
+
+
+class CheckoutInProgress(Conflict):
+    code = "checkout_in_progress"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    code = "idempotency_key_reused"
+
+
+class PaymentProviderUnavailable(DomainError):
+    """Stripe failed or passed the deadline; the order was cancelled and its stock released."""
+
+    code = "payment_provider_unavailable"
+
+
+class PaymentProviderBusy(DomainError):
+    """This process already waits on Stripe for as many checkouts as it allows; nothing was reserved."""
+
+    code = "payment_provider_busy"
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    cart_id: str
+    email: str
+    shipping: ShippingAddress
+    idempotency_key: str | None = None
+
+
+class StripeCallSlots:
+    """A per-process cap on checkouts waiting for Stripe at once.
+
+    Web threads that wait on a stalled Stripe cannot take webhooks; with fewer slots (and
+    waiters) than threads, some threads are always free for the webhook endpoint and the
+    health checks. While Stripe answers promptly, a call over the cap waits briefly for a slot
+    (a burst of customers is not refused); once every slot is held by a call older than Stripe
+    normally takes, Stripe is slow and a checkout is refused at once (503), before it reserves.
+    """
+
+    # Stripe answers a create in well under this; a call older than it means Stripe is slow.
+    SLOW_SECONDS = 1.0
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._semaphore = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+        self._waiting = 0
+
+    def refuse_if_stalled(self) -> None:
+        """Refuse a checkout before it reserves anything when every slot waits on a slow Stripe."""
+        with self._lock:
+            stalled = (len(self._started) >= self.limit
+                       and time.monotonic() - max(self._started.values()) > self.SLOW_SECONDS)
+        if stalled:
+            raise self._busy()
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        """Hold a slot for one call to Stripe (waiting briefly for one while Stripe is quick)."""
+        if not self._semaphore.acquire(blocking=False) and not self._wait_for_slot():
+            raise self._busy()
+        me = threading.get_ident()
+        with self._lock:
+            self._started[me] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._started[me]
+            self._semaphore.release()
+
+    def _wait_for_slot(self) -> bool:
+        with self._lock:
+            if self._waiting >= self.limit:
+                return False
+            self._waiting += 1
+        try:
+            return self._semaphore.acquire(timeout=self.SLOW_SECONDS)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _busy(self) -> "PaymentProviderBusy":
+        log.warning("checkout_refused_payment_provider_busy", limit=self.limit)
+        return PaymentProviderBusy(
+            "the payment provider is slow to answer and this server is waiting on it for as many checkouts "
+            "as it allows; nothing is reserved, please retry in a moment")
+
+
+_slots: dict[int, StripeCallSlots] = {}
+_slots_lock = threading.Lock()
+
+
+def stripe_call_slots(limit: int) -> StripeCallSlots:
+    """The process's slots for a given cap (one set per process, shared by its threads)."""
+    with _slots_lock:
+        if limit not in _slots:
+            _slots[limit] = StripeCallSlots(limit)
+        return _slots[limit]
+
+
+def checkout(sessions: sessionmaker[Session], settings: Settings, request: CheckoutRequest) -> Order:
+    """Check a cart out: the order with its PaymentIntent attached (a replayed key: the order it created).
+
+    Raises a DomainError the caller presents: NotFound, InvalidInput, OutOfStock, PriceChanged,
+    CheckoutCancelled, CheckoutInProgress, IdempotencyKeyReused, PaymentProviderUnavailable,
+    PaymentProviderBusy.
+    """
+    existing = order_for_key(sessions, request.idempotency_key)
+    if existing is not None:
+        return replay(sessions, settings, existing, request.cart_id)
+    stripe_call_slots(settings.stripe_max_concurrent_calls).refuse_if_stalled()
+    try:
+        order = place(sessions, settings, request)
+    except (OutOfStock, PriceChanged):
+        raise
+    except (IntegrityError, Conflict):
+        # A concurrent request with the same key got there first (the unique key, or the
+        # cart it just checked out): answer with its order.
+        existing = order_for_key(sessions, request.idempotency_key)
+        if existing is None:
+            raise
+        return replay(sessions, settings, existing, request.cart_id)
+    return pay(sessions, settings, order)
+
+
+def place(sessions: sessionmaker[Session], settings: Settings, request: CheckoutRequest) -> Order:
+    """Reserve the cart's stock and create the order, at the catalog's current prices.
+
+    A line whose price changed since it was added is updated in the cart (committed) and the
+    checkout refused with PriceChanged: the customer confirms the new total first.
+    """
+    with transaction(sessions) as session:
+        cart = get_cart(session, request.cart_id, for_update=True)
+        if cart.status is not CartStatus.OPEN:
+            raise Conflict(f"cart {cart.id} is already checked out", field="cart_id")
+        changes = reprice_cart(session, cart)
+        if not changes:
+            order = place_order(session, cart, email=request.email, shipping=request.shipping,
+                                idempotency_key=request.idempotency_key,
+                                reservation_ttl_seconds=settings.reservation_ttl_seconds)
+        else:
+            subtotal, currency = cart.subtotal, cart.currency
+    if changes:
+        log.info("checkout_refused_price_changed", cart_id=request.cart_id, lines_changed=len(changes))
+        raise PriceChanged(request.cart_id, changes, subtotal, currency)
+    structlog.contextvars.bind_contextvars(order_id=order.id)
+    log.info("order_placed", total=order.total, currency=order.currency)
+    return order
+
+
+def pay(sessions: sessionmaker[Session], settings: Settings, order: Order) -> Order:
+    """Create the order's PaymentIntent at Stripe and attach it; abandon the order if Stripe fails."""
+    try:
+        intent = _create_intent(settings, order)
+    except PaymentProviderBusy:
+        # No call was made: the stock goes back, and there is nothing to cancel at Stripe.
+        winner = abandon(sessions, order.id, "payment provider busy", stripe_called=False)
+        if winner is None:
+            raise
+        return winner
+    except PaymentGatewayError as exc:
+        winner = abandon(sessions, order.id, str(exc))
+        if winner is None:
+            raise PaymentProviderUnavailable(
+                f"could not create the payment with Stripe ({exc}); the stock was released, please retry")
+        return winner
+    return attach(sessions, order.id, intent)
+
+
+def _create_intent(settings: Settings, order: Order) -> stripe.PaymentIntent:
+    with stripe_call_slots(settings.stripe_max_concurrent_calls).call():
+        return create_payment_intent(order_id=order.id, amount=order.total, currency=order.currency,
+                                     email=order.email, deadline_seconds=settings.stripe_deadline_seconds)
+
+
+def attach(sessions: sessionmaker[Session], order_id: str, intent: stripe.PaymentIntent) -> Order:
+    """Store the intent on the order, under its lock; whoever attached one first wins.
+
+    An intent that arrives for an order cancelled meanwhile (its checkout was abandoned, its
+    hold expired) must not stay payable: its cancellation is queued with the refusal.
+    """
+    with transaction(sessions) as session:
+        order = get_order(session, order_id, for_update=True)
+        if order.payment_intent_id is None and order.status is OrderStatus.PENDING_PAYMENT:
+            order.payment_intent_id = intent.id
+            order.client_secret = intent.client_secret
+            attached = True
+        else:
+            attached = False
+            if order.payment_intent_id != intent.id:
+                queue_intent_cancellation(session, order, payment_intent_id=intent.id)
+        status, reason, current = order.status, order.cancel_reason, order.payment_intent_id
+    if attached:
+        structlog.contextvars.bind_contextvars(payment_intent=intent.id)
+        log.info("payment_intent_created", order_id=order_id, amount=order.total)
+        return order
+    if status in CLOSED:
+        log.warning("payment_intent_for_closed_order", order_id=order_id, payment_intent=intent.id,
+                    order_status=status.value)
+        raise _cancelled(order_id, status, reason)
+    log.info("payment_intent_already_attached", order_id=order_id, payment_intent=current)
+    return order
+
+
+def abandon(sessions: sessionmaker[Session], order_id: str, reason: str, *, stripe_called: bool = True) -> Order | None:
+    """Stripe failed: unless another request attached an intent meanwhile, cancel and release.
+
+    Decided under the order's lock. If an intent is attached, that request won: its order is
+    returned and nothing is cancelled. Otherwise (None) the order is cancelled, its stock
+    released, its cart reopened and its key freed for a fresh try; and since Stripe may have
+    created an intent whose answer never came back, the cancellation of every intent of this
+    order is queued in the same transaction.
+    """
+    with transaction(sessions) as session:
+        order = get_order(session, order_id, for_update=True)
+        if order.payment_intent_id is not None and order.status not in CLOSED:
+            log.info("checkout_completed_by_another_request", order_id=order_id,
+                     payment_intent=order.payment_intent_id)
+            return order
+        if order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED):
+            released = release_reservations(session, order)
+            order.cancel(f"payment provider unavailable: {reason}")
+            session.get(Cart, order.cart_id).status = CartStatus.OPEN
+            log.warning("checkout_abandoned", order_id=order_id, reason=reason, units_released=released)
+        order.idempotency_key = None  # a retry with the same key starts afresh
+        if stripe_called or order.payment_intent_id:
+            queue_intent_cancellation(session, order, payment_intent_id=order.payment_intent_id)
+    return None
+
+
+def replay(sessions: sessionmaker[Session], settings: Settings, order: Order, cart_id: str) -> Order:
+    """Answer a repeated Idempotency-Key with the order it created, never a second order."""
+    if order.cart_id != cart_id:
+        raise IdempotencyKeyReused("this Idempotency-Key was used for a different cart", field="Idempotency-Key")
+    if order.status in CLOSED:
+        raise _cancelled(order.id, order.status, order.cancel_reason)
+    if order.payment_intent_id is not None:
+        return order
+    if order.status is not OrderStatus.PENDING_PAYMENT:
+        raise _cancelled(order.id, order.status, order.cancel_reason)
+    # The first request stopped between placing the order and storing its intent (or is still
+    # there): the order's idempotency key at Stripe gives back the same intent.
+    try:
+        intent = _create_intent(settings, order)
+    except PaymentGatewayError:
+        raise CheckoutInProgress(f"the checkout for order {order.id} with this Idempotency-Key is still in progress",
+                                 field="Idempotency-Key")
+    return attach(sessions, order.id, intent)
+
+
+def order_for_key(sessions: sessionmaker[Session], key: str | None) -> Order | None:
+    if not key:
+        return None
+    with sessions() as session:
+        return session.scalars(select(Order).where(Order.idempotency_key == key)).one_or_none()
+
+
+def queue_intent_cancellation(session: Session, order: Order, *, payment_intent_id: str | None) -> None:
+    """Queue, in the caller's transaction, the cancellation at Stripe of the order's intent.
+
+    Without an id, the worker finds the order's intents at Stripe by their metadata, among
+    those created since the order was placed (a minute earlier, for clocks that disagree).
+    """
+    body = {"order_id": order.id}
+    if payment_intent_id:
+        body["payment_intent_id"] = payment_intent_id
+    else:
+        body["created_since"] = int(order.created_at.timestamp()) - 60
+    enqueue(session, Topic.PAYMENT_CANCEL, body)
+
+
+def _cancelled(order_id: str, status: OrderStatus, reason: str | None) -> CheckoutCancelled:
+    return CheckoutCancelled(f"order {order_id} of this Idempotency-Key is {status.value}"
+                             f"{f' ({reason})' if reason else ''}; start a new checkout with a new key",
+                             field="Idempotency-Key")

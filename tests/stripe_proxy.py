@@ -1,0 +1,206 @@
+"""Fault-injecting TCP servers in front of localstripe: a black hole, and a proxy that holds answers.
+
+Both run in threads of the test process and listen on 127.0.0.1 only. They stand between the
+service and the real localstripe; they never answer for it.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from tests.support import free_port
+
+
+class _Server:
+    def __init__(self):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._listener = socket.create_server(("127.0.0.1", self.port), backlog=128)
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._sockets.append(conn)
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._sockets.clear()
+
+
+class BlackHole(_Server):
+    """Accepts connections and reads what is sent, but never answers (a stalled Stripe).
+
+    `cut()` ends the stall: every request held, and every later one, is answered at once with
+    Stripe's error for a bad request (a failure no client retries).
+    """
+
+    def __init__(self):
+        self.requests = 0
+        self._cut = threading.Event()
+        self._arrived = threading.Condition()
+        super().__init__()
+
+    ERROR = (b'{"error": {"type": "invalid_request_error", "message": "the request failed"}}')
+    ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
+              b"Content-Length: " + str(len(ERROR)).encode() + b"\r\n\r\n" + ERROR)
+
+    def handle(self, conn: socket.socket) -> None:
+        counted = False
+        while True:
+            if self._cut.is_set() and counted:
+                try:
+                    conn.sendall(self.ANSWER)
+                except OSError:
+                    pass
+                break
+            try:
+                conn.settimeout(0.1)
+                data = conn.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            if not counted:
+                counted = True
+                with self._arrived:
+                    self.requests += 1
+                    self._arrived.notify_all()
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def wait_for_requests(self, count: int, timeout: float = 10) -> None:
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: self.requests >= count, timeout):
+                raise AssertionError(f"{self.requests} requests reached the black hole, expected {count}")
+
+    def cut(self) -> None:
+        self._cut.set()
+
+
+class HoldingProxy(_Server):
+    """Forwards every request to localstripe at once; holds the answers to the ones `hold` picks.
+
+    A held answer is sent when `release()` is called (or never, if the client gave up first):
+    Stripe did the work, the caller never heard. `answered` counts held answers that came back
+    from upstream, so a test knows the work was done.
+    """
+
+    def __init__(self, upstream_port: int, hold=lambda request_line: True):
+        self.upstream_port = upstream_port
+        self.hold = hold
+        self.answered = 0
+        self._released = threading.Event()
+        self._answers = threading.Condition()
+        super().__init__()
+
+    def handle(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        except OSError:
+            conn.close()
+            return
+        self._track(upstream)
+        held = threading.Event()
+        threading.Thread(target=self._pump_up, args=(conn, upstream, held), daemon=True).start()
+        self._pump_down(upstream, conn, held)
+
+    def _pump_up(self, client: socket.socket, upstream: socket.socket, held: threading.Event) -> None:
+        while True:
+            try:
+                data = client.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            first_line = data.split(b"\r\n", 1)[0].decode("latin-1")
+            if first_line.split(" ")[0] in ("GET", "POST", "DELETE") and self.hold(first_line):
+                held.set()
+            try:
+                upstream.sendall(data)
+            except OSError:
+                break
+        try:
+            upstream.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _pump_down(self, upstream: socket.socket, client: socket.socket, held: threading.Event) -> None:
+        counted = False
+        while True:
+            try:
+                data = upstream.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            if held.is_set():
+                if not counted:
+                    counted = True
+                    with self._answers:
+                        self.answered += 1
+                        self._answers.notify_all()
+                while not self._released.wait(0.1):
+                    if self._closed:
+                        return
+            try:
+                client.sendall(data)
+            except OSError:
+                break
+        for sock in (client, upstream):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def wait_for_answers(self, count: int, timeout: float = 10) -> None:
+        with self._answers:
+            if not self._answers.wait_for(lambda: self.answered >= count, timeout):
+                raise AssertionError(f"{self.answered} held answers came back from upstream, expected {count}")
+
+    def release(self) -> None:
+        self._released.set()
+
+
+def creates_payment_intent(request_line: str) -> bool:
+    """The request line of `POST /v1/payment_intents` (a create, not a confirm or cancel)."""
+    method, path = request_line.split(" ")[:2]
+    return method == "POST" and path.split("?")[0] == "/v1/payment_intents"
+
+
+def wait(predicate, timeout: float = 10, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
