@@ -27,11 +27,11 @@ from models.base import utcnow
 from models.errors import DomainError, NotFound
 from models.events import OutboxMessage, OutboxStatus, Topic
 from models.history import EventAttempt, StaffAction
-from models.logs import redact
 from models.orders import Order
 from webhook_app import state
 from webhook_app.admin import actor, bp
-from webhook_app.admin.masking import pretty_masked, scrub_text
+from webhook_app.admin.auth import safe_next
+from webhook_app.admin.masking import mask_error, pretty_masked
 
 PAGE_SIZE = 25
 BULK_LIMIT = 200  # one confirming form re-drives at most this many; the page says when more match
@@ -78,7 +78,7 @@ def _what(message: OutboxMessage) -> str:
 
 
 def _first_line(text: str | None) -> str:
-    return redact(text.strip().splitlines()[0])[:160] if text and text.strip() else ""
+    return mask_error(text.strip().splitlines()[0])[:160] if text and text.strip() else ""
 
 
 def _row(session, message: OutboxMessage) -> dict:
@@ -138,15 +138,15 @@ def dead_letter(message_id: int):
             "id": message.id, "what": _what(message), "topic": message.topic.value, "status": message.status.value,
             "is_dead": message.status is OutboxStatus.DEAD, "is_resolved": message.status is OutboxStatus.RESOLVED,
             "attempts": message.attempts, "created_at": message.created_at,
-            "last_error": scrub_text(redact(message.last_error)) if message.last_error else None,
+            "last_error": mask_error(message.last_error, private) if message.last_error else None,
             "resolution_note": message.resolution_note, "resolved_at": message.resolved_at,
             "order_id": order_id, "order_status": order.status.value if order else None,
             "event": ({"event_id": event.event_id, "type": event.type, "status": event.status.value,
                        "received_at": event.received_at, "outcome": event.outcome} if event else None),
             "payload": pretty_masked(event.payload if event else message.body, private),
             "attempt_rows": [{"at": a.started_at, "runner": a.runner, "outcome": a.outcome.value,
-                              "reason": a.reason, "error": scrub_text(redact(a.error)) if a.error else None,
-                              "traceback": scrub_text(redact(a.traceback)) if a.traceback else None}
+                              "reason": a.reason, "error": mask_error(a.error, private) if a.error else None,
+                              "traceback": mask_error(a.traceback, private) if a.traceback else None}
                              for a in _attempts(session, message)],
             "actions": list(session.scalars(select(StaffAction).where(StaffAction.target == f"dead letter {message.id}")
                                             .order_by(StaffAction.id))),
@@ -163,7 +163,9 @@ def _decide(message_id: int, decision, done: str):
         flash(f"Not done: {exc.message}", "error")
     else:
         flash(done, "ok")
-    return redirect(url_for("admin.dead_letter", message_id=message_id), 303)
+    # A decision taken from the order's page answers with the order's page.
+    back = request.form.get("next")
+    return redirect(safe_next(back) if back else url_for("admin.dead_letter", message_id=message_id), 303)
 
 
 @bp.post("/dead-letters/<int:message_id>/retry")
@@ -171,7 +173,7 @@ def retry(message_id: int):
     note = request.form.get("note", "").strip() or None
     return _decide(message_id, lambda: retry_dead_letter(state().sessions, message_id, actor=actor(), note=note),
                    f"Dead letter {message_id} is queued again with fresh attempts: the worker runs it within "
-                   f"seconds. Reload this page to see the outcome.")
+                   f"seconds. Reload the page to see the outcome.")
 
 
 @bp.post("/dead-letters/<int:message_id>/resolve")

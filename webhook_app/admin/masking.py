@@ -77,3 +77,13 @@ def pretty_masked(payload: str | dict, private_values: tuple[str, ...] = ()) -> 
         except ValueError:
             return mask_payload(payload, private_values)
     return json.dumps(mask_payload(payload, private_values), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+# SQLAlchemy's error text ends with the statement's bound parameters: an order's address, an
+# event's payload. A traceback shows the statement; its values are masked.
+_BOUND_PARAMETERS = re.compile(r"^\[parameters: .*$", re.M)
+
+
+def mask_error(text: str, private_values: tuple[str, ...] = ()) -> str:
+    """An error or traceback for staff eyes: bound parameters, customer details and secrets masked."""
+    return mask_payload(_BOUND_PARAMETERS.sub(f"[parameters: {MASK}]", text), private_values)
