@@ -10,28 +10,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser.test_console import EMAIL, add_staff, log_in, path_of
+from tests.browser.test_console import click_and_wait as click  # every click here opens a page
 from tests.integration.test_admin_pages import dead_letter, flagged_order
-
-
-def click(browser, css: str) -> None:
-    """Click, and when the click submits a form or follows a link, wait for the next page."""
-    element = browser.find_element(By.CSS_SELECTOR, css)
-    element.click()
-    WebDriverWait(browser, 10).until(lambda b: _gone(element) and b.execute_script("return document.readyState")
-                                     == "complete")
-
-
-def _gone(element) -> bool:
-    from selenium.common.exceptions import StaleElementReferenceException
-
-    try:
-        element.is_enabled()
-        return False
-    except StaleElementReferenceException:
-        return True
 
 
 def text_of(browser, css: str) -> str:

@@ -123,6 +123,7 @@ def test_dead_letter_page_shows_the_traceback_and_a_masked_payload_and_retry_pay
 
     shown = page(staff_client, f"/admin/dead-letters/{message_id}")
     assert "Traceback" in shown and "shipments" in shown
+    assert "[parameters: •••]" in shown  # a statement's bound values can be a customer's address
     assert '"amount": ' in shown and event["id"] in shown  # the payload, pretty-printed
     assert event["data"]["object"]["client_secret"] not in shown
     assert '"client_secret": "•••"' in shown
@@ -360,7 +361,7 @@ def test_every_action_without_or_with_a_wrong_csrf_token_is_refused_and_changes_
         assert snapshot() == before, path
 
 
-def test_no_console_page_shows_a_card_number_a_client_secret_or_a_webhook_secret(
+def test_no_console_page_shows_a_card_number_a_client_secret_or_a_webhook_secret_and_every_form_has_a_token(
         staff_client, settings, sessions, checkout, post_event, deliver, app):
     # A customer who typed their card number into the address; a colleague who pasted secrets into notes.
     typed = dict(SHIPPING, address="Kita 1-jo 4242 4242 4242 4242 Sapporo")
@@ -378,10 +379,8 @@ def test_no_console_page_shows_a_card_number_a_client_secret_or_a_webhook_secret
             f"/admin/orders/{order['order_id']}", f"/admin/orders/{flagged['order_id']}",
             *(f"/admin/orders/{flagged['order_id']}/{d}" for d in ("accept", "cancel", "refund")),
             "/admin/search?q=buyer@example.com"]
-    with app.test_request_context():  # every console page is in the list
-        from flask import url_for
-
-        endpoints = {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule.startswith("/admin")}
+    # Every console page is in the list (a new page makes this test name it).
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule.startswith("/admin")}
     assert endpoints - {"admin.login", "admin.logout", "admin.retry", "admin.resolve", "admin.reopen"} == {
         "admin.dashboard", "admin.dead_letters", "admin.dead_letter", "admin.bulk_retry", "admin.orders",
         "admin.order", "admin.decide", "admin.search"}
@@ -391,6 +390,8 @@ def test_no_console_page_shows_a_card_number_a_client_secret_or_a_webhook_secret
         text = page(staff_client, url)
         for secret in forbidden:
             assert secret not in text, (url, secret)
+        forms = re.findall(r"<form\b.*?</form>", text, flags=re.S)
+        assert forms and all('name="csrf_token"' in form for form in forms), url
     assert "[card number ••••4242]" in page(staff_client, f"/admin/orders/{flagged['order_id']}")
 
 

@@ -99,7 +99,10 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
     holds = [r for r in order.reservations if r.status is ReservationStatus.ACTIVE]
     taken = [r for r in order.reservations if r.status is ReservationStatus.CONSUMED]
     gone = [r for r in order.reservations if r.status in (ReservationStatus.RELEASED, ReservationStatus.RETURNED)]
-    units = lambda rows: ", ".join(f"{r.quantity} × {r.sku}" for r in rows)  # noqa: E731
+
+    def units(rows) -> str:
+        return ", ".join(f"{r.quantity} × {r.sku}" for r in rows)
+
     shipment = order.shipment
     unshipped = shipment is not None and shipment.status is ShipmentStatus.PENDING
     if decision == "accept":
