@@ -6,6 +6,7 @@ console's forms with the session's CSRF token, as a browser sends them.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 
@@ -18,7 +19,8 @@ from models.events import InboxEvent, OutboxMessage, OutboxStatus
 from models.history import StaffAction
 from models.orders import Order
 from models.staff import add_staff_member
-from tests.support import SHIPPING, WEBHOOK_SECRET, confirm_card, event_for
+from tests.conftest import deliver_with
+from tests.support import SHIPPING, WEBHOOK_SECRET, confirm_card, event_for, free_port
 from webhook_app.cli import shop
 
 EMAIL = "kenji.staff@example.com"
@@ -153,6 +155,26 @@ def test_the_order_of_a_dead_letter_whose_handler_never_ran_gets_the_audit_row(s
     retry_dead_letter(sessions, message_id, actor="someone")
     (row,) = audit_rows(sessions)
     assert row.order_id == order["order_id"]
+
+
+def test_a_dead_mail_page_masks_the_recipient_name_and_address_and_links_its_order(staff_client, settings, sessions,
+                                                                                 checkout, post_event):
+    order = checkout([("TEA-01", 1)], email="hanako.private@example.com")
+    confirm_card(order["payment_intent_id"], CARD)
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                         order_id=order["order_id"], amount=order["total"]))
+    nobody_listens = dataclasses.replace(settings, smtp_url=f"smtp://127.0.0.1:{free_port()}")
+    deliver_with(nobody_listens, sessions)  # the order is paid; its confirmation mail fails every attempt
+    with sessions() as session:
+        message = session.scalars(select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD)).one()
+
+    listed = page(staff_client, "/admin/dead-letters")
+    shown = page(staff_client, f"/admin/dead-letters/{message.id}")
+    assert "mail “confirmation”" in listed and f'href="/admin/orders/{order["order_id"]}"' in shown
+    assert '"to": "•••"' in shown and '"kind": "confirmation"' in shown
+    for private in ("hanako.private", SHIPPING["name"], SHIPPING["address"], SHIPPING["postal_code"]):
+        assert private not in listed and private not in shown, private
+    assert 'id="retry"' in shown
 
 
 def test_resolving_needs_a_note_and_then_closes_the_dead_letter_with_it(staff_client, settings, sessions, checkout,
