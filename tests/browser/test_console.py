@@ -4,6 +4,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from click.testing import CliRunner
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
@@ -27,7 +28,15 @@ def click_and_wait(browser, css: str) -> None:
     """Click a link or a form's button, and wait for the page that answers it."""
     button = browser.find_element(By.CSS_SELECTOR, css)
     button.click()
-    WebDriverWait(browser, 10).until(staleness_of(button))
+    WebDriverWait(browser, 10).until(lambda b: _left_the_page(button)
+                                     and b.execute_script("return document.readyState") == "complete")
+
+
+def _left_the_page(element) -> bool:
+    try:
+        return staleness_of(element)(None)
+    except WebDriverException:  # Chromium, mid-navigation: "Node … does not belong to the document"
+        return True
 
 
 def log_in(browser, base, email=EMAIL, password=PASSWORD):
