@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from models.events import InboxEvent, OutboxMessage, Topic
@@ -162,3 +162,20 @@ def _disputes(session: Session, order: Order) -> list[StoryEntry]:
             entries.append(StoryEntry(dispute.closed_at, "dispute",
                                       f"dispute {dispute.stripe_dispute_id} closed: {dispute.status}"))
     return entries
+
+
+def find_orders_by_reference(session: Session, text: str, limit: int = 50) -> list[Order]:
+    """The orders a staff member means by one piece of text: an order id, a PaymentIntent id, a
+    Stripe event id, or the customer's e-mail (any case). Newest first; empty if nothing matches."""
+    text = text.strip()
+    if not text:
+        return []
+    match = [Order.id == text, Order.payment_intent_id == text, func.lower(Order.email) == text.lower()]
+    event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == text)).one_or_none()
+    if event is not None:
+        if event.order_id:
+            match.append(Order.id == event.order_id)
+        if event.object_id:
+            match.append(Order.payment_intent_id == event.object_id)
+    return list(session.scalars(select(Order).where(or_(*match))
+                                .order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterator
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.alerts import deliver_alert
@@ -175,6 +176,62 @@ def dead_letters(session: Session) -> list[OutboxMessage]:
         select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD).order_by(OutboxMessage.id)))
 
 
+def order_id_of_message(session: Session, message: OutboxMessage) -> str | None:
+    """The order a message is about: a mail's or Stripe call's own, else its event's order, else
+    the order holding the event's PaymentIntent (an event whose handler never got to run)."""
+    if message.order_id:
+        return message.order_id
+    order = _order_of(session, message.inbox_event, lock=False)
+    return order.id if order is not None else None
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters a staff member looks at: by event type (or topic: `mail`), by a piece
+    of the last error, and by when the message was created."""
+
+    kind: str | None = None
+    error_text: str | None = None
+    since: datetime | None = None
+
+    def query(self):
+        query = (select(OutboxMessage).outerjoin(InboxEvent, OutboxMessage.inbox_event_id == InboxEvent.id)
+                 .where(OutboxMessage.status == OutboxStatus.DEAD))
+        if self.kind:
+            topics = [topic for topic in Topic if topic.value == self.kind]
+            query = query.where(or_(InboxEvent.type == self.kind, OutboxMessage.topic.in_(topics))
+                                if topics else InboxEvent.type == self.kind)
+        if self.error_text:
+            query = query.where(OutboxMessage.last_error.ilike(f"%{_like_escaped(self.error_text)}%", escape="\\"))
+        if self.since:
+            query = query.where(OutboxMessage.created_at >= self.since)
+        return query
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def find_dead_letters(session: Session, which: DeadLetterFilter, *, offset: int = 0,
+                      limit: int | None = None) -> tuple[list[OutboxMessage], int]:
+    """One page of the dead letters matching `which`, oldest first, and how many match in all."""
+    query = which.query()
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    page = query.order_by(OutboxMessage.id).offset(offset)
+    if limit is not None:
+        page = page.limit(limit)
+    return list(session.scalars(page)), total
+
+
+def dead_letter_kinds(session: Session) -> list[str]:
+    """The event types (and topics, for mails and Stripe calls) that have dead letters now."""
+    rows = session.execute(
+        select(InboxEvent.type, OutboxMessage.topic)
+        .select_from(OutboxMessage).outerjoin(InboxEvent, OutboxMessage.inbox_event_id == InboxEvent.id)
+        .where(OutboxMessage.status == OutboxStatus.DEAD).distinct()).all()
+    return sorted({event_type or topic.value for event_type, topic in rows})
+
+
 def get_dead_letter(session: Session, message_id: int, *, for_update: bool = True) -> OutboxMessage:
     message = session.get(OutboxMessage, message_id, with_for_update=for_update)
     if message is None:
@@ -186,8 +243,7 @@ def _dead_letter_decision(factory: sessionmaker[Session], message_id: int, *, ac
                           note: str | None, change) -> Decision:
     target = f"dead letter {message_id}"
     with factory() as session:
-        message = get_dead_letter(session, message_id, for_update=False)
-        order_id = message.order_id or (message.inbox_event.order_id if message.inbox_event else None)
+        order_id = order_id_of_message(session, get_dead_letter(session, message_id, for_update=False))
     with _audited_refusal(factory, actor=actor, action=action, target=target, order_id=order_id, note=note), \
             caused_by(f"staff {actor}: {action}"), transaction(factory) as session:
         message = get_dead_letter(session, message_id)
@@ -218,6 +274,22 @@ def reopen_dead_letter(factory: sessionmaker[Session], message_id: int, *, actor
 
 
 # --- flagged orders ----------------------------------------------------------------------------
+
+def find_orders(session: Session, status: OrderStatus | None = None, *, offset: int = 0,
+                limit: int | None = None) -> tuple[list[Order], int]:
+    """One page of orders (with `status`, or all), the longest-waiting first for review, newest
+    first otherwise; and how many there are in all."""
+    query = select(Order)
+    if status is not None:
+        query = query.where(Order.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    order_by = (Order.updated_at, Order.id) if status is OrderStatus.NEEDS_REVIEW else (Order.created_at.desc(),
+                                                                                       Order.id.desc())
+    page = query.order_by(*order_by).offset(offset)
+    if limit is not None:
+        page = page.limit(limit)
+    return list(session.scalars(page)), total
+
 
 def orders_needing_review(session: Session) -> list[Order]:
     return list(session.scalars(

@@ -4,7 +4,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from click.testing import CliRunner
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import text
 
 from tests.support import event_for
@@ -21,11 +24,26 @@ def add_staff(settings, email=EMAIL, password=PASSWORD):
     assert result.exit_code == 0, result.output
 
 
+def click_and_wait(browser, css: str) -> None:
+    """Click a link or a form's button, and wait for the page that answers it."""
+    button = browser.find_element(By.CSS_SELECTOR, css)
+    button.click()
+    WebDriverWait(browser, 10).until(lambda b: _left_the_page(button)
+                                     and b.execute_script("return document.readyState") == "complete")
+
+
+def _left_the_page(element) -> bool:
+    try:
+        return staleness_of(element)(None)
+    except WebDriverException:  # Chromium, mid-navigation: "Node … does not belong to the document"
+        return True
+
+
 def log_in(browser, base, email=EMAIL, password=PASSWORD):
     browser.get(f"{base}/admin/login")
     browser.find_element(By.ID, "email").send_keys(email)
     browser.find_element(By.ID, "password").send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    click_and_wait(browser, "form button[type=submit]")  # the console, or the form again with an error
 
 
 def path_of(browser) -> str:
@@ -95,7 +113,7 @@ def test_staff_member_logs_in_and_sees_the_dashboard_with_real_data(browser, liv
     screenshot("dashboard")
     screenshot("dashboard", phone=True)
 
-    browser.find_element(By.CSS_SELECTOR, ".logout button").click()
+    click_and_wait(browser, ".logout button")
     assert path_of(browser) == "/admin/login"
     browser.get(f"{live_server}/admin/")
     assert path_of(browser) == "/admin/login"
@@ -134,7 +152,7 @@ def test_a_form_posted_from_another_site_is_refused_and_changes_nothing(browser,
     forged = (f'<form id="f" method="post" action="{live_server}/admin/logout">'
               '<button id="go" type="submit">go</button></form>')
     browser.get("data:text/html," + forged)
-    browser.find_element(By.ID, "go").click()
+    click_and_wait(browser, "#go")
     assert "Nothing was changed" in browser.find_element(By.CSS_SELECTOR, ".notice.error").text
     screenshot("csrf-refused")
     browser.get(f"{live_server}/admin/")

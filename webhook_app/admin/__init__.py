@@ -68,7 +68,11 @@ def init_admin(app: Flask, *, secret_key: str | None, admin_base_url: str) -> No
     login_manager.login_view = "admin.login"
     login_manager.session_protection = "basic"
 
-    from webhook_app.admin import auth, dashboard  # noqa: F401  (their views register on bp)
+    from webhook_app.admin import auth, dashboard, dead_letters, orders  # noqa: F401  (their views register on bp)
+    from webhook_app.admin.display import money, when
+
+    app.add_template_filter(money, "money")
+    app.add_template_filter(when, "when")
 
     app.register_blueprint(bp)
 
@@ -99,6 +103,12 @@ def _staff_only():
 
 @bp.after_request
 def _console_headers(response):
+    if response.mimetype == "text/html" and not response.direct_passthrough:
+        # The last guard on every console page: a card number a customer typed into an address,
+        # a client secret or an API key pasted into a note never reaches the screen.
+        from webhook_app.admin.masking import scrub_text
+
+        response.set_data(scrub_text(response.get_data(as_text=True)))
     # Staff pages show order data: never cached, never framed, nothing loaded from elsewhere.
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
@@ -117,3 +127,11 @@ def _csrf_refused(exc: CSRFError):
                                    "token (it may have expired, or the form came from another site). Nothing "
                                    "was changed. Go back, reload the page and try again.",
                            reason=exc.description), 400
+
+
+@bp.errorhandler(404)
+def _not_found(exc):
+    return render_template("admin/refused.html", title="Not found",
+                           message="There is nothing at this address: the id may be mistyped, or it belongs to "
+                                   "another environment. Search for it with the box above.",
+                           reason="not found"), 404

@@ -13,7 +13,7 @@ from webhook_app.admin import StaffUser, bp
 log = structlog.get_logger(__name__)
 
 
-def _safe_next(target: str | None) -> str:
+def safe_next(target: str | None) -> str:
     """Only a path inside the console: never an open redirect to another site."""
     if target and target.startswith("/admin") and not target.startswith("//") and "\\" not in target:
         return target
@@ -22,7 +22,7 @@ def _safe_next(target: str | None) -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    next_url = _safe_next(request.values.get("next"))
+    next_url = safe_next(request.values.get("next"))
     if request.method == "GET":
         if current_user.is_authenticated:
             return redirect(next_url)

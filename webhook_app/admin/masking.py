@@ -1,0 +1,89 @@
+"""What the console never shows: customers' contact details inside payloads, card numbers,
+client secrets and API or webhook secrets, wherever they turn up (a payload, an error, a note).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from models.logs import redact
+
+MASK = "•••"
+
+# Keys whose values are a person's contact details (Stripe's billing_details, shipping,
+# customer_details, receipt_email; our mails' `to`), or a secret.
+_PRIVATE_KEYS = frozenset({"name", "email", "phone", "address", "shipping", "billing_details", "customer_details",
+                           "line1", "line2", "city", "postal_code", "state", "to", "receipt_email",
+                           "customer_email", "customer_name", "customer_phone", "customer_address"})
+_PRIVATE_KEY_PARTS = ("email", "phone", "secret", "password")
+
+# A client secret (`pi_…_secret_…`, `seti_…_secret_…`) and Stripe's key and webhook-secret prefixes.
+_SECRET = re.compile(r"\b(?:[a-z]+_[A-Za-z0-9]+_secret_[A-Za-z0-9]+|whsec_[A-Za-z0-9]+|"
+                     r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_]+)")
+# 13 to 19 digits, optionally grouped by spaces or dashes: checked with Luhn before masking.
+_DIGIT_RUN = re.compile(r"(?<![\w])(?:\d[ -]?){12,18}\d(?![\w])")
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char)
+        if index % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _mask_card(match: re.Match) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    return f"[card number ••••{digits[-4:]}]" if _luhn_ok(digits) else match.group(0)
+
+
+def scrub_text(text: str) -> str:
+    """Card numbers, client secrets and API/webhook secrets masked in any text (a whole page too)."""
+    return _DIGIT_RUN.sub(_mask_card, _SECRET.sub(MASK, text))
+
+
+def _is_private(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in _PRIVATE_KEYS or any(part in lowered for part in _PRIVATE_KEY_PARTS)
+
+
+def mask_payload(value, private_values: tuple[str, ...] = ()):
+    """A copy of a JSON value with customers' details and secrets masked at any depth.
+
+    A private key keeps its place (so staff see the field was there and set) with its value
+    masked; `private_values` (the order's e-mail, name and address) are masked inside any text,
+    e.g. a mail's body; e-mail addresses anywhere are masked too.
+    """
+    if isinstance(value, dict):
+        return {key: (MASK if _is_private(str(key)) and item not in (None, "", {}, [])
+                      else mask_payload(item, private_values)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [mask_payload(item, private_values) for item in value]
+    if isinstance(value, str):
+        for private in private_values:
+            if private and len(private) >= 3:
+                value = value.replace(private, MASK)
+        return scrub_text(redact(value))
+    return value
+
+
+def pretty_masked(payload: str | dict, private_values: tuple[str, ...] = ()) -> str:
+    """A payload as indented JSON for staff eyes, masked; text that is not JSON is masked as text."""
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            return mask_payload(payload, private_values)
+    return json.dumps(mask_payload(payload, private_values), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+# SQLAlchemy's error text ends with the statement's bound parameters: an order's address, an
+# event's payload. A traceback shows the statement; its values are masked.
+_BOUND_PARAMETERS = re.compile(r"^\[parameters: .*$", re.M)
+
+
+def mask_error(text: str, private_values: tuple[str, ...] = ()) -> str:
+    """An error or traceback for staff eyes: bound parameters, customer details and secrets masked."""
+    return mask_payload(_BOUND_PARAMETERS.sub(f"[parameters: {MASK}]", text), private_values)

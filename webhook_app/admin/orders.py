@@ -1,0 +1,209 @@
+"""Orders in the console: a list by status (the review queue first of all), one page per order
+with its whole story, search, and the decisions accept, cancel and refund, each behind a page
+that says what will happen to the money and the stock.
+
+The decisions are the functions the CLI calls (consumers/staff_actions.py), with the logged-in
+staff member as the actor; this module reads the form, calls, and redirects to the order's page.
+"""
+from __future__ import annotations
+
+from flask import abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import or_, select
+
+from consumers.order_story import find_orders_by_reference, order_story
+from consumers.payments import PaymentGatewayError
+from consumers.staff_actions import accept_order, cancel_order, find_orders, order_id_of_message, refund_order
+from models.catalog import ReservationStatus, Stock
+from models.errors import DomainError, NotFound
+from models.events import InboxEvent, OutboxMessage, OutboxStatus
+from models.orders import Order, OrderStatus, ShipmentStatus, can_transition, get_order
+from webhook_app import state
+from webhook_app.admin import actor, bp
+from webhook_app.admin.display import money, review_sentence
+
+PAGE_SIZE = 25
+DECISIONS = ("accept", "cancel", "refund")
+
+
+def _status_arg(text: str | None) -> OrderStatus | None:
+    try:
+        return OrderStatus(text) if text else None
+    except ValueError:
+        return None
+
+
+@bp.route("/orders", methods=["GET", "POST"])
+def orders():
+    if request.method == "POST":  # the filter form: posted (it carries the CSRF token), then a plain GET
+        status = _status_arg(request.form.get("status"))
+        return redirect(url_for("admin.orders", **({"status": status.value} if status else {})), 303)
+    status = _status_arg(request.args.get("status"))
+    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    with state().sessions() as session:
+        found, total = find_orders(session, status, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+        rows = [{"id": o.id, "status": o.status.value, "total": money(o.total, o.currency),
+                 "held": money(o.money_held, o.currency), "created_at": o.created_at, "updated_at": o.updated_at,
+                 "reason": review_sentence(o.review_reason) if o.status is OrderStatus.NEEDS_REVIEW else None,
+                 "decisions": available_decisions(o)} for o in found]
+    title = "Orders needing review" if status is OrderStatus.NEEDS_REVIEW else (
+        f"Orders: {status.value}" if status else "Orders")
+    return render_template("admin/orders.html", title=title, rows=rows, total=total, page=page,
+                           pages=max(-(-total // PAGE_SIZE), 1), status=status.value if status else "",
+                           page_args={"status": status.value} if status else {},
+                           statuses=[s.value for s in OrderStatus])
+
+
+def available_decisions(order: Order) -> list[str]:
+    """The decisions that can succeed on the order as it is now (others would only be refused)."""
+    decisions = []
+    if order.status is OrderStatus.NEEDS_REVIEW and order.money_held > 0:
+        decisions.append("accept")
+    if can_transition(order.status, OrderStatus.CANCELLED):
+        decisions.append("cancel")
+    if can_transition(order.status, OrderStatus.REFUNDED) and order.payment_intent_id and order.money_held > 0:
+        decisions.append("refund")
+    return decisions
+
+
+@bp.get("/orders/<order_id>")
+def order(order_id: str):
+    with state().sessions() as session:
+        try:
+            story = order_story(session, order_id)
+        except NotFound:
+            abort(404)
+        current = session.get(Order, order_id)
+        dead = [{"id": m.id, "what": (f"{m.inbox_event.type} {m.inbox_event.event_id}" if m.inbox_event
+                                      else m.topic.value.replace("_", " "))}
+                for m in _dead_letters_of(session, current)]
+        decisions = available_decisions(current)
+        reason = review_sentence(current.review_reason) if current.status is OrderStatus.NEEDS_REVIEW else None
+    return render_template("admin/order.html", title=f"Order {order_id}", story=story, dead=dead,
+                           decisions=decisions, reason=reason)
+
+
+def _dead_letters_of(session, order: Order) -> list[OutboxMessage]:
+    """The order's dead letters: its mails and Stripe calls, and the events about its PaymentIntent."""
+    about = [OutboxMessage.order_id == order.id, InboxEvent.order_id == order.id]
+    if order.payment_intent_id:
+        about.append(InboxEvent.object_id == order.payment_intent_id)
+    candidates = session.scalars(
+        select(OutboxMessage).outerjoin(InboxEvent, OutboxMessage.inbox_event_id == InboxEvent.id)
+        .where(OutboxMessage.status == OutboxStatus.DEAD, or_(*about)).order_by(OutboxMessage.id))
+    return [m for m in candidates if order_id_of_message(session, m) == order.id]
+
+
+def consequences(session, order: Order, decision: str, refund: bool = False) -> list[str]:
+    """What the decision will do to money and stock, in sentences, from the order as it is now."""
+    held = money(order.money_held, order.currency)
+    holds = [r for r in order.reservations if r.status is ReservationStatus.ACTIVE]
+    taken = [r for r in order.reservations if r.status is ReservationStatus.CONSUMED]
+    gone = [r for r in order.reservations if r.status in (ReservationStatus.RELEASED, ReservationStatus.RETURNED)]
+
+    def units(rows) -> str:
+        return ", ".join(f"{r.quantity} × {r.sku}" for r in rows)
+
+    shipment = order.shipment
+    unshipped = shipment is not None and shipment.status is ShipmentStatus.PENDING
+    if decision == "accept":
+        out = [f"Money: the {held} taken is kept; nothing goes back to the customer."]
+        if shipment is not None and shipment.status is not ShipmentStatus.CANCELLED:
+            out.append(f"Stock: unchanged; its goods were already taken (shipment {shipment.status.value}). "
+                       f"The order goes back to paid.")
+            return out
+        if holds:
+            out.append(f"Stock: the units it holds ({units(holds)}) leave the shelf.")
+        if gone:
+            available = {s.sku: s.available for s in session.scalars(
+                select(Stock).where(Stock.sku.in_([r.sku for r in gone])))}
+            out.append(f"Stock: its hold was released, so {units(gone)} are taken from available stock "
+                       f"(now available: {', '.join(f'{sku} {n}' for sku, n in sorted(available.items()))}); "
+                       f"if any is short, nothing changes and you are told which.")
+        out.append("The order becomes paid, a shipment is created and the confirmation e-mail is queued.")
+        return out
+    if decision == "refund" or (decision == "cancel" and refund and order.money_held > 0):
+        out = [f"Money: {held} goes back to the customer's card at Stripe, in full. Stripe keeps its fee."]
+        if holds or (taken and unshipped):
+            out.append(f"Stock: {units(holds + (taken if unshipped else []))} go back on the shelf"
+                       + (f"; shipment {shipment.id} is cancelled." if unshipped else "."))
+        elif shipment is not None and shipment.status is ShipmentStatus.SHIPPED:
+            out.append("Stock: unchanged; the goods have already been shipped.")
+        else:
+            out.append("Stock: nothing is held for it; nothing changes.")
+        out.append("The order ends refunded.")
+        return out
+    # cancel without money to give back
+    if order.money_held > 0:
+        return [f"Money: this order holds {held} taken from the customer. Cancelling is refused unless you "
+                f"tick “refund” (the money goes back, the order ends refunded); to keep the money, accept instead."]
+    out = ["Money: none was taken; nothing is charged or refunded."]
+    out.append(f"Stock: {units(holds)} go back on the shelf." if holds else "Stock: nothing is held for it.")
+    if order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED) and order.payment_intent_id:
+        out.append(f"Its PaymentIntent {order.payment_intent_id} is cancelled at Stripe, so the customer can "
+                   f"no longer pay for it.")
+    out.append("The order ends cancelled.")
+    return out
+
+
+@bp.route("/orders/<order_id>/<decision>", methods=["GET", "POST"])
+def decide(order_id: str, decision: str):
+    """GET: the confirmation page (what will happen, a note to write); POST: do it."""
+    if decision not in DECISIONS:
+        abort(404)
+    if request.method == "POST":
+        return _decided(order_id, decision)
+    with state().sessions() as session:
+        try:
+            current = get_order(session, order_id)
+        except NotFound:
+            abort(404)
+        page = {"order_id": current.id, "status": current.status.value, "total": money(current.total, current.currency),
+                "held": money(current.money_held, current.currency), "holds_money": current.money_held > 0,
+                "reason": review_sentence(current.review_reason)
+                if current.status is OrderStatus.NEEDS_REVIEW else None,
+                "effects": consequences(session, current, decision),
+                "effects_with_refund": consequences(session, current, decision, refund=True)
+                if decision == "cancel" and current.money_held > 0 else None,
+                "possible": decision in available_decisions(current)}
+    return render_template("admin/order_decision.html", title=f"{decision.capitalize()} order {order_id}",
+                           decision=decision, o=page)
+
+
+def _decided(order_id: str, decision: str):
+    note = request.form.get("note", "").strip()
+    if not note:
+        flash(f"Not done: {decision} needs a note saying why (it is kept in the audit trail).", "error")
+        return redirect(url_for("admin.decide", order_id=order_id, decision=decision), 303)
+    sessions, who = state().sessions, actor()
+    try:
+        if decision == "accept":
+            result = accept_order(sessions, order_id, actor=who, note=note)
+        elif decision == "refund":
+            result = refund_order(sessions, order_id, actor=who, reason=note)
+        else:
+            result = cancel_order(sessions, order_id, actor=who, note=note, refund=request.form.get("refund") == "yes")
+    except NotFound:
+        abort(404)
+    except DomainError as exc:
+        flash(f"Not done: {exc.message}", "error")
+    except PaymentGatewayError as exc:
+        flash(f"Not done: Stripe did not take the refund ({exc}). Nothing changed here; try again later.", "error")
+    else:
+        flash(f"Order {order_id}: {decision} done, {result.status_before} → {result.status_after} "
+              f"({result.detail}).", "ok")
+    return redirect(url_for("admin.order", order_id=order_id), 303)
+
+
+@bp.route("/search", methods=["GET", "POST"])
+def search():
+    """An order id, PaymentIntent id, event id or e-mail: one match opens the order's page."""
+    if request.method == "POST":  # the search box: posted (it carries the CSRF token), then a plain GET
+        return redirect(url_for("admin.search", q=request.form.get("q", "").strip()), 303)
+    text = request.args.get("q", "").strip()
+    with state().sessions() as session:
+        found = find_orders_by_reference(session, text)
+        rows = [{"id": o.id, "status": o.status.value, "total": money(o.total, o.currency),
+                 "created_at": o.created_at} for o in found]
+    if len(rows) == 1:
+        return redirect(url_for("admin.order", order_id=rows[0]["id"]), 303)
+    return render_template("admin/search.html", title="Search", q=text, rows=rows), (200 if rows or not text else 404)
