@@ -24,6 +24,7 @@ from models.carts import Cart, CartStatus, get_cart, reprice_cart
 from models.db import transaction
 from models.errors import Conflict, DomainError, InvalidInput, OutOfStock, PriceChanged
 from models.events import Topic, enqueue
+from models.history import caused_by
 from models.orders import Order, OrderStatus, ShippingAddress, get_order, place_order, release_reservations
 from models.settings import Settings
 
@@ -146,6 +147,11 @@ def checkout(sessions: sessionmaker[Session], settings: Settings, request: Check
     CheckoutCancelled, CheckoutInProgress, IdempotencyKeyReused, PaymentProviderUnavailable,
     PaymentProviderBusy.
     """
+    with caused_by("checkout"):
+        return _checkout(sessions, settings, request)
+
+
+def _checkout(sessions: sessionmaker[Session], settings: Settings, request: CheckoutRequest) -> Order:
     existing = order_for_key(sessions, request.idempotency_key)
     if existing is not None:
         return replay(sessions, settings, existing, request.cart_id)

@@ -80,3 +80,22 @@ def test_the_story_is_data_the_console_can_render_too(settings, sessions, client
 
 def test_orders_show_of_an_unknown_order_exits_2(settings):
     assert _run(settings, "orders", "show", "ord_nope").exit_code == 2
+
+
+def test_every_status_change_names_its_cause(settings, sessions, client, checkout, post_event, deliver):
+    from sqlalchemy import select
+
+    from models.history import OrderStatusChange
+
+    order = checkout([("TEA-01", 1)])
+    event = event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                      order_id=order["order_id"], amount=order["total"])
+    post_event(event)
+    deliver()
+    with sessions() as session:
+        changes = session.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == order["order_id"])
+                                  .order_by(OrderStatusChange.id)).all()
+        assert [(c.from_status, c.to_status, c.cause) for c in changes] == [
+            (None, "pending_payment", "checkout"),
+            ("pending_payment", "paid", f"event {event['id']}"),
+        ]
