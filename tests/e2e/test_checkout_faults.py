@@ -26,7 +26,9 @@ pytestmark = pytest.mark.e2e
 DEADLINE = 4  # STRIPE_DEADLINE_SECONDS for these clusters
 # A liveness bound, not a benchmark: behind a stalled Stripe, the old sync workers made
 # webhooks wait about 12 s (two 6 s tries of the SDK per checkout ahead of them).
-PROMPTLY = 2.0
+# Bounds with room for a busy 2-core CI machine, still far below what the defects took.
+PROMPTLY = 4.0
+SLACK = 4.0  # what a checkout may take beyond its Stripe deadline (the old code: 12 s and more)
 
 
 @pytest.fixture(params=backends())
@@ -97,7 +99,7 @@ def test_webhooks_and_readyz_answer_promptly_while_checkouts_wait_on_a_stalled_s
     for body, elapsed in results:
         assert body["status"] in (502, 503)
         # One deadline for the Stripe call, retries included, and a little for the rest.
-        assert elapsed < DEADLINE + 2, f"checkout answered {body['status']} after {elapsed:.1f} s"
+        assert elapsed < DEADLINE + SLACK, f"checkout answered {body['status']} after {elapsed:.1f} s"
     stock = cluster.stock("TEA-01")
     assert (stock["on_hand"], stock["reserved"], stock["available"]) == (40, 0, 40)
     for cart_id in carts:
@@ -112,7 +114,7 @@ def test_an_intent_created_by_a_checkout_that_timed_out_is_cancelled_at_stripe(s
         body, elapsed = _timed(lambda: cluster.checkout([("TEA-01", 2)]))
         assert body["status"] == 502, body
         assert body["error"]["code"] == "payment_provider_unavailable"
-        assert elapsed < DEADLINE + 2
+        assert elapsed < DEADLINE + SLACK
         proxy.wait_for_answers(1)
 
         stock = cluster.stock("TEA-01")
