@@ -131,6 +131,21 @@ def assert_each_event_stored_once(session: Session, event_ids: set[str]) -> None
     assert {status for _, status in rows} == {EventStatus.PROCESSED}
 
 
+def assert_stock_accounted_for(session: Session, order: Order, context) -> None:
+    """Stock never negative; what left the shelf is exactly what the paid, unrefunded order still
+    has out; what is reserved is exactly what it still holds (the shop's only order)."""
+    from models.catalog import ReservationStatus, Stock
+
+    for sku, initial in STOCK.items():
+        row = session.get(Stock, sku)
+        assert row.on_hand >= 0 and 0 <= row.reserved <= row.on_hand, sku
+        held = [r for r in order.reservations if r.sku == sku]
+        out = sum(r.quantity for r in held if r.status is ReservationStatus.CONSUMED)
+        reserved = sum(r.quantity for r in held if r.status is ReservationStatus.ACTIVE)
+        assert row.on_hand + out == initial, (sku, context, order.status.value)
+        assert row.reserved == reserved, (sku, context, order.status.value)
+
+
 ITEMS = st.fixed_dictionaries({
     "TEA-01": st.integers(min_value=1, max_value=5),
     "CUP-01": st.integers(min_value=0, max_value=STOCK["CUP-01"]),
@@ -291,7 +306,7 @@ def money_events(order: dict) -> dict[str, dict]:
        data=st.data())
 def test_any_order_and_repetition_of_money_events_keeps_money_and_stock_accounted_for(
         fresh_shop, items, kinds, data):
-    from models.catalog import ReservationStatus, Stock
+    from models.catalog import ReservationStatus
     from models.refunds import Dispute, Refund
 
     with fresh_shop() as shop:
@@ -328,16 +343,7 @@ def test_any_order_and_repetition_of_money_events_keeps_money_and_stock_accounte
                 select(OutboxMessage.payload).where(OutboxMessage.topic == Topic.MAIL)))
             assert mails["confirmation"] == shipments
             assert mails["payment_failed"] <= 1
-            # Stock: never negative; what left the shelf is exactly what a paid, unrefunded
-            # order still has out; what is reserved is exactly what an order still holds.
-            for sku, initial in STOCK.items():
-                row = session.get(Stock, sku)
-                assert row.on_hand >= 0 and 0 <= row.reserved <= row.on_hand, sku
-                held = [r for r in stored.reservations if r.sku == sku]
-                out = sum(r.quantity for r in held if r.status is ReservationStatus.CONSUMED)
-                reserved = sum(r.quantity for r in held if r.status is ReservationStatus.ACTIVE)
-                assert row.on_hand + out == initial, (sku, kinds, status)
-                assert row.reserved == reserved, (sku, kinds, status)
+            assert_stock_accounted_for(session, stored, kinds)
             if status == "refunded":
                 assert all(r.status is not ReservationStatus.ACTIVE for r in stored.reservations)
                 assert stored.shipment is None or stored.shipment.status.value == "cancelled"

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from consumers.payments import PaymentGatewayError
 from consumers.staff_actions import accept_order, cancel_order, refund_order
-from models.catalog import ReservationStatus, Stock
+from models.catalog import ReservationStatus
 from models.errors import DomainError
 from models.events import OutboxMessage, Topic
 from models.history import StaffAction
@@ -32,7 +32,7 @@ from models.refunds import Refund
 from tests.integration.test_event_order_property import (  # noqa: F401 - fresh_shop is a fixture
     ITEMS,
     PROPERTY,
-    STOCK,
+    assert_stock_accounted_for,
     deliver_all,
     fresh_shop,
     money_events,
@@ -98,14 +98,7 @@ def test_any_interleaving_of_money_events_and_staff_decisions_keeps_money_and_st
                 select(OutboxMessage.payload).where(OutboxMessage.topic == Topic.MAIL)))
             assert mails["confirmation"] == shipments, (steps, status)
 
-            for sku, initial in STOCK.items():
-                row = session.get(Stock, sku)
-                assert row.on_hand >= 0 and 0 <= row.reserved <= row.on_hand, sku
-                held = [r for r in stored.reservations if r.sku == sku]
-                out = sum(r.quantity for r in held if r.status is ReservationStatus.CONSUMED)
-                reserved = sum(r.quantity for r in held if r.status is ReservationStatus.ACTIVE)
-                assert row.on_hand + out == initial, (sku, steps, status)
-                assert row.reserved == reserved, (sku, steps, status)
+            assert_stock_accounted_for(session, stored, steps)
             if status in ("refunded", "cancelled"):
                 # Nothing shipped here, so an order that ends without its money holds no units either.
                 assert not [r for r in stored.reservations
