@@ -68,12 +68,16 @@ def confirm_payment_intent(*, payment_intent_id: str, payment_method_id: str,
     Returns the intent: `succeeded`, `processing`, or `requires_action` (3-D Secure: the page
     completes it with Stripe.js). Raises CardDeclined when the card is refused.
     """
-    # The same card sent twice (a double click, a retried request) is one confirmation at Stripe.
-    options = {"idempotency_key": f"{payment_intent_id}-confirm-{payment_method_id}"}
-    return _within_deadline(
-        lambda client: client.v1.payment_intents.confirm(
-            payment_intent_id, params={"payment_method": payment_method_id}, options=options),
-        deadline_seconds)
+    # Attached, then confirmed (two calls: localstripe refuses `payment_method` on confirm). The
+    # same card sent twice (a double click, a retried request) is the same two requests at Stripe.
+    key = f"{payment_intent_id}-{payment_method_id}"
+
+    def attach_and_confirm(client: stripe.StripeClient) -> stripe.PaymentIntent:
+        client.v1.payment_intents.update(payment_intent_id, params={"payment_method": payment_method_id},
+                                         options={"idempotency_key": f"{key}-attach"})
+        return client.v1.payment_intents.confirm(payment_intent_id, options={"idempotency_key": f"{key}-confirm"})
+
+    return _within_deadline(attach_and_confirm, deadline_seconds)
 
 
 # Worth another try inside the deadline: the request may not have reached Stripe, or Stripe

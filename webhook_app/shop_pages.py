@@ -13,7 +13,7 @@ import hmac
 from urllib.parse import urlsplit
 
 import structlog
-from flask import (Blueprint, flash, get_flashed_messages, jsonify, make_response, redirect, render_template, request,
+from flask import (Blueprint, flash, jsonify, make_response, redirect, render_template, request,
                    session, url_for)
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import select
@@ -293,6 +293,7 @@ def checkout_info():
 @bp.get("/checkout/confirm")
 def checkout_confirm():
     buyer = session.get("buyer")
+    declined = None
     with state().sessions() as db:
         cart = _session_cart(db)
         if cart is None or not cart.items:
@@ -304,8 +305,8 @@ def checkout_confirm():
             lines = [line.to_dict() for line in order.lines]
             subtotal, fee, total = order.subtotal, order.shipping_fee, order.total
             held_until = order.reserved_until
-            if order.status is OrderStatus.PAYMENT_FAILED and not get_flashed_messages(with_categories=False):
-                flash(_t("declined", message=order.failure_message or order.failure_code or ""), "error")
+            if order.status is OrderStatus.PAYMENT_FAILED:
+                declined = _t("declined", message=order.failure_message or order.failure_code or "")
         else:
             if cart.status is not CartStatus.OPEN:
                 # Its order can no longer be paid (expired, cancelled): start again.
@@ -319,7 +320,7 @@ def checkout_confirm():
             held_until = None
     settings = state().settings
     return _render("confirm.html", title=_t("step_confirm"), lines=lines, subtotal=subtotal,
-                           shipping_fee=fee, total=total, buyer=buyer, held_until=held_until,
+                           shipping_fee=fee, total=total, buyer=buyer, held_until=held_until, declined=declined,
                            hold_minutes=settings.reservation_ttl_seconds // 60,
                            stripe_js_url=settings.stripe_js_url,
                            stripe_publishable_key=settings.stripe_publishable_key, step=3)
