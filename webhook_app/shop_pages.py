@@ -184,25 +184,28 @@ def add_to_cart():
     if not quantity:
         flash(_t("bad_quantity", n=MAX_QUANTITY), "error")
         return redirect(url_for("shop_pages.products"), 303)
-    with transaction(state().sessions) as db:
-        product = db.get(Product, sku)
-        if product is None:
-            raise NotFound(f"no product with sku {sku}", field="sku")
-        cart = _session_cart(db)
-        if cart is None or cart.status is not CartStatus.OPEN:
-            _forget_purchase()
-            cart = _session_cart(db, create=True)
-        try:
+    try:
+        with transaction(state().sessions) as db:
+            product = db.get(Product, sku)
+            if product is None:
+                raise NotFound(f"no product with sku {sku}", field="sku")
+            name = product.name
+            cart = _session_cart(db)
+            if cart is None or cart.status is not CartStatus.OPEN:
+                _forget_purchase()
+                cart = _session_cart(db, create=True)
             item = cart.add(product, quantity)
-        except InvalidInput:
-            flash(_t("bad_quantity", n=MAX_QUANTITY), "error")
-            return redirect(url_for("shop_pages.products"), 303)
-        # Adding holds nothing (checkout reserves), but what cannot be sold is refused now.
-        if item.quantity > product.stock.available:
-            db.rollback()
-            flash(_t("not_enough_stock", name=product.name, n=product.stock.available), "error")
-            return redirect(url_for("shop_pages.products"), 303)
-        flash(_t("added", name=product.name), "info")
+            # Adding holds nothing (checkout reserves), but what cannot be sold is refused now;
+            # raising rolls the addition back.
+            if item.quantity > product.stock.available:
+                raise OutOfStock(sku, item.quantity, product.stock.available)
+    except InvalidInput:
+        flash(_t("bad_quantity", n=MAX_QUANTITY), "error")
+        return redirect(url_for("shop_pages.products"), 303)
+    except OutOfStock as exc:
+        flash(_t("not_enough_stock", name=name, n=exc.available), "error")
+        return redirect(url_for("shop_pages.products"), 303)
+    flash(_t("added", name=name), "info")
     return redirect(url_for("shop_pages.show_cart"), 303)
 
 
