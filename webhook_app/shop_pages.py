@@ -322,7 +322,7 @@ def checkout_confirm():
             total = subtotal + fee
             held_until = None
     settings = state().settings
-    return _render("confirm.html", title=_t("step_confirm"), lines=lines, subtotal=subtotal,
+    return _render("confirm.html", title=_t("confirm_title"), lines=lines, subtotal=subtotal,
                            shipping_fee=fee, total=total, buyer=buyer, held_until=held_until, declined=declined,
                            hold_minutes=settings.reservation_ttl_seconds // 60,
                            stripe_js_url=settings.stripe_js_url,
@@ -389,6 +389,7 @@ def place_order():
         log.warning("setup_intent_failed", order_id=order.id, error=str(exc))
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
     return jsonify({"order_id": order.id, "total": order.total, "setup_client_secret": setup.client_secret,
+                    "hold": _t("hold_until", time=local_time(order.reserved_until, current_language())),
                     "complete_url": _complete_url(order)}), 201
 
 
@@ -453,7 +454,7 @@ def complete(order_id: str):
             return redirect(url_for("shop_pages.checkout_confirm"), 303)
         if order.status is OrderStatus.PAID and session.get("order", {}).get("id") == order.id:
             _forget_purchase()
-        return _render("complete.html", title=_t("step_complete"), order=order,
+        return _render("complete.html", title=_t("complete_title"), order=order,
                                lines=[line.to_dict() for line in order.lines], token=token, step=4)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -46,7 +47,8 @@ class BackgroundWorker:
 
 
 def wait(browser, seconds: float = 20) -> WebDriverWait:
-    return WebDriverWait(browser, seconds)
+    # A page that is being replaced (the script navigates) is looked at again, not a failure.
+    return WebDriverWait(browser, seconds, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
 
 
 def text_of(browser, css: str) -> str:

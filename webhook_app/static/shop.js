@@ -54,6 +54,10 @@
     if (placed.error) {
       return refused(placed);
     }
+    if (placed.hold) {
+      /* The order is placed: its stock is held until a known time now. */
+      document.getElementById("hold").textContent = placed.hold;
+    }
     if (!placed.setup_client_secret) {
       /* Paid already (a second tab, a double click): the complete screen says what happened. */
       return window.location.assign(placed.complete_url);
