@@ -25,7 +25,7 @@ from consumers.payments import CardDeclined, PaymentGatewayError, confirm_paymen
 from models.carts import MAX_QUANTITY, Cart, CartStatus, get_cart
 from models.catalog import Product
 from models.db import transaction
-from models.errors import DomainError, InvalidInput, NotFound, OutOfStock, PriceChanged
+from models.errors import InvalidInput, NotFound, OutOfStock, PriceChanged
 from models.history import OrderStatusChange
 from models.orders import Order, OrderStatus, ShippingAddress, get_order
 from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
