@@ -8,6 +8,7 @@ import stripe
 
 from models.catalog import Product, Stock
 from models.orders import Order, OrderStatus
+from tests.integration.test_mail import Mailbox
 from tests.support import event_for
 
 BUYER = {"name": "Hanako Yamada", "email": "hanako@example.com", "postal_code": "060-0001",
@@ -283,3 +284,26 @@ def test_stripe_js_comes_from_the_configured_url_with_the_publishable_key(make_c
     scripts = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', html)
     assert all(s.startswith("/static/") or s.startswith("http://127.0.0.1:9/") for s in scripts), scripts
     assert "script-src 'self' http://127.0.0.1:9" in response.headers["Content-Security-Policy"]
+
+
+def test_order_mail_links_to_my_page_with_the_token(client, sessions, post_event, settings):
+    import dataclasses
+
+    from tests.conftest import deliver_with
+
+    mailbox = Mailbox()
+    mailbox.start()
+    try:
+        place_order_without_js(client)
+        order = only_order(sessions)
+        post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order.payment_intent_id,
+                             order_id=order.id, amount=order.total))
+        deliver_with(dataclasses.replace(settings, smtp_url=f"smtp://127.0.0.1:{mailbox.port}"), sessions)
+    finally:
+        mailbox.stop()
+    (recipients, mail), = mailbox.messages
+    link = f"{settings.admin_base_url}/orders/{order.id}?token={order.access_token}"
+    assert link in mail.get_payload(decode=True).decode()
+    mine = client.get(link.removeprefix(settings.admin_base_url), headers={"Accept": "text/html"})
+    assert mine.status_code == 200
+    assert "Hanako Yamada" in page(mine)
