@@ -281,6 +281,10 @@ def checkout_info():
         cart = _session_cart(db)
         if cart is None or not cart.items:
             return redirect(url_for("shop_pages.show_cart"), 303)
+        if _open_order(db) is not None:
+            # The order is placed with this address (its stock held, its total fixed): it is
+            # paid for as it stands.
+            return redirect(url_for("shop_pages.checkout_confirm"), 303)
     if request.method == "GET":
         return _render_info(session.get("buyer", {}), {})
     values, errors = validate_buyer(request.form)
@@ -308,6 +312,8 @@ def checkout_confirm():
             lines = [line.to_dict() for line in order.lines]
             subtotal, fee, total = order.subtotal, order.shipping_fee, order.total
             held_until = order.reserved_until
+            buyer = {"name": order.ship_name, "email": order.email, "postal_code": order.ship_postal_code,
+                     "prefecture": order.ship_prefecture, "address": order.ship_address}
             if order.status is OrderStatus.PAYMENT_FAILED:
                 declined = _t("declined", message=order.failure_message or order.failure_code or "")
         else:
@@ -324,6 +330,7 @@ def checkout_confirm():
     settings = state().settings
     return _render("confirm.html", title=_t("confirm_title"), lines=lines, subtotal=subtotal,
                            shipping_fee=fee, total=total, buyer=buyer, held_until=held_until, declined=declined,
+                   placed=order is not None,
                            hold_minutes=settings.reservation_ttl_seconds // 60,
                            stripe_js_url=settings.stripe_js_url,
                            stripe_publishable_key=settings.stripe_publishable_key, step=3)

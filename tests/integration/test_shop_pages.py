@@ -307,3 +307,15 @@ def test_order_mail_links_to_my_page_with_the_token(client, sessions, post_event
     mine = client.get(link.removeprefix(settings.admin_base_url), headers={"Accept": "text/html"})
     assert mine.status_code == 200
     assert "Hanako Yamada" in page(mine)
+
+
+def test_once_the_order_is_placed_its_address_is_what_the_confirmation_shows(client):
+    place_order_without_js(client)
+    # The information screen now leads back to the confirmation: the order was placed with this address.
+    assert client.get("/checkout/info").location.endswith("/checkout/confirm")
+    changed = post_form(client, "/checkout/info", {**BUYER, "address": "Somewhere else 1-1"},
+                        from_page="/checkout/confirm")
+    assert changed.location.endswith("/checkout/confirm")
+    html = page(client.get("/checkout/confirm?lang=en"))
+    assert "Kita 1-jo Nishi 2-chome" in html and "Somewhere else" not in html
+    assert 'href="/checkout/info"' not in html
