@@ -40,6 +40,9 @@ def queue_order_mail(session: Session, order: Order, kind: str) -> None:
         "to": order.email,
         "subject": SUBJECTS[kind].format(order_id=order.id),
         "body": _body(order, kind),
+        # The buyer's "my page": the order's own URL with its access token. The sender puts the
+        # service's base in front (the worker knows it from its settings).
+        "my_page_path": f"/orders/{order.id}?token={order.access_token}",
     })
 
 
@@ -54,6 +57,13 @@ def is_still_true(session: Session, message: dict) -> bool:
 class MailNotSent(Exception):
     """The SMTP server refused or failed a mail. Its text is the server's error with the recipient's
     address masked: it becomes the outbox row's last_error, a log line and maybe a staff alert."""
+
+
+def mail_text(settings: Settings, message: dict) -> str:
+    """The mail's text as sent: the queued body, then the link to the buyer's page of the order."""
+    if not message.get("my_page_path"):  # queued before mails carried the link
+        return message["body"]
+    return f"{message['body']}\n\nYour order: {settings.admin_base_url}{message['my_page_path']}"
 
 
 def send_mail(settings: Settings, message: dict) -> None:
@@ -71,7 +81,7 @@ def send_mail(settings: Settings, message: dict) -> None:
     email["From"] = settings.mail_from
     email["To"] = message["to"]
     email["Subject"] = message["subject"]
-    email.set_content(message["body"])
+    email.set_content(mail_text(settings, message))
     smtp_cls = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
     try:
         with smtp_cls(url.hostname or "localhost", url.port or (465 if url.scheme == "smtps" else 25),

@@ -12,6 +12,15 @@ class PaymentGatewayError(Exception):
     """Stripe could not be reached or refused the call; the message says which."""
 
 
+class CardDeclined(Exception):
+    """The card issuer (or Stripe's checks) refused the payment; `message` is Stripe's wording for
+    the buyer, `code` the decline code. The intent can be confirmed again with another card."""
+
+    def __init__(self, message: str, code: str | None):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
 def configure_stripe(settings: Settings) -> None:
     stripe.api_key = settings.stripe_api_key
     if settings.stripe_api_base:
@@ -42,6 +51,35 @@ def create_payment_intent(*, order_id: str, amount: int, currency: str, email: s
                             deadline_seconds)
 
 
+def create_setup_intent(*, order_id: str, deadline_seconds: float = 8.0) -> stripe.SetupIntent:
+    """A SetupIntent through which Stripe.js turns the card the buyer types into a PaymentMethod.
+
+    The card goes from the browser to Stripe only; the shop receives the PaymentMethod's id and
+    confirms the order's PaymentIntent with it on the server.
+    """
+    params = {"payment_method_types": ["card"], "metadata": {"order_id": order_id}}
+    return _within_deadline(lambda client: client.v1.setup_intents.create(params=params), deadline_seconds)
+
+
+def confirm_payment_intent(*, payment_intent_id: str, payment_method_id: str,
+                           deadline_seconds: float = 8.0) -> stripe.PaymentIntent:
+    """Attach the buyer's PaymentMethod to the order's intent and confirm it (server-side confirmation).
+
+    Returns the intent: `succeeded`, `processing`, or `requires_action` (3-D Secure: the page
+    completes it with Stripe.js). Raises CardDeclined when the card is refused.
+    """
+    # Attached, then confirmed (two calls: localstripe refuses `payment_method` on confirm). The
+    # same card sent twice (a double click, a retried request) is the same two requests at Stripe.
+    key = f"{payment_intent_id}-{payment_method_id}"
+
+    def attach_and_confirm(client: stripe.StripeClient) -> stripe.PaymentIntent:
+        client.v1.payment_intents.update(payment_intent_id, params={"payment_method": payment_method_id},
+                                         options={"idempotency_key": f"{key}-attach"})
+        return client.v1.payment_intents.confirm(payment_intent_id, options={"idempotency_key": f"{key}-confirm"})
+
+    return _within_deadline(attach_and_confirm, deadline_seconds)
+
+
 # Worth another try inside the deadline: the request may not have reached Stripe, or Stripe
 # asked us to come back. Anything else (a card error, a bad request) will not get better.
 _RETRYABLE = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
@@ -66,6 +104,9 @@ def _within_deadline(call, deadline_seconds: float):
             if attempt == _TRIES or deadline - time.monotonic() < _RETRY_PAUSE_SECONDS + _MIN_TRY_SECONDS:
                 raise PaymentGatewayError(f"{_describe(exc)} (gave up after try {attempt})") from exc
             time.sleep(_RETRY_PAUSE_SECONDS)
+        except stripe.CardError as exc:
+            raise CardDeclined(getattr(exc, "user_message", None) or "Your card was declined.",
+                               getattr(exc, "code", None)) from exc
         except stripe.StripeError as exc:
             raise PaymentGatewayError(_describe(exc)) from exc
         finally:

@@ -41,6 +41,10 @@ class Settings:
     staff_alert_url: str | None = None
     log_format: str = "json"
     admin_base_url: str = "http://127.0.0.1:8000"
+    # The shop's screens load Stripe.js from here with this key; `make run` points the URL at
+    # localstripe's copy, so a purchase can be clicked through offline.
+    stripe_publishable_key: str = "pk_test_local"
+    stripe_js_url: str = "https://js.stripe.com/v3/"
     # Signs staff sessions and CSRF tokens. None only for a Settings built in code (tests):
     # the app then signs with a random key of its own process.
     secret_key: str | None = None
@@ -82,6 +86,8 @@ class Settings:
             staff_alert_url=env.get("STAFF_ALERT_URL") or None,
             log_format=log_format,
             admin_base_url=(env.get("ADMIN_BASE_URL") or cls.admin_base_url).rstrip("/"),
+            stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or cls.stripe_publishable_key,
+            stripe_js_url=env.get("STRIPE_JS_URL") or cls.stripe_js_url,
             secret_key=env.get("SECRET_KEY") or _instance_secret_key_or_none(),
             max_webhook_bytes=_int(env, "WEBHOOK_MAX_BYTES", cls.max_webhook_bytes),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts),

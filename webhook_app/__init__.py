@@ -34,12 +34,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from webhook_app.errors import register_error_handlers
     from webhook_app.health import bp as health_bp
     from webhook_app.shop_api import bp as shop_bp
+    from webhook_app.shop_pages import bp as shop_pages_bp
     from webhook_app.webhooks import bp as webhooks_bp
 
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(shop_bp)
     app.register_blueprint(webhooks_bp)
+    app.register_blueprint(shop_pages_bp)
     init_admin(app, secret_key=settings.secret_key, admin_base_url=settings.admin_base_url)
 
     @app.before_request

@@ -63,6 +63,7 @@ def run_demo(base: str, settings: Settings, *, card: str, timeout: float, echo) 
     deadline = time.monotonic() + timeout
     order = {}
     while time.monotonic() < deadline:
+        # With the order's access token, as the buyer: the shipment's details are theirs to see.
         _, order = _call("GET", f"{base}/orders/{checkout['order_id']}?token={checkout['access_token']}")
         if order.get("status") != "pending_payment":
             break

@@ -43,6 +43,10 @@ def _dev_env() -> dict:
                         and os.environ.get("STRIPE_API_KEY", "sk_test_local") == "sk_test_local")
     if uses_localstripe:
         values["STRIPE_API_BASE"] = f"http://127.0.0.1:{LOCALSTRIPE_PORT}"
+        # The shop's screens load localstripe's fake Stripe.js (card inputs, a 3-D Secure dialog):
+        # a purchase can be clicked through offline.
+        if not os.environ.get("STRIPE_JS_URL"):
+            values["STRIPE_JS_URL"] = f"http://127.0.0.1:{LOCALSTRIPE_PORT}/js.stripe.com/v3/"
     values["STRIPE_WEBHOOK_SECRETS"] = os.environ.get("STRIPE_WEBHOOK_SECRETS") or f"whsec_{secrets.token_hex(24)}"
     DEV_ENV.write_text("# written by `make run`\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
     os.environ.update(values)
@@ -91,6 +95,8 @@ def main() -> int:
     if not os.environ.get("LOG_FORMAT") and sys.stdout.isatty():
         # honcho pipes each process's output, so they cannot see the terminal themselves.
         env["LOG_FORMAT"] = "console"
+    print(f"shop        http://127.0.0.1:{WEB_PORT}/  (open it in a browser; card 4242 4242 4242 4242, "
+          f"any future date and CVC; 3-D Secure: 4000 0025 0000 3155; declined: 4000 0000 0000 0341)")
     print(f"web         http://127.0.0.1:{WEB_PORT}  (POST /webhooks/stripe, GET /products, /readyz, /metrics)")
     if "STRIPE_API_BASE" in env_values:
         print(f"localstripe {env_values['STRIPE_API_BASE']}  (webhooks to the web process, secret in {DEV_ENV})")

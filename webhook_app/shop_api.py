@@ -16,6 +16,7 @@ from models.orders import Order, ShippingAddress, get_order
 from models.shipping import canonical_prefecture
 from webhook_app import state
 from webhook_app.errors import ApiError
+from webhook_app.shop_pages import my_page, wants_page
 from webhook_app.validation import EMAIL, POSTAL_CODE, json_body, require_int, require_string
 
 bp = Blueprint("shop", __name__)
@@ -151,6 +152,9 @@ def order_view(order: Order, *, token: str | None, staff: bool = False) -> dict:
 
 @bp.get("/orders/<order_id>")
 def show_order(order_id: str):
+    if wants_page():
+        # The same URL is the buyer's "my page" (the link in the order e-mail) in a browser.
+        return my_page(order_id)
     token = _presented_token()
     with state().sessions() as session:
         return jsonify(order_view(get_order(session, order_id), token=token))

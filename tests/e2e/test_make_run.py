@@ -5,7 +5,10 @@ import signal
 import subprocess
 import sys
 
+import re
+
 import pytest
+import requests
 
 from tests.support import BIN, env_for, free_port, wait_for_port
 
@@ -33,15 +36,40 @@ def _run_and_demo(tmp_path, env, web, stripe_port, stock_after):
         declined = subprocess.run([str(BIN / "shop"), "demo", "--url", f"http://127.0.0.1:{web}", "--card",
                                    "4000000000000341"], cwd=tmp_path, env=env, capture_output=True, text=True,
                                   timeout=60)
+        confirmation = _shop_confirmation_screen(f"http://127.0.0.1:{web}")
     finally:
         run.send_signal(signal.SIGTERM)
         run.wait(30)
         log.close()
     output = (tmp_path / "run.log").read_text()
     assert f"http://127.0.0.1:{web}" in output and f"http://127.0.0.1:{stripe_port}" in output
+    assert f"shop        http://127.0.0.1:{web}/" in output
+    # The shop's screens load localstripe's Stripe.js: a purchase can be clicked through offline.
+    assert f'<script src="http://127.0.0.1:{stripe_port}/js.stripe.com/v3/"></script>' in confirmation
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "order is paid" in demo.stdout
     assert stock_after in demo.stdout
     assert declined.returncode == 0, declined.stdout + declined.stderr
     assert "order is payment_failed (card_declined)" in declined.stdout
     assert (tmp_path / "instance" / "shop.db").is_file() and (tmp_path / "instance" / "dev.env").is_file()
+
+
+def _shop_confirmation_screen(base: str) -> str:
+    """A buyer's way to the confirmation screen over plain HTTP: add a tea, give an address."""
+    browser = requests.Session()
+
+    def token(html: str) -> str:
+        return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+    products = browser.get(f"{base}/", timeout=10)
+    assert products.status_code == 200
+    browser.post(f"{base}/cart/items", data={"csrf_token": token(products.text), "sku": "TEA-01", "quantity": "1"},
+                 timeout=10).raise_for_status()
+    info = browser.get(f"{base}/checkout/info", timeout=10)
+    browser.post(f"{base}/checkout/info", timeout=10, data={
+        "csrf_token": token(info.text), "name": "Hanako Yamada", "email": "hanako@example.com",
+        "postal_code": "060-0001", "prefecture": "Hokkaido", "address": "Kita 1-jo Nishi 2-chome, Sapporo"},
+    ).raise_for_status()
+    confirmation = browser.get(f"{base}/checkout/confirm", timeout=10)
+    assert confirmation.status_code == 200 and confirmation.url.endswith("/checkout/confirm"), confirmation.url
+    return confirmation.text

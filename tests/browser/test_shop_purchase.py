@@ -1,0 +1,180 @@
+"""A buyer in headless Chromium: the four screens, Stripe.js (localstripe's), 3-D Secure, declines."""
+from __future__ import annotations
+
+import dataclasses
+from urllib.parse import urlsplit
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from models.orders import Order, OrderStatus
+from tests.browser.shop_flow import (DECLINED, THREE_D_SECURE, VISA, BackgroundWorker, add_to_cart, enter_card,
+                                     fill_information, pay_error, press_pay, set_price, stock, text_of,
+                                     three_d_secure, wait, wait_for_outcome)
+from tests.support import settings_for
+
+
+@pytest.fixture
+def settings(database_url, tmp_path, localstripe):
+    """The suite's settings, with the screens loading localstripe's Stripe.js (as `make run` does)."""
+    return dataclasses.replace(
+        settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}", stripe_api_base=localstripe.base),
+        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/")
+
+
+@pytest.fixture
+def shop(live_server, localstripe, settings, sessions):
+    """The shop on a real HTTP server, receiving localstripe's webhooks, with relay + worker running."""
+    localstripe.register_webhook(f"{live_server}/webhooks/stripe")
+    with BackgroundWorker(settings, sessions):
+        yield live_server
+
+
+def only_order(sessions) -> Order:
+    with sessions() as session:
+        orders = session.query(Order).all()
+        assert len(orders) == 1, [o.id for o in orders]
+        return orders[0]
+
+
+def to_confirmation(browser, shop, sku="TEA-01", quantity=2):
+    add_to_cart(browser, shop, sku, quantity)
+    browser.find_element(By.ID, "to-info").click()
+    fill_information(browser)
+    wait(browser).until(lambda b: urlsplit(b.current_url).path == "/checkout/confirm")
+
+
+def test_buyer_pays_through_the_four_screens_and_sees_the_order_confirmed(browser, shop, screenshot, sessions):
+    browser.get(f"{shop}/?lang=en")
+    assert "¥1,200" in text_of(browser, "#product-TEA-01")
+    screenshot("1-products")
+    add_to_cart(browser, shop, "TEA-01", 2)
+    assert text_of(browser, "#subtotal") == "¥2,400"
+    screenshot("2-cart")
+    browser.find_element(By.ID, "to-info").click()
+    screenshot("3-information")
+    fill_information(browser)
+    wait(browser).until(lambda b: urlsplit(b.current_url).path == "/checkout/confirm")
+    assert text_of(browser, "#shipping-fee") == "¥700"
+    assert text_of(browser, "#total") == "¥3,100"
+    enter_card(browser, VISA)
+    screenshot("4-confirmation")
+
+    press_pay(browser)
+    wait(browser).until(lambda b: "/complete" in b.current_url)
+    wait_for_outcome(browser, "paid")
+    assert "Order confirmed" in text_of(browser, "#outcome")
+    assert "Hanako Yamada" in text_of(browser, "#shipment")
+    screenshot("5-complete")
+
+    order = only_order(sessions)
+    assert order.status is OrderStatus.PAID
+    assert stock(sessions, "TEA-01") == (38, 0)
+
+    browser.find_element(By.ID, "my-page").click()
+    assert text_of(browser, "#status") == "Paid"
+    assert "Hanako Yamada" in text_of(browser, "#delivery")
+    screenshot("6-my-page")
+
+
+def test_declined_card_returns_to_confirmation_with_the_message_and_the_stock_held(browser, shop, screenshot,
+                                                                                   sessions):
+    to_confirmation(browser, shop)
+    enter_card(browser, DECLINED)
+    press_pay(browser)
+    message = pay_error(browser)
+    assert "declined" in message.lower(), message
+    assert "still held" in message
+    screenshot("declined")
+    assert urlsplit(browser.current_url).path == "/checkout/confirm"
+    assert stock(sessions, "TEA-01") == (40, 2)
+    assert only_order(sessions).status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
+
+    # Once Stripe's event is processed, the screen still says so after a reload, with the hold.
+    wait(browser).until(lambda _: only_order(sessions).status is OrderStatus.PAYMENT_FAILED)
+    browser.get(f"{shop}/checkout/confirm")
+    assert "declined" in text_of(browser, "#declined").lower()
+    assert "held for you until" in text_of(browser, "#hold")
+    assert browser.find_element(By.ID, "pay").is_enabled()
+    assert stock(sessions, "TEA-01") == (40, 2)
+
+
+def test_3d_secure_card_shows_the_dialog_and_completing_it_ends_paid(browser, shop, screenshot, sessions):
+    to_confirmation(browser, shop)
+    enter_card(browser, THREE_D_SECURE)
+    press_pay(browser)
+    three_d_secure(browser, complete=True)   # the card's setup
+    screenshot("3ds-dialog")
+    three_d_secure(browser, complete=True)   # the payment
+    wait_for_outcome(browser, "paid")
+    assert only_order(sessions).status is OrderStatus.PAID
+    assert stock(sessions, "TEA-01") == (38, 0)
+
+
+def test_3d_secure_failed_leaves_the_order_unpaid_and_the_stock_held(browser, shop, screenshot, sessions):
+    to_confirmation(browser, shop)
+    enter_card(browser, THREE_D_SECURE)
+    press_pay(browser)
+    three_d_secure(browser, complete=True)   # the card's setup
+    three_d_secure(browser, complete=False)  # the payment: the buyer fails the check
+    message = pay_error(browser)
+    assert "3-D Secure" in message
+    screenshot("3ds-failed")
+    assert urlsplit(browser.current_url).path == "/checkout/confirm"
+    assert only_order(sessions).status is not OrderStatus.PAID
+    assert stock(sessions, "TEA-01") == (40, 2)
+
+
+def test_wrong_postal_code_is_shown_next_to_its_field(browser, shop, screenshot):
+    add_to_cart(browser, shop, "TEA-01", 1)
+    browser.find_element(By.ID, "to-info").click()
+    fill_information(browser, postal_code="06-01")
+    error = browser.find_element(By.ID, "postal_code-error")
+    assert "123-4567" in error.text
+    # Next to its field: inside the same field block, right after the input.
+    assert error.find_element(By.XPATH, "preceding-sibling::input").get_attribute("id") == "postal_code"
+    assert browser.find_element(By.ID, "postal_code").get_attribute("aria-invalid") == "true"
+    assert not browser.find_elements(By.ID, "email-error")
+    screenshot("postal-code-error")
+    screenshot("postal-code-error", phone=True)
+
+
+def test_price_change_between_cart_and_pay_shows_the_new_total(browser, shop, screenshot, sessions):
+    to_confirmation(browser, shop, quantity=2)
+    assert text_of(browser, "#total") == "¥3,100"
+    set_price(sessions, "TEA-01", 1500)
+    enter_card(browser, VISA)
+    press_pay(browser)
+    wait(browser).until(lambda b: "price changed" in text_of(b, "main").lower())
+    assert text_of(browser, "#subtotal") == "¥3,000"
+    assert text_of(browser, "#total") == "¥3,700"
+    assert text_of(browser, "#pay") == "Pay ¥3,700"
+    screenshot("price-changed")
+    assert stock(sessions, "TEA-01") == (40, 0)   # nothing was held for the old price
+
+    enter_card(browser, VISA)
+    press_pay(browser)
+    wait_for_outcome(browser, "paid")
+    order = only_order(sessions)
+    assert (order.total, order.status) == (3700, OrderStatus.PAID)
+
+
+def test_screens_in_japanese_on_a_phone(browser, shop, screenshot):
+    browser.get(f"{shop}/?lang=ja")
+    assert "カートに入れる" in text_of(browser, "#product-TEA-01")
+    screenshot("products", phone=True)
+    add_to_cart(browser, shop, "TEA-01", 2)
+    browser.get(f"{shop}/cart?lang=ja")
+    assert "小計" in text_of(browser, "main")
+    screenshot("cart", phone=True)
+    browser.find_element(By.ID, "to-info").click()
+    screenshot("information", phone=True)
+    fill_information(browser)
+    wait(browser).until(lambda b: urlsplit(b.current_url).path == "/checkout/confirm")
+    assert "¥3,100を支払う" == text_of(browser, "#pay")
+    enter_card(browser, VISA)
+    screenshot("confirmation", phone=True)
+    press_pay(browser)
+    wait_for_outcome(browser, "paid")
+    assert "ご注文が確定しました" in text_of(browser, "#outcome")
+    screenshot("complete", phone=True)

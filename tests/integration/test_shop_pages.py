@@ -1,0 +1,321 @@
+"""The shop's screens over plain HTTP (no JavaScript): statuses, CSRF, the token, languages, the pay steps."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import stripe
+
+from models.catalog import Product, Stock
+from models.orders import Order, OrderStatus
+from tests.integration.test_mail import Mailbox
+from tests.support import event_for
+
+BUYER = {"name": "Hanako Yamada", "email": "hanako@example.com", "postal_code": "060-0001",
+         "prefecture": "Hokkaido", "address": "Kita 1-jo Nishi 2-chome, Sapporo"}
+PERSONAL = ("Hanako Yamada", "hanako@example.com", "Kita 1-jo", "060-0001")
+
+
+def page(response) -> str:
+    return response.get_data(as_text=True)
+
+
+def csrf_token(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def post_form(client, url: str, data: dict, *, from_page: str = "/?lang=en", **kwargs):
+    token = csrf_token(page(client.get(from_page)))
+    return client.post(url, data={"csrf_token": token, **data}, **kwargs)
+
+
+def fill_cart(client, sku="TEA-01", quantity=2):
+    response = post_form(client, "/cart/items", {"sku": sku, "quantity": str(quantity)})
+    assert response.status_code == 303 and response.location.endswith("/cart"), page(response)
+
+
+def enter_information(client, **changes):
+    return post_form(client, "/checkout/info", {**BUYER, **changes}, from_page="/checkout/info?lang=en")
+
+
+def place_order_without_js(client):
+    """Pay pressed with JavaScript off: the order is placed (stock held), the screen says card entry needs JS."""
+    fill_cart(client)
+    assert enter_information(client).status_code == 303
+    response = post_form(client, "/checkout/confirm", {}, from_page="/checkout/confirm")
+    assert response.status_code == 303 and response.location.endswith("/checkout/confirm"), page(response)
+
+
+def only_order(sessions) -> Order:
+    with sessions() as session:
+        (order,) = session.query(Order).all()
+        return order
+
+
+def stock(sessions, sku="TEA-01") -> tuple[int, int]:
+    with sessions() as session:
+        row = session.get(Stock, sku)
+        return row.on_hand, row.reserved
+
+
+def test_products_page_lists_prices_in_yen_and_what_is_available(client):
+    response = client.get("/?lang=en")
+    assert response.status_code == 200
+    html = page(response)
+    assert "¥1,200" in html and "¥3,500" in html
+    assert "In stock (40)" in html
+    assert "Only 3 left" in html
+
+
+def test_every_screen_answers_without_javascript(client, sessions):
+    assert client.get("/").status_code == 200
+    assert client.get("/cart").status_code == 200
+    # Nothing to check out yet: the information and confirmation screens send the buyer to the cart.
+    assert client.get("/checkout/info").location.endswith("/cart")
+    assert client.get("/checkout/confirm").location.endswith("/cart")
+    fill_cart(client)
+    assert client.get("/cart").status_code == 200
+    assert client.get("/checkout/info").status_code == 200
+    assert client.get("/checkout/confirm").location.endswith("/checkout/info")
+    assert enter_information(client).location.endswith("/checkout/confirm")
+    confirm = client.get("/checkout/confirm?lang=en")
+    assert confirm.status_code == 200
+    assert "¥3,100" in page(confirm)
+    assert "Card entry needs JavaScript" in page(confirm)   # inside <noscript>
+    place = post_form(client, "/checkout/confirm", {}, from_page="/checkout/confirm")
+    assert place.status_code == 303
+    order = only_order(sessions)
+    assert stock(sessions) == (40, 2)
+    assert "held for you until" in page(client.get("/checkout/confirm?lang=en"))
+
+    complete = client.get(f"/orders/{order.id}/complete?token={order.access_token}&lang=en")
+    assert complete.status_code == 200
+    assert "Payment received" in page(complete) and "Order confirmed" not in page(complete)
+    assert '<meta http-equiv="refresh"' in page(complete)
+    mine = client.get(f"/orders/{order.id}?token={order.access_token}", headers={"Accept": "text/html"})
+    assert mine.status_code == 200
+    assert "Awaiting payment" in page(mine) or "お支払い待ち" in page(mine)
+
+
+def test_complete_screen_says_confirmed_only_after_the_worker_marked_the_order_paid(client, sessions, post_event,
+                                                                                   deliver):
+    place_order_without_js(client)
+    order = only_order(sessions)
+    url = f"/orders/{order.id}/complete?token={order.access_token}&lang=en"
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order.payment_intent_id,
+                         order_id=order.id, amount=order.total))
+    # The event is stored, not yet processed: still "being finalised".
+    assert "Order confirmed" not in page(client.get(url))
+    deliver()
+    html = page(client.get(url))
+    assert "Order confirmed" in html
+    assert "Being prepared" in html
+    assert 'http-equiv="refresh"' not in html
+    # The purchase is over: the next visit starts a new cart.
+    assert "Your cart is empty" in page(client.get("/cart?lang=en"))
+
+
+def test_flagged_order_says_a_person_will_contact_the_buyer(client, sessions, post_event, deliver):
+    place_order_without_js(client)
+    order = only_order(sessions)
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order.payment_intent_id,
+                         order_id=order.id, amount=order.total - 100))
+    deliver()
+    html = page(client.get(f"/orders/{order.id}/complete?token={order.access_token}&lang=en"))
+    assert "staff will contact you" in html
+    assert "Order confirmed" not in html
+
+
+def test_my_page_without_the_token_shows_no_personal_data(client, sessions, make_client):
+    place_order_without_js(client)
+    order = only_order(sessions)
+    stranger = make_client()
+    html_headers = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    anonymous = stranger.get(f"/orders/{order.id}?lang=en", headers=html_headers)
+    assert anonymous.status_code == 200
+    assert anonymous.content_type.startswith("text/html")
+    assert "¥3,100" in page(anonymous)
+    for personal in PERSONAL:
+        assert personal not in page(anonymous), personal
+    wrong = stranger.get(f"/orders/{order.id}?token=not-the-token", headers=html_headers)
+    assert wrong.status_code == 403
+    for personal in PERSONAL:
+        assert personal not in page(wrong)
+    owner = stranger.get(f"/orders/{order.id}?token={order.access_token}&lang=en", headers=html_headers)
+    assert owner.status_code == 200
+    assert all(personal in page(owner) for personal in PERSONAL)
+    assert "History" in page(owner)
+    # The complete screen too needs the token.
+    assert stranger.get(f"/orders/{order.id}/complete").status_code == 403
+    assert stranger.get("/orders/ord_nope", headers=html_headers).status_code == 404
+
+
+def test_api_clients_still_get_json_from_the_order_url(client, checkout):
+    order = checkout()
+    response = client.get(f"/orders/{order['order_id']}")
+    assert response.content_type == "application/json"
+    assert response.get_json()["status"] == "pending_payment"
+
+
+@pytest.mark.parametrize("path", ["/", "/cart", "/checkout/info", "/checkout/confirm"])
+def test_every_form_carries_a_csrf_token(client, path):
+    fill_cart(client)
+    enter_information(client)
+    html = page(client.get(path))
+    forms = re.findall(r"<form[^>]*method=\"post\"[^>]*>(.*?)</form>", html, re.S)
+    assert forms, f"no form on {path}"
+    for form in forms:
+        assert re.search(r'name="csrf_token" value="[^"]+"', form), form[:200]
+
+
+def test_a_form_without_the_csrf_token_is_refused_and_changes_nothing(client, sessions):
+    response = client.post("/cart/items", data={"sku": "TEA-01", "quantity": "1"})
+    assert response.status_code == 400
+    fill_cart(client)
+    response = client.post("/checkout/confirm", data={})
+    assert response.status_code == 400
+    with sessions() as session:
+        assert session.query(Order).count() == 0
+
+
+def test_wrong_postal_code_is_shown_next_to_its_field(client):
+    fill_cart(client)
+    response = enter_information(client, postal_code="06-01")
+    assert response.status_code == 422
+    html = page(response)
+    field = re.search(r'<div class="field invalid">(.*?)</div>', html, re.S).group(1)
+    assert 'id="postal_code"' in field and "123-4567" in field
+    assert html.count('class="field-error"') == 1
+    # What was typed stays in the form.
+    assert 'value="Hanako Yamada"' in html
+
+
+def test_cart_says_out_of_stock_and_only_n_left(client, sessions):
+    response = post_form(client, "/cart/items", {"sku": "CUP-01", "quantity": "4"})
+    assert response.status_code == 303
+    assert "only 3 left" in page(client.get("/?lang=en"))
+    fill_cart(client, "CUP-01", 3)
+    assert "Only 3 left" in page(client.get("/cart?lang=en"))
+    with sessions.begin() as session:
+        session.get(Stock, "CUP-01").on_hand = 0
+    assert "Out of stock" in page(client.get("/cart?lang=en"))
+
+
+def test_cart_quantity_change_and_removal(client):
+    fill_cart(client)
+    response = post_form(client, "/cart/items/TEA-01", {"quantity": "3"}, from_page="/cart")
+    assert response.status_code == 303
+    assert "¥3,600" in page(client.get("/cart"))
+    post_form(client, "/cart/items/TEA-01", {"remove": "1"}, from_page="/cart")
+    assert "Your cart is empty" in page(client.get("/cart?lang=en"))
+
+
+def test_price_change_before_pay_brings_the_buyer_back_to_the_new_total(client, sessions):
+    fill_cart(client)
+    enter_information(client)
+    assert "¥3,100" in page(client.get("/checkout/confirm"))
+    with sessions.begin() as session:
+        session.get(Product, "TEA-01").unit_amount = 1500
+    response = post_form(client, "/checkout/confirm", {}, from_page="/checkout/confirm",
+                         headers={"Accept": "application/json"})
+    assert response.status_code == 409
+    assert response.get_json()["error"]["code"] == "price_changed"
+    html = page(client.get("/checkout/confirm?lang=en"))
+    assert "A price changed" in html
+    assert "¥3,700" in html and "¥3,100" not in html
+    assert stock(sessions) == (40, 0)
+
+
+def test_declined_card_keeps_the_stock_held_for_another_try(client, sessions, localstripe):
+    fill_cart(client)
+    enter_information(client)
+    started = post_form(client, "/checkout/confirm", {}, from_page="/checkout/confirm",
+                        headers={"Accept": "application/json"})
+    assert started.status_code == 201, page(started)
+    assert started.get_json()["setup_client_secret"].startswith("seti_")
+    # What Stripe.js does in the page: the card goes to Stripe, the shop gets a pm_ id.
+    method = stripe.PaymentMethod.create(type="card", card={"number": "4000000000000341", "exp_month": 12,
+                                                            "exp_year": 2034, "cvc": "123"})
+    token = csrf_token(page(client.get("/checkout/confirm")))
+    paid = client.post("/checkout/pay", json={"payment_method": method.id},
+                       headers={"Accept": "application/json", "X-CSRFToken": token})
+    assert paid.status_code == 402, page(paid)
+    error = paid.get_json()["error"]
+    assert error["code"] == "card_declined" and "still held" in error["message"]
+    assert stock(sessions) == (40, 2)
+    assert only_order(sessions).status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
+
+
+def test_pay_step_refuses_what_is_not_a_payment_method(client):
+    fill_cart(client)
+    enter_information(client)
+    token = csrf_token(page(client.get("/checkout/confirm")))
+    response = client.post("/checkout/pay", json={"payment_method": "4242424242424242"},
+                           headers={"Accept": "application/json", "X-CSRFToken": token})
+    assert response.status_code == 422
+    assert response.get_json()["error"]["field"] == "payment_method"
+
+
+def test_japanese_from_accept_language_and_english_from_the_lang_parameter(client):
+    ja = page(client.get("/", headers={"Accept-Language": "ja,en;q=0.5"}))
+    assert 'lang="ja"' in ja and "カートに入れる" in ja
+    en = page(client.get("/?lang=en", headers={"Accept-Language": "ja"}))
+    assert 'lang="en"' in en and "Add to cart" in en
+    # The choice is remembered for the next screens.
+    assert "Your cart is empty" in page(client.get("/cart", headers={"Accept-Language": "ja"}))
+
+
+def test_prefectures_are_a_select_of_the_47(client):
+    fill_cart(client)
+    html = page(client.get("/checkout/info?lang=ja"))
+    select = re.search(r'<select id="prefecture".*?</select>', html, re.S).group(0)
+    assert select.count("<option value=\"") == 48  # the 47 and "choose"
+    assert "北海道" in select and "沖縄県" in select
+
+
+def test_stripe_js_comes_from_the_configured_url_with_the_publishable_key(make_client):
+    shop = make_client(stripe_js_url="http://127.0.0.1:9/js.stripe.com/v3/", stripe_publishable_key="pk_test_xyz")
+    fill_cart(shop)
+    enter_information(shop)
+    response = shop.get("/checkout/confirm")
+    html = page(response)
+    assert '<script src="http://127.0.0.1:9/js.stripe.com/v3/"></script>' in html
+    assert 'data-stripe-key="pk_test_xyz"' in html
+    scripts = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', html)
+    assert all(s.startswith("/static/") or s.startswith("http://127.0.0.1:9/") for s in scripts), scripts
+    assert "script-src 'self' http://127.0.0.1:9" in response.headers["Content-Security-Policy"]
+
+
+def test_order_mail_links_to_my_page_with_the_token(client, sessions, post_event, settings):
+    import dataclasses
+
+    from tests.conftest import deliver_with
+
+    mailbox = Mailbox()
+    mailbox.start()
+    try:
+        place_order_without_js(client)
+        order = only_order(sessions)
+        post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order.payment_intent_id,
+                             order_id=order.id, amount=order.total))
+        deliver_with(dataclasses.replace(settings, smtp_url=f"smtp://127.0.0.1:{mailbox.port}"), sessions)
+    finally:
+        mailbox.stop()
+    (recipients, mail), = mailbox.messages
+    link = f"{settings.admin_base_url}/orders/{order.id}?token={order.access_token}"
+    assert link in mail.get_payload(decode=True).decode()
+    mine = client.get(link.removeprefix(settings.admin_base_url), headers={"Accept": "text/html"})
+    assert mine.status_code == 200
+    assert "Hanako Yamada" in page(mine)
+
+
+def test_once_the_order_is_placed_its_address_is_what_the_confirmation_shows(client):
+    place_order_without_js(client)
+    # The information screen now leads back to the confirmation: the order was placed with this address.
+    assert client.get("/checkout/info").location.endswith("/checkout/confirm")
+    changed = post_form(client, "/checkout/info", {**BUYER, "address": "Somewhere else 1-1"},
+                        from_page="/checkout/confirm")
+    assert changed.location.endswith("/checkout/confirm")
+    html = page(client.get("/checkout/confirm?lang=en"))
+    assert "Kita 1-jo Nishi 2-chome" in html and "Somewhere else" not in html
+    assert 'href="/checkout/info"' not in html

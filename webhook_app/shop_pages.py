@@ -1,0 +1,491 @@
+"""The shop's screens: products, cart, information, confirmation (Stripe.js), complete, my page.
+
+Server-rendered; the only script is static/shop.js, which collects the card with Stripe.js on
+the confirmation screen. "Pay" places the order through the same checkout use case as
+`POST /checkout`; the card goes from the browser to Stripe, and the server confirms the
+order's PaymentIntent with the PaymentMethod Stripe.js returns (3-D Secure is finished by
+Stripe.js in the page). Whether an order is paid is only ever what the worker recorded from
+Stripe's webhook: the complete screen waits for it.
+"""
+from __future__ import annotations
+
+import hmac
+from urllib.parse import urlsplit
+
+import structlog
+from flask import (Blueprint, flash, jsonify, make_response, redirect, render_template, request,
+                   session, url_for)
+from flask_wtf.csrf import CSRFError
+from sqlalchemy import select
+
+from consumers.checkout import (CheckoutCancelled, CheckoutRequest, IdempotencyKeyReused, PaymentProviderBusy,
+                                PaymentProviderUnavailable)
+from consumers.checkout import checkout as checkout_cart
+from consumers.payments import CardDeclined, PaymentGatewayError, confirm_payment_intent, create_setup_intent
+from models.carts import MAX_QUANTITY, Cart, CartStatus, get_cart
+from models.catalog import Product
+from models.db import transaction
+from models.errors import InvalidInput, NotFound, OutOfStock, PriceChanged
+from models.history import OrderStatusChange
+from models.orders import Order, OrderStatus, ShippingAddress, get_order
+from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
+from webhook_app import state
+from webhook_app.admin import csrf
+from webhook_app.shop_text import current_language, local_time, prefecture_label, translate, yen
+from webhook_app.validation import EMAIL, POSTAL_CODE
+
+log = structlog.get_logger(__name__)
+
+bp = Blueprint("shop_pages", __name__)
+
+# Orders the buyer can still pay: the confirmation screen keeps offering the card field.
+PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
+# "Only N left" below this many.
+FEW_LEFT = 5
+BUYER_FIELDS = ("name", "email", "postal_code", "prefecture", "address")
+MAX_LENGTH = {"name": 200, "email": 254, "postal_code": 200, "prefecture": 200, "address": 500}
+
+
+# --- the request's language, CSRF and headers -----------------------------------------------
+
+@bp.before_request
+def _protect_forms():
+    if request.method == "POST":
+        csrf.protect()
+
+
+def _render(template: str, **context) -> str:
+    """A shop template with the request's language and the formatting helpers."""
+    language = current_language()
+    return render_template(f"shop/{template}", lang=language, yen=yen,
+                           t=lambda key, **values: translate(key, language, **values),
+                           prefecture_label=lambda name: prefecture_label(name, language),
+                           local_time=lambda moment: local_time(moment, language), **context)
+
+
+def _t(key: str, **values) -> str:
+    return translate(key, current_language(), **values)
+
+
+def _stripe_origin() -> str:
+    parts = urlsplit(state().settings.stripe_js_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@bp.after_request
+def _shop_headers(response):
+    # Personal data and per-buyer totals: never cached by a proxy; scripts from us and Stripe only.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    stripe_origin = _stripe_origin()
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'self'; script-src 'self' {stripe_origin}; "
+        f"connect-src 'self' {stripe_origin} https://api.stripe.com; "
+        f"frame-src {stripe_origin} https://js.stripe.com https://hooks.stripe.com; "
+        "img-src 'self' data:; style-src 'self' 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'")
+    return response
+
+
+@bp.errorhandler(CSRFError)
+def _form_expired(exc: CSRFError):
+    if _wants_json():
+        return jsonify({"error": {"code": "csrf_failed", "message": _t("form_expired")}}), 400
+    return _render("message.html", title=_t("form_expired"), message=_t("form_expired")), 400
+
+
+@bp.errorhandler(NotFound)
+def _not_found(exc: NotFound):
+    return _render("message.html", title=_t("not_found"), message=_t("not_found")), 404
+
+
+def _wants_json() -> bool:
+    return request.accept_mimetypes.best == "application/json"
+
+
+# --- the buyer's cart and order, remembered in the signed session cookie ----------------------
+
+def _session_cart(db, *, create: bool = False) -> Cart | None:
+    cart_id = session.get("cart_id")
+    cart = None
+    if cart_id:
+        try:
+            cart = get_cart(db, cart_id)
+        except NotFound:
+            cart = None
+    if cart is None and create:
+        cart = Cart()
+        db.add(cart)
+        db.flush()
+        session["cart_id"] = cart.id
+        session.pop("order", None)
+    return cart
+
+
+def _session_order(db) -> Order | None:
+    """The order this buyer placed from the session's cart, if it belongs to that cart."""
+    remembered = session.get("order")
+    if not remembered:
+        return None
+    order = db.get(Order, remembered["id"])
+    if order is None or order.cart_id != session.get("cart_id"):
+        return None
+    return order
+
+
+def _forget_purchase() -> None:
+    """The purchase is over (paid, or can no longer be paid): the next visit starts a new cart."""
+    for key in ("cart_id", "order"):
+        session.pop(key, None)
+
+
+def _open_order(db) -> Order | None:
+    order = _session_order(db)
+    if order is not None and order.status in PAYABLE:
+        return order
+    return None
+
+
+def _cart_lines(db, cart: Cart) -> list[dict]:
+    lines = []
+    for item in cart.items:
+        product = db.get(Product, item.sku)
+        lines.append({"sku": item.sku, "name": product.name if product else item.sku, "quantity": item.quantity,
+                      "unit_amount": item.unit_amount, "amount": item.unit_amount * item.quantity,
+                      "available": product.stock.available if product else 0})
+    return lines
+
+
+# --- products and cart ------------------------------------------------------------------------
+
+@bp.get("/")
+def products():
+    with state().sessions() as db:
+        items = db.scalars(select(Product).order_by(Product.sku)).unique().all()
+        listing = [{"sku": p.sku, "name": p.name, "unit_amount": p.unit_amount, "available": p.stock.available}
+                   for p in items]
+    return _render("products.html", title=_t("products"), products=listing, few_left=FEW_LEFT,
+                           step=None)
+
+
+def _quantity(raw: str | None) -> int | None:
+    try:
+        value = int(raw or "")
+    except ValueError:
+        return None
+    return value if 0 <= value <= MAX_QUANTITY else None
+
+
+@bp.post("/cart/items")
+def add_to_cart():
+    sku = (request.form.get("sku") or "").strip()
+    quantity = _quantity(request.form.get("quantity", "1"))
+    if not quantity:
+        flash(_t("bad_quantity", n=MAX_QUANTITY), "error")
+        return redirect(url_for("shop_pages.products"), 303)
+    try:
+        with transaction(state().sessions) as db:
+            product = db.get(Product, sku)
+            if product is None:
+                raise NotFound(f"no product with sku {sku}", field="sku")
+            name = product.name
+            cart = _session_cart(db)
+            if cart is None or cart.status is not CartStatus.OPEN:
+                _forget_purchase()
+                cart = _session_cart(db, create=True)
+            item = cart.add(product, quantity)
+            # Adding holds nothing (checkout reserves), but what cannot be sold is refused now;
+            # raising rolls the addition back.
+            if item.quantity > product.stock.available:
+                raise OutOfStock(sku, item.quantity, product.stock.available)
+    except InvalidInput:
+        flash(_t("bad_quantity", n=MAX_QUANTITY), "error")
+        return redirect(url_for("shop_pages.products"), 303)
+    except OutOfStock as exc:
+        flash(_t("not_enough_stock", name=name, n=exc.available), "error")
+        return redirect(url_for("shop_pages.products"), 303)
+    flash(_t("added", name=name), "info")
+    return redirect(url_for("shop_pages.show_cart"), 303)
+
+
+@bp.post("/cart/items/<sku>")
+def change_cart_item(sku: str):
+    quantity = 0 if "remove" in request.form else _quantity(request.form.get("quantity"))
+    with transaction(state().sessions) as db:
+        cart = _session_cart(db)
+        if cart is None or cart.status is not CartStatus.OPEN:
+            return redirect(url_for("shop_pages.show_cart"), 303)
+        item = next((i for i in cart.items if i.sku == sku), None)
+        if item is None:
+            raise NotFound(f"no {sku} in this cart", field="sku")
+        if quantity is None:
+            flash(_t("bad_quantity", n=MAX_QUANTITY), "error")
+        elif quantity == 0:
+            cart.items.remove(item)
+        else:
+            product = db.get(Product, sku)
+            if quantity > product.stock.available:
+                flash(_t("not_enough_stock", name=product.name, n=product.stock.available), "error")
+            else:
+                item.quantity = quantity
+    return redirect(url_for("shop_pages.show_cart"), 303)
+
+
+@bp.get("/cart")
+def show_cart():
+    with state().sessions() as db:
+        cart = _session_cart(db)
+        order = _open_order(db) if cart is not None and cart.status is not CartStatus.OPEN else None
+        if cart is not None and cart.status is not CartStatus.OPEN and order is None:
+            _forget_purchase()
+            cart = None
+        lines = _cart_lines(db, cart) if cart is not None else []
+        subtotal = cart.subtotal if cart is not None else 0
+    return _render("cart.html", title=_t("cart"), lines=lines, subtotal=subtotal,
+                           editable=order is None, few_left=FEW_LEFT, step=1)
+
+
+# --- information ------------------------------------------------------------------------------
+
+def validate_buyer(form) -> tuple[dict, dict]:
+    """The buyer's details from the form, and per field what is wrong (the same rules as POST /checkout)."""
+    values = {key: (form.get(key) or "").strip() for key in BUYER_FIELDS}
+    errors = {}
+    for key in BUYER_FIELDS:
+        if not values[key]:
+            errors[key] = _t("error_required")
+        elif len(values[key]) > MAX_LENGTH[key]:
+            errors[key] = _t("error_too_long", n=MAX_LENGTH[key])
+    if "email" not in errors and not EMAIL.match(values["email"]):
+        errors["email"] = _t("error_email")
+    if "postal_code" not in errors and not POSTAL_CODE.match(values["postal_code"]):
+        errors["postal_code"] = _t("error_postal_code")
+    if "prefecture" not in errors:
+        prefecture = canonical_prefecture(values["prefecture"])
+        if prefecture is None:
+            errors["prefecture"] = _t("error_prefecture")
+        else:
+            values["prefecture"] = prefecture
+    return values, errors
+
+
+def _render_info(values: dict, errors: dict, status: int = 200):
+    return _render("info.html", title=_t("step_info"), values=values, errors=errors,
+                           prefectures=PREFECTURES, step=2), status
+
+
+@bp.route("/checkout/info", methods=["GET", "POST"])
+def checkout_info():
+    with state().sessions() as db:
+        cart = _session_cart(db)
+        if cart is None or not cart.items:
+            return redirect(url_for("shop_pages.show_cart"), 303)
+        if _open_order(db) is not None:
+            # The order is placed with this address (its stock held, its total fixed): it is
+            # paid for as it stands.
+            return redirect(url_for("shop_pages.checkout_confirm"), 303)
+    if request.method == "GET":
+        return _render_info(session.get("buyer", {}), {})
+    values, errors = validate_buyer(request.form)
+    if errors:
+        # 422 with the form again, each message beside its field.
+        return _render_info(values, errors, 422)
+    session["buyer"] = values
+    return redirect(url_for("shop_pages.checkout_confirm"), 303)
+
+
+# --- confirmation and pay ---------------------------------------------------------------------
+
+@bp.get("/checkout/confirm")
+def checkout_confirm():
+    buyer = session.get("buyer")
+    declined = None
+    with state().sessions() as db:
+        cart = _session_cart(db)
+        if cart is None or not cart.items:
+            return redirect(url_for("shop_pages.show_cart"), 303)
+        if not buyer:
+            return redirect(url_for("shop_pages.checkout_info"), 303)
+        order = _open_order(db)
+        if order is not None:
+            lines = [line.to_dict() for line in order.lines]
+            subtotal, fee, total = order.subtotal, order.shipping_fee, order.total
+            held_until = order.reserved_until
+            buyer = {"name": order.ship_name, "email": order.email, "postal_code": order.ship_postal_code,
+                     "prefecture": order.ship_prefecture, "address": order.ship_address}
+            if order.status is OrderStatus.PAYMENT_FAILED:
+                declined = _t("declined", message=order.failure_message or order.failure_code or "")
+        else:
+            if cart.status is not CartStatus.OPEN:
+                # Its order can no longer be paid (expired, cancelled): start again.
+                _forget_purchase()
+                flash(_t("order_closed"), "error")
+                return redirect(url_for("shop_pages.show_cart"), 303)
+            lines = _cart_lines(db, cart)
+            subtotal = cart.subtotal
+            fee = load_shipping_table(db).fee_for(buyer["prefecture"], subtotal)
+            total = subtotal + fee
+            held_until = None
+    settings = state().settings
+    return _render("confirm.html", title=_t("confirm_title"), lines=lines, subtotal=subtotal,
+                           shipping_fee=fee, total=total, buyer=buyer, held_until=held_until, declined=declined,
+                   placed=order is not None,
+                           hold_minutes=settings.reservation_ttl_seconds // 60,
+                           stripe_js_url=settings.stripe_js_url,
+                           stripe_publishable_key=settings.stripe_publishable_key, step=3)
+
+
+def _refused(message_key: str, status: int, code: str, *, to: str, navigate: bool = True, **values):
+    """A pay step that cannot go on: JSON for the page's script, a redirect with the message without it.
+
+    With `navigate`, the script too goes to `to`, where the message waits (a new price, stock
+    gone); without it (a declined card) the script says it beside the card field.
+    """
+    message = _t(message_key, **values)
+    if _wants_json():
+        if navigate:
+            flash(message, "error")
+        return jsonify({"error": {"code": code, "message": message}, "redirect": to, "navigate": navigate}), status
+    flash(message, "error")
+    return redirect(to, 303)
+
+
+@bp.post("/checkout/confirm")
+def place_order():
+    """Pay, step one: the order and its PaymentIntent (the checkout use case), and a SetupIntent
+    through which Stripe.js turns the card into a PaymentMethod."""
+    buyer = session.get("buyer")
+    confirm_url = url_for("shop_pages.checkout_confirm")
+    cart_id = session.get("cart_id")
+    if not buyer or not cart_id:
+        return _refused("order_closed", 409, "no_cart", to=url_for("shop_pages.show_cart"))
+    app_state = state()
+    shipping = ShippingAddress(name=buyer["name"], postal_code=buyer["postal_code"],
+                               prefecture=buyer["prefecture"], address=buyer["address"])
+    try:
+        # The key is the cart's: pressing Pay again, or again after a declined card, answers with
+        # the same order and PaymentIntent, and the stock stays held by that one order.
+        order = checkout_cart(app_state.sessions, app_state.settings,
+                              CheckoutRequest(cart_id=cart_id, email=buyer["email"], shipping=shipping,
+                                              idempotency_key=f"shop-{cart_id}"))
+    except PriceChanged:
+        return _refused("price_changed", 409, "price_changed", to=confirm_url)
+    except OutOfStock as exc:
+        return _refused("stock_gone", 409, "out_of_stock", to=url_for("shop_pages.show_cart"), sku=exc.sku)
+    except (PaymentProviderUnavailable, PaymentProviderBusy):
+        return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
+    except (CheckoutCancelled, IdempotencyKeyReused):
+        _forget_purchase()
+        return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
+    except InvalidInput as exc:
+        log.info("shop_checkout_refused", code=exc.code, field=exc.field)
+        return _refused("fix_fields", 422, "invalid_input", to=url_for("shop_pages.checkout_info"))
+    except NotFound:
+        _forget_purchase()
+        return _refused("order_closed", 409, "no_cart", to=url_for("shop_pages.show_cart"))
+    session["order"] = {"id": order.id, "token": order.access_token}
+    if order.status not in PAYABLE:
+        return _after_payment(order)
+    if not _wants_json():
+        # Without JavaScript there is no card field: the order is placed and held; the page says so.
+        return redirect(confirm_url, 303)
+    try:
+        setup = create_setup_intent(order_id=order.id, deadline_seconds=app_state.settings.stripe_deadline_seconds)
+    except PaymentGatewayError as exc:
+        log.warning("setup_intent_failed", order_id=order.id, error=str(exc))
+        return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
+    return jsonify({"order_id": order.id, "total": order.total, "setup_client_secret": setup.client_secret,
+                    "hold": _t("hold_until", time=local_time(order.reserved_until, current_language())),
+                    "complete_url": _complete_url(order)}), 201
+
+
+@bp.post("/checkout/pay")
+def pay_order():
+    """Pay, step two: confirm the order's PaymentIntent on the server with the buyer's PaymentMethod."""
+    body = request.get_json(silent=True) or {}
+    payment_method = body.get("payment_method")
+    confirm_url = url_for("shop_pages.checkout_confirm")
+    if not isinstance(payment_method, str) or not payment_method.startswith("pm_") or len(payment_method) > 255:
+        return jsonify({"error": {"code": "invalid_input", "message": "payment_method must be a pm_ id",
+                                  "field": "payment_method"}}), 422
+    with state().sessions() as db:
+        order = _session_order(db)
+        if order is None:
+            return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
+        if order.status not in PAYABLE:
+            return jsonify({"status": order.status.value, "complete_url": _complete_url(order)})
+        order_id, intent_id, complete_url = order.id, order.payment_intent_id, _complete_url(order)
+    try:
+        intent = confirm_payment_intent(payment_intent_id=intent_id, payment_method_id=payment_method,
+                                        deadline_seconds=state().settings.stripe_deadline_seconds)
+    except CardDeclined as exc:
+        # The order keeps its reservation: the buyer may try another card right away.
+        log.info("card_declined", order_id=order_id, decline_code=exc.code)
+        return _refused("declined", 402, "card_declined", to=confirm_url, navigate=False, message=exc.message)
+    except PaymentGatewayError as exc:
+        log.warning("payment_confirm_failed", order_id=order_id, error=str(exc))
+        return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
+    log.info("payment_confirmed_by_shop", order_id=order_id, intent_status=intent.status)
+    answer = {"status": intent.status, "complete_url": complete_url}
+    if intent.status == "requires_action":
+        answer["client_secret"] = intent.client_secret
+    return jsonify(answer)
+
+
+def _complete_url(order: Order) -> str:
+    return url_for("shop_pages.complete", order_id=order.id, token=order.access_token)
+
+
+def _after_payment(order: Order):
+    if _wants_json():
+        return jsonify({"status": order.status.value, "complete_url": _complete_url(order)}), 200
+    return redirect(_complete_url(order), 303)
+
+
+# --- complete and my page ---------------------------------------------------------------------
+
+def _token_opens(order: Order, token: str | None) -> bool:
+    return token is not None and hmac.compare_digest(token.encode(), order.access_token.encode())
+
+
+@bp.get("/orders/<order_id>/complete")
+def complete(order_id: str):
+    token = request.args.get("token")
+    with state().sessions() as db:
+        order = get_order(db, order_id)
+        if not _token_opens(order, token):
+            return _render("message.html", title=_t("bad_token"), message=_t("bad_token")), 403
+        if order.status is OrderStatus.PAYMENT_FAILED and _session_order(db) is not None:
+            flash(_t("declined", message=order.failure_message or order.failure_code or ""), "error")
+            return redirect(url_for("shop_pages.checkout_confirm"), 303)
+        if order.status is OrderStatus.PAID and session.get("order", {}).get("id") == order.id:
+            _forget_purchase()
+        return _render("complete.html", title=_t("complete_title"), order=order,
+                               lines=[line.to_dict() for line in order.lines], token=token, step=4)
+
+
+def my_page(order_id: str):
+    """`GET /orders/<id>` for a browser: the order; its delivery details and history only with its token."""
+    token = request.args.get("token")
+    with state().sessions() as db:
+        try:
+            order = get_order(db, order_id)
+        except NotFound as exc:
+            return _shop_headers(make_response(_not_found(exc)))
+        if token is not None and not _token_opens(order, token):
+            return _shop_headers(make_response(
+                _render("message.html", title=_t("bad_token"), message=_t("bad_token")), 403))
+        history = []
+        if token is not None:
+            history = db.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == order.id)
+                                 .order_by(OrderStatusChange.id)).all()
+        page = _render("my_page.html", title=_t("my_page"), order=order, token=token,
+                       lines=[line.to_dict() for line in order.lines], history=history, step=None)
+    return _shop_headers(make_response(page))
+
+
+def wants_page() -> bool:
+    """A browser asking for HTML (rather than an API client asking for JSON)."""
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+

@@ -1,0 +1,161 @@
+"""The shop screens' words in Japanese and English, and how a request picks its language."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from flask import request, session
+
+from models.shipping import PREFECTURES
+
+LANGUAGES = ("ja", "en")
+DEFAULT_LANGUAGE = "ja"
+# Times on the screens are Japan's: the shop and its buyers are there.
+SHOP_TIMEZONE = ZoneInfo("Asia/Tokyo")
+
+TEXT: dict[str, dict[str, str]] = {
+    "shop": {"ja": "お茶の店", "en": "Tea shop"},
+    "products": {"ja": "商品一覧", "en": "Products"},
+    "cart": {"ja": "カート", "en": "Cart"},
+    "my_page": {"ja": "マイページ", "en": "My page"},
+    "step_cart": {"ja": "カート", "en": "Cart"},
+    "step_info": {"ja": "お客様情報", "en": "Information"},
+    "step_confirm": {"ja": "ご確認", "en": "Confirmation"},
+    "step_complete": {"ja": "完了", "en": "Complete"},
+    "confirm_title": {"ja": "ご注文内容の確認", "en": "Confirmation"},
+    "complete_title": {"ja": "ご注文完了", "en": "Complete"},
+    "price": {"ja": "価格", "en": "Price"},
+    "available": {"ja": "在庫", "en": "Available"},
+    "in_stock": {"ja": "在庫あり（{n}点）", "en": "In stock ({n})"},
+    "only_left": {"ja": "残りわずか（あと{n}点）", "en": "Only {n} left"},
+    "out_of_stock": {"ja": "在庫切れ", "en": "Out of stock"},
+    "add_to_cart": {"ja": "カートに入れる", "en": "Add to cart"},
+    "added": {"ja": "{name}をカートに入れました。", "en": "{name} is in your cart."},
+    "quantity": {"ja": "数量", "en": "Quantity"},
+    "bad_quantity": {"ja": "数量は1から{n}までで指定してください。", "en": "Choose a quantity from 1 to {n}."},
+    "update": {"ja": "数量を変更", "en": "Update"},
+    "remove": {"ja": "削除", "en": "Remove"},
+    "subtotal": {"ja": "小計", "en": "Subtotal"},
+    "shipping_fee": {"ja": "送料", "en": "Shipping"},
+    "total": {"ja": "合計", "en": "Total"},
+    "item": {"ja": "商品", "en": "Item"},
+    "amount": {"ja": "金額", "en": "Amount"},
+    "cart_empty": {"ja": "カートは空です。", "en": "Your cart is empty."},
+    "continue_shopping": {"ja": "買い物を続ける", "en": "Continue shopping"},
+    "to_info": {"ja": "ご購入手続きへ", "en": "Proceed to checkout"},
+    "not_enough_stock": {"ja": "{name}は在庫が足りません（あと{n}点）。数量を減らしてください。",
+                         "en": "Not enough {name} in stock (only {n} left): lower the quantity."},
+    "name": {"ja": "お名前", "en": "Name"},
+    "email": {"ja": "メールアドレス", "en": "E-mail"},
+    "postal_code": {"ja": "郵便番号", "en": "Postal code"},
+    "prefecture": {"ja": "都道府県", "en": "Prefecture"},
+    "address": {"ja": "住所（市区町村・番地・建物名）", "en": "Address (city, street, building)"},
+    "choose": {"ja": "選択してください", "en": "Choose"},
+    "to_confirm": {"ja": "確認画面へ進む", "en": "Continue to confirmation"},
+    "back_to_cart": {"ja": "カートに戻る", "en": "Back to cart"},
+    "fix_fields": {"ja": "入力内容をご確認ください。", "en": "Please check the fields marked below."},
+    "error_required": {"ja": "入力してください。", "en": "This field is required."},
+    "error_too_long": {"ja": "{n}文字以内で入力してください。", "en": "At most {n} characters."},
+    "error_email": {"ja": "メールアドレスの形式が正しくありません。", "en": "This is not a valid e-mail address."},
+    "error_postal_code": {"ja": "郵便番号は123-4567の形式で入力してください。",
+                          "en": "Enter the postal code as 123-4567."},
+    "error_prefecture": {"ja": "都道府県を選択してください。", "en": "Choose a prefecture."},
+    "ship_to": {"ja": "お届け先", "en": "Ship to"},
+    "change": {"ja": "変更", "en": "Change"},
+    "card": {"ja": "クレジットカード", "en": "Card"},
+    "pay": {"ja": "{total}を支払う", "en": "Pay {total}"},
+    "paying": {"ja": "処理中…", "en": "Processing…"},
+    "hold_before": {"ja": "「支払う」を押すと在庫を{minutes}分間確保します。",
+                    "en": "Pressing Pay holds your items for {minutes} minutes."},
+    "hold_until": {"ja": "在庫は{time}まで確保しています。", "en": "Your items are held for you until {time}."},
+    "price_changed": {"ja": "価格が変更されました。新しい合計金額をご確認のうえ、もう一度お支払いください。",
+                      "en": "A price changed since you added it. Please check the new total and pay again."},
+    "declined": {"ja": "カードでのお支払いができませんでした：{message} 在庫は確保したままです。別のカードでお試しください。",
+                 "en": "Your card was not charged: {message} Your items are still held; please try another card."},
+    "auth_failed": {"ja": "本人認証（3Dセキュア）が完了しませんでした。もう一度お試しください。",
+                    "en": "The card's 3-D Secure check was not completed. Please try again."},
+    "stock_gone": {"ja": "申し訳ありません。{sku}の在庫が足りなくなりました。カートをご確認ください。",
+                   "en": "Sorry, there is no longer enough {sku} in stock. Please check your cart."},
+    "provider_down": {"ja": "決済サービスに接続できませんでした。時間をおいてもう一度お試しください。",
+                      "en": "We could not reach the payment service. Please try again in a moment."},
+    "order_closed": {"ja": "このご注文は受付を終了しました。もう一度カートからお手続きください。",
+                     "en": "This order can no longer be paid. Please start again from your cart."},
+    "needs_js": {"ja": "カード情報の入力にはJavaScriptを有効にしてください。",
+                 "en": "Card entry needs JavaScript: please enable it to pay."},
+    "card_secure": {"ja": "カード情報は決済代行会社Stripeに直接送信され、当店には保存されません。",
+                    "en": "Your card goes straight to Stripe, our payment provider; we never see or store it."},
+    "processing_title": {"ja": "お支払いを受け付けました", "en": "Payment received"},
+    "processing_body": {"ja": "ご注文を確定しています。このページは自動で更新されます。",
+                        "en": "Your order is being finalised. This page updates by itself."},
+    "reload": {"ja": "更新", "en": "Refresh"},
+    "confirmed_title": {"ja": "ご注文が確定しました", "en": "Order confirmed"},
+    "confirmed_body": {"ja": "ご注文ありがとうございます。確認メールをお送りしました。",
+                       "en": "Thank you for your order. A confirmation e-mail is on its way."},
+    "review_title": {"ja": "ご注文を確認しています", "en": "We are checking your order"},
+    "review_body": {"ja": "お支払いの確認に時間がかかっています。担当者からご連絡いたします。",
+                    "en": "Your payment needs a closer look. A member of our staff will contact you."},
+    "cancelled_title": {"ja": "ご注文はキャンセルされました", "en": "Order cancelled"},
+    "refunded_title": {"ja": "ご注文は返金済みです", "en": "Order refunded"},
+    "order_number": {"ja": "ご注文番号", "en": "Order number"},
+    "shipment": {"ja": "配送", "en": "Shipment"},
+    "shipment_pending": {"ja": "発送準備中", "en": "Being prepared"},
+    "shipment_shipped": {"ja": "発送済み", "en": "Shipped"},
+    "shipment_cancelled": {"ja": "配送取消", "en": "Cancelled"},
+    "view_my_page": {"ja": "マイページでご注文を見る", "en": "See the order on my page"},
+    "status": {"ja": "状態", "en": "Status"},
+    "status_pending_payment": {"ja": "お支払い待ち", "en": "Awaiting payment"},
+    "status_payment_failed": {"ja": "お支払い未完了", "en": "Payment not completed"},
+    "status_paid": {"ja": "お支払い済み", "en": "Paid"},
+    "status_needs_review": {"ja": "確認中", "en": "Being checked"},
+    "status_cancelled": {"ja": "キャンセル", "en": "Cancelled"},
+    "status_refunded": {"ja": "返金済み", "en": "Refunded"},
+    "history": {"ja": "履歴", "en": "History"},
+    "ordered_at": {"ja": "ご注文日時", "en": "Ordered"},
+    "token_hint": {"ja": "お届け先はご注文確認メールのリンクから表示できます。",
+                   "en": "Open the link in your order e-mail to see the delivery details."},
+    "bad_token": {"ja": "このリンクではご注文を表示できません。ご注文確認メールのリンクをお使いください。",
+                  "en": "This link does not open this order. Please use the link in your order e-mail."},
+    "not_found": {"ja": "ページが見つかりません。", "en": "Page not found."},
+    "form_expired": {"ja": "フォームの有効期限が切れました。もう一度お試しください。",
+                     "en": "This form expired. Please try again."},
+    "language": {"ja": "English", "en": "日本語"},
+}
+
+PREFECTURE_NAMES_JA = dict(zip(PREFECTURES, (
+    "北海道", "青森県", "岩手県", "宮城県", "秋田県", "山形県", "福島県", "茨城県", "栃木県", "群馬県",
+    "埼玉県", "千葉県", "東京都", "神奈川県", "新潟県", "富山県", "石川県", "福井県", "山梨県", "長野県",
+    "岐阜県", "静岡県", "愛知県", "三重県", "滋賀県", "京都府", "大阪府", "兵庫県", "奈良県", "和歌山県",
+    "鳥取県", "島根県", "岡山県", "広島県", "山口県", "徳島県", "香川県", "愛媛県", "高知県", "福岡県",
+    "佐賀県", "長崎県", "熊本県", "大分県", "宮崎県", "鹿児島県", "沖縄県",
+)))
+
+
+def current_language() -> str:
+    """`?lang=` (remembered in the session), else the session's choice, else Accept-Language."""
+    chosen = request.args.get("lang")
+    if chosen in LANGUAGES:
+        session["lang"] = chosen
+        return chosen
+    if session.get("lang") in LANGUAGES:
+        return session["lang"]
+    return request.accept_languages.best_match(LANGUAGES, default=DEFAULT_LANGUAGE)
+
+
+def translate(key: str, language: str, **values) -> str:
+    return TEXT[key][language].format(**values)
+
+
+def prefecture_label(prefecture: str, language: str) -> str:
+    return PREFECTURE_NAMES_JA.get(prefecture, prefecture) if language == "ja" else prefecture
+
+
+def yen(amount: int) -> str:
+    """An amount in yen as people in Japan write it: ¥3,100 (JPY has no minor unit)."""
+    return f"¥{amount:,}"
+
+
+def local_time(moment: datetime, language: str) -> str:
+    if moment.tzinfo is None:  # SQLite hands back naive UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    local = moment.astimezone(SHOP_TIMEZONE)
+    return local.strftime("%Y年%m月%d日 %H:%M") if language == "ja" else local.strftime("%Y-%m-%d %H:%M (JST)")
