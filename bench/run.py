@@ -6,10 +6,8 @@ ratio to its baseline. What each one measures and how to read it: bench/README.m
 from __future__ import annotations
 
 import argparse
-import http.client
 import importlib.metadata
 import json
-import multiprocessing
 import os
 import platform
 import secrets
@@ -23,13 +21,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import stripe
 
 from tests.e2e.cluster import Cluster
-from tests.support import WEBHOOK_SECRET, env_for, free_port, stripe_fixture, wait_for_port
+from tests.support import CATALOG, WEBHOOK_SECRET, env_for, free_port, stripe_fixture, wait_for_port
 from webhook_app.signing import refresh, sign
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,24 +36,30 @@ WEBHOOK_PATH = "/webhooks/stripe"
 FIXTURE = "localstripe_payment_intent.succeeded"
 # Nothing in these benchmarks calls Stripe (no checkout; events match no order): a closed port.
 NO_STRIPE = "http://127.0.0.1:9"
-# The file transport now and then loses a message (its consumer can read a file before the
-# publisher has written it); the relay re-publishes it after REDELIVERY_SECONDS. At the
-# production 120 s one loss would stall a burst for two minutes; 10 s is still far above
-# how long a message waits in the queue here. The run counts and prints re-publications.
-SERVICE_ENV = {"REDELIVERY_SECONDS": 10, "WEB_CONCURRENCY": 2}
+# The production redelivery wait (120 s): a shorter one makes the relay re-publish every
+# message of a backlog that takes longer than that to drain, and the workers then spend their
+# time skipping copies (10 s did that to a 2,000-order backlog here).
+SERVICE_ENV = {"REDELIVERY_SECONDS": 120, "WEB_CONCURRENCY": 2, "GUNICORN_LOG_LEVEL": "info"}
 
 
 @dataclass(frozen=True)
 class Profile:
     repetitions: int
-    ingest_seconds: float     # load per repetition and target
-    clients: int              # concurrent load-generator processes
-    burst: int                # events per end-to-end repetition
+    ingest_seconds: float     # wrk load per repetition and target
+    burst: int                # orders per consumer repetition
+    consumer_repetitions: int
     micro_events: int         # verify+store calls per repetition
+    e2e_seconds: float        # wrk load per end-to-end rate step
+    embedded_rates: tuple     # end-to-end rate steps, events/s
+    servers_rates: tuple
+    fill: int                 # events bulk-inserted into the inbox for the scale figures
 
 
-FULL = Profile(repetitions=5, ingest_seconds=3.0, clients=4, burst=500, micro_events=2000)
-QUICK = Profile(repetitions=3, ingest_seconds=1.5, clients=4, burst=300, micro_events=1000)
+FULL = Profile(repetitions=5, ingest_seconds=3.0, burst=1000, consumer_repetitions=3, micro_events=2000,
+               e2e_seconds=5.0, embedded_rates=(100, 200, 300, 400, 500, 600),
+               servers_rates=(250, 500, 750, 1000, 1250), fill=1_000_000)
+QUICK = Profile(repetitions=3, ingest_seconds=2.0, burst=600, consumer_repetitions=2, micro_events=1000,
+                e2e_seconds=3.0, embedded_rates=(150, 300, 450), servers_rates=(250, 500, 750), fill=100_000)
 
 
 @dataclass
@@ -122,202 +126,387 @@ def start_baseline_web(workdir: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def service_cluster(workdir: Path) -> Cluster:
-    workdir.mkdir(parents=True)
-    return Cluster(workdir, stripe_base=NO_STRIPE, **SERVICE_ENV)
+# --- backends -----------------------------------------------------------------------------
+
+class Backend:
+    """Where the service keeps its data: the embedded default, or PostgreSQL + RabbitMQ (--servers).
+
+    For --servers each cluster gets a fresh database on the server in TEST_POSTGRES_URL (dropped
+    at the end) and the broker in TEST_AMQP_URL, which `make bench BENCH_ARGS=--servers` takes
+    from `.ci/services.sh` as `.ci/run` does.
+    """
+
+    def __init__(self, servers: bool):
+        self.servers = servers
+        self.name = "PostgreSQL + RabbitMQ" if servers else "embedded (SQLite WAL + file broker)"
+        self._databases: list[str] = []
+        if servers:
+            missing = [name for name in ("TEST_POSTGRES_URL", "TEST_AMQP_URL") if not os.environ.get(name)]
+            if missing:
+                raise SystemExit(f"--servers needs {' and '.join(missing)}: run `make bench BENCH_ARGS=--servers` "
+                                 "(it sources .ci/services.sh) or `source .ci/services.sh` first")
+            self.admin_url = os.environ["TEST_POSTGRES_URL"]
+            self.broker_url = os.environ["TEST_AMQP_URL"]
+
+    def cluster(self, workdir: Path, **env) -> Cluster:
+        workdir.mkdir(parents=True)
+        if not self.servers:
+            return Cluster(workdir, stripe_base=NO_STRIPE, **{**SERVICE_ENV, **env})
+        from sqlalchemy import create_engine
+
+        name = f"shop_bench_{secrets.token_hex(4)}"
+        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        admin.dispose()
+        self._databases.append(name)
+        url = self.admin_url.rsplit("/", 1)[0] + "/" + name
+        return Cluster(workdir, stripe_base=NO_STRIPE, database_url=url, broker_url=self.broker_url,
+                       **{**SERVICE_ENV, **env})
+
+    def purge_queues(self) -> None:
+        """Messages a crashed earlier run left on the shared broker name outbox rows of a dropped database."""
+        if not self.servers:
+            return
+        from consumers.broker import connect
+        from models.settings import Settings
+
+        with connect(Settings(broker_url=self.broker_url)) as conn:
+            channel = conn.default_channel
+            for queue in QUEUES_TO_PURGE():
+                try:
+                    queue(channel).declare()
+                    queue(channel).purge()
+                except Exception:  # noqa: BLE001 - a queue that does not exist yet holds nothing
+                    channel = conn.channel()
+
+    def drop_all(self) -> None:
+        if not self._databases:
+            return
+        from sqlalchemy import create_engine
+
+        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            for name in self._databases:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+        self._databases.clear()
 
 
-# --- load generator -----------------------------------------------------------------------
+def QUEUES_TO_PURGE():
+    from consumers.broker import QUEUES
 
-def signed_bodies(count: int, *, no_order: bool) -> list[tuple[bytes, dict]]:
-    """Distinct signed payment_intent.succeeded deliveries, as Stripe would send them."""
+    return list(QUEUES.values())
+
+
+# --- load generator: wrk with a Lua script ------------------------------------------------
+
+WRK_THREADS, WRK_CONNECTIONS = 2, 16
+# At a fixed rate each connection waits connections/rate between an answer and its next request,
+# so a slow answer slows the offered rate; more connections keep it up when the service lags.
+RATE_CONNECTIONS = 64
+LUA_SCRIPT = ROOT / "bench" / "post.lua"
+
+
+def require_wrk() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        raise SystemExit("wrk is not installed. It is the load generator of these benchmarks (Debian package "
+                         "`wrk`): `sudo apt-get install wrk`, then run the benchmarks again. Nothing was run.")
+    return path
+
+
+def event_payloads(count: int, intents: list[tuple[str, str, int]] | None = None) -> list[str]:
+    """Distinct payment_intent.succeeded events (about 2.1 KB each), as Stripe would send them.
+
+    With `intents` ((payment intent id, order id, amount) per event) each event pays that order;
+    without, each names a PaymentIntent no order holds.
+    """
     template = stripe_fixture(FIXTURE)
-    bodies = []
-    for _ in range(count):
+    base = template["data"]["object"]
+    payloads = []
+    for i in range(count):
         event = refresh(template)
-        if no_order:
-            intent = {**template["data"]["object"], "id": f"pi_bench_{secrets.token_hex(8)}", "metadata": {}}
-            event["data"] = {**template["data"], "object": intent}
-        payload = json.dumps(event)
-        bodies.append((payload.encode(), {"Content-Type": "application/json",
-                                          "Stripe-Signature": sign(payload, WEBHOOK_SECRET)}))
-    return bodies
+        if intents is None:
+            intent = {**base, "id": f"pi_bench_{secrets.token_hex(8)}", "metadata": {}}
+        else:
+            intent_id, order_id, amount = intents[i]
+            intent = {**base, "id": intent_id, "amount": amount, "amount_received": amount,
+                      "metadata": {"order_id": order_id}}
+        event["data"] = {**template["data"], "object": intent}
+        payloads.append(json.dumps(event))
+    return payloads
 
 
-def _client(port: int, count: int, seconds: float, no_order: bool, barrier, results) -> None:
-    """One load-generator process: at most `count` POSTs, for at most `seconds`, one at a time."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it reaps us
-    bodies = signed_bodies(count, no_order=no_order)
-    barrier.wait(timeout=120)
-    start = time.monotonic()
-    deadline = start + seconds
-    latencies: list[float] = []
-    errors = 0
-    # HTTP/1.1 keep-alive (gunicorn's gthread workers keep it); if a server closes after an
-    # answer, http.client reconnects on the next request, as it would for the service.
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        for body, headers in bodies:
-            if time.monotonic() >= deadline:
-                break
-            sent = time.perf_counter()
-            try:
-                conn.request("POST", WEBHOOK_PATH, body, headers)
-                response = conn.getresponse()
-                response.read()
-                ok = response.status == 200
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - sent)
-            else:
-                errors += 1
-    finally:
-        conn.close()
-    results.put({"latencies": latencies, "errors": errors, "start": start, "end": time.monotonic()})
+def write_bodies(path: Path, payloads: list[str]) -> Path:
+    """One signed delivery a line, for bench/post.lua: signed now, before wrk's clock starts."""
+    with open(path, "w") as out:
+        for payload in payloads:
+            out.write(f"{sign(payload, WEBHOOK_SECRET)}\t{payload}\n")
+    return path
 
 
 @dataclass
-class Load:
-    ok: int
-    errors: int
+class WrkRun:
+    requests: int
     seconds: float
-    latencies: list[float]
+    p50_ms: float
+    p99_ms: float
+    cpu_share: float          # wrk's CPU time / (wall time x cores): its share of the machine
 
     @property
     def rate(self) -> float:
-        return self.ok / self.seconds
-
-    def percentile_ms(self, q: int) -> float:
-        return statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1] * 1000
+        return self.requests / self.seconds
 
 
-class LoadRun:
-    """`clients` processes POSTing signed events to 127.0.0.1:port; always reaped on exit."""
-
-    def __init__(self, port: int, *, counts: list[int], seconds: float, no_order: bool = False):
-        ctx = multiprocessing.get_context("fork")
-        self.seconds = seconds
-        self.barrier = ctx.Barrier(len(counts) + 1)
-        self.results = ctx.Queue()
-        self.procs = [ctx.Process(target=_client, args=(port, n, seconds, no_order, self.barrier, self.results),
-                                  daemon=True) for n in counts]
-
-    def __enter__(self) -> "LoadRun":
-        return self
-
-    def start(self) -> float:
-        for proc in self.procs:
-            proc.start()
-        self.barrier.wait(timeout=120)  # every client has its signed bodies ready
-        return time.monotonic()
-
-    def collect(self) -> Load:
-        outs = [self.results.get(timeout=self.seconds + 60) for _ in self.procs]
-        latencies = [lat for out in outs for lat in out["latencies"]]
-        elapsed = max(out["end"] for out in outs) - min(out["start"] for out in outs)
-        return Load(len(latencies), sum(out["errors"] for out in outs), elapsed, latencies)
-
-    def __exit__(self, *_exc) -> None:
-        self.barrier.abort()
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+def run_wrk(port: int, bodies: Path, seconds: float, *, rate: float = 0, allow_repeats: bool = False) -> WrkRun:
+    """wrk -t2 -c16 for `seconds`; at most `rate` requests/s if given. Every answer must be a 2xx."""
+    connections = RATE_CONNECTIONS if rate else WRK_CONNECTIONS
+    command = [require_wrk(), f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+               "-s", str(LUA_SCRIPT), f"http://127.0.0.1:{port}", "--", str(bodies), f"{rate:g}",
+               str(WRK_THREADS), str(connections)]
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        text = out.read()
+    lines = [line for line in text.splitlines() if line.startswith("WRK_RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed (exit {proc.returncode}):\n{text}")
+    result = json.loads(lines[-1].removeprefix("WRK_RESULT "))
+    failed = {key: result[key] for key in ("status_errors", "connect_errors", "read_errors", "write_errors",
+                                           "timeouts") if result[key]}
+    if failed:
+        raise RuntimeError(f"wrk to :{port}: not every answer was a 2xx: {failed}")
+    if result["wrapped"] and not allow_repeats:
+        raise RuntimeError(f"wrk to :{port} ran out of distinct events ({bodies}): make more")
+    wall = result["duration_us"] / 1e6
+    return WrkRun(result["requests"], wall, result["p50_us"] / 1000, result["p99_us"] / 1000,
+                  (usage.ru_utime + usage.ru_stime) / (wall * (os.cpu_count() or 1)))
 
 
-def run_load(port: int, profile: Profile, seconds: float) -> Load:
-    # A cap of 2,500 requests/s per client bounds the loop by count as well as by time.
-    per_client = int(seconds * 2500)
-    with LoadRun(port, counts=[per_client] * profile.clients, seconds=seconds) as load:
-        load.start()
-        result = load.collect()
-    if result.errors:
-        raise RuntimeError(f"{result.errors} of {result.ok + result.errors} requests to :{port} failed")
-    return result
+def fresh_bodies(path: Path, seconds: float, per_second: int = 5000) -> Path:
+    return write_bodies(path, event_payloads(int(seconds * per_second)))
 
 
-# --- a. webhook ingest --------------------------------------------------------------------
+# --- a. webhook ingest, and d. the same with a full inbox ---------------------------------
 
-def bench_ingest(workdir: Path, profile: Profile) -> list[Figure]:
-    cluster = service_cluster(workdir / "service")
+def prefill_inbox(cluster: Cluster, count: int) -> float:
+    """Bulk-insert `count` finished events (and their done outbox rows) as one INSERT … SELECT each."""
+    from sqlalchemy import bindparam, text
+
+    from models.base import UTCDateTime, utcnow
+
+    started = time.monotonic()
+    now = bindparam("now", utcnow(), type_=UTCDateTime)
+    payload = json.dumps(stripe_fixture(FIXTURE))
+    if cluster.database_url.startswith("sqlite"):
+        numbers = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
+        source = "n"
+        concat = "'{prefix}' || i"
+    else:
+        numbers = ""
+        source = "generate_series(1, :count) AS n(i)"
+        concat = "'{prefix}' || i"
+    with cluster.engine.begin() as conn:
+        conn.execute(text(
+            numbers + "INSERT INTO inbox_events (event_id, type, api_version, livemode, payload, object_id, status, "
+            "attempts, outcome, received_at, processed_at) SELECT " + concat.format(prefix="evt_fill_") +
+            ", 'payment_intent.succeeded', '2020-08-27', false, :payload, " + concat.format(prefix="pi_fill_") +
+            ", 'ignored', 1, 'benchmark fill', :now, :now FROM " + source).bindparams(now),
+            {"count": count, "payload": payload})
+        conn.execute(text(
+            "INSERT INTO outbox (topic, payload, inbox_event_id, status, attempts, deliveries, available_at, "
+            "created_at, published_at, done_at) SELECT 'stripe_event', '{}', id, 'done', 0, 1, :now, :now, :now, :now "
+            "FROM inbox_events WHERE outcome = 'benchmark fill'").bindparams(now))
+    if not cluster.database_url.startswith("sqlite"):
+        with cluster.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE inbox_events")
+            conn.exec_driver_sql("VACUUM ANALYZE outbox")
+    return time.monotonic() - started
+
+
+def finish_stored_events(cluster: Cluster) -> None:
+    """Ingest stores events no worker handled: close them, so the pipeline benchmarks start clean."""
+    from sqlalchemy import text
+
+    with cluster.engine.begin() as conn:
+        conn.execute(text("UPDATE outbox SET status = 'done' WHERE status != 'done'"))
+        conn.execute(text("UPDATE inbox_events SET status = 'ignored', outcome = 'benchmark ingest' "
+                          "WHERE status = 'received'"))
+
+
+def bench_ingest(workdir: Path, profile: Profile, backend: Backend, full: Cluster | None) -> list[Figure]:
+    """Bare Flask vs the service (and vs the service with a full inbox), interleaved, wrk -t2 -c16."""
+    cluster = backend.cluster(workdir / "service")
     baseline_proc = None
     try:
         cluster.start("web")
         baseline_proc, baseline_port = start_baseline_web(workdir / "baseline")
         targets = {"baseline": baseline_port, "service": cluster.port}
+        if full is not None:
+            targets["full inbox"] = full.port
+        warm = fresh_bodies(workdir / "warm.txt", 1, 1000)
         for port in targets.values():  # first requests import lazily and open the database
-            run_load(port, profile, 0.5)
-        runs: dict[str, list[Load]] = {"baseline": [], "service": []}
+            run_wrk(port, warm, 1, allow_repeats=True)
+        runs: dict[str, list[WrkRun]] = {name: [] for name in targets}
         for rep in range(profile.repetitions):
-            # Interleaved, so that drift in the machine's speed hits both alike.
+            # Interleaved, so that drift in the machine's speed hits all alike; fresh events for each.
             for name, port in targets.items():
-                runs[name].append(run_load(port, profile, profile.ingest_seconds))
-            progress(f"ingest {rep + 1}/{profile.repetitions}: service {runs['service'][-1].rate:.0f} req/s, "
-                     f"baseline {runs['baseline'][-1].rate:.0f} req/s")
+                bodies = fresh_bodies(workdir / f"bodies-{name.replace(' ', '-')}.txt", profile.ingest_seconds)
+                runs[name].append(run_wrk(port, bodies, profile.ingest_seconds))
+            progress(f"ingest {rep + 1}/{profile.repetitions}: " + ", ".join(
+                f"{name} {r[-1].rate:.0f} req/s p99 {r[-1].p99_ms:.1f} ms wrk cpu {r[-1].cpu_share:.0%}"
+                for name, r in runs.items()))
+        stored = cluster.engine.connect().exec_driver_sql("SELECT count(*) FROM inbox_events").scalar()
     finally:
         if baseline_proc is not None:
             stop_process(baseline_proc)
         stop_cluster(cluster)
-    name = "bare Flask, same gunicorn"
-    return [
-        Figure("webhook ingest", "throughput", "req/s",
-               [r.rate for r in runs["service"]], [r.rate for r in runs["baseline"]], name),
-        Figure("webhook ingest", "latency p50", "ms",
-               [r.percentile_ms(50) for r in runs["service"]], [r.percentile_ms(50) for r in runs["baseline"]], name),
-        Figure("webhook ingest", "latency p99", "ms",
-               [r.percentile_ms(99) for r in runs["service"]], [r.percentile_ms(99) for r in runs["baseline"]], name),
+    answered = sum(r.requests for r in runs["service"])
+    bare = "bare Flask, same gunicorn"
+    figures = [
+        Figure("webhook ingest", "throughput", "req/s", [r.rate for r in runs["service"]],
+               [r.rate for r in runs["baseline"]], bare,
+               note=f"ingest: {answered:,} events answered 2xx, {stored:,} rows in the inbox (warm-up included)"),
+        Figure("webhook ingest", "latency p50", "ms", [r.p50_ms for r in runs["service"]],
+               [r.p50_ms for r in runs["baseline"]], bare),
+        Figure("webhook ingest", "latency p99", "ms", [r.p99_ms for r in runs["service"]],
+               [r.p99_ms for r in runs["baseline"]], bare),
+        Figure("load generator", "wrk CPU, service run", "% of machine", [100 * r.cpu_share for r in runs["service"]],
+               [100 * r.cpu_share for r in runs["baseline"]], "wrk CPU, bare run"),
     ]
+    if full is not None:
+        filled = f"service, empty inbox"
+        figures += [
+            Figure(f"ingest, {profile.fill:,} in inbox", "throughput", "req/s",
+                   [r.rate for r in runs["full inbox"]], [r.rate for r in runs["service"]], filled),
+            Figure(f"ingest, {profile.fill:,} in inbox", "latency p99", "ms",
+                   [r.p99_ms for r in runs["full inbox"]], [r.p99_ms for r in runs["service"]], filled),
+        ]
+    return figures
 
 
-# --- b. end-to-end processing -------------------------------------------------------------
+# --- b. consumer and c. end to end, with real orders ---------------------------------------
 
-def outbox_counts(watch: sqlite3.Connection) -> tuple[int, int]:
-    total, pending = watch.execute("SELECT count(*), coalesce(sum(status != 'done'), 0) FROM outbox").fetchone()
-    return total, pending
+def create_orders(cluster: Cluster, count: int, prefix: str = "pi_bench_") -> list[tuple[str, str, int]]:
+    """`count` orders as checkout leaves them (cart, lines, active reservation, a payment intent),
+    in one transaction; returns (payment intent id, order id, total) for each."""
+    from models.carts import Cart, CartStatus
+    from models.catalog import Reservation, Stock
+    from models.orders import Order, OrderLine
+    from models.base import new_id, utcnow
+
+    product = CATALOG["products"][0]
+    until = utcnow() + timedelta(hours=2)
+    made = []
+    with cluster.sessions() as session, session.begin():
+        for _ in range(count):
+            cart = Cart(id=new_id("cart"), status=CartStatus.CHECKED_OUT)
+            session.add(cart)
+            intent = f"{prefix}{secrets.token_hex(10)}"
+            subtotal = product["unit_amount"]
+            order = Order(cart_id=cart.id, email="bench@example.com", currency="jpy", subtotal=subtotal, shipping_fee=900,
+                          total=subtotal + 900, ship_name="Bench", ship_postal_code="100-0001",
+                          ship_prefecture="Tokyo", ship_address="1-1 Chiyoda", reserved_until=until,
+                          payment_intent_id=intent)
+            order.lines.append(OrderLine(sku=product["sku"], name=product["name"], quantity=1,
+                                         unit_amount=product["unit_amount"]))
+            order.reservations.append(Reservation(sku=product["sku"], quantity=1, expires_at=until))
+            session.add(order)
+            made.append((intent, order, subtotal + 900))
+        stock = session.get(Stock, product["sku"])
+        stock.on_hand += count
+        stock.reserved += count
+        session.flush()
+        return [(intent, order.id, total) for intent, order, total in made]
 
 
-def republished(watch: sqlite3.Connection) -> int:
-    return watch.execute("SELECT count(*) FROM outbox WHERE deliveries > 1").fetchone()[0]
+class Watch:
+    """Reads counts while the service runs: on SQLite through a read-only connection outside
+    SQLAlchemy (the service's engine takes the write lock on every BEGIN)."""
+
+    def __init__(self, cluster: Cluster):
+        self.sqlite = cluster.database_url.startswith("sqlite")
+        if self.sqlite:
+            self.conn = sqlite3.connect(f"file:{cluster.database_url.removeprefix('sqlite:///')}?mode=ro", uri=True)
+        else:
+            self.conn = cluster.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def rows(self, sql: str, params: dict | None = None) -> list[tuple]:
+        if self.sqlite:
+            return self.conn.execute(sql, params or {}).fetchall()
+        from sqlalchemy import text
+
+        return [tuple(row) for row in self.conn.execute(text(sql), params or {}).all()]
+
+    def value(self, sql: str, params: dict | None = None):
+        return self.rows(sql, params)[0][0]
+
+    def close(self) -> None:
+        self.conn.close()
 
 
-def burst(cluster: Cluster, watch: sqlite3.Connection, profile: Profile, events: int) -> float:
-    """Seconds from the first POST of `events` new events until every outbox row is done."""
-    before, _ = outbox_counts(watch)
-    counts = [events // profile.clients + (1 if i < events % profile.clients else 0) for i in range(profile.clients)]
-    with LoadRun(cluster.port, counts=counts, seconds=120, no_order=True) as load:
-        started = load.start()
-        deadline = started + 180
-        while True:
-            total, pending = outbox_counts(watch)
-            if total >= before + events and pending == 0:
-                elapsed = time.monotonic() - started
-                break
-            if time.monotonic() > deadline:
-                statuses = dict(watch.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
-                raise TimeoutError(f"burst of {events} not done after 180 s: outbox {statuses}")
-            time.sleep(0.02)
-        posted = load.collect()
-    if posted.errors:
-        raise RuntimeError(f"{posted.errors} of {events} webhook POSTs failed")
-    return elapsed
+def _as_datetime(value) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-def bare_transport(folder: Path, messages: int) -> float:
-    """Seconds to publish `messages` small messages on the embedded file transport, then consume and ack them.
+def stage_events(cluster: Cluster, intents: list[tuple[str, str, int]], later: datetime) -> None:
+    """Store the orders' succeeded events as the webhook does, held back until `release_events`."""
+    from sqlalchemy import update
 
-    Always the same folder: kombu keeps queue bindings in process-wide state, so a second
-    folder in one process would get no binding file and its messages would go nowhere.
+    from consumers.handlers import HANDLED_EVENT_TYPES
+    from models.db import transaction
+    from models.events import OutboxMessage, OutboxStatus, store_event
+
+    with transaction(cluster.sessions) as session:
+        for payload in event_payloads(len(intents), intents):
+            store_event(session, json.loads(payload), payload, handled_types=HANDLED_EVENT_TYPES)
+        session.execute(update(OutboxMessage).where(OutboxMessage.status == OutboxStatus.PENDING)
+                        .values(available_at=later))
+
+
+def release_events(cluster: Cluster, later: datetime) -> None:
+    from sqlalchemy import update
+
+    from models.db import transaction
+    from models.base import utcnow
+    from models.events import OutboxMessage
+
+    with transaction(cluster.sessions) as session:
+        session.execute(update(OutboxMessage).where(OutboxMessage.available_at == later)
+                        .values(available_at=utcnow()))
+
+
+def wait_until_paid(watch: Watch, prefix: str, expected: int, timeout: float) -> float | None:
+    """Seconds until `expected` orders whose intent starts with `prefix` are paid, or None on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if watch.value("SELECT count(*) FROM orders WHERE status = 'paid' AND payment_intent_id LIKE :p",
+                       {"p": prefix + "%"}) >= expected:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    return None
+
+
+def bare_transport(broker_url: str, messages: int) -> float:
+    """Seconds to publish `messages` small messages on the service's broker, then consume and ack them.
+
+    On a queue of its own (the service's workers keep running). For the file transport, always
+    the same folder: kombu keeps queue bindings in process-wide state.
     """
-    from kombu import Consumer, Producer
+    from kombu import Consumer, Producer, Queue
 
-    from consumers.broker import EXCHANGE, QUEUES, connect
-    from models.events import Topic
+    from consumers.broker import EXCHANGE, connect
     from models.settings import Settings
 
-    queue = QUEUES[Topic.STRIPE_EVENT]
+    queue = Queue("bench.bare", EXCHANGE, routing_key="bench.bare", durable=True)
     received = 0
 
     def on_message(_body, message) -> None:
@@ -325,7 +514,7 @@ def bare_transport(folder: Path, messages: int) -> float:
         message.ack()
         received += 1
 
-    with connect(Settings(broker_url=f"filesystem://{folder}")) as conn:
+    with connect(Settings(broker_url=broker_url)) as conn:
         producer = Producer(conn.default_channel)
         started = time.perf_counter()
         for i in range(messages):
@@ -344,40 +533,107 @@ def bare_transport(folder: Path, messages: int) -> float:
     return elapsed
 
 
-def bench_pipeline(workdir: Path, profile: Profile) -> list[Figure]:
-    cluster = service_cluster(workdir / "service")
-    watch = None
+def bench_consumer(workdir: Path, profile: Profile, backend: Backend, cluster: Cluster, watch: Watch) -> list[Figure]:
+    """Orders finalised per second by 2 workers (and the relay) from events already stored."""
+    broker = cluster.env["BROKER_URL"] if backend.servers else f"filesystem://{workdir / 'bare-broker'}"
     service, baseline = [], []
+    for rep in range(profile.consumer_repetitions):
+        baseline.append(profile.burst / bare_transport(broker, profile.burst))
+        prefix = f"pi_bench_c{rep}_"
+        intents = create_orders(cluster, profile.burst, prefix)
+        later = datetime(2999, 1, 1, tzinfo=timezone.utc)
+        stage_events(cluster, intents, later)
+        release_events(cluster, later)
+        took = wait_until_paid(watch, prefix, profile.burst, 300)
+        if took is None:
+            raise TimeoutError(f"{profile.burst} orders not paid in 300 s")
+        service.append(profile.burst / took)
+        progress(f"consumer {rep + 1}/{profile.consumer_repetitions}: {service[-1]:.0f} orders/s, "
+                 f"bare transport {baseline[-1]:.0f} msg/s")
+    return [Figure("consumer, 2 workers", f"{profile.burst} orders paid", "orders/s", service, baseline,
+                   "bare broker publish+consume")]
+
+
+@dataclass
+class Step:
+    offered: float
+    sent: int
+    achieved: float
+    p50_ms: float
+    p99_ms: float
+    drained: bool
+
+    @property
+    def keeps_up(self) -> bool:
+        return self.drained and self.p99_ms <= 1000
+
+
+def e2e_step(workdir: Path, cluster: Cluster, watch: Watch, rate: float, seconds: float, tag: str) -> Step:
+    """wrk at `rate` events/s for `seconds`, each event paying an order made beforehand; latency is
+    the order's paid_at minus its event's received_at (the webhook's store), per order."""
+    prefix = f"pi_bench_{tag}_"
+    count = int(rate * seconds) + 2 * RATE_CONNECTIONS
+    intents = create_orders(cluster, count, prefix)
+    bodies = write_bodies(workdir / f"e2e-{tag}.txt", event_payloads(count, intents))
+    load = run_wrk(cluster.port, bodies, seconds, rate=rate)
+    sent = watch.value("SELECT count(*) FROM inbox_events WHERE object_id LIKE :p", {"p": prefix + "%"})
+    drained = wait_until_paid(watch, prefix, sent, 10) is not None
+    if not drained:
+        wait_until_paid(watch, prefix, sent, 120)  # let it finish before the next step starts
+    rows = watch.rows("SELECT o.paid_at, i.received_at FROM orders o JOIN inbox_events i "
+                      "ON i.object_id = o.payment_intent_id WHERE o.payment_intent_id LIKE :p AND o.status = 'paid'",
+                      {"p": prefix + "%"})
+    latencies = sorted((_as_datetime(paid) - _as_datetime(received)).total_seconds() * 1000
+                       for paid, received in rows)
+    if len(latencies) < 2:
+        raise RuntimeError(f"end to end at {rate}/s: only {len(latencies)} of {sent} orders paid")
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    if len(latencies) < sent:
+        q[98] = float("inf")  # some never got paid in time
+    return Step(rate, sent, load.rate, q[49], q[98], drained)
+
+
+def bench_end_to_end(workdir: Path, profile: Profile, backend: Backend, cluster: Cluster, watch: Watch,
+                     full: Cluster | None) -> list[Figure]:
+    target = 500 if backend.servers else 300
+    rates = profile.servers_rates if backend.servers else profile.embedded_rates
+    steps: list[Step] = []
+    for i, rate in enumerate(rates):
+        step = e2e_step(workdir, cluster, watch, rate, profile.e2e_seconds, f"e{i}")
+        steps.append(step)
+        progress(f"end to end at {rate}/s: achieved {step.achieved:.0f}/s, p50 {step.p50_ms:.0f} ms, "
+                 f"p99 {step.p99_ms:.0f} ms, {'keeps up' if step.keeps_up else 'does NOT keep up'}")
+        if not step.keeps_up and rate >= target:
+            break
+    lines = ["end to end (webhook store -> order paid; 1 relay, 2 workers; keeps up = every order paid within "
+             "10 s of the load's end and p99 <= 1 s):"]
+    lines += [f"  offered {s.offered:>5g}/s  achieved {s.achieved:6.0f}/s  events {s.sent:6d}  p50 {s.p50_ms:8.0f} ms"
+              f"  p99 {s.p99_ms:8.0f} ms  {'keeps up' if s.keeps_up else 'does NOT keep up'}" for s in steps]
+    kept = [s.offered for s in steps if s.keeps_up]
+    first_failure = next((s.offered for s in steps if not s.keeps_up), None)
+    lines.append(f"  highest rate kept up: {max(kept) if kept else 'none'}/s; stops keeping up at: "
+                 f"{first_failure if first_failure else 'not reached'}" + ("/s" if first_failure else ""))
+    at_target = next((s for s in steps if s.offered == target), None)
+    figures = []
+    if at_target is not None:
+        figures.append(Figure("end to end", f"p99 at {target}/s", "ms", [at_target.p99_ms], [1000.0],
+                              "target: 1 s", note="\n".join(lines)))
+    else:
+        figures.append(Figure("end to end", "steps", "", [0], [1], "", note="\n".join(lines)))
+    return figures
+
+
+def bench_end_to_end_full(workdir: Path, profile: Profile, backend: Backend, empty_p99: float,
+                          full: Cluster) -> list[Figure]:
+    target = 500 if backend.servers else 300
+    watch = Watch(full)
     try:
-        cluster.start_all(workers=1, relays=1)
-        db = cluster.database_url.removeprefix("sqlite:///")
-        # Read-only and outside SQLAlchemy: the service's engine takes the write lock on every BEGIN.
-        watch = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        burst(cluster, watch, profile, 20)  # worker and relay connected, first messages through
-        lost = []
-        for rep in range(profile.repetitions):
-            baseline.append(profile.burst / bare_transport(workdir / "bare-broker", profile.burst))
-            already = republished(watch)
-            service.append(profile.burst / burst(cluster, watch, profile, profile.burst))
-            lost.append(republished(watch) - already)
-            progress(f"end-to-end {rep + 1}/{profile.repetitions}: service {service[-1]:.0f} events/s, "
-                     f"bare transport {baseline[-1]:.0f} msg/s"
-                     + (f", {lost[-1]} message(s) re-published after {SERVICE_ENV['REDELIVERY_SECONDS']} s"
-                        if lost[-1] else ""))
-        unreadable = cluster.log_of("worker.1").count("JSONDecodeError")
-        statuses = dict(watch.execute("SELECT status, count(*) FROM inbox_events GROUP BY status").fetchall())
-        if set(statuses) != {"ignored"}:
-            raise RuntimeError(f"expected every event ignored (no matching order), got {statuses}")
+        step = e2e_step(workdir, full, watch, target, profile.e2e_seconds, "full")
     finally:
-        if watch is not None:
-            watch.close()
-        stop_cluster(cluster)
-    note = (f"end-to-end: messages re-published after the {SERVICE_ENV['REDELIVERY_SECONDS']} s redelivery wait, "
-            f"per repetition: {lost}; the worker read {unreadable} message file(s) before they were written")
-    return [Figure("end-to-end processing", f"burst of {profile.burst}", "events/s", service, baseline,
-                   "bare kombu file transport", note)]
-
-
+        watch.close()
+    progress(f"end to end with {profile.fill:,} in the inbox at {target}/s: p99 {step.p99_ms:.0f} ms")
+    return [Figure(f"end to end, {profile.fill:,} in inbox", f"p99 at {target}/s", "ms", [step.p99_ms], [empty_p99],
+                   "same, empty inbox")]
 # --- c. signature verification + store ----------------------------------------------------
 
 def bench_verify_and_store(workdir: Path, profile: Profile) -> list[Figure]:
@@ -411,7 +667,7 @@ def bench_verify_and_store(workdir: Path, profile: Profile) -> list[Figure]:
         return (time.perf_counter() - started) / len(bodies)
 
     def fresh(n: int) -> list[tuple[str, str]]:
-        return [(body.decode(), headers["Stripe-Signature"]) for body, headers in signed_bodies(n, no_order=False)]
+        return [(payload, sign(payload, WEBHOOK_SECRET)) for payload in event_payloads(n)]
 
     service, baseline = [], []
     try:
@@ -447,7 +703,7 @@ def _git(*args: str) -> str:
         return ""
 
 
-def machine_block(profile: Profile, quick: bool) -> list[str]:
+def machine_block(profile: Profile, quick: bool, backend: "Backend") -> list[str]:
     cpu = _first_line("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     memory = _first_line("/proc/meminfo", "MemTotal")
@@ -467,11 +723,24 @@ def machine_block(profile: Profile, quick: bool) -> list[str]:
         ("packages", versions),
         ("commit", commit),
         ("load avg", f"{load} (1, 5, 15 min, at start)"),
-        ("run", f"{'--quick, ' if quick else ''}N={profile.repetitions} repetitions, {profile.clients} clients, "
-                f"{profile.ingest_seconds:g} s ingest load, bursts of {profile.burst}, "
-                f"{profile.micro_events} store calls"),
+        ("backend", backend.name),
+        ("load", f"wrk {_wrk_version()} -t{WRK_THREADS} -c{WRK_CONNECTIONS}, bench/post.lua (pre-signed bodies)"),
+        ("web", "gunicorn.conf.py, WEB_CONCURRENCY=2, worker class "
+                f"{os.environ.get('GUNICORN_WORKER_CLASS') or 'gthread'}"),
+        ("run", f"{'--quick, ' if quick else ''}N={profile.repetitions} repetitions, "
+                f"{profile.ingest_seconds:g} s ingest load, {profile.burst} orders per consumer repetition, "
+                f"{profile.e2e_seconds:g} s per end-to-end step, {profile.fill:,} events in the full inbox"),
     ]
     return ["machine"] + [f"  {key:<9} {value}" for key, value in rows]
+
+
+def _wrk_version() -> str:
+    try:
+        out = subprocess.run([require_wrk(), "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    words = (out.stdout + out.stderr).split()
+    return words[1] if len(words) > 1 else "?"
 
 
 def _fmt(value: float) -> str:
@@ -500,34 +769,80 @@ def _exit_on_sigterm(_signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N=3 and smaller loads (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="N=3 and smaller loads")
+    parser.add_argument("--servers", action="store_true",
+                        help="PostgreSQL + RabbitMQ (TEST_POSTGRES_URL, TEST_AMQP_URL) instead of the embedded default")
     parser.add_argument("--keep", action="store_true", help="keep the temporary databases and process logs")
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    require_wrk()
+    backend = Backend(args.servers)
 
-    print("\n".join(machine_block(profile, args.quick)), flush=True)
+    print("\n".join(machine_block(profile, args.quick, backend)), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="shop-bench-"))
     started = time.monotonic()
     keep = args.keep
+    full = cluster = watch = None
     try:
         figures: list[Figure] = []
-        for name, bench in (("ingest", bench_ingest), ("pipeline", bench_pipeline),
-                            ("micro", bench_verify_and_store)):
+        phase = time.monotonic()
+        full = backend.cluster(workdir / "full")
+        took = prefill_inbox(full, profile.fill)
+        progress(f"bulk-inserted {profile.fill:,} events into a second service's inbox in {took:.0f} s")
+        full.start("web")
+        figures += bench_ingest(workdir / "ingest", profile, backend, full)
+        full.stop("web")
+        progress(f"ingest took {time.monotonic() - phase:.0f} s")
+
+        phase = time.monotonic()
+        backend.purge_queues()
+        cluster = backend.cluster(workdir / "pipeline")
+        cluster.start_all(workers=2, relays=1)
+        watch = Watch(cluster)
+        figures += bench_consumer(workdir / "pipeline", profile, backend, cluster, watch)
+        progress(f"consumer took {time.monotonic() - phase:.0f} s")
+        phase = time.monotonic()
+        e2e = bench_end_to_end(workdir / "pipeline", profile, backend, cluster, watch, full)
+        figures += e2e
+        watch.close()
+        watch = None
+        stop_cluster(cluster)
+        cluster = None
+        progress(f"end to end took {time.monotonic() - phase:.0f} s")
+
+        if e2e[0].metric.startswith("p99 at"):
             phase = time.monotonic()
-            figures += bench(workdir / name, profile)
-            progress(f"{name} took {time.monotonic() - phase:.0f} s")
+            backend.purge_queues()
+            finish_stored_events(full)
+            full.start_all(workers=2, relays=1)
+            figures += bench_end_to_end_full(workdir / "full", profile, backend, e2e[0].service[0], full)
+            progress(f"end to end, full inbox took {time.monotonic() - phase:.0f} s")
+        stop_cluster(full)
+        full = None
+
+        if not args.servers:
+            phase = time.monotonic()
+            figures += bench_verify_and_store(workdir / "micro", profile)
+            progress(f"micro took {time.monotonic() - phase:.0f} s")
     except Exception:
         keep = True  # a failed run's process logs say why
         raise
     finally:
+        if watch is not None:
+            watch.close()
+        for each in (cluster, full):
+            if each is not None:
+                stop_cluster(each)
+        backend.drop_all()
         if keep:
             print(f"databases and process logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print("\n".join(table(figures)))
-    print(f"total {time.monotonic() - started:.0f} s")
+    print(f"total {time.monotonic() - started:.0f} s; load avg at the end "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, enum_column, utcnow
@@ -223,8 +224,12 @@ _INSERT_OUTBOX = insert(OutboxMessage.__table__)
 _EXISTING_EVENT = select(InboxEvent.id, InboxEvent.status).where(InboxEvent.event_id == bindparam("event_id"))
 
 
-def store_event(session: Session, event: dict, raw_payload: str, *, handled_types: frozenset[str]) -> StoredEvent:
+def store_event(session: Session | Connection, event: dict, raw_payload: str, *,
+                handled_types: frozenset[str]) -> StoredEvent:
     """Store a verified Stripe event once, with its outbox row, in the caller's transaction.
+
+    `session` is an ORM Session or a plain Core Connection in a transaction (the webhook uses
+    the latter: no identity map or unit of work to set up and tear down per request).
 
     `handled_types` comes from the handler registry (`consumers.handlers.HANDLED_EVENT_TYPES`).
     Types the service does not handle are stored as ignored, with no outbox row, so they stay
@@ -236,7 +241,8 @@ def store_event(session: Session, event: dict, raw_payload: str, *, handled_type
     obj = event.get("data", {}).get("object") or {}
     handled = event["type"] in handled_types
     status = EventStatus.RECEIVED if handled else EventStatus.IGNORED
-    stored_id = session.execute(_INSERT_EVENT[session.get_bind().dialect.name], {
+    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
+    stored_id = session.execute(_INSERT_EVENT[dialect.name], {
         "event_id": event["id"],
         "type": event["type"],
         "api_version": event.get("api_version"),

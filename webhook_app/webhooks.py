@@ -9,6 +9,7 @@ import hmac
 import json
 import math
 import re
+import threading
 import time
 
 import stripe
@@ -18,7 +19,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consumers import metrics
 from consumers.handlers import HANDLED_EVENT_TYPES
-from models.db import transaction
 from models.events import store_event
 from models.logs import describe_error
 from webhook_app import state
@@ -172,6 +172,34 @@ def _not_an_event(event) -> str | None:
     return None
 
 
+class StoreBusy(Exception):
+    """This process could not get its turn to write in time (SQLite only)."""
+
+
+# SQLite has one write lock per database file, and a connection that finds it taken waits in
+# SQLite's busy handler, which sleeps between tries (up to 100 ms a try). With gthread workers
+# every thread of every process asks at once and most requests sleep: p99 went to hundreds of
+# ms. One store at a time per process queues the others on this lock, which hands over at
+# once; only the processes, not their threads, meet in the busy handler. Bounded, like
+# busy_timeout, so a request still gets a clean 503 under gunicorn's timeout.
+_SQLITE_WRITER = threading.Lock()
+_SQLITE_WRITER_TIMEOUT = 10.0
+
+
+def _store(event: dict, payload: str):
+    engine = state().engine
+    serialise = engine.dialect.name == "sqlite"
+    if serialise and not _SQLITE_WRITER.acquire(timeout=_SQLITE_WRITER_TIMEOUT):
+        raise StoreBusy(f"no turn to write within {_SQLITE_WRITER_TIMEOUT:g} s")
+    try:
+        # A plain connection, not an ORM Session: two prebuilt Core statements and a commit.
+        with engine.begin() as connection:
+            return store_event(connection, event, payload, handled_types=HANDLED_EVENT_TYPES)
+    finally:
+        if serialise:
+            _SQLITE_WRITER.release()
+
+
 @bp.post("/webhooks/stripe")
 def receive_stripe_event():
     started = time.perf_counter()
@@ -221,9 +249,8 @@ def receive_stripe_event():
 
     structlog.contextvars.bind_contextvars(event_id=event["id"], event_type=event["type"])
     try:
-        with transaction(state().sessions) as session:
-            stored = store_event(session, event, payload, handled_types=HANDLED_EVENT_TYPES)
-    except SQLAlchemyError as exc:
+        stored = _store(event, payload)
+    except (SQLAlchemyError, StoreBusy) as exc:
         log.error("webhook_store_failed", error=describe_error(exc))
         metrics.observe_webhook(event["type"], "rejected", "storage_unavailable")
         return error_response(503, "storage_unavailable", "the event could not be stored; please retry")
