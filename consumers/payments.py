@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import stripe
 
@@ -200,6 +201,18 @@ def find_refunds(payment_intent_id: str) -> list[stripe.Refund]:
     """The refunds Stripe holds for an intent (a re-run records one it made but we never stored)."""
     try:
         return list(stripe.Refund.list(payment_intent=payment_intent_id, limit=100).auto_paging_iter())
+    except stripe.StripeError as exc:
+        raise PaymentGatewayError(_describe(exc)) from exc
+
+
+def events_since(created_gte: int) -> Iterator[dict]:
+    """Every event Stripe holds created at or after `created_gte` (a Unix time), oldest page first.
+
+    Raises PaymentGatewayError when Stripe cannot be asked, also midway through the pages.
+    """
+    try:
+        for event in stripe.Event.list(created={"gte": created_gte}, limit=100).auto_paging_iter():
+            yield event.to_dict()
     except stripe.StripeError as exc:
         raise PaymentGatewayError(_describe(exc)) from exc
 

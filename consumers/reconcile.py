@@ -12,12 +12,11 @@ import re
 import time
 from dataclasses import dataclass
 
-import stripe
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.handlers import HANDLED_EVENT_TYPES
-from consumers.payments import PaymentGatewayError
+from consumers.payments import events_since
 from models.db import transaction
 from models.events import store_event
 
@@ -44,16 +43,11 @@ class Reconciled:
 def reconcile(factory: sessionmaker[Session], since_seconds: int) -> Reconciled:
     result = Reconciled()
     since = int(time.time()) - since_seconds
-    try:
-        for event in stripe.Event.list(created={"gte": since}, limit=100).auto_paging_iter():
-            data = event.to_dict()
-            with transaction(factory) as session:
-                stored = store_event(session, data, json.dumps(data), handled_types=HANDLED_EVENT_TYPES)
-            result.seen += 1
-            if not stored.duplicate:
-                result.stored += 1
-                log.info("event_reconciled", event_id=data["id"], event_type=data["type"],
-                         status=stored.status.value)
-    except stripe.StripeError as exc:
-        raise PaymentGatewayError(f"{type(exc).__name__}: {getattr(exc, 'user_message', None) or exc}") from exc
+    for data in events_since(since):
+        with transaction(factory) as session:
+            stored = store_event(session, data, json.dumps(data), handled_types=HANDLED_EVENT_TYPES)
+        result.seen += 1
+        if not stored.duplicate:
+            result.stored += 1
+            log.info("event_reconciled", event_id=data["id"], event_type=data["type"], status=stored.status.value)
     return result
