@@ -13,6 +13,11 @@ def make_cluster(tmp_path_factory, localstripe):
     made = []
 
     def make(backend: str, *, workers: int = 1, relays: int = 1, **env) -> Cluster:
+        # One cluster runs at a time. A test that failed (or never stopped its cluster) must not
+        # leave workers behind: on RabbitMQ they would consume the next cluster's queues and ack
+        # its messages against the wrong database.
+        for earlier, _ in made:
+            earlier.stop_all()
         database_url = broker_url = None
         if backend == SERVERS:
             database_url = create_postgres_database()
