@@ -55,7 +55,8 @@ def wait(browser, seconds: float = 20) -> WebDriverWait:
 
 
 def text_of(browser, css: str) -> str:
-    return browser.find_element(By.CSS_SELECTOR, css).text
+    """The element's text, once the page that has it is there (a click may still be navigating)."""
+    return wait(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, css)).text
 
 
 def add_to_cart(browser, base: str, sku: str, quantity: int = 1) -> None:
@@ -69,6 +70,7 @@ def add_to_cart(browser, base: str, sku: str, quantity: int = 1) -> None:
 
 def fill_information(browser, **changes) -> None:
     values = {**BUYER, **changes}
+    wait(browser).until(lambda b: b.find_element(By.ID, "name"))  # the information page has loaded
     for key in ("name", "email", "postal_code", "address"):
         field = browser.find_element(By.ID, key)
         field.clear()
@@ -105,9 +107,12 @@ def pay_error(browser, seconds: float = 20) -> str:
 def wait_for_outcome(browser, status: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        found = browser.find_elements(By.ID, "outcome")
-        if found and found[0].get_attribute("data-status") == status:
-            return
+        try:
+            found = browser.find_elements(By.ID, "outcome")
+            if found and found[0].get_attribute("data-status") == status:
+                return
+        except WebDriverException:
+            pass  # the page reloads itself every 2 s: an element of the page before is stale
         time.sleep(0.25)
     raise AssertionError(f"the complete screen never showed {status}: {browser.current_url}\n"
                          f"{browser.find_element(By.TAG_NAME, 'main').text}")
