@@ -26,8 +26,8 @@ class LongRunningProcess(ABC):
         self.stopping = False
 
     def stop(self, *_args) -> None:
-        # SIGTERM: finish the work in hand, then leave.
-        log.info(f"{self.name}_stopping")
+        # SIGTERM: finish the work in hand, then leave. Only a flag here: a signal handler that
+        # logs can deadlock on the log writer's lock when the signal lands mid-log-line.
         self.stopping = True
 
     def run(self) -> None:
@@ -45,6 +45,7 @@ class LongRunningProcess(ABC):
             except Exception as exc:  # noqa: BLE001 - broker or database down: wait, reconnect, go on
                 log.warning(f"{self.name}_paused", error=describe_error(exc))
                 time.sleep(1)
+        log.info(f"{self.name}_stopping")
         self.engine.dispose()
         log.info(f"{self.name}_stopped")
 
