@@ -21,7 +21,8 @@ limit_request_line = 8190
 limit_request_fields = 100
 # Several services (and test clusters) may run on one host: no shared control socket.
 control_socket_disable = True
-# One structured line per request (GUNICORN_ACCESS_LOG=0 turns it off), through structlog.
+# One structured line per request (GUNICORN_ACCESS_LOG=0 turns it off), through structlog. The
+# webhook writes its own line with the same fields (webhook_received / webhook_rejected) instead.
 logger_class = "webhook_app.gunicorn_logging.StructlogLogger"
 accesslog = "-"
 errorlog = "-"

@@ -52,6 +52,22 @@ def engine_for(settings) -> Engine:
                        max_overflow=settings.db_max_overflow)
 
 
+def store_engine_for(settings, engine: Engine) -> Engine:
+    """The webhook's engine for storing events.
+
+    PostgreSQL: its own pool in autocommit, without the pre-ping (a `SELECT 1` per request): the
+    store is one statement, which is its own transaction, and a connection found dead is retried
+    once by the caller (`webhook_app.webhooks`). The pool keeps all its connections open (no
+    overflow): under a burst every request thread stores at once, and an overflow connection
+    would be opened and closed again per request. SQLite: the service's engine (its
+    transactions take the write lock up front).
+    """
+    if engine.dialect.name != "postgresql":
+        return engine
+    return create_engine(settings.database_url, pool_size=settings.db_pool_size + settings.db_max_overflow,
+                         max_overflow=0, pool_recycle=1800, isolation_level="AUTOCOMMIT")
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

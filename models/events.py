@@ -224,41 +224,91 @@ _INSERT_OUTBOX = insert(OutboxMessage.__table__)
 _EXISTING_EVENT = select(InboxEvent.id, InboxEvent.status).where(InboxEvent.event_id == bindparam("event_id"))
 
 
-def store_event(session: Session | Connection, event: dict, raw_payload: str, *,
-                handled_types: frozenset[str]) -> StoredEvent:
-    """Store a verified Stripe event once, with its outbox row, in the caller's transaction.
+# PostgreSQL, on the driver's cursor (the webhook's hot path: no SQLAlchemy statement machinery
+# per request). The inbox row and its outbox row are ONE statement (a data-modifying CTE): one
+# round trip, and in autocommit no BEGIN or COMMIT of its own, since a single statement is its
+# own transaction, committed (and flushed to the WAL) before it returns.
+_PG_INBOX_ROW = """
+    INSERT INTO inbox_events (event_id, type, api_version, livemode, payload, object_id, status, attempts,
+                              outcome, received_at, processed_at)
+    VALUES (%(event_id)s, %(type)s, %(api_version)s, %(livemode)s, %(payload)s, %(object_id)s, %(status)s, 0,
+            %(outcome)s, %(received_at)s, %(processed_at)s)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING id"""
+_PG_STORE_AND_QUEUE = f"""
+    WITH stored_event AS ({_PG_INBOX_ROW}
+    ), queued AS (
+        INSERT INTO outbox (topic, payload, inbox_event_id, status, attempts, deliveries, available_at, created_at)
+        SELECT %(queue_topic)s, %(queue_payload)s, id, %(queue_status)s, 0, 0, %(received_at)s, %(received_at)s
+        FROM stored_event
+    )
+    SELECT id FROM stored_event"""
+_PG_EXISTING = "SELECT id, status FROM inbox_events WHERE event_id = %(event_id)s"
 
-    `session` is an ORM Session or a plain Core Connection in a transaction (the webhook uses
-    the latter: no identity map or unit of work to set up and tear down per request).
 
-    `handled_types` comes from the handler registry (`consumers.handlers.HANDLED_EVENT_TYPES`).
-    Types the service does not handle are stored as ignored, with no outbox row, so they stay
-    visible and never reach a worker. This is the webhook's hot path, so it is two Core
-    statements: the unique event id, not a look-up first, decides what is a duplicate, which
-    also holds when two deliveries of one event race each other.
-    """
-    now = utcnow()
+def _inbox_row(event: dict, raw_payload: str, handled: bool) -> dict:
     obj = event.get("data", {}).get("object") or {}
-    handled = event["type"] in handled_types
-    status = EventStatus.RECEIVED if handled else EventStatus.IGNORED
-    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
-    stored_id = session.execute(_INSERT_EVENT[dialect.name], {
+    now = utcnow()
+    return {
         "event_id": event["id"],
         "type": event["type"],
         "api_version": event.get("api_version"),
         "livemode": bool(event.get("livemode", False)),
         "payload": raw_payload,
         "object_id": obj.get("id") if isinstance(obj.get("id"), str) else None,
-        "status": status,
+        "status": EventStatus.RECEIVED if handled else EventStatus.IGNORED,
         "outcome": None if handled else f"event type {event['type']} is not handled",
         "processed_at": None if handled else now,
         "received_at": now,
-    }).scalar_one_or_none()
+    }
+
+
+def store_event_pg(cursor, event: dict, raw_payload: str, *, handled_types: frozenset[str]) -> StoredEvent:
+    """`store_event` on PostgreSQL, through a psycopg cursor: one statement (two for a duplicate)."""
+    handled = event["type"] in handled_types
+    row = _inbox_row(event, raw_payload, handled)
+    params = {**row, "status": row["status"].value}
+    if handled:
+        params.update(queue_topic=Topic.STRIPE_EVENT.value, queue_payload=json.dumps({"event_id": event["id"]}),
+                      queue_status=OutboxStatus.PENDING.value)
+    cursor.execute(_PG_STORE_AND_QUEUE if handled else _PG_INBOX_ROW, params)
+    stored = cursor.fetchone()
+    if stored is None:
+        cursor.execute(_PG_EXISTING, {"event_id": event["id"]})
+        existing_id, existing_status = cursor.fetchone()
+        return StoredEvent(existing_id, EventStatus(existing_status), True)
+    return StoredEvent(stored[0], row["status"], False)
+
+
+def store_event(session: Session | Connection, event: dict, raw_payload: str, *,
+                handled_types: frozenset[str]) -> StoredEvent:
+    """Store a verified Stripe event once, with its outbox row, in the caller's transaction.
+
+    `session` is an ORM Session or a plain Core Connection (the webhook uses the latter: no
+    identity map or unit of work to set up and tear down per request). On PostgreSQL the
+    webhook's connection is in autocommit: the one statement is the whole transaction.
+
+    `handled_types` comes from the handler registry (`consumers.handlers.HANDLED_EVENT_TYPES`).
+    Types the service does not handle are stored as ignored, with no outbox row, so they stay
+    visible and never reach a worker. This is the webhook's hot path: one statement on
+    PostgreSQL (`store_event_pg`), two on SQLite (which has no INSERT inside WITH). The unique event id, not a
+    look-up first, decides what is a duplicate, which also holds when two deliveries of one
+    event race each other.
+    """
+    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
+    if dialect.name == "postgresql":
+        connection = session if isinstance(session, Connection) else session.connection()
+        with connection.connection.cursor() as cursor:  # the driver's own, in this transaction
+            return store_event_pg(cursor, event, raw_payload, handled_types=handled_types)
+    handled = event["type"] in handled_types
+    row = _inbox_row(event, raw_payload, handled)
+    stored_id = session.execute(_INSERT_EVENT[dialect.name], row).scalar_one_or_none()
     if stored_id is None:
         existing = session.execute(_EXISTING_EVENT, {"event_id": event["id"]}).one()
         return StoredEvent(existing.id, existing.status, True)
     if handled:
         session.execute(_INSERT_OUTBOX, {
             "topic": Topic.STRIPE_EVENT, "payload": json.dumps({"event_id": event["id"]}),
-            "inbox_event_id": stored_id, "status": OutboxStatus.PENDING, "available_at": now, "created_at": now})
-    return StoredEvent(stored_id, status, False)
+            "inbox_event_id": stored_id, "status": OutboxStatus.PENDING, "available_at": row["received_at"],
+            "created_at": row["received_at"]})
+    return StoredEvent(stored_id, row["status"], False)

@@ -73,7 +73,7 @@ def app(settings, catalog):
     app.config["TESTING"] = True
     use_stripe(settings.stripe_api_base)
     yield app
-    app.extensions["shop"].engine.dispose()
+    app.extensions["shop"].dispose()
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def make_client(app, settings):
 
     yield make
     for built in apps:
-        built.extensions["shop"].engine.dispose()
+        built.extensions["shop"].dispose()
 
 
 @pytest.fixture

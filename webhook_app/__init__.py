@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.payments import configure_stripe
 from models.base import new_id
-from models.db import engine_for, make_session_factory
+from models.db import engine_for, make_session_factory, store_engine_for
 from models.logs import configure_logging
 from models.settings import Settings
 
@@ -20,6 +20,13 @@ class AppState:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    store_engine: Engine  # the webhook's (models.db.store_engine_for)
+
+    def dispose(self) -> None:
+        """Close every pooled connection (tests, and a process that forks after using the app)."""
+        self.engine.dispose()
+        if self.store_engine is not self.engine:
+            self.store_engine.dispose()
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -28,7 +35,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_stripe(settings)
     app = Flask(__name__)
     engine = engine_for(settings)
-    app.extensions["shop"] = AppState(settings, engine, make_session_factory(engine))
+    app.extensions["shop"] = AppState(settings, engine, make_session_factory(engine),
+                                      store_engine_for(settings, engine))
 
     from webhook_app.admin import init_admin
     from webhook_app.errors import register_error_handlers

@@ -10,6 +10,12 @@ from gunicorn.glogging import Logger
 from models.logs import configure_logging
 
 
+# Set in the WSGI environ by a view that logs its request in full itself (the webhook's
+# webhook_received / webhook_rejected lines carry the status and duration), so that a request
+# costs one log line, not two.
+REQUEST_LOGGED = "shop.request_logged"
+
+
 class StructlogLogger(Logger):
     def setup(self, cfg) -> None:
         super().setup(cfg)
@@ -25,6 +31,8 @@ class StructlogLogger(Logger):
     def access(self, resp, req, environ, request_time) -> None:
         if os.environ.get("GUNICORN_ACCESS_LOG", "1") == "0":
             return
+        if environ.get(REQUEST_LOGGED):
+            return  # the app wrote this request's one line itself, with these fields (the webhook)
         status = getattr(resp, "status_code", None) or str(resp.status).split(" ")[0]
         headers = dict(getattr(resp, "headers", []) or [])
         self._log.info(

@@ -14,22 +14,31 @@ import time
 
 import stripe
 import structlog
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from consumers import metrics
 from consumers.handlers import HANDLED_EVENT_TYPES
-from models.events import store_event
+from models.events import store_event, store_event_pg
 from models.logs import describe_error
 from webhook_app import state
 from webhook_app.errors import error_response
+from webhook_app.gunicorn_logging import REQUEST_LOGGED
 
 bp = Blueprint("webhooks", __name__)
 log = structlog.get_logger(__name__)
 
 
+def _request_fields(status: int) -> dict:
+    """What gunicorn's access line would say; the webhook's own line says it instead (one line a request)."""
+    request.environ[REQUEST_LOGGED] = True
+    return {"method": request.method, "path": request.path, "http_status": status,
+            "duration_ms": round((time.perf_counter() - g.webhook_started) * 1000, 2),
+            "remote_addr": request.remote_addr}
+
+
 def _reject(status: int, code: str, message: str):
-    log.warning("webhook_rejected", code=code, reason=message)
+    log.warning("webhook_rejected", code=code, reason=message, **_request_fields(status))
     metrics.observe_webhook(None, "rejected", code)
     return error_response(status, code, message)
 
@@ -186,23 +195,57 @@ _SQLITE_WRITER = threading.Lock()
 _SQLITE_WRITER_TIMEOUT = 10.0
 
 
+class StoreFailed(Exception):
+    """PostgreSQL's driver refused or failed the store (the message says why, without the payload)."""
+
+
+class ConnectionLost(StoreFailed):
+    """The pooled connection was found closed by the server; it has been thrown away."""
+
+
 def _store(event: dict, payload: str):
-    engine = state().engine
-    serialise = engine.dialect.name == "sqlite"
-    if serialise and not _SQLITE_WRITER.acquire(timeout=_SQLITE_WRITER_TIMEOUT):
+    engine = state().store_engine
+    if engine.dialect.name == "postgresql":
+        try:
+            return _store_pg(engine, event, payload)
+        except ConnectionLost as exc:
+            # The pool keeps no pre-ping: a connection the server closed (a restart, a failover)
+            # is found here. The store is idempotent by event id, so once more on a fresh one.
+            log.info("webhook_store_reconnecting", error=str(exc))
+            return _store_pg(engine, event, payload)
+    if not _SQLITE_WRITER.acquire(timeout=_SQLITE_WRITER_TIMEOUT):
         raise StoreBusy(f"no turn to write within {_SQLITE_WRITER_TIMEOUT:g} s")
     try:
-        # A plain connection, not an ORM Session: two prebuilt Core statements and a commit.
+        # Two prebuilt Core statements on a plain connection (no ORM Session), committed here.
         with engine.begin() as connection:
             return store_event(connection, event, payload, handled_types=HANDLED_EVENT_TYPES)
     finally:
-        if serialise:
-            _SQLITE_WRITER.release()
+        _SQLITE_WRITER.release()
+
+
+def _store_pg(engine, event: dict, payload: str):
+    """One statement on the driver's cursor of a pooled autocommit connection: committed when it returns."""
+    connection = engine.raw_connection()
+    try:
+        with connection.cursor() as cursor:
+            return store_event_pg(cursor, event, payload, handled_types=HANDLED_EVENT_TYPES)
+    except engine.dialect.loaded_dbapi.Error as exc:
+        if engine.dialect.is_disconnect(exc, connection.dbapi_connection, None):
+            connection.invalidate(exc)
+            raise ConnectionLost(describe_error(exc)) from exc
+        raise StoreFailed(describe_error(exc)) from exc
+    finally:
+        connection.close()  # back to the pool (or closed, if invalidated)
+
+
+# The two answers to a stored event, serialised once (as jsonify would, compact and sorted).
+_ANSWERS = {duplicate: json.dumps({"duplicate": duplicate, "received": True}, separators=(",", ":")).encode()
+            for duplicate in (False, True)}
 
 
 @bp.post("/webhooks/stripe")
 def receive_stripe_event():
-    started = time.perf_counter()
+    started = g.webhook_started = time.perf_counter()
     settings = state().settings
     if not settings.webhook_secrets:
         log.error("webhook_secrets_missing", hint="set STRIPE_WEBHOOK_SECRETS to the endpoint's whsec_ secret(s)")
@@ -250,11 +293,11 @@ def receive_stripe_event():
     structlog.contextvars.bind_contextvars(event_id=event["id"], event_type=event["type"])
     try:
         stored = _store(event, payload)
-    except (SQLAlchemyError, StoreBusy) as exc:
-        log.error("webhook_store_failed", error=describe_error(exc))
+    except (SQLAlchemyError, StoreBusy, StoreFailed) as exc:
+        log.error("webhook_store_failed", error=describe_error(exc), **_request_fields(503))
         metrics.observe_webhook(event["type"], "rejected", "storage_unavailable")
         return error_response(503, "storage_unavailable", "the event could not be stored; please retry")
-    log.info("webhook_received", duplicate=stored.duplicate, status=stored.status.value)
+    log.info("webhook_received", duplicate=stored.duplicate, status=stored.status.value, **_request_fields(200))
     metrics.observe_webhook(event["type"], "duplicate" if stored.duplicate else "accepted",
                             seconds=time.perf_counter() - started)
-    return jsonify({"received": True, "duplicate": stored.duplicate}), 200
+    return Response(_ANSWERS[stored.duplicate], 200, mimetype="application/json")

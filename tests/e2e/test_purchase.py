@@ -1,5 +1,7 @@
 """End to end with real processes: gunicorn, worker, relay, and localstripe sending its own signed webhooks."""
 import concurrent.futures
+import json
+import time
 
 import pytest
 import requests
@@ -100,3 +102,17 @@ def test_succeeded_then_stale_payment_failed_stays_paid(cluster):
     assert "stale failure ignored" in shown.stdout
     assert cluster.get(f"/orders/{order['order_id']}")["status"] == "paid"
     assert cluster.stock("TEA-01") == stock
+
+
+def test_a_webhook_request_is_one_log_line_under_gunicorn_other_requests_keep_the_access_line(cluster):
+    event = event_for("localstripe_payment_intent.succeeded")
+    assert cluster.post_event(event).status_code == 200
+    assert requests.get(f"{cluster.base}/healthz", timeout=10).status_code == 200
+    time.sleep(0.5)  # gunicorn writes the access line after the answer
+    lines = [json.loads(line) for line in cluster.log_of("web").splitlines() if line.startswith("{")]
+    about_event = [line for line in lines if line.get("event_id") == event["id"]]
+    assert [line["event"] for line in about_event] == ["webhook_received"]
+    assert about_event[0]["http_status"] == 200 and about_event[0]["path"] == "/webhooks/stripe"
+    request_id = about_event[0]["request_id"]
+    assert not [line for line in lines if line.get("event") == "http_request" and line.get("request_id") == request_id]
+    assert [line for line in lines if line.get("event") == "http_request" and line.get("path") == "/healthz"]

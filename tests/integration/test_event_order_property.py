@@ -71,7 +71,7 @@ def fresh_shop(localstripe, tmp_path_factory):
         try:
             yield Shop(app, app.test_client(), settings, sessions)
         finally:
-            app.extensions["shop"].engine.dispose()
+            app.extensions["shop"].dispose()
 
     return build
 

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, text
 from werkzeug.test import EnvironBuilder
 
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
+from tests.backends import servers_available
 from tests.support import (FIXTURES, WEBHOOK_SECRET, assert_error, event_for, rendered_logs, signed_headers,
                            stripe_fixture)
 
@@ -319,6 +320,24 @@ def test_database_that_cannot_store_is_503_so_stripe_retries_and_the_retry_is_st
     assert counts(sessions) == (1, 1)
 
 
+# The webhook's PostgreSQL pool has no pre-ping (a round trip per request): a connection the
+# server closed is found by the store itself, which takes a fresh one once. Only PostgreSQL has
+# server-side connections to lose (the summary says NOT RUN otherwise; CI always has it).
+if servers_available():
+    @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+    def test_a_connection_the_server_closed_is_replaced_and_the_event_stored(app, post_event, sessions):
+        assert post_event(event_for("localstripe_payment_intent.succeeded")).status_code == 200
+        with sessions() as session:  # a restart or failover: the server ends every other session
+            ended = session.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+        assert ended >= 1  # at least the webhook's pooled connection
+        response = post_event(event_for("localstripe_payment_intent.succeeded"))
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json() == {"received": True, "duplicate": False}
+        assert counts(sessions) == (2, 2)
+
+
 def test_a_timestamp_with_trailing_text_is_read_as_stripes_sdk_reads_it_never_a_500(client, sessions):
     import hmac as _hmac
 
@@ -458,3 +477,22 @@ def test_validly_signed_body_that_is_not_a_storable_event_is_400_and_stores_noth
     assert said in error["message"]
     assert counts(sessions) == (0, 0)
     assert not any("Traceback" in line for line in lines), lines
+
+
+# --- one log line per webhook request ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outcome", ["stored", "rejected"])
+def test_a_webhook_request_is_one_log_line_with_the_access_lines_fields(client, outcome):
+    event = event_for("localstripe_payment_intent.succeeded")
+    payload = json.dumps(event)
+    headers = signed_headers(payload) if outcome == "stored" else {"Stripe-Signature": "t=1,v1=" + "0" * 64}
+    with rendered_logs() as lines:
+        response = client.post("/webhooks/stripe", data=payload, headers={**headers,
+                                                                        "Content-Type": "application/json"})
+    name, status = ("webhook_received", 200) if outcome == "stored" else ("webhook_rejected", 400)
+    assert response.status_code == status
+    [line] = [line for line in lines if f" {name} " in line]  # the tests' console format: key=value
+    for field in (f"http_status={status}", "method=POST", "path=/webhooks/stripe", "duration_ms=", "request_id=req_"):
+        assert field in line, line
+    # gunicorn's access line is then left out for it: tests/e2e/test_web_logs.py, under a real gunicorn.
