@@ -19,9 +19,10 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy import select
 
 from consumers.checkout import (CheckoutCancelled, CheckoutRequest, IdempotencyKeyReused, PaymentProviderBusy,
-                                PaymentProviderUnavailable)
+                                PaymentProviderRefused, PaymentProviderUnavailable, confirm_payment)
 from consumers.checkout import checkout as checkout_cart
-from consumers.payments import CardDeclined, PaymentGatewayError, confirm_payment_intent, create_setup_intent
+from consumers.payments import (CardDeclined, IntentNotConfirmable, PaymentGatewayError, PaymentRefused,
+                                create_setup_intent)
 from models.carts import MAX_QUANTITY, Cart, CartStatus, get_cart
 from models.catalog import Product
 from models.db import transaction
@@ -373,6 +374,10 @@ def place_order():
         return _refused("price_changed", 409, "price_changed", to=confirm_url)
     except OutOfStock as exc:
         return _refused("stock_gone", 409, "out_of_stock", to=url_for("shop_pages.show_cart"), sku=exc.sku)
+    except PaymentProviderRefused as exc:
+        # Stripe answered and said no: not an outage, so the buyer is told what it refused.
+        return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
+                        reason=exc.reason or _t("refused_unknown"))
     except (PaymentProviderUnavailable, PaymentProviderBusy):
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
     except (CheckoutCancelled, IdempotencyKeyReused):
@@ -392,6 +397,10 @@ def place_order():
         return redirect(confirm_url, 303)
     try:
         setup = create_setup_intent(order_id=order.id, deadline_seconds=app_state.settings.stripe_deadline_seconds)
+    except PaymentRefused as exc:
+        log.warning("setup_intent_refused", order_id=order.id, error=str(exc))
+        return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
+                        reason=exc.reason or _t("refused_unknown"))
     except PaymentGatewayError as exc:
         log.warning("setup_intent_failed", order_id=order.id, error=str(exc))
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
@@ -415,15 +424,31 @@ def pay_order():
             return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
         if order.status not in PAYABLE:
             return jsonify({"status": order.status.value, "complete_url": _complete_url(order)})
-        order_id, intent_id, complete_url = order.id, order.payment_intent_id, _complete_url(order)
+        order_id, complete_url = order.id, _complete_url(order)
     try:
-        intent = confirm_payment_intent(payment_intent_id=intent_id, payment_method_id=payment_method,
-                                        deadline_seconds=state().settings.stripe_deadline_seconds)
+        # A second card after a declined one goes to the same order (its stock still held); if Stripe
+        # will not confirm the order's intent again, the use case gives the order a new one.
+        intent = confirm_payment(state().sessions, state().settings, order_id, payment_method)
     except CardDeclined as exc:
         # The order keeps its reservation: the buyer may try another card right away.
         log.info("card_declined", order_id=order_id, decline_code=exc.code)
         return _refused("declined", 402, "card_declined", to=confirm_url, navigate=False, message=exc.message)
-    except PaymentGatewayError as exc:
+    except CheckoutCancelled:
+        return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
+    except IntentNotConfirmable as exc:
+        log.warning("payment_intent_not_confirmable", order_id=order_id, intent_status=exc.status)
+        if exc.status == "canceled":
+            return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
+        if exc.status in ("succeeded", "processing", "requires_capture"):
+            # Paid, or being paid, already (another tab, a double click): the complete screen tells.
+            return jsonify({"status": exc.status, "complete_url": complete_url})
+        return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
+                        reason=exc.reason or _t("refused_unknown"))
+    except PaymentRefused as exc:
+        log.warning("payment_confirm_refused", order_id=order_id, error=str(exc))
+        return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
+                        reason=exc.reason or _t("refused_unknown"))
+    except (PaymentGatewayError, PaymentProviderBusy) as exc:
         log.warning("payment_confirm_failed", order_id=order_id, error=str(exc))
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
     log.info("payment_confirmed_by_shop", order_id=order_id, intent_status=intent.status)

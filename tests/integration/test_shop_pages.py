@@ -5,8 +5,10 @@ import re
 
 import pytest
 import stripe
+from sqlalchemy import select
 
 from models.catalog import Product, Stock
+from models.history import OrderStatusChange
 from models.orders import Order, OrderStatus
 from tests.integration.test_mail import Mailbox
 from tests.support import event_for
@@ -244,6 +246,91 @@ def test_declined_card_keeps_the_stock_held_for_another_try(client, sessions, lo
     assert error["code"] == "card_declined" and "still held" in error["message"]
     assert stock(sessions) == (40, 2)
     assert only_order(sessions).status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
+
+
+def card(number: str) -> str:
+    """What Stripe.js does in the page: the card goes to Stripe, the shop gets a pm_ id."""
+    return stripe.PaymentMethod.create(type="card", card={"number": number, "exp_month": 12, "exp_year": 2034,
+                                                          "cvc": "123"}).id
+
+
+def pay_with(client, payment_method: str):
+    token = csrf_token(page(client.get("/checkout/confirm")))
+    return client.post("/checkout/pay", json={"payment_method": payment_method},
+                       headers={"Accept": "application/json", "X-CSRFToken": token})
+
+
+def press_pay(client):
+    started = post_form(client, "/checkout/confirm", {}, from_page="/checkout/confirm",
+                        headers={"Accept": "application/json"})
+    assert started.status_code in (200, 201), page(started)
+    return started
+
+
+def test_another_card_after_a_decline_pays_the_same_order_through_a_new_intent(client, sessions, localstripe,
+                                                                              post_event, deliver):
+    fill_cart(client)
+    enter_information(client)
+    press_pay(client)
+    first = only_order(sessions).payment_intent_id
+    declined = pay_with(client, card("4000000000000341"))
+    assert declined.status_code == 402, page(declined)
+    post_event(event_for("localstripe_payment_intent.payment_failed", intent_id=first, order_id=only_order(sessions).id))
+    deliver()
+    assert only_order(sessions).status is OrderStatus.PAYMENT_FAILED
+    # localstripe keeps a declined intent in requires_payment_method for good: it refuses to
+    # confirm it again, where Stripe would accept the new card on the same intent.
+    assert stripe.PaymentIntent.retrieve(first).status == "requires_payment_method"
+
+    # Pay again, on the same screen, with another card.
+    press_pay(client)
+    paid = pay_with(client, card("4242424242424242"))
+    assert paid.status_code == 200, page(paid)
+    assert paid.get_json()["status"] == "succeeded"
+    order = only_order(sessions)
+    second = order.payment_intent_id
+    assert second != first
+    assert order.client_secret.startswith(second)
+    intent = stripe.PaymentIntent.retrieve(second)
+    assert (intent.amount, intent.currency, intent.metadata["order_id"]) == (order.total, "jpy", order.id)
+    assert intent.status == "succeeded"
+    assert stock(sessions) == (40, 2)   # the same hold, not a second one
+
+    # Stripe's late events for the first intent do not move the order; the worker cancels it at Stripe.
+    post_event(event_for("localstripe_payment_intent.payment_failed", intent_id=first, order_id=order.id))
+    post_event(event_for("payment_intent.canceled", intent_id=first, order_id=order.id))
+    deliver()
+    assert only_order(sessions).status is OrderStatus.PAYMENT_FAILED
+    assert stock(sessions) == (40, 2)
+    assert stripe.PaymentIntent.retrieve(first).status == "canceled"
+
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=second, order_id=order.id,
+                         amount=order.total))
+    deliver()
+    order = only_order(sessions)
+    assert (order.status, order.paid_amount) == (OrderStatus.PAID, order.total)
+    assert stock(sessions) == (38, 0)   # decremented once
+    with sessions() as session:
+        reasons = [change.reason or "" for change in session.scalars(
+            select(OrderStatusChange).where(OrderStatusChange.order_id == order.id))]
+    assert any(f"payment intent {first} replaced by {second}" in reason for reason in reasons), reasons
+    story = page(client.get(f"/orders/{order.id}?token={order.access_token}&lang=en",
+                            headers={"Accept": "text/html"}))
+    assert "Paid" in story
+
+
+def test_a_card_stripe_refuses_is_said_plainly_not_as_an_unreachable_stripe(client, sessions, localstripe):
+    fill_cart(client)
+    enter_information(client)
+    press_pay(client)
+    refused = pay_with(client, "pm_0000000000000unknown")
+    assert refused.status_code == 422, page(refused)
+    error = refused.get_json()["error"]
+    assert error["code"] == "payment_refused"
+    assert "refused this payment" in error["message"] and "Not Found" in error["message"]
+    assert stock(sessions) == (40, 2)
+    # The order is still there to be paid with a card Stripe accepts.
+    assert pay_with(client, card("4242424242424242")).get_json()["status"] == "succeeded"
 
 
 def test_pay_step_refuses_what_is_not_a_payment_method(client):
