@@ -424,7 +424,7 @@ def pay_order():
             return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
         if order.status not in PAYABLE:
             return jsonify({"status": order.status.value, "complete_url": _complete_url(order)})
-        order_id, complete_url = order.id, _complete_url(order)
+        order_id, complete_url, attempts = order.id, _complete_url(order), order.payment_attempts
     try:
         # A second card after a declined one goes to the same order (its stock still held); if Stripe
         # will not confirm the order's intent again, the use case gives the order a new one.
@@ -441,6 +441,7 @@ def pay_order():
             return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
         if exc.status in ("succeeded", "processing", "requires_capture"):
             # Paid, or being paid, already (another tab, a double click): the complete screen tells.
+            _remember_payment_sent(order_id, attempts)
             return jsonify({"status": exc.status, "complete_url": complete_url})
         return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
                         reason=exc.reason or _t("refused_unknown"))
@@ -452,10 +453,27 @@ def pay_order():
         log.warning("payment_confirm_failed", order_id=order_id, error=str(exc))
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
     log.info("payment_confirmed_by_shop", order_id=order_id, intent_status=intent.status)
+    _remember_payment_sent(order_id, attempts)
     answer = {"status": intent.status, "complete_url": complete_url}
     if intent.status == "requires_action":
         answer["client_secret"] = intent.client_secret
     return jsonify(answer)
+
+
+def _remember_payment_sent(order_id: str, attempts: int) -> None:
+    """Note that a card was sent for the order after `attempts` declined ones (see _payment_sent_since_decline)."""
+    remembered = session.get("order") or {}
+    if remembered.get("id") == order_id:
+        session["order"] = {**remembered, "sent_after_attempts": attempts}
+
+
+def _payment_sent_since_decline(order: Order) -> bool:
+    """The buyer sent another card after the order's last recorded decline: until Stripe's event
+    for it is processed the order still reads payment_failed, and the complete screen waits
+    ("payment received") instead of sending the buyer back with the old card's message."""
+    remembered = session.get("order") or {}
+    sent_after = remembered.get("sent_after_attempts")
+    return remembered.get("id") == order.id and sent_after is not None and order.payment_attempts <= sent_after
 
 
 def _complete_url(order: Order) -> str:
@@ -481,13 +499,16 @@ def complete(order_id: str):
         order = get_order(db, order_id)
         if not _token_opens(order, token):
             return _render("message.html", title=_t("bad_token"), message=_t("bad_token")), 403
-        if order.status is OrderStatus.PAYMENT_FAILED and _session_order(db) is not None:
+        awaiting = order.status is OrderStatus.PAYMENT_FAILED and _payment_sent_since_decline(order)
+        if order.status is OrderStatus.PAYMENT_FAILED and not awaiting and _session_order(db) is not None:
             flash(_t("declined", message=order.failure_message or order.failure_code or ""), "error")
             return redirect(url_for("shop_pages.checkout_confirm"), 303)
         if order.status is OrderStatus.PAID and session.get("order", {}).get("id") == order.id:
             _forget_purchase()
-        return _render("complete.html", title=_t("complete_title"), order=order,
-                               lines=[line.to_dict() for line in order.lines], token=token, step=4)
+        # The screen's state: "being finalised" while a card sent after a decline awaits Stripe's event.
+        shown_status = OrderStatus.PENDING_PAYMENT.value if awaiting else order.status.value
+        return _render("complete.html", title=_t("complete_title"), order=order, shown_status=shown_status,
+                       lines=[line.to_dict() for line in order.lines], token=token, step=4)
 
 
 def my_page(order_id: str):

@@ -5,6 +5,7 @@ import dataclasses
 from urllib.parse import urlsplit
 
 import pytest
+import stripe
 from selenium.webdriver.common.by import By
 
 from models.orders import Order, OrderStatus
@@ -97,6 +98,34 @@ def test_declined_card_returns_to_confirmation_with_the_message_and_the_stock_he
     assert "held for you until" in text_of(browser, "#hold")
     assert browser.find_element(By.ID, "pay").is_enabled()
     assert stock(sessions, "TEA-01") == (40, 2)
+
+
+def test_another_card_after_a_decline_pays_the_same_order_once(browser, shop, screenshot, sessions):
+    to_confirmation(browser, shop)
+    enter_card(browser, DECLINED)
+    press_pay(browser)
+    assert "declined" in pay_error(browser).lower()
+    wait(browser).until(lambda _: only_order(sessions).status is OrderStatus.PAYMENT_FAILED)
+    declined_intent = only_order(sessions).payment_intent_id
+
+    # On the same confirmation screen, the buyer types another card and pays again.
+    enter_card(browser, VISA)
+    screenshot("pay-again-after-decline")
+    press_pay(browser)
+    wait(browser).until(lambda b: "/complete" in b.current_url)
+    wait_for_outcome(browser, "paid")
+    assert "Order confirmed" in text_of(browser, "#outcome")
+    screenshot("paid-after-decline")
+
+    order = only_order(sessions)
+    assert order.status is OrderStatus.PAID
+    assert order.paid_amount == order.total == 3100
+    assert order.payment_intent_id != declined_intent
+    assert stock(sessions, "TEA-01") == (38, 0)   # decremented exactly once
+    # The declined intent is cancelled at Stripe (by the worker, from the outbox).
+    wait(browser).until(lambda _: stripe.PaymentIntent.retrieve(declined_intent).status == "canceled")
+    assert stripe.PaymentIntent.retrieve(order.payment_intent_id).status == "succeeded"
+    assert only_order(sessions).status is OrderStatus.PAID
 
 
 def test_3d_secure_card_shows_the_dialog_and_completing_it_ends_paid(browser, shop, screenshot, sessions):

@@ -295,6 +295,11 @@ def test_another_card_after_a_decline_pays_the_same_order_through_a_new_intent(c
     assert (intent.amount, intent.currency, intent.metadata["order_id"]) == (order.total, "jpy", order.id)
     assert intent.status == "succeeded"
     assert stock(sessions) == (40, 2)   # the same hold, not a second one
+    # Until Stripe's event for the new card is processed the order still reads payment_failed: the
+    # complete screen waits for it, rather than sending the buyer back with the first card's decline.
+    complete = client.get(f"/orders/{order.id}/complete?token={order.access_token}&lang=en")
+    assert complete.status_code == 200, complete.location
+    assert "Payment received" in page(complete) and 'http-equiv="refresh"' in page(complete)
 
     # Stripe's late events for the first intent do not move the order; the worker cancels it at Stripe.
     post_event(event_for("localstripe_payment_intent.payment_failed", intent_id=first, order_id=order.id))
