@@ -10,6 +10,7 @@ Stripe's webhook: the complete screen waits for it.
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import structlog
@@ -25,8 +26,9 @@ from consumers.payments import (CardDeclined, IntentNotConfirmable, PaymentGatew
                                 create_setup_intent)
 from models.carts import MAX_QUANTITY, Cart, CartStatus, get_cart
 from models.catalog import Product
+from models.catalog_file import localized_product_names
 from models.db import transaction
-from models.errors import InvalidInput, NotFound, OutOfStock, PriceChanged
+from models.errors import DomainError, InvalidInput, NotFound, OutOfStock, PriceChanged
 from models.history import OrderStatusChange
 from models.orders import Order, OrderStatus, ShippingAddress, get_order
 from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
@@ -58,14 +60,33 @@ def _protect_forms():
 def _render(template: str, **context) -> str:
     """A shop template with the request's language and the formatting helpers."""
     language = current_language()
+    names = _product_names(language)
     return render_template(f"shop/{template}", lang=language, yen=yen,
                            t=lambda key, **values: translate(key, language, **values),
+                           product_name=lambda sku, name: names.get(sku) or name,
                            prefecture_label=lambda name: prefecture_label(name, language),
                            local_time=lambda moment: local_time(moment, language), **context)
 
 
 def _t(key: str, **values) -> str:
     return translate(key, current_language(), **values)
+
+
+def _product_names(language: str) -> dict[str, str]:
+    """{sku: name} in the buyer's language from the catalog file; {} (the catalog's names) without one."""
+    catalog_file = state().settings.catalog_file
+    if not catalog_file:
+        return {}
+    try:
+        return localized_product_names(Path(catalog_file), language)
+    except (OSError, DomainError) as exc:
+        # A missing or broken file costs the translations, never the page.
+        log.warning("catalog_file_unreadable", catalog_file=catalog_file, error=str(exc)[:200])
+        return {}
+
+
+def _product_name(sku: str, name: str) -> str:
+    return _product_names(current_language()).get(sku) or name
 
 
 def _stripe_origin() -> str:
@@ -190,7 +211,7 @@ def add_to_cart():
             product = db.get(Product, sku)
             if product is None:
                 raise NotFound(f"no product with sku {sku}", field="sku")
-            name = product.name
+            name = _product_name(product.sku, product.name)
             cart = _session_cart(db)
             if cart is None or cart.status is not CartStatus.OPEN:
                 _forget_purchase()
@@ -227,7 +248,8 @@ def change_cart_item(sku: str):
         else:
             product = db.get(Product, sku)
             if quantity > product.stock.available:
-                flash(_t("not_enough_stock", name=product.name, n=product.stock.available), "error")
+                flash(_t("not_enough_stock", name=_product_name(sku, product.name), n=product.stock.available),
+                      "error")
             else:
                 item.quantity = quantity
     return redirect(url_for("shop_pages.show_cart"), 303)

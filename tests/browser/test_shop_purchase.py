@@ -13,14 +13,16 @@ from tests.browser.shop_flow import (DECLINED, THREE_D_SECURE, VISA, BackgroundW
                                      fill_information, pay_error, press_pay, set_price, stock, text_of,
                                      three_d_secure, wait, wait_for_outcome)
 from tests.support import settings_for
+from webhook_app.devserver import CATALOG
 
 
 @pytest.fixture
 def settings(database_url, tmp_path, localstripe):
-    """The suite's settings, with the screens loading localstripe's Stripe.js (as `make run` does)."""
+    """The suite's settings, with the screens loading localstripe's Stripe.js and taking product names
+    from the shipped catalog (as `make run` does)."""
     return dataclasses.replace(
         settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}", stripe_api_base=localstripe.base),
-        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/")
+        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/", catalog_file=str(CATALOG))
 
 
 @pytest.fixture
@@ -191,6 +193,7 @@ def test_price_change_between_cart_and_pay_shows_the_new_total(browser, shop, sc
 def test_screens_in_japanese_on_a_phone(browser, shop, screenshot):
     browser.get(f"{shop}/?lang=ja")
     assert "カートに入れる" in text_of(browser, "#product-TEA-01")
+    assert "北海道紅茶" in text_of(browser, "#product-TEA-01")
     screenshot("products", phone=True)
     add_to_cart(browser, shop, "TEA-01", 2)
     browser.get(f"{shop}/cart?lang=ja")
@@ -201,6 +204,7 @@ def test_screens_in_japanese_on_a_phone(browser, shop, screenshot):
     fill_information(browser)
     wait(browser).until(lambda b: urlsplit(b.current_url).path == "/checkout/confirm")
     assert "¥3,100を支払う" == text_of(browser, "#pay")
+    assert "北海道紅茶" in text_of(browser, "table.lines")
     enter_card(browser, VISA)
     screenshot("confirmation", phone=True)
     press_pay(browser)

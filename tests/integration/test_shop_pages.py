@@ -348,6 +348,40 @@ def test_pay_step_refuses_what_is_not_a_payment_method(client):
     assert response.get_json()["error"]["field"] == "payment_method"
 
 
+def test_product_names_in_japanese_on_japanese_screens_and_in_english_on_english_ones(make_client, sessions,
+                                                                                    tmp_path):
+    catalog = tmp_path / "catalog.yaml"
+    # A name without its Japanese one (CUP-01 here) is shown in English on Japanese screens too.
+    catalog.write_text("currency: jpy\nproducts:\n"
+                       "  - {sku: TEA-01, name: Hokkaido black tea, name_ja: 北海道紅茶, unit_amount: 1200, stock: 40}\n"
+                       "  - {sku: CUP-01, name: Arita tea cup, unit_amount: 3500, stock: 3}\n", encoding="utf-8")
+    shop = make_client(catalog_file=str(catalog))
+    ja = page(shop.get("/?lang=ja"))
+    assert "北海道紅茶" in ja and "Hokkaido black tea" not in ja
+    assert "Arita tea cup" in ja
+    en = page(shop.get("/?lang=en"))
+    assert "Hokkaido black tea" in en and "北海道紅茶" not in en
+
+    fill_cart(shop)
+    assert "北海道紅茶" in page(shop.get("/cart?lang=ja"))
+    assert "Hokkaido black tea" in page(shop.get("/cart?lang=en"))
+    assert enter_information(shop).status_code == 303
+    post_form(shop, "/checkout/confirm", {}, from_page="/checkout/confirm")
+    order = only_order(sessions)
+    # The order's lines, on the confirmation, complete and my page screens.
+    for url in ("/checkout/confirm?", f"/orders/{order.id}/complete?token={order.access_token}&",
+                f"/orders/{order.id}?token={order.access_token}&"):
+        assert "北海道紅茶" in page(shop.get(f"{url}lang=ja", headers={"Accept": "text/html"})), url
+        assert "Hokkaido black tea" in page(shop.get(f"{url}lang=en", headers={"Accept": "text/html"})), url
+
+
+def test_the_shipped_catalog_names_its_products_in_japanese(make_client):
+    from webhook_app.devserver import CATALOG
+
+    ja = page(make_client(catalog_file=str(CATALOG)).get("/?lang=ja"))
+    assert "北海道紅茶" in ja and "有田焼の湯呑み" in ja
+
+
 def test_japanese_from_accept_language_and_english_from_the_lang_parameter(client):
     ja = page(client.get("/", headers={"Accept-Language": "ja,en;q=0.5"}))
     assert 'lang="ja"' in ja and "カートに入れる" in ja
