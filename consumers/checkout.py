@@ -1,4 +1,5 @@
-"""Checkout, the use case: place the order, create its PaymentIntent, abandon it when Stripe fails.
+"""Checkout, the use case: place the order, create its PaymentIntent, abandon it when Stripe fails;
+and the shop's pay step, which confirms that intent (replacing it if Stripe will not confirm it again).
 
 Called by the HTTP API (and the shop's screens) with plain values; no web framework here.
 Who attached an intent to the order is decided under the order's row lock: a request whose
@@ -22,12 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.payments import (IntentNotConfirmable, PaymentGatewayError, PaymentRefused, confirm_payment_intent,
                                 create_payment_intent)
+from models.base import utcnow
 from models.carts import Cart, CartStatus, get_cart, reprice_cart
+from models.catalog import ReservationStatus
 from models.db import transaction
 from models.errors import Conflict, DomainError, InvalidInput, OutOfStock, PriceChanged
 from models.events import Topic, enqueue
-from models.base import utcnow
-from models.catalog import ReservationStatus
 from models.history import OrderStatusChange, caused_by, current_cause
 from models.orders import Order, OrderStatus, ShippingAddress, get_order, place_order, release_reservations
 from models.settings import Settings
