@@ -7,6 +7,7 @@ import pytest
 import stripe
 from sqlalchemy import select
 
+from consumers.order_story import order_story
 from models.catalog import Product, Stock
 from models.history import OrderStatusChange
 from models.orders import Order, OrderStatus
@@ -319,6 +320,9 @@ def test_another_card_after_a_decline_pays_the_same_order_through_a_new_intent(c
         reasons = [change.reason or "" for change in session.scalars(
             select(OrderStatusChange).where(OrderStatusChange.order_id == order.id))]
     assert any(f"payment intent {first} replaced by {second}" in reason for reason in reasons), reasons
+    with sessions() as session:   # the staff console's story of the order says so too
+        story_lines = [" ".join((entry.summary, *entry.details)) for entry in order_story(session, order.id).entries]
+    assert any(f"replaced by {second}" in line for line in story_lines), story_lines
     story = page(client.get(f"/orders/{order.id}?token={order.access_token}&lang=en",
                             headers={"Accept": "text/html"}))
     assert "Paid" in story
