@@ -1,4 +1,5 @@
-"""Checkout, the use case: place the order, create its PaymentIntent, abandon it when Stripe fails.
+"""Checkout, the use case: place the order, create its PaymentIntent, abandon it when Stripe fails;
+and the shop's pay step, which confirms that intent (replacing it if Stripe will not confirm it again).
 
 Called by the HTTP API (and the shop's screens) with plain values; no web framework here.
 Who attached an intent to the order is decided under the order's row lock: a request whose
@@ -11,6 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Iterator
 
 import stripe
@@ -19,12 +21,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumers.payments import PaymentGatewayError, create_payment_intent
+from consumers.payments import (IntentNotConfirmable, PaymentGatewayError, PaymentRefused, confirm_payment_intent,
+                                create_payment_intent)
+from models.base import utcnow
 from models.carts import Cart, CartStatus, get_cart, reprice_cart
+from models.catalog import ReservationStatus
 from models.db import transaction
 from models.errors import Conflict, DomainError, InvalidInput, OutOfStock, PriceChanged
 from models.events import Topic, enqueue
-from models.history import caused_by
+from models.history import OrderStatusChange, caused_by, current_cause
 from models.orders import Order, OrderStatus, ShippingAddress, get_order, place_order, release_reservations
 from models.settings import Settings
 
@@ -33,6 +38,11 @@ log = structlog.get_logger(__name__)
 # A replayed Idempotency-Key of an order in one of these states gets no client_secret: it can
 # no longer be paid.
 CLOSED = frozenset({OrderStatus.CANCELLED, OrderStatus.REFUNDED})
+# Orders a buyer can still pay (again, after a declined card).
+PAYABLE = frozenset({OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED})
+# An intent Stripe will not confirm in these states, on which no money moved, may be replaced by
+# a new one for the same order; any other state (succeeded, processing, canceled) never is.
+REPLACEABLE_INTENT_STATES = frozenset({"requires_payment_method", "requires_action"})
 
 
 class CheckoutCancelled(Conflict):
@@ -51,6 +61,16 @@ class PaymentProviderUnavailable(DomainError):
     """Stripe failed or passed the deadline; the order was cancelled and its stock released."""
 
     code = "payment_provider_unavailable"
+
+
+class PaymentProviderRefused(PaymentProviderUnavailable):
+    """Stripe answered and refused to create the payment (not an outage); the order was cancelled and its
+    stock released. The API answers it as it answers an unavailable Stripe (502, same code); the shop's
+    screens say what was refused (`reason`, Stripe's words)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 class PaymentProviderBusy(DomainError):
@@ -208,16 +228,123 @@ def pay(sessions: sessionmaker[Session], settings: Settings, order: Order) -> Or
     except PaymentGatewayError as exc:
         winner = abandon(sessions, order.id, str(exc))
         if winner is None:
+            if isinstance(exc, PaymentRefused):
+                raise PaymentProviderRefused(f"Stripe refused to create the payment ({exc}); the stock was released",
+                                             exc.reason)
             raise PaymentProviderUnavailable(
                 f"could not create the payment with Stripe ({exc}); the stock was released, please retry")
         return winner
     return attach(sessions, order.id, intent)
 
 
-def _create_intent(settings: Settings, order: Order) -> stripe.PaymentIntent:
+def _create_intent(settings: Settings, order: Order, *, replacing: str | None = None) -> stripe.PaymentIntent:
     with stripe_call_slots(settings.stripe_max_concurrent_calls).call():
         return create_payment_intent(order_id=order.id, amount=order.total, currency=order.currency,
-                                     email=order.email, deadline_seconds=settings.stripe_deadline_seconds)
+                                     email=order.email, deadline_seconds=settings.stripe_deadline_seconds,
+                                     replacing=replacing)
+
+
+def confirm_payment(sessions: sessionmaker[Session], settings: Settings, order_id: str,
+                    payment_method_id: str) -> stripe.PaymentIntent:
+    """Pay for a placed order with the buyer's PaymentMethod: confirm its PaymentIntent on the server.
+
+    After a declined card the buyer pays again with another one on the same order. Stripe lets
+    the same intent be confirmed again; an intent that can no longer be confirmed though no money
+    moved on it (localstripe keeps a declined intent unconfirmable) is replaced by a new intent
+    for the same order, the same amount and the same held stock (replace_payment_intent), and
+    that one is confirmed. Raises CardDeclined, CheckoutCancelled (the order can no longer be
+    paid), IntentNotConfirmable (already paid or cancelled at Stripe), PaymentRefused,
+    PaymentGatewayError.
+    """
+    with caused_by("checkout"):
+        with sessions() as session:
+            order = get_order(session, order_id)
+            if order.status not in PAYABLE or order.payment_intent_id is None:
+                raise _cancelled(order.id, order.status, order.cancel_reason)
+            intent_id = order.payment_intent_id
+        try:
+            return _confirm(settings, intent_id, payment_method_id)
+        except IntentNotConfirmable as exc:
+            if exc.status not in REPLACEABLE_INTENT_STATES:
+                raise
+            old_status = exc.status
+            log.info("payment_intent_not_confirmable", order_id=order_id, payment_intent=intent_id,
+                     intent_status=old_status)
+        new_intent_id = replace_payment_intent(sessions, settings, order_id, intent_id, old_status)
+        return _confirm(settings, new_intent_id, payment_method_id)
+
+
+def _confirm(settings: Settings, intent_id: str, payment_method_id: str) -> stripe.PaymentIntent:
+    return confirm_payment_intent(payment_intent_id=intent_id, payment_method_id=payment_method_id,
+                                  deadline_seconds=settings.stripe_deadline_seconds)
+
+
+def replace_payment_intent(sessions: sessionmaker[Session], settings: Settings, order_id: str, old_intent_id: str,
+                           old_status: str | None = None) -> str:
+    """Give a payable order a new PaymentIntent in place of one Stripe will no longer confirm; its id.
+
+    The new intent is created first (same amount, `metadata.order_id`) and switched in under the
+    order's lock, only while the order is still payable, still holds `old_intent_id` and still
+    holds its stock; the old intent's cancellation at Stripe is queued in that same transaction.
+    Switching before cancelling matters: Stripe's `payment_intent.canceled` for the old intent
+    then finds an order holding another intent and is ignored, instead of cancelling the order.
+    A late event for the old intent is ignored the same way (a succeeded one is flagged for a
+    person). A request that lost the race to another replacing the same intent uses the winner's
+    intent and has its own cancelled. Raises CheckoutCancelled when the order can no longer be
+    paid, PaymentRefused / PaymentGatewayError when Stripe cannot create the new intent (nothing
+    changed: the order keeps its old intent).
+    """
+    with sessions() as session:
+        order = get_order(session, order_id)
+        if order.status in PAYABLE and order.payment_intent_id not in (None, old_intent_id):
+            return order.payment_intent_id  # replaced already, by a request that got here first
+        problem = _not_replaceable(order, old_intent_id)
+        if problem is not None:
+            raise problem
+    intent = _create_intent(settings, order, replacing=old_intent_id)
+    with transaction(sessions) as session:
+        order = get_order(session, order_id, for_update=True)
+        problem = _not_replaceable(order, old_intent_id)
+        if problem is None:
+            order.payment_intent_id = intent.id
+            order.client_secret = intent.client_secret
+            # The status stays: the history says why the order pays through another intent now.
+            order.status_changes.add(OrderStatusChange(
+                from_status=order.status.value, to_status=order.status.value, cause=current_cause(),
+                reason=f"payment intent {old_intent_id} replaced by {intent.id} "
+                       f"(Stripe would not confirm it again: {old_status or 'unknown state'})"))
+            queue_intent_cancellation(session, order, payment_intent_id=old_intent_id)
+            current = intent.id
+        else:
+            current = order.payment_intent_id
+            if current != intent.id:
+                queue_intent_cancellation(session, order, payment_intent_id=intent.id)
+            # Another request replaced the same intent first: pay through the one it attached.
+            if order.status in PAYABLE and current is not None and current != old_intent_id:
+                problem = None
+    if problem is not None:
+        log.warning("payment_intent_not_replaced", order_id=order_id, payment_intent=old_intent_id,
+                    reason=problem.message)
+        raise problem
+    structlog.contextvars.bind_contextvars(payment_intent=current)
+    log.info("payment_intent_replaced", order_id=order_id, old_payment_intent=old_intent_id,
+             payment_intent=current)
+    return current
+
+
+def _not_replaceable(order: Order, old_intent_id: str) -> CheckoutCancelled | None:
+    """Why the order may not get a new intent in place of `old_intent_id` (None: it may)."""
+    if order.status not in PAYABLE:
+        return _cancelled(order.id, order.status, order.cancel_reason)
+    if order.payment_intent_id != old_intent_id:
+        return CheckoutCancelled(f"order {order.id} no longer pays through payment intent {old_intent_id}",
+                                 field="payment_intent_id")
+    held_until = order.reserved_until
+    if held_until.tzinfo is None:  # SQLite hands back naive UTC
+        held_until = held_until.replace(tzinfo=timezone.utc)
+    if held_until <= utcnow() or any(r.status is not ReservationStatus.ACTIVE for r in order.reservations):
+        return CheckoutCancelled(f"order {order.id} no longer holds its stock", field="order_id")
+    return None
 
 
 def attach(sessions: sessionmaker[Session], order_id: str, intent: stripe.PaymentIntent) -> Order:

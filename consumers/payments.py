@@ -13,6 +13,25 @@ class PaymentGatewayError(Exception):
     """Stripe could not be reached or refused the call; the message says which."""
 
 
+class PaymentRefused(PaymentGatewayError):
+    """Stripe answered and refused the request: not an outage (asking again will not help) and not a
+    declined card. `code` is Stripe's error code when it gives one, `reason` Stripe's own words."""
+
+    def __init__(self, message: str, code: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.code, self.reason = code, reason
+
+
+class IntentNotConfirmable(PaymentRefused):
+    """Stripe refused to confirm the intent because of the state it is in (`status`, as Stripe reports
+    it): already paid, cancelled, or (localstripe) declined once and never confirmable again."""
+
+    def __init__(self, message: str, *, payment_intent_id: str, status: str | None, code: str | None = None,
+                 reason: str | None = None):
+        super().__init__(message, code, reason)
+        self.payment_intent_id, self.status = payment_intent_id, status
+
+
 class CardDeclined(Exception):
     """The card issuer (or Stripe's checks) refused the payment; `message` is Stripe's wording for
     the buyer, `code` the decline code. The intent can be confirmed again with another card."""
@@ -34,11 +53,12 @@ def configure_stripe(settings: Settings) -> None:
 
 
 def create_payment_intent(*, order_id: str, amount: int, currency: str, email: str,
-                          deadline_seconds: float = 8.0) -> stripe.PaymentIntent:
+                          deadline_seconds: float = 8.0, replacing: str | None = None) -> stripe.PaymentIntent:
     """Create the order's PaymentIntent, giving up after `deadline_seconds` in all, retries included.
 
     A customer waits for this call in a web request: a stalled Stripe must cost them one
-    bounded wait, never two full SDK timeouts back to back.
+    bounded wait, never two full SDK timeouts back to back. `replacing` names the intent this
+    one takes over from (see checkout.replace_payment_intent).
     """
     params = {
         "amount": amount,
@@ -47,7 +67,8 @@ def create_payment_intent(*, order_id: str, amount: int, currency: str, email: s
         "payment_method_types": ["card"],
     }
     # Derived from the order, so a retried checkout can never create a second intent.
-    options = {"idempotency_key": f"order-{order_id}-payment-intent"}
+    options = {"idempotency_key": f"order-{order_id}-payment-intent"
+                                  + (f"-replacing-{replacing}" if replacing else "")}
     return _within_deadline(lambda client: client.v1.payment_intents.create(params=params, options=options),
                             deadline_seconds)
 
@@ -67,18 +88,48 @@ def confirm_payment_intent(*, payment_intent_id: str, payment_method_id: str,
     """Attach the buyer's PaymentMethod to the order's intent and confirm it (server-side confirmation).
 
     Returns the intent: `succeeded`, `processing`, or `requires_action` (3-D Secure: the page
-    completes it with Stripe.js). Raises CardDeclined when the card is refused.
+    completes it with Stripe.js). Raises CardDeclined when the card is refused,
+    IntentNotConfirmable when the intent's state does not allow a confirmation, PaymentRefused
+    when Stripe refuses the request for another reason, PaymentGatewayError when it cannot answer.
     """
     # Attached, then confirmed (two calls: localstripe refuses `payment_method` on confirm). The
     # same card sent twice (a double click, a retried request) is the same two requests at Stripe.
     key = f"{payment_intent_id}-{payment_method_id}"
 
     def attach_and_confirm(client: stripe.StripeClient) -> stripe.PaymentIntent:
-        client.v1.payment_intents.update(payment_intent_id, params={"payment_method": payment_method_id},
-                                         options={"idempotency_key": f"{key}-attach"})
-        return client.v1.payment_intents.confirm(payment_intent_id, options={"idempotency_key": f"{key}-confirm"})
+        try:
+            client.v1.payment_intents.update(payment_intent_id, params={"payment_method": payment_method_id},
+                                             options={"idempotency_key": f"{key}-attach"})
+        except stripe.InvalidRequestError as exc:
+            _refuse_if_state(client, payment_intent_id, exc, confirming=False)
+            raise
+        try:
+            return client.v1.payment_intents.confirm(payment_intent_id, options={"idempotency_key": f"{key}-confirm"})
+        except stripe.InvalidRequestError as exc:
+            _refuse_if_state(client, payment_intent_id, exc, confirming=True)
+            raise
 
     return _within_deadline(attach_and_confirm, deadline_seconds)
+
+
+def _refuse_if_state(client: stripe.StripeClient, payment_intent_id: str, exc: stripe.InvalidRequestError, *,
+                     confirming: bool) -> None:
+    """Raise IntentNotConfirmable, with the intent's status, when Stripe refused because of that state.
+
+    Stripe says so with the code `payment_intent_unexpected_state`. localstripe refuses a confirm
+    of an intent that is not `requires_confirmation` with a bare 400 (no code, no param): after
+    a declined card its intent stays `requires_payment_method` even with a new PaymentMethod
+    attached, where Stripe would let it be confirmed again. A refusal naming a parameter (an
+    unknown PaymentMethod) is about the request, not the intent, and is left as it is.
+    """
+    code = getattr(exc, "code", None)
+    bare_confirm_refusal = (confirming and getattr(exc, "http_status", None) == 400 and not code
+                            and not getattr(exc, "param", None))
+    if code != "payment_intent_unexpected_state" and not bare_confirm_refusal:
+        return
+    status = client.v1.payment_intents.retrieve(payment_intent_id).status
+    raise IntentNotConfirmable(_describe(exc), payment_intent_id=payment_intent_id, status=status, code=code,
+                               reason=getattr(exc, "user_message", None)) from exc
 
 
 # Worth another try inside the deadline: the request may not have reached Stripe, or Stripe
@@ -108,6 +159,10 @@ def _within_deadline(call, deadline_seconds: float):
         except stripe.CardError as exc:
             raise CardDeclined(getattr(exc, "user_message", None) or "Your card was declined.",
                                getattr(exc, "code", None)) from exc
+        except (stripe.InvalidRequestError, stripe.IdempotencyError) as exc:
+            # Stripe answered: the request itself is refused, asking again will not help.
+            raise PaymentRefused(_describe(exc), getattr(exc, "code", None),
+                                 getattr(exc, "user_message", None)) from exc
         except stripe.StripeError as exc:
             raise PaymentGatewayError(_describe(exc)) from exc
         finally:

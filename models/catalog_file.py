@@ -1,7 +1,12 @@
-"""`shop catalog load FILE`: validate a catalog document and apply it, updating by sku."""
+"""`shop catalog load FILE`: validate a catalog document and apply it, updating by sku.
+
+A product's name in another language than the catalog's own (`name_ja`) stays in the file: the
+shop's screens read it from there (localized_product_names), the database keeps `name`.
+"""
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -11,6 +16,10 @@ from sqlalchemy.orm import Session
 from models.catalog import Product, Stock
 from models.errors import InvalidInput
 from models.shipping import DEFAULT, ShippingRate, canonical_prefecture
+
+
+# Names for the shop's screens in other languages, by language: "name_ja" is the Japanese name.
+LOCALIZED_NAMES = ("name_ja",)
 
 
 def read_catalog(path: Path) -> dict:
@@ -46,6 +55,10 @@ def validate_catalog(data) -> None:
         _require(p["sku"] not in seen, f"{where}.sku {p['sku']} appears twice", f"{where}.sku")
         seen.add(p["sku"])
         _require(isinstance(p.get("name"), str) and p["name"].strip(), f"{where}.name must be a string", f"{where}.name")
+        for key in LOCALIZED_NAMES:
+            if key in p:
+                _require(isinstance(p[key], str) and p[key].strip() and len(p[key]) <= 200,
+                         f"{where}.{key} must be a non-empty string of at most 200 characters", f"{where}.{key}")
         for key in ("unit_amount", "stock"):
             _require(_is_int(p.get(key)) and p[key] >= 0, f"{where}.{key} must be an integer >= 0", f"{where}.{key}")
         if "weight_grams" in p:
@@ -109,3 +122,16 @@ def apply_catalog(session: Session, data: dict) -> dict:
     session.flush()
     return {"created": created, "updated": updated, "shipping_rates": rates,
             "products": len(session.scalars(select(Product.sku)).all())}
+
+
+def localized_product_names(path: Path, language: str) -> dict[str, str]:
+    """{sku: name} in `language` from the catalog file (its `name_<language>`); read again when the file changes."""
+    if f"name_{language}" not in LOCALIZED_NAMES:
+        return {}
+    return _localized_names(str(path), path.stat().st_mtime_ns, language)
+
+
+@lru_cache(maxsize=8)
+def _localized_names(path: str, mtime_ns: int, language: str) -> dict[str, str]:
+    key = f"name_{language}"
+    return {p["sku"]: p[key].strip() for p in read_catalog(Path(path))["products"] if key in p}

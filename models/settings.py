@@ -45,6 +45,9 @@ class Settings:
     # localstripe's copy, so a purchase can be clicked through offline.
     stripe_publishable_key: str = "pk_test_local"
     stripe_js_url: str = "https://js.stripe.com/v3/"
+    # The catalog file the shop loads (`shop catalog load`): its screens take product names in the
+    # buyer's language (`name_ja`) from it. None: every screen shows the catalog's `name`.
+    catalog_file: str | None = None
     # Signs staff sessions and CSRF tokens. None only for a Settings built in code (tests):
     # the app then signs with a random key of its own process.
     secret_key: str | None = None
@@ -88,6 +91,7 @@ class Settings:
             admin_base_url=(env.get("ADMIN_BASE_URL") or cls.admin_base_url).rstrip("/"),
             stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or cls.stripe_publishable_key,
             stripe_js_url=env.get("STRIPE_JS_URL") or cls.stripe_js_url,
+            catalog_file=env.get("CATALOG_FILE") or None,
             secret_key=env.get("SECRET_KEY") or _instance_secret_key_or_none(),
             max_webhook_bytes=_int(env, "WEBHOOK_MAX_BYTES", cls.max_webhook_bytes),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts),

@@ -47,6 +47,8 @@ def _dev_env() -> dict:
         # a purchase can be clicked through offline.
         if not os.environ.get("STRIPE_JS_URL"):
             values["STRIPE_JS_URL"] = f"http://127.0.0.1:{LOCALSTRIPE_PORT}/js.stripe.com/v3/"
+    # The screens take product names in Japanese from the catalog file the shop was loaded from.
+    values["CATALOG_FILE"] = os.environ.get("CATALOG_FILE") or str(CATALOG)
     values["STRIPE_WEBHOOK_SECRETS"] = os.environ.get("STRIPE_WEBHOOK_SECRETS") or f"whsec_{secrets.token_hex(24)}"
     DEV_ENV.write_text("# written by `make run`\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
     os.environ.update(values)

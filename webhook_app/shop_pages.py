@@ -10,6 +10,7 @@ Stripe's webhook: the complete screen waits for it.
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import structlog
@@ -19,13 +20,15 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy import select
 
 from consumers.checkout import (CheckoutCancelled, CheckoutRequest, IdempotencyKeyReused, PaymentProviderBusy,
-                                PaymentProviderUnavailable)
+                                PaymentProviderRefused, PaymentProviderUnavailable, confirm_payment)
 from consumers.checkout import checkout as checkout_cart
-from consumers.payments import CardDeclined, PaymentGatewayError, confirm_payment_intent, create_setup_intent
+from consumers.payments import (CardDeclined, IntentNotConfirmable, PaymentGatewayError, PaymentRefused,
+                                create_setup_intent)
 from models.carts import MAX_QUANTITY, Cart, CartStatus, get_cart
 from models.catalog import Product
+from models.catalog_file import localized_product_names
 from models.db import transaction
-from models.errors import InvalidInput, NotFound, OutOfStock, PriceChanged
+from models.errors import DomainError, InvalidInput, NotFound, OutOfStock, PriceChanged
 from models.history import OrderStatusChange
 from models.orders import Order, OrderStatus, ShippingAddress, get_order
 from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
@@ -57,14 +60,33 @@ def _protect_forms():
 def _render(template: str, **context) -> str:
     """A shop template with the request's language and the formatting helpers."""
     language = current_language()
+    names = _product_names(language)
     return render_template(f"shop/{template}", lang=language, yen=yen,
                            t=lambda key, **values: translate(key, language, **values),
+                           product_name=lambda sku, name: names.get(sku) or name,
                            prefecture_label=lambda name: prefecture_label(name, language),
                            local_time=lambda moment: local_time(moment, language), **context)
 
 
 def _t(key: str, **values) -> str:
     return translate(key, current_language(), **values)
+
+
+def _product_names(language: str) -> dict[str, str]:
+    """{sku: name} in the buyer's language from the catalog file; {} (the catalog's names) without one."""
+    catalog_file = state().settings.catalog_file
+    if not catalog_file:
+        return {}
+    try:
+        return localized_product_names(Path(catalog_file), language)
+    except (OSError, DomainError) as exc:
+        # A missing or broken file costs the translations, never the page.
+        log.warning("catalog_file_unreadable", catalog_file=catalog_file, error=str(exc)[:200])
+        return {}
+
+
+def _product_name(sku: str, name: str) -> str:
+    return _product_names(current_language()).get(sku) or name
 
 
 def _stripe_origin() -> str:
@@ -189,7 +211,7 @@ def add_to_cart():
             product = db.get(Product, sku)
             if product is None:
                 raise NotFound(f"no product with sku {sku}", field="sku")
-            name = product.name
+            name = _product_name(product.sku, product.name)
             cart = _session_cart(db)
             if cart is None or cart.status is not CartStatus.OPEN:
                 _forget_purchase()
@@ -226,7 +248,8 @@ def change_cart_item(sku: str):
         else:
             product = db.get(Product, sku)
             if quantity > product.stock.available:
-                flash(_t("not_enough_stock", name=product.name, n=product.stock.available), "error")
+                flash(_t("not_enough_stock", name=_product_name(sku, product.name), n=product.stock.available),
+                      "error")
             else:
                 item.quantity = quantity
     return redirect(url_for("shop_pages.show_cart"), 303)
@@ -373,6 +396,10 @@ def place_order():
         return _refused("price_changed", 409, "price_changed", to=confirm_url)
     except OutOfStock as exc:
         return _refused("stock_gone", 409, "out_of_stock", to=url_for("shop_pages.show_cart"), sku=exc.sku)
+    except PaymentProviderRefused as exc:
+        # Stripe answered and said no: not an outage, so the buyer is told what it refused.
+        return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
+                        reason=exc.reason or _t("refused_unknown"))
     except (PaymentProviderUnavailable, PaymentProviderBusy):
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
     except (CheckoutCancelled, IdempotencyKeyReused):
@@ -392,6 +419,10 @@ def place_order():
         return redirect(confirm_url, 303)
     try:
         setup = create_setup_intent(order_id=order.id, deadline_seconds=app_state.settings.stripe_deadline_seconds)
+    except PaymentRefused as exc:
+        log.warning("setup_intent_refused", order_id=order.id, error=str(exc))
+        return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
+                        reason=exc.reason or _t("refused_unknown"))
     except PaymentGatewayError as exc:
         log.warning("setup_intent_failed", order_id=order.id, error=str(exc))
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
@@ -415,22 +446,56 @@ def pay_order():
             return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
         if order.status not in PAYABLE:
             return jsonify({"status": order.status.value, "complete_url": _complete_url(order)})
-        order_id, intent_id, complete_url = order.id, order.payment_intent_id, _complete_url(order)
+        order_id, complete_url, attempts = order.id, _complete_url(order), order.payment_attempts
     try:
-        intent = confirm_payment_intent(payment_intent_id=intent_id, payment_method_id=payment_method,
-                                        deadline_seconds=state().settings.stripe_deadline_seconds)
+        # A second card after a declined one goes to the same order (its stock still held); if Stripe
+        # will not confirm the order's intent again, the use case gives the order a new one.
+        intent = confirm_payment(state().sessions, state().settings, order_id, payment_method)
     except CardDeclined as exc:
         # The order keeps its reservation: the buyer may try another card right away.
         log.info("card_declined", order_id=order_id, decline_code=exc.code)
         return _refused("declined", 402, "card_declined", to=confirm_url, navigate=False, message=exc.message)
-    except PaymentGatewayError as exc:
+    except CheckoutCancelled:
+        return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
+    except IntentNotConfirmable as exc:
+        log.warning("payment_intent_not_confirmable", order_id=order_id, intent_status=exc.status)
+        if exc.status == "canceled":
+            return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
+        if exc.status in ("succeeded", "processing", "requires_capture"):
+            # Paid, or being paid, already (another tab, a double click): the complete screen tells.
+            _remember_payment_sent(order_id, attempts)
+            return jsonify({"status": exc.status, "complete_url": complete_url})
+        return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
+                        reason=exc.reason or _t("refused_unknown"))
+    except PaymentRefused as exc:
+        log.warning("payment_confirm_refused", order_id=order_id, error=str(exc))
+        return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
+                        reason=exc.reason or _t("refused_unknown"))
+    except (PaymentGatewayError, PaymentProviderBusy) as exc:
         log.warning("payment_confirm_failed", order_id=order_id, error=str(exc))
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
     log.info("payment_confirmed_by_shop", order_id=order_id, intent_status=intent.status)
+    _remember_payment_sent(order_id, attempts)
     answer = {"status": intent.status, "complete_url": complete_url}
     if intent.status == "requires_action":
         answer["client_secret"] = intent.client_secret
     return jsonify(answer)
+
+
+def _remember_payment_sent(order_id: str, attempts: int) -> None:
+    """Note that a card was sent for the order after `attempts` declined ones (see _payment_sent_since_decline)."""
+    remembered = session.get("order") or {}
+    if remembered.get("id") == order_id:
+        session["order"] = {**remembered, "sent_after_attempts": attempts}
+
+
+def _payment_sent_since_decline(order: Order) -> bool:
+    """The buyer sent another card after the order's last recorded decline: until Stripe's event
+    for it is processed the order still reads payment_failed, and the complete screen waits
+    ("payment received") instead of sending the buyer back with the old card's message."""
+    remembered = session.get("order") or {}
+    sent_after = remembered.get("sent_after_attempts")
+    return remembered.get("id") == order.id and sent_after is not None and order.payment_attempts <= sent_after
 
 
 def _complete_url(order: Order) -> str:
@@ -456,13 +521,16 @@ def complete(order_id: str):
         order = get_order(db, order_id)
         if not _token_opens(order, token):
             return _render("message.html", title=_t("bad_token"), message=_t("bad_token")), 403
-        if order.status is OrderStatus.PAYMENT_FAILED and _session_order(db) is not None:
+        awaiting = order.status is OrderStatus.PAYMENT_FAILED and _payment_sent_since_decline(order)
+        if order.status is OrderStatus.PAYMENT_FAILED and not awaiting and _session_order(db) is not None:
             flash(_t("declined", message=order.failure_message or order.failure_code or ""), "error")
             return redirect(url_for("shop_pages.checkout_confirm"), 303)
         if order.status is OrderStatus.PAID and session.get("order", {}).get("id") == order.id:
             _forget_purchase()
-        return _render("complete.html", title=_t("complete_title"), order=order,
-                               lines=[line.to_dict() for line in order.lines], token=token, step=4)
+        # The screen's state: "being finalised" while a card sent after a decline awaits Stripe's event.
+        shown_status = OrderStatus.PENDING_PAYMENT.value if awaiting else order.status.value
+        return _render("complete.html", title=_t("complete_title"), order=order, shown_status=shown_status,
+                       lines=[line.to_dict() for line in order.lines], token=token, step=4)
 
 
 def my_page(order_id: str):

@@ -80,11 +80,14 @@ def fill_information(browser, **changes) -> None:
 
 
 def enter_card(browser, number: str) -> None:
-    """localstripe's card Element: five plain inputs, named by their placeholders."""
+    """localstripe's card Element: five plain inputs, named by their placeholders (what a card
+    typed before is replaced, as a buyer trying another card does)."""
     wait(browser).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#card-element input"))
     for placeholder, value in (("number", number), ("exp_month", "12"), ("exp_year", "34"), ("cvc", "123"),
                                ("postal_code", "06000")):
-        browser.find_element(By.CSS_SELECTOR, f"#card-element input[placeholder={placeholder}]").send_keys(value)
+        field = browser.find_element(By.CSS_SELECTOR, f"#card-element input[placeholder={placeholder}]")
+        field.clear()
+        field.send_keys(value)
 
 
 def press_pay(browser) -> None:

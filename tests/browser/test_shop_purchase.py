@@ -5,6 +5,7 @@ import dataclasses
 from urllib.parse import urlsplit
 
 import pytest
+import stripe
 from selenium.webdriver.common.by import By
 
 from models.orders import Order, OrderStatus
@@ -12,14 +13,16 @@ from tests.browser.shop_flow import (DECLINED, THREE_D_SECURE, VISA, BackgroundW
                                      fill_information, pay_error, press_pay, set_price, stock, text_of,
                                      three_d_secure, wait, wait_for_outcome)
 from tests.support import settings_for
+from webhook_app.devserver import CATALOG
 
 
 @pytest.fixture
 def settings(database_url, tmp_path, localstripe):
-    """The suite's settings, with the screens loading localstripe's Stripe.js (as `make run` does)."""
+    """The suite's settings, with the screens loading localstripe's Stripe.js and taking product names
+    from the shipped catalog (as `make run` does)."""
     return dataclasses.replace(
         settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}", stripe_api_base=localstripe.base),
-        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/")
+        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/", catalog_file=str(CATALOG))
 
 
 @pytest.fixture
@@ -99,6 +102,34 @@ def test_declined_card_returns_to_confirmation_with_the_message_and_the_stock_he
     assert stock(sessions, "TEA-01") == (40, 2)
 
 
+def test_another_card_after_a_decline_pays_the_same_order_once(browser, shop, screenshot, sessions):
+    to_confirmation(browser, shop)
+    enter_card(browser, DECLINED)
+    press_pay(browser)
+    assert "declined" in pay_error(browser).lower()
+    wait(browser).until(lambda _: only_order(sessions).status is OrderStatus.PAYMENT_FAILED)
+    declined_intent = only_order(sessions).payment_intent_id
+
+    # On the same confirmation screen, the buyer types another card and pays again.
+    enter_card(browser, VISA)
+    screenshot("pay-again-after-decline")
+    press_pay(browser)
+    wait(browser).until(lambda b: "/complete" in b.current_url)
+    wait_for_outcome(browser, "paid")
+    assert "Order confirmed" in text_of(browser, "#outcome")
+    screenshot("paid-after-decline")
+
+    order = only_order(sessions)
+    assert order.status is OrderStatus.PAID
+    assert order.paid_amount == order.total == 3100
+    assert order.payment_intent_id != declined_intent
+    assert stock(sessions, "TEA-01") == (38, 0)   # decremented exactly once
+    # The declined intent is cancelled at Stripe (by the worker, from the outbox).
+    wait(browser).until(lambda _: stripe.PaymentIntent.retrieve(declined_intent).status == "canceled")
+    assert stripe.PaymentIntent.retrieve(order.payment_intent_id).status == "succeeded"
+    assert only_order(sessions).status is OrderStatus.PAID
+
+
 def test_3d_secure_card_shows_the_dialog_and_completing_it_ends_paid(browser, shop, screenshot, sessions):
     to_confirmation(browser, shop)
     enter_card(browser, THREE_D_SECURE)
@@ -162,6 +193,7 @@ def test_price_change_between_cart_and_pay_shows_the_new_total(browser, shop, sc
 def test_screens_in_japanese_on_a_phone(browser, shop, screenshot):
     browser.get(f"{shop}/?lang=ja")
     assert "カートに入れる" in text_of(browser, "#product-TEA-01")
+    assert "北海道紅茶" in text_of(browser, "#product-TEA-01")
     screenshot("products", phone=True)
     add_to_cart(browser, shop, "TEA-01", 2)
     browser.get(f"{shop}/cart?lang=ja")
@@ -172,6 +204,7 @@ def test_screens_in_japanese_on_a_phone(browser, shop, screenshot):
     fill_information(browser)
     wait(browser).until(lambda b: urlsplit(b.current_url).path == "/checkout/confirm")
     assert "¥3,100を支払う" == text_of(browser, "#pay")
+    assert "北海道紅茶" in text_of(browser, "table.lines")
     enter_card(browser, VISA)
     screenshot("confirmation", phone=True)
     press_pay(browser)

@@ -629,3 +629,51 @@ def test_checkout_use_case_runs_without_the_web_app(sessions, settings, catalog,
     assert stripe.PaymentIntent.retrieve(order.payment_intent_id).metadata["order_id"] == order.id
     assert check_out(sessions, settings, request).id == order.id
     assert order_count(sessions) == 1
+
+
+def declined_order(sessions, settings, localstripe, checkout) -> tuple[str, str]:
+    """An order placed through the API whose intent localstripe declined: (order id, intent id)."""
+    from consumers.checkout import confirm_payment
+    from consumers.payments import CardDeclined
+
+    use_stripe(localstripe.base)
+    placed = checkout()
+    with pytest.raises(CardDeclined):
+        confirm_payment(sessions, settings, placed["order_id"], card("4000000000000341"))
+    return placed["order_id"], placed["payment_intent_id"]
+
+
+def card(number: str) -> str:
+    return stripe.PaymentMethod.create(type="card", card={"number": number, "exp_month": 12, "exp_year": 2034,
+                                                          "cvc": "123"}).id
+
+
+def intents_of(order_id: str) -> list[str]:
+    return [i.id for i in stripe.PaymentIntent.list(limit=100).auto_paging_iter()
+            if (i.metadata.to_dict() if i.metadata else {}).get("order_id") == order_id]
+
+
+def test_a_second_replacement_of_the_same_intent_pays_through_the_first_ones_intent(
+        sessions, settings, localstripe, checkout):
+    from consumers.checkout import replace_payment_intent
+
+    order_id, declined = declined_order(sessions, settings, localstripe, checkout)
+    first = replace_payment_intent(sessions, settings, order_id, declined, "requires_payment_method")
+    again = replace_payment_intent(sessions, settings, order_id, declined, "requires_payment_method")
+    assert again == first != declined
+    assert sorted(intents_of(order_id)) == sorted([declined, first])   # no third intent at Stripe
+    with sessions() as session:
+        assert session.get(Order, order_id).payment_intent_id == first
+
+
+def test_an_order_whose_hold_expired_gets_no_new_intent_and_keeps_its_own(sessions, settings, localstripe, checkout):
+    from consumers.checkout import CheckoutCancelled, confirm_payment
+
+    order_id, declined = declined_order(sessions, settings, localstripe, checkout)
+    with transaction(sessions) as session:
+        session.get(Order, order_id).reserved_until = datetime.now(timezone.utc) - timedelta(seconds=1)
+    with pytest.raises(CheckoutCancelled):
+        confirm_payment(sessions, settings, order_id, card("4242424242424242"))
+    with sessions() as session:
+        assert session.get(Order, order_id).payment_intent_id == declined
+    assert intents_of(order_id) == [declined]

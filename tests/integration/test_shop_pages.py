@@ -5,8 +5,11 @@ import re
 
 import pytest
 import stripe
+from sqlalchemy import select
 
+from consumers.order_story import order_story
 from models.catalog import Product, Stock
+from models.history import OrderStatusChange
 from models.orders import Order, OrderStatus
 from tests.integration.test_mail import Mailbox
 from tests.support import event_for
@@ -246,6 +249,99 @@ def test_declined_card_keeps_the_stock_held_for_another_try(client, sessions, lo
     assert only_order(sessions).status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
 
 
+def card(number: str) -> str:
+    """What Stripe.js does in the page: the card goes to Stripe, the shop gets a pm_ id."""
+    return stripe.PaymentMethod.create(type="card", card={"number": number, "exp_month": 12, "exp_year": 2034,
+                                                          "cvc": "123"}).id
+
+
+def pay_with(client, payment_method: str):
+    token = csrf_token(page(client.get("/checkout/confirm")))
+    return client.post("/checkout/pay", json={"payment_method": payment_method},
+                       headers={"Accept": "application/json", "X-CSRFToken": token})
+
+
+def press_pay(client):
+    started = post_form(client, "/checkout/confirm", {}, from_page="/checkout/confirm",
+                        headers={"Accept": "application/json"})
+    assert started.status_code in (200, 201), page(started)
+    return started
+
+
+def test_another_card_after_a_decline_pays_the_same_order_through_a_new_intent(client, sessions, localstripe,
+                                                                              post_event, deliver):
+    fill_cart(client)
+    enter_information(client)
+    press_pay(client)
+    first = only_order(sessions).payment_intent_id
+    declined = pay_with(client, card("4000000000000341"))
+    assert declined.status_code == 402, page(declined)
+    post_event(event_for("localstripe_payment_intent.payment_failed", intent_id=first, order_id=only_order(sessions).id))
+    deliver()
+    assert only_order(sessions).status is OrderStatus.PAYMENT_FAILED
+    # localstripe keeps a declined intent in requires_payment_method for good: it refuses to
+    # confirm it again, where Stripe would accept the new card on the same intent.
+    assert stripe.PaymentIntent.retrieve(first).status == "requires_payment_method"
+
+    # Pay again, on the same screen, with another card.
+    press_pay(client)
+    paid = pay_with(client, card("4242424242424242"))
+    assert paid.status_code == 200, page(paid)
+    assert paid.get_json()["status"] == "succeeded"
+    order = only_order(sessions)
+    second = order.payment_intent_id
+    assert second != first
+    assert order.client_secret.startswith(second)
+    intent = stripe.PaymentIntent.retrieve(second)
+    assert (intent.amount, intent.currency, intent.metadata["order_id"]) == (order.total, "jpy", order.id)
+    assert intent.status == "succeeded"
+    assert stock(sessions) == (40, 2)   # the same hold, not a second one
+    # Until Stripe's event for the new card is processed the order still reads payment_failed: the
+    # complete screen waits for it, rather than sending the buyer back with the first card's decline.
+    complete = client.get(f"/orders/{order.id}/complete?token={order.access_token}&lang=en")
+    assert complete.status_code == 200, complete.location
+    assert "Payment received" in page(complete) and 'http-equiv="refresh"' in page(complete)
+
+    # Stripe's late events for the first intent do not move the order; the worker cancels it at Stripe.
+    post_event(event_for("localstripe_payment_intent.payment_failed", intent_id=first, order_id=order.id))
+    post_event(event_for("payment_intent.canceled", intent_id=first, order_id=order.id))
+    deliver()
+    assert only_order(sessions).status is OrderStatus.PAYMENT_FAILED
+    assert stock(sessions) == (40, 2)
+    assert stripe.PaymentIntent.retrieve(first).status == "canceled"
+
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=second, order_id=order.id,
+                         amount=order.total))
+    deliver()
+    order = only_order(sessions)
+    assert (order.status, order.paid_amount) == (OrderStatus.PAID, order.total)
+    assert stock(sessions) == (38, 0)   # decremented once
+    with sessions() as session:
+        reasons = [change.reason or "" for change in session.scalars(
+            select(OrderStatusChange).where(OrderStatusChange.order_id == order.id))]
+    assert any(f"payment intent {first} replaced by {second}" in reason for reason in reasons), reasons
+    with sessions() as session:   # the staff console's story of the order says so too
+        story_lines = [" ".join((entry.summary, *entry.details)) for entry in order_story(session, order.id).entries]
+    assert any(f"replaced by {second}" in line for line in story_lines), story_lines
+    story = page(client.get(f"/orders/{order.id}?token={order.access_token}&lang=en",
+                            headers={"Accept": "text/html"}))
+    assert "Paid" in story
+
+
+def test_a_card_stripe_refuses_is_said_plainly_not_as_an_unreachable_stripe(client, sessions, localstripe):
+    fill_cart(client)
+    enter_information(client)
+    press_pay(client)
+    refused = pay_with(client, "pm_0000000000000unknown")
+    assert refused.status_code == 422, page(refused)
+    error = refused.get_json()["error"]
+    assert error["code"] == "payment_refused"
+    assert "refused this payment" in error["message"] and "Not Found" in error["message"]
+    assert stock(sessions) == (40, 2)
+    # The order is still there to be paid with a card Stripe accepts.
+    assert pay_with(client, card("4242424242424242")).get_json()["status"] == "succeeded"
+
+
 def test_pay_step_refuses_what_is_not_a_payment_method(client):
     fill_cart(client)
     enter_information(client)
@@ -254,6 +350,40 @@ def test_pay_step_refuses_what_is_not_a_payment_method(client):
                            headers={"Accept": "application/json", "X-CSRFToken": token})
     assert response.status_code == 422
     assert response.get_json()["error"]["field"] == "payment_method"
+
+
+def test_product_names_in_japanese_on_japanese_screens_and_in_english_on_english_ones(make_client, sessions,
+                                                                                    tmp_path):
+    catalog = tmp_path / "catalog.yaml"
+    # A name without its Japanese one (CUP-01 here) is shown in English on Japanese screens too.
+    catalog.write_text("currency: jpy\nproducts:\n"
+                       "  - {sku: TEA-01, name: Hokkaido black tea, name_ja: 北海道紅茶, unit_amount: 1200, stock: 40}\n"
+                       "  - {sku: CUP-01, name: Arita tea cup, unit_amount: 3500, stock: 3}\n", encoding="utf-8")
+    shop = make_client(catalog_file=str(catalog))
+    ja = page(shop.get("/?lang=ja"))
+    assert "北海道紅茶" in ja and "Hokkaido black tea" not in ja
+    assert "Arita tea cup" in ja
+    en = page(shop.get("/?lang=en"))
+    assert "Hokkaido black tea" in en and "北海道紅茶" not in en
+
+    fill_cart(shop)
+    assert "北海道紅茶" in page(shop.get("/cart?lang=ja"))
+    assert "Hokkaido black tea" in page(shop.get("/cart?lang=en"))
+    assert enter_information(shop).status_code == 303
+    post_form(shop, "/checkout/confirm", {}, from_page="/checkout/confirm")
+    order = only_order(sessions)
+    # The order's lines, on the confirmation, complete and my page screens.
+    for url in ("/checkout/confirm?", f"/orders/{order.id}/complete?token={order.access_token}&",
+                f"/orders/{order.id}?token={order.access_token}&"):
+        assert "北海道紅茶" in page(shop.get(f"{url}lang=ja", headers={"Accept": "text/html"})), url
+        assert "Hokkaido black tea" in page(shop.get(f"{url}lang=en", headers={"Accept": "text/html"})), url
+
+
+def test_the_shipped_catalog_names_its_products_in_japanese(make_client):
+    from webhook_app.devserver import CATALOG
+
+    ja = page(make_client(catalog_file=str(CATALOG)).get("/?lang=ja"))
+    assert "北海道紅茶" in ja and "有田焼の湯呑み" in ja
 
 
 def test_japanese_from_accept_language_and_english_from_the_lang_parameter(client):

@@ -216,3 +216,16 @@ def test_signature_does_not_cover_a_tampered_payload():
     tampered = PAYLOAD.replace("pi_test", "pi_other")
     with pytest.raises(stripe.SignatureVerificationError):
         stripe.WebhookSignature.verify_header(tampered, header, WEBHOOK_SECRET, 300)
+
+
+@pytest.mark.parametrize("name_ja", [None, 7, "  ", "茶" * 201])
+def test_catalog_with_a_japanese_name_that_is_not_a_short_text_is_refused_naming_it(name_ja):
+    catalog = valid_catalog()
+    catalog["products"][1]["name_ja"] = name_ja
+    assert_invalid(catalog, "products[1].name_ja")
+
+
+def test_a_japanese_name_is_optional_per_product():
+    catalog = valid_catalog()
+    catalog["products"][0]["name_ja"] = "北海道紅茶"
+    assert validate_catalog(catalog) is None
