@@ -263,20 +263,79 @@ def _inbox_row(event: dict, raw_payload: str, handled: bool) -> dict:
     }
 
 
-def store_event_pg(cursor, event: dict, raw_payload: str, *, handled_types: frozenset[str]) -> StoredEvent:
-    """`store_event` on PostgreSQL, through a psycopg cursor: one statement (two for a duplicate)."""
+def store_event_pg(connection, event: dict, raw_payload: str, *, handled_types: frozenset[str]) -> StoredEvent:
+    """`store_event` on PostgreSQL, through a psycopg connection: one statement (two for a duplicate),
+    in the connection's transaction, or its own in autocommit."""
     handled = event["type"] in handled_types
     row = _inbox_row(event, raw_payload, handled)
     params = {**row, "status": row["status"].value}
     if handled:
         params.update(queue_topic=Topic.STRIPE_EVENT.value, queue_payload=json.dumps({"event_id": event["id"]}),
                       queue_status=OutboxStatus.PENDING.value)
-    cursor.execute(_PG_STORE_AND_QUEUE if handled else _PG_INBOX_ROW, params)
-    stored = cursor.fetchone()
-    if stored is None:
-        cursor.execute(_PG_EXISTING, {"event_id": event["id"]})
-        existing_id, existing_status = cursor.fetchone()
-        return StoredEvent(existing_id, EventStatus(existing_status), True)
+    with connection.cursor() as cursor:
+        cursor.execute(_PG_STORE_AND_QUEUE if handled else _PG_INBOX_ROW, params)
+        stored = cursor.fetchone()
+        if stored is None:
+            cursor.execute(_PG_EXISTING, {"event_id": event["id"]})
+            existing_id, existing_status = cursor.fetchone()
+            return StoredEvent(existing_id, EventStatus(existing_status), True)
+    return StoredEvent(stored[0], row["status"], False)
+
+
+# SQLite, on the driver's connection (the webhook's hot path): no INSERT inside WITH here, so
+# two statements in a write transaction taken up front, as the service's engine takes them.
+_SQLITE_INBOX_ROW = """
+    INSERT INTO inbox_events (event_id, type, api_version, livemode, payload, object_id, status, attempts,
+                              outcome, received_at, processed_at)
+    VALUES (:event_id, :type, :api_version, :livemode, :payload, :object_id, :status, 0,
+            :outcome, :received_at, :processed_at)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING id"""
+_SQLITE_QUEUE = """
+    INSERT INTO outbox (topic, payload, inbox_event_id, status, attempts, deliveries, available_at, created_at)
+    VALUES (:queue_topic, :queue_payload, :inbox_event_id, :queue_status, 0, 0, :received_at, :received_at)"""
+_SQLITE_EXISTING = "SELECT id, status FROM inbox_events WHERE event_id = :event_id"
+# Timestamps exactly as SQLAlchemy writes them on SQLite, so every other reader parses them.
+
+
+def _sqlite_timestamp():
+    from sqlalchemy.dialects.sqlite import dialect
+
+    sqlite = dialect()
+    return InboxEvent.__table__.c.received_at.type.dialect_impl(sqlite).bind_processor(sqlite)
+
+
+_SQLITE_TIMESTAMP = _sqlite_timestamp()
+
+
+def store_event_sqlite(connection, event: dict, raw_payload: str, *, handled_types: frozenset[str]) -> StoredEvent:
+    """`store_event` on SQLite, through a sqlite3 connection in autocommit mode (the service's
+    engine sets isolation_level None): BEGIN IMMEDIATE, one or two INSERTs, COMMIT."""
+    handled = event["type"] in handled_types
+    row = _inbox_row(event, raw_payload, handled)
+    received_at = _SQLITE_TIMESTAMP(row["received_at"])
+    params = {**row, "status": row["status"].value, "received_at": received_at,
+              "processed_at": None if handled else received_at}
+    cursor = connection.cursor()
+    try:
+        cursor.execute("BEGIN IMMEDIATE")
+        stored = cursor.execute(_SQLITE_INBOX_ROW, params).fetchone()
+        if stored is None:
+            existing_id, existing_status = cursor.execute(_SQLITE_EXISTING, {"event_id": event["id"]}).fetchone()
+            cursor.execute("COMMIT")
+            return StoredEvent(existing_id, EventStatus(existing_status), True)
+        if handled:
+            cursor.execute(_SQLITE_QUEUE, {"queue_topic": Topic.STRIPE_EVENT.value,
+                                           "queue_payload": json.dumps({"event_id": event["id"]}),
+                                           "inbox_event_id": stored[0], "queue_status": OutboxStatus.PENDING.value,
+                                           "received_at": received_at})
+        cursor.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            cursor.execute("ROLLBACK")
+        raise
+    finally:
+        cursor.close()
     return StoredEvent(stored[0], row["status"], False)
 
 
@@ -298,8 +357,8 @@ def store_event(session: Session | Connection, event: dict, raw_payload: str, *,
     dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
     if dialect.name == "postgresql":
         connection = session if isinstance(session, Connection) else session.connection()
-        with connection.connection.cursor() as cursor:  # the driver's own, in this transaction
-            return store_event_pg(cursor, event, raw_payload, handled_types=handled_types)
+        # The driver's own connection, in this transaction.
+        return store_event_pg(connection.connection.dbapi_connection, event, raw_payload, handled_types=handled_types)
     handled = event["type"] in handled_types
     row = _inbox_row(event, raw_payload, handled)
     stored_id = session.execute(_INSERT_EVENT[dialect.name], row).scalar_one_or_none()
