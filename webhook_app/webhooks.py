@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consumers import metrics
 from consumers.handlers import HANDLED_EVENT_TYPES
+from models.db import writer_turn
 from models.events import store_event_pg, store_event_sqlite
 from models.logs import describe_error
 from webhook_app import state
@@ -216,9 +217,14 @@ def _store(event: dict, payload: str):
     if not _SQLITE_WRITER.acquire(timeout=_SQLITE_WRITER_TIMEOUT):
         raise StoreBusy(f"no turn to write within {_SQLITE_WRITER_TIMEOUT:g} s")
     try:
-        return _store_raw(engine, store_event_sqlite, event, payload)
+        return _store_raw(engine, _store_sqlite, event, payload)
     finally:
         _SQLITE_WRITER.release()
+
+
+def _store_sqlite(connection, event: dict, payload: str, *, handled_types: frozenset[str]):
+    with writer_turn(connection):  # the turn every SQLite writer of every process takes (models.db)
+        return store_event_sqlite(connection, event, payload, handled_types=handled_types)
 
 
 def _store_pg(engine, event: dict, payload: str):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sqlalchemy import func, select
 
 from models.events import InboxEvent
@@ -35,3 +37,110 @@ def test_a_store_that_gets_no_turn_in_time_answers_503_and_the_retry_is_stored(c
         # PostgreSQL has row locks, not one write lock: its stores never wait on this one.
         assert while_busy.status_code == 200 and while_busy.get_json()["duplicate"] is False
     assert stored() == 1
+
+
+# --- every SQLite writer, in every process, takes a turn (models.db) -------------------------------------
+
+
+def _begin_in_thread(engine):
+    """A write transaction begun on another connection, in a thread: (thread, result list)."""
+    import threading
+
+    result: list = []
+
+    def run():
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("SELECT 1")
+            result.append("committed")
+        except Exception as exc:  # noqa: BLE001 - reported by the caller's assertion
+            result.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def _turn_is_free(path) -> bool:
+    """Whether another process could take the writers' turn now (a lock of its own on the file)."""
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing the file drops the lock
+    return True
+
+
+def test_a_sqlite_writer_waits_for_the_turn_and_gets_it_when_the_holder_commits_or_rolls_back(tmp_path):
+    from models.db import make_engine
+    from models.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'turns.db'}"
+    upgrade(url)
+    holder, waiter = make_engine(url), make_engine(url)  # two processes' engines, as far as the file knows
+    try:
+        for end in ("commit", "rollback"):
+            connection = holder.connect()
+            assert _turn_is_free(tmp_path / "turns.db-writer")
+            transaction = connection.begin()
+            assert not _turn_is_free(tmp_path / "turns.db-writer")  # held for the whole transaction
+            thread, result = _begin_in_thread(waiter)
+            thread.join(0.5)
+            assert thread.is_alive() and result == []  # waiting for its turn, not failing
+            getattr(transaction, end)()
+            thread.join(10)
+            assert result == ["committed"], end
+            assert _turn_is_free(tmp_path / "turns.db-writer")  # and given back when it ends
+            connection.close()
+    finally:
+        holder.dispose()
+        waiter.dispose()
+
+
+def test_a_sqlite_writer_that_gets_no_turn_in_time_fails_as_a_locked_database(tmp_path, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from models import db
+    from models.migrations import upgrade
+
+    monkeypatch.setattr(db, "TURN_TIMEOUT_SECONDS", 0.2)
+    url = f"sqlite:///{tmp_path / 'turns.db'}"
+    upgrade(url)
+    holder, waiter = db.make_engine(url), db.make_engine(url)
+    try:
+        with holder.begin():
+            thread, result = _begin_in_thread(waiter)
+            thread.join(10)
+        [error] = result
+        assert isinstance(error, OperationalError) and "no turn to write" in str(error)
+        thread, result = _begin_in_thread(waiter)  # the turn is free again: the next writer gets it
+        thread.join(10)
+        assert result == ["committed"]
+    finally:
+        holder.dispose()
+        waiter.dispose()
+
+
+# PostgreSQL's store is one autocommit statement under row locks: it has no turn to take.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_webhooks_own_store_takes_the_writers_turn_too(client, sessions, settings, monkeypatch):
+    from models import db
+    from tests.support import rendered_logs
+
+    monkeypatch.setattr(db, "TURN_TIMEOUT_SECONDS", 0.2)
+    payload = json.dumps(event_for("localstripe_payment_intent.succeeded"))
+    other = db.make_engine(settings.database_url)  # another process's writer
+    try:
+        with other.begin(), rendered_logs() as lines:
+            refused = client.post("/webhooks/stripe", data=payload, headers=signed_headers(payload))
+    finally:
+        other.dispose()
+    assert_error(refused, 503, "storage_unavailable")
+    assert any("no turn to write" in line for line in lines), lines
+    stored = client.post("/webhooks/stripe", data=payload, headers=signed_headers(payload))
+    assert stored.get_json() == {"received": True, "duplicate": False}
