@@ -235,7 +235,10 @@ def _store_pg(engine, event: dict, payload: str):
 def _store_raw(engine, store, event: dict, payload: str):
     """Store through the driver's own connection from the pool: no ORM Session and none of
     SQLAlchemy's per-statement machinery, which was most of the request's CPU time."""
-    connection = engine.raw_connection()
+    try:
+        connection = engine.raw_connection()  # the pool raises the driver's own error here, unwrapped
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise StoreFailed(describe_error(exc)) from exc
     try:
         return store(connection.dbapi_connection, event, payload, handled_types=HANDLED_EVENT_TYPES)
     except engine.dialect.loaded_dbapi.Error as exc:

@@ -301,6 +301,26 @@ def test_no_configured_secret_is_500_with_a_clear_message_and_stores_nothing(mak
 # --- 503 ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg", "sqlite"])
+def test_a_database_that_cannot_be_reached_is_503_never_a_500(tmp_path, scheme):
+    """The webhook stores through the pool's driver connection: a server that is down, or a
+    database file that cannot be opened, is the same clear 503 as a refused statement."""
+    from tests.support import free_port, settings_for
+    from webhook_app import create_app
+
+    url = (f"{scheme}://postgres@127.0.0.1:{free_port()}/shop" if scheme.startswith("postgresql")
+           else f"sqlite:///{tmp_path / 'missing-folder' / 'shop.db'}")  # nothing listens / no such folder
+    app = create_app(settings_for(url, broker_url=f"memory://localhost/{tmp_path.name}",
+                                  stripe_api_base="http://127.0.0.1:1"))
+    try:
+        payload = json.dumps(event_for("localstripe_payment_intent.succeeded"))
+        response = app.test_client().post("/webhooks/stripe", data=payload, headers=signed_headers(payload))
+    finally:
+        app.extensions["shop"].dispose()
+    error = assert_error(response, 503, "storage_unavailable")
+    assert "retry" in error["message"]
+
+
 def test_database_that_cannot_store_is_503_so_stripe_retries_and_the_retry_is_stored(post_event, sessions):
     event = event_for("localstripe_payment_intent.succeeded")
     with sessions() as session:
