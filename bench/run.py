@@ -501,9 +501,9 @@ def bare_transport(broker_url: str, messages: int) -> float:
     On a queue of its own (the service's workers keep running). For the file transport, always
     the same folder: kombu keeps queue bindings in process-wide state.
     """
-    from kombu import Consumer, Producer, Queue
+    from kombu import Consumer, Queue
 
-    from consumers.broker import EXCHANGE, connect
+    from consumers.broker import EXCHANGE, ConfirmedPublisher, connect
     from models.settings import Settings
 
     queue = Queue("bench.bare", EXCHANGE, routing_key="bench.bare", durable=True)
@@ -515,11 +515,14 @@ def bare_transport(broker_url: str, messages: int) -> float:
         received += 1
 
     with connect(Settings(broker_url=broker_url)) as conn:
-        producer = Producer(conn.default_channel)
+        # As the relay publishes: persistent messages, the broker's confirms awaited once per 200.
+        publisher = ConfirmedPublisher(conn)
         started = time.perf_counter()
         for i in range(messages):
-            producer.publish({"outbox_id": i}, exchange=EXCHANGE, routing_key=queue.routing_key, declare=[queue],
-                             serializer="json", delivery_mode=2)
+            publisher.publish({"outbox_id": i}, queue)
+            if i % 200 == 199:
+                publisher.confirm()
+        publisher.confirm()
         deadline = time.monotonic() + 120
         with Consumer(conn, queues=[queue], callbacks=[on_message], accept=["json"], prefetch_count=10):
             while received < messages and time.monotonic() < deadline:

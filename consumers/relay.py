@@ -4,12 +4,12 @@ from __future__ import annotations
 import time
 
 import structlog
-from kombu import Connection, Producer
+from kombu import Connection
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.alerts import deliver_alert, record_alert
-from consumers.broker import EXCHANGE, QUEUES
+from consumers.broker import QUEUES, ConfirmedPublisher
 from consumers.process import LongRunningProcess
 from models.base import utcnow
 from models.catalog import Reservation, ReservationStatus
@@ -23,13 +23,14 @@ log = structlog.get_logger(__name__)
 BATCH = 200
 
 
-def publish_due(factory: sessionmaker[Session], producer: Producer, settings: Settings) -> int:
+def publish_due(factory: sessionmaker[Session], publisher: ConfirmedPublisher, settings: Settings) -> int:
     """Publish every outbox row that is due, mark it published, in one transaction.
 
     Rows are claimed with SKIP LOCKED on PostgreSQL, so several relays share the work; on
-    SQLite the transaction's write lock does the same. If publishing fails the transaction
-    rolls back and the rows are published again later: a consumer may see a message twice,
-    which the handlers are built for, but never zero times.
+    SQLite the transaction's write lock does the same. The rows are marked published only
+    once the broker has confirmed every message of the batch. If publishing or the confirm
+    fails the transaction rolls back and the rows are published again later: a consumer may
+    see a message twice, which the handlers are built for, but never zero times.
     """
     now = utcnow()
     with transaction(factory) as session:
@@ -53,18 +54,9 @@ def publish_due(factory: sessionmaker[Session], producer: Producer, settings: Se
                 continue
             if row.status is OutboxStatus.PUBLISHED:
                 log.warning("message_redelivered", outbox_id=row.id, deliveries=row.deliveries)
-            queue = QUEUES[row.topic]
-            producer.publish(
-                {"outbox_id": row.id},
-                exchange=EXCHANGE,
-                routing_key=queue.routing_key,
-                declare=[queue],
-                serializer="json",
-                delivery_mode=2,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-            )
+            publisher.publish({"outbox_id": row.id}, QUEUES[row.topic])
             row.mark_published(settings.redelivery_seconds)
+        publisher.confirm()  # before the commit: a message the broker may not have stays due
     for alert_id in given_up:
         deliver_alert(factory, settings, alert_id)
     published = len(rows) - len(given_up)
@@ -140,10 +132,10 @@ class Relay(LongRunningProcess):
     name = "relay"
 
     def serve(self, conn: Connection) -> None:
-        producer = Producer(conn.default_channel)
+        publisher = ConfirmedPublisher(conn)
         last_expiry = 0.0
         while not self.stopping:
-            published = publish_due(self.factory, producer, self.settings)
+            published = publish_due(self.factory, publisher, self.settings)
             if time.monotonic() - last_expiry > 5:
                 expire_reservations(self.factory)
                 last_expiry = time.monotonic()

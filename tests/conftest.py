@@ -5,10 +5,10 @@ import dataclasses
 import json
 
 import pytest
-from kombu import Consumer, Producer
+from kombu import Consumer
 from sqlalchemy.engine import make_url
 
-from consumers.broker import QUEUES, connect
+from consumers.broker import QUEUES, ConfirmedPublisher, connect
 from consumers.relay import publish_due
 from consumers.worker import Worker
 from models.db import make_engine, make_session_factory
@@ -147,10 +147,10 @@ def deliver_with(settings, sessions, max_rounds: int = 20) -> int:
 
     try:
         with connect(settings) as conn:
-            producer = Producer(conn.default_channel)
+            publisher = ConfirmedPublisher(conn)
             with Consumer(conn, queues=list(QUEUES.values()), accept=["json"], callbacks=[on_message]):
                 for _ in range(max_rounds):
-                    published = publish_due(sessions, producer, settings)
+                    published = publish_due(sessions, publisher, settings)
                     before = len(seen)
                     while True:
                         try:

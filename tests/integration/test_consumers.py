@@ -420,9 +420,7 @@ def test_a_message_delivered_max_deliveries_times_without_finishing_is_a_dead_le
         client, sessions, settings, checkout, post_event, deliver):
     import dataclasses
 
-    from kombu import Producer
-
-    from consumers.broker import connect
+    from consumers.broker import ConfirmedPublisher, connect
     from consumers.relay import publish_due
     from models.history import StaffAlert
 
@@ -432,10 +430,10 @@ def test_a_message_delivered_max_deliveries_times_without_finishing_is_a_dead_le
     post_event(event)
     published = []
     with connect(capped) as conn:
-        producer = Producer(conn.default_channel)
+        publisher = ConfirmedPublisher(conn)
         # Each copy is taken by a worker that dies before finishing it (nobody consumes here).
         for _ in range(5):
-            published.append(publish_due(sessions, producer, capped))
+            published.append(publish_due(sessions, publisher, capped))
     assert published == [1, 1, 1, 0, 0]
     [message] = outbox(sessions, Topic.STRIPE_EVENT)
     assert (message.status, message.deliveries) == (OutboxStatus.DEAD, 3)
