@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, UniqueConstraint, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, enum_column, new_id, utcnow
@@ -117,3 +117,9 @@ def get_cart(session: Session, cart_id: str, *, for_update: bool = False) -> Car
     if cart is None:
         raise NotFound(f"no cart {cart_id}", field="cart_id")
     return cart
+
+
+def delete_cart_logically(session: Session, cart_id: str) -> None:
+    """`Cart.delete_logically` in one UPDATE, without loading the cart and its items."""
+    session.execute(update(Cart).where(Cart.id == cart_id, Cart.deleted_at.is_(None)).values(deleted_at=utcnow())
+                    .execution_options(synchronize_session=False))
