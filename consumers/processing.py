@@ -256,6 +256,9 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
                 structlog.contextvars.clear_contextvars()
                 structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
                 started, handled = time.monotonic(), {}
+                # What an earlier message read without a lock (a mail's look at its order) is read
+                # again, so each message sees the rows as a transaction of its own would.
+                session.expire_all()
                 try:
                     with session.begin_nested():
                         claimed = _claim(session, settings, outbox_id, handled, {})

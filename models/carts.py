@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, UniqueConstraint, select, update
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, UniqueConstraint, bindparam, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, enum_column, new_id, utcnow
@@ -119,7 +119,11 @@ def get_cart(session: Session, cart_id: str, *, for_update: bool = False) -> Car
     return cart
 
 
+_DELETE_CART = (update(Cart.__table__)
+                .where(Cart.__table__.c.id == bindparam("cart_id"), Cart.__table__.c.deleted_at.is_(None))
+                .values(deleted_at=bindparam("now")))
+
+
 def delete_cart_logically(session: Session, cart_id: str) -> None:
-    """`Cart.delete_logically` in one UPDATE, without loading the cart and its items."""
-    session.execute(update(Cart).where(Cart.id == cart_id, Cart.deleted_at.is_(None)).values(deleted_at=utcnow())
-                    .execution_options(synchronize_session=False))
+    """`Cart.delete_logically` in one Core UPDATE, built once, without loading the cart and its items."""
+    session.execute(_DELETE_CART, {"cart_id": cart_id, "now": utcnow()})

@@ -72,7 +72,7 @@ def on_payment_succeeded(session: Session, event: dict, context: HandlerContext)
     found = _find(session, intent, context)
     if found.outcome is not None:
         return found.outcome
-    # The order's changes are written in one UPDATE (at the shipment's flush or the commit),
+    # The order's changes are written in one UPDATE at the end (the savepoint or the commit),
     # not one per query that would otherwise flush them first.
     with session.no_autoflush:
         return _apply_payment(session, event, intent, found)
