@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers import metrics
@@ -151,57 +151,174 @@ def record_failed_run(session: Session, inbox_event_id: int, *, runner: str, err
     return attempt
 
 
+@dataclass
+class _Claimed:
+    """What one message's first transaction found and did (see `_claim`)."""
+    result: Result | None = None      # missing or skipped: nothing else to do
+    outcome: Outcome | None = None    # a stripe event's handler ran
+    outside: tuple[Topic, dict] | None = None  # a call to make with no transaction open, then mark done
+
+
+def _claim(session: Session, settings: Settings, outbox_id: int, handled: dict,
+           fetched: dict[str, dict | None]) -> _Claimed:
+    """Lock the message and, for a Stripe event, run its handler and mark the message done,
+    in the caller's transaction. Raises ConfirmationNeeded or the handler's error."""
+    message = _lock(session, outbox_id)
+    if message is None:
+        return _Claimed(Result("missing", f"no outbox message {outbox_id}"))
+    if not message.is_to_handle():
+        log.info("message_skipped", status=message.status.value)
+        return _Claimed(Result("skipped", message.status.value))
+    topic, body = message.topic, message.body
+    if topic is Topic.STRIPE_EVENT:
+        outcome = _handle_event(session, settings, message, handled, fetched)
+        message.mark_done()
+        return _Claimed(outcome=outcome)
+    if topic is Topic.MAIL and not is_still_true(session, body):
+        log.info("mail_dropped", kind=body.get("kind"), order_id=body.get("order_id"),
+                 reason="the order moved on since it was queued")
+        message.mark_done()
+        return _Claimed()
+    return _Claimed(outside=(topic, body))
+
+
+def _observe(handled: dict, outcome: Outcome | None, started: float) -> None:
+    if outcome is not None:
+        metrics.observe_event(handled["type"], outcome.status.value, started=started,
+                              stripe_created=handled.get("created"))
+
+
 def process_message(factory: sessionmaker[Session], settings: Settings, outbox_id: int) -> Result:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
     started = time.monotonic()
     handled: dict = {}  # the inbox event whose handler ran: for the failure's history row and the metrics
     fetched: dict[str, dict | None] = {}  # Stripe's records of intents, fetched outside the transaction
-    outcome = None
     try:
         while True:
             try:
                 with transaction(factory) as session:
-                    message = _lock(session, outbox_id)
-                    if message is None:
-                        return Result("missing", f"no outbox message {outbox_id}")
-                    if not message.is_to_handle():
-                        log.info("message_skipped", status=message.status.value)
-                        return Result("skipped", message.status.value)
-                    topic, body, outside = message.topic, message.body, False
-                    if topic is Topic.STRIPE_EVENT:
-                        outcome = _handle_event(session, settings, message, handled, fetched)
-                        message.mark_done()
-                    elif topic is Topic.MAIL and not is_still_true(session, body):
-                        log.info("mail_dropped", kind=body.get("kind"), order_id=body.get("order_id"),
-                                 reason="the order moved on since it was queued")
-                        message.mark_done()
-                    else:
-                        outside = True
+                    claimed = _claim(session, settings, outbox_id, handled, fetched)
                 break
             except ConfirmationNeeded as need:
                 if need.payment_intent_id in fetched:
                     raise
                 # Rolled back; ask Stripe with no lock held (an outage raises: retried later).
                 fetched[need.payment_intent_id] = retrieve_payment_intent(need.payment_intent_id)
-        if outside:
+        if claimed.result is not None:
+            return claimed.result
+        if claimed.outside is not None:
             # Calls to SMTP and Stripe happen outside any transaction, so a slow server never
             # holds a database lock; a crash before marking it done repeats the call (at least
             # once: Stripe's cancel is idempotent, a mail may be sent twice).
-            _call_outside(settings, topic, body)
+            _call_outside(settings, *claimed.outside)
             with transaction(factory) as session:
                 _lock(session, outbox_id).mark_done()
     except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped
-        result = _record_failure(factory, settings, outbox_id, exc, handled.get("inbox_event_id"))
-        if "type" in handled and result.outcome in ("retry", "dead"):
-            metrics.observe_event(handled["type"], result.outcome, started=started, stripe_created=None)
-        return result
-    if outcome is not None:
-        metrics.observe_event(handled["type"], outcome.status.value, started=started,
-                              stripe_created=handled.get("created"))
-        if outcome.alert_id is not None:
-            deliver_alert(factory, settings, outcome.alert_id)
+        return _failed(factory, settings, outbox_id, exc, handled, started)
+    _observe(handled, claimed.outcome, started)
+    if claimed.outcome is not None and claimed.outcome.alert_id is not None:
+        deliver_alert(factory, settings, claimed.outcome.alert_id)
     return Result("done")
+
+
+def _failed(factory, settings: Settings, outbox_id: int, exc: Exception, handled: dict, started: float) -> Result:
+    result = _record_failure(factory, settings, outbox_id, exc, handled.get("inbox_event_id"))
+    if "type" in handled and result.outcome in ("retry", "dead"):
+        metrics.observe_event(handled["type"], result.outcome, started=started, stripe_created=None)
+    return result
+
+
+class BatchNotCommitted(Exception):
+    """The batch's one transaction failed as a whole (its commit, a lost connection)."""
+
+
+def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids: list[int]) -> dict[int, Result]:
+    """Run several messages in ONE transaction, each in its own savepoint; the result of each.
+
+    What `process_message` does for one message, at one commit for all (the commit and its
+    round trips are most of a paid order's cost). Messages are taken in outbox id order. A
+    message whose handler raises rolls back only its savepoint; it and any message needing
+    Stripe's record of an intent (ConfirmationNeeded) go through `process_message` after the
+    commit, which records a failure exactly as for a message on its own. Mails and Stripe
+    calls are made after the commit, with no lock held, and marked done together. If the
+    transaction itself fails, nothing of it was kept and every message goes through
+    `process_message`. The caller acknowledges messages only after this returns.
+    """
+    ids = sorted(set(outbox_ids))
+    results: dict[int, Result] = {}
+    alone: list[int] = []        # to run one at a time after the commit
+    finished: list[tuple[dict, Outcome | None, float]] = []
+    outside: list[tuple[int, Topic, dict, float]] = []
+    try:
+        with transaction(factory) as session:
+            for outbox_id in ids:
+                structlog.contextvars.clear_contextvars()
+                structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
+                started, handled = time.monotonic(), {}
+                # What an earlier message read without a lock (a mail's look at its order) is read
+                # again, so each message sees the rows as a transaction of its own would.
+                session.expire_all()
+                try:
+                    with session.begin_nested():
+                        claimed = _claim(session, settings, outbox_id, handled, {})
+                except ConfirmationNeeded:
+                    alone.append(outbox_id)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint, run alone below
+                    log.info("batch_message_failed", error=describe_error(exc))
+                    alone.append(outbox_id)
+                    continue
+                if claimed.result is not None:
+                    results[outbox_id] = claimed.result
+                elif claimed.outside is not None:
+                    outside.append((outbox_id, *claimed.outside, started))
+                else:
+                    finished.append((handled, claimed.outcome, started))
+                    results[outbox_id] = Result("done")
+    except Exception as exc:  # noqa: BLE001 - nothing of the batch was committed: one at a time instead
+        structlog.contextvars.clear_contextvars()
+        log.warning("batch_not_committed", messages=len(ids), error=describe_error(exc))
+        return {outbox_id: process_message(factory, settings, outbox_id) for outbox_id in ids}
+    structlog.contextvars.clear_contextvars()
+    for handled, outcome, started in finished:
+        _observe(handled, outcome, started)
+        if outcome is not None and outcome.alert_id is not None:
+            deliver_alert(factory, settings, outcome.alert_id)
+    _finish_outside(factory, settings, outside, results)
+    for outbox_id in alone:
+        results[outbox_id] = process_message(factory, settings, outbox_id)
+    return results
+
+
+def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, dict, float]],
+                    results: dict[int, Result]) -> None:
+    """Make a batch's mail and Stripe calls, no lock held, then mark those that went out done at once."""
+    made = []
+    for outbox_id, topic, body, started in calls:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
+        try:
+            _call_outside(settings, topic, body)
+        except Exception as exc:  # noqa: BLE001 - recorded and retried as for a message on its own
+            results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started)
+            continue
+        made.append((outbox_id, started))
+    structlog.contextvars.clear_contextvars()
+    if not made:
+        return
+    try:
+        with transaction(factory) as session:
+            # One UPDATE for all, as `OutboxMessage.mark_done` for each (it locks their rows).
+            session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([i for i, _ in made]))
+                            .values(status=OutboxStatus.DONE, done_at=utcnow())
+                            .execution_options(synchronize_session=False))
+    except Exception as exc:  # noqa: BLE001 - as process_message: the call is made again on the retry
+        for outbox_id, started in made:
+            results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started)
+        return
+    for outbox_id, _ in made:
+        results[outbox_id] = Result("done")
 
 
 def give_up_if_out_of_deliveries(factory: sessionmaker[Session], settings: Settings, outbox_id: int) -> bool:

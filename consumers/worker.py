@@ -9,23 +9,67 @@ from kombu import Connection, Consumer, Message
 
 from consumers.broker import QUEUES
 from consumers.process import LongRunningProcess
-from consumers.processing import give_up_if_out_of_deliveries, process_message
+from consumers.processing import give_up_if_out_of_deliveries, process_batch, process_message
 from models.logs import describe_error
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
+def _outbox_id(body: dict, message: Message) -> int | None:
+    outbox_id = body.get("outbox_id") if isinstance(body, dict) else None
+    if not isinstance(outbox_id, int):
+        log.error("message_rejected", reason="body has no integer outbox_id", body=str(body)[:200])
+        message.reject()  # to the dead-letter queue where the broker has one
+        return None
+    return outbox_id
+
+
 class Worker(LongRunningProcess):
-    """Unacknowledged messages of a stopped worker go back to the broker (or are re-published)."""
+    """Unacknowledged messages of a stopped worker go back to the broker (or are re-published).
+
+    With WORKER_BATCH above 1 the messages already delivered (up to that many) are run in one
+    transaction (`process_batch`) and acknowledged after its commit; a broker's redelivery
+    goes alone through `on_message`, which first counts it against MAX_DELIVERIES.
+    """
 
     name = "worker"
 
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.pending: list[tuple[int, Message]] = []
+
+    def collect(self, body: dict, message: Message) -> None:
+        if message.delivery_info.get("redelivered"):
+            self.on_message(body, message)
+            return
+        outbox_id = _outbox_id(body, message)
+        if outbox_id is not None:
+            self.pending.append((outbox_id, message))
+
+    def run_pending(self) -> None:
+        """Run the collected messages as one batch; ack each after the commit (reject a dead letter)."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        try:
+            results = process_batch(self.factory, self.settings, [outbox_id for outbox_id, _ in pending])
+        except Exception as exc:  # noqa: BLE001 - the database itself is unreachable
+            log.error("messages_requeued", count=len(pending), error=describe_error(exc))
+            for _, message in pending:
+                message.requeue()
+            time.sleep(1)
+            return
+        for outbox_id, message in pending:
+            if results[outbox_id].outcome == "dead":
+                message.reject()
+            else:
+                message.ack()
+        log.debug("messages_acked", count=len(pending))
+
     def on_message(self, body: dict, message: Message) -> None:
-        outbox_id = body.get("outbox_id") if isinstance(body, dict) else None
-        if not isinstance(outbox_id, int):
-            log.error("message_rejected", reason="body has no integer outbox_id", body=str(body)[:200])
-            message.reject()  # to the dead-letter queue where the broker has one
+        outbox_id = _outbox_id(body, message)
+        if outbox_id is None:
             return
         try:
             if message.delivery_info.get("redelivered") and give_up_if_out_of_deliveries(
@@ -52,13 +96,32 @@ class Worker(LongRunningProcess):
         message.reject()
 
     def serve(self, conn: Connection) -> None:
-        with Consumer(conn, queues=list(QUEUES.values()), callbacks=[self.on_message], accept=["json"],
-                      on_decode_error=self.on_decode_error, prefetch_count=self.settings.worker_prefetch):
-            while not self.stopping:
-                try:
-                    conn.drain_events(timeout=1)
-                except (socket.timeout, TimeoutError):
-                    continue
+        batch = self.settings.worker_batch
+        callback = self.collect if batch > 1 else self.on_message
+        with Consumer(conn, queues=list(QUEUES.values()), callbacks=[callback], accept=["json"],
+                      on_decode_error=self.on_decode_error,
+                      prefetch_count=max(self.settings.worker_prefetch, batch)):
+            try:
+                while not self.stopping:
+                    try:
+                        conn.drain_events(timeout=1)
+                    except (socket.timeout, TimeoutError):
+                        continue
+                    # Take what the broker has already sent, without waiting for more.
+                    while 0 < len(self.pending) < batch:
+                        try:
+                            conn.drain_events(timeout=0.005)
+                        except (socket.timeout, TimeoutError):
+                            break
+                    self.run_pending()
+            finally:
+                # Unacknowledged and not run: back to the broker (a lost connection does the same).
+                pending, self.pending = self.pending, []
+                for _, message in pending:
+                    try:
+                        message.requeue()
+                    except Exception:  # noqa: BLE001 - the connection is gone: the broker requeues them
+                        break
 
 
 def run_worker(settings: Settings) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, WriteOnlyMapped, mapped_column, relationship
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models.base import Base, enum_column, new_id, utcnow
 from models.carts import Cart, CartStatus
@@ -363,7 +364,15 @@ def record_refund(session: Session, order: Order, *, stripe_refund_id: str, amou
     return refund
 
 
-def create_shipment(session: Session, order: Order) -> Shipment:
+def create_shipment(session: Session, order: Order, *, known_absent: bool = False) -> Shipment:
+    """The order's one shipment, created if it has none (`known_absent`: the caller knows it has
+    none, so the shipment is not looked up; the unique order_id refuses a second one anyway)."""
+    if known_absent:
+        shipment = Shipment(order_id=order.id, name=order.ship_name, postal_code=order.ship_postal_code,
+                            prefecture=order.ship_prefecture, address=order.ship_address, fee=order.shipping_fee)
+        session.add(shipment)  # written with the order's other changes, at the next flush
+        set_committed_value(order, "shipment", shipment)
+        return shipment
     if order.shipment is None:
         order.shipment = Shipment(
             name=order.ship_name,

@@ -69,6 +69,8 @@ class Settings:
     stripe_max_concurrent_calls: int = 6
     relay_interval_seconds: float = 0.2
     worker_prefetch: int = 10
+    # Messages a worker runs in one database transaction (one savepoint each); 1 for one each.
+    worker_batch: int = 10
     db_pool_size: int = 5
     db_max_overflow: int = 10
     mail_from: str = "shop@example.com"
@@ -102,6 +104,7 @@ class Settings:
             stripe_max_concurrent_calls=_int(env, "STRIPE_MAX_CONCURRENT_CALLS", cls.stripe_max_concurrent_calls),
             relay_interval_seconds=_float(env, "RELAY_INTERVAL_SECONDS", cls.relay_interval_seconds),
             worker_prefetch=_int(env, "WORKER_PREFETCH", cls.worker_prefetch),
+            worker_batch=max(1, _int(env, "WORKER_BATCH", cls.worker_batch)),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),
             db_max_overflow=_int(env, "DB_MAX_OVERFLOW", cls.db_max_overflow),
             mail_from=env.get("MAIL_FROM") or cls.mail_from,

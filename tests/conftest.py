@@ -143,7 +143,8 @@ def deliver_with(settings, sessions, max_rounds: int = 20) -> int:
 
     def on_message(body, message):
         seen.append(body)
-        worker.on_message(body, message)
+        # As `shop worker` does: what arrived together runs as one batch (WORKER_BATCH).
+        worker.collect(body, message) if settings.worker_batch > 1 else worker.on_message(body, message)
 
     try:
         with connect(settings) as conn:
@@ -157,6 +158,9 @@ def deliver_with(settings, sessions, max_rounds: int = 20) -> int:
                             conn.drain_events(timeout=0.05)
                         except TimeoutError:
                             break
+                        if len(worker.pending) >= settings.worker_batch:
+                            worker.run_pending()
+                    worker.run_pending()
                     if not published and len(seen) == before:
                         break
     finally:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext
@@ -42,15 +42,22 @@ def order_named(session: Session, event: dict) -> Order | None:
     return order
 
 
+# A handler touches few of an order's collections (a decline none but its lines for the mail):
+# each is loaded when first used, not all three with every lock.
+_ON_USE = (lazyload(Order.lines), lazyload(Order.shipment), lazyload(Order.reservations))
+
+
 def lock_order_for_intent(session: Session, intent_id: str) -> Order | None:
-    order = session.scalars(select(Order).where(Order.payment_intent_id == intent_id).with_for_update()).one_or_none()
+    order = session.scalars(select(Order).where(Order.payment_intent_id == intent_id).options(*_ON_USE)
+                            .with_for_update()).one_or_none()
     if order is not None:
         structlog.contextvars.bind_contextvars(order_id=order.id)
     return order
 
 
 def lock_order(session: Session, order_id: str) -> Order | None:
-    order = session.scalars(select(Order).where(Order.id == order_id).with_for_update()).one_or_none()
+    order = session.scalars(select(Order).where(Order.id == order_id).options(*_ON_USE)
+                            .with_for_update()).one_or_none()
     if order is not None:
         structlog.contextvars.bind_contextvars(order_id=order.id)
     return order

@@ -9,7 +9,7 @@ from consumers.handlers.lookup import flag_or_note, lock_order, lock_order_for_i
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from consumers.mail import queue_order_mail
-from models.carts import Cart
+from models.carts import delete_cart_logically
 from models.events import EventStatus, InboxEvent
 from models.orders import (
     Order,
@@ -56,7 +56,9 @@ def _count_payment(session: Session, order: Order, intent: dict, event_id: str) 
     later event for the same intent (Stripe's duplicate, a replay) finds it counted.
     """
     paid = intent.get("amount_received") or intent.get("amount") or 0
-    counted = session.scalar(select(exists().where(
+    # paid_amount only ever grows: at 0 nothing was counted for this order yet, so the look-up
+    # for an earlier event (one query per paid order) is needed only when it is not.
+    counted = order.paid_amount != 0 and session.scalar(select(exists().where(
         InboxEvent.type == SUCCEEDED, InboxEvent.object_id == intent["id"], InboxEvent.order_id == order.id,
         InboxEvent.status == EventStatus.PROCESSED, InboxEvent.event_id != event_id)))
     if not counted:
@@ -70,6 +72,13 @@ def on_payment_succeeded(session: Session, event: dict, context: HandlerContext)
     found = _find(session, intent, context)
     if found.outcome is not None:
         return found.outcome
+    # The order's changes are written in one UPDATE at the end (the savepoint or the commit),
+    # not one per query that would otherwise flush them first.
+    with session.no_autoflush:
+        return _apply_payment(session, event, intent, found)
+
+
+def _apply_payment(session: Session, event: dict, intent: dict, found: _Found) -> Outcome:
     order = found.order
     paid = _count_payment(session, order, intent, event["id"])
     currency = (intent.get("currency") or "").lower()
@@ -102,10 +111,12 @@ def on_payment_succeeded(session: Session, event: dict, context: HandlerContext)
 
 def fulfil_paid_order(session: Session, order: Order) -> None:
     """What a paid order sets going once its units are taken: used by this handler and by staff's accept."""
+    first_payment = order.paid_at is None
     order.mark_paid()
-    create_shipment(session, order)
-    cart = session.get(Cart, order.cart_id)
-    cart.delete_logically()
+    # Only a paid order gets a shipment and paid_at is never cleared: on its first payment
+    # the order has none, so there is nothing to look up.
+    create_shipment(session, order, known_absent=first_payment)
+    delete_cart_logically(session, order.cart_id)
     queue_order_mail(session, order, "confirmation")
     log.info("order_paid", total=order.total, currency=order.currency)
 

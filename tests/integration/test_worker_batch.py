@@ -1,0 +1,190 @@
+"""The worker's batches (WORKER_BATCH): several messages in one transaction, one savepoint each,
+acknowledged after the one commit, and every message still applied exactly once."""
+from __future__ import annotations
+
+import pytest
+from kombu import Consumer, Producer
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+import consumers.processing as processing
+from consumers.broker import QUEUES, connect
+from consumers.handlers import HANDLERS
+from consumers.relay import publish_due
+from consumers.worker import Worker
+from models.catalog import ReservationStatus
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
+from models.history import AttemptOutcome, EventAttempt
+from models.orders import Order, OrderStatus, Shipment
+from tests.support import event_for
+
+SUCCEEDED = "payment_intent.succeeded"
+
+
+def succeeded(order: dict) -> dict:
+    return event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                     order_id=order["order_id"], amount=order["total"])
+
+
+def stock(client, sku: str) -> tuple[int, int]:
+    product = client.get(f"/products/{sku}").get_json()
+    return product["on_hand"], product["reserved"]
+
+
+def event_messages(sessions) -> list[int]:
+    with sessions() as session:
+        return session.scalars(select(OutboxMessage.id).where(OutboxMessage.topic == Topic.STRIPE_EVENT)
+                               .order_by(OutboxMessage.id)).all()
+
+
+def attempts_of(sessions, event_id: str) -> list[AttemptOutcome]:
+    with sessions() as session:
+        row = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)).one()
+        return session.scalars(select(EventAttempt.outcome).where(EventAttempt.inbox_event_id == row.id)
+                               .order_by(EventAttempt.id)).all()
+
+
+def three_paid_orders(client, checkout, post_event) -> tuple[list[dict], list[dict]]:
+    orders = [checkout([("TEA-01", 1)]), checkout([("TEA-01", 2)]), checkout([("CUP-01", 1)])]
+    events = [succeeded(order) for order in orders]
+    for event in events:
+        assert post_event(event).status_code == 200
+    assert (stock(client, "TEA-01"), stock(client, "CUP-01")) == ((40, 3), (3, 1))
+    return orders, events
+
+
+def test_a_handler_that_raises_in_a_batch_rolls_back_only_its_own_message(
+        client, sessions, settings, checkout, post_event, monkeypatch):
+    orders, events = three_paid_orders(client, checkout, post_event)
+    real_handler = HANDLERS[SUCCEEDED]
+    broken = orders[1]["order_id"]
+
+    def fails_for_one_order(session, event, context):
+        outcome = real_handler(session, event, context)  # its changes are made, then rolled back
+        if outcome.order_id == broken:
+            raise RuntimeError("the warehouse system refused the shipment")
+        return outcome
+
+    monkeypatch.setitem(HANDLERS, SUCCEEDED, fails_for_one_order)
+    ids = event_messages(sessions)
+    results = processing.process_batch(sessions, settings, ids)
+
+    assert [results[i].outcome for i in ids] == ["done", "retry", "done"]
+    statuses = {o["order_id"]: client.get(f"/orders/{o['order_id']}").get_json()["status"] for o in orders}
+    assert statuses == {orders[0]["order_id"]: "paid", broken: "pending_payment", orders[2]["order_id"]: "paid"}
+    # Order 2's two units are still held; orders 1 and 3 took theirs off the shelf.
+    assert (stock(client, "TEA-01"), stock(client, "CUP-01")) == ((39, 2), (2, 0))
+    with sessions() as session:
+        messages = {m.id: m for m in session.scalars(select(OutboxMessage))}
+        assert [(messages[i].status, messages[i].attempts) for i in ids] == [
+            (OutboxStatus.DONE, 0), (OutboxStatus.PENDING, 1), (OutboxStatus.DONE, 0)]
+        assert "warehouse system refused" in messages[ids[1]].last_error
+        mails = [m.body["order_id"] for m in messages.values() if m.topic is Topic.MAIL]
+        assert sorted(mails) == sorted([orders[0]["order_id"], orders[2]["order_id"]])
+        assert session.scalar(select(func.count()).select_from(Shipment)) == 2
+    # Recorded as for a message on its own: one failed run, the event waiting for its retry.
+    assert attempts_of(sessions, events[1]["id"]) == [AttemptOutcome.FAILED]
+    assert attempts_of(sessions, events[0]["id"]) == [AttemptOutcome.PROCESSED]
+
+    monkeypatch.undo()
+    assert processing.process_batch(sessions, settings, ids)[ids[1]].outcome == "done"
+    assert client.get(f"/orders/{broken}").get_json()["status"] == "paid"
+    assert (stock(client, "TEA-01"), stock(client, "CUP-01")) == ((37, 0), (2, 0))
+    assert attempts_of(sessions, events[1]["id"]) == [AttemptOutcome.FAILED, AttemptOutcome.PROCESSED]
+
+
+@pytest.mark.parametrize("when", ["before_commit", "after_commit"])
+def test_a_batch_whose_commit_fails_still_applies_each_message_exactly_once(
+        client, sessions, settings, checkout, post_event, when):
+    """Before the commit nothing of the batch is kept; after it (the answer to COMMIT lost) all of
+    it is. Either way each message then runs on its own and every order is paid once."""
+    orders, events = three_paid_orders(client, checkout, post_event)
+    ids = event_messages(sessions)
+    engine = sessions.kw["bind"]
+    failed = []
+
+    def fail_first_commit(conn):
+        if not failed:
+            failed.append(True)
+            if when == "after_commit":
+                conn.connection.dbapi_connection.commit()  # the server has it; its answer is lost
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    sa_event.listen(engine, "commit", fail_first_commit)
+    try:
+        results = processing.process_batch(sessions, settings, ids)
+    finally:
+        sa_event.remove(engine, "commit", fail_first_commit)
+
+    assert failed == [True]
+    expected = "done" if when == "before_commit" else "skipped"  # after: the batch had finished them
+    assert [results[i].outcome for i in ids] == [expected] * 3
+    assert processing.process_batch(sessions, settings, ids) == {i: processing.Result("skipped", "done") for i in ids}
+    for order in orders:
+        assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+    assert (stock(client, "TEA-01"), stock(client, "CUP-01")) == ((37, 0), (2, 0))
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Shipment)) == 3
+        mails = session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.MAIL)).all()
+        assert sorted(m.body["order_id"] for m in mails) == sorted(o["order_id"] for o in orders)
+        for order in orders:
+            stored = session.get(Order, order["order_id"])
+            assert (stored.status, stored.paid_amount) == (OrderStatus.PAID, order["total"])
+            assert {r.status for r in stored.reservations} == {ReservationStatus.CONSUMED}
+    for event in events:
+        assert attempts_of(sessions, event["id"]) == [AttemptOutcome.PROCESSED]
+
+
+def test_the_worker_acks_a_batch_only_after_its_commit_and_requeues_it_when_the_database_is_down(
+        client, sessions, settings, checkout, post_event, monkeypatch):
+    orders, _ = three_paid_orders(client, checkout, post_event)
+    worker = Worker(settings)
+    acked, requeued = [], []
+    try:
+        with connect(settings) as conn:
+            publish_due(sessions, Producer(conn.default_channel), settings)
+            with Consumer(conn, queues=list(QUEUES.values()), accept=["json"], callbacks=[worker.collect]):
+                for _ in range(3):
+                    conn.drain_events(timeout=1)
+                assert len(worker.pending) == 3
+                for _, message in worker.pending:
+                    monkeypatch.setattr(message, "ack", lambda m=message: acked.append(m.delivery_tag))
+                    monkeypatch.setattr(message, "requeue", lambda m=message: requeued.append(m.delivery_tag))
+
+                def database_down(*_args):
+                    raise OperationalError("BEGIN", {}, Exception("connection refused"))
+
+                monkeypatch.setattr("consumers.worker.process_batch", database_down)
+                monkeypatch.setattr("consumers.worker.time.sleep", lambda _s: None)
+                tags = [message.delivery_tag for _, message in worker.pending]
+                pending = list(worker.pending)
+                worker.run_pending()
+                assert (acked, sorted(requeued)) == ([], sorted(tags))
+
+                monkeypatch.setattr("consumers.worker.process_batch", processing.process_batch)
+                worker.pending = pending
+                worker.run_pending()
+                assert sorted(acked) == sorted(tags)
+    finally:
+        worker.engine.dispose()
+    for order in orders:
+        assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+
+
+def test_an_event_needing_stripes_record_leaves_the_batch_and_is_confirmed_outside_it(
+        client, sessions, settings, checkout, post_event, localstripe):
+    """An order found by metadata.order_id alone is confirmed with Stripe's API: with no
+    transaction open, so the batch's other messages commit without waiting for Stripe."""
+    orders, events = three_paid_orders(client, checkout, post_event)
+    with sessions() as session, session.begin():
+        # As if the checkout's answer from Stripe had been lost: the order holds no intent yet.
+        session.get(Order, orders[0]["order_id"]).payment_intent_id = None
+    ids = event_messages(sessions)
+    results = processing.process_batch(sessions, settings, ids)
+    assert [results[i].outcome for i in ids] == ["done"] * 3
+    body = client.get(f"/orders/{orders[0]['order_id']}").get_json()
+    assert (body["status"], body["payment_intent_id"]) == ("paid", orders[0]["payment_intent_id"])
+    with sessions() as session:
+        row = session.scalars(select(InboxEvent).where(InboxEvent.event_id == events[0]["id"])).one()
+        assert (row.status, row.outcome) == (EventStatus.PROCESSED, "order paid")
