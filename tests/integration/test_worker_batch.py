@@ -3,13 +3,13 @@ acknowledged after the one commit, and every message still applied exactly once.
 from __future__ import annotations
 
 import pytest
-from kombu import Consumer, Producer
+from kombu import Consumer
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 import consumers.processing as processing
-from consumers.broker import QUEUES, connect
+from consumers.broker import QUEUES, ConfirmedPublisher, connect
 from consumers.handlers import HANDLERS
 from consumers.relay import publish_due
 from consumers.worker import Worker
@@ -143,7 +143,7 @@ def test_the_worker_acks_a_batch_only_after_its_commit_and_requeues_it_when_the_
     acked, requeued = [], []
     try:
         with connect(settings) as conn:
-            publish_due(sessions, Producer(conn.default_channel), settings)
+            publish_due(sessions, ConfirmedPublisher(conn), settings)
             with Consumer(conn, queues=list(QUEUES.values()), accept=["json"], callbacks=[worker.collect]):
                 for _ in range(3):
                     conn.drain_events(timeout=1)
