@@ -568,7 +568,9 @@ class Step:
 
     @property
     def keeps_up(self) -> bool:
-        return self.drained and self.p99_ms <= 1000
+        # The webhook must take what is offered too: a slow answer throttles wrk's connections,
+        # and a rate that never got in is not kept up, however fast what did get in was paid.
+        return self.drained and self.p99_ms <= 1000 and self.achieved >= 0.9 * self.offered
 
 
 def e2e_step(workdir: Path, cluster: Cluster, watch: Watch, rate: float, seconds: float, tag: str) -> Step:
@@ -608,8 +610,8 @@ def bench_end_to_end(workdir: Path, profile: Profile, backend: Backend, cluster:
                  f"p99 {step.p99_ms:.0f} ms, {'keeps up' if step.keeps_up else 'does NOT keep up'}")
         if not step.keeps_up and rate >= target:
             break
-    lines = ["end to end (webhook store -> order paid; 1 relay, 2 workers; keeps up = every order paid within "
-             "10 s of the load's end and p99 <= 1 s):"]
+    lines = ["end to end (webhook store -> order paid; 1 relay, 2 workers; keeps up = the webhook took at least "
+             "90 % of the offered rate, every order was paid within 10 s of the load's end, and p99 <= 1 s):"]
     lines += [f"  offered {s.offered:>5g}/s  achieved {s.achieved:6.0f}/s  events {s.sent:6d}  p50 {s.p50_ms:8.0f} ms"
               f"  p99 {s.p99_ms:8.0f} ms  {'keeps up' if s.keeps_up else 'does NOT keep up'}" for s in steps]
     kept = [s.offered for s in steps if s.keeps_up]
