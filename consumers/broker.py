@@ -121,6 +121,24 @@ class ConfirmedPublisher:
         self.channel.close()
 
 
+def keep_alive(connection: Connection, seconds: float) -> None:
+    """Wait `seconds` (0: not at all) reading what the broker sends, and send a heartbeat when due.
+
+    For a process that publishes but does not consume (the relay between batches). py-amqp sends
+    heartbeats only when asked (`heartbeat_check`) and notices the broker's only when it reads
+    them: without both, RabbitMQ closes a connection that was idle for two heartbeat intervals,
+    and py-amqp gives up on one whose heartbeats it did not read.
+    """
+    connection.heartbeat_check()
+    if connection.transport.driver_type != "amqp":
+        time.sleep(seconds)
+    elif seconds > 0:
+        try:
+            connection.drain_events(timeout=seconds)
+        except (socket.timeout, TimeoutError):
+            pass
+
+
 def declare_topology(connection: Connection) -> None:
     channel = connection.default_channel
     for queue in (*QUEUES.values(), DEAD_LETTER_QUEUE):

@@ -9,7 +9,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.alerts import deliver_alert, record_alert
-from consumers.broker import QUEUES, ConfirmedPublisher
+from consumers.broker import QUEUES, ConfirmedPublisher, keep_alive
 from consumers.process import LongRunningProcess
 from models.base import utcnow
 from models.catalog import Reservation, ReservationStatus
@@ -139,8 +139,7 @@ class Relay(LongRunningProcess):
             if time.monotonic() - last_expiry > 5:
                 expire_reservations(self.factory)
                 last_expiry = time.monotonic()
-            if published < BATCH:
-                time.sleep(self.settings.relay_interval_seconds)
+            keep_alive(conn, self.settings.relay_interval_seconds if published < BATCH else 0)
 
 
 def run_relay(settings: Settings) -> None:

@@ -103,16 +103,15 @@ class Worker(LongRunningProcess):
                       prefetch_count=max(self.settings.worker_prefetch, batch)):
             try:
                 while not self.stopping:
-                    try:
-                        conn.drain_events(timeout=1)
-                    except (socket.timeout, TimeoutError):
-                        continue
+                    conn.heartbeat_check()
+                    # Messages can arrive before this loop runs (RabbitMQ delivers while the
+                    # consumer is still being set up): those are run without waiting for more,
+                    # since with `prefetch_count` of them unacknowledged the broker sends nothing.
+                    if not self.pending:
+                        _drain(conn, timeout=1)
                     # Take what the broker has already sent, without waiting for more.
-                    while 0 < len(self.pending) < batch:
-                        try:
-                            conn.drain_events(timeout=0.005)
-                        except (socket.timeout, TimeoutError):
-                            break
+                    while 0 < len(self.pending) < batch and _drain(conn, timeout=0.005):
+                        pass
                     self.run_pending()
             finally:
                 # Unacknowledged and not run: back to the broker (a lost connection does the same).
@@ -122,6 +121,15 @@ class Worker(LongRunningProcess):
                         message.requeue()
                     except Exception:  # noqa: BLE001 - the connection is gone: the broker requeues them
                         break
+
+
+def _drain(conn: Connection, timeout: float) -> bool:
+    """Handle what the broker sends within `timeout` seconds; False if it sent nothing."""
+    try:
+        conn.drain_events(timeout=timeout)
+    except (socket.timeout, TimeoutError):
+        return False
+    return True
 
 
 def run_worker(settings: Settings) -> None:

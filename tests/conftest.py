@@ -6,6 +6,7 @@ import json
 
 import pytest
 from kombu import Consumer
+from kombu.transport import memory
 from sqlalchemy.engine import make_url
 
 from consumers.broker import QUEUES, ConfirmedPublisher, connect
@@ -49,6 +50,9 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def settings(database_url, tmp_path, localstripe) -> Settings:
+    # kombu's memory transport keeps its queues in one dict for the whole process, whatever the
+    # URL: empty it, so a message one test left behind is never run against the next test's rows.
+    memory.Channel.queues.clear()
     return settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}",
                         stripe_api_base=localstripe.base)
 

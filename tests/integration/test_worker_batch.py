@@ -2,6 +2,9 @@
 acknowledged after the one commit, and every message still applied exactly once."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from kombu import Consumer
 from sqlalchemy import event as sa_event
@@ -170,6 +173,41 @@ def test_the_worker_acks_a_batch_only_after_its_commit_and_requeues_it_when_the_
         worker.engine.dispose()
     for order in orders:
         assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+
+
+def test_the_worker_runs_messages_that_came_before_its_loop_though_the_broker_sends_no_more(
+        client, sessions, settings, checkout, post_event):
+    """RabbitMQ delivers from a queue as soon as it is consumed, which can be while the worker is
+    still subscribing to its next queue, before its loop waits for anything. Once `prefetch_count`
+    messages are unacknowledged the broker sends nothing more: the loop must run what it holds
+    without waiting for another message. (A CI run lost 90 s this way and failed.)"""
+    orders, _ = three_paid_orders(client, checkout, post_event)
+    worker = Worker(settings)
+
+    def statuses() -> set[OrderStatus]:
+        with sessions() as session:
+            return set(session.scalars(select(Order.status)))
+
+    try:
+        with connect(settings) as conn:
+            publish_due(sessions, ConfirmedPublisher(conn), settings)
+            with Consumer(conn, queues=list(QUEUES.values()), accept=["json"], callbacks=[worker.collect]):
+                for _ in range(3):
+                    conn.drain_events(timeout=1)
+            # Held, unacknowledged, and the queues are empty: nothing more will arrive.
+            assert len(worker.pending) == 3
+            loop = threading.Thread(target=worker.serve, args=(conn,))
+            loop.start()
+            deadline = time.monotonic() + 15
+            while statuses() != {OrderStatus.PAID} and time.monotonic() < deadline:
+                time.sleep(0.1)
+            worker.stopping = True
+            loop.join(15)
+    finally:
+        worker.engine.dispose()
+    assert not loop.is_alive()
+    assert statuses() == {OrderStatus.PAID}
+    assert worker.pending == []
 
 
 def test_an_event_needing_stripes_record_leaves_the_batch_and_is_confirmed_outside_it(
