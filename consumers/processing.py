@@ -321,17 +321,17 @@ def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, d
         results[outbox_id] = Result("done")
 
 
-def give_up_if_out_of_deliveries(factory: sessionmaker[Session], settings: Settings, outbox_id: int) -> bool:
-    """A broker's own redelivery of an unacknowledged message (RabbitMQ after a worker died)
-    counts as a delivery too; past `max_deliveries` it is a dead letter. True if given up."""
+def start_copy(factory: sessionmaker[Session], settings: Settings, outbox_id: int) -> bool:
+    """Before running a copy of a message (a re-publication, or a broker's redelivery after a
+    worker died), count it as started, committed first, so a copy that kills its worker counts
+    too. After `max_deliveries` starts it is a dead letter instead. True if given up."""
     with transaction(factory) as session:
         message = _lock(session, outbox_id)
         if message is None or message.status is not OutboxStatus.PUBLISHED:
+            return False  # finished or decided meanwhile: the run below skips it
+        if message.start_copy(settings.max_deliveries):
             return False
-        message.deliveries += 1
-        if not message.out_of_deliveries(settings.max_deliveries):
-            return False
-        error = f"delivered {message.deliveries} times without a consumer finishing it"
+        error = f"started {message.starts} times without a worker finishing it"
         message.dead_letter(error)
         alert_id = record_alert(session, settings, f"Message {outbox_id} was dead-lettered: {error}",
                                 outbox_id=outbox_id, order_id=message.order_id).id

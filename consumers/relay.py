@@ -8,7 +8,6 @@ from kombu import Connection
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumers.alerts import deliver_alert, record_alert
 from consumers.broker import QUEUES, ConfirmedPublisher, keep_alive
 from consumers.process import LongRunningProcess
 from models.base import utcnow
@@ -42,27 +41,19 @@ def publish_due(factory: sessionmaker[Session], publisher: ConfirmedPublisher, s
             .limit(BATCH)
             .with_for_update(skip_locked=True)
         ).all()
-        given_up = []
         for row in rows:
-            if row.out_of_deliveries(settings.max_deliveries):
-                # Each copy so far was taken and never finished: the message kills its worker.
-                error = f"delivered {row.deliveries} times without a consumer finishing it"
-                row.dead_letter(error)
-                given_up.append(record_alert(session, settings, f"Message {row.id} was dead-lettered: {error}",
-                                             outbox_id=row.id, order_id=row.order_id).id)
-                log.error("message_dead_lettered", outbox_id=row.id, deliveries=row.deliveries, error=error)
-                continue
-            if row.status is OutboxStatus.PUBLISHED:
+            # Published and not finished in time: a copy of what a worker may have taken and died
+            # on; the worker that takes the copy counts it as started (MAX_DELIVERIES).
+            copy = row.status is OutboxStatus.PUBLISHED
+            if copy:
                 log.warning("message_redelivered", outbox_id=row.id, deliveries=row.deliveries)
-            publisher.publish({"outbox_id": row.id}, QUEUES[row.topic])
             row.mark_published(settings.redelivery_seconds)
+            publisher.publish({"outbox_id": row.id, "copy": True} if copy else {"outbox_id": row.id},
+                              QUEUES[row.topic])
         publisher.confirm()  # before the commit: a message the broker may not have stays due
-    for alert_id in given_up:
-        deliver_alert(factory, settings, alert_id)
-    published = len(rows) - len(given_up)
-    if published:
-        log.info("outbox_published", count=published)
-    return published
+    if rows:
+        log.info("outbox_published", count=len(rows))
+    return len(rows)
 
 
 # Only an unpaid order's hold runs out. A flagged order's units wait for a staff decision

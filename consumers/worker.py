@@ -9,7 +9,7 @@ from kombu import Connection, Consumer, Message
 
 from consumers.broker import QUEUES
 from consumers.process import LongRunningProcess
-from consumers.processing import give_up_if_out_of_deliveries, process_batch, process_message
+from consumers.processing import process_batch, process_message, start_copy
 from models.logs import describe_error
 from models.settings import Settings
 
@@ -25,12 +25,19 @@ def _outbox_id(body: dict, message: Message) -> int | None:
     return outbox_id
 
 
+def _is_copy(body: dict, message: Message) -> bool:
+    """A message a worker may have taken before: the relay published it again, or the broker
+    redelivers it (a retry after a failed attempt is a new delivery, not a copy)."""
+    return bool(message.delivery_info.get("redelivered")) or (isinstance(body, dict) and body.get("copy") is True)
+
+
 class Worker(LongRunningProcess):
     """Unacknowledged messages of a stopped worker go back to the broker (or are re-published).
 
     With WORKER_BATCH above 1 the messages already delivered (up to that many) are run in one
-    transaction (`process_batch`) and acknowledged after its commit; a broker's redelivery
-    goes alone through `on_message`, which first counts it against MAX_DELIVERIES.
+    transaction (`process_batch`) and acknowledged after its commit; a copy of a message
+    delivered before goes alone through `on_message`, which first counts it as started
+    (committed) against MAX_DELIVERIES.
     """
 
     name = "worker"
@@ -40,7 +47,7 @@ class Worker(LongRunningProcess):
         self.pending: list[tuple[int, Message]] = []
 
     def collect(self, body: dict, message: Message) -> None:
-        if message.delivery_info.get("redelivered"):
+        if _is_copy(body, message):
             self.on_message(body, message)
             return
         outbox_id = _outbox_id(body, message)
@@ -72,8 +79,7 @@ class Worker(LongRunningProcess):
         if outbox_id is None:
             return
         try:
-            if message.delivery_info.get("redelivered") and give_up_if_out_of_deliveries(
-                    self.factory, self.settings, outbox_id):
+            if _is_copy(body, message) and start_copy(self.factory, self.settings, outbox_id):
                 message.reject()
                 return
             result = process_message(self.factory, self.settings, outbox_id)

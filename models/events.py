@@ -93,6 +93,9 @@ class OutboxMessage(Base):
     status: Mapped[OutboxStatus] = mapped_column(enum_column(OutboxStatus), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)      # failed handler runs
     deliveries: Mapped[int] = mapped_column(Integer, default=0)    # times put on the broker
+    # Copies of it (a re-publication or a broker's redelivery) a worker began to run; the first
+    # delivery is not counted (see `start_copy`).
+    starts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     available_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -145,10 +148,16 @@ class OutboxMessage(Base):
             return True
         return self.status is OutboxStatus.PENDING and self.available_at <= utcnow()
 
-    def out_of_deliveries(self, max_deliveries: int) -> bool:
-        """Published this many times without a consumer finishing it: it kills its worker (or
-        every worker is gone for good). Another copy would only loop; a person must look."""
-        return self.status is OutboxStatus.PUBLISHED and self.deliveries >= max_deliveries
+    def start_copy(self, max_deliveries: int) -> bool:
+        """A worker is about to run a copy of this live message; False if it must not.
+
+        Counted (and committed by the caller) before the copy runs, so a copy that kills its
+        worker still counts. With the first delivery, `max_deliveries` runs were started and none
+        finished: the message kills its worker, and another copy would only loop; a person must
+        look. Copies nobody took (every worker stopped) are never counted.
+        """
+        self.starts += 1
+        return self.starts < max_deliveries
 
     def dead_letter(self, error: str) -> None:
         """Give up on delivering it: a dead letter until staff re-drive or resolve it."""
@@ -159,13 +168,14 @@ class OutboxMessage(Base):
             self.inbox_event.last_error = error
 
     def redrive(self) -> None:
-        """Staff's retry of a dead letter: fresh attempts and deliveries (so the redelivery wait
-        starts short again), starting now."""
+        """Staff's retry of a dead letter: fresh attempts, deliveries (so the redelivery wait
+        starts short again) and started copies, starting now."""
         if self.status is not OutboxStatus.DEAD:
             raise Conflict(f"message {self.id} is {self.status.value}, not a dead letter")
         self.status = OutboxStatus.PENDING
         self.attempts = 0
         self.deliveries = 0
+        self.starts = 0
         self.available_at = utcnow()
         if self.inbox_event is not None and self.inbox_event.status is EventStatus.DEAD:
             self.inbox_event.status = EventStatus.RETRYING

@@ -413,31 +413,62 @@ def test_a_late_failure_of_one_copy_never_reopens_the_message_another_copy_finis
     assert [m.body["kind"] for m in outbox(sessions, Topic.MAIL)] == ["payment_failed"]
 
 
-# --- a message that kills its worker: a dead letter after MAX_DELIVERIES ----------------------------------------
+# --- a message that kills its worker: a dead letter after MAX_DELIVERIES starts ----------------------------------
 
 
-def test_a_message_delivered_max_deliveries_times_without_finishing_is_a_dead_letter_and_a_redrive_starts_afresh(
-        client, sessions, settings, checkout, post_event, deliver):
+def test_a_message_that_stops_every_worker_taking_it_is_a_dead_letter_and_a_redrive_starts_afresh(
+        client, sessions, settings, checkout, post_event, deliver, monkeypatch):
     import dataclasses
 
-    from consumers.broker import ConfirmedPublisher, connect
+    from kombu import Consumer
+
+    from consumers.broker import QUEUES, ConfirmedPublisher, connect
     from consumers.relay import publish_due
+    from consumers.worker import Worker
     from models.history import StaffAlert
 
     capped = dataclasses.replace(settings, max_deliveries=3, redelivery_seconds=0.0)
     order = checkout([("TEA-01", 2)])
     event = succeeded(order)
     post_event(event)
-    published = []
-    with connect(capped) as conn:
-        publisher = ConfirmedPublisher(conn)
-        # Each copy is taken by a worker that dies before finishing it (nobody consumes here).
-        for _ in range(5):
-            published.append(publish_due(sessions, publisher, capped))
-    assert published == [1, 1, 1, 0, 0]
+
+    def killed(*_args):
+        raise SystemExit("the worker process was killed while running the message")
+
+    # The worker's own code decides what a copy is and counts it; the run itself kills it.
+    monkeypatch.setattr("consumers.worker.process_message", killed)
+    monkeypatch.setattr("consumers.worker.process_batch", killed)
+    worker = Worker(capped)
+    outcomes = []
+    try:
+        with connect(capped) as conn:
+            publisher = ConfirmedPublisher(conn)
+            taken = []
+            with Consumer(conn, queues=list(QUEUES.values()), accept=["json"],
+                          callbacks=[lambda body, message: taken.append((body, message))]):
+                for _ in range(5):  # the relay publishes a copy of what nobody finished, each time
+                    publish_due(sessions, publisher, capped)
+                    try:
+                        conn.drain_events(timeout=0.5)
+                    except TimeoutError:
+                        pass
+                    for body, message in taken:
+                        try:
+                            worker.collect(body, message)
+                            worker.run_pending()
+                            outcomes.append("given up")
+                        except SystemExit:
+                            outcomes.append("killed")
+                            worker.pending = []
+                    taken.clear()
+    finally:
+        worker.engine.dispose()
+    # The first delivery and two copies were started and killed their worker; the third copy
+    # is not run: three starts is MAX_DELIVERIES.
+    assert outcomes == ["killed", "killed", "killed", "given up"]
     [message] = outbox(sessions, Topic.STRIPE_EVENT)
-    assert (message.status, message.deliveries) == (OutboxStatus.DEAD, 3)
-    assert "delivered 3 times" in message.last_error
+    assert (message.status, message.starts) == (OutboxStatus.DEAD, 3)
+    assert "started 3 times" in message.last_error
     assert inbox_row(sessions, event["id"]).status is EventStatus.DEAD
     with sessions() as session:
         [alert] = session.scalars(select(StaffAlert)).all()
@@ -446,27 +477,56 @@ def test_a_message_delivered_max_deliveries_times_without_finishing_is_a_dead_le
     assert "dead-lettered" in alert.text and "buyer@example.com" not in alert.text
     assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "pending_payment"
 
-    # Staff re-drive it: a fresh delivery count (so a fresh, short redelivery wait), then it is paid.
+    # Staff re-drive it: fresh counts (so a fresh, short redelivery wait), then it is paid.
+    monkeypatch.undo()  # the fault is gone
     with transaction(sessions) as session:
         session.get(OutboxMessage, message.id).redrive()
     [message] = outbox(sessions, Topic.STRIPE_EVENT)
-    assert (message.status, message.deliveries, message.attempts) == (OutboxStatus.PENDING, 0, 0)
+    assert (message.status, message.deliveries, message.starts, message.attempts) == (OutboxStatus.PENDING, 0, 0, 0)
     deliver()
     assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
 
 
-def test_a_broker_redelivery_counts_towards_max_deliveries(client, sessions, settings, checkout, post_event):
-    # RabbitMQ hands an unacknowledged message to the next worker itself, without the relay.
+def test_copies_nobody_took_are_not_dead_letters_however_many(client, sessions, settings, checkout, post_event,
+                                                              deliver):
+    # Every worker stopped: the relay keeps publishing copies (the wait doubles, up to 64 minutes
+    # in production); none was started, so none counts, and the workers pay it when they are back.
     import dataclasses
 
-    from consumers.processing import give_up_if_out_of_deliveries
+    from consumers.broker import ConfirmedPublisher, connect
+    from consumers.relay import publish_due
+
+    capped = dataclasses.replace(settings, max_deliveries=3, redelivery_seconds=0.0)
+    order = checkout([("TEA-01", 1)])
+    post_event(succeeded(order))
+    with connect(capped) as conn:
+        publisher = ConfirmedPublisher(conn)
+        assert [publish_due(sessions, publisher, capped) for _ in range(6)] == [1] * 6
+    [message] = outbox(sessions, Topic.STRIPE_EVENT)
+    assert (message.status, message.deliveries, message.starts) == (OutboxStatus.PUBLISHED, 6, 0)
+    deliver()  # six copies on the broker: one pays the order, the others find it done
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+    [message] = outbox(sessions, Topic.STRIPE_EVENT)
+    assert message.status is OutboxStatus.DONE
+
+
+def test_a_broker_redelivery_counts_as_a_start(client, sessions, settings, checkout, post_event):
+    # RabbitMQ hands an unacknowledged message to the next worker itself, without the relay:
+    # the worker counts that copy as started (committed) before running it.
+    import dataclasses
+
+    from consumers.processing import start_copy
 
     capped = dataclasses.replace(settings, max_deliveries=2)
     order = checkout([("TEA-01", 1)])
     post_event(succeeded(order))
     with transaction(sessions) as session:
         [message] = session.scalars(select(OutboxMessage)).all()
-        message.mark_published(capped.redelivery_seconds)  # deliveries == 1
-    assert give_up_if_out_of_deliveries(sessions, capped, message.id) is True
+        message.mark_published(capped.redelivery_seconds)
+    assert start_copy(sessions, capped, message.id) is False  # the first delivery and this copy: 2 runs
     [message] = outbox(sessions, Topic.STRIPE_EVENT)
-    assert (message.status, message.deliveries) == (OutboxStatus.DEAD, 2)
+    assert (message.status, message.starts) == (OutboxStatus.PUBLISHED, 1)
+    assert start_copy(sessions, capped, message.id) is True  # a third run would pass MAX_DELIVERIES
+    [message] = outbox(sessions, Topic.STRIPE_EVENT)
+    assert (message.status, message.starts) == (OutboxStatus.DEAD, 2)
+    assert "started 2 times" in message.last_error
