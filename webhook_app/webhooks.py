@@ -30,6 +30,7 @@ from models.db import writer_turn
 from models.events import store_event_pg, store_event_sqlite
 from models.base import new_id
 from models.logs import describe_error
+from webhook_app.errors import error_body
 from webhook_app.gunicorn_logging import REQUEST_LOGGED
 
 log = structlog.get_logger(__name__)
@@ -249,12 +250,6 @@ _ANSWERS = {duplicate: json.dumps({"duplicate": duplicate, "received": True}, se
 
 # Status lines as Flask's response object writes them ("405 METHOD NOT ALLOWED").
 _STATUS_LINES = {code: f"{code} {HTTP_STATUS_CODES[code].upper()}" for code in (200, 400, 405, 413, 500, 503)}
-
-
-def error_body(code: str, message: str) -> bytes:
-    """webhook_app.errors' {"error": {"code", "message"}} as jsonify writes it (compact, sorted, a newline)."""
-    return (json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"), sort_keys=True)
-            + "\n").encode()
 
 
 # What the Flask app answered a method other than POST on this path (its HTTPException handler).

@@ -173,3 +173,11 @@ def test_an_unexpected_error_in_the_webhook_is_a_logged_500_in_the_error_shape(c
     assert response.headers["X-Request-Id"] == "req_defect"
     assert [line for line in lines if " request_failed " in line and "request_id=req_defect" in line]
     assert stored(sessions) == 0
+
+
+def test_the_webhooks_refusals_are_the_same_bytes_as_flasks_own(client):
+    """Flask answers a wrong method on a route of its own; the webhook's answer must not differ from it."""
+    flasks = client.put("/carts", headers={"X-Request-Id": "req_same"})
+    webhooks_own = client.put("/webhooks/stripe", headers={"X-Request-Id": "req_same"})
+    assert (webhooks_own.status, webhooks_own.get_data()) == (flasks.status, flasks.get_data())
+    assert dict(webhooks_own.headers) == {key: value for key, value in flasks.headers.items() if key != "Vary"}
