@@ -313,7 +313,7 @@ class StripeWebhookEndpoint:
 
 
 class _Delivery:
-    """One POST: its checks in the order Stripe's failures are most useful to see, then the store."""
+    """One POST: size limit, signature, strict JSON, event checks, then the store; answer() gives (status, body)."""
 
     def __init__(self, shop, environ, started: float):
         self.shop, self.environ, self.started = shop, environ, started
