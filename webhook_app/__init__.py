@@ -43,12 +43,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     from webhook_app.health import bp as health_bp
     from webhook_app.shop_api import bp as shop_bp
     from webhook_app.shop_pages import bp as shop_pages_bp
-    from webhook_app.webhooks import bp as webhooks_bp
+    from webhook_app.webhooks import StripeWebhookEndpoint, WebhookDispatcher
 
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(shop_bp)
-    app.register_blueprint(webhooks_bp)
     app.register_blueprint(shop_pages_bp)
     init_admin(app, secret_key=settings.secret_key, admin_base_url=settings.admin_base_url)
 
@@ -67,6 +66,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _unbind(_exc):
         structlog.contextvars.clear_contextvars()
 
+    # Stripe's webhook is served in front of Flask, by a plain WSGI callable (webhook_app.webhooks).
+    app.wsgi_app = WebhookDispatcher(app.wsgi_app, StripeWebhookEndpoint(app.extensions["shop"]))
     return app
 
 

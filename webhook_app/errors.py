@@ -1,6 +1,8 @@
 """Every error that crosses the HTTP boundary has one shape: {"error": {"code", "message", "field"?}}."""
 from __future__ import annotations
 
+import json
+
 import structlog
 from flask import Flask, jsonify
 from sqlalchemy.exc import OperationalError
@@ -29,6 +31,13 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     # code, as Stripe puts `param` and `decline_code` in its error object.
     error.update(details or {})
     return jsonify({"error": error}), status
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The same error as error_response's body, bytes for a plain WSGI answer (the webhook's): compact,
+    sorted and ending in a newline, as jsonify writes it outside debug mode."""
+    return (json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"), sort_keys=True)
+            + "\n").encode()
 
 
 def register_error_handlers(app: Flask) -> None:

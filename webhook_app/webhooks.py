@@ -2,6 +2,12 @@
 
 No business logic runs here; the worker does it. A 2xx tells Stripe the event is safely
 stored, so anything that stops us storing it answers 503 and Stripe delivers it again.
+
+The path is served by a plain WSGI callable in front of the Flask app (`WebhookDispatcher`,
+installed as the app's `wsgi_app` by create_app), not by a Flask view: Flask's request context,
+routing, hooks and response object cost more CPU than the webhook's own work (docs/benchmarks.md).
+The endpoint answers as the Flask app would, byte for byte: the error shape of
+webhook_app.errors, the X-Request-Id header, the 405 of a method other than POST.
 """
 from __future__ import annotations
 
@@ -14,34 +20,22 @@ import time
 
 import stripe
 import structlog
-from flask import Blueprint, Response, g, request
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from consumers import metrics
 from consumers.handlers import HANDLED_EVENT_TYPES
 from models.db import writer_turn
 from models.events import store_event_pg, store_event_sqlite
+from models.base import new_id
 from models.logs import describe_error
-from webhook_app import state
-from webhook_app.errors import error_response
+from webhook_app.errors import error_body
 from webhook_app.gunicorn_logging import REQUEST_LOGGED
 
-bp = Blueprint("webhooks", __name__)
 log = structlog.get_logger(__name__)
 
-
-def _request_fields(status: int) -> dict:
-    """What gunicorn's access line would say; the webhook's own line says it instead (one line a request)."""
-    request.environ[REQUEST_LOGGED] = True
-    return {"method": request.method, "path": request.path, "http_status": status,
-            "duration_ms": round((time.perf_counter() - g.webhook_started) * 1000, 2),
-            "remote_addr": request.remote_addr}
-
-
-def _reject(status: int, code: str, message: str):
-    log.warning("webhook_rejected", code=code, reason=message, **_request_fields(status))
-    metrics.observe_webhook(None, "rejected", code)
-    return error_response(status, code, message)
+WEBHOOK_PATH = "/webhooks/stripe"
 
 
 class MalformedSignatureHeader(ValueError):
@@ -204,8 +198,7 @@ class ConnectionLost(StoreFailed):
     """The pooled connection was found closed by the server; it has been thrown away."""
 
 
-def _store(event: dict, payload: str):
-    engine = state().store_engine
+def _store(engine, event: dict, payload: str):
     if engine.dialect.name == "postgresql":
         try:
             return _store_pg(engine, event, payload)
@@ -255,61 +248,144 @@ _ANSWERS = {duplicate: json.dumps({"duplicate": duplicate, "received": True}, se
             for duplicate in (False, True)}
 
 
-@bp.post("/webhooks/stripe")
-def receive_stripe_event():
-    started = g.webhook_started = time.perf_counter()
-    settings = state().settings
-    if not settings.webhook_secrets:
-        log.error("webhook_secrets_missing", hint="set STRIPE_WEBHOOK_SECRETS to the endpoint's whsec_ secret(s)")
-        return error_response(500, "webhook_not_configured",
-                              "STRIPE_WEBHOOK_SECRETS is not set on this service; the event was not stored")
-    limit = settings.max_webhook_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _reject(413, "payload_too_large", f"the body is over the {limit}-byte limit")
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        return _reject(413, "payload_too_large", f"the body is over the {limit}-byte limit")
+# Status lines as Flask's response object writes them ("405 METHOD NOT ALLOWED").
+_STATUS_LINES = {code: f"{code} {HTTP_STATUS_CODES[code].upper()}" for code in (200, 400, 405, 413, 500, 503)}
 
-    header = request.headers.get("Stripe-Signature")
-    if not header:
-        return _reject(400, "missing_signature", "the Stripe-Signature header is missing")
-    try:
-        signed_at, signatures = parse_signature_header(header)
-    except MalformedSignatureHeader as exc:
-        return _reject(400, "invalid_signature", f"signature verification failed: {exc}")
-    try:
-        payload = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return _reject(400, "invalid_payload", "the body is not UTF-8")
-    if not is_signed_by(payload, signed_at, signatures, settings.webhook_secrets):
-        return _reject(400, "invalid_signature", "signature verification failed: no v1 signature matches the "
-                       "body under this endpoint's secret(s)")
-    # One parse decides both directions: the SDK refuses only a stale timestamp; one far ahead is as suspect.
-    tolerance = settings.webhook_tolerance_seconds
-    now = time.time()
-    if signed_at < now - tolerance:
-        return _reject(400, "invalid_signature", f"signature verification failed: timestamp {signed_at} is older "
-                       f"than the {tolerance}-second tolerance")
-    if signed_at > now + tolerance:
-        return _reject(400, "invalid_signature", f"signature verification failed: timestamp {signed_at} is in "
-                       f"the future, outside the {tolerance}-second tolerance")
 
-    try:
-        event = parse_event_json(payload)
-    except InvalidJson as exc:
-        return _reject(400, "invalid_payload", f"the body is not valid JSON: {exc}")
-    problem = _not_an_event(event)
-    if problem:
-        return _reject(400, "not_an_event", problem)
+# What the Flask app answered a method other than POST on this path (its HTTPException handler).
+_METHOD_NOT_ALLOWED = error_body("method_not_allowed", "The method is not allowed for the requested URL.")
+_INTERNAL_ERROR = error_body("internal_error", "the service failed to handle this request; it was logged")
 
-    structlog.contextvars.bind_contextvars(event_id=event["id"], event_type=event["type"])
-    try:
-        stored = _store(event, payload)
-    except (SQLAlchemyError, StoreBusy, StoreFailed) as exc:
-        log.error("webhook_store_failed", error=describe_error(exc), **_request_fields(503))
-        metrics.observe_webhook(event["type"], "rejected", "storage_unavailable")
-        return error_response(503, "storage_unavailable", "the event could not be stored; please retry")
-    log.info("webhook_received", duplicate=stored.duplicate, status=stored.status.value, **_request_fields(200))
-    metrics.observe_webhook(event["type"], "duplicate" if stored.duplicate else "accepted",
-                            seconds=time.perf_counter() - started)
-    return Response(_ANSWERS[stored.duplicate], 200, mimetype="application/json")
+
+class WebhookDispatcher:
+    """The app's WSGI entry (Flask's `app.wsgi_app`): Stripe's webhook path to `endpoint`, every other
+    path to Flask. Tests (`app.test_client()`) and gunicorn (`webhook_app:create_app()`) both go through it."""
+
+    def __init__(self, flask_wsgi_app, endpoint):
+        self.flask_wsgi_app = flask_wsgi_app
+        self.endpoint = endpoint
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        # Werkzeug's routing ignores repeated leading slashes ("//webhooks/stripe"); so does this.
+        if path == WEBHOOK_PATH or (path.startswith("//") and "/" + path.lstrip("/") == WEBHOOK_PATH):
+            return self.endpoint(environ, start_response)
+        return self.flask_wsgi_app(environ, start_response)
+
+
+class StripeWebhookEndpoint:
+    """POST /webhooks/stripe as a plain WSGI callable, given the app's state (webhook_app.AppState).
+
+    Does what the request machinery did for the webhook and nothing more: the request id (the
+    caller's X-Request-Id or a new one, bound for every log line and echoed), contextvars cleared
+    before and after, and an unexpected error logged as `request_failed` and answered 500.
+    """
+
+    def __init__(self, shop):
+        self.shop = shop
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        request_id = environ.get("HTTP_X_REQUEST_ID") or new_id("req")
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            method = environ.get("REQUEST_METHOD", "GET").upper()
+            if method == "OPTIONS":  # as Flask answers it for a POST-only route
+                start_response(_STATUS_LINES[200], [("Content-Type", "text/html; charset=utf-8"),
+                                                    ("Allow", "POST, OPTIONS"), ("X-Request-Id", request_id),
+                                                    ("Content-Length", "0")])
+                return [b""]
+            if method != "POST":
+                status, body = 405, _METHOD_NOT_ALLOWED
+            else:
+                try:
+                    status, body = _Delivery(self.shop, environ, started).answer()
+                except Exception:
+                    log.exception("request_failed")
+                    status, body = 500, _INTERNAL_ERROR
+            start_response(_STATUS_LINES[status], [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(body))),
+                                                   ("X-Request-Id", request_id)])
+            return [b""] if method == "HEAD" else [body]
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+
+class _Delivery:
+    """One POST: size limit, signature, strict JSON, event checks, then the store; answer() gives (status, body)."""
+
+    def __init__(self, shop, environ, started: float):
+        self.shop, self.environ, self.started = shop, environ, started
+
+    def fields(self, status: int) -> dict:
+        """What gunicorn's access line would say; the webhook's own line says it instead (one line a request)."""
+        self.environ[REQUEST_LOGGED] = True
+        return {"method": "POST", "path": WEBHOOK_PATH, "http_status": status,
+                "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+                "remote_addr": self.environ.get("REMOTE_ADDR")}
+
+    def reject(self, status: int, code: str, message: str) -> tuple[int, bytes]:
+        log.warning("webhook_rejected", code=code, reason=message, **self.fields(status))
+        metrics.observe_webhook(None, "rejected", code)
+        return status, error_body(code, message)
+
+    def answer(self) -> tuple[int, bytes]:
+        settings, environ = self.shop.settings, self.environ
+        if not settings.webhook_secrets:
+            log.error("webhook_secrets_missing", hint="set STRIPE_WEBHOOK_SECRETS to the endpoint's whsec_ secret(s)")
+            return 500, error_body("webhook_not_configured",
+                                   "STRIPE_WEBHOOK_SECRETS is not set on this service; the event was not stored")
+        limit = settings.max_webhook_bytes
+        content_length = get_content_length(environ)
+        if content_length is not None and content_length > limit:
+            return self.reject(413, "payload_too_large", f"the body is over the {limit}-byte limit")
+        # Werkzeug's guarded stream: never past Content-Length, and empty without one unless the
+        # server ends the body itself (gunicorn does, for chunked requests).
+        raw = get_input_stream(environ).read(limit + 1)
+        if len(raw) > limit:
+            return self.reject(413, "payload_too_large", f"the body is over the {limit}-byte limit")
+
+        header = environ.get("HTTP_STRIPE_SIGNATURE")
+        if not header:
+            return self.reject(400, "missing_signature", "the Stripe-Signature header is missing")
+        try:
+            signed_at, signatures = parse_signature_header(header)
+        except MalformedSignatureHeader as exc:
+            return self.reject(400, "invalid_signature", f"signature verification failed: {exc}")
+        try:
+            payload = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.reject(400, "invalid_payload", "the body is not UTF-8")
+        if not is_signed_by(payload, signed_at, signatures, settings.webhook_secrets):
+            return self.reject(400, "invalid_signature", "signature verification failed: no v1 signature matches "
+                               "the body under this endpoint's secret(s)")
+        # One parse decides both directions: the SDK refuses only a stale timestamp; one far ahead is as suspect.
+        tolerance = settings.webhook_tolerance_seconds
+        now = time.time()
+        if signed_at < now - tolerance:
+            return self.reject(400, "invalid_signature", f"signature verification failed: timestamp {signed_at} is "
+                               f"older than the {tolerance}-second tolerance")
+        if signed_at > now + tolerance:
+            return self.reject(400, "invalid_signature", f"signature verification failed: timestamp {signed_at} is "
+                               f"in the future, outside the {tolerance}-second tolerance")
+
+        try:
+            event = parse_event_json(payload)
+        except InvalidJson as exc:
+            return self.reject(400, "invalid_payload", f"the body is not valid JSON: {exc}")
+        problem = _not_an_event(event)
+        if problem:
+            return self.reject(400, "not_an_event", problem)
+
+        structlog.contextvars.bind_contextvars(event_id=event["id"], event_type=event["type"])
+        try:
+            stored = _store(self.shop.store_engine, event, payload)
+        except (SQLAlchemyError, StoreBusy, StoreFailed) as exc:
+            log.error("webhook_store_failed", error=describe_error(exc), **self.fields(503))
+            metrics.observe_webhook(event["type"], "rejected", "storage_unavailable")
+            return 503, error_body("storage_unavailable", "the event could not be stored; please retry")
+        log.info("webhook_received", duplicate=stored.duplicate, status=stored.status.value, **self.fields(200))
+        metrics.observe_webhook(event["type"], "duplicate" if stored.duplicate else "accepted",
+                                seconds=time.perf_counter() - self.started)
+        return 200, _ANSWERS[stored.duplicate]
