@@ -12,7 +12,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models.base import Base, enum_column, new_id, utcnow
 from models.carts import Cart, CartStatus
-from models.catalog import Reservation, ReservationStatus, lock_stock
+from models.catalog import Reservation, ReservationStatus, lock_stock, sold_units
 from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from models.history import OrderStatusChange, current_cause
 from models.refunds import Refund, RefundSource
@@ -292,9 +292,13 @@ def consume_reservations(session: Session, order: Order) -> list[str]:
     released = [r.sku for r in order.reservations if r.status is ReservationStatus.RELEASED]
     if released:
         return released
+    deferred = sold_units(session)  # a worker batch writes its stock changes just before its commit
     for reservation in order.reservations:
         if reservation.status is ReservationStatus.ACTIVE:
-            lock_stock(session, reservation.sku).consume(reservation.quantity)
+            if deferred is not None:
+                deferred.consume(reservation.sku, reservation.quantity)
+            else:
+                lock_stock(session, reservation.sku).consume(reservation.quantity)
             reservation.status = ReservationStatus.CONSUMED
             reservation.closed_at = utcnow()
     return []

@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 import consumers.processing as processing
 from consumers.broker import QUEUES, ConfirmedPublisher, connect
 from consumers.handlers import HANDLERS
-from consumers.relay import publish_due
+from consumers.relay import expire_reservations, publish_due
 from consumers.worker import Worker
 from models.catalog import ReservationStatus
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
@@ -226,3 +226,50 @@ def test_an_event_needing_stripes_record_leaves_the_batch_and_is_confirmed_outsi
     with sessions() as session:
         row = session.scalars(select(InboxEvent).where(InboxEvent.event_id == events[0]["id"])).one()
         assert (row.status, row.outcome) == (EventStatus.PROCESSED, "order paid")
+
+
+def test_a_batch_takes_its_paid_units_off_the_shelf_in_one_update_per_sku_just_before_its_commit(
+        client, sessions, settings, checkout, post_event):
+    """Paying only turns held units into sold ones: the batch adds them up per sku and writes each
+    stock row once, in sku order, after its last message, so the row is locked only for the
+    commit (not from the batch's first order on, which made the workers take turns). An order
+    whose hold ran out changes no stock: stock moves once per paid order, never for that one."""
+    lapsed = checkout([("TEA-01", 3)])
+    with sessions() as session, session.begin():
+        for reservation in session.get(Order, lapsed["order_id"]).reservations:
+            reservation.expires_at = reservation.created_at
+    assert expire_reservations(sessions) == 1  # released and the order cancelled
+    orders = [checkout([("TEA-01", 1)]), checkout([("CUP-01", 1)]), checkout([("TEA-01", 2), ("CUP-01", 1)])]
+    for order in [lapsed, *orders]:
+        assert post_event(succeeded(order)).status_code == 200
+    assert (stock(client, "TEA-01"), stock(client, "CUP-01")) == ((40, 3), (3, 2))
+
+    engine = sessions.kw["bind"]
+    statements: list[str] = []
+
+    parameters: list = []
+
+    def record(_conn, _cursor, statement, params, *_args):
+        statements.append(" ".join(statement.split()).lower())
+        parameters.append(params)
+
+    ids = event_messages(sessions)
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        results = processing.process_batch(sessions, settings, ids)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+
+    assert [results[i].outcome for i in ids] == ["done"] * 4
+    assert (stock(client, "TEA-01"), stock(client, "CUP-01")) == ((37, 0), (1, 0))
+    assert {client.get(f"/orders/{o['order_id']}").get_json()["status"] for o in orders} == {"paid"}
+    assert client.get(f"/orders/{lapsed['order_id']}").get_json()["status"] == "needs_review"
+    on_stock = [(i, s.replace("%(", "?(").split(" where ")[0]) for i, s in enumerate(statements)
+                if s.startswith("update stock ") or " from stock" in s]
+    assert [s.split(" set ")[0] for _, s in on_stock] == ["update stock"] * 2, on_stock
+    assert all("on_hand=(stock.on_hand - " in s and "reserved=(stock.reserved - " in s for _, s in on_stock)
+    # Each sku's units at once, in sku order (as checkouts lock), after every message's statements.
+    values = [parameters[i].values() if isinstance(parameters[i], dict) else parameters[i] for i, _ in on_stock]
+    assert [sorted(map(str, v)) for v in values] == [["2", "2", "CUP-01"], ["3", "3", "TEA-01"]]
+    last_message = max(i for i, s in enumerate(statements) if s.startswith(("update outbox", "insert into outbox")))
+    assert on_stock[0][0] > last_message
