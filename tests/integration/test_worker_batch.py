@@ -18,7 +18,7 @@ from consumers.relay import expire_reservations, publish_due
 from consumers.worker import Worker
 from models.catalog import ReservationStatus
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
-from models.history import AttemptOutcome, EventAttempt
+from models.history import AttemptOutcome, EventAttempt, OrderStatusChange
 from models.orders import Order, OrderStatus, Shipment
 from tests.support import event_for
 
@@ -273,3 +273,56 @@ def test_a_batch_takes_its_paid_units_off_the_shelf_in_one_update_per_sku_just_b
     assert [sorted(map(str, v)) for v in values] == [["2", "2", "CUP-01"], ["3", "3", "TEA-01"]]
     last_message = max(i for i, s in enumerate(statements) if s.startswith(("update outbox", "insert into outbox")))
     assert on_stock[0][0] > last_message
+
+
+def test_a_batch_writes_its_history_attempts_and_mails_at_its_commit_as_messages_on_their_own_would(
+        client, sessions, settings, checkout, post_event):
+    """History rows, handler attempts and queued mails are only appended, never read back in the
+    transaction: a batch adds them at its commit, so its last flush writes each table's rows
+    together (one INSERT per table on PostgreSQL) instead of one per message's savepoint. The
+    rows are the ones a message on its own writes."""
+    orders, events = three_paid_orders(client, checkout, post_event)
+    engine = sessions.kw["bind"]
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(" ".join(statement.split()).lower())
+
+    ids = event_messages(sessions)
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        results = processing.process_batch(sessions, settings, ids[:2])
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+    assert processing.process_message(sessions, settings, ids[2]) == processing.Result("done")
+    assert [results[i].outcome for i in ids[:2]] == ["done", "done"]
+
+    last_savepoint = max(i for i, s in enumerate(statements) if s.startswith("release savepoint"))
+    for table in ("order_status_changes", "event_attempts", "outbox"):
+        inserts = [i for i, s in enumerate(statements) if s.startswith(f"insert into {table} ")]
+        assert inserts and min(inserts) > last_savepoint, table
+
+    def written(order_id: str, event_id: str) -> tuple:
+        with sessions() as session:
+            inbox = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)).one()
+            changes = session.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == order_id)
+                                      .order_by(OrderStatusChange.id)).all()
+            attempts = session.scalars(select(EventAttempt).where(EventAttempt.order_id == order_id)).all()
+            mails = session.scalars(select(OutboxMessage).where(OutboxMessage.order_id == order_id,
+                                                                OutboxMessage.topic == Topic.MAIL)).all()
+            assert all(c.at is not None for c in changes) and all(m.created_at is not None for m in mails)
+            return (
+                [(c.from_status, c.to_status, c.cause.replace(event_id, "EVT"), c.reason) for c in changes],
+                [(a.inbox_event_id == inbox.id, a.outbox_id is not None, a.runner, a.outcome, a.reason, a.error)
+                 for a in attempts],
+                [(m.status, m.inbox_event_id, {k: v for k, v in m.body.items() if k not in ("order_id", "subject",
+                  "body", "my_page_path", "to")}, m.body["order_id"] == order_id) for m in mails],
+            )
+
+    alone = written(orders[2]["order_id"], events[2]["id"])
+    assert alone == (
+        [(None, "pending_payment", "checkout", "checkout"), ("pending_payment", "paid", "event EVT", None)],
+        [(True, True, "worker", AttemptOutcome.PROCESSED, "order paid", None)],
+        [(OutboxStatus.PENDING, None, {"kind": "confirmation"}, True)],
+    )
+    assert [written(o["order_id"], e["id"]) for o, e in zip(orders[:2], events[:2])] == [alone, alone]
