@@ -23,7 +23,8 @@ from consumers.handlers.lookup import ids_named, order_named
 from consumers.mail import is_still_true, send_mail
 from consumers.payments import cancel_order_payment_intents, retrieve_payment_intent
 from models.base import utcnow
-from models.db import transaction
+from models.catalog import collect_sold_units
+from models.db import add_row, collect_rows_at_commit, transaction
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
 from models.history import AttemptOutcome, EventAttempt, caused_by
 from models.logs import describe_error, redact
@@ -131,9 +132,9 @@ def run_event(session: Session, event: InboxEvent, settings: Settings | None = N
     event.order_id = outcome.order_id or event.order_id
     event.last_error = None
     event.processed_at = utcnow()
-    session.add(EventAttempt(inbox_event_id=event.id, outbox_id=outbox_id, order_id=event.order_id, runner=runner,
-                             outcome=AttemptOutcome(outcome.status.value), reason=outcome.reason,
-                             started_at=started, finished_at=event.processed_at))
+    add_row(session, EventAttempt(inbox_event_id=event.id, outbox_id=outbox_id, order_id=event.order_id,
+                                  runner=runner, outcome=AttemptOutcome(outcome.status.value), reason=outcome.reason,
+                                  started_at=started, finished_at=event.processed_at))
     if outcome.alert:
         alert = record_alert(session, settings, outcome.alert, order_id=outcome.order_id, event_id=event.event_id)
         outcome = dataclasses.replace(outcome, alert_id=alert.id)
@@ -243,7 +244,9 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     commit, which records a failure exactly as for a message on its own. Mails and Stripe
     calls are made after the commit, with no lock held, and marked done together. If the
     transaction itself fails, nothing of it was kept and every message goes through
-    `process_message`. The caller acknowledges messages only after this returns.
+    `process_message`. The units the paid orders take off the shelf are written in one UPDATE
+    per sku just before the commit (`models.catalog.SoldUnits`), so the stock rows are locked
+    for the commit only. The caller acknowledges messages only after this returns.
     """
     ids = sorted(set(outbox_ids))
     results: dict[int, Result] = {}
@@ -252,6 +255,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     outside: list[tuple[int, Topic, dict, float]] = []
     try:
         with transaction(factory) as session:
+            sold, rows = collect_sold_units(session), collect_rows_at_commit(session)
             for outbox_id in ids:
                 structlog.contextvars.clear_contextvars()
                 structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
@@ -260,7 +264,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
                 # again, so each message sees the rows as a transaction of its own would.
                 session.expire_all()
                 try:
-                    with session.begin_nested():
+                    with sold.savepoint(), rows.savepoint(), session.begin_nested():
                         claimed = _claim(session, settings, outbox_id, handled, {})
                 except ConfirmationNeeded:
                     alone.append(outbox_id)
@@ -276,6 +280,10 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
                 else:
                     finished.append((handled, claimed.outcome, started))
                     results[outbox_id] = Result("done")
+            # The paid orders' units leave the shelf in one UPDATE per sku, so the stock rows are
+            # locked from here to the commit only, not from the batch's first order.
+            rows.add_to(session)  # history, attempts and mails: one INSERT per table at the commit
+            sold.apply(session)
     except Exception as exc:  # noqa: BLE001 - nothing of the batch was committed: one at a time instead
         structlog.contextvars.clear_contextvars()
         log.warning("batch_not_committed", messages=len(ids), error=describe_error(exc))

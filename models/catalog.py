@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, select
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, enum_column, utcnow
@@ -99,6 +101,64 @@ def lock_stock(session: Session, sku: str) -> Stock:
     if stock is None:
         raise NotFound(f"unknown sku {sku}", field="sku")
     return stock
+
+
+class SoldUnits:
+    """Reserved units a transaction turns into sold ones, per sku, written in one UPDATE per sku
+    just before its commit (`apply`), so the stock row is locked only for the commit.
+
+    Consuming held units changes `on_hand` and `reserved` alike and leaves `available` as it
+    was: nothing decided on a stock row in the same transaction depends on whether it was
+    written yet, and the relative UPDATE adds to whatever the row holds then. Whatever must
+    read stock to decide (reserving, releasing, staff's accept) still locks the row at once.
+    Attached to a session with `collect_sold_units`; without it units are consumed at once.
+    """
+
+    def __init__(self) -> None:
+        self.units: dict[str, int] = {}
+
+    def consume(self, sku: str, quantity: int) -> None:
+        _positive(quantity)
+        self.units[sku] = self.units.get(sku, 0) + quantity
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Around a savepoint: if it is rolled back, what was collected inside it is dropped too."""
+        kept = dict(self.units)
+        try:
+            yield
+        except BaseException:
+            self.units = kept
+            raise
+
+    def apply(self, session: Session) -> None:
+        """Flush the session's own changes, then write the units, in sku order (as checkouts lock)."""
+        if not self.units:
+            return
+        session.flush()
+        for sku, quantity in sorted(self.units.items()):
+            written = session.execute(
+                update(Stock).where(Stock.sku == sku)
+                .values(on_hand=Stock.on_hand - quantity, reserved=Stock.reserved - quantity)
+                .execution_options(synchronize_session=False))
+            if written.rowcount != 1:
+                raise NotFound(f"unknown sku {sku}", field="sku")
+        for obj in list(session.identity_map.values()):
+            if isinstance(obj, Stock) and obj.sku in self.units:
+                session.expire(obj)  # its loaded values are behind the row now
+        self.units = {}
+
+
+_SOLD_UNITS = "sold_units"
+
+
+def collect_sold_units(session: Session) -> SoldUnits:
+    """From now on this session's consumed units are collected, to be applied before its commit."""
+    return session.info.setdefault(_SOLD_UNITS, SoldUnits())
+
+
+def sold_units(session: Session) -> SoldUnits | None:
+    return session.info.get(_SOLD_UNITS)
 
 
 class ReservationStatus(str, enum.Enum):

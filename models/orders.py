@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, select
-from sqlalchemy.orm import Mapped, Session, WriteOnlyMapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, WriteOnlyMapped, mapped_column, object_session, relationship
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models.base import Base, enum_column, new_id, utcnow
 from models.carts import Cart, CartStatus
-from models.catalog import Reservation, ReservationStatus, lock_stock
+from models.catalog import Reservation, ReservationStatus, lock_stock, sold_units
+from models.db import add_row
 from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from models.history import OrderStatusChange, current_cause
 from models.refunds import Refund, RefundSource
@@ -96,8 +97,13 @@ class Order(Base):
         """The one way a status changes; each change is written down with its cause."""
         if not can_transition(self.status, target):
             raise IllegalTransition(self.id, self.status.value, target.value)
-        self.status_changes.add(OrderStatusChange(from_status=self.status.value, to_status=target.value,
-                                                  cause=current_cause(), reason=reason))
+        change = OrderStatusChange(order_id=self.id, from_status=self.status.value, to_status=target.value,
+                                   cause=current_cause(), reason=reason, at=utcnow())
+        session = object_session(self)
+        if session is not None and self.id is not None:
+            add_row(session, change)
+        else:
+            self.status_changes.add(change)
         self.status = target
 
     @property
@@ -292,9 +298,13 @@ def consume_reservations(session: Session, order: Order) -> list[str]:
     released = [r.sku for r in order.reservations if r.status is ReservationStatus.RELEASED]
     if released:
         return released
+    deferred = sold_units(session)  # a worker batch writes its stock changes just before its commit
     for reservation in order.reservations:
         if reservation.status is ReservationStatus.ACTIVE:
-            lock_stock(session, reservation.sku).consume(reservation.quantity)
+            if deferred is not None:
+                deferred.consume(reservation.sku, reservation.quantity)
+            else:
+                lock_stock(session, reservation.sku).consume(reservation.quantity)
             reservation.status = ReservationStatus.CONSUMED
             reservation.closed_at = utcnow()
     return []

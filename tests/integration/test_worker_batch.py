@@ -14,11 +14,11 @@ from sqlalchemy.exc import OperationalError
 import consumers.processing as processing
 from consumers.broker import QUEUES, ConfirmedPublisher, connect
 from consumers.handlers import HANDLERS
-from consumers.relay import publish_due
+from consumers.relay import expire_reservations, publish_due
 from consumers.worker import Worker
 from models.catalog import ReservationStatus
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
-from models.history import AttemptOutcome, EventAttempt
+from models.history import AttemptOutcome, EventAttempt, OrderStatusChange
 from models.orders import Order, OrderStatus, Shipment
 from tests.support import event_for
 
@@ -226,3 +226,103 @@ def test_an_event_needing_stripes_record_leaves_the_batch_and_is_confirmed_outsi
     with sessions() as session:
         row = session.scalars(select(InboxEvent).where(InboxEvent.event_id == events[0]["id"])).one()
         assert (row.status, row.outcome) == (EventStatus.PROCESSED, "order paid")
+
+
+def test_a_batch_takes_its_paid_units_off_the_shelf_in_one_update_per_sku_just_before_its_commit(
+        client, sessions, settings, checkout, post_event):
+    """Paying only turns held units into sold ones: the batch adds them up per sku and writes each
+    stock row once, in sku order, after its last message, so the row is locked only for the
+    commit (not from the batch's first order on, which made the workers take turns). An order
+    whose hold ran out changes no stock: stock moves once per paid order, never for that one."""
+    lapsed = checkout([("TEA-01", 3)])
+    with sessions() as session, session.begin():
+        for reservation in session.get(Order, lapsed["order_id"]).reservations:
+            reservation.expires_at = reservation.created_at
+    assert expire_reservations(sessions) == 1  # released and the order cancelled
+    orders = [checkout([("TEA-01", 1)]), checkout([("CUP-01", 1)]), checkout([("TEA-01", 2), ("CUP-01", 1)])]
+    for order in [lapsed, *orders]:
+        assert post_event(succeeded(order)).status_code == 200
+    assert (stock(client, "TEA-01"), stock(client, "CUP-01")) == ((40, 3), (3, 2))
+
+    engine = sessions.kw["bind"]
+    statements: list[str] = []
+
+    parameters: list = []
+
+    def record(_conn, _cursor, statement, params, *_args):
+        statements.append(" ".join(statement.split()).lower())
+        parameters.append(params)
+
+    ids = event_messages(sessions)
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        results = processing.process_batch(sessions, settings, ids)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+
+    assert [results[i].outcome for i in ids] == ["done"] * 4
+    assert (stock(client, "TEA-01"), stock(client, "CUP-01")) == ((37, 0), (1, 0))
+    assert {client.get(f"/orders/{o['order_id']}").get_json()["status"] for o in orders} == {"paid"}
+    assert client.get(f"/orders/{lapsed['order_id']}").get_json()["status"] == "needs_review"
+    on_stock = [(i, s.replace("%(", "?(").split(" where ")[0]) for i, s in enumerate(statements)
+                if s.startswith("update stock ") or " from stock" in s]
+    assert [s.split(" set ")[0] for _, s in on_stock] == ["update stock"] * 2, on_stock
+    assert all("on_hand=(stock.on_hand - " in s and "reserved=(stock.reserved - " in s for _, s in on_stock)
+    # Each sku's units at once, in sku order (as checkouts lock), after every message's statements.
+    values = [parameters[i].values() if isinstance(parameters[i], dict) else parameters[i] for i, _ in on_stock]
+    assert [sorted(map(str, v)) for v in values] == [["2", "2", "CUP-01"], ["3", "3", "TEA-01"]]
+    last_message = max(i for i, s in enumerate(statements) if s.startswith(("update outbox", "insert into outbox")))
+    assert on_stock[0][0] > last_message
+
+
+def test_a_batch_writes_its_history_attempts_and_mails_at_its_commit_as_messages_on_their_own_would(
+        client, sessions, settings, checkout, post_event):
+    """History rows, handler attempts and queued mails are only appended, never read back in the
+    transaction: a batch adds them at its commit, so its last flush writes each table's rows
+    together (one INSERT per table on PostgreSQL) instead of one per message's savepoint. The
+    rows are the ones a message on its own writes."""
+    orders, events = three_paid_orders(client, checkout, post_event)
+    engine = sessions.kw["bind"]
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(" ".join(statement.split()).lower())
+
+    ids = event_messages(sessions)
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        results = processing.process_batch(sessions, settings, ids[:2])
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+    assert processing.process_message(sessions, settings, ids[2]) == processing.Result("done")
+    assert [results[i].outcome for i in ids[:2]] == ["done", "done"]
+
+    last_savepoint = max(i for i, s in enumerate(statements) if s.startswith("release savepoint"))
+    for table in ("order_status_changes", "event_attempts", "outbox"):
+        inserts = [i for i, s in enumerate(statements) if s.startswith(f"insert into {table} ")]
+        assert inserts and min(inserts) > last_savepoint, table
+
+    def written(order_id: str, event_id: str) -> tuple:
+        with sessions() as session:
+            inbox = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)).one()
+            changes = session.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == order_id)
+                                      .order_by(OrderStatusChange.id)).all()
+            attempts = session.scalars(select(EventAttempt).where(EventAttempt.order_id == order_id)).all()
+            mails = session.scalars(select(OutboxMessage).where(OutboxMessage.order_id == order_id,
+                                                                OutboxMessage.topic == Topic.MAIL)).all()
+            assert all(c.at is not None for c in changes) and all(m.created_at is not None for m in mails)
+            return (
+                [(c.from_status, c.to_status, c.cause.replace(event_id, "EVT"), c.reason) for c in changes],
+                [(a.inbox_event_id == inbox.id, a.outbox_id is not None, a.runner, a.outcome, a.reason, a.error)
+                 for a in attempts],
+                [(m.status, m.inbox_event_id, {k: v for k, v in m.body.items() if k not in ("order_id", "subject",
+                  "body", "my_page_path", "to")}, m.body["order_id"] == order_id) for m in mails],
+            )
+
+    alone = written(orders[2]["order_id"], events[2]["id"])
+    assert alone == (
+        [(None, "pending_payment", "checkout", "checkout"), ("pending_payment", "paid", "event EVT", None)],
+        [(True, True, "worker", AttemptOutcome.PROCESSED, "order paid", None)],
+        [(OutboxStatus.PENDING, None, {"kind": "confirmation"}, True)],
+    )
+    assert [written(o["order_id"], e["id"]) for o, e in zip(orders[:2], events[:2])] == [alone, alone]
