@@ -6,7 +6,7 @@ import json
 import structlog
 from flask import Flask, jsonify
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from consumers.checkout import PaymentProviderBusy, PaymentProviderUnavailable
 from models.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
@@ -54,7 +54,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        body, status = error_response(exc.code or 500, code, exc.description or exc.name)
+        # A 405 says which methods the URL takes (RFC 9110 requires Allow); sorted, since werkzeug's
+        # order comes from a set and differs between processes.
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            body.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return body, status
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError):

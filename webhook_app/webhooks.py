@@ -296,16 +296,17 @@ class StripeWebhookEndpoint:
                                                     ("Allow", "POST, OPTIONS"), ("X-Request-Id", request_id),
                                                     ("Content-Length", "0")])
                 return [b""]
+            headers = [("Content-Type", "application/json")]
             if method != "POST":
                 status, body = 405, _METHOD_NOT_ALLOWED
+                headers.append(("Allow", "OPTIONS, POST"))  # as Flask's 405 says it for a POST-only route
             else:
                 try:
                     status, body = _Delivery(self.shop, environ, started).answer()
                 except Exception:
                     log.exception("request_failed")
                     status, body = 500, _INTERNAL_ERROR
-            start_response(_STATUS_LINES[status], [("Content-Type", "application/json"),
-                                                   ("Content-Length", str(len(body))),
+            start_response(_STATUS_LINES[status], [*headers, ("Content-Length", str(len(body))),
                                                    ("X-Request-Id", request_id)])
             return [b""] if method == "HEAD" else [body]
         finally:

@@ -181,3 +181,9 @@ def test_the_webhooks_refusals_are_the_same_bytes_as_flasks_own(client):
     webhooks_own = client.put("/webhooks/stripe", headers={"X-Request-Id": "req_same"})
     assert (webhooks_own.status, webhooks_own.get_data()) == (flasks.status, flasks.get_data())
     assert dict(webhooks_own.headers) == {key: value for key, value in flasks.headers.items() if key != "Vary"}
+
+
+def test_a_405_says_which_methods_the_url_takes(client):
+    # RFC 9110: a 405 MUST carry Allow, for the webhook and for Flask's own routes alike.
+    assert client.get("/webhooks/stripe").headers["Allow"] == "OPTIONS, POST"
+    assert client.put("/carts").headers["Allow"] == "OPTIONS, POST"
