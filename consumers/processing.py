@@ -14,20 +14,22 @@ from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, lazyload, selectinload, sessionmaker
 
 from consumers import metrics
 from consumers.alerts import deliver_alert, record_alert
 from consumers.handlers import HANDLERS, HandlerContext, Outcome
 from consumers.handlers.lookup import ids_named, order_named
+from consumers.handlers.payment_intents import SUCCEEDED
 from consumers.mail import is_still_true, send_mail
 from consumers.payments import cancel_order_payment_intents, retrieve_payment_intent
 from models.base import utcnow
-from models.catalog import collect_sold_units
-from models.db import add_row, collect_rows_at_commit, transaction
+from models.catalog import ReservationStatus, SoldUnits, collect_sold_units
+from models.db import RowsAtCommit, add_row, collect_rows_at_commit, transaction
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
 from models.history import AttemptOutcome, EventAttempt, caused_by
 from models.logs import describe_error, redact
+from models.orders import Order, OrderStatus
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -167,6 +169,11 @@ def _claim(session: Session, settings: Settings, outbox_id: int, handled: dict,
     message = _lock(session, outbox_id)
     if message is None:
         return _Claimed(Result("missing", f"no outbox message {outbox_id}"))
+    return _claim_locked(session, settings, message, handled, fetched)
+
+
+def _claim_locked(session: Session, settings: Settings, message: OutboxMessage, handled: dict,
+                  fetched: dict[str, dict | None]) -> _Claimed:
     if not message.is_to_handle():
         log.info("message_skipped", status=message.status.value)
         return _Claimed(Result("skipped", message.status.value))
@@ -238,7 +245,9 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     """Run several messages in ONE transaction, each in its own savepoint; the result of each.
 
     What `process_message` does for one message, at one commit for all (the commit and its
-    round trips are most of a paid order's cost). Messages are taken in outbox id order. A
+    round trips are most of a paid order's cost). The messages are locked together; the ordinary
+    payments among them are applied together (`_pay_ordinary_orders`) and the mails claimed
+    together, then the others are taken in outbox id order. A
     message whose handler raises rolls back only its savepoint; it and any message needing
     Stripe's record of an intent (ConfirmationNeeded) go through `process_message` after the
     commit, which records a failure exactly as for a message on its own. Mails and Stripe
@@ -256,7 +265,23 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     try:
         with transaction(factory) as session:
             sold, rows = collect_sold_units(session), collect_rows_at_commit(session)
+            messages = _lock_messages(session, ids)
+            paid = _pay_ordinary_orders(session, settings, messages, sold, rows)
+            for outbox_id, (handled, outcome, started) in paid.items():
+                finished.append((handled, outcome, started))
+                results[outbox_id] = Result("done")
+            # Mails only need their message: claimed together, sent after the commit.
+            mails = [message for message in messages if message.topic is Topic.MAIL]
+            for message in mails:
+                claimed = _claim_locked(session, settings, message, {}, {})
+                if claimed.outside is not None:
+                    outside.append((message.id, *claimed.outside, time.monotonic()))
+                else:
+                    results[message.id] = claimed.result or Result("done")
+            claimed_already = set(paid) | {message.id for message in mails}
             for outbox_id in ids:
+                if outbox_id in claimed_already:
+                    continue
                 structlog.contextvars.clear_contextvars()
                 structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
                 started, handled = time.monotonic(), {}
@@ -297,6 +322,99 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     for outbox_id in alone:
         results[outbox_id] = process_message(factory, settings, outbox_id)
     return results
+
+
+# An order a succeeded event can pay.
+_PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
+
+
+def _pay_ordinary_orders(session: Session, settings: Settings, messages: list[OutboxMessage], sold: SoldUnits,
+                         rows: RowsAtCommit) -> dict[int, tuple[dict, Outcome, float]]:
+    """Pay a batch's ordinary orders together; {outbox id: (handled, outcome, started)} of those paid.
+
+    Ordinary: a live message of a `payment_intent.succeeded` event not yet finished, of this
+    account and mode, for the order holding that intent, which is waiting for its payment, has
+    counted none yet, holds all its units and is owed exactly the amount paid, in its currency,
+    one event per order. Their messages, events and orders are locked with one statement per
+    table (the orders' holds and lines read with one more each), the same handler runs on each,
+    and their changes are written at one flush: one statement per table, not a dozen per order. Anything
+    else is left to the batch's one-by-one path, as is every one of these if any of them raises
+    (their one savepoint is rolled back). Orders are paid before the batch's other messages, so
+    another event for the same order in the batch is applied after the payment, as it would be
+    had it arrived later: the handlers allow any order of arrival (an order's status only moves
+    forward, a stale decline is ignored).
+    """
+    livemode = key_is_live(settings.stripe_api_key)
+    chosen: list[tuple[OutboxMessage, InboxEvent, dict]] = []
+    orders: dict[str, Order] = {}
+    for message, event, order in _lock_payments(session, messages):
+        data = event.data
+        if order.payment_intent_id not in orders and _is_ordinary(data, order, livemode):
+            orders[order.payment_intent_id] = order
+            chosen.append((message, event, data))
+    if not chosen:
+        return {}
+    context = dataclasses.replace(handler_context(settings, {}), locked_orders=orders)
+    paid: dict[int, tuple[dict, Outcome, float]] = {}
+    try:
+        with sold.savepoint(), rows.savepoint(), session.begin_nested(), session.no_autoflush:
+            for message, event, data in chosen:
+                started = time.monotonic()
+                structlog.contextvars.clear_contextvars()
+                structlog.contextvars.bind_contextvars(outbox_id=message.id,
+                                                       order_id=orders[event.object_id].id)
+                outcome = run_event(session, event, settings, runner="worker", outbox_id=message.id,
+                                    context=context)
+                message.mark_done()
+                handled = {"inbox_event_id": event.id, "type": event.type, "created": data.get("created")}
+                paid[message.id] = (handled, outcome, started)
+    except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint: each runs on its own instead
+        structlog.contextvars.clear_contextvars()
+        log.info("batch_payments_rolled_back", payments=len(chosen), error=describe_error(exc))
+        return {}
+    return paid
+
+
+def _lock_messages(session: Session, ids: list[int]) -> list[OutboxMessage]:
+    """A batch's messages, locked in outbox id order (as each would be on its own), by key only:
+    a filter on another column lets the planner pick that column's index, and with statistics
+    that lag a fast-growing table it then scans every row of the kind (seen at 1 ms per 1,000)."""
+    return list(session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(ids))
+                                .order_by(OutboxMessage.id).with_for_update()))
+
+
+def _lock_payments(session: Session, batch: list[OutboxMessage]) -> list[tuple[OutboxMessage, InboxEvent, Order]]:
+    """The batch's live succeeded events with the order holding their intent, locked as a message
+    on its own locks them (its message, its event, then its order), each table in one statement
+    that looks rows up by key only (see `_lock_messages`); everything else is checked here."""
+    messages = [message for message in batch
+                if message.topic is Topic.STRIPE_EVENT and message.inbox_event_id is not None and message.is_to_handle()]
+    if not messages:
+        return []
+    events = {event.id: event for event in session.scalars(
+        select(InboxEvent).where(InboxEvent.id.in_([m.inbox_event_id for m in messages]))
+        .order_by(InboxEvent.id).with_for_update())
+        if event.type == SUCCEEDED and event.status not in CLOSED_EVENT_STATES and event.object_id}
+    if not events:
+        return []
+    orders = {order.payment_intent_id: order for order in session.scalars(
+        select(Order).where(Order.payment_intent_id.in_({e.object_id for e in events.values()}))
+        .order_by(Order.id)
+        .options(selectinload(Order.reservations), selectinload(Order.lines), lazyload(Order.shipment))
+        .with_for_update())}
+    return [(message, events[message.inbox_event_id], orders[events[message.inbox_event_id].object_id])
+            for message in messages
+            if message.inbox_event_id in events and events[message.inbox_event_id].object_id in orders]
+
+
+def _is_ordinary(data: dict, order: Order, livemode: bool) -> bool:
+    intent = (data.get("data") or {}).get("object") or {}
+    paid = intent.get("amount_received") or intent.get("amount") or 0
+    currency = intent.get("currency")
+    return (order.status in _PAYABLE and order.paid_amount == 0
+            and not_this_account(data, livemode) is None and intent.get("id") == order.payment_intent_id
+            and paid == order.total and isinstance(currency, str) and currency.lower() == order.currency.lower()
+            and all(r.status is ReservationStatus.ACTIVE for r in order.reservations))
 
 
 def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, dict, float]],

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, enum_column, new_id, utcnow
 from models.catalog import Product
+from models.db import execute_at_commit
 from models.errors import Conflict, InvalidInput, NotFound
 
 MAX_QUANTITY = 99
@@ -125,5 +126,6 @@ _DELETE_CART = (update(Cart.__table__)
 
 
 def delete_cart_logically(session: Session, cart_id: str) -> None:
-    """`Cart.delete_logically` in one Core UPDATE, built once, without loading the cart and its items."""
-    session.execute(_DELETE_CART, {"cart_id": cart_id, "now": utcnow()})
+    """`Cart.delete_logically` in one Core UPDATE, built once, without loading the cart and its items
+    (in a worker batch, with the batch's others at its commit: nothing reads a paid order's cart)."""
+    execute_at_commit(session, _DELETE_CART, {"cart_id": cart_id, "now": utcnow()})

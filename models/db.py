@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Executable
 
 
 def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
@@ -179,26 +180,35 @@ class RowsAtCommit:
     """Rows a transaction only appends and never reads back (history rows, handler attempts,
     queued mails), added to the session just before its commit: its last flush then writes each
     table's rows in one INSERT instead of one per savepoint. Their times are set when they are
-    made, so they read as if added at once. Attached with `collect_rows_at_commit`; without it
-    `add_row` adds at once.
+    made, so they read as if added at once. Likewise Core writes to rows nothing in the
+    transaction reads back (a paid order's cart marked deleted): one executemany per statement.
+    Attached with `collect_rows_at_commit`; without it `add_row` and `execute_at_commit` act at once.
     """
 
     def __init__(self) -> None:
         self.rows: list[object] = []
+        self.writes: list[tuple[Executable, dict]] = []
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """Around a savepoint: if it is rolled back, the rows made inside it are dropped too."""
-        kept = len(self.rows)
+        """Around a savepoint: if it is rolled back, the rows and writes made inside it are dropped too."""
+        kept, kept_writes = len(self.rows), len(self.writes)
         try:
             yield
         except BaseException:
             del self.rows[kept:]
+            del self.writes[kept_writes:]
             raise
 
     def add_to(self, session: Session) -> None:
         session.add_all(self.rows)
         self.rows = []
+        by_statement: dict[Executable, list[dict]] = {}
+        for statement, params in self.writes:
+            by_statement.setdefault(statement, []).append(params)
+        for statement, params_list in by_statement.items():
+            session.execute(statement, params_list)
+        self.writes = []
 
 
 _ROWS_AT_COMMIT = "rows_at_commit"
@@ -215,3 +225,13 @@ def add_row(session: Session, row: object) -> None:
         later.rows.append(row)
     else:
         session.add(row)
+
+
+def execute_at_commit(session: Session, statement: Executable, params: dict) -> None:
+    """Run a Core write whose rows nothing in this transaction reads back: at once, or with the
+    others of the same statement (one executemany) at the commit of a worker batch."""
+    later = session.info.get(_ROWS_AT_COMMIT)
+    if later is not None:
+        later.writes.append((statement, params))
+    else:
+        session.execute(statement, params)

@@ -33,7 +33,7 @@ class _Found:
 def _find(session: Session, intent: dict, context: HandlerContext) -> _Found:
     """By the intent id the order holds; else by metadata.order_id, confirmed with Stripe's API
     when the order holds no intent yet. An order holding another intent is reported as such."""
-    order = lock_order_for_intent(session, intent["id"])
+    order = context.locked_orders.get(intent["id"]) or lock_order_for_intent(session, intent["id"])
     if order is not None:
         return _Found(order)
     order_id = (intent.get("metadata") or {}).get("order_id")

@@ -5,12 +5,15 @@ from this table, never from a second list.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from sqlalchemy.orm import Session
 
 from consumers.handlers.outcome import Outcome
+
+if TYPE_CHECKING:
+    from models.orders import Order
 
 
 @dataclass(frozen=True)
@@ -19,10 +22,14 @@ class HandlerContext:
 
     `livemode` is the mode of the configured STRIPE_API_KEY; `retrieve_payment_intent` asks
     Stripe's API for an intent (raises PaymentGatewayError when Stripe cannot be reached).
+    `locked_orders` are orders the caller has already locked in this transaction, by the payment
+    intent id they hold (a worker batch locks its orders in one statement): a handler takes its
+    order from there instead of locking it again.
     """
 
     livemode: bool
     retrieve_payment_intent: Callable[[str], dict | None]
+    locked_orders: Mapping[str, "Order"] = field(default_factory=dict)
 
 
 class Handler(Protocol):
