@@ -1,0 +1,20 @@
+"""Settings read from the environment: defaults that depend on the database."""
+from __future__ import annotations
+
+import pytest
+
+from models.settings import Settings
+
+
+@pytest.mark.parametrize(("database_url", "expected"), [
+    ("postgresql+psycopg://shop@db/shop", 50),   # a batch's round trips are most of its cost
+    ("sqlite:///instance/shop.db", 10),          # a batch holds the one writer the webhook waits for
+])
+def test_a_workers_batch_defaults_to_what_suits_its_database(database_url, expected):
+    assert Settings.from_env({"DATABASE_URL": database_url}).worker_batch == expected
+
+
+def test_worker_batch_from_the_environment_wins_on_either_database():
+    for url in ("postgresql+psycopg://shop@db/shop", "sqlite:///instance/shop.db"):
+        assert Settings.from_env({"DATABASE_URL": url, "WORKER_BATCH": "3"}).worker_batch == 3
+        assert Settings.from_env({"DATABASE_URL": url, "WORKER_BATCH": "0"}).worker_batch == 1
