@@ -212,3 +212,26 @@ if servers_available():
             assert post.response.get_json() == {"received": True, "duplicate": False}
         assert sorted(_rows(sessions, [event["id"] for event in events])) == sorted(event["id"] for event in events)
         assert (_count(sessions, InboxEvent), _count(sessions, OutboxMessage)) == (4, 4)
+
+
+def test_a_delivery_still_queued_when_its_wait_runs_out_answers_503_and_is_never_stored(app, settings, sessions,
+                                                                                      monkeypatch):
+    from webhook_app import webhooks
+
+    monkeypatch.setattr(webhooks, "_QUEUE_TIMEOUT", 0.2)
+    group_commit = app.wsgi_app.endpoint.group_commit
+    opener = _Post(app, json.dumps(event_for("localstripe_payment_intent.succeeded")))
+    late = event_for("localstripe_payment_intent.succeeded")
+    queued = _Post(app, json.dumps(late))
+    with _store_held(settings):
+        opener.start()
+        _wait_until(lambda: group_commit._leading, "the opening event's store is in flight")
+        queued.start()
+        queued.join(WAIT)  # answered while the store it waited behind is still in flight
+        assert not queued.is_alive()
+        assert_error(queued.response, 503, "storage_unavailable")
+        assert group_commit._queued == []  # taken out of the queue: no later group stores it
+    opener.join(WAIT)
+    assert opener.response.status_code == 200
+    assert _rows(sessions, [late["id"]]) == {}
+    assert (_count(sessions, InboxEvent), _count(sessions, OutboxMessage)) == (1, 1)
