@@ -255,6 +255,39 @@ _PG_STORE_AND_QUEUE = f"""
     SELECT id FROM stored_event"""
 _PG_EXISTING = "SELECT id, status FROM inbox_events WHERE event_id = %(event_id)s"
 
+# A group of events (the webhook's group commit) in ONE statement, whatever its size: the rows go
+# in as arrays, one per column, so the text never changes and psycopg prepares it once. The arrays
+# are sent in binary (%b): in text, psycopg quotes each element of an array in Python, which for
+# the payloads' quotes cost more CPU than the statement saved. Inserted
+# in event id order, as every group is, so two groups holding the same ids never wait on each
+# other in opposite orders (a deadlock).
+_PG_STORE_AND_QUEUE_GROUP = """
+    WITH arrived AS (
+        SELECT * FROM unnest(%(event_id)b::text[], %(type)b::text[], %(api_version)b::text[],
+                             %(livemode)b::boolean[], %(payload)b::text[], %(object_id)b::text[],
+                             %(status)b::text[], %(outcome)b::text[], %(received_at)b::timestamptz[],
+                             %(processed_at)b::timestamptz[], %(queue_payload)b::text[])
+            WITH ORDINALITY AS arrived(event_id, type, api_version, livemode, payload, object_id, status, outcome,
+                                       received_at, processed_at, queue_payload, position)
+    ), stored_event AS (
+        INSERT INTO inbox_events (event_id, type, api_version, livemode, payload, object_id, status, attempts,
+                                  outcome, received_at, processed_at)
+        SELECT event_id, type, api_version, livemode, payload, object_id, status, 0, outcome, received_at,
+               processed_at
+        FROM arrived ORDER BY position
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING id, event_id
+    ), queued AS (
+        INSERT INTO outbox (topic, payload, inbox_event_id, status, attempts, deliveries, available_at, created_at)
+        SELECT %(queue_topic)s, arrived.queue_payload, stored_event.id, %(queue_status)s, 0, 0,
+               arrived.received_at, arrived.received_at
+        FROM stored_event JOIN arrived USING (event_id)
+        WHERE arrived.queue_payload IS NOT NULL
+        ORDER BY stored_event.id
+    )
+    SELECT event_id, id FROM stored_event"""
+_PG_EXISTING_GROUP = "SELECT event_id, id, status FROM inbox_events WHERE event_id = ANY(%(event_ids)s::text[])"
+
 
 def _inbox_row(event: dict, raw_payload: str, handled: bool) -> dict:
     obj = event.get("data", {}).get("object") or {}
@@ -292,6 +325,60 @@ def store_event_pg(connection, event: dict, raw_payload: str, *, handled_types: 
     return StoredEvent(stored[0], row["status"], False)
 
 
+def _first_copies(arrivals: list[tuple[dict, str]]) -> list[tuple[dict, str]]:
+    """Each event of a group once (its first copy), in event id order; a later copy is its duplicate."""
+    first: dict[str, tuple[dict, str]] = {}
+    for event, raw_payload in arrivals:
+        first.setdefault(event["id"], (event, raw_payload))
+    return [first[event_id] for event_id in sorted(first)]
+
+
+def _answers(arrivals: list[tuple[dict, str]], outcome: dict[str, StoredEvent]) -> list[StoredEvent]:
+    """What each arrival of a group is answered: its event's outcome, as a duplicate for every copy after the first."""
+    answered, seen = [], set()
+    for event, _raw in arrivals:
+        stored = outcome[event["id"]]
+        answered.append(stored if event["id"] not in seen else stored._replace(duplicate=True))
+        seen.add(event["id"])
+    return answered
+
+
+def store_events_pg(connection, arrivals: list[tuple[dict, str]], *,
+                    handled_types: frozenset[str]) -> list[StoredEvent]:
+    """`store_event_pg` for a group of (event, raw payload), answered in their order: one statement
+    (two if any is a duplicate of a stored event), so in autocommit ONE transaction for them all.
+
+    Two copies of one event in the group store it once; the later copy is a duplicate.
+    """
+    if len(arrivals) == 1:
+        event, raw_payload = arrivals[0]
+        return [store_event_pg(connection, event, raw_payload, handled_types=handled_types)]
+    columns: dict[str, list] = {name: [] for name in (
+        "event_id", "type", "api_version", "livemode", "payload", "object_id", "status", "outcome", "received_at",
+        "processed_at", "queue_payload")}
+    statuses: dict[str, EventStatus] = {}
+    for event, raw_payload in _first_copies(arrivals):
+        handled = event["type"] in handled_types
+        row = _inbox_row(event, raw_payload, handled)
+        statuses[event["id"]] = row["status"]
+        row.update(status=row["status"].value,
+                   queue_payload=json.dumps({"event_id": event["id"]}) if handled else None)
+        for name, values in columns.items():
+            values.append(row[name])
+    outcome: dict[str, StoredEvent] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(_PG_STORE_AND_QUEUE_GROUP, {**columns, "queue_topic": Topic.STRIPE_EVENT.value,
+                                                  "queue_status": OutboxStatus.PENDING.value})
+        for event_id, stored_id in cursor.fetchall():
+            outcome[event_id] = StoredEvent(stored_id, statuses[event_id], False)
+        already = [event_id for event_id in columns["event_id"] if event_id not in outcome]
+        if already:
+            cursor.execute(_PG_EXISTING_GROUP, {"event_ids": already})
+            for event_id, existing_id, existing_status in cursor.fetchall():
+                outcome[event_id] = StoredEvent(existing_id, EventStatus(existing_status), True)
+    return _answers(arrivals, outcome)
+
+
 # SQLite, on the driver's connection (the webhook's hot path): no INSERT inside WITH here, so
 # two statements in a write transaction taken up front, as the service's engine takes them.
 _SQLITE_INBOX_ROW = """
@@ -321,24 +408,35 @@ _SQLITE_TIMESTAMP = _sqlite_timestamp()
 def store_event_sqlite(connection, event: dict, raw_payload: str, *, handled_types: frozenset[str]) -> StoredEvent:
     """`store_event` on SQLite, through a sqlite3 connection in autocommit mode (the service's
     engine sets isolation_level None): BEGIN IMMEDIATE, one or two INSERTs, COMMIT."""
-    handled = event["type"] in handled_types
-    row = _inbox_row(event, raw_payload, handled)
-    received_at = _SQLITE_TIMESTAMP(row["received_at"])
-    params = {**row, "status": row["status"].value, "received_at": received_at,
-              "processed_at": None if handled else received_at}
+    return store_events_sqlite(connection, [(event, raw_payload)], handled_types=handled_types)[0]
+
+
+def store_events_sqlite(connection, arrivals: list[tuple[dict, str]], *,
+                        handled_types: frozenset[str]) -> list[StoredEvent]:
+    """`store_event_sqlite` for a group of (event, raw payload), answered in their order: one
+    BEGIN IMMEDIATE … COMMIT around all their INSERTs. Two copies of one event in the group store
+    it once; the later copy is a duplicate."""
+    outcome: dict[str, StoredEvent] = {}
     cursor = connection.cursor()
     try:
         cursor.execute("BEGIN IMMEDIATE")
-        stored = cursor.execute(_SQLITE_INBOX_ROW, params).fetchone()
-        if stored is None:
-            existing_id, existing_status = cursor.execute(_SQLITE_EXISTING, {"event_id": event["id"]}).fetchone()
-            cursor.execute("COMMIT")
-            return StoredEvent(existing_id, EventStatus(existing_status), True)
-        if handled:
-            cursor.execute(_SQLITE_QUEUE, {"queue_topic": Topic.STRIPE_EVENT.value,
-                                           "queue_payload": json.dumps({"event_id": event["id"]}),
-                                           "inbox_event_id": stored[0], "queue_status": OutboxStatus.PENDING.value,
-                                           "received_at": received_at})
+        for event, raw_payload in _first_copies(arrivals):
+            handled = event["type"] in handled_types
+            row = _inbox_row(event, raw_payload, handled)
+            received_at = _SQLITE_TIMESTAMP(row["received_at"])
+            params = {**row, "status": row["status"].value, "received_at": received_at,
+                      "processed_at": None if handled else received_at}
+            stored = cursor.execute(_SQLITE_INBOX_ROW, params).fetchone()
+            if stored is None:
+                existing_id, existing_status = cursor.execute(_SQLITE_EXISTING, {"event_id": event["id"]}).fetchone()
+                outcome[event["id"]] = StoredEvent(existing_id, EventStatus(existing_status), True)
+                continue
+            if handled:
+                cursor.execute(_SQLITE_QUEUE, {"queue_topic": Topic.STRIPE_EVENT.value,
+                                               "queue_payload": json.dumps({"event_id": event["id"]}),
+                                               "inbox_event_id": stored[0],
+                                               "queue_status": OutboxStatus.PENDING.value, "received_at": received_at})
+            outcome[event["id"]] = StoredEvent(stored[0], row["status"], False)
         cursor.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
@@ -346,7 +444,7 @@ def store_event_sqlite(connection, event: dict, raw_payload: str, *, handled_typ
         raise
     finally:
         cursor.close()
-    return StoredEvent(stored[0], row["status"], False)
+    return _answers(arrivals, outcome)
 
 
 def store_event(session: Session | Connection, event: dict, raw_payload: str, *,

@@ -1,7 +1,9 @@
 """POST /webhooks/stripe: verify, store once (inbox + outbox in one transaction), answer at once.
 
 No business logic runs here; the worker does it. A 2xx tells Stripe the event is safely
-stored, so anything that stops us storing it answers 503 and Stripe delivers it again.
+stored, so anything that stops us storing it answers 503 and Stripe delivers it again. The
+stores of a process are a group commit (`GroupCommit`): events that arrive while one is in
+flight are stored together by the next, in one transaction, and each request answers after it.
 
 The path is served by a plain WSGI callable in front of the Flask app (`WebhookDispatcher`,
 installed as the app's `wsgi_app` by create_app), not by a Flask view: Flask's request context,
@@ -27,7 +29,7 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 from consumers import metrics
 from consumers.handlers import HANDLED_EVENT_TYPES
 from models.db import writer_turn
-from models.events import store_event_pg, store_event_sqlite
+from models.events import StoredEvent, store_events_pg, store_events_sqlite
 from models.base import new_id
 from models.logs import describe_error
 from webhook_app.errors import error_body
@@ -177,17 +179,20 @@ def _not_an_event(event) -> str | None:
 
 
 class StoreBusy(Exception):
-    """This process could not get its turn to write in time (SQLite only)."""
+    """This process could not get its turn to write in time."""
 
 
 # SQLite has one write lock per database file, and a connection that finds it taken waits in
 # SQLite's busy handler, which sleeps between tries (up to 100 ms a try). With gthread workers
 # every thread of every process asks at once and most requests sleep: p99 went to hundreds of
-# ms. One store at a time per process queues the others on this lock, which hands over at
-# once; only the processes, not their threads, meet in the busy handler. Bounded, like
-# busy_timeout, so a request still gets a clean 503 under gunicorn's timeout.
+# ms. One store at a time per process (the group commit's leader) under this lock; only the
+# processes, not their threads, meet in the busy handler. Bounded, like busy_timeout, so a
+# request still gets a clean 503 under gunicorn's timeout.
 _SQLITE_WRITER = threading.Lock()
 _SQLITE_WRITER_TIMEOUT = 10.0
+
+# How long a request waits in the group queue before a leader takes its event; then 503.
+_QUEUE_TIMEOUT = 10.0
 
 
 class StoreFailed(Exception):
@@ -198,34 +203,115 @@ class ConnectionLost(StoreFailed):
     """The pooled connection was found closed by the server; it has been thrown away."""
 
 
-def _store(engine, event: dict, payload: str):
+class _Arrival:
+    """One request's event in the group queue, and what its group's store did with it."""
+
+    __slots__ = ("event", "payload", "woken", "taken", "group", "stored", "error")
+
+    def __init__(self, event: dict, payload: str):
+        self.event, self.payload = event, payload
+        self.woken = threading.Event()  # set once: its group's store is over, or it leads the next group
+        self.taken = False  # in a group (no longer only queued)
+        self.group: list[_Arrival] | None = None  # the group it leads
+        self.stored: StoredEvent | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """The webhook's stores in one process, as a group commit: one store in flight at a time, and
+    the events that arrive meanwhile are stored together by the next, in one statement
+    (PostgreSQL) or one BEGIN IMMEDIATE … COMMIT (SQLite): one commit for the group.
+
+    Leader and followers, no thread of its own: a request that finds no store in flight stores
+    its event at once; one that finds a store in flight queues. When a store is over, the
+    first queued request leads the next group (everything queued by then), and every request
+    of the group that was stored is woken with its answer. A group never waits for more
+    requests to come, so an idle endpoint stores each event alone, at once. Each request
+    answers only after the commit that holds its event. A group whose store fails fails every
+    request in it (each answers 503 and Stripe delivers each again); none of it is stored, since
+    it was one transaction.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._queued: list[_Arrival] = []
+        self._leading = False  # a store is in flight, or about to be
+        self.groups = 0  # groups stored (or failed) by this process, and the events in them
+        self.events = 0
+
+    def store(self, event: dict, payload: str) -> StoredEvent:
+        arrival = _Arrival(event, payload)
+        with self._lock:
+            if self._leading:
+                self._queued.append(arrival)
+            else:
+                self._leading = True
+                arrival.group = [arrival]
+        if arrival.group is None:
+            if not arrival.woken.wait(_QUEUE_TIMEOUT):
+                with self._lock:
+                    if not arrival.taken:
+                        self._queued.remove(arrival)
+                        raise StoreBusy(f"no turn to store within {_QUEUE_TIMEOUT:g} s")
+                arrival.woken.wait()  # in a group already: its answer comes with that group's commit
+        if arrival.group is not None:
+            self._lead(arrival.group)  # raises the store's own error, if it fails
+        elif arrival.error is not None:  # the leader's error, as it was raised to the leader
+            if isinstance(arrival.error, (StoreBusy, StoreFailed)):
+                raise type(arrival.error)(str(arrival.error)) from arrival.error
+            raise StoreFailed(describe_error(arrival.error)) from arrival.error
+        return arrival.stored
+
+    def _lead(self, group: list[_Arrival]) -> None:
+        try:
+            stored = _store_group(self.engine, [(member.event, member.payload) for member in group])
+            for member, outcome in zip(group, stored):
+                member.stored = outcome
+        except BaseException as exc:
+            for member in group:
+                member.error = exc
+            raise
+        finally:
+            with self._lock:
+                self.groups += 1
+                self.events += len(group)
+                following, self._queued = self._queued, []
+                for member in following:
+                    member.taken = True
+                if following:
+                    following[0].group = following
+                else:
+                    self._leading = False
+            for member in group[1:]:  # group[0] is this thread
+                member.woken.set()
+            if following:
+                following[0].woken.set()
+
+
+def _store_group(engine, arrivals: list[tuple[dict, str]]) -> list[StoredEvent]:
     if engine.dialect.name == "postgresql":
         try:
-            return _store_pg(engine, event, payload)
+            return _store_raw(engine, store_events_pg, arrivals)
         except ConnectionLost as exc:
             # The pool keeps no pre-ping: a connection the server closed (a restart, a failover)
             # is found here. The store is idempotent by event id, so once more on a fresh one.
-            log.info("webhook_store_reconnecting", error=str(exc))
-            return _store_pg(engine, event, payload)
+            log.info("webhook_store_reconnecting", error=str(exc), events=len(arrivals))
+            return _store_raw(engine, store_events_pg, arrivals)
     if not _SQLITE_WRITER.acquire(timeout=_SQLITE_WRITER_TIMEOUT):
         raise StoreBusy(f"no turn to write within {_SQLITE_WRITER_TIMEOUT:g} s")
     try:
-        return _store_raw(engine, _store_sqlite, event, payload)
+        return _store_raw(engine, _store_sqlite, arrivals)
     finally:
         _SQLITE_WRITER.release()
 
 
-def _store_sqlite(connection, event: dict, payload: str, *, handled_types: frozenset[str]):
+def _store_sqlite(connection, arrivals: list[tuple[dict, str]], *, handled_types: frozenset[str]):
     with writer_turn(connection):  # the turn every SQLite writer of every process takes (models.db)
-        return store_event_sqlite(connection, event, payload, handled_types=handled_types)
+        return store_events_sqlite(connection, arrivals, handled_types=handled_types)
 
 
-def _store_pg(engine, event: dict, payload: str):
-    """One statement on a pooled autocommit connection: committed when it returns."""
-    return _store_raw(engine, store_event_pg, event, payload)
-
-
-def _store_raw(engine, store, event: dict, payload: str):
+def _store_raw(engine, store, arrivals: list[tuple[dict, str]]) -> list[StoredEvent]:
     """Store through the driver's own connection from the pool: no ORM Session and none of
     SQLAlchemy's per-statement machinery, which was most of the request's CPU time."""
     try:
@@ -233,7 +319,7 @@ def _store_raw(engine, store, event: dict, payload: str):
     except engine.dialect.loaded_dbapi.Error as exc:
         raise StoreFailed(describe_error(exc)) from exc
     try:
-        return store(connection.dbapi_connection, event, payload, handled_types=HANDLED_EVENT_TYPES)
+        return store(connection.dbapi_connection, arrivals, handled_types=HANDLED_EVENT_TYPES)
     except engine.dialect.loaded_dbapi.Error as exc:
         if engine.dialect.is_disconnect(exc, connection.dbapi_connection, None):
             connection.invalidate(exc)
@@ -283,6 +369,7 @@ class StripeWebhookEndpoint:
 
     def __init__(self, shop):
         self.shop = shop
+        self.group_commit = GroupCommit(shop.store_engine)
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -302,7 +389,7 @@ class StripeWebhookEndpoint:
                 headers.append(("Allow", "OPTIONS, POST"))  # as Flask's 405 says it for a POST-only route
             else:
                 try:
-                    status, body = _Delivery(self.shop, environ, started).answer()
+                    status, body = _Delivery(self.shop, self.group_commit, environ, started).answer()
                 except Exception:
                     log.exception("request_failed")
                     status, body = 500, _INTERNAL_ERROR
@@ -316,8 +403,8 @@ class StripeWebhookEndpoint:
 class _Delivery:
     """One POST: size limit, signature, strict JSON, event checks, then the store; answer() gives (status, body)."""
 
-    def __init__(self, shop, environ, started: float):
-        self.shop, self.environ, self.started = shop, environ, started
+    def __init__(self, shop, group_commit: GroupCommit, environ, started: float):
+        self.shop, self.group_commit, self.environ, self.started = shop, group_commit, environ, started
 
     def fields(self, status: int) -> dict:
         """What gunicorn's access line would say; the webhook's own line says it instead (one line a request)."""
@@ -381,7 +468,7 @@ class _Delivery:
 
         structlog.contextvars.bind_contextvars(event_id=event["id"], event_type=event["type"])
         try:
-            stored = _store(self.shop.store_engine, event, payload)
+            stored = self.group_commit.store(event, payload)
         except (SQLAlchemyError, StoreBusy, StoreFailed) as exc:
             log.error("webhook_store_failed", error=describe_error(exc), **self.fields(503))
             metrics.observe_webhook(event["type"], "rejected", "storage_unavailable")
