@@ -21,7 +21,7 @@ from consumers.alerts import deliver_alert, record_alert
 from consumers.handlers import HANDLERS, HandlerContext, Outcome
 from consumers.handlers.lookup import ids_named, order_named
 from consumers.handlers.payment_intents import SUCCEEDED
-from consumers.mail import is_still_true, send_mail
+from consumers.mail import MailsAfterCommit, is_still_true, send_after_commit, send_mail
 from consumers.payments import cancel_order_payment_intents, retrieve_payment_intent
 from models.base import utcnow
 from models.catalog import ReservationStatus, SoldUnits, collect_sold_units
@@ -206,6 +206,7 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
         while True:
             try:
                 with transaction(factory) as session:
+                    mails = send_after_commit(session, settings.redelivery_seconds)
                     claimed = _claim(session, settings, outbox_id, handled, fetched)
                 break
             except ConfirmationNeeded as need:
@@ -227,7 +228,16 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
     _observe(handled, claimed.outcome, started)
     if claimed.outcome is not None and claimed.outcome.alert_id is not None:
         deliver_alert(factory, settings, claimed.outcome.alert_id)
+    _send_committed_mails(factory, settings, mails)
     return Result("done")
+
+
+def _send_committed_mails(factory, settings: Settings, mails: MailsAfterCommit) -> None:
+    """Send the confirmation mails a committed transaction queued (`MailsAfterCommit`), as
+    `_finish_outside` sends a batch's mail messages; a failure schedules the mail's retry."""
+    calls = [(row.id, Topic.MAIL, row.body, time.monotonic()) for row in mails.committed()]
+    if calls:
+        _finish_outside(factory, settings, calls, {})
 
 
 def _failed(factory, settings: Settings, outbox_id: int, exc: Exception, handled: dict, started: float) -> Result:
@@ -265,6 +275,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     try:
         with transaction(factory) as session:
             sold, rows = collect_sold_units(session), collect_rows_at_commit(session)
+            confirmations = send_after_commit(session, settings.redelivery_seconds)
             messages = _lock_messages(session, ids)
             paid = _pay_ordinary_orders(session, settings, messages, sold, rows)
             for outbox_id, (handled, outcome, started) in paid.items():
@@ -319,6 +330,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
         if outcome is not None and outcome.alert_id is not None:
             deliver_alert(factory, settings, outcome.alert_id)
     _finish_outside(factory, settings, outside, results)
+    _send_committed_mails(factory, settings, confirmations)
     for outbox_id in alone:
         results[outbox_id] = process_message(factory, settings, outbox_id)
     return results

@@ -183,3 +183,54 @@ def test_any_log_line_quoting_an_address_or_a_url_password_is_masked_whoever_log
     for secret in ("taro@", "jiro@", "hanako@", "saburo@", "pa55word"):
         assert secret not in logged, logged
     assert "<email>" in logged and "amqp://<credentials>@rabbit.internal" in logged
+
+
+def paid_order_message(checkout, post_event, sessions) -> tuple[dict, int]:
+    order = checkout([("TEA-01", 1)], email="jiro@example.jp")
+    event = event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                      order_id=order["order_id"], amount=order["total"])
+    assert post_event(event).status_code == 200
+    with sessions() as session:
+        return order, session.scalars(select(OutboxMessage.id).where(OutboxMessage.topic == Topic.STRIPE_EVENT)).one()
+
+
+def mail_row(sessions) -> OutboxMessage:
+    with sessions() as session:
+        return session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.MAIL)).one()
+
+
+@pytest.mark.parametrize("run", ["alone", "batch"])
+def test_the_worker_that_pays_an_order_sends_its_confirmation_right_after_its_commit(
+        checkout, post_event, sessions, smtp, mailing_settings, run):
+    """No relay and no broker between the commit and the mail: the worker sends it at once."""
+    import consumers.processing as processing
+
+    _, outbox_id = paid_order_message(checkout, post_event, sessions)
+    if run == "alone":
+        assert processing.process_message(sessions, mailing_settings, outbox_id).outcome == "done"
+    else:
+        assert processing.process_batch(sessions, mailing_settings, [outbox_id])[outbox_id].outcome == "done"
+    assert [to for to, _ in smtp.messages] == [["jiro@example.jp"]]
+    assert mail_row(sessions).status is OutboxStatus.DONE
+
+
+def test_a_confirmation_its_worker_never_sent_is_published_by_the_relay_after_the_redelivery_wait(
+        checkout, post_event, sessions, smtp, mailing_settings, monkeypatch):
+    """The worker died between its commit and the send: the mail waits as published to it, and
+    the relay publishes it once the redelivery wait is over, like any message a worker never finished."""
+    import consumers.processing as processing
+    from tests.conftest import deliver_with
+
+    _, outbox_id = paid_order_message(checkout, post_event, sessions)
+    settings = dataclasses.replace(mailing_settings, redelivery_seconds=1.0)
+    with monkeypatch.context() as patched:
+        patched.setattr(processing, "_send_committed_mails", lambda *_: None)  # dies before sending
+        assert processing.process_message(sessions, settings, outbox_id).outcome == "done"
+    waiting = mail_row(sessions)
+    assert waiting.status is OutboxStatus.PUBLISHED and smtp.messages == []
+    deliver_with(settings, sessions, max_rounds=2)
+    assert smtp.messages == [] and mail_row(sessions).status is OutboxStatus.PUBLISHED  # not before the wait
+    time.sleep(1.2)
+    deliver_with(settings, sessions)
+    assert [to for to, _ in smtp.messages] == [["jiro@example.jp"]]
+    assert mail_row(sessions).status is OutboxStatus.DONE

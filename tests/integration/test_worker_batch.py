@@ -253,12 +253,19 @@ def test_a_batch_takes_its_paid_units_off_the_shelf_in_one_update_per_sku_just_b
         statements.append(" ".join(statement.split()).lower())
         parameters.append(params)
 
+    def commit(_conn):
+        statements.append("commit")
+        parameters.append(None)
+
     ids = event_messages(sessions)
     sa_event.listen(engine, "before_cursor_execute", record)
+    sa_event.listen(engine, "commit", commit)
     try:
         results = processing.process_batch(sessions, settings, ids)
     finally:
         sa_event.remove(engine, "before_cursor_execute", record)
+        sa_event.remove(engine, "commit", commit)
+    del statements[statements.index("commit"):]  # the batch's transaction (then its mails are marked sent)
 
     assert [results[i].outcome for i in ids] == ["done"] * 4
     assert (stock(client, "TEA-01"), stock(client, "CUP-01")) == ((37, 0), (1, 0))
@@ -323,6 +330,6 @@ def test_a_batch_writes_its_history_attempts_and_mails_at_its_commit_as_messages
     assert alone == (
         [(None, "pending_payment", "checkout", "checkout"), ("pending_payment", "paid", "event EVT", None)],
         [(True, True, "worker", AttemptOutcome.PROCESSED, "order paid", None)],
-        [(OutboxStatus.PENDING, None, {"kind": "confirmation"}, True)],
+        [(OutboxStatus.DONE, None, {"kind": "confirmation"}, True)],  # sent by the worker after its commit
     )
     assert [written(o["order_id"], e["id"]) for o, e in zip(orders[:2], events[:2])] == [alone, alone]
