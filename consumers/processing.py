@@ -349,9 +349,9 @@ def _pay_ordinary_orders(session: Session, settings: Settings, messages: list[Ou
     counted none yet, holds all its units and is owed exactly the amount paid, in its currency,
     one event per order. Their messages, events and orders are locked with one statement per
     table (the orders' holds and lines read with one more each), the same handler runs on each,
-    and their changes are written at one flush: one statement per table, not a dozen per order. Anything
-    else is left to the batch's one-by-one path, as is every one of these if any of them raises
-    (their one savepoint is rolled back). Orders are paid before the batch's other messages, so
+    and their changes are written at one flush: one statement per table, not a dozen per order.
+    Anything else is left to the batch's one-by-one path, as is every one of these if any of
+    them raises (their one savepoint is rolled back). Orders are paid before the batch's other messages, so
     another event for the same order in the batch is applied after the payment, as it would be
     had it arrived later: the handlers allow any order of arrival (an order's status only moves
     forward, a stale decline is ignored).
@@ -399,8 +399,8 @@ def _lock_payments(session: Session, batch: list[OutboxMessage]) -> list[tuple[O
     """The batch's live succeeded events with the order holding their intent, locked as a message
     on its own locks them (its message, its event, then its order), each table in one statement
     that looks rows up by key only (see `_lock_messages`); everything else is checked here."""
-    messages = [message for message in batch
-                if message.topic is Topic.STRIPE_EVENT and message.inbox_event_id is not None and message.is_to_handle()]
+    messages = [message for message in batch if message.topic is Topic.STRIPE_EVENT
+                and message.inbox_event_id is not None and message.is_to_handle()]
     if not messages:
         return []
     events = {event.id: event for event in session.scalars(

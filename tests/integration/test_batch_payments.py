@@ -67,7 +67,8 @@ def story(sessions, order: dict, events: list[dict]) -> dict:
             "shipment": stored.shipment and (stored.shipment.fee, stored.shipment.status, stored.shipment.name),
             "cart deleted": session.get(Cart, stored.cart_id).deleted_at is not None,
             "history": [(c.from_status, c.to_status, named(c.cause), named(c.reason)) for c in session.scalars(
-                select(OrderStatusChange).where(OrderStatusChange.order_id == stored.id).order_by(OrderStatusChange.id))],
+                select(OrderStatusChange).where(OrderStatusChange.order_id == stored.id)
+                .order_by(OrderStatusChange.id))],
             "queued": [(m.topic, m.status, named(m.payload)) for m in session.scalars(
                 select(OutboxMessage).where(OutboxMessage.order_id == stored.id).order_by(OutboxMessage.id))],
             "alerts": [named(a.text) for a in session.scalars(
