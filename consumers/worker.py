@@ -104,6 +104,7 @@ class Worker(LongRunningProcess):
     def serve(self, conn: Connection) -> None:
         batch = self.settings.worker_batch
         callback = self.collect if batch > 1 else self.on_message
+        idle_wait = _idle_wait(conn)
         with Consumer(conn, queues=list(QUEUES.values()), callbacks=[callback], accept=["json"],
                       on_decode_error=self.on_decode_error,
                       prefetch_count=max(self.settings.worker_prefetch, batch)):
@@ -114,7 +115,7 @@ class Worker(LongRunningProcess):
                     # consumer is still being set up): those are run without waiting for more,
                     # since with `prefetch_count` of them unacknowledged the broker sends nothing.
                     if not self.pending:
-                        _drain(conn, timeout=1)
+                        _drain(conn, timeout=idle_wait)
                     # Take what the broker has already sent, without waiting for more.
                     while 0 < len(self.pending) < batch and _drain(conn, timeout=0.005):
                         pass
@@ -127,6 +128,15 @@ class Worker(LongRunningProcess):
                         message.requeue()
                     except Exception:  # noqa: BLE001 - the connection is gone: the broker requeues them
                         break
+
+
+def _idle_wait(conn: Connection) -> float:
+    """How long the loop waits for a message before it comes round again (and sends a heartbeat
+    when one is due): under a quarter of the AMQP heartbeat. py-amqp's drain reads on through the
+    broker's heartbeats (RabbitMQ sends one every half interval) and returns only on a message or
+    on that long a silence, so with a longer wait an idle worker would never send its own."""
+    heartbeat = getattr(conn.connection, "heartbeat", None) if conn.transport.driver_type == "amqp" else None
+    return min(1.0, heartbeat / 4) if heartbeat else 1.0
 
 
 def _drain(conn: Connection, timeout: float) -> bool:
