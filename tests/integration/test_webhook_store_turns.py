@@ -144,3 +144,34 @@ def test_the_webhooks_own_store_takes_the_writers_turn_too(client, sessions, set
     assert any("no turn to write" in line for line in lines), lines
     stored = client.post("/webhooks/stripe", data=payload, headers=signed_headers(payload))
     assert stored.get_json() == {"received": True, "duplicate": False}
+
+
+def test_sqlite_copies_its_log_into_the_database_only_every_wal_checkpoint_pages(tmp_path):
+    """A checkpoint runs inside the COMMIT that takes the WAL past its size, under the writers' turn:
+    every other writer waits for it. The service lets the log grow to WAL_CHECKPOINT_PAGES first."""
+    from models import db
+    from models.migrations import upgrade
+
+    path = tmp_path / "wal.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    engine = db.make_engine(url)
+    page = 4096
+    filler = "x" * 3000  # one row a page, about
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE filler (text TEXT)")
+        before = path.stat().st_size
+
+        def fill(pages: int) -> None:
+            for _ in range(pages // 500):
+                with engine.begin() as connection:
+                    connection.exec_driver_sql("INSERT INTO filler VALUES (?)", [(filler,)] * 500)
+
+        fill(2500)  # past SQLite's default of 1,000 pages, which would have checkpointed by now
+        assert path.stat().st_size == before
+        assert (tmp_path / "wal.db-wal").stat().st_size > 2000 * page
+        fill(db.WAL_CHECKPOINT_PAGES - 2000)  # now past the service's own size
+        assert path.stat().st_size > before + 2000 * page
+    finally:
+        engine.dispose()
