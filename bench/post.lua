@@ -1,15 +1,18 @@
 -- wrk script: POST pre-signed, distinct Stripe events to /webhooks/stripe.
 --
---   wrk -t2 -c16 -d3s -s bench/post.lua http://127.0.0.1:PORT -- BODIES_FILE RATE 2 16
---   (RATE 0: as fast as the server answers; then wrk's -t and -c again)
+--   wrk -t2 -c16 -d3s -s bench/post.lua http://127.0.0.1:PORT -- BODIES_FILE RATE 2
+--   (RATE 0: as fast as the server answers; then wrk's -t again)
 --
 -- BODIES_FILE holds one delivery a line: "<Stripe-Signature header>\t<JSON body>", signed by
 -- bench/run.py before the clock starts, so wrk spends no time on HMACs. Thread k of n sends
 -- lines k, k+n, k+2n, …: every request is a distinct event. If a thread runs out of lines it
 -- starts again from its first (those would be stored as duplicates); `done` reports how many
 -- requests that was, and bench/run.py refuses the figure if it is not 0.
--- With RATE (requests/s over all connections), each connection waits connections/RATE seconds
--- between requests: a sustained rate rather than as fast as the server answers.
+-- With RATE (requests/s over all connections), each thread sends on a timetable, one request
+-- every threads/RATE seconds: a connection that gets its answer waits for the thread's next free
+-- slot (not a fixed pause after the answer, which would lower the rate by the server's latency).
+-- wrk asks delay() before every request, a connection's first included. A server that falls
+-- behind ties up every connection, and the rate achieved falls below RATE.
 
 local threads = {}
 local next_id = 0
@@ -20,9 +23,24 @@ function setup(thread)
    table.insert(threads, thread)
 end
 
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock_id, bench_timespec *tp);
+]]
+local CLOCK_MONOTONIC = 1
+local timespec = ffi.new("bench_timespec")
+
+local function now_ms()
+   ffi.C.clock_gettime(CLOCK_MONOTONIC, timespec)
+   return tonumber(timespec.tv_sec) * 1000.0 + tonumber(timespec.tv_nsec) / 1e6
+end
+
 local lines = {}
 local position = 0
-local delay_ms = nil
+local interval_ms = nil  -- between two slots of this thread's timetable
+local started_ms = nil
+local slots = 0          -- slots taken so far
 sent = 0
 wrapped = 0
 
@@ -38,13 +56,18 @@ function init(args)
       index = index + 1
    end
    if args[2] and args[2] ~= "0" then
-      -- args[4] is wrk's -c (all threads): each connection waits connections / RATE seconds.
-      delay_ms = 1000.0 * tonumber(args[4]) / tonumber(args[2])
+      interval_ms = 1000.0 * thread_count / tonumber(args[2])
+      started_ms = now_ms()
    end
 end
 
 function delay()
-   return delay_ms
+   if interval_ms == nil then
+      return 0
+   end
+   local slot_ms = started_ms + slots * interval_ms
+   slots = slots + 1
+   return math.max(0, slot_ms - now_ms())
 end
 
 function request()

@@ -264,7 +264,7 @@ def run_wrk(port: int, bodies: Path, seconds: float, *, rate: float = 0, allow_r
     connections = RATE_CONNECTIONS if rate else WRK_CONNECTIONS
     command = [require_wrk(), f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
                "-s", str(LUA_SCRIPT), f"http://127.0.0.1:{port}", "--", str(bodies), f"{rate:g}",
-               str(WRK_THREADS), str(connections)]
+               str(WRK_THREADS)]
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
