@@ -38,16 +38,9 @@ def actor() -> str:
 
 class StaffSessionInterface(SecureCookieSessionInterface):
     """Session cookies are `Secure` whenever the request came over https (or ADMIN_BASE_URL is
-    https), so one deployment behind TLS never sends a session over plain http.
-
-    Stripe's webhook gets no session: it has no cookie to keep, and it is the one path where
-    opening a session on every request shows in the figures (docs/benchmarks.md).
+    https), so one deployment behind TLS never sends a session over plain http. (Stripe's webhook
+    never reaches Flask, so it never opens one: `webhook_app.webhooks.WebhookDispatcher`.)
     """
-
-    def open_session(self, app: Flask, request):
-        if request.path.startswith("/webhooks/"):
-            return None  # Flask then uses a null session, which is never saved
-        return super().open_session(app, request)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or (request and request.is_secure))
