@@ -6,6 +6,7 @@ restart cannot lose it.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from datetime import datetime, timedelta
@@ -379,22 +380,29 @@ def store_events_pg(connection, arrivals: list[tuple[dict, str]], *,
     return _answers(arrivals, outcome)
 
 
-# SQLite, on the driver's connection (the webhook's hot path): no INSERT inside WITH here, so
-# two statements in a write transaction taken up front, as the service's engine takes them.
-_SQLITE_INBOX_ROW = """
-    INSERT INTO inbox_events (event_id, type, api_version, livemode, payload, object_id, status, attempts,
-                              outcome, received_at, processed_at)
-    VALUES (:event_id, :type, :api_version, :livemode, :payload, :object_id, :status, 0,
-            :outcome, :received_at, :processed_at)
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING id"""
+# SQLite, on the driver's connection (the webhook's hot path). SQLite has one writer at a time,
+# so a group holds every other writer up for as long as it writes: its rows are made ready before
+# it takes the turn, and it writes them with one INSERT per table (no INSERT inside WITH here).
+_SQLITE_INBOX_COLUMNS = ("event_id", "type", "api_version", "livemode", "payload", "object_id", "status",
+                         "outcome", "received_at", "processed_at")
+_SQLITE_INBOX_VALUES = "(?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
 _SQLITE_QUEUE = """
     INSERT INTO outbox (topic, payload, inbox_event_id, status, attempts, deliveries, available_at, created_at)
-    VALUES (:queue_topic, :queue_payload, :inbox_event_id, :queue_status, 0, 0, :received_at, :received_at)"""
-_SQLITE_EXISTING = "SELECT id, status FROM inbox_events WHERE event_id = :event_id"
+    VALUES (?, ?, ?, ?, 0, 0, ?, ?)"""
+
+
+def _sqlite_inbox_rows(count: int) -> str:
+    """The INSERT of `count` inbox rows; RETURNING says which were new (the others are stored already)."""
+    return (f"INSERT INTO inbox_events ({', '.join(_SQLITE_INBOX_COLUMNS[:7])}, attempts, "
+            f"{', '.join(_SQLITE_INBOX_COLUMNS[7:])}) VALUES {', '.join([_SQLITE_INBOX_VALUES] * count)} "
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id")
+
+
+def _sqlite_existing(count: int) -> str:
+    return f"SELECT event_id, id, status FROM inbox_events WHERE event_id IN ({', '.join('?' * count)})"
+
+
 # Timestamps exactly as SQLAlchemy writes them on SQLite, so every other reader parses them.
-
-
 def _sqlite_timestamp():
     from sqlalchemy.dialects.sqlite import dialect
 
@@ -411,39 +419,51 @@ def store_event_sqlite(connection, event: dict, raw_payload: str, *, handled_typ
     return store_events_sqlite(connection, [(event, raw_payload)], handled_types=handled_types)[0]
 
 
-def store_events_sqlite(connection, arrivals: list[tuple[dict, str]], *,
-                        handled_types: frozenset[str]) -> list[StoredEvent]:
+def store_events_sqlite(connection, arrivals: list[tuple[dict, str]], *, handled_types: frozenset[str],
+                        turn=contextlib.nullcontext) -> list[StoredEvent]:
     """`store_event_sqlite` for a group of (event, raw payload), answered in their order: one
-    BEGIN IMMEDIATE … COMMIT around all their INSERTs. Two copies of one event in the group store
-    it once; the later copy is a duplicate."""
+    BEGIN IMMEDIATE … COMMIT, one INSERT of all the inbox rows and one of the outbox rows, inside
+    `turn(connection)` (the writers' turn: models.db.writer_turn), which the rows are ready before.
+    Two copies of one event in the group store it once; the later copy is a duplicate."""
+    firsts = _first_copies(arrivals)
+    inbox_values: list = []
+    statuses: dict[str, EventStatus] = {}
+    received: dict[str, str] = {}
+    for event, raw_payload in firsts:
+        handled = event["type"] in handled_types
+        row = _inbox_row(event, raw_payload, handled)
+        received_at = _SQLITE_TIMESTAMP(row["received_at"])
+        statuses[event["id"]] = row["status"]
+        if handled:
+            received[event["id"]] = received_at
+        row.update(status=row["status"].value, received_at=received_at,
+                   processed_at=None if handled else received_at)
+        inbox_values += [row[name] for name in _SQLITE_INBOX_COLUMNS]
+    event_ids = [event["id"] for event, _raw in firsts]
     outcome: dict[str, StoredEvent] = {}
-    cursor = connection.cursor()
-    try:
-        cursor.execute("BEGIN IMMEDIATE")
-        for event, raw_payload in _first_copies(arrivals):
-            handled = event["type"] in handled_types
-            row = _inbox_row(event, raw_payload, handled)
-            received_at = _SQLITE_TIMESTAMP(row["received_at"])
-            params = {**row, "status": row["status"].value, "received_at": received_at,
-                      "processed_at": None if handled else received_at}
-            stored = cursor.execute(_SQLITE_INBOX_ROW, params).fetchone()
-            if stored is None:
-                existing_id, existing_status = cursor.execute(_SQLITE_EXISTING, {"event_id": event["id"]}).fetchone()
-                outcome[event["id"]] = StoredEvent(existing_id, EventStatus(existing_status), True)
-                continue
-            if handled:
-                cursor.execute(_SQLITE_QUEUE, {"queue_topic": Topic.STRIPE_EVENT.value,
-                                               "queue_payload": json.dumps({"event_id": event["id"]}),
-                                               "inbox_event_id": stored[0],
-                                               "queue_status": OutboxStatus.PENDING.value, "received_at": received_at})
-            outcome[event["id"]] = StoredEvent(stored[0], row["status"], False)
-        cursor.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            cursor.execute("ROLLBACK")
-        raise
-    finally:
-        cursor.close()
+    with turn(connection):
+        cursor = connection.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            new = dict(cursor.execute(_sqlite_inbox_rows(len(firsts)), inbox_values).fetchall())
+            queued = [(Topic.STRIPE_EVENT.value, json.dumps({"event_id": event_id}), new[event_id],
+                       OutboxStatus.PENDING.value, received[event_id], received[event_id])
+                      for event_id in event_ids if event_id in new and event_id in received]
+            if queued:
+                cursor.executemany(_SQLITE_QUEUE, queued)
+            already = [event_id for event_id in event_ids if event_id not in new]
+            if already:
+                for event_id, existing_id, existing_status in cursor.execute(_sqlite_existing(len(already)), already):
+                    outcome[event_id] = StoredEvent(existing_id, EventStatus(existing_status), True)
+            cursor.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                cursor.execute("ROLLBACK")
+            raise
+        finally:
+            cursor.close()
+    for event_id, stored_id in new.items():
+        outcome[event_id] = StoredEvent(stored_id, statuses[event_id], False)
     return _answers(arrivals, outcome)
 
 

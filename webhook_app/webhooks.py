@@ -307,8 +307,8 @@ def _store_group(engine, arrivals: list[tuple[dict, str]]) -> list[StoredEvent]:
 
 
 def _store_sqlite(connection, arrivals: list[tuple[dict, str]], *, handled_types: frozenset[str]):
-    with writer_turn(connection):  # the turn every SQLite writer of every process takes (models.db)
-        return store_events_sqlite(connection, arrivals, handled_types=handled_types)
+    # Under the turn every SQLite writer of every process takes (models.db), its rows made ready before.
+    return store_events_sqlite(connection, arrivals, handled_types=handled_types, turn=writer_turn)
 
 
 def _store_raw(engine, store, arrivals: list[tuple[dict, str]]) -> list[StoredEvent]:
