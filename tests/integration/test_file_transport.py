@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 from kombu.transport import filesystem
 
 from consumers import file_transport
@@ -84,3 +85,29 @@ def test_each_message_is_claimed_by_exactly_one_of_two_racing_consumers(tmp_path
         t.join()
     assert sorted(got[0] + got[1]) == list(range(300))
     assert not list((tmp_path / "claimed").iterdir())
+
+
+def test_a_backlog_is_listed_once_and_what_comes_after_the_listing_is_taken_too(tmp_path, monkeypatch):
+    from queue import Empty
+
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "claimed").mkdir()
+    ch = file_transport.Channel.__new__(file_transport.Channel)
+    ch.data_folder_out = ch.data_folder_in = str(tmp_path / "queue")
+    ch.processed_folder = str(tmp_path / "claimed")
+    listings = []
+    listdir = file_transport.os.listdir
+    monkeypatch.setattr(file_transport.os, "listdir", lambda path: listings.append(path) or listdir(path))
+
+    for n in range(50):
+        ch._put("q", {"n": n})
+        ch._put("other", {"n": n})  # another queue's messages in the same folder are left alone
+    assert sorted(ch._get("q")["n"] for _ in range(50)) == list(range(50))
+    assert len(listings) == 1  # not once a message: that cost a worker O(n log n) per message
+    for n in range(50, 55):
+        ch._put("q", {"n": n})
+    assert sorted(ch._get("q")["n"] for _ in range(5)) == list(range(50, 55))
+    with pytest.raises(Empty):
+        ch._get("q")
+    assert len(listings) == 3
+    assert len([name for name in (tmp_path / "queue").iterdir() if ".other." in name.name]) == 50
