@@ -413,29 +413,25 @@ def _sqlite_timestamp():
 _SQLITE_TIMESTAMP = _sqlite_timestamp()
 
 
-def store_event_sqlite(connection, event: dict, raw_payload: str, *, handled_types: frozenset[str]) -> StoredEvent:
-    """`store_event` on SQLite, through a sqlite3 connection in autocommit mode (the service's
-    engine sets isolation_level None): BEGIN IMMEDIATE, one or two INSERTs, COMMIT."""
-    return store_events_sqlite(connection, [(event, raw_payload)], handled_types=handled_types)[0]
-
-
 def store_events_sqlite(connection, arrivals: list[tuple[dict, str]], *, handled_types: frozenset[str],
                         turn=contextlib.nullcontext) -> list[StoredEvent]:
-    """`store_event_sqlite` for a group of (event, raw payload), answered in their order: one
+    """`store_event` on SQLite for a group of (event, raw payload), through a sqlite3 connection in
+    autocommit mode (the service's engine sets isolation_level None), answered in their order: one
     BEGIN IMMEDIATE … COMMIT, one INSERT of all the inbox rows and one of the outbox rows, inside
     `turn(connection)` (the writers' turn: models.db.writer_turn), which the rows are ready before.
     Two copies of one event in the group store it once; the later copy is a duplicate."""
     firsts = _first_copies(arrivals)
     inbox_values: list = []
     statuses: dict[str, EventStatus] = {}
-    received: dict[str, str] = {}
+    queue_rows: dict[str, tuple] = {}  # a handled event's outbox row, but for its inbox id
     for event, raw_payload in firsts:
         handled = event["type"] in handled_types
         row = _inbox_row(event, raw_payload, handled)
         received_at = _SQLITE_TIMESTAMP(row["received_at"])
         statuses[event["id"]] = row["status"]
         if handled:
-            received[event["id"]] = received_at
+            queue_rows[event["id"]] = (Topic.STRIPE_EVENT.value, json.dumps({"event_id": event["id"]}),
+                                       OutboxStatus.PENDING.value, received_at, received_at)
         row.update(status=row["status"].value, received_at=received_at,
                    processed_at=None if handled else received_at)
         inbox_values += [row[name] for name in _SQLITE_INBOX_COLUMNS]
@@ -446,9 +442,9 @@ def store_events_sqlite(connection, arrivals: list[tuple[dict, str]], *, handled
         try:
             cursor.execute("BEGIN IMMEDIATE")
             new = dict(cursor.execute(_sqlite_inbox_rows(len(firsts)), inbox_values).fetchall())
-            queued = [(Topic.STRIPE_EVENT.value, json.dumps({"event_id": event_id}), new[event_id],
-                       OutboxStatus.PENDING.value, received[event_id], received[event_id])
-                      for event_id in event_ids if event_id in new and event_id in received]
+            queued = [(topic, payload, new[event_id], status, available_at, created_at)
+                      for event_id, (topic, payload, status, available_at, created_at) in queue_rows.items()
+                      if event_id in new]
             if queued:
                 cursor.executemany(_SQLITE_QUEUE, queued)
             already = [event_id for event_id in event_ids if event_id not in new]
