@@ -37,7 +37,7 @@ class InboxEvent(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     event_id: Mapped[str] = mapped_column(String(255), unique=True)
-    type: Mapped[str] = mapped_column(String(100), index=True)
+    type: Mapped[str] = mapped_column(String(100))
     api_version: Mapped[str | None] = mapped_column(String(40), default=None)
     livemode: Mapped[bool] = mapped_column(Boolean, default=False)
     payload: Mapped[str] = mapped_column(Text)
@@ -87,7 +87,7 @@ class OutboxMessage(Base):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    topic: Mapped[Topic] = mapped_column(enum_column(Topic), index=True)
+    topic: Mapped[Topic] = mapped_column(enum_column(Topic))
     payload: Mapped[str] = mapped_column(Text)
     inbox_event_id: Mapped[int | None] = mapped_column(ForeignKey("inbox_events.id"), index=True, default=None)
     order_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)  # mails, Stripe calls
@@ -97,7 +97,7 @@ class OutboxMessage(Base):
     # Copies of it (a re-publication or a broker's redelivery) a worker began to run; the first
     # delivery is not counted (see `start_copy`).
     starts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    available_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    available_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(default=None)
