@@ -70,7 +70,7 @@ class Settings:
     relay_interval_seconds: float = 0.2
     worker_prefetch: int = 10
     # Messages a worker runs in one database transaction (one savepoint each); 1 for one each.
-    # From the environment, 50 on PostgreSQL unless WORKER_BATCH says (WORKER_BATCH_POSTGRESQL).
+    # From the environment, 100 on PostgreSQL unless WORKER_BATCH says (WORKER_BATCH_POSTGRESQL).
     worker_batch: int = 10
     db_pool_size: int = 5
     db_max_overflow: int = 10
@@ -168,9 +168,10 @@ def resolve_sqlite_path(url: str) -> str:
 
 
 # A batch's fixed cost (its locks, one statement per table, its commit) is round trips on
-# PostgreSQL: 50 orders cost about 2.3 ms of worker CPU each, 10 about 3.4 (docs/benchmarks.md).
-# SQLite has no round trips, and a batch holds its one writer, which the webhook waits for.
-WORKER_BATCH_POSTGRESQL = 50
+# PostgreSQL: 100 orders cost about 1.9 ms of worker CPU each, 50 about 2.1, 10 about 3.4
+# (docs/benchmarks.md). SQLite has no round trips, and a batch holds its one writer, which the
+# webhook waits for.
+WORKER_BATCH_POSTGRESQL = 100
 
 
 def _default_worker_batch(database_url: str) -> int:
