@@ -111,3 +111,41 @@ def test_a_backlog_is_listed_once_and_what_comes_after_the_listing_is_taken_too(
         ch._get("q")
     assert len(listings) == 3
     assert len([name for name in (tmp_path / "queue").iterdir() if ".other." in name.name]) == 50
+
+
+def test_a_binding_made_after_the_first_publish_gets_the_next_messages(tmp_path, monkeypatch):
+    """The exchange's bindings are read once, not for every message, and read again once they change."""
+    from kombu import Connection, Exchange, Queue
+
+    folder = tmp_path / "broker"
+    for sub in ("queue", "claimed", "control"):
+        (folder / sub).mkdir(parents=True)
+    options = {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
+               "processed_folder": str(folder / "claimed"), "control_folder": str(folder / "control")}
+    exchange = Exchange("shop", type="direct")
+    reads = []
+    read_table = filesystem.Channel.get_table
+    monkeypatch.setattr(filesystem.Channel, "get_table", lambda self, name: reads.append(name) or read_table(self, name))
+
+    def connect():
+        return Connection("filesystem://localhost//", transport=file_transport.Transport, transport_options=options)
+
+    def taken(connection, queue) -> list[int]:
+        got = []
+        while (message := queue(connection.default_channel).get(no_ack=True)) is not None:
+            got.append(message.payload["n"])
+        return sorted(got)
+
+    first = Queue("first", exchange, routing_key="stripe")
+    second = Queue("second", exchange, routing_key="stripe")
+    with connect() as publisher, connect() as other:
+        first(publisher.default_channel).declare()
+        producer = publisher.Producer(exchange=exchange)
+        for n in range(3):
+            producer.publish({"n": n}, routing_key="stripe")
+        assert reads == ["shop"]  # once, not once a message
+        second(other.default_channel).declare()  # another process binds a queue meanwhile
+        producer.publish({"n": 3}, routing_key="stripe")
+        assert reads == ["shop", "shop"]
+        assert taken(publisher, first) == [0, 1, 2, 3]
+        assert taken(other, second) == [3]
