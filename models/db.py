@@ -38,7 +38,13 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
 # a turn: an exclusive flock on `<database>-writer`, one open file per connection, tried every
 # 0.1-2 ms. It is released right after COMMIT or ROLLBACK (or by the kernel when a process
 # dies). Bounded like busy_timeout: after 10 s the transaction fails as "database is locked".
+# The webhook tries at least every 0.5 ms, the other writers every 2 ms: a web process waiting
+# for a turn holds requests Stripe is waiting on, and tried every 2 ms it found the turn taken
+# again by the other web process's next group; at 0.5 ms the ingest's ratio to the bare endpoint
+# was higher in four pairs of alternating runs of four (docs/benchmarks.md).
 TURN_TIMEOUT_SECONDS = 10.0
+TURN_LONGEST_PAUSE_SECONDS = 0.002
+WEBHOOK_TURN_LONGEST_PAUSE_SECONDS = 0.0005
 _TURN_FILES: dict[int, int] = {}  # id(sqlite3 connection) -> its turn file's descriptor
 
 # In WAL mode the COMMIT that takes the log past this many pages also copies it back into the
@@ -50,7 +56,7 @@ _TURN_FILES: dict[int, int] = {}  # id(sqlite3 connection) -> its turn file's de
 WAL_CHECKPOINT_PAGES = 10_000
 
 
-def _take_turn(dbapi_connection) -> None:
+def _take_turn(dbapi_connection, longest_pause: float = TURN_LONGEST_PAUSE_SECONDS) -> None:
     fd = _TURN_FILES.get(id(dbapi_connection))
     if fd is None:
         return
@@ -67,7 +73,7 @@ def _take_turn(dbapi_connection) -> None:
                 # As SQLAlchemy raises a locked database, so callers handle both alike.
                 raise OperationalError("BEGIN IMMEDIATE", None, locked) from None
             time.sleep(pause)
-            pause = min(pause * 2, 0.002)
+            pause = min(pause * 2, longest_pause)
 
 
 def _end_turn(dbapi_connection) -> None:
@@ -80,7 +86,7 @@ def _end_turn(dbapi_connection) -> None:
 @contextmanager
 def writer_turn(dbapi_connection) -> Iterator[None]:
     """For code that runs BEGIN IMMEDIATE … COMMIT itself on a pooled sqlite3 connection (the webhook)."""
-    _take_turn(dbapi_connection)
+    _take_turn(dbapi_connection, WEBHOOK_TURN_LONGEST_PAUSE_SECONDS)
     try:
         yield
     finally:

@@ -126,6 +126,41 @@ def test_a_sqlite_writer_that_gets_no_turn_in_time_fails_as_a_locked_database(tm
         waiter.dispose()
 
 
+def test_the_webhook_tries_for_the_turn_more_often_than_the_other_writers(tmp_path, monkeypatch):
+    """Waiting, the webhook tries at least every 0.5 ms (requests Stripe waits on are held), others every 2 ms."""
+    from models import db
+    from models.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'turns.db'}"
+    upgrade(url)
+    holder, waiter = db.make_engine(url), db.make_engine(url)
+    sleep = db.time.sleep
+    try:
+        with holder.begin():
+            waiting = waiter.raw_connection()
+            for take, longest in ((lambda: db.writer_turn(waiting.dbapi_connection).__enter__(),
+                                   db.WEBHOOK_TURN_LONGEST_PAUSE_SECONDS),
+                                  (lambda: db._take_turn(waiting.dbapi_connection), db.TURN_LONGEST_PAUSE_SECONDS)):
+                pauses = []
+
+                def pause(seconds):
+                    pauses.append(seconds)
+                    if len(pauses) == 30:
+                        raise TimeoutError("still waiting")  # enough tries seen
+                    sleep(seconds)
+
+                monkeypatch.setattr(db.time, "sleep", pause)
+                with pytest.raises(TimeoutError):
+                    take()
+                monkeypatch.setattr(db.time, "sleep", sleep)
+                assert max(pauses) == longest and pauses[-1] == longest and pauses[0] < longest
+            waiting.close()
+    finally:
+        holder.dispose()
+        waiter.dispose()
+    assert db.WEBHOOK_TURN_LONGEST_PAUSE_SECONDS == 0.0005 and db.TURN_LONGEST_PAUSE_SECONDS == 0.002
+
+
 # PostgreSQL's store is one autocommit statement under row locks: it has no turn to take.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_webhooks_own_store_takes_the_writers_turn_too(client, sessions, settings, monkeypatch):
