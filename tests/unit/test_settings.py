@@ -8,7 +8,7 @@ from models.settings import Settings
 
 @pytest.mark.parametrize(("database_url", "expected"), [
     ("postgresql+psycopg://shop@db/shop", 100),   # a batch's round trips are most of its cost
-    ("sqlite:///instance/shop.db", 10),          # a batch holds the one writer the webhook waits for
+    ("sqlite:///instance/shop.db", 20),          # a batch holds the one writer the webhook waits for
 ])
 def test_a_workers_batch_defaults_to_what_suits_its_database(database_url, expected):
     assert Settings.from_env({"DATABASE_URL": database_url}).worker_batch == expected
