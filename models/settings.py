@@ -70,7 +70,8 @@ class Settings:
     relay_interval_seconds: float = 0.2
     worker_prefetch: int = 10
     # Messages a worker runs in one database transaction (one savepoint each); 1 for one each.
-    # From the environment, 100 on PostgreSQL unless WORKER_BATCH says (WORKER_BATCH_POSTGRESQL).
+    # 20 here (SQLite); from the environment, 100 on PostgreSQL (WORKER_BATCH_POSTGRESQL) unless
+    # WORKER_BATCH says.
     worker_batch: int = 20
     db_pool_size: int = 5
     db_max_overflow: int = 10

@@ -37,7 +37,7 @@ def test_0006_drops_the_three_unneeded_indexes_and_its_downgrade_puts_them_back(
     dropped = {"outbox": {"ix_outbox_available_at", "ix_outbox_topic"}, "inbox_events": {"ix_inbox_events_type"}}
     for table, names in dropped.items():
         assert not names & _indexes(database_url, table)
-        assert {"ix_outbox_status_available_at"} <= _indexes(database_url, "outbox")
+    assert "ix_outbox_status_available_at" in _indexes(database_url, "outbox")  # what the relay's poll uses
 
     command.downgrade(alembic_config(database_url), "0005")
     for table, names in dropped.items():
