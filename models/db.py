@@ -20,6 +20,7 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
         engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
+    _convert_long_statements_once()
     return create_engine(
         url,
         pool_size=pool_size,
@@ -27,6 +28,26 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
         pool_pre_ping=True,
         pool_recycle=1800,
     )
+
+
+# psycopg rewrites each statement's %(name)s placeholders into PostgreSQL's $1, $2 in Python, and
+# remembers the rewrite only for statements under 4,096 characters and 50 parameters. A worker
+# batch's INSERTs of many rows (SQLAlchemy's "insertmanyvalues") are longer, so each was rewritten
+# on every run: 16 % of a worker's time under load (py-spy). Their text repeats from batch to
+# batch (one per row count), so they are remembered too, in psycopg's own cache of 128 statements.
+# Worker CPU per order on the consumer benchmark, three alternating pairs: 1.85, 1.53, 1.60 →
+# 1.53, 1.35, 1.57 ms (docs/benchmarks.md).
+LONGEST_REMEMBERED_STATEMENT = 1 << 20
+
+
+def _convert_long_statements_once() -> None:
+    try:
+        from psycopg import _queries
+    except ImportError:  # no psycopg: the URL names another driver, which SQLAlchemy reports itself
+        return
+    if hasattr(_queries, "MAX_CACHED_STATEMENT_LENGTH"):
+        _queries.MAX_CACHED_STATEMENT_LENGTH = max(_queries.MAX_CACHED_STATEMENT_LENGTH, LONGEST_REMEMBERED_STATEMENT)
+        _queries.MAX_CACHED_STATEMENT_PARAMS = max(_queries.MAX_CACHED_STATEMENT_PARAMS, LONGEST_REMEMBERED_STATEMENT)
 
 
 # --- SQLite: one writer at a time, handed over at once ----------------------------------------

@@ -8,7 +8,7 @@ import time
 import pytest
 from kombu import Consumer
 from sqlalchemy import event as sa_event
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import OperationalError
 
 import consumers.processing as processing
@@ -17,9 +17,11 @@ from consumers.handlers import HANDLERS
 from consumers.relay import expire_reservations, publish_due
 from consumers.worker import Worker
 from models.catalog import ReservationStatus
+from models.db import make_engine
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
 from models.history import AttemptOutcome, EventAttempt, OrderStatusChange
 from models.orders import Order, OrderStatus, Shipment
+from tests.backends import servers_available
 from tests.support import event_for
 
 SUCCEEDED = "payment_intent.succeeded"
@@ -333,3 +335,24 @@ def test_a_batch_writes_its_history_attempts_and_mails_at_its_commit_as_messages
         [(OutboxStatus.DONE, None, {"kind": "confirmation"}, True)],  # sent by the worker after its commit
     )
     assert [written(o["order_id"], e["id"]) for o, e in zip(orders[:2], events[:2])] == [alone, alone]
+
+
+if servers_available():
+    @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+    def test_a_long_statement_that_comes_again_is_converted_for_postgresql_once(database_url):
+        """psycopg rewrites %(name)s placeholders in Python and by itself remembers only short
+        statements; a batch's many-row INSERTs come again from batch to batch and are remembered too."""
+        from psycopg import _queries
+
+        engine = make_engine(database_url)
+        rows = [{"topic": Topic.MAIL, "payload": "{}" * 20, "status": OutboxStatus.DONE} for _ in range(60)]
+        statement = insert(OutboxMessage).returning(OutboxMessage.id)
+        try:
+            with engine.begin() as connection:
+                connection.execute(statement, rows)  # one INSERT of 60 rows: over 4,096 characters
+                before = _queries._query2pg.cache_info()
+                assert len(connection.execute(statement, rows).all()) == 60
+                after = _queries._query2pg.cache_info()
+        finally:
+            engine.dispose()
+        assert after.hits == before.hits + 1 and after.misses == before.misses
