@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from typing import NamedTuple
 
 import structlog
 from kombu import Connection
@@ -15,6 +17,7 @@ from models.catalog import Reservation, ReservationStatus
 from models.db import transaction
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
 from models.history import caused_by
+from models.logs import describe_error
 from models.orders import Order, OrderStatus, release_reservations
 from models.settings import Settings
 
@@ -23,13 +26,18 @@ BATCH = 200
 
 
 def publish_due(factory: sessionmaker[Session], publisher: ConfirmedPublisher, settings: Settings) -> int:
-    """Publish every outbox row that is due, mark it published, in one transaction.
+    """Publish every outbox row that is due: claim the rows and commit, then publish them.
 
     Rows are claimed with SKIP LOCKED on PostgreSQL, so several relays share the work; on
-    SQLite the transaction's write lock does the same. The rows are marked published only
-    once the broker has confirmed every message of the batch. If publishing or the confirm
-    fails the transaction rolls back and the rows are published again later: a consumer may
-    see a message twice, which the handlers are built for, but never zero times.
+    SQLite the transaction's write lock does the same. A claim marks each row published (and when
+    it is due again), so no other relay takes it, and it commits before the first message is
+    written to the broker: on SQLite the relay holds the one writer's turn, which the webhook and
+    the workers wait for, only for the claim, not while it writes messages. If publishing or the
+    broker's confirm fails, the claim is undone (`_unclaim`) and the rows are published at the
+    next poll. A relay that dies between its claim and its confirm leaves rows marked published
+    that may not be on the broker: they are published again once their redelivery wait is over,
+    as any message a broker lost. A consumer may see a message twice, which the handlers are
+    built for, but never zero times.
     """
     now = utcnow()
     with transaction(factory) as session:
@@ -41,19 +49,58 @@ def publish_due(factory: sessionmaker[Session], publisher: ConfirmedPublisher, s
             .limit(BATCH)
             .with_for_update(skip_locked=True)
         ).all()
+        claims = []
         for row in rows:
+            claims.append(_Claim(row.id, row.topic, row.status, row.deliveries, row.published_at, row.available_at))
+            row.mark_published(settings.redelivery_seconds)
+    try:
+        for claim in claims:
             # Published and not finished in time: a copy of what a worker may have taken and died
             # on; the worker that takes the copy counts it as started (MAX_DELIVERIES).
-            copy = row.status is OutboxStatus.PUBLISHED
+            copy = claim.status is OutboxStatus.PUBLISHED
             if copy:
-                log.warning("message_redelivered", outbox_id=row.id, deliveries=row.deliveries)
-            row.mark_published(settings.redelivery_seconds)
-            publisher.publish({"outbox_id": row.id, "copy": True} if copy else {"outbox_id": row.id},
-                              QUEUES[row.topic])
-        publisher.confirm()  # before the commit: a message the broker may not have stays due
+                log.warning("message_redelivered", outbox_id=claim.id, deliveries=claim.deliveries)
+            publisher.publish({"outbox_id": claim.id, "copy": True} if copy else {"outbox_id": claim.id},
+                              QUEUES[claim.topic])
+        publisher.confirm()
+    except Exception:
+        _unclaim(factory, claims)
+        raise
     if rows:
         log.info("outbox_published", count=len(rows))
     return len(rows)
+
+
+class _Claim(NamedTuple):
+    """An outbox row as it was before the relay claimed it."""
+
+    id: int
+    topic: Topic
+    status: OutboxStatus
+    deliveries: int
+    published_at: datetime | None
+    available_at: datetime
+
+
+def _unclaim(factory: sessionmaker[Session], claims: list[_Claim]) -> None:
+    """Put rows whose publication failed back as they were, due again, where nothing else has
+    changed them since the claim (a worker may have finished one that did reach the broker). If
+    even that fails, they are published again after their redelivery wait."""
+    if not claims:
+        return
+    before = {claim.id: claim for claim in claims}
+    try:
+        with transaction(factory) as session:
+            for row in session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(before))
+                                       .order_by(OutboxMessage.id).with_for_update()):
+                claim = before[row.id]
+                if row.status is OutboxStatus.PUBLISHED and row.deliveries == claim.deliveries + 1:
+                    row.status, row.deliveries = claim.status, claim.deliveries
+                    row.published_at, row.available_at = claim.published_at, claim.available_at
+    except Exception as exc:  # noqa: BLE001 - the redelivery wait still brings them back
+        log.error("outbox_unclaim_failed", count=len(claims), error=describe_error(exc))
+        return
+    log.warning("outbox_unclaimed", count=len(claims))
 
 
 # Only an unpaid order's hold runs out. A flagged order's units wait for a staff decision
