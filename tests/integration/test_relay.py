@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 
 import pytest
 from kombu.exceptions import ChannelError
@@ -65,7 +66,9 @@ def test_the_relay_commits_its_claim_before_it_writes_a_message_so_it_holds_no_l
     with connect(file_broker) as conn:
         assert publish_due(sessions, HookedPublisher(conn, as_a_worker_would), file_broker) == 2
     assert seen == [(OutboxStatus.PUBLISHED, 1)] * 2
-    assert [(row.status, row.deliveries) for row in event_rows(sessions)] == [(OutboxStatus.PUBLISHED, 1)] * 2
+    wait = timedelta(seconds=file_broker.redelivery_seconds)
+    assert [(row.status, row.deliveries, row.available_at - row.published_at) for row in event_rows(sessions)] == [
+        (OutboxStatus.PUBLISHED, 1, wait)] * 2
 
 
 def test_a_publication_that_fails_puts_back_what_no_worker_finished_and_the_next_poll_publishes_it(
