@@ -108,9 +108,11 @@ class Settings:
             max_deliveries=_int(env, "MAX_DELIVERIES", cls.max_deliveries),
             stripe_deadline_seconds=_float(env, "STRIPE_DEADLINE_SECONDS", cls.stripe_deadline_seconds),
             stripe_max_concurrent_calls=_int(env, "STRIPE_MAX_CONCURRENT_CALLS", cls.stripe_max_concurrent_calls),
-            relay_interval_seconds=_float(env, "RELAY_INTERVAL_SECONDS", _default_relay_interval(database_url)),
+            relay_interval_seconds=_float(env, "RELAY_INTERVAL_SECONDS", _on_postgresql(
+                database_url, RELAY_INTERVAL_POSTGRESQL, cls.relay_interval_seconds)),
             worker_prefetch=_int(env, "WORKER_PREFETCH", cls.worker_prefetch),
-            worker_batch=max(1, _int(env, "WORKER_BATCH", _default_worker_batch(database_url))),
+            worker_batch=max(1, _int(env, "WORKER_BATCH", _on_postgresql(
+                database_url, WORKER_BATCH_POSTGRESQL, cls.worker_batch))),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),
             db_max_overflow=_int(env, "DB_MAX_OVERFLOW", cls.db_max_overflow),
             mail_from=env.get("MAIL_FROM") or cls.mail_from,
@@ -180,10 +182,6 @@ def resolve_sqlite_path(url: str) -> str:
 WORKER_BATCH_POSTGRESQL = 100
 
 
-def _default_worker_batch(database_url: str) -> int:
-    return WORKER_BATCH_POSTGRESQL if database_url.startswith("postgresql") else Settings.worker_batch
-
-
 # On PostgreSQL + RabbitMQ end to end, a relay that polls every 0.2 s hands the workers a burst
 # of up to a fifth of a second's events at a time, and they queue behind one another: at 400
 # events/s the p99 was 1.2 and 1.4 s, at 0.05 s 1.0 and 0.8 s (two alternating pairs; 0.02 s did
@@ -192,5 +190,6 @@ def _default_worker_batch(database_url: str) -> int:
 RELAY_INTERVAL_POSTGRESQL = 0.05
 
 
-def _default_relay_interval(database_url: str) -> float:
-    return RELAY_INTERVAL_POSTGRESQL if database_url.startswith("postgresql") else Settings.relay_interval_seconds
+def _on_postgresql(database_url: str, postgresql, otherwise):
+    """A default that depends on the database: `postgresql` there, `otherwise` on SQLite."""
+    return postgresql if database_url.startswith("postgresql") else otherwise
