@@ -1,6 +1,7 @@
 """Broker topology and connections: RabbitMQ in production, a file-backed transport on a laptop."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -76,6 +77,7 @@ class ConfirmedPublisher:
         self.confirm_timeout = confirm_timeout
         self.amqp = connection.transport.driver_type == "amqp"
         self.unconfirmed: set[int] = set()
+        self.declared: set[str] = set()  # queues declared on this channel
         self.refused = 0
         self.sequence = 0
         if self.amqp:
@@ -95,11 +97,21 @@ class ConfirmedPublisher:
         self.refused += self._settle(delivery_tag, multiple)
 
     def publish(self, body: dict, queue: Queue) -> None:
-        self.producer.publish(body, exchange=EXCHANGE, routing_key=queue.routing_key, declare=[queue],
-                              serializer="json", delivery_mode=2)
-        if self.amqp:
-            self.sequence += 1  # the broker numbers a confirm channel's messages 1, 2, ...
-            self.unconfirmed.add(self.sequence)
+        if not self.amqp:
+            self.producer.publish(body, exchange=EXCHANGE, routing_key=queue.routing_key, declare=[queue],
+                                  serializer="json", delivery_mode=2)
+            return
+        # On RabbitMQ straight to the channel, as kombu's Producer would send it (a persistent JSON
+        # message): the Producer's per-message work (its declare check copies and binds the queue,
+        # its serializer registry) cost about 0.17 ms a message, the channel's own 0.05 ms.
+        if queue.name not in self.declared:
+            queue(self.channel).declare()
+            self.declared.add(queue.name)
+        message = self.channel.prepare_message(json.dumps(body), 0, "application/json", "utf-8", {},
+                                               {"delivery_mode": 2})
+        self.channel.basic_publish(message, exchange=EXCHANGE.name, routing_key=queue.routing_key)
+        self.sequence += 1  # the broker numbers a confirm channel's messages 1, 2, ...
+        self.unconfirmed.add(self.sequence)
 
     def confirm(self) -> None:
         """Return once the broker has every message published so far; raise PublishNotConfirmed if not."""

@@ -30,12 +30,21 @@ def test_a_batch_is_confirmed_by_the_broker_and_every_message_is_on_the_queue(br
             assert publisher.unconfirmed  # published, not yet known to be safe
         publisher.confirm()
         assert publisher.unconfirmed == set()
-        received = []
-        with conn.Consumer(queues=[queue], accept=["json"],
-                           callbacks=[lambda body, message: (received.append(body["outbox_id"]), message.ack())]):
+        received, kinds = [], set()
+
+        def take(body, message):
+            received.append(body["outbox_id"])
+            kinds.add((message.content_type, message.properties.get("delivery_mode")))
+            message.ack()
+
+        with conn.Consumer(queues=[queue], accept=["json"], callbacks=[take]):
             while len(received) < 250:
                 conn.drain_events(timeout=10)
         assert sorted(received) == list(range(250))
+        if publisher.amqp:  # JSON and persistent: a durable queue keeps it across a broker restart
+            assert kinds == {("application/json", 2)}
+        else:
+            assert {content_type for content_type, _ in kinds} == {"application/json"}
         if publisher.amqp:
             queue(conn.default_channel).delete()
 
