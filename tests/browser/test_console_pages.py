@@ -86,6 +86,9 @@ def test_staff_member_fixes_a_dead_letter_resolves_one_bulk_retries_and_accepts_
     assert "2 dead letters" in text_of(browser, "#bulk-summary")
     listed = [int(row.get_attribute("data-id")) for row in browser.find_elements(By.CSS_SELECTOR, "#bulk-table tr[data-id]")]
     assert listed == bulk
+    # Each id on one line: the errors beside them may wrap anywhere, an id may not.
+    assert browser.execute_script("return [...document.querySelectorAll('#bulk-table td[data-label=Id] a')]"
+                                  ".map(link => link.getClientRects().length)") == [1, 1]
     screenshot("bulk-retry-confirm")
     screenshot("bulk-retry-confirm", phone=True)
     click(browser, "#confirm-bulk-retry")
