@@ -57,7 +57,7 @@ def connect(settings: Settings) -> Connection:
 
 
 class PublishNotConfirmed(Exception):
-    """The broker refused (nacked) a message, or did not confirm it in time: nothing is marked published."""
+    """The broker refused (nacked) a message, or did not confirm it in time: the relay undoes its claim."""
 
 
 class ConfirmedPublisher:
@@ -67,15 +67,17 @@ class ConfirmedPublisher:
     the broker once it is safely queued, and `confirm` waits for the acks of everything
     published since the last call, so a batch costs one wait, not one per message. On the
     file transport a publish is a file written and renamed before it returns: nothing to wait for.
-    The relay marks rows published only after `confirm` returned, in the same transaction.
+    The relay claims its rows before it publishes them and undoes the claim when a publish or
+    `confirm` raises (`consumers.relay.publish_due`).
     """
 
     def __init__(self, connection: Connection, confirm_timeout: float = 10.0):
         self.connection = connection
         self.channel = connection.channel()
-        self.producer = Producer(self.channel)
         self.confirm_timeout = confirm_timeout
         self.amqp = connection.transport.driver_type == "amqp"
+        # kombu's Producer only for the file transport; on RabbitMQ `publish` uses the channel itself.
+        self.producer = None if self.amqp else Producer(self.channel)
         self.unconfirmed: set[int] = set()
         self.declared: set[str] = set()  # queues declared on this channel
         self.refused = 0
