@@ -25,7 +25,7 @@ from consumers.mail import MailsAfterCommit, is_still_true, send_after_commit, s
 from consumers.payments import cancel_order_payment_intents, retrieve_payment_intent
 from models.base import utcnow
 from models.catalog import ReservationStatus, SoldUnits, collect_sold_units
-from models.db import RowsAtCommit, add_row, collect_rows_at_commit, transaction
+from models.db import RowsAtCommit, add_row, collect_rows_at_commit, transaction, write_and_release
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
 from models.history import AttemptOutcome, EventAttempt, caused_by
 from models.logs import describe_error, redact
@@ -349,7 +349,8 @@ def _pay_ordinary_orders(session: Session, settings: Settings, messages: list[Ou
     counted none yet, holds all its units and is owed exactly the amount paid, in its currency,
     one event per order. Their messages, events and orders are locked with one statement per
     table (the orders' holds and lines read with one more each), the same handler runs on each,
-    and their changes are written at one flush: one statement per table, not a dozen per order.
+    and their changes are written together (`models.db.write_and_release`): one statement per
+    table and set of changed columns, not a dozen per order, and not through the unit of work.
     Anything else is left to the batch's one-by-one path, as is every one of these if any of
     them raises (their one savepoint is rolled back). Orders are paid before the batch's other messages, so
     another event for the same order in the batch is applied after the payment, as it would be
@@ -368,18 +369,21 @@ def _pay_ordinary_orders(session: Session, settings: Settings, messages: list[Ou
         return {}
     context = dataclasses.replace(handler_context(settings, {}), locked_orders=orders)
     paid: dict[int, tuple[dict, Outcome, float]] = {}
+    changed: list[object] = []  # what the handler may have changed or made, written together
     try:
         with sold.savepoint(), rows.savepoint(), session.begin_nested(), session.no_autoflush:
             for message, event, data in chosen:
                 started = time.monotonic()
+                order = orders[event.object_id]
                 structlog.contextvars.clear_contextvars()
-                structlog.contextvars.bind_contextvars(outbox_id=message.id,
-                                                       order_id=orders[event.object_id].id)
+                structlog.contextvars.bind_contextvars(outbox_id=message.id, order_id=order.id)
                 outcome = run_event(session, event, settings, runner="worker", outbox_id=message.id,
                                     context=context)
                 message.mark_done()
                 handled = {"inbox_event_id": event.id, "type": event.type, "created": data.get("created")}
                 paid[message.id] = (handled, outcome, started)
+                changed += [message, event, order, *order.reservations, order.shipment]
+            write_and_release(session, changed)
     except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint: each runs on its own instead
         structlog.contextvars.clear_contextvars()
         log.info("batch_payments_rolled_back", payments=len(chosen), error=describe_error(exc))

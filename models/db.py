@@ -8,7 +8,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from sqlalchemy import create_engine, event, insert, inspect, text
+from sqlalchemy import bindparam, create_engine, event, func, insert, inspect, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -216,8 +217,8 @@ def ping(engine: Engine) -> None:
 class RowsAtCommit:
     """Rows a transaction only appends and never reads back (history rows, handler attempts,
     queued mails), written just before its commit with one Core INSERT per table (and set of
-    columns given), not one per savepoint, and not through the session's unit of work: on the
-    consumer benchmark that cost a paid order about a tenth of the worker's CPU (docs/benchmarks.md).
+    columns given), not one per savepoint, and not through the session's unit of work, whose
+    bookkeeping for them cost 3-11 % of a paid order's worker CPU on PostgreSQL (docs/benchmarks.md).
     Each row object gets its new id, and stays out of the session. Their times are set when they
     are made, so they read as if added at once. Likewise Core writes to rows nothing in the
     transaction reads back (a paid order's cart marked deleted): one executemany per statement.
@@ -241,30 +242,101 @@ class RowsAtCommit:
 
     def add_to(self, session: Session) -> None:
         session.flush()  # what the rows may point at is written first
-        by_shape: dict[tuple, list[tuple[object, dict]]] = {}
-        for row in self.rows:
-            state = inspect(row)
-            if any(relation.key in state.dict for relation in state.mapper.relationships):
-                # A flush would turn it into the foreign key; a Core INSERT would drop it silently.
-                raise TypeError(f"{type(row).__name__} added with add_row sets a relationship: "
-                                "set its foreign key column instead")
-            values = {prop.columns[0].key: state.dict[prop.key] for prop in state.mapper.column_attrs
-                      if prop.key in state.dict}
-            by_shape.setdefault((state.mapper, frozenset(values)), []).append((row, values))
-        self.rows = []
-        for (mapper, _), group in by_shape.items():
-            # Columns left out take their defaults, as at a flush.
-            (key,) = mapper.local_table.primary_key.columns
-            ids = session.execute(insert(mapper.local_table).returning(key, sort_by_parameter_order=True),
-                                  [values for _, values in group]).scalars()
-            for (row, _), row_id in zip(group, ids, strict=True):
-                set_committed_value(row, mapper.get_property_by_column(key).key, row_id)
+        rows, self.rows = self.rows, []
+        insert_rows(session, rows)
         by_statement: dict[Executable, list[dict]] = {}
         for statement, params in self.writes:
             by_statement.setdefault(statement, []).append(params)
         for statement, params_list in by_statement.items():
             session.execute(statement, params_list)
         self.writes = []
+
+
+def insert_rows(session: Session, rows: list[object]) -> None:
+    """Insert new mapped objects with one Core `INSERT … RETURNING` per table and set of columns
+    given, not through the session's unit of work; each gets its id, and a flush never sees it.
+    Columns left out take their defaults, as at a flush."""
+    by_shape: dict[tuple, list[tuple[object, dict]]] = {}
+    for row in rows:
+        state = inspect(row)
+        _refuse_relationships(state)
+        values = {prop.columns[0].key: state.dict[prop.key] for prop in state.mapper.column_attrs
+                  if prop.key in state.dict}
+        by_shape.setdefault((state.mapper, frozenset(values)), []).append((row, values))
+    for (mapper, _), group in by_shape.items():
+        (key,) = mapper.local_table.primary_key.columns
+        ids = session.execute(insert(mapper.local_table).returning(key, sort_by_parameter_order=True),
+                              [values for _, values in group]).scalars()
+        for (row, _), row_id in zip(group, ids, strict=True):
+            set_committed_value(row, mapper.get_property_by_column(key).key, row_id)
+
+
+def _refuse_relationships(state) -> None:
+    if any(relation.key in state.dict for relation in state.mapper.relationships):
+        # A flush would turn it into the foreign key; a Core statement would drop it silently.
+        raise TypeError(f"{state.class_.__name__} sets a relationship: set its foreign key column instead")
+
+
+def write_and_release(session: Session, objects: list[object]) -> None:
+    """Write what changed in these loaded objects with one UPDATE per table and set of changed
+    columns (PostgreSQL: the rows' new values as arrays, joined by key; SQLite: an executemany),
+    insert the new ones with `insert_rows`, and take them all out of the session: its flush never
+    sees them, and a later query in the transaction loads them again as written.
+
+    For a worker batch's ordinary payments, whose objects the same handler changed in the same
+    way: the unit of work sent an UPDATE per row and kept books on every object. Only column
+    attributes are written; an object whose relationships changed is refused (the flush would
+    have written the foreign key)."""
+    groups: dict[tuple, list[dict]] = {}
+    new, seen = [], set()
+    for obj in objects:
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        state = inspect(obj)
+        if state.pending:
+            new.append(obj)
+            continue
+        if not state.modified:
+            continue
+        _refuse_relationships_changed(state)
+        mapper = state.mapper
+        # In the columns' order, so that objects changed alike share one statement whatever order
+        # the changes were made in.
+        changed = sorted((mapper.get_property(key).columns[0] for key in state.committed_state),
+                         key=lambda column: column.key)
+        (key,) = mapper.local_table.primary_key.columns
+        values = {column.key: state.dict[mapper.get_property_by_column(column).key] for column in changed}
+        values[key.key] = state.identity[0]
+        groups.setdefault((mapper.local_table, key, tuple(changed)), []).append(values)
+    with session.no_autoflush:  # a flush now would write the new objects, and insert_rows them again
+        _update_groups(session, groups)
+        insert_rows(session, new)
+    for obj in objects:
+        if obj is not None and obj in session:
+            session.expunge(obj)
+
+
+def _update_groups(session: Session, groups: dict[tuple, list[dict]]) -> None:
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    for (table, key, changed), rows in groups.items():
+        if postgresql:
+            names = [key.key, *(column.key for column in changed)]
+            arrays = {f"new_{name}": [row[name] for row in rows] for name in names}
+            source = func.unnest(*(bindparam(f"new_{column.key}", type_=ARRAY(column.type))
+                                   for column in (key, *changed))).table_valued(*names).render_derived()
+            session.execute(update(table).values({column: source.c[column.key] for column in changed})
+                            .where(key == source.c[key.key]), arrays)
+        else:
+            session.execute(update(table).where(key == bindparam("_key"))
+                            .values({column: bindparam(f"new_{column.key}") for column in changed}),
+                            [{"_key": row[key.key], **{f"new_{c.key}": row[c.key] for c in changed}} for row in rows])
+
+
+def _refuse_relationships_changed(state) -> None:
+    relationships = state.mapper.relationships
+    if any(key in relationships for key in state.committed_state):
+        raise TypeError(f"{state.class_.__name__}: a relationship changed; write_and_release writes columns only")
 
 
 _ROWS_AT_COMMIT = "rows_at_commit"
