@@ -259,7 +259,7 @@ def insert_rows(session: Session, rows: list[object]) -> None:
     by_shape: dict[tuple, list[tuple[object, dict]]] = {}
     for row in rows:
         state = inspect(row)
-        _refuse_relationships(state)
+        _refuse_relationships(state, state.dict)
         values = {prop.columns[0].key: state.dict[prop.key] for prop in state.mapper.column_attrs
                   if prop.key in state.dict}
         by_shape.setdefault((state.mapper, frozenset(values)), []).append((row, values))
@@ -271,10 +271,12 @@ def insert_rows(session: Session, rows: list[object]) -> None:
             set_committed_value(row, mapper.get_property_by_column(key).key, row_id)
 
 
-def _refuse_relationships(state) -> None:
-    if any(relation.key in state.dict for relation in state.mapper.relationships):
+def _refuse_relationships(state, keys) -> None:
+    """`keys`: what a new object was given (its dict), or what changed in a loaded one."""
+    if any(relation.key in keys for relation in state.mapper.relationships):
         # A flush would turn it into the foreign key; a Core statement would drop it silently.
-        raise TypeError(f"{state.class_.__name__} sets a relationship: set its foreign key column instead")
+        raise TypeError(f"{state.class_.__name__} sets a relationship, which these Core writes do not "
+                        "carry: set its foreign key column instead")
 
 
 def write_and_release(session: Session, objects: list[object]) -> None:
@@ -285,8 +287,8 @@ def write_and_release(session: Session, objects: list[object]) -> None:
 
     For a worker batch's ordinary payments, whose objects the same handler changed in the same
     way: the unit of work sent an UPDATE per row and kept books on every object. Only column
-    attributes are written; an object whose relationships changed is refused (the flush would
-    have written the foreign key)."""
+    attributes are written; an object whose relationship changed is refused (the flush would
+    have written the foreign key), as is a new one given a relationship."""
     groups: dict[tuple, list[dict]] = {}
     new, seen = [], set()
     for obj in objects:
@@ -297,14 +299,14 @@ def write_and_release(session: Session, objects: list[object]) -> None:
         if state.pending:
             new.append(obj)
             continue
-        if not state.modified:
-            continue
-        _refuse_relationships_changed(state)
+        _refuse_relationships(state, state.committed_state)
         mapper = state.mapper
         # In the columns' order, so that objects changed alike share one statement whatever order
         # the changes were made in.
         changed = sorted((mapper.get_property(key).columns[0] for key in state.committed_state),
                          key=lambda column: column.key)
+        if not changed:
+            continue
         (key,) = mapper.local_table.primary_key.columns
         values = {column.key: state.dict[mapper.get_property_by_column(column).key] for column in changed}
         values[key.key] = state.identity[0]
@@ -331,12 +333,6 @@ def _update_groups(session: Session, groups: dict[tuple, list[dict]]) -> None:
             session.execute(update(table).where(key == bindparam("_key"))
                             .values({column: bindparam(f"new_{column.key}") for column in changed}),
                             [{"_key": row[key.key], **{f"new_{c.key}": row[c.key] for c in changed}} for row in rows])
-
-
-def _refuse_relationships_changed(state) -> None:
-    relationships = state.mapper.relationships
-    if any(key in relationships for key in state.committed_state):
-        raise TypeError(f"{state.class_.__name__}: a relationship changed; write_and_release writes columns only")
 
 
 _ROWS_AT_COMMIT = "rows_at_commit"
