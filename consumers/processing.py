@@ -97,17 +97,20 @@ def _ignore_foreign(session: Session, event: dict, reason: str) -> Outcome:
 
 
 def run_event(session: Session, event: InboxEvent, settings: Settings | None = None, *, runner: str = "worker",
-              outbox_id: int | None = None, context: HandlerContext | None = None) -> Outcome:
+              outbox_id: int | None = None, context: HandlerContext | None = None,
+              data: dict | None = None) -> Outcome:
     """Apply a stored event's handler, write its outcome on the inbox row and one EventAttempt.
 
     Used by the worker and by staff (`shop events replay`, a retry), who pass `runner` (e.g.
     "replay by alice"). A processed or resolved event is reported and left alone. Alerts the
     handler raises are written as StaffAlert rows in this transaction; the caller delivers
-    `outcome.alert_id` after committing (`consumers.alerts.deliver_alert`).
+    `outcome.alert_id` after committing (`consumers.alerts.deliver_alert`). `data` is the event's
+    payload if the caller has decoded it already (a worker batch has: decoding it twice was 4 % of
+    a paid order's worker CPU).
     """
     settings = settings or Settings.from_env()
     structlog.contextvars.bind_contextvars(event_id=event.event_id, event_type=event.type)
-    data = event.data
+    data = event.data if data is None else data
     intent_id, _ = ids_named(data)
     if intent_id:
         structlog.contextvars.bind_contextvars(payment_intent=intent_id)
@@ -378,7 +381,7 @@ def _pay_ordinary_orders(session: Session, settings: Settings, messages: list[Ou
                 structlog.contextvars.clear_contextvars()
                 structlog.contextvars.bind_contextvars(outbox_id=message.id, order_id=order.id)
                 outcome = run_event(session, event, settings, runner="worker", outbox_id=message.id,
-                                    context=context)
+                                    context=context, data=data)
                 message.mark_done()
                 handled = {"inbox_event_id": event.id, "type": event.type, "created": data.get("created")}
                 paid[message.id] = (handled, outcome, started)
