@@ -386,9 +386,7 @@ def store_events_pg(connection, arrivals: list[tuple[dict, str]], *,
 _SQLITE_INBOX_COLUMNS = ("event_id", "type", "api_version", "livemode", "payload", "object_id", "status",
                          "outcome", "received_at", "processed_at")
 _SQLITE_INBOX_VALUES = "(?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
-_SQLITE_QUEUE = """
-    INSERT INTO outbox (topic, payload, inbox_event_id, status, attempts, deliveries, available_at, created_at)
-    VALUES (?, ?, ?, ?, 0, 0, ?, ?)"""
+_SQLITE_QUEUE_VALUES = "(?, ?, ?, ?, 0, 0, ?, ?)"
 
 
 def _sqlite_inbox_rows(count: int) -> str:
@@ -396,6 +394,14 @@ def _sqlite_inbox_rows(count: int) -> str:
     return (f"INSERT INTO inbox_events ({', '.join(_SQLITE_INBOX_COLUMNS[:7])}, attempts, "
             f"{', '.join(_SQLITE_INBOX_COLUMNS[7:])}) VALUES {', '.join([_SQLITE_INBOX_VALUES] * count)} "
             "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id")
+
+
+def _sqlite_queue_rows(count: int) -> str:
+    """The INSERT of `count` outbox rows: one statement, where an executemany steps SQLite once a row
+    and hands Python's interpreter lock to the process's other threads at each step, all under the
+    writers' turn (docs/benchmarks.md)."""
+    return ("INSERT INTO outbox (topic, payload, inbox_event_id, status, attempts, deliveries, available_at, "
+            f"created_at) VALUES {', '.join([_SQLITE_QUEUE_VALUES] * count)}")
 
 
 def _sqlite_existing(count: int) -> str:
@@ -417,7 +423,7 @@ def store_events_sqlite(connection, arrivals: list[tuple[dict, str]], *, handled
                         turn=contextlib.nullcontext) -> list[StoredEvent]:
     """`store_event` on SQLite for a group of (event, raw payload), through a sqlite3 connection in
     autocommit mode (the service's engine sets isolation_level None), answered in their order: one
-    BEGIN IMMEDIATE … COMMIT, one INSERT of all the inbox rows and one of the outbox rows, inside
+    BEGIN IMMEDIATE … COMMIT, one INSERT of all the inbox rows and one of all the outbox rows, inside
     `turn(connection)` (the writers' turn: models.db.writer_turn), which the rows are ready before.
     Two copies of one event in the group store it once; the later copy is a duplicate."""
     firsts = _first_copies(arrivals)
@@ -446,7 +452,7 @@ def store_events_sqlite(connection, arrivals: list[tuple[dict, str]], *, handled
                       for event_id, (topic, payload, status, available_at, created_at) in queue_rows.items()
                       if event_id in new]
             if queued:
-                cursor.executemany(_SQLITE_QUEUE, queued)
+                cursor.execute(_sqlite_queue_rows(len(queued)), [value for row in queued for value in row])
             already = [event_id for event_id in event_ids if event_id not in new]
             if already:
                 for event_id, existing_id, existing_status in cursor.execute(_sqlite_existing(len(already)), already):
