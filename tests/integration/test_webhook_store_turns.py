@@ -181,12 +181,14 @@ def test_the_webhooks_own_store_takes_the_writers_turn_too(client, sessions, set
     assert stored.get_json() == {"received": True, "duplicate": False}
 
 
-def test_sqlite_copies_its_log_into_the_database_only_every_wal_checkpoint_pages(tmp_path):
+def test_sqlite_copies_its_log_into_the_database_only_every_wal_checkpoint_pages(tmp_path, monkeypatch):
     """A checkpoint runs inside the COMMIT that takes the WAL past its size, under the writers' turn:
-    every other writer waits for it. The service lets the log grow to WAL_CHECKPOINT_PAGES first."""
+    every other writer waits for it. The service lets the log grow to WAL_CHECKPOINT_PAGES first
+    (SQLite's own checkpoint is the backstop of the process's checkpointer, held off here)."""
     from models import db
     from models.migrations import upgrade
 
+    monkeypatch.setattr(db, "CHECKPOINT_INTERVAL_SECONDS", 3600.0)
     path = tmp_path / "wal.db"
     url = f"sqlite:///{path}"
     upgrade(url)
@@ -210,3 +212,35 @@ def test_sqlite_copies_its_log_into_the_database_only_every_wal_checkpoint_pages
         assert path.stat().st_size > before + 2000 * page
     finally:
         engine.dispose()
+
+
+def test_each_process_copies_the_log_into_the_database_outside_the_writers_turn(tmp_path):
+    """The process's checkpointer copies a committed write into the database file within a moment,
+    with the log far below WAL_CHECKPOINT_PAGES and no COMMIT doing it; it stops with its engine."""
+    import gc
+    import threading
+    import time
+
+    from models import db
+
+    path = tmp_path / "checkpointed.db"
+    running = set(threading.enumerate())
+    engine = db.make_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE filler (text TEXT)")
+    before = path.stat().st_size
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO filler VALUES (?)", [("x" * 3000,)] * 200)  # about 200 pages
+    deadline = time.monotonic() + 10 * db.CHECKPOINT_INTERVAL_SECONDS
+    while path.stat().st_size < before + 150 * 4096 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size >= before + 150 * 4096
+
+    checkpointers = [thread for thread in set(threading.enumerate()) - running if thread.name == "sqlite-checkpointer"]
+    assert len(checkpointers) == 1
+    engine.dispose()
+    del engine, connection
+    gc.collect()
+    for thread in checkpointers:
+        thread.join(timeout=5 * db.CHECKPOINT_INTERVAL_SECONDS)
+    assert not any(thread.is_alive() for thread in checkpointers)
