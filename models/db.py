@@ -104,12 +104,14 @@ class _Checkpointer:
         self.database = os.path.abspath(database)
         self.pid: int | None = None
         self.stopped = threading.Event()
+        self._starting = threading.Lock()  # the pool may open several connections at once
         weakref.finalize(engine, self.stopped.set)  # the thread holds no reference to the engine
 
     def start_in_this_process(self) -> None:
-        if self.pid == os.getpid() or self.stopped.is_set():
-            return
-        self.pid = os.getpid()
+        with self._starting:
+            if self.pid == os.getpid() or self.stopped.is_set():
+                return
+            self.pid = os.getpid()
         threading.Thread(target=self._run, name="sqlite-checkpointer", daemon=True).start()
 
     def _run(self) -> None:
