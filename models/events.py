@@ -48,7 +48,7 @@ class InboxEvent(Base):
     type: Mapped[str] = mapped_column(String(100))
     api_version: Mapped[str | None] = mapped_column(String(40), default=None)
     livemode: Mapped[bool] = mapped_column(Boolean, default=False)
-    payload: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # PostgreSQL compresses it with lz4 (migration 0008)
     object_id: Mapped[str | None] = mapped_column(String(255), index=True, default=None)
     status: Mapped[EventStatus] = mapped_column(enum_column(EventStatus), default=EventStatus.RECEIVED, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

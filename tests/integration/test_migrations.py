@@ -1,5 +1,9 @@
-"""The migrations build the schema the models describe, on each database, and 0006 goes both ways."""
+"""The migrations build the schema the models describe, on each database, and the later ones go both ways."""
 from __future__ import annotations
+
+import json
+import logging
+import threading
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -7,9 +11,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 import models  # noqa: F401 - every model's table on Base.metadata
+from consumers.handlers import HANDLED_EVENT_TYPES
 from models.base import Base
 from models.db import make_engine
+from models.events import store_events_pg, store_events_sqlite
 from models.migrations import alembic_config
+from tests.support import event_for
 
 
 def _differences(url: str) -> list:
@@ -105,3 +112,91 @@ def test_the_look_ups_by_order_and_processed_time_use_the_partial_indexes(databa
                 assert index in plan, (query, plan)
     finally:
         engine.dispose()
+
+
+# 0008: PostgreSQL compresses the inbox's payloads with lz4 (SQLite does not compress rows).
+def _payload_compression(url: str) -> str | None:
+    """The payload column's compression setting on PostgreSQL ("l": lz4, "": the server's default)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.exec_driver_sql(
+                "SELECT attcompression FROM pg_attribute "
+                "WHERE attrelid = 'inbox_events'::regclass AND attname = 'payload'").scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _store_a_large_event(url: str) -> str:
+    """Stores one event as the webhook does, its payload past PostgreSQL's 2 KB threshold (Stripe indents
+    its JSON); gives how PostgreSQL compressed the stored payload, or what SQLite stored."""
+    event = event_for("payment_intent.succeeded")
+    payload = json.dumps(event, indent=2)
+    assert len(payload) > 2048
+    engine = make_engine(url)
+    try:
+        raw = engine.raw_connection()
+        try:
+            store = store_events_pg if engine.dialect.name == "postgresql" else store_events_sqlite
+            [stored] = store(raw.dbapi_connection, [(event, payload)], handled_types=HANDLED_EVENT_TYPES)
+            assert not stored.duplicate
+            cursor = raw.dbapi_connection.cursor()
+            if engine.dialect.name == "postgresql":
+                cursor.execute("SELECT pg_column_compression(payload) FROM inbox_events WHERE id = %s", (stored.id,))
+            else:
+                cursor.execute("SELECT payload FROM inbox_events WHERE id = ?", (stored.id,))
+            return cursor.fetchone()[0]
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+
+
+def test_0008_postgresql_compresses_payloads_with_lz4_and_its_downgrade_gives_it_back_its_default(database_url):
+    if not database_url.startswith("postgresql"):
+        # Nothing to change on SQLite: the migration goes both ways and a payload is stored as it came.
+        command.downgrade(alembic_config(database_url), "0007")
+        command.upgrade(alembic_config(database_url), "head")
+        assert _differences(database_url) == []
+        assert json.loads(_store_a_large_event(database_url))["object"] == "event"
+        return
+    assert _payload_compression(database_url) == "l"
+    assert _store_a_large_event(database_url) == "lz4"
+
+    command.downgrade(alembic_config(database_url), "0007")
+    assert _payload_compression(database_url) == ""
+    assert _store_a_large_event(database_url) == "pglz"  # PostgreSQL's own default
+
+    command.upgrade(alembic_config(database_url), "head")
+    assert _payload_compression(database_url) == "l"
+    assert _differences(database_url) == []
+
+
+def test_0008_waits_for_a_transaction_holding_the_inbox_instead_of_queueing_the_webhook_behind_it(
+        database_url, caplog):
+    """On PostgreSQL each try waits at most 2 s for its lock (so inserts queued behind it wait no longer),
+    then tries again. On SQLite nothing is altered: the migration only waits for its turn, as every writer does."""
+    engine = make_engine(database_url)
+    holder = engine.connect()
+    if engine.dialect.name == "postgresql":
+        holder.exec_driver_sql("LOCK TABLE inbox_events IN ACCESS SHARE MODE")  # as any reader's transaction does
+    else:
+        holder.exec_driver_sql("SELECT count(*) FROM inbox_events").scalar_one()  # holds the writers' turn
+    release = threading.Timer(3.0, holder.rollback)
+    release.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="alembic.runtime.migration"):
+            command.downgrade(alembic_config(database_url), "0007")
+        waited = not holder.in_transaction()
+    finally:
+        release.cancel()
+        holder.close()
+        engine.dispose()
+    assert waited
+    if database_url.startswith("postgresql"):
+        assert "inbox_events is locked by another transaction; trying again (2 of 5)" in caplog.text
+        assert _payload_compression(database_url) == ""
+    else:
+        assert "trying again" not in caplog.text
+    command.upgrade(alembic_config(database_url), "head")
+    assert _differences(database_url) == []
