@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import runpy
 import secrets
 import shutil
 import signal
@@ -768,13 +769,19 @@ def machine_block(profile: Profile, quick: bool, backend: "Backend") -> list[str
         ("load avg", f"{load} (1, 5, 15 min, at start)"),
         ("backend", backend.name),
         ("load", f"wrk {_wrk_version()} -t{WRK_THREADS} -c{WRK_CONNECTIONS}, bench/post.lua (pre-signed bodies)"),
-        ("web", "gunicorn.conf.py, WEB_CONCURRENCY=2, worker class "
-                f"{os.environ.get('GUNICORN_WORKER_CLASS') or 'gthread'}"),
+        ("web", f"gunicorn.conf.py, WEB_CONCURRENCY=2, worker class {_worker_class()}"),
         ("run", f"{'--quick, ' if quick else ''}N={profile.repetitions} repetitions, "
                 f"{profile.ingest_seconds:g} s ingest load, {profile.burst} orders per consumer repetition, "
                 f"{profile.e2e_seconds:g} s per end-to-end step, {profile.fill:,} events in the full inbox"),
     ]
     return ["machine"] + [f"  {key:<9} {value}" for key, value in rows]
+
+
+def _worker_class() -> str:
+    """The worker class gunicorn.conf.py gives both web servers, as they read it (with its threads)."""
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    worker_class = config["worker_class"]
+    return f"{worker_class}, {config['threads']} threads" if worker_class == "gthread" else worker_class
 
 
 def _wrk_version() -> str:
