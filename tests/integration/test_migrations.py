@@ -182,7 +182,8 @@ def test_0008_waits_for_a_transaction_holding_the_inbox_instead_of_queueing_the_
         holder.exec_driver_sql("LOCK TABLE inbox_events IN ACCESS SHARE MODE")  # as any reader's transaction does
     else:
         holder.exec_driver_sql("SELECT count(*) FROM inbox_events").scalar_one()  # holds the writers' turn
-    release = threading.Timer(3.0, holder.rollback)
+    # At 5 s the first try (2 s) has timed out unless the migration took over 3 s to start.
+    release = threading.Timer(5.0, holder.rollback)
     release.start()
     try:
         with caplog.at_level(logging.INFO, logger="alembic.runtime.migration"):
