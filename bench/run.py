@@ -59,10 +59,10 @@ class Profile:
 
 FULL = Profile(repetitions=5, ingest_seconds=3.0, burst=1000, consumer_repetitions=3, micro_events=2000,
                e2e_seconds=5.0, embedded_rates=(100, 150, 200, 250, 300, 400, 500, 600),
-               servers_rates=(250, 300, 350, 400, 450, 500, 750, 1000, 1250), fill=1_000_000, target_pairs=3)
+               servers_rates=(250, 300, 350, 400, 450, 500, 750, 1000, 1250), fill=1_000_000, target_pairs=5)
 QUICK = Profile(repetitions=3, ingest_seconds=2.0, burst=600, consumer_repetitions=2, micro_events=1000,
                 e2e_seconds=3.0, embedded_rates=(150, 300, 450), servers_rates=(250, 500, 750), fill=100_000,
-                target_pairs=2)
+                target_pairs=3)
 
 
 @dataclass
