@@ -356,3 +356,36 @@ if servers_available():
         finally:
             engine.dispose()
         assert after.hits == before.hits + 1 and after.misses == before.misses
+
+
+@pytest.mark.parametrize("outbox_id", [2**64, 2**63, 0, -1, True, 1.0, "1"])
+@pytest.mark.parametrize("path", ["batch", "one at a time"])
+def test_a_message_whose_outbox_id_is_no_outbox_id_is_rejected_not_put_back(settings, outbox_id, path):
+    """A message from a foreign or corrupt publisher: an id past 64 bits failed in the database when
+    claimed and again when its failure was recorded, which the worker took for a database that is
+    down, so it put the message back and tried it again, forever."""
+    worker = Worker(settings)
+    outcomes = []
+    try:
+        with connect(settings) as conn:
+            queue = QUEUES[Topic.STRIPE_EVENT]
+            conn.Producer().publish({"outbox_id": outbox_id}, exchange=queue.exchange, routing_key=queue.routing_key,
+                                    declare=[queue], serializer="json")
+            callback = worker.collect if path == "batch" else worker.on_message
+
+            def record(body, message):
+                for name in ("ack", "reject", "requeue"):
+                    setattr(message, name, lambda name=name, real=getattr(message, name): (outcomes.append(name),
+                                                                                        real()))
+                callback(body, message)
+
+            with Consumer(conn, queues=[queue], accept=["json"], callbacks=[record]):
+                conn.drain_events(timeout=5)
+                worker.run_pending()
+            assert outcomes == ["reject"]
+            assert worker.pending == []
+            with pytest.raises(TimeoutError), Consumer(conn, queues=[queue], accept=["json"], callbacks=[record]):
+                conn.drain_events(timeout=1)  # not put back on the queue
+    finally:
+        worker.engine.dispose()
+    assert outcomes == ["reject"]
