@@ -260,6 +260,11 @@ def find_refunds(payment_intent_id: str) -> list[stripe.Refund]:
         raise PaymentGatewayError(_describe(exc)) from exc
 
 
+def list_refunds(payment_intent_id: str) -> list[dict]:
+    """`find_refunds` as plain dicts, for a handler (the worker fetches them outside its transaction)."""
+    return [refund.to_dict() for refund in find_refunds(payment_intent_id)]
+
+
 def events_since(created_gte: int) -> Iterator[dict]:
     """Every event Stripe holds created at or after `created_gte` (a Unix time), oldest page first.
 

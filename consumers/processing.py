@@ -22,7 +22,7 @@ from consumers.handlers import HANDLERS, HandlerContext, Outcome
 from consumers.handlers.lookup import ids_named, order_named
 from consumers.handlers.payment_intents import SUCCEEDED
 from consumers.mail import MailsAfterCommit, is_still_true, send_after_commit, send_mail
-from consumers.payments import cancel_order_payment_intents, retrieve_payment_intent
+from consumers.payments import cancel_order_payment_intents, list_refunds, retrieve_payment_intent
 from models.base import utcnow
 from models.catalog import ReservationStatus, SoldUnits, collect_sold_units
 from models.db import RowsAtCommit, add_row, collect_rows_at_commit, transaction, write_and_release
@@ -50,27 +50,37 @@ def key_is_live(api_key: str) -> bool:
     return api_key.startswith(("sk_live_", "rk_live_"))
 
 
-class ConfirmationNeeded(Exception):
-    """A handler needs Stripe's record of an intent: the worker fetches it outside the
-    transaction (a slow Stripe must never hold the order's lock or SQLite's write lock)
-    and runs the handler again with it."""
-
-    def __init__(self, payment_intent_id: str):
-        super().__init__(payment_intent_id)
-        self.payment_intent_id = payment_intent_id
+# What a handler may need from Stripe's API, by kind: an intent's record, an intent's refunds.
+_STRIPE_RECORDS = {"payment_intent": retrieve_payment_intent, "refunds": list_refunds}
 
 
-def handler_context(settings: Settings, fetched: dict[str, dict | None] | None = None) -> HandlerContext:
+class StripeRecordNeeded(Exception):
+    """A handler needs one of Stripe's records (`_STRIPE_RECORDS`): the worker fetches it outside
+    the transaction (a slow Stripe must never hold the order's lock or SQLite's write lock) and
+    runs the handler again with it."""
+
+    def __init__(self, kind: str, object_id: str):
+        super().__init__(f"{kind} of {object_id}")
+        self.key = (kind, object_id)
+
+    def fetch(self):
+        kind, object_id = self.key
+        return _STRIPE_RECORDS[kind](object_id)
+
+
+def handler_context(settings: Settings, fetched: dict[tuple[str, str], object] | None = None) -> HandlerContext:
     """Without `fetched`, Stripe is asked at once (a staff replay); with it, only what was
-    fetched beforehand is used and anything else raises ConfirmationNeeded (the worker)."""
-    if fetched is None:
-        retrieve = retrieve_payment_intent
-    else:
-        def retrieve(payment_intent_id: str) -> dict | None:
-            if payment_intent_id not in fetched:
-                raise ConfirmationNeeded(payment_intent_id)
-            return fetched[payment_intent_id]
-    return HandlerContext(livemode=key_is_live(settings.stripe_api_key), retrieve_payment_intent=retrieve)
+    fetched beforehand is used and anything else raises StripeRecordNeeded (the worker)."""
+    def ask(kind: str, object_id: str):
+        if fetched is None:
+            return _STRIPE_RECORDS[kind](object_id)
+        if (kind, object_id) not in fetched:
+            raise StripeRecordNeeded(kind, object_id)
+        return fetched[(kind, object_id)]
+
+    return HandlerContext(livemode=key_is_live(settings.stripe_api_key),
+                          retrieve_payment_intent=lambda intent_id: ask("payment_intent", intent_id),
+                          list_refunds=lambda intent_id: ask("refunds", intent_id))
 
 
 def not_this_account(event: dict, livemode: bool) -> str | None:
@@ -166,9 +176,9 @@ class _Claimed:
 
 
 def _claim(session: Session, settings: Settings, outbox_id: int, handled: dict,
-           fetched: dict[str, dict | None]) -> _Claimed:
+           fetched: dict[tuple[str, str], object]) -> _Claimed:
     """Lock the message and, for a Stripe event, run its handler and mark the message done,
-    in the caller's transaction. Raises ConfirmationNeeded or the handler's error."""
+    in the caller's transaction. Raises StripeRecordNeeded or the handler's error."""
     message = _lock(session, outbox_id)
     if message is None:
         return _Claimed(Result("missing", f"no outbox message {outbox_id}"))
@@ -176,7 +186,7 @@ def _claim(session: Session, settings: Settings, outbox_id: int, handled: dict,
 
 
 def _claim_locked(session: Session, settings: Settings, message: OutboxMessage, handled: dict,
-                  fetched: dict[str, dict | None]) -> _Claimed:
+                  fetched: dict[tuple[str, str], object]) -> _Claimed:
     if not message.is_to_handle():
         log.info("message_skipped", status=message.status.value)
         return _Claimed(Result("skipped", message.status.value))
@@ -204,7 +214,7 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
     structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
     started = time.monotonic()
     handled: dict = {}  # the inbox event whose handler ran: for the failure's history row and the metrics
-    fetched: dict[str, dict | None] = {}  # Stripe's records of intents, fetched outside the transaction
+    fetched: dict[tuple[str, str], object] = {}  # Stripe's records, fetched outside the transaction
     try:
         while True:
             try:
@@ -212,11 +222,11 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
                     mails = send_after_commit(session, settings.redelivery_seconds)
                     claimed = _claim(session, settings, outbox_id, handled, fetched)
                 break
-            except ConfirmationNeeded as need:
-                if need.payment_intent_id in fetched:
+            except StripeRecordNeeded as need:
+                if need.key in fetched:
                     raise
                 # Rolled back; ask Stripe with no lock held (an outage raises: retried later).
-                fetched[need.payment_intent_id] = retrieve_payment_intent(need.payment_intent_id)
+                fetched[need.key] = need.fetch()
         if claimed.result is not None:
             return claimed.result
         if claimed.outside is not None:
@@ -262,7 +272,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     payments among them are applied together (`_pay_ordinary_orders`) and the mails claimed
     together, then the others are taken in outbox id order. A
     message whose handler raises rolls back only its savepoint; it and any message needing
-    Stripe's record of an intent (ConfirmationNeeded) go through `process_message` after the
+    one of Stripe's records (StripeRecordNeeded) go through `process_message` after the
     commit, which records a failure exactly as for a message on its own. Mails and Stripe
     calls are made after the commit, with no lock held, and marked done together. If the
     transaction itself fails, nothing of it was kept and every message goes through
@@ -305,7 +315,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
                 try:
                     with sold.savepoint(), rows.savepoint(), session.begin_nested():
                         claimed = _claim(session, settings, outbox_id, handled, {})
-                except ConfirmationNeeded:
+                except StripeRecordNeeded:
                     alone.append(outbox_id)
                     continue
                 except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint, run alone below
@@ -505,7 +515,7 @@ def _lock_event(session: Session, inbox_event_id: int) -> InboxEvent:
 
 
 def _handle_event(session: Session, settings: Settings, message: OutboxMessage, handled: dict,
-                  fetched: dict[str, dict | None]) -> Outcome | None:
+                  fetched: dict[tuple[str, str], object]) -> Outcome | None:
     event = _lock_event(session, message.inbox_event_id)
     if event.status in CLOSED_EVENT_STATES:
         structlog.contextvars.bind_contextvars(event_id=event.event_id, event_type=event.type)

@@ -13,6 +13,33 @@ from models.refunds import RefundSource
 log = structlog.get_logger(__name__)
 
 
+class RefundsNotListed(Exception):
+    """Stripe's list of an intent's refunds does not add up to the charge's refunded total: asked
+    again on the retry (and, if it never does, the event is a dead letter staff see)."""
+
+
+def _refunds_of(charge: dict, intent_id: str, refunded: int, context: HandlerContext) -> list[dict]:
+    """The charge's refunds: as the event lists them, or Stripe's API's list when the event does not
+    list them all. From API version 2022-11-15 on, Stripe sends a charge without its refunds; an
+    older version lists at most ten of them (`has_more`)."""
+    listed = charge.get("refunds")
+    if isinstance(listed, dict) and isinstance(listed.get("data"), list) and not listed.get("has_more"):
+        refunds = [refund for refund in listed["data"] if isinstance(refund, dict)]
+        if _counted(refunds) >= refunded:
+            return refunds
+    refunds = context.list_refunds(intent_id)
+    if _counted(refunds) < refunded:
+        raise RefundsNotListed(f"charge {charge.get('id')} is refunded {refunded}, but Stripe lists refunds of "
+                               f"{_counted(refunds)} for payment intent {intent_id}")
+    return refunds
+
+
+def _counted(refunds: list[dict]) -> int:
+    """What the refunds give back (a failed or canceled one gives nothing)."""
+    return sum(int(refund.get("amount") or 0) for refund in refunds
+               if refund.get("status") not in ("failed", "canceled"))
+
+
 @handles("charge.refunded")
 def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -> Outcome:
     charge = event["data"]["object"]
@@ -20,20 +47,20 @@ def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -
     order = lock_order_for_intent(session, intent_id) if isinstance(intent_id, str) else None
     if order is None:
         return Outcome.ignored(f"no order of ours for charge {charge.get('id')} (payment intent {intent_id})")
+    amount, refunded = int(charge.get("amount") or 0), int(charge.get("amount_refunded") or 0)
+    currency = charge.get("currency") or order.currency
 
     # Each refund once, keyed by Stripe's id: one staff made here is already recorded.
     recorded = []
-    for refund in (charge.get("refunds") or {}).get("data") or []:
-        if not isinstance(refund, dict) or not refund.get("id"):
+    for refund in _refunds_of(charge, intent_id, refunded, context):
+        if not refund.get("id"):
             continue
         row = record_refund(session, order, stripe_refund_id=refund["id"], amount=int(refund.get("amount") or 0),
-                            currency=(refund.get("currency") or charge.get("currency") or order.currency),
+                            currency=(refund.get("currency") or currency),
                             status=refund.get("status") or "succeeded", source=RefundSource.STRIPE,
                             reason=refund.get("reason"))
         if row is not None:
             recorded.append(row)
-    amount, refunded = int(charge.get("amount") or 0), int(charge.get("amount_refunded") or 0)
-    currency = charge.get("currency") or order.currency
     for row in recorded:
         log.info("refund_recorded", refund_id=row.stripe_refund_id, amount=row.amount, source="stripe")
 

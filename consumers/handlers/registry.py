@@ -21,7 +21,8 @@ class HandlerContext:
     """What a handler may need beyond the session and the event, passed in (no globals).
 
     `livemode` is the mode of the configured STRIPE_API_KEY; `retrieve_payment_intent` asks
-    Stripe's API for an intent (raises PaymentGatewayError when Stripe cannot be reached).
+    Stripe's API for an intent, `list_refunds` for the refunds of an intent (both raise
+    PaymentGatewayError when Stripe cannot be reached).
     `locked_orders` are orders the caller has already locked in this transaction, by the payment
     intent id they hold (a worker batch locks its orders in one statement): a handler takes its
     order from there instead of locking it again.
@@ -29,6 +30,7 @@ class HandlerContext:
 
     livemode: bool
     retrieve_payment_intent: Callable[[str], dict | None]
+    list_refunds: Callable[[str], list[dict]]
     locked_orders: Mapping[str, "Order"] = field(default_factory=dict)
 
 

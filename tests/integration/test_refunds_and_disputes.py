@@ -12,12 +12,13 @@ import pytest
 import stripe
 from sqlalchemy import select
 
+from consumers.staff_actions import Refused, accept_order
 from models.db import transaction
 from models.events import EventStatus, InboxEvent
 from models.history import StaffAlert
 from models.orders import Order, get_order, record_refund, return_unshipped_units
 from models.refunds import Dispute, Refund, RefundSource
-from tests.support import confirm_card, event_for
+from tests.support import confirm_card, event_for, free_port
 
 
 @pytest.fixture
@@ -48,6 +49,14 @@ def charge_refunded(charge_id: str) -> dict:
     """charge.refunded as Stripe sends it: the charge, with its refunds listed, as Stripe has it now."""
     event = event_for("charge.refunded")
     event["data"]["object"] = stripe.Charge.retrieve(charge_id).to_dict()
+    return event
+
+
+def charge_refunded_as_now(charge_id: str) -> dict:
+    """charge.refunded as Stripe sends it from API version 2022-11-15 on: the charge without its refunds."""
+    event = charge_refunded(charge_id)
+    event["api_version"] = "2024-06-20"
+    del event["data"]["object"]["refunds"]
     return event
 
 
@@ -150,6 +159,91 @@ def test_a_refund_staff_made_here_is_recorded_once_and_its_event_changes_nothing
     row = order_row(sessions, order)
     assert (row.status.value, row.refunded_amount, row.refund_reason) == ("refunded", order["total"],
                                                                          "customer asked")
+
+
+def test_refunds_at_stripe_are_recorded_from_stripes_list_when_the_event_does_not_list_them(
+        client, sessions, paid_order, stripe_says):
+    """Current API versions send the charge without its refunds: a partial refund recorded nothing,
+    raised no flag and no alert ("refunds already recorded"), and the order's money stayed counted."""
+    order = paid_order()
+    first = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=1000)
+    event = stripe_says(charge_refunded_as_now(first.charge))
+    assert "refunds" not in event["data"]["object"]
+
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "needs_review"
+    assert "partially refunded at Stripe: 1000 of 3100" in body["review_reason"]
+    assert refunds(sessions) == [(first.id, 1000, RefundSource.STRIPE)]
+    assert order_row(sessions, order).money_held == order["total"] - 1000
+    [alert] = alerts(sessions)
+    assert alert.order_id == order["order_id"]
+
+    rest = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=order["total"] - 1000)
+    stripe_says(charge_refunded_as_now(rest.charge))
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "refunded"
+    assert sorted(refunds(sessions)) == sorted([(first.id, 1000, RefundSource.STRIPE),
+                                                (rest.id, order["total"] - 1000, RefundSource.STRIPE)])
+    row = order_row(sessions, order)
+    assert (row.refunded_amount, row.money_held) == (order["total"], 0)
+    assert stock(client) == (40, 0)
+
+
+def test_a_refund_at_stripe_before_the_payment_is_applied_leaves_the_order_nothing_to_ship(
+        client, sessions, settings, checkout, post_event, deliver, stripe_says):
+    """The refund's event first, then the payment's: the refund was not recorded, so the order seemed to
+    hold the whole payment and staff's accept shipped an order Stripe had refunded in full."""
+    order = checkout([("TEA-01", 2)])
+    assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
+    refund = stripe.Refund.create(payment_intent=order["payment_intent_id"])
+    stripe_says(charge_refunded_as_now(refund.charge))
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "needs_review" and "refunded in full at Stripe" in body["review_reason"]
+    assert refunds(sessions) == [(refund.id, order["total"], RefundSource.STRIPE)]
+
+    stripe_says(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                          order_id=order["order_id"], amount=order["total"]))
+    row = order_row(sessions, order)
+    assert (row.status.value, row.paid_amount, row.money_held) == ("needs_review", order["total"], 0)
+    assert f"paid {order['total']} jpy on payment intent" in row.review_reason
+    assert len(alerts(sessions)) == 2
+    with pytest.raises(Refused, match="holds no money of the customer"):
+        accept_order(sessions, order["order_id"], actor="alice@example.com", note="ship it")
+    assert client.get(f"/orders/{order['order_id']}").get_json()["shipment"] is None
+
+
+def test_stripe_unreachable_while_listing_a_charges_refunds_is_retried_then_recorded(
+        client, sessions, paid_order, post_event, deliver):
+    order = paid_order()
+    refund = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=1000)
+    post_event(event := charge_refunded_as_now(refund.charge))
+    working = stripe.api_base
+    stripe.api_base = f"http://127.0.0.1:{free_port()}"  # nothing listens there: Stripe is down
+    try:
+        deliver(max_rounds=1)
+    finally:
+        stripe.api_base = working
+    with sessions() as session:
+        stored = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
+    assert stored.status is EventStatus.RETRYING and "PaymentGatewayError" in stored.last_error
+    assert refunds(sessions) == []
+    deliver()
+    assert refunds(sessions) == [(refund.id, 1000, RefundSource.STRIPE)]
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+
+
+def test_a_refunded_total_stripes_list_does_not_explain_is_retried_not_taken_as_recorded(
+        client, sessions, paid_order, post_event, deliver):
+    order = paid_order()
+    refund = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=1000)
+    event = charge_refunded_as_now(refund.charge)
+    event["data"]["object"].update(amount_refunded=order["total"], refunded=True)  # more than Stripe lists
+    post_event(event)
+    deliver(max_rounds=1)
+    with sessions() as session:
+        stored = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
+    assert stored.status is EventStatus.RETRYING
+    assert f"is refunded {order['total']}, but Stripe lists refunds of 1000" in stored.last_error
+    assert refunds(sessions) == [] and client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
 
 
 def test_a_refund_of_a_charge_that_is_not_ours_is_ignored(client, sessions, stripe_says):
