@@ -96,4 +96,7 @@ def flag_or_note(order: Order, reason: str) -> Outcome:
     else:
         log.warning("order_not_flagged", reason=reason, order_status=order.status.value)
         said = f"noted, order already {order.status.value}: {reason}"
+        if order.status is OrderStatus.NEEDS_REVIEW and reason not in (order.review_reason or ""):
+            # Staff read the reason in the review list: each problem found since, not only the first.
+            order.review_reason = f"{order.review_reason}; then: {reason}" if order.review_reason else reason
     return Outcome.processed(said, order.id, alert=f"Order {order.id} needs review: {reason}")

@@ -49,8 +49,9 @@ def _find(session: Session, intent: dict, context: HandlerContext) -> _Found:
     return _Found(order)
 
 
-def _count_payment(session: Session, order: Order, intent: dict, event_id: str) -> int:
-    """Add the money taken on this intent to the order's paid_amount, once per intent.
+def _count_payment(session: Session, order: Order, intent: dict, event_id: str) -> tuple[int, bool]:
+    """Add the money taken on this intent to the order's paid_amount, once per intent; the amount,
+    and whether this event is the one that counted it.
 
     Counted when the first succeeded event for the intent is processed for this order; a
     later event for the same intent (Stripe's duplicate, a replay) finds it counted.
@@ -63,7 +64,7 @@ def _count_payment(session: Session, order: Order, intent: dict, event_id: str) 
         InboxEvent.status == EventStatus.PROCESSED, InboxEvent.event_id != event_id)))
     if not counted:
         order.paid_amount += paid
-    return paid
+    return paid, not counted
 
 
 @handles(SUCCEEDED)
@@ -80,17 +81,22 @@ def on_payment_succeeded(session: Session, event: dict, context: HandlerContext)
 
 def _apply_payment(session: Session, event: dict, intent: dict, found: _Found) -> Outcome:
     order = found.order
-    paid = _count_payment(session, order, intent, event["id"])
+    paid, counted_now = _count_payment(session, order, intent, event["id"])
     currency = (intent.get("currency") or "").lower()
     if found.other_intent:
         # Money taken on an intent the order does not hold (a second checkout tab, a copied
         # client secret): never silent, a person decides whether to refund it.
         return flag_or_note(order, f"paid {paid} {currency} on payment intent {intent['id']}, "
                                    f"but the order holds {order.payment_intent_id}")
-    if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
-        return Outcome.processed(f"order already {order.status.value}", order.id)
-    if order.status is OrderStatus.NEEDS_REVIEW:
-        return Outcome.processed("order already flagged for review", order.id)
+    if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED, OrderStatus.NEEDS_REVIEW):
+        if counted_now:
+            # Money this order did not hold before, taken when it no longer waits for any: a second
+            # payment after a stray intent's, or the first on an order already in review. Never
+            # silent: a person decides whether to keep or refund it.
+            return flag_or_note(order, f"paid {paid} {currency} on payment intent {intent['id']} while the "
+                                       f"order is {order.status.value}")
+        said = "flagged for review" if order.status is OrderStatus.NEEDS_REVIEW else order.status.value
+        return Outcome.processed(f"order already {said}", order.id)
     if order.payment_intent_id is None:
         order.payment_intent_id = intent["id"]
 

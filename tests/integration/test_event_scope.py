@@ -184,6 +184,34 @@ def test_money_taken_on_another_intent_of_a_paid_order_is_counted_and_alerted(
     assert "flagged for review" in inbox_row(sessions, event["id"]).outcome
 
 
+def test_the_orders_own_payment_after_a_stray_intents_is_counted_alerted_and_added_to_the_reason(
+        client, sessions, checkout, post_event, deliver):
+    """Paid on a stray intent first (flagged), then on the intent the order holds: the second payment
+    was counted with no alert ("order already flagged for review"), and the review said only the first."""
+    order = checkout([("TEA-01", 2)])
+    post_event(succeeded(order, intent_id="pi_StrayTabPaidFirst001"))
+    deliver()
+    assert status_of(client, order) == "needs_review"
+    post_event(event := succeeded(order))
+    deliver()
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "needs_review"
+    assert "pi_StrayTabPaidFirst001" in body["review_reason"]
+    assert f"paid {order['total']} jpy on payment intent {order['payment_intent_id']} while the order is " \
+           "needs_review" in body["review_reason"]
+    assert "noted, order already needs_review" in inbox_row(sessions, event["id"]).outcome
+    stray, own = alerts(sessions)
+    assert "pi_StrayTabPaidFirst001" in stray.text and order["payment_intent_id"] in own.text
+    with sessions() as session:
+        assert session.get(Order, order["order_id"]).money_held == 2 * order["total"]
+
+    post_event(succeeded(order))  # the same payment, sent again: counted once, no new alert
+    deliver()
+    assert len(alerts(sessions)) == 2
+    with sessions() as session:
+        assert session.get(Order, order["order_id"]).money_held == 2 * order["total"]
+
+
 # --- attempts, causes and alerts ----------------------------------------------------------------------------------
 
 
