@@ -316,10 +316,12 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
         order.ensure_refundable()
         intent_id, held = order.payment_intent_id, order.money_held
         recorded = set(session.scalars(select(Refund.stripe_refund_id).where(Refund.order_id == order_id)))
-    at_stripe = [r for r in find_refunds(intent_id) if r.status not in ("failed", "canceled")]
+    every = find_refunds(intent_id)
+    at_stripe = [r for r in every if r.status not in ("failed", "canceled")]
     refunds = [r for r in at_stripe if r.id not in recorded]
     if not refunds or held - sum(r.amount for r in refunds) > 0:
-        refunds.append(refund_payment(order_id=order_id, payment_intent_id=intent_id, attempt=len(at_stripe) + 1))
+        refunds.append(refund_payment(order_id=order_id, payment_intent_id=intent_id,
+                                      attempt=next_refund_attempt(every)))
     ids = ", ".join(r.id for r in refunds)
     log.info("refund_at_stripe", order_id=order_id, refund_ids=ids, actor=actor)
     with caused_by(f"staff {actor}: {action}"), transaction(factory) as session:
@@ -332,6 +334,14 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
             order.mark_refunded(refunds[-1].id, note)
         return _audit(session, actor=actor, action=action, target=f"order {order_id}", order=order, before=before,
                       note=note, detail=f"stripe refund {ids}; {returned} units back on the shelf")
+
+
+def next_refund_attempt(refunds_at_stripe: list) -> int:
+    """The attempt number a new refund of the intent is keyed on: one more than every refund Stripe
+    holds for it, failed and canceled ones too. Counting only those that stand, a new refund after
+    one that failed would reuse the failed one's key, and Stripe answers a reused key with its first
+    answer (for 24 hours): the failed refund again, and no money back."""
+    return len(refunds_at_stripe) + 1
 
 
 def _record_staff_refund(session: Session, order: Order, refund, reason: str) -> None:
