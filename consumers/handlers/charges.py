@@ -1,14 +1,16 @@
-"""charge.refunded: a refund made at Stripe (its dashboard, or ours already recorded) shows on the order."""
+"""charge.refunded: a refund made at Stripe (its dashboard, or ours already recorded) shows on the order;
+charge.refund.updated and refund.updated/failed: a refund that failed after all is no longer counted."""
 from __future__ import annotations
 
 import structlog
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consumers.handlers.lookup import flag_or_note, lock_order_for_intent
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.orders import OrderStatus, can_transition, record_refund, return_unshipped_units
-from models.refunds import RefundSource
+from models.refunds import Refund, RefundSource
 
 log = structlog.get_logger(__name__)
 
@@ -79,3 +81,47 @@ def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -
     if not recorded:
         return Outcome.processed("refunds already recorded", order.id)
     return flag_or_note(order, f"partially refunded at Stripe: {refunded} of {amount} {currency}")
+
+
+# Stripe's refund statuses. A pending refund counts as money given back until it fails.
+_REFUND_STATUSES = frozenset({"pending", "requires_action", "succeeded", "failed", "canceled"})
+_GIVES_NOTHING = frozenset({"failed", "canceled"})
+
+
+@handles("charge.refund.updated")
+@handles("refund.updated")
+@handles("refund.failed")
+def on_refund_updated(session: Session, event: dict, context: HandlerContext) -> Outcome:
+    """A refund's new status. One that failed (a closed card account, say) gave the customer nothing:
+    it no longer counts against the money the order holds, and staff are told, since the service
+    marked the order refunded or partly refunded on its word."""
+    refund = event["data"]["object"]
+    intent_id = refund.get("payment_intent")
+    order = lock_order_for_intent(session, intent_id) if isinstance(intent_id, str) else None
+    if order is None:
+        return Outcome.ignored(f"no order of ours for refund {refund.get('id')} (payment intent {intent_id})")
+    status = refund.get("status")
+    if status not in _REFUND_STATUSES or not isinstance(refund.get("id"), str):
+        return Outcome.ignored(f"refund {refund.get('id')} has no refund status the service knows ({status!r})",
+                               order.id)
+    row = session.scalars(select(Refund).where(Refund.stripe_refund_id == refund["id"]).with_for_update()
+                          ).one_or_none()
+    if row is None:
+        if status not in _GIVES_NOTHING:
+            # Counted when its charge.refunded comes, which also decides whether the order is flagged.
+            return Outcome.processed(f"refund {refund['id']} is {status}; its charge's refunds are recorded "
+                                     f"from charge.refunded", order.id)
+        record_refund(session, order, stripe_refund_id=refund["id"], amount=int(refund.get("amount") or 0),
+                      currency=refund.get("currency") or order.currency, status=status,
+                      source=RefundSource.STRIPE, reason=refund.get("reason"))
+        return Outcome.processed(f"refund {refund['id']} {status} at Stripe; it was never counted", order.id)
+    counted = row.status not in _GIVES_NOTHING
+    row.status = status
+    if not (counted and status in _GIVES_NOTHING):
+        return Outcome.processed(f"refund {row.stripe_refund_id} is {status}", order.id)
+    order.refunded_amount -= row.amount
+    log.warning("refund_failed", refund_id=row.stripe_refund_id, amount=row.amount,
+                failure_reason=refund.get("failure_reason"))
+    return flag_or_note(order, f"refund {row.stripe_refund_id} of {row.amount} {row.currency} {status} at Stripe "
+                               f"({refund.get('failure_reason') or 'no reason given'}): the customer did not get it "
+                               f"back")

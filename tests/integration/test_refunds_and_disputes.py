@@ -60,6 +60,14 @@ def charge_refunded_as_now(charge_id: str) -> dict:
     return event
 
 
+def refund_updated(refund_id: str, kind: str = "charge.refund.updated", **changes) -> dict:
+    """charge.refund.updated (or refund.updated / refund.failed): the refund as Stripe has it, with `changes`."""
+    event = event_for("charge.refunded")
+    event["type"] = kind
+    event["data"] = {"object": {**stripe.Refund.retrieve(refund_id).to_dict(), **changes}}
+    return event
+
+
 def dispute_event(kind: str, order: dict, charge_id: str, status: str, dispute_id: str = "dp_FromTheCardIssuer1"):
     event = event_for("charge.dispute.created")
     event["type"] = f"charge.dispute.{kind}"
@@ -244,6 +252,63 @@ def test_a_refunded_total_stripes_list_does_not_explain_is_retried_not_taken_as_
     assert stored.status is EventStatus.RETRYING
     assert f"is refunded {order['total']}, but Stripe lists refunds of 1000" in stored.last_error
     assert refunds(sessions) == [] and client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+
+
+def test_a_refund_that_fails_after_the_order_was_refunded_no_longer_counts_and_staff_are_told(
+        client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    refund = stripe.Refund.create(payment_intent=order["payment_intent_id"])
+    stripe_says(charge_refunded_as_now(refund.charge))
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "refunded"
+
+    event = stripe_says(refund_updated(refund.id, status="failed", failure_reason="expired_or_canceled_card"))
+    row = order_row(sessions, order)
+    assert (row.status.value, row.refunded_amount, row.money_held) == ("refunded", 0, order["total"])
+    with sessions() as session:
+        stored = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
+        assert session.scalars(select(Refund.status)).all() == ["failed"]
+    assert f"refund {refund.id} of {order['total']} jpy failed at Stripe (expired_or_canceled_card)" in stored.outcome
+    assert "noted, order already refunded" in stored.outcome
+    alert = alerts(sessions)[-1]
+    assert alert.order_id == order["order_id"] and "the customer did not get it back" in alert.text
+
+    stripe_says(refund_updated(refund.id, kind="refund.failed", status="failed"))  # the same news again
+    assert order_row(sessions, order).money_held == order["total"]
+    assert len(alerts(sessions)) == 1
+
+
+def test_a_partial_refund_that_fails_is_added_to_the_reason_the_order_is_in_review(
+        client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    part = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=1000)
+    stripe_says(charge_refunded_as_now(part.charge))
+    assert order_row(sessions, order).money_held == order["total"] - 1000
+    stripe_says(refund_updated(part.id, kind="refund.updated", status="canceled"))
+    body = client.get(f"/orders/{order['order_id']}").get_json()
+    assert body["status"] == "needs_review"
+    assert "partially refunded at Stripe: 1000 of 3100" in body["review_reason"]
+    assert f"then: refund {part.id} of 1000 jpy canceled at Stripe" in body["review_reason"]
+    assert order_row(sessions, order).money_held == order["total"]
+
+
+def test_refund_updates_that_change_nothing_the_service_counts_are_recorded_quietly(
+        client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    refund = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=1000)
+    # Before its charge.refunded: not counted here (charge.refunded decides whether the order is flagged).
+    early = stripe_says(refund_updated(refund.id, status="succeeded"))
+    failed_early = stripe_says(refund_updated(refund.id, status="failed", id="re_FailedBeforeCounted01"))
+    odd = stripe_says(refund_updated(refund.id, status="x" * 100))
+    with sessions() as session:
+        outcomes = {e["id"]: session.scalars(select(InboxEvent.outcome).where(InboxEvent.event_id == e["id"])).one()
+                    for e in (early, failed_early, odd)}
+        assert session.scalars(select(Refund.stripe_refund_id)).all() == ["re_FailedBeforeCounted01"]
+    assert "recorded from charge.refunded" in outcomes[early["id"]]
+    assert "failed at Stripe; it was never counted" in outcomes[failed_early["id"]]
+    assert "no refund status the service knows" in outcomes[odd["id"]]
+    row = order_row(sessions, order)
+    assert (row.status.value, row.refunded_amount) == ("paid", 0)
+    assert alerts(sessions) == []
 
 
 def test_a_refund_of_a_charge_that_is_not_ours_is_ignored(client, sessions, stripe_says):
