@@ -237,17 +237,18 @@ def _intents_created_since(created_since: int):
         raise PaymentGatewayError(_describe(exc)) from exc
 
 
-def refund_payment(*, order_id: str, payment_intent_id: str, attempt: int) -> stripe.Refund:
+def refund_payment(*, order_id: str, payment_intent_id: str, attempt: int, stray: bool = False) -> stripe.Refund:
     """Refund what is left of the intent's charge. Staff's reason stays in our database: it is not
-    a parameter, so a re-run with other words is the same request under the same key."""
+    a parameter, so a re-run with other words is the same request under the same key.
+
+    `stray`: the intent is not the one the order holds, but a payment on it was counted for the order."""
+    # Keyed on the order, the intent (a stray one: the order's own keeps the key it always had) and
+    # the attempt: pressing the button again, or a re-run after our commit was lost, asks Stripe
+    # for the same refund, never a second one.
+    key = f"order-{order_id}-refund-{payment_intent_id}-{attempt}" if stray else f"order-{order_id}-refund-{attempt}"
     try:
-        return stripe.Refund.create(
-            payment_intent=payment_intent_id,
-            metadata={"order_id": order_id},
-            # Keyed on the order and the attempt: pressing the button again, or a re-run after
-            # our commit was lost, asks Stripe for the same refund, never a second one.
-            idempotency_key=f"order-{order_id}-refund-{attempt}",
-        )
+        return stripe.Refund.create(payment_intent=payment_intent_id, metadata={"order_id": order_id},
+                                    idempotency_key=key)
     except stripe.StripeError as exc:
         raise PaymentGatewayError(_describe(exc)) from exc
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.alerts import deliver_alert
 from consumers.handlers import Outcome
 from consumers.handlers.payment_intents import fulfil_paid_order
-from consumers.payments import PaymentGatewayError, find_refunds, refund_payment
+from consumers.payments import PaymentGatewayError, find_refunds, refund_payment, retrieve_payment_intent
 from consumers.processing import record_failed_run, run_event
 from models.db import transaction
 from models.errors import Conflict, DomainError, NotFound
@@ -307,21 +307,29 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
                      note: str) -> Decision:
     """The one refund path (refund, cancel --refund): safe to run again after a lost commit.
 
-    Stripe is asked first which refunds it already holds for the intent: one we made but never
-    recorded (our commit was lost) is recorded now instead of being made twice. A new refund is
-    keyed on the order and the attempt, never on staff's words, which stay in our database.
+    Every intent a payment of the order was counted on is refunded what Stripe still holds of it:
+    the order's own, and a stray intent that paid it too (a second checkout tab). For each, Stripe
+    is asked first which refunds it already holds: one we made but never recorded (our commit was
+    lost) is recorded now instead of being made twice. A new refund is keyed on the order, the
+    intent and the attempt, never on staff's words, which stay in our database.
     """
     with factory() as session:
         order = get_order(session, order_id)
         order.ensure_refundable()
-        intent_id, held = order.payment_intent_id, order.money_held
+        intents = _intents_paid(session, order)
         recorded = set(session.scalars(select(Refund.stripe_refund_id).where(Refund.order_id == order_id)))
-    every = find_refunds(intent_id)
-    at_stripe = [r for r in every if r.status not in ("failed", "canceled")]
-    refunds = [r for r in at_stripe if r.id not in recorded]
-    if not refunds or held - sum(r.amount for r in refunds) > 0:
-        refunds.append(refund_payment(order_id=order_id, payment_intent_id=intent_id,
-                                      attempt=next_refund_attempt(every)))
+    refunds, paid = [], []
+    for intent_id in intents:
+        intent = retrieve_payment_intent(intent_id) or {}
+        if intent.get("status") == "succeeded":  # money was taken on it
+            paid.append(intent_id)
+            refunds += _refund_what_is_left(order_id, intent, recorded, own=intent_id == intents[0])
+    if not paid:
+        raise Refused(f"Stripe took no payment on order {order_id} (payment intent {', '.join(intents)}): "
+                      f"there is nothing to refund")
+    if not refunds:
+        raise Refused(f"Stripe holds nothing of order {order_id} to give back: every payment on it "
+                      f"({', '.join(paid)}) is refunded already")
     ids = ", ".join(r.id for r in refunds)
     log.info("refund_at_stripe", order_id=order_id, refund_ids=ids, actor=actor)
     with caused_by(f"staff {actor}: {action}"), transaction(factory) as session:
@@ -334,6 +342,29 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
             order.mark_refunded(refunds[-1].id, note)
         return _audit(session, actor=actor, action=action, target=f"order {order_id}", order=order, before=before,
                       note=note, detail=f"stripe refund {ids}; {returned} units back on the shelf")
+
+
+def _intents_paid(session: Session, order: Order) -> list[str]:
+    """The order's own intent first, then every other intent a payment of the order was counted on."""
+    counted = session.scalars(select(InboxEvent.object_id).where(
+        InboxEvent.type == "payment_intent.succeeded", InboxEvent.order_id == order.id,
+        InboxEvent.status == EventStatus.PROCESSED, InboxEvent.object_id.is_not(None)).distinct())
+    return [order.payment_intent_id, *sorted(set(counted) - {order.payment_intent_id})]
+
+
+def _refund_what_is_left(order_id: str, intent: dict, recorded: set[str], *, own: bool) -> list:
+    """A succeeded intent's refunds at Stripe not recorded yet, and a new one for what it still holds, if any."""
+    intent_id = intent["id"]
+    received = intent.get("amount_received")
+    if received is None:  # an API without it (localstripe): a succeeded intent received its amount
+        received = intent.get("amount") or 0
+    every = find_refunds(intent_id)
+    standing = [r for r in every if r.status not in ("failed", "canceled")]
+    refunds = [r for r in standing if r.id not in recorded]
+    if received - sum(r.amount for r in standing) > 0:
+        refunds.append(refund_payment(order_id=order_id, payment_intent_id=intent_id,
+                                      attempt=next_refund_attempt(every), stray=not own))
+    return refunds
 
 
 def next_refund_attempt(refunds_at_stripe: list) -> int:

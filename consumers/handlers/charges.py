@@ -6,7 +6,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consumers.handlers.lookup import flag_or_note, lock_order_for_intent
+from consumers.handlers.lookup import flag_or_note, lock_order_paid_on
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.orders import OrderStatus, can_transition, record_refund, return_unshipped_units
@@ -46,7 +46,7 @@ def _counted(refunds: list[dict]) -> int:
 def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -> Outcome:
     charge = event["data"]["object"]
     intent_id = charge.get("payment_intent")
-    order = lock_order_for_intent(session, intent_id) if isinstance(intent_id, str) else None
+    order = lock_order_paid_on(session, intent_id) if isinstance(intent_id, str) else None
     if order is None:
         return Outcome.ignored(f"no order of ours for charge {charge.get('id')} (payment intent {intent_id})")
     amount, refunded = int(charge.get("amount") or 0), int(charge.get("amount_refunded") or 0)
@@ -66,7 +66,8 @@ def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -
     for row in recorded:
         log.info("refund_recorded", refund_id=row.stripe_refund_id, amount=row.amount, source="stripe")
 
-    if refunded >= amount > 0:
+    in_full = refunded >= amount > 0
+    if in_full and order.money_held <= 0:
         if order.status is OrderStatus.REFUNDED:
             return Outcome.processed(f"order already refunded; {len(recorded)} refund(s) recorded", order.id)
         if can_transition(order.status, OrderStatus.REFUNDED):
@@ -80,6 +81,9 @@ def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -
                                    f"{order.status.value}")
     if not recorded:
         return Outcome.processed("refunds already recorded", order.id)
+    if in_full:  # one of two payments the order holds (a stray intent's, or its own after one)
+        return flag_or_note(order, f"charge {charge.get('id')} refunded in full at Stripe ({refunded} {currency}); "
+                                   f"the order still holds {order.money_held} {currency}")
     return flag_or_note(order, f"partially refunded at Stripe: {refunded} of {amount} {currency}")
 
 
@@ -97,7 +101,7 @@ def on_refund_updated(session: Session, event: dict, context: HandlerContext) ->
     marked the order refunded or partly refunded on its word."""
     refund = event["data"]["object"]
     intent_id = refund.get("payment_intent")
-    order = lock_order_for_intent(session, intent_id) if isinstance(intent_id, str) else None
+    order = lock_order_paid_on(session, intent_id) if isinstance(intent_id, str) else None
     if order is None:
         return Outcome.ignored(f"no order of ours for refund {refund.get('id')} (payment intent {intent_id})")
     status = refund.get("status")

@@ -5,7 +5,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consumers.handlers.lookup import flag_or_note, lock_order_for_intent
+from consumers.handlers.lookup import flag_or_note, lock_order_paid_on
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.base import utcnow
@@ -17,7 +17,7 @@ log = structlog.get_logger(__name__)
 
 def _order_and_row(session: Session, dispute: dict) -> tuple[Order | None, Dispute | None]:
     intent_id = dispute.get("payment_intent")
-    order = lock_order_for_intent(session, intent_id) if isinstance(intent_id, str) else None
+    order = lock_order_paid_on(session, intent_id) if isinstance(intent_id, str) else None
     row = session.scalars(select(Dispute).where(Dispute.stripe_dispute_id == dispute["id"]).with_for_update()
                           ).one_or_none()
     return order, row

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session, lazyload
 
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext
+from models.events import EventStatus, InboxEvent
 from models.orders import Order, OrderStatus, can_transition
 
 log = structlog.get_logger(__name__)
@@ -52,6 +53,18 @@ def lock_order_for_intent(session: Session, intent_id: str) -> Order | None:
                             .with_for_update()).one_or_none()
     if order is not None:
         structlog.contextvars.bind_contextvars(order_id=order.id)
+    return order
+
+
+def lock_order_paid_on(session: Session, intent_id: str) -> Order | None:
+    """The order holding the intent; else the order a payment on it was counted for (a stray intent
+    that paid the order, flagged for it): its refunds and disputes are that order's money too."""
+    order = lock_order_for_intent(session, intent_id)
+    if order is None:
+        order_id = session.scalars(select(InboxEvent.order_id).where(
+            InboxEvent.type == "payment_intent.succeeded", InboxEvent.object_id == intent_id,
+            InboxEvent.status == EventStatus.PROCESSED, InboxEvent.order_id.is_not(None)).limit(1)).first()
+        order = lock_order(session, order_id) if order_id else None
     return order
 
 

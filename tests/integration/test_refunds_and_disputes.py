@@ -311,6 +311,32 @@ def test_refund_updates_that_change_nothing_the_service_counts_are_recorded_quie
     assert alerts(sessions) == []
 
 
+def test_refunds_and_disputes_of_a_stray_intent_that_paid_the_order_are_the_orders(
+        client, sessions, paid_order, stripe_says):
+    """A second checkout tab's intent paid the order too: its refund and its dispute were ignored as
+    "no order of ours", though its money was counted on the order."""
+    order = paid_order()
+    stray = stripe.PaymentIntent.create(amount=order["total"], currency="jpy",
+                                        metadata={"order_id": order["order_id"]})
+    assert confirm_card(stray.id, "4242424242424242") == "succeeded"
+    stripe_says(event_for("localstripe_payment_intent.succeeded", intent_id=stray.id, order_id=order["order_id"],
+                          amount=order["total"]))
+    assert order_row(sessions, order).money_held == 2 * order["total"]
+
+    refund = stripe.Refund.create(payment_intent=stray.id)  # in Stripe's dashboard
+    stripe_says(charge_refunded_as_now(refund.charge))
+    row = order_row(sessions, order)
+    assert (row.status.value, row.money_held) == ("needs_review", order["total"])  # its own payment stands
+    assert f"refunded in full at Stripe ({order['total']} jpy); the order still holds {order['total']} jpy" \
+        in row.review_reason
+    assert refunds(sessions) == [(refund.id, order["total"], RefundSource.STRIPE)]
+
+    stripe_says(dispute_event("created", {**order, "payment_intent_id": stray.id}, refund.charge, "needs_response"))
+    with sessions() as session:
+        assert session.scalars(select(Dispute.order_id)).all() == [order["order_id"]]
+    assert "dispute dp_FromTheCardIssuer1" in alerts(sessions)[-1].text
+
+
 def test_a_refund_of_a_charge_that_is_not_ours_is_ignored(client, sessions, stripe_says):
     event = stripe_says(event_for("charge.refunded"))
     with sessions() as session:

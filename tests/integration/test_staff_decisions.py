@@ -21,7 +21,7 @@ from models.orders import Order, OrderStatus
 from models.refunds import Refund, RefundSource
 from tests.backends import servers_available
 from tests.integration.test_staff_cli import _dead_letter
-from tests.support import SHIPPING, confirm_card, event_for
+from tests.support import SHIPPING, confirm_card, event_for, free_port
 from webhook_app.cli import shop
 
 
@@ -342,15 +342,61 @@ def test_cancel_refuses_while_money_is_held_and_with_refund_gives_it_back(settin
     assert (action.status_before, action.status_after, action.note) == ("needs_review", "refunded", "out of stock")
 
 
-def test_a_refund_stripe_refuses_changes_nothing_and_is_audited(settings, sessions, client, checkout, post_event,
+def test_a_refund_while_stripe_is_unreachable_changes_nothing_and_is_audited(settings, sessions, client, checkout,
+                                                                           post_event, deliver):
+    order = _flagged(client, checkout, post_event, deliver)
+    working = stripe.api_base
+    try:
+        failed = _run(settings, "orders", "refund", order["order_id"], "--reason", "duplicate", "--as", "jun",
+                      STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    finally:
+        stripe.api_base = working  # the CLI ran in this process and pointed the SDK there
+    assert failed.exit_code == 1 and "Stripe" in failed.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+    assert _refunds_at_stripe(order["payment_intent_id"]) == []
+    action = _audit(sessions, "refund")[-1]
+    assert (action.actor, action.status_before, action.status_after) == ("jun", "needs_review", "needs_review")
+    assert action.detail.startswith("failed at Stripe: ")
+
+
+def test_a_refund_gives_back_a_stray_intents_payment_too(settings, sessions, client, checkout, post_event, deliver):
+    """Paid on a second checkout tab's intent as well as on the order's own: the refund gave back only
+    the order's own (and, had only the stray one been paid, nothing at all)."""
+    order = checkout([("TEA-01", 1)])
+    stray = stripe.PaymentIntent.create(amount=order["total"], currency="jpy",
+                                        metadata={"order_id": order["order_id"]})
+    for intent_id in (stray.id, order["payment_intent_id"]):
+        assert confirm_card(intent_id, "4242424242424242") == "succeeded"
+        post_event(event_for("localstripe_payment_intent.succeeded", intent_id=intent_id,
+                             order_id=order["order_id"], amount=order["total"]))
+        deliver()
+    with sessions() as session:
+        assert session.get(Order, order["order_id"]).money_held == 2 * order["total"]
+
+    done = _run(settings, "orders", "refund", order["order_id"], "--reason", "paid twice", "--as", "kim")
+    assert done.exit_code == 0, done.output
+    [own] = _refunds_at_stripe(order["payment_intent_id"])
+    [back] = _refunds_at_stripe(stray.id)
+    assert (own.amount, back.amount) == (order["total"], order["total"])
+    with sessions() as session:
+        stored = session.get(Order, order["order_id"])
+        assert (stored.status, stored.money_held) == (OrderStatus.REFUNDED, 0)
+        assert sorted(session.scalars(select(Refund.stripe_refund_id))) == sorted([own.id, back.id])
+
+    again = _run(settings, "orders", "refund", order["order_id"], "--reason", "paid twice", "--as", "kim")
+    assert again.exit_code == 1 and "refunded" in again.output
+    assert len(_refunds_at_stripe(stray.id)) == 1
+
+
+def test_a_refund_of_an_order_stripe_took_no_payment_on_is_refused_and_audited(settings, sessions, client, checkout, post_event,
                                                                 deliver):
     order = checkout([("TEA-01", 1)])  # never paid at Stripe, yet an event claims it was (for another amount)
     post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
                          order_id=order["order_id"], amount=order["total"] + 100))
     deliver()
     failed = _run(settings, "orders", "refund", order["order_id"], "--reason", "suspicious", "--as", "jun")
-    assert failed.exit_code == 1 and "Stripe" in failed.output
+    assert failed.exit_code == 1 and "Stripe took no payment on order" in failed.output
     assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
     action = _audit(sessions, "refund")[-1]
     assert (action.actor, action.status_before, action.status_after) == ("jun", "needs_review", "needs_review")
-    assert action.detail.startswith("failed at Stripe: ")
+    assert action.detail.startswith("refused: Stripe took no payment on order")
