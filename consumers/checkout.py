@@ -228,11 +228,13 @@ def pay(sessions: sessionmaker[Session], settings: Settings, order: Order) -> Or
     except PaymentGatewayError as exc:
         winner = abandon(sessions, order.id, str(exc))
         if winner is None:
+            # The message goes to the public client: the SDK's text names Stripe's (or the egress
+            # proxy's) host, port and path, or quotes a masked API key. abandon() logged it.
             if isinstance(exc, PaymentRefused):
-                raise PaymentProviderRefused(f"Stripe refused to create the payment ({exc}); the stock was released",
+                raise PaymentProviderRefused("Stripe refused to create the payment; the stock was released",
                                              exc.reason)
-            raise PaymentProviderUnavailable(
-                f"could not create the payment with Stripe ({exc}); the stock was released, please retry")
+            raise PaymentProviderUnavailable("could not create the payment with Stripe; the stock was released, "
+                                             "please retry")
         return winner
     return attach(sessions, order.id, intent)
 

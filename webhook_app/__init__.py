@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from webhook_app.health import bp as health_bp
     from webhook_app.shop_api import bp as shop_bp
     from webhook_app.shop_pages import bp as shop_pages_bp
+    from webhook_app.validation import refuse_unstorable_input
     from webhook_app.webhooks import StripeWebhookEndpoint, WebhookDispatcher
 
     register_error_handlers(app)
@@ -56,6 +57,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         structlog.contextvars.clear_contextvars()
         g.request_id = request.headers.get("X-Request-Id") or new_id("req")
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+    # After the request id is bound, before every blueprint's own hooks and views: NUL and other
+    # control characters never reach a query (webhook_app.validation).
+    app.before_request(refuse_unstorable_input)
 
     @app.after_request
     def _echo_request_id(response):

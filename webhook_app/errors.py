@@ -5,11 +5,12 @@ import json
 
 import structlog
 from flask import Flask, jsonify
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from consumers.checkout import PaymentProviderBusy, PaymentProviderUnavailable
 from models.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
+from models.logs import describe_error
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +66,18 @@ def register_error_handlers(app: Flask) -> None:
     def _database_unavailable(exc: OperationalError):
         log.error("database_unavailable", error=str(exc.orig)[:200])
         return error_response(503, "storage_unavailable", "the database is unavailable; please retry")
+
+    @app.errorhandler(DataError)
+    def _unstorable_value(exc: DataError):
+        # The database refused a value itself (PostgreSQL's class 22: NUL in text, a string over its
+        # column, an integer out of range). Every value we write comes from the request or from our
+        # own typed, bounded code, so this is a request value that validation let through: the
+        # client's input, hence 422, not a 500 that says we are broken and not the 503 of a database
+        # that is down. The transaction has rolled back, nothing was written. Logged as an error,
+        # without the bound parameters, so that the missed validation gets added where it belongs.
+        log.error("unstorable_input", error=describe_error(exc))
+        return error_response(422, "invalid_input", "a value in this request cannot be stored (too long, out of "
+                                                    "range, or holding characters text may not contain)")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

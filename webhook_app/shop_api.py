@@ -17,7 +17,7 @@ from models.shipping import canonical_prefecture
 from webhook_app import state
 from webhook_app.errors import ApiError
 from webhook_app.shop_pages import my_page, wants_page
-from webhook_app.validation import EMAIL, POSTAL_CODE, json_body, require_int, require_string
+from webhook_app.validation import EMAIL, POSTAL_CODE, json_body, require_int, require_string, unstorable
 
 bp = Blueprint("shop", __name__)
 
@@ -83,7 +83,8 @@ def _checkout_input() -> tuple[str, str, ShippingAddress]:
     if not isinstance(shipping, dict):
         raise ApiError(422, "invalid_input", "shipping must be an object with name, postal_code, prefecture, address",
                        "shipping")
-    fields = {key: require_string(shipping, key, field=f"shipping.{key}", max_length=200 if key != "address" else 500)
+    fields = {key: require_string(shipping, key, field=f"shipping.{key}", max_length=200 if key != "address" else 500,
+                                  multiline=key == "address")
               for key in ("name", "postal_code", "prefecture", "address")}
     if not POSTAL_CODE.match(fields["postal_code"]):
         raise ApiError(422, "invalid_input", "shipping.postal_code must look like 123-4567", "shipping.postal_code")
@@ -112,8 +113,11 @@ def _checkout_body(order: Order) -> dict:
 @bp.post("/checkout")
 def checkout():
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key.strip()) <= 255:
+    # Checked as it is stored (orders.idempotency_key is 255 characters): padding counts.
+    if key is not None and (not key.strip() or len(key) > 255):
         raise ApiError(422, "invalid_input", "Idempotency-Key must be 1 to 255 characters", "Idempotency-Key")
+    if key is not None and (problem := unstorable(key)):
+        raise ApiError(422, "invalid_input", f"Idempotency-Key {problem}", "Idempotency-Key")
     cart_id, email, shipping = _checkout_input()
     app_state = state()
     order = checkout_cart(app_state.sessions, app_state.settings,

@@ -10,6 +10,7 @@ Stripe's webhook: the complete screen waits for it.
 from __future__ import annotations
 
 import hmac
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_tab
 from webhook_app import state
 from webhook_app.admin import csrf
 from webhook_app.shop_text import current_language, local_time, prefecture_label, translate, yen
-from webhook_app.validation import EMAIL, POSTAL_CODE
+from webhook_app.validation import EMAIL, POSTAL_CODE, unstorable
 
 log = structlog.get_logger(__name__)
 
@@ -43,10 +44,13 @@ bp = Blueprint("shop_pages", __name__)
 
 # Orders the buyer can still pay: the confirmation screen keeps offering the card field.
 PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
+# Stripe's ids are letters, digits and underscores; up to 255 characters, as Stripe allows.
+PAYMENT_METHOD_ID = re.compile(r"pm_[A-Za-z0-9_]{1,252}")
 # "Only N left" below this many.
 FEW_LEFT = 5
 BUYER_FIELDS = ("name", "email", "postal_code", "prefecture", "address")
 MAX_LENGTH = {"name": 200, "email": 254, "postal_code": 200, "prefecture": 200, "address": 500}
+UNSTORABLE_TEXT = {"email": "error_email", "postal_code": "error_postal_code", "prefecture": "error_prefecture"}
 
 
 # --- the request's language, CSRF and headers -----------------------------------------------
@@ -202,6 +206,9 @@ def _quantity(raw: str | None) -> int | None:
 @bp.post("/cart/items")
 def add_to_cart():
     sku = (request.form.get("sku") or "").strip()
+    if unstorable(sku):
+        # No sku holds control characters (and PostgreSQL refuses to be asked for one): unknown.
+        raise NotFound("no product has a sku with control characters", field="sku")
     quantity = _quantity(request.form.get("quantity", "1"))
     if not quantity:
         flash(_t("bad_quantity", n=MAX_QUANTITY), "error")
@@ -278,6 +285,10 @@ def validate_buyer(form) -> tuple[dict, dict]:
     for key in BUYER_FIELDS:
         if not values[key]:
             errors[key] = _t("error_required")
+        elif unstorable(values[key], multiline=key == "address"):
+            # Control characters: what the field's own rule says (an e-mail, a postal code, a
+            # prefecture), else the form's "check the marked fields".
+            errors[key] = _t(UNSTORABLE_TEXT.get(key, "fix_fields"))
         elif len(values[key]) > MAX_LENGTH[key]:
             errors[key] = _t("error_too_long", n=MAX_LENGTH[key])
     if "email" not in errors and not EMAIL.match(values["email"]):
@@ -434,10 +445,10 @@ def place_order():
 @bp.post("/checkout/pay")
 def pay_order():
     """Pay, step two: confirm the order's PaymentIntent on the server with the buyer's PaymentMethod."""
-    body = request.get_json(silent=True) or {}
-    payment_method = body.get("payment_method")
+    body = request.get_json(silent=True)
+    payment_method = body.get("payment_method") if isinstance(body, dict) else None
     confirm_url = url_for("shop_pages.checkout_confirm")
-    if not isinstance(payment_method, str) or not payment_method.startswith("pm_") or len(payment_method) > 255:
+    if not isinstance(payment_method, str) or not PAYMENT_METHOD_ID.fullmatch(payment_method):
         return jsonify({"error": {"code": "invalid_input", "message": "payment_method must be a pm_ id",
                                   "field": "payment_method"}}), 422
     with state().sessions() as db:

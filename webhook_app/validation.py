@@ -1,28 +1,67 @@
-"""Reading and validating JSON request bodies, with a 422 that names the field."""
+"""Reading and validating request input: JSON bodies with a 422 that names the field, and one check,
+before every view, that no path segment, query value or form field holds text the database cannot store."""
 from __future__ import annotations
 
+import json
 import re
 
-from flask import request
+from flask import render_template, request
+from flask_login import current_user
 
+from models.errors import NotFound
 from webhook_app.errors import ApiError
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 POSTAL_CODE = re.compile(r"^\d{3}-?\d{4}$")
+# PostgreSQL refuses NUL in text outright (a DataError, a 500, once the request has reached the
+# database) while SQLite stores it; the other C0 controls and DEL store anywhere but have no
+# business in a name, an e-mail, a sku or an id, and corrupt logs, e-mails and labels. Multi-line
+# text (an address, a staff note) keeps tab, line feed and carriage return.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARACTERS_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# JSON's "\ud800" escape decodes to a lone UTF-16 surrogate, which no UTF-8 encoder (the database
+# driver's, Stripe's) accepts.
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def unstorable(value: str, *, multiline: bool = False) -> str | None:
+    """Why `value` cannot be stored as text (to follow the field's name in a message), else None."""
+    if (CONTROL_CHARACTERS_IN_TEXT if multiline else CONTROL_CHARACTERS).search(value):
+        return "must not contain control characters"
+    if LONE_SURROGATE.search(value):
+        return "must be valid Unicode text (it holds a lone UTF-16 surrogate)"
+    return None
 
 
 def json_body() -> dict:
-    body = request.get_json(silent=True)
+    """The request's JSON object; a 422 that says what is wrong: the Content-Type, the JSON, or its shape."""
+    if not request.is_json:
+        raise ApiError(422, "invalid_input", "the request body must be a JSON object, sent with Content-Type: "
+                                             "application/json", "body")
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        raise ApiError(422, "invalid_input", "the request body is empty: send a JSON object", "body")
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, "invalid_input", f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} "
+                                             f"column {exc.colno}): send a JSON object", "body") from None
+    except ValueError:  # bytes that are not UTF-8, or an integer longer than Python converts
+        raise ApiError(422, "invalid_input", "the request body could not be read as JSON (it is not UTF-8 text, or "
+                                             "holds a number too long to read): send a JSON object", "body") from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_input", "the request body must be a JSON object", "body")
     return body
 
 
-def require_string(data: dict, key: str, *, field: str | None = None, max_length: int = 500) -> str:
+def require_string(data: dict, key: str, *, field: str | None = None, max_length: int = 500,
+                   multiline: bool = False) -> str:
     field = field or key
     value = data.get(key)
     if not isinstance(value, str) or not value.strip():
         raise ApiError(422, "invalid_input", f"{field} is required and must be a non-empty string", field)
+    if problem := unstorable(value.strip(), multiline=multiline):
+        raise ApiError(422, "invalid_input", f"{field} {problem}", field)
     if len(value) > max_length:
         raise ApiError(422, "invalid_input", f"{field} must be at most {max_length} characters", field)
     return value.strip()
@@ -33,3 +72,49 @@ def require_int(data: dict, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ApiError(422, "invalid_input", f"{key} must be an integer", key)
     return value
+
+
+def refuse_unstorable_input():
+    """Before every view: a path segment, query value or form field the database cannot store is refused
+    before any query runs, so SQLite and PostgreSQL answer alike (and nothing half-written is left).
+
+    A path segment is an id that can match nothing: 404. A query value: 400. A form field: 422,
+    except on the shop's screens, whose views check their own fields and show the message beside
+    the field (webhook_app.shop_pages.validate_buyer) or answer an unknown sku.
+    """
+    if request.blueprint == "admin" and not _console_visitor_may_see(request.endpoint):
+        return None  # the console's own guard sends a logged-out visitor to its login page first
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, str) and (problem := unstorable(value)):
+            return _refuse(404, name, f"{name} in the address {problem}: it matches nothing")
+    for name, value in request.args.items(multi=True):
+        if problem := unstorable(value):
+            return _refuse(400, name, f"query parameter {_printable(name)} {problem}")
+    if request.blueprint != "shop_pages":
+        for name, value in request.form.items(multi=True):
+            if problem := unstorable(value, multiline=True):
+                return _refuse(422, name, f"{_printable(name)} {problem}")
+    return None
+
+
+def _console_visitor_may_see(endpoint: str | None) -> bool:
+    from webhook_app.admin import PUBLIC_ENDPOINTS
+
+    return endpoint in PUBLIC_ENDPOINTS or current_user.is_authenticated
+
+
+def _printable(name: str) -> str:
+    """A parameter's name fit to repeat in a message (the name, too, comes from the client)."""
+    return CONTROL_CHARACTERS.sub("?", LONE_SURROGATE.sub("?", name))[:64]
+
+
+def _refuse(status: int, name: str, message: str):
+    field = _printable(name)
+    if request.blueprint == "admin":
+        title = "Not found" if status == 404 else "Not accepted: control characters"
+        return render_template("admin/refused.html", title=title,
+                               message=f"{message}. Nothing was looked up or changed.", reason=field), status
+    if status == 404:
+        # The API answers it in its JSON shape, the shop's screens with their "not found" page.
+        raise NotFound(message, field=field)
+    raise ApiError(status, "invalid_input", message, field)
