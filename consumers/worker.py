@@ -16,17 +16,17 @@ from models.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-# The outbox's ids are positive 64-bit integers on both backends. Any other number would fail in
-# the database (OverflowError on SQLite, a DataError on PostgreSQL) when the message is claimed and
-# again when its failure is recorded, which the worker takes for a database that is down: the
-# message would be put back and tried forever.
-_LARGEST_ID = 2**63 - 1
+# The outbox's ids are positive INTEGERs: 32-bit on PostgreSQL (alembic 0001), 64-bit on SQLite.
+# A larger number would fail in the database (a DataError on PostgreSQL past 32 bits, OverflowError
+# on SQLite past 64) when the message is claimed and again when its failure is recorded, which the
+# worker takes for a database that is down: the message would be put back and tried forever.
+_LARGEST_ID = 2**31 - 1
 
 
 def _outbox_id(body: dict, message: Message) -> int | None:
     outbox_id = body.get("outbox_id") if isinstance(body, dict) else None
     if type(outbox_id) is not int or not 0 < outbox_id <= _LARGEST_ID:  # not bool: True is not id 1
-        log.error("message_rejected", reason="body has no outbox_id that is a positive 64-bit integer",
+        log.error("message_rejected", reason="body has no outbox_id that is a positive 32-bit integer",
                   body=str(body)[:200])
         message.reject()  # to the dead-letter queue where the broker has one
         return None
