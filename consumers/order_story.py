@@ -48,10 +48,10 @@ class OrderStory:
 
 
 def _text(value: str | None, limit: int = 300) -> str:
-    """Free text fit for the story: first line, addresses masked, bounded."""
-    if not value:
-        return ""
-    return redact(value.strip().splitlines()[0])[:limit]
+    """Free text fit for the story: first line, addresses masked, bounded. A blank note (stored
+    before the CLI refused them) is an empty string, never an error: the story must always show."""
+    lines = (value or "").strip().splitlines()
+    return redact(lines[0])[:limit] if lines else ""
 
 
 def order_story(session: Session, order_id: str) -> OrderStory:

@@ -21,6 +21,10 @@ from models.shipping import DEFAULT, ShippingRate, canonical_prefecture
 # Names for the shop's screens in other languages, by language: "name_ja" is the Japanese name.
 LOCALIZED_NAMES = ("name_ja",)
 
+# Prices, stock, weights and fees are 32-bit INTEGER columns (alembic/versions/0001): a larger
+# number is refused here, naming its field, rather than by the database with a traceback.
+LARGEST_AMOUNT = 2**31 - 1
+
 
 def read_catalog(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
@@ -39,6 +43,12 @@ def _require(cond: bool, message: str, field: str) -> None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require_count(value, field: str) -> None:
+    """An integer from 0 to LARGEST_AMOUNT: an amount in minor units, a stock, a weight."""
+    _require(_is_int(value) and 0 <= value <= LARGEST_AMOUNT,
+             f"{field} must be an integer from 0 to {LARGEST_AMOUNT}", field)
 
 
 def validate_catalog(data) -> None:
@@ -60,24 +70,22 @@ def validate_catalog(data) -> None:
                 _require(isinstance(p[key], str) and p[key].strip() and len(p[key]) <= 200,
                          f"{where}.{key} must be a non-empty string of at most 200 characters", f"{where}.{key}")
         for key in ("unit_amount", "stock"):
-            _require(_is_int(p.get(key)) and p[key] >= 0, f"{where}.{key} must be an integer >= 0", f"{where}.{key}")
+            _require_count(p.get(key), f"{where}.{key}")
         if "weight_grams" in p:
-            _require(_is_int(p["weight_grams"]) and p["weight_grams"] >= 0,
-                     f"{where}.weight_grams must be an integer >= 0", f"{where}.weight_grams")
+            _require_count(p["weight_grams"], f"{where}.weight_grams")
     shipping = data.get("shipping")
     if shipping is None:
         return
     _require(isinstance(shipping, dict), "shipping must be an object", "shipping")
-    free_over = shipping.get("free_over")
-    _require(free_over is None or (_is_int(free_over) and free_over >= 0),
-             "shipping.free_over must be an integer >= 0", "shipping.free_over")
+    if shipping.get("free_over") is not None:
+        _require_count(shipping["free_over"], "shipping.free_over")
     rates = shipping.get("rates")
     _require(isinstance(rates, list) and rates, "shipping.rates must be a non-empty list", "shipping.rates")
     priced = set()  # each prefecture, and the default, has exactly one fee
     for i, rate in enumerate(rates):
         where = f"shipping.rates[{i}]"
         _require(isinstance(rate, dict), f"{where} must be an object", where)
-        _require(_is_int(rate.get("fee")) and rate["fee"] >= 0, f"{where}.fee must be an integer >= 0", f"{where}.fee")
+        _require_count(rate.get("fee"), f"{where}.fee")
         prefs = rate.get("prefectures")
         if prefs == DEFAULT:
             names = [DEFAULT]

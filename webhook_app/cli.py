@@ -4,15 +4,18 @@ Exit codes: 0 success, 1 operation failed, 2 bad usage or unknown id.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 
 import click
 from sqlalchemy import select
 
 from models.settings import Settings
+from webhook_app.admin import LARGEST_ID
 
 DEV_ENV = Path("instance/dev.env")
 
@@ -29,6 +32,25 @@ def load_dev_env() -> None:
 
 class UnknownId(click.ClickException):
     exit_code = 2
+
+
+def _note_text(ctx, param, value: str | None) -> str | None:
+    """A --note or --reason is kept in the audit trail and the order's story: blank says nothing,
+    so it is refused (as the console refuses it) rather than stored."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("must not be blank (it is kept in the audit trail)")
+    return value.strip()
+
+
+def _dead_letter_ids(ctx, param, value):
+    """Dead-letter ids, all checked before any is touched: a number past the outbox's id column
+    names no message (and PostgreSQL refuses to compare it), so it is an unknown id."""
+    for message_id in (value if isinstance(value, tuple) else (value,)):
+        if not 0 < message_id <= LARGEST_ID:
+            raise UnknownId(f"no dead letter {message_id}")
+    return value
 
 
 def _settings() -> Settings:
@@ -97,10 +119,15 @@ def db():
 @click.option("--revision", default="head", show_default=True, help="Alembic revision to migrate to.")
 def db_upgrade(revision):
     """Migrate the database at DATABASE_URL to the latest schema."""
+    from alembic.util import CommandError
+
     from models.migrations import upgrade
 
     settings = _settings()
-    upgrade(settings.database_url, revision)
+    try:
+        upgrade(settings.database_url, revision)
+    except CommandError as exc:  # alembic names what is wrong with the revision asked for
+        raise click.BadParameter(str(exc), param_hint="--revision") from exc
     click.echo(f"database migrated to {revision}")
 
 
@@ -155,9 +182,10 @@ def events():
 
 
 @events.command("list")
-@click.option("--status", help="received, processed, ignored, retrying or dead")
+@click.option("--status", help="received, processed, ignored, retrying, dead or resolved")
 @click.option("--type", "event_type", help="e.g. payment_intent.succeeded")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, LARGEST_ID),
+              help="How many events to list at most, newest first.")
 def events_list(status, event_type, limit):
     """List stored events, newest first."""
     from models.events import EventStatus, InboxEvent
@@ -201,7 +229,7 @@ def events_show(event_id):
 
 @events.command("replay")
 @click.argument("event_id")
-@click.option("--note", help="Why it is replayed (kept in the audit trail).")
+@click.option("--note", callback=_note_text, help="Why it is replayed (kept in the audit trail).")
 @staff_verb
 def events_replay(event_id, note, actor):
     """Run a stored event through its handler again, now (idempotent: a second run changes nothing).
@@ -217,9 +245,21 @@ def events_replay(event_id, note, actor):
     click.echo(f"{event_id}: {outcome.status.value} ({outcome.reason})")
 
 
+def _webhook_url(ctx, param, value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    try:
+        parts.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
 @events.command("send")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--url", default="http://127.0.0.1:8000/webhooks/stripe", show_default=True)
+@click.option("--url", default="http://127.0.0.1:8000/webhooks/stripe", show_default=True, callback=_webhook_url,
+              help="The service's webhook endpoint (http:// or https://).")
 @click.option("--fresh-id", is_flag=True, help="Give the event a new id and created time before sending.")
 def events_send(file, url, fresh_id):
     """Sign a Stripe event from FILE with the configured secret and POST it to the service."""
@@ -232,7 +272,15 @@ def events_send(file, url, fresh_id):
         event = json.loads(file.read_text())
     except ValueError as exc:
         raise click.UsageError(f"{file} is not JSON: {exc}")
-    status, body = post_signed_event(url, event, settings.webhook_secrets[0], fresh_id=fresh_id)
+    if not isinstance(event, dict):  # a Stripe event is always an object
+        raise click.UsageError(f"{file} is not a JSON object (a Stripe event), but a {type(event).__name__}")
+    try:
+        status, body = post_signed_event(url, event, settings.webhook_secrets[0], fresh_id=fresh_id)
+    except (OSError, http.client.HTTPException) as exc:  # refused, timed out, reset, DNS, not HTTP
+        reason = getattr(exc, "reason", exc)  # URLError wraps the socket's error
+        raise click.ClickException(f"could not reach {url}: {getattr(reason, 'strerror', None) or reason}") from exc
+    except ValueError as exc:  # a URL urllib cannot send to, though it parsed
+        raise click.BadParameter(str(exc), param_hint="--url") from exc
     click.echo(f"{status} {body}")
     if status >= 300:
         sys.exit(1)
@@ -264,7 +312,8 @@ def dlq():
 
 
 def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0][:120] if text else ""
+    lines = (text or "").strip().splitlines()
+    return lines[0][:120] if lines else ""
 
 
 def _what(message) -> str:
@@ -314,7 +363,7 @@ def _masked_message(session, message) -> dict:
 
 
 @dlq.command("show")
-@click.argument("message_id", type=int)
+@click.argument("message_id", type=int, callback=_dead_letter_ids)
 def dlq_show(message_id):
     """Show one dead letter with its full last error (traceback) and the event it carries."""
     from consumers.staff_actions import get_dead_letter
@@ -329,8 +378,8 @@ def dlq_show(message_id):
 
 
 @dlq.command("retry")
-@click.argument("message_ids", type=int, nargs=-1, required=True)
-@click.option("--note", help="Why it is retried (kept in the audit trail).")
+@click.argument("message_ids", type=int, nargs=-1, required=True, callback=_dead_letter_ids)
+@click.option("--note", callback=_note_text, help="Why it is retried (kept in the audit trail).")
 @staff_verb
 def dlq_retry(message_ids, note, actor):
     """Re-drive dead letters through their handlers (the relay publishes them again now)."""
@@ -341,8 +390,9 @@ def dlq_retry(message_ids, note, actor):
 
 
 @dlq.command("resolve")
-@click.argument("message_id", type=int)
-@click.option("--note", required=True, help="What was done about it (kept with the message).")
+@click.argument("message_id", type=int, callback=_dead_letter_ids)
+@click.option("--note", required=True, callback=_note_text,
+              help="What was done about it (kept with the message).")
 @staff_verb
 def dlq_resolve(message_id, note, actor):
     """Close a dead letter without re-driving it, with a note saying why (its event can then not be replayed)."""
@@ -353,8 +403,9 @@ def dlq_resolve(message_id, note, actor):
 
 
 @dlq.command("reopen")
-@click.argument("message_id", type=int)
-@click.option("--note", required=True, help="Why the resolution is taken back (kept in the audit trail).")
+@click.argument("message_id", type=int, callback=_dead_letter_ids)
+@click.option("--note", required=True, callback=_note_text,
+              help="Why the resolution is taken back (kept in the audit trail).")
 @staff_verb
 def dlq_reopen(message_id, note, actor):
     """Reopen a resolved dead letter: it can then be retried or its event replayed."""
@@ -427,7 +478,8 @@ def render_story(story) -> str:
 
 @orders.command("refund")
 @click.argument("order_id")
-@click.option("--reason", required=True, help="Why the customer is refunded (kept on the order, not sent to Stripe).")
+@click.option("--reason", required=True, callback=_note_text,
+              help="Why the customer is refunded (kept on the order, not sent to Stripe).")
 @staff_verb
 def orders_refund(order_id, reason, actor):
     """Refund an order's payment in full at Stripe: a staff decision, never automatic."""
@@ -442,7 +494,8 @@ def orders_refund(order_id, reason, actor):
 
 @orders.command("accept")
 @click.argument("order_id")
-@click.option("--note", required=True, help="Why the payment is kept and the order shipped (audit trail).")
+@click.option("--note", required=True, callback=_note_text,
+              help="Why the payment is kept and the order shipped (audit trail).")
 @staff_verb
 def orders_accept(order_id, note, actor):
     """Keep the payment of a flagged order and fulfil it; refused if its units cannot be covered."""
@@ -455,7 +508,7 @@ def orders_accept(order_id, note, actor):
 
 @orders.command("cancel")
 @click.argument("order_id")
-@click.option("--note", required=True, help="Why the order is cancelled (audit trail).")
+@click.option("--note", required=True, callback=_note_text, help="Why the order is cancelled (audit trail).")
 @click.option("--refund", is_flag=True, help="Give back the money taken at Stripe first; the order ends refunded.")
 @staff_verb
 def orders_cancel(order_id, note, refund, actor):

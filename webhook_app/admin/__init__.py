@@ -9,7 +9,7 @@ import secrets
 from datetime import timedelta
 
 import structlog
-from flask import Blueprint, Flask, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, abort, redirect, render_template, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, UserMixin, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -21,6 +21,19 @@ login_manager = LoginManager()
 # Pages a logged-out visitor may see.
 PUBLIC_ENDPOINTS = frozenset({"admin.login"})
 SESSION_LIFETIME = timedelta(hours=12)
+
+# The tables' ids are 32-bit INTEGER columns (alembic/versions/0001 and 0004; SERIAL on
+# PostgreSQL): no row has a larger id and no table holds more rows. A larger number in a URL, a
+# form or a command names nothing, and must not reach the database, which refuses it
+# (OverflowError on SQLite past 64 bits, "integer out of range" on PostgreSQL past 32).
+LARGEST_ID = 2**31 - 1
+
+
+def page_arg(page_size: int) -> int:
+    """The `?page=` of a paged list, from 1. Past the last page any table could have it stays
+    there (an empty page, as any page past the end), so its offset always fits the database."""
+    page = request.args.get("page", 1, type=int) or 1
+    return min(max(page, 1), LARGEST_ID // page_size + 1)
 
 
 class StaffUser(UserMixin):
@@ -100,6 +113,8 @@ def _staff_only():
         csrf.protect()
     if request.endpoint not in PUBLIC_ENDPOINTS and not current_user.is_authenticated:
         return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
+    if any(isinstance(value, int) and value > LARGEST_ID for value in (request.view_args or {}).values()):
+        abort(404)  # an id past the id columns names nothing: never ask the database (see LARGEST_ID)
     return None
 
 

@@ -29,7 +29,7 @@ from models.events import OutboxMessage, OutboxStatus, Topic
 from models.history import EventAttempt, StaffAction
 from models.orders import Order
 from webhook_app import state
-from webhook_app.admin import actor, bp
+from webhook_app.admin import LARGEST_ID, actor, bp, page_arg
 from webhook_app.admin.auth import safe_next
 from webhook_app.admin.masking import mask_error, pretty_masked
 
@@ -49,12 +49,21 @@ def parse_since(text: str, now: datetime | None = None) -> datetime | None:
         return None
     if match := _RELATIVE.fullmatch(text):
         unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-        return (now or utcnow()) - timedelta(**{unit: int(match.group(1))})
+        try:
+            return (now or utcnow()) - timedelta(**{unit: int(match.group(1))})
+        except (OverflowError, ValueError):  # further back than year 1 (or digits past int's limit)
+            raise BadFilter(f"“{text}” reaches back before the calendar starts: write a smaller age "
+                            f"or a date") from None
     try:
         parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
     except ValueError:
         raise BadFilter(f"“{text}” is not a date: write 2026-11-25, 2026-11-25 14:00 (UTC), 30m, 6h or 3d") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    try:
+        # In UTC, as stored: 9999-12-31T23:59:59-10:00 is past the calendar's end there.
+        return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        raise BadFilter(f"“{text}” is not a date the calendar holds in UTC: write one between 0001-01-02 "
+                        f"and 9999-12-30") from None
 
 
 def _filter_args(source) -> dict[str, str]:
@@ -92,7 +101,7 @@ def dead_letters():
     if request.method == "POST":  # the filter form: posted (it carries the CSRF token), then a plain GET
         return redirect(url_for("admin.dead_letters", **_filter_args(request.form)), 303)
     args = _filter_args(request.args)
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = page_arg(PAGE_SIZE)
     error = None
     with state().sessions() as session:
         kinds = dead_letter_kinds(session)
@@ -215,13 +224,20 @@ def bulk_retry():
 
 
 def _bulk_retry_confirmed(args: dict[str, str]):
-    ids = sorted({int(value) for value in request.form.getlist("id") if value.isdigit()})
+    ids, unknown = set(), set()
+    for value in request.form.getlist("id"):
+        value = value.strip()
+        # All checked before any is re-driven: past the id column is no dead letter (see LARGEST_ID).
+        if value.isascii() and value.isdigit() and len(value) <= 10 and 0 < int(value) <= LARGEST_ID:
+            ids.add(int(value))
+        elif value:
+            unknown.add(value if len(value) <= 24 else f"{value[:24]}…")
     note = request.form.get("note", "").strip() or None
-    if not ids:
+    if not ids and not unknown:
         flash("Not done: no dead letters were selected.", "error")
         return redirect(url_for("admin.dead_letters", **args), 303)
-    done, not_done = [], []
-    for message_id in ids:
+    done, not_done = [], [f"{value} (no dead letter {value})" for value in sorted(unknown)]
+    for message_id in sorted(ids):
         try:
             retry_dead_letter(state().sessions, message_id, actor=actor(), note=note)
             done.append(message_id)

@@ -18,7 +18,7 @@ from models.errors import DomainError, NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
 from models.orders import Order, OrderStatus, ShipmentStatus, can_transition, get_order
 from webhook_app import state
-from webhook_app.admin import actor, bp
+from webhook_app.admin import actor, bp, page_arg
 from webhook_app.admin.display import money, review_sentence
 
 PAGE_SIZE = 25
@@ -38,7 +38,7 @@ def orders():
         status = _status_arg(request.form.get("status"))
         return redirect(url_for("admin.orders", **({"status": status.value} if status else {})), 303)
     status = _status_arg(request.args.get("status"))
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = page_arg(PAGE_SIZE)
     with state().sessions() as session:
         found, total = find_orders(session, status, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
         rows = [{"id": o.id, "status": o.status.value, "total": money(o.total, o.currency),
