@@ -17,7 +17,7 @@ from models.shipping import canonical_prefecture
 from webhook_app import state
 from webhook_app.errors import ApiError
 from webhook_app.shop_pages import my_page, wants_page
-from webhook_app.validation import EMAIL, POSTAL_CODE, json_body, require_int, require_string, unstorable
+from webhook_app.validation import EMAIL, json_body, postal_code, require_int, require_string, unstorable
 
 bp = Blueprint("shop", __name__)
 
@@ -86,7 +86,8 @@ def _checkout_input() -> tuple[str, str, ShippingAddress]:
     fields = {key: require_string(shipping, key, field=f"shipping.{key}", max_length=200 if key != "address" else 500,
                                   multiline=key == "address")
               for key in ("name", "postal_code", "prefecture", "address")}
-    if not POSTAL_CODE.match(fields["postal_code"]):
+    fields["postal_code"] = postal_code(fields["postal_code"])
+    if fields["postal_code"] is None:
         raise ApiError(422, "invalid_input", "shipping.postal_code must look like 123-4567", "shipping.postal_code")
     prefecture = canonical_prefecture(fields["prefecture"])
     if prefecture is None:

@@ -36,7 +36,7 @@ from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_tab
 from webhook_app import state
 from webhook_app.admin import csrf
 from webhook_app.shop_text import current_language, local_time, prefecture_label, translate, yen
-from webhook_app.validation import EMAIL, POSTAL_CODE, unstorable
+from webhook_app.validation import EMAIL, postal_code, unstorable
 
 log = structlog.get_logger(__name__)
 
@@ -293,8 +293,11 @@ def validate_buyer(form) -> tuple[dict, dict]:
             errors[key] = _t("error_too_long", n=MAX_LENGTH[key])
     if "email" not in errors and not EMAIL.match(values["email"]):
         errors["email"] = _t("error_email")
-    if "postal_code" not in errors and not POSTAL_CODE.match(values["postal_code"]):
-        errors["postal_code"] = _t("error_postal_code")
+    if "postal_code" not in errors:
+        if postal_code(values["postal_code"]) is None:
+            errors["postal_code"] = _t("error_postal_code")
+        else:
+            values["postal_code"] = postal_code(values["postal_code"])
     if "prefecture" not in errors:
         prefecture = canonical_prefecture(values["prefecture"])
         if prefecture is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 
 from flask import render_template, request
 from flask_login import current_user
@@ -12,7 +13,9 @@ from models.errors import NotFound
 from webhook_app.errors import ApiError
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-POSTAL_CODE = re.compile(r"^\d{3}-?\d{4}$")
+# ASCII digits: `\d` also takes every other script's (Arabic-Indic, Devanagari…), which no label
+# printer or carrier reads as a Japanese postal code. Full-width input is made ASCII first.
+POSTAL_CODE = re.compile(r"[0-9]{3}-?[0-9]{4}")
 # PostgreSQL refuses NUL in text outright (a DataError, a 500, once the request has reached the
 # database) while SQLite stores it; the other C0 controls and DEL store anywhere but have no
 # business in a name, an e-mail, a sku or an id, and corrupt logs, e-mails and labels. Multi-line
@@ -22,6 +25,12 @@ CONTROL_CHARACTERS_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # JSON's "\ud800" escape decodes to a lone UTF-16 surrogate, which no UTF-8 encoder (the database
 # driver's, Stripe's) accepts.
 LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def postal_code(text: str) -> str | None:
+    """A Japanese postal code as the buyer typed it (「１２３－４５６７」 too), in ASCII; None if it is not one."""
+    ascii_text = unicodedata.normalize("NFKC", text).strip().replace("\u2212", "-").replace("\u30fc", "-")
+    return ascii_text if POSTAL_CODE.fullmatch(ascii_text) else None
 
 
 def unstorable(value: str, *, multiline: bool = False) -> str | None:

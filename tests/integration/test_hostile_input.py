@@ -137,6 +137,25 @@ def test_an_address_on_several_lines_is_kept_as_written(client, sessions):
         assert session.get(Order, response.get_json()["order_id"]).ship_address == "Kita 1-jo\nSapporo"
 
 
+@pytest.mark.parametrize("typed", ["１２３－４５６７", "１２３ー４５６７", "1234567"])
+def test_a_postal_code_typed_in_full_width_is_kept_in_ascii(client, sessions, typed):
+    cart_id = new_cart(client)
+    response = client.post("/checkout", json=checkout_body(cart_id, shipping=shipping(postal_code=typed)))
+    assert response.status_code == 201, response.get_json()
+    expected = "1234567" if typed == "1234567" else "123-4567"
+    with sessions() as session:
+        assert session.get(Order, response.get_json()["order_id"]).ship_postal_code == expected
+
+
+@pytest.mark.parametrize("typed", ["١٢٣-٤٥٦٧", "१२३-४५६७"])  # Arabic-Indic, Devanagari: digits to `\d`, not to a carrier
+def test_a_postal_code_in_another_scripts_digits_is_422(client, sessions, typed):
+    cart_id = new_cart(client)
+    response = client.post("/checkout", json=checkout_body(cart_id, shipping=shipping(postal_code=typed)))
+    error = assert_error(response, 422, "invalid_input", "shipping.postal_code")
+    assert error["message"] == "shipping.postal_code must look like 123-4567"
+    assert count(sessions, Order) == 0
+
+
 @pytest.mark.parametrize("path", ["/products?sort=%00", "/orders/ord_x?token=%00abc"])
 def test_a_query_value_with_a_control_character_is_400_naming_the_parameter(client, path):
     name = path.split("?")[1].split("=")[0]
