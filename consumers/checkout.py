@@ -85,6 +85,10 @@ class CheckoutRequest:
     email: str
     shipping: ShippingAddress
     idempotency_key: str | None = None
+    # A repeated key with another e-mail or address is refused (the API's key, as Stripe's own):
+    # answering with the first order would ship it where the caller no longer asked. The shop's
+    # screens key on the cart and show the placed order's details, so they pass False.
+    same_details: bool = True
 
 
 class StripeCallSlots:
@@ -174,7 +178,7 @@ def checkout(sessions: sessionmaker[Session], settings: Settings, request: Check
 def _checkout(sessions: sessionmaker[Session], settings: Settings, request: CheckoutRequest) -> Order:
     existing = order_for_key(sessions, request.idempotency_key)
     if existing is not None:
-        return replay(sessions, settings, existing, request.cart_id)
+        return replay(sessions, settings, existing, request)
     stripe_call_slots(settings.stripe_max_concurrent_calls).refuse_if_stalled()
     try:
         order = place(sessions, settings, request)
@@ -186,7 +190,7 @@ def _checkout(sessions: sessionmaker[Session], settings: Settings, request: Chec
         existing = order_for_key(sessions, request.idempotency_key)
         if existing is None:
             raise
-        return replay(sessions, settings, existing, request.cart_id)
+        return replay(sessions, settings, existing, request)
     return pay(sessions, settings, order)
 
 
@@ -404,10 +408,16 @@ def abandon(sessions: sessionmaker[Session], order_id: str, reason: str, *, stri
     return None
 
 
-def replay(sessions: sessionmaker[Session], settings: Settings, order: Order, cart_id: str) -> Order:
+def replay(sessions: sessionmaker[Session], settings: Settings, order: Order, request: CheckoutRequest) -> Order:
     """Answer a repeated Idempotency-Key with the order it created, never a second order."""
-    if order.cart_id != cart_id:
+    if order.cart_id != request.cart_id:
         raise IdempotencyKeyReused("this Idempotency-Key was used for a different cart", field="Idempotency-Key")
+    shipping = request.shipping
+    placed_for = (order.email, order.ship_name, order.ship_postal_code, order.ship_prefecture, order.ship_address)
+    if request.same_details and placed_for != (request.email, shipping.name, shipping.postal_code,
+                                               shipping.prefecture, shipping.address):
+        raise IdempotencyKeyReused(f"this Idempotency-Key placed order {order.id} with another e-mail or shipping "
+                                   f"address; use a new key for a new order", field="Idempotency-Key")
     if order.status in CLOSED:
         raise _cancelled(order.id, order.status, order.cancel_reason)
     if order.payment_intent_id is not None:

@@ -405,7 +405,7 @@ def place_order():
         # the same order and PaymentIntent, and the stock stays held by that one order.
         order = checkout_cart(app_state.sessions, app_state.settings,
                               CheckoutRequest(cart_id=cart_id, email=buyer["email"], shipping=shipping,
-                                              idempotency_key=f"shop-{cart_id}"))
+                                              idempotency_key=f"shop-{cart_id}", same_details=False))
     except PriceChanged:
         return _refused("price_changed", 409, "price_changed", to=confirm_url)
     except OutOfStock as exc:

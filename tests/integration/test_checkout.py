@@ -264,6 +264,26 @@ def test_idempotency_key_reused_for_another_cart_is_422(client, sessions, new_ca
     assert client.get(f"/carts/{other_cart}").get_json()["status"] == "open"
 
 
+@pytest.mark.parametrize("change", [
+    pytest.param({"email": "someone.else@example.com"}, id="e-mail"),
+    pytest.param({"shipping": {**SHIPPING, "address": "2-2-2 Other Street"}}, id="address"),
+])
+def test_idempotency_key_repeated_with_other_details_is_422_not_the_first_order(client, sessions, new_cart, change):
+    """The first order would ship to the first address while the caller asked for another."""
+    cart_id = new_cart([("TEA-01", 1)])
+    headers = {"Idempotency-Key": "checkout-attempt-3"}
+    first = client.post("/checkout", json=checkout_body(cart_id), headers=headers)
+    assert first.status_code == 201
+    response = client.post("/checkout", json={**checkout_body(cart_id), **change}, headers=headers)
+    error = assert_error(response, 422, "idempotency_key_reused", "Idempotency-Key")
+    assert f"placed order {first.get_json()['order_id']} with another e-mail or shipping address" in error["message"]
+    assert order_count(sessions) == 1
+    assert stock(client, "TEA-01") == (40, 1, 39)
+    # The same details again are still the same request: the first order.
+    again = client.post("/checkout", json=checkout_body(cart_id), headers=headers)
+    assert again.status_code == 201 and again.get_json()["order_id"] == first.get_json()["order_id"]
+
+
 def test_blank_idempotency_key_is_422(client, sessions, new_cart):
     response = client.post("/checkout", json=checkout_body(new_cart()), headers={"Idempotency-Key": "   "})
     assert_error(response, 422, "invalid_input", "Idempotency-Key")
