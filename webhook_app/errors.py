@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import structlog
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -54,6 +54,17 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
+        if exc.code == 404 and request.blueprint is None:
+            # An address no route matches, asked for by a browser: the page of the part of the
+            # site it is in (the console's, or the shop's in the buyer's language), not JSON.
+            from webhook_app.shop_pages import not_found_page, wants_page
+
+            if wants_page():
+                if request.path == "/admin" or request.path.startswith("/admin/"):
+                    from webhook_app.admin import not_found_page as console_not_found_page
+
+                    return console_not_found_page()
+                return not_found_page()
         code = (exc.name or "error").lower().replace(" ", "_")
         body, status = error_response(exc.code or 500, code, exc.description or exc.name)
         # A 405 says which methods the URL takes (RFC 9110 requires Allow); sorted, since werkzeug's

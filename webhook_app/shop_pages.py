@@ -123,6 +123,11 @@ def _form_expired(exc: CSRFError):
 
 @bp.errorhandler(NotFound)
 def _not_found(exc: NotFound):
+    return not_found_page()
+
+
+def not_found_page():
+    """The shop's "page not found", in the buyer's language (also for an address no route matches)."""
     return _render("message.html", title=_t("not_found"), message=_t("not_found")), 404
 
 

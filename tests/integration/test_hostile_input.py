@@ -385,3 +385,22 @@ def test_a_staff_note_on_several_lines_is_not_refused_for_its_line_breaks(staff_
     # No dead letter 1: the console's own answer, not the control-character refusal.
     assert response.status_code == 404
     assert "control characters" not in text_of(response)
+
+
+# --- an address no route matches ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, says", [
+    ("/no-such-page", "ページが見つかりません。"),
+    ("/no-such-page?lang=en", "Page not found."),
+    ("/admin/no-such-page", "There is nothing at this address"),
+])
+def test_an_address_no_route_matches_is_a_page_for_a_browser(client, path, says):
+    response = client.get(path, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert response.status_code == 404 and response.mimetype == "text/html"
+    assert says in text_of(response)
+
+
+def test_an_address_no_route_matches_is_json_for_an_api_client(client):
+    response = client.get("/no-such-page", headers={"Accept": "application/json"})
+    assert_error(response, 404, "not_found")

@@ -148,6 +148,11 @@ def _csrf_refused(exc: CSRFError):
 
 @bp.errorhandler(404)
 def _not_found(exc):
+    return not_found_page()
+
+
+def not_found_page():
+    """The console's "not found" (also for an /admin address no route matches)."""
     return render_template("admin/refused.html", title="Not found",
                            message="There is nothing at this address: the id may be mistyped, or it belongs to "
                                    "another environment. Search for it with the box above.",
