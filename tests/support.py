@@ -84,6 +84,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def stripe_unreachable():
+    """For the block, Stripe's API is an address nothing listens on (yielded, for a CLI's STRIPE_API_BASE);
+    the SDK's address is put back after, also when a CLI run in this process moved it there."""
+    working = stripe.api_base
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    stripe.api_base = nowhere
+    try:
+        yield nowhere
+    finally:
+        stripe.api_base = working
+
+
 def wait_for_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ from models.history import AttemptOutcome, EventAttempt, OrderStatusChange, Staf
 from models.orders import Order
 from tests.conftest import deliver_with
 from tests.e2e.alerts import AlertInbox
-from tests.support import confirm_card, event_for, free_port
+from tests.support import confirm_card, event_for, free_port, stripe_unreachable
 
 SUCCEEDED = "localstripe_payment_intent.succeeded"
 
@@ -133,12 +133,8 @@ def test_stripe_unreachable_while_confirming_an_intent_is_retried_not_applied(
     order = checkout([("TEA-01", 2)])
     forget_intent(sessions, order)
     post_event(event := succeeded(order))
-    working = stripe.api_base
-    stripe.api_base = f"http://127.0.0.1:{free_port()}"  # nothing listens there: Stripe is down
-    try:
+    with stripe_unreachable():
         deliver(max_rounds=1)
-    finally:
-        stripe.api_base = working
     row = inbox_row(sessions, event["id"])
     assert row.status is EventStatus.RETRYING
     assert "PaymentGatewayError" in row.last_error

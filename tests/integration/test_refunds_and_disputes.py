@@ -18,7 +18,7 @@ from models.events import EventStatus, InboxEvent
 from models.history import StaffAlert
 from models.orders import Order, get_order, record_refund, return_unshipped_units
 from models.refunds import Dispute, Refund, RefundSource
-from tests.support import confirm_card, event_for, free_port
+from tests.support import confirm_card, event_for, stripe_unreachable
 
 
 @pytest.fixture
@@ -224,12 +224,8 @@ def test_stripe_unreachable_while_listing_a_charges_refunds_is_retried_then_reco
     order = paid_order()
     refund = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=1000)
     post_event(event := charge_refunded_as_now(refund.charge))
-    working = stripe.api_base
-    stripe.api_base = f"http://127.0.0.1:{free_port()}"  # nothing listens there: Stripe is down
-    try:
+    with stripe_unreachable():
         deliver(max_rounds=1)
-    finally:
-        stripe.api_base = working
     with sessions() as session:
         stored = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
     assert stored.status is EventStatus.RETRYING and "PaymentGatewayError" in stored.last_error

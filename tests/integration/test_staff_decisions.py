@@ -21,7 +21,7 @@ from models.orders import Order, OrderStatus
 from models.refunds import Refund, RefundSource
 from tests.backends import servers_available
 from tests.integration.test_staff_cli import _dead_letter
-from tests.support import SHIPPING, confirm_card, event_for, free_port
+from tests.support import SHIPPING, confirm_card, event_for, stripe_unreachable
 from webhook_app.cli import shop
 
 
@@ -345,12 +345,9 @@ def test_cancel_refuses_while_money_is_held_and_with_refund_gives_it_back(settin
 def test_a_refund_while_stripe_is_unreachable_changes_nothing_and_is_audited(settings, sessions, client, checkout,
                                                                            post_event, deliver):
     order = _flagged(client, checkout, post_event, deliver)
-    working = stripe.api_base
-    try:
+    with stripe_unreachable() as nowhere:
         failed = _run(settings, "orders", "refund", order["order_id"], "--reason", "duplicate", "--as", "jun",
-                      STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    finally:
-        stripe.api_base = working  # the CLI ran in this process and pointed the SDK there
+                      STRIPE_API_BASE=nowhere)
     assert failed.exit_code == 1 and "Stripe" in failed.output
     assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
     assert _refunds_at_stripe(order["payment_intent_id"]) == []
