@@ -73,7 +73,10 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     structlog.configure(
         processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() a line, newline included. print() writes the line and its newline apart, and
+        # with PYTHONUNBUFFERED (set by many platforms) each is its own system call: the web processes
+        # sharing one log then glued a line of one to a line of another.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Libraries that log through the standard library (gunicorn, alembic, kombu) render the same way.
