@@ -399,6 +399,7 @@ def test_an_address_no_route_matches_is_a_page_for_a_browser(client, path, says)
     response = client.get(path, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert response.status_code == 404 and response.mimetype == "text/html"
     assert says in text_of(response)
+    assert "Search for it" not in text_of(response)  # logged out: no search box in the bar
 
 
 def test_an_address_no_route_matches_is_json_for_an_api_client(client):

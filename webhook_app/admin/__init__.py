@@ -153,7 +153,9 @@ def _not_found(exc):
 
 def not_found_page():
     """The console's "not found" (also for an /admin address no route matches)."""
+    # The search box is in the bar only for staff who are logged in.
+    search = " Search for it with the box above." if current_user.is_authenticated else ""
     return render_template("admin/refused.html", title="Not found",
                            message="There is nothing at this address: the id may be mistyped, or it belongs to "
-                                   "another environment. Search for it with the box above.",
+                                   f"another environment.{search}",
                            reason="not found"), 404
