@@ -10,22 +10,19 @@ from kombu import Connection, Consumer, Message
 from consumers.broker import QUEUES
 from consumers.process import LongRunningProcess
 from consumers.processing import process_batch, process_message, start_copy
+from models.base import LARGEST_ID
 from models.logs import describe_error
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
-# The outbox's ids are positive INTEGERs: 32-bit on PostgreSQL (alembic 0001), 64-bit on SQLite.
-# A larger number would fail in the database (a DataError on PostgreSQL past 32 bits, OverflowError
-# on SQLite past 64) when the message is claimed and again when its failure is recorded, which the
-# worker takes for a database that is down: the message would be put back and tried forever.
-_LARGEST_ID = 2**31 - 1
-
-
 def _outbox_id(body: dict, message: Message) -> int | None:
+    # An id past LARGEST_ID would fail in the database when the message is claimed and again when
+    # its failure is recorded, which the worker takes for a database that is down: the message
+    # would be put back and tried forever.
     outbox_id = body.get("outbox_id") if isinstance(body, dict) else None
-    if type(outbox_id) is not int or not 0 < outbox_id <= _LARGEST_ID:  # not bool: True is not id 1
+    if type(outbox_id) is not int or not 0 < outbox_id <= LARGEST_ID:  # not bool: True is not id 1
         log.error("message_rejected", reason="body has no outbox_id that is a positive 32-bit integer",
                   body=str(body)[:200])
         message.reject()  # to the dead-letter queue where the broker has one

@@ -16,6 +16,13 @@ NAMING = {
 }
 
 
+# The tables' integer ids are 32-bit INTEGER columns (alembic/versions/0001 and 0004; SERIAL on
+# PostgreSQL): no row has a larger id and no table holds more rows. A larger number in a URL, a
+# form, a command or a broker message names nothing, and must not reach the database, which
+# refuses it (OverflowError on SQLite past 64 bits, "integer out of range" on PostgreSQL past 32).
+LARGEST_ID = 2**31 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

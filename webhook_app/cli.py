@@ -14,8 +14,8 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
+from models.base import LARGEST_ID
 from models.settings import Settings
-from webhook_app.admin import LARGEST_ID
 
 DEV_ENV = Path("instance/dev.env")
 

@@ -14,6 +14,8 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, UserMixin, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
+from models.base import LARGEST_ID
+
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -21,12 +23,6 @@ login_manager = LoginManager()
 # Pages a logged-out visitor may see.
 PUBLIC_ENDPOINTS = frozenset({"admin.login"})
 SESSION_LIFETIME = timedelta(hours=12)
-
-# The tables' ids are 32-bit INTEGER columns (alembic/versions/0001 and 0004; SERIAL on
-# PostgreSQL): no row has a larger id and no table holds more rows. A larger number in a URL, a
-# form or a command names nothing, and must not reach the database, which refuses it
-# (OverflowError on SQLite past 64 bits, "integer out of range" on PostgreSQL past 32).
-LARGEST_ID = 2**31 - 1
 
 
 def page_arg(page_size: int) -> int:

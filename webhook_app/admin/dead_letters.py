@@ -23,13 +23,13 @@ from consumers.staff_actions import (
     resolve_dead_letter,
     retry_dead_letter,
 )
-from models.base import utcnow
+from models.base import LARGEST_ID, utcnow
 from models.errors import DomainError, NotFound
 from models.events import OutboxMessage, OutboxStatus, Topic
 from models.history import EventAttempt, StaffAction
 from models.orders import Order
 from webhook_app import state
-from webhook_app.admin import LARGEST_ID, actor, bp, page_arg
+from webhook_app.admin import actor, bp, page_arg
 from webhook_app.admin.auth import safe_next
 from webhook_app.admin.masking import mask_error, pretty_masked
 
