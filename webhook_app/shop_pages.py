@@ -299,10 +299,11 @@ def validate_buyer(form) -> tuple[dict, dict]:
     if "email" not in errors and not EMAIL.match(values["email"]):
         errors["email"] = _t("error_email")
     if "postal_code" not in errors:
-        if postal_code(values["postal_code"]) is None:
+        ascii_code = postal_code(values["postal_code"])
+        if ascii_code is None:
             errors["postal_code"] = _t("error_postal_code")
         else:
-            values["postal_code"] = postal_code(values["postal_code"])
+            values["postal_code"] = ascii_code
     if "prefecture" not in errors:
         prefecture = canonical_prefecture(values["prefecture"])
         if prefecture is None:
