@@ -14,7 +14,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, utcnow
 from models.errors import Conflict, InvalidInput, NotFound
-from models.history import StaffMember
+from models.history import StaffAction, StaffMember, record_staff_action
 
 MIN_PASSWORD_LENGTH = 10
 # At most this many failed logins for one e-mail from one address in the window, and this many
@@ -63,25 +63,51 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def add_staff_member(session: Session, email: str, password: str) -> StaffMember:
+# The audit trail's actions for logins (staff_actions.action), beside the order decisions'.
+ADD_LOGIN = "add login"
+DISABLE_LOGIN = "disable login"
+
+
+def login_target(email: str) -> str:
+    return f"staff member {email}"
+
+
+def add_staff_member(session: Session, email: str, password: str, *, actor: str) -> StaffMember:
+    """A new login, audited in the same transaction: who gave it."""
     email = normalise_email(email)
     if session.scalar(select(StaffMember).where(StaffMember.email == email)) is not None:
         raise Conflict(f"staff member {email} already exists", field="email")
     member = StaffMember(email=email, password_hash=hash_password(password))
     session.add(member)
     session.flush()
+    record_staff_action(session, actor=actor, action=ADD_LOGIN, target=login_target(email))
     return member
 
 
-def disable_staff_member(session: Session, email: str) -> tuple[StaffMember, bool]:
-    """Disable a login (its open sessions stop working at their next request); True if it changed."""
+def disable_staff_member(session: Session, email: str, *, actor: str) -> tuple[StaffMember, bool]:
+    """Disable a login (its open sessions stop working at their next request); True if it changed.
+
+    Audited in the same transaction, and so is asking again for a login already disabled (it
+    changes nothing, and says so in the row's detail)."""
     member = session.scalar(select(StaffMember).where(StaffMember.email == normalise_email(email)))
     if member is None:
         raise NotFound(f"no staff member {email}")
-    if member.disabled_at is not None:
-        return member, False
-    member.disabled_at = utcnow()
-    return member, True
+    changed = member.disabled_at is None
+    if changed:
+        member.disabled_at = utcnow()
+    record_staff_action(session, actor=actor, action=DISABLE_LOGIN, target=login_target(member.email),
+                        detail=None if changed else "already disabled; nothing changed")
+    return member, changed
+
+
+def login_changes(session: Session) -> dict[str, list[StaffAction]]:
+    """Each login's audit rows (who added it, who disabled it), oldest first, by e-mail."""
+    rows = session.scalars(select(StaffAction).where(StaffAction.action.in_((ADD_LOGIN, DISABLE_LOGIN)))
+                           .order_by(StaffAction.id))
+    changes: dict[str, list[StaffAction]] = {}
+    for row in rows:
+        changes.setdefault(row.target.removeprefix(login_target("")), []).append(row)
+    return changes
 
 
 def authenticate(session: Session, email: str, password: str, ip: str) -> StaffMember | None:

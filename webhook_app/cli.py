@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from models.base import LARGEST_ID
 from models.settings import Settings
+from webhook_app.staff_verbs import actor_name as _actor, staff_verb
 
 DEV_ENV = Path("instance/dev.env")
 
@@ -65,25 +66,6 @@ def _sessions(settings: Settings):
     from models.db import engine_for, make_session_factory
 
     return make_session_factory(engine_for(settings))
-
-
-def staff_verb(command):
-    """Every staff verb takes --as for the audit trail (else SHOP_STAFF, else the OS user)."""
-    return click.option("--as", "actor", metavar="NAME",
-                        help="Who decides, for the audit trail [default: $SHOP_STAFF, else the OS user].")(command)
-
-
-def _actor(name: str | None) -> str:
-    if name and name.strip():
-        return name.strip()
-    if os.environ.get("SHOP_STAFF", "").strip():
-        return os.environ["SHOP_STAFF"].strip()
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
-        return f"uid {os.getuid()}"
 
 
 def _staff_call(call):

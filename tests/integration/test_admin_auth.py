@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from models.db import transaction
-from models.history import StaffMember
+from models.history import StaffAction, StaffMember
 from models.settings import instance_secret_key
 from models.staff import FAILURE_WINDOW, MAX_FAILURES_PER_EMAIL_AND_IP, LoginFailure, add_staff_member
 from tests.support import WEBHOOK_SECRET, event_for
@@ -24,7 +24,7 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture
 def staff(sessions):
     with transaction(sessions) as session:
-        add_staff_member(session, EMAIL, PASSWORD)
+        add_staff_member(session, EMAIL, PASSWORD, actor="test setup")
     return EMAIL
 
 
@@ -285,6 +285,31 @@ def test_staff_cli_adds_lists_and_disables_logins_with_the_usual_exit_codes(sett
     with sessions() as session:
         stored = session.scalar(select(StaffMember.password_hash).where(StaffMember.email == "bob@example.com"))
     assert stored.startswith("$argon2") and "a long enough password" not in stored
+
+
+def test_adding_and_disabling_a_login_is_audited_with_who_did_it(settings, sessions):
+    def run(*args, stdin=None, env=None):
+        return CliRunner().invoke(shop, ["staff", *args], input=stdin,
+                                  env={"DATABASE_URL": settings.database_url, "LOG_FORMAT": "console", **(env or {})})
+
+    assert run("add", "bob@example.com", "--as", "alice", "--password-stdin",
+               stdin="a long enough password\n").exit_code == 0
+    assert run("disable", "bob@example.com", env={"SHOP_STAFF": "carol"}).exit_code == 0
+    again = run("disable", "bob@example.com", "--as", "dave")
+    assert again.exit_code == 0 and "already disabled" in again.output
+    refused = run("add", "bob@example.com", "--as", "erin", "--password-stdin", stdin="a long enough password\n")
+    assert refused.exit_code == 1
+
+    with sessions() as session:
+        rows = session.execute(select(StaffAction.actor, StaffAction.action, StaffAction.target, StaffAction.detail)
+                               .order_by(StaffAction.id)).all()
+    assert [tuple(row) for row in rows] == [
+        ("alice", "add login", "staff member bob@example.com", None),
+        ("carol", "disable login", "staff member bob@example.com", None),
+        ("dave", "disable login", "staff member bob@example.com", "already disabled; nothing changed")]
+    listed = run("list").output
+    assert "added by alice" in listed and "disabled by carol" in listed
+    assert "disabled by dave" in listed and "(already disabled; nothing changed)" in listed
 
 
 def test_secret_key_is_generated_once_with_owner_only_permissions(tmp_path):

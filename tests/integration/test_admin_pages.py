@@ -65,7 +65,7 @@ def flagged_order(checkout, post_event, deliver, *, pay=True, **checkout_args):
 
 def add_staff(sessions, email=EMAIL):
     with transaction(sessions) as session:
-        add_staff_member(session, email, PASSWORD)
+        add_staff_member(session, email, PASSWORD, actor="test setup")
 
 
 def csrf_token(client, path="/admin/login") -> str:

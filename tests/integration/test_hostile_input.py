@@ -320,7 +320,7 @@ def test_buyer_details_with_control_characters_are_shown_beside_their_fields_and
 @pytest.fixture
 def staff(sessions):
     with transaction(sessions) as session:
-        add_staff_member(session, EMAIL, PASSWORD)
+        add_staff_member(session, EMAIL, PASSWORD, actor="test setup")
     return EMAIL
 
 
