@@ -132,8 +132,22 @@ class Order(Base):
         self.cancel_reason = reason
 
     def ensure_refundable(self) -> None:
-        if not can_transition(self.status, S.REFUNDED) or self.payment_intent_id is None:
+        """A refund is a move to refunded; or, on an order already refunded that holds money again
+        (a refund failed at Stripe after it was counted, a late payment), giving back what is left."""
+        if self.payment_intent_id is None:
             raise IllegalTransition(self.id, self.status.value, S.REFUNDED.value)
+        if self.status is S.REFUNDED and self.money_held > 0:
+            return
+        if not can_transition(self.status, S.REFUNDED):
+            raise IllegalTransition(self.id, self.status.value, S.REFUNDED.value)
+
+    @property
+    def refundable(self) -> bool:
+        try:
+            self.ensure_refundable()
+        except IllegalTransition:
+            return False
+        return True
 
     def mark_refunded(self, refund_id: str, reason: str) -> None:
         """Only ever a staff action: the service never refunds on its own."""

@@ -112,11 +112,15 @@ class HoldingProxy(_Server):
     A held answer is sent when `release()` is called (or never, if the client gave up first):
     Stripe did the work, the caller never heard. `answered` counts held answers that came back
     from upstream, so a test knows the work was done.
+
+    `rewrite(request_line, data)` may change an answer's bytes on their way back, keeping their
+    length (so its Content-Length stays true): Stripe's state that localstripe cannot reach.
     """
 
-    def __init__(self, upstream_port: int, hold=lambda request_line: True):
+    def __init__(self, upstream_port: int, hold=lambda request_line: True, rewrite=None):
         self.upstream_port = upstream_port
         self.hold = hold
+        self.rewrite = rewrite
         self.answered = 0
         self._released = threading.Event()
         self._answers = threading.Condition()
@@ -130,10 +134,12 @@ class HoldingProxy(_Server):
             return
         self._track(upstream)
         held = threading.Event()
-        threading.Thread(target=self._pump_up, args=(conn, upstream, held), daemon=True).start()
-        self._pump_down(upstream, conn, held)
+        asked = [""]  # the connection's latest request line: its answer is the next to come back
+        threading.Thread(target=self._pump_up, args=(conn, upstream, held, asked), daemon=True).start()
+        self._pump_down(upstream, conn, held, asked)
 
-    def _pump_up(self, client: socket.socket, upstream: socket.socket, held: threading.Event) -> None:
+    def _pump_up(self, client: socket.socket, upstream: socket.socket, held: threading.Event,
+                 asked: list[str]) -> None:
         while True:
             try:
                 data = client.recv(65536)
@@ -142,8 +148,10 @@ class HoldingProxy(_Server):
             if not data:
                 break
             first_line = data.split(b"\r\n", 1)[0].decode("latin-1")
-            if first_line.split(" ")[0] in ("GET", "POST", "DELETE") and self.hold(first_line):
-                held.set()
+            if first_line.split(" ")[0] in ("GET", "POST", "DELETE"):
+                asked[0] = first_line
+                if self.hold(first_line):
+                    held.set()
             try:
                 upstream.sendall(data)
             except OSError:
@@ -153,7 +161,8 @@ class HoldingProxy(_Server):
         except OSError:
             pass
 
-    def _pump_down(self, upstream: socket.socket, client: socket.socket, held: threading.Event) -> None:
+    def _pump_down(self, upstream: socket.socket, client: socket.socket, held: threading.Event,
+                   asked: list[str]) -> None:
         counted = False
         while True:
             try:
@@ -171,6 +180,10 @@ class HoldingProxy(_Server):
                 while not self._released.wait(0.1):
                     if self._closed:
                         return
+            if self.rewrite is not None:
+                changed = self.rewrite(asked[0], data)
+                assert len(changed) == len(data), "a rewrite must keep the answer's length"
+                data = changed
             try:
                 client.sendall(data)
             except OSError:
@@ -188,6 +201,16 @@ class HoldingProxy(_Server):
 
     def release(self) -> None:
         self._released.set()
+
+
+def refunds_listed_as_failed(request_line: str, data: bytes) -> bytes:
+    """A rewrite for HoldingProxy: every refund in a list of refunds reads failed, as Stripe lists a
+    refund the card's bank sent back (localstripe's refunds always succeed). Same length: localstripe
+    writes its JSON with ": " and JSON allows the spaces after the value."""
+    method, path = request_line.split(" ")[:2]
+    if method != "GET" or path.split("?")[0] != "/v1/refunds":
+        return data
+    return data.replace(b'"status": "succeeded"', b'"status": "failed"   ')
 
 
 def creates_payment_intent(request_line: str) -> bool:

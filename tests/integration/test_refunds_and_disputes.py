@@ -12,13 +12,16 @@ import pytest
 import stripe
 from sqlalchemy import select
 
-from consumers.staff_actions import Refused, accept_order
+from consumers.staff_actions import Refused, accept_order, refund_order
 from models.db import transaction
+from models.errors import IllegalTransition
 from models.events import EventStatus, InboxEvent
 from models.history import StaffAlert
 from models.orders import Order, get_order, record_refund, return_unshipped_units
 from models.refunds import Dispute, Refund, RefundSource
+from tests.stripe_proxy import HoldingProxy, refunds_listed_as_failed
 from tests.support import confirm_card, event_for, stripe_unreachable
+from webhook_app.admin.orders import available_decisions
 
 
 @pytest.fixture
@@ -271,6 +274,36 @@ def test_a_refund_that_fails_after_the_order_was_refunded_no_longer_counts_and_s
     stripe_says(refund_updated(refund.id, kind="refund.failed", status="failed"))  # the same news again
     assert order_row(sessions, order).money_held == order["total"]
     assert len(alerts(sessions)) == 1
+
+
+def test_staff_give_back_what_a_failed_refund_did_not_and_a_refunded_order_holding_nothing_is_refused(
+        client, sessions, paid_order, stripe_says, localstripe):
+    order = paid_order()
+    failed = stripe.Refund.create(payment_intent=order["payment_intent_id"])
+    stripe_says(charge_refunded_as_now(failed.charge))
+    stripe_says(refund_updated(failed.id, status="failed", failure_reason="expired_or_canceled_card"))
+    row = order_row(sessions, order)
+    assert (row.status.value, row.money_held) == ("refunded", order["total"])
+    assert available_decisions(row) == ["refund"]  # the console offers it
+
+    proxy = HoldingProxy(localstripe.port, hold=lambda line: False, rewrite=refunds_listed_as_failed)
+    working, stripe.api_base = stripe.api_base, proxy.base  # Stripe lists the refund as failed, as it would
+    try:
+        decision = refund_order(sessions, order["order_id"], actor="alice", reason="the first refund bounced")
+    finally:
+        stripe.api_base = working
+        proxy.close()
+    given = [r for r in stripe.Refund.list(payment_intent=order["payment_intent_id"]).data if r.id != failed.id]
+    assert [(r.amount, r.metadata["order_id"]) for r in given] == [(order["total"], order["order_id"])]
+    assert decision.status_before == decision.status_after == "refunded"
+    row = order_row(sessions, order)
+    assert (row.status.value, row.refunded_amount, row.money_held) == ("refunded", order["total"], 0)
+    assert refunds(sessions)[-1] == (given[0].id, order["total"], RefundSource.STAFF)
+    assert available_decisions(row) == []
+
+    with pytest.raises(IllegalTransition, match="cannot move from refunded to refunded"):
+        refund_order(sessions, order["order_id"], actor="alice", reason="once more")
+    assert len(stripe.Refund.list(payment_intent=order["payment_intent_id"]).data) == 2
 
 
 def test_a_partial_refund_that_fails_is_added_to_the_reason_the_order_is_in_review(

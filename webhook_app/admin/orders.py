@@ -60,7 +60,7 @@ def available_decisions(order: Order) -> list[str]:
         decisions.append("accept")
     if can_transition(order.status, OrderStatus.CANCELLED):
         decisions.append("cancel")
-    if can_transition(order.status, OrderStatus.REFUNDED) and order.payment_intent_id and order.money_held > 0:
+    if order.refundable and order.money_held > 0:
         decisions.append("refund")
     return decisions
 
