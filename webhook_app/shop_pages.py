@@ -9,8 +9,11 @@ Stripe's webhook: the complete screen waits for it.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -51,6 +54,8 @@ FEW_LEFT = 5
 BUYER_FIELDS = ("name", "email", "postal_code", "prefecture", "address")
 MAX_LENGTH = {"name": 200, "email": 254, "postal_code": 200, "prefecture": 200, "address": 500}
 UNSTORABLE_TEXT = {"email": "error_email", "postal_code": "error_postal_code", "prefecture": "error_prefecture"}
+# The confirmation form's field holding the fingerprint of what the screen showed (PayPlaces).
+SHOWN_FIELD = "shown_fingerprint"
 
 
 # --- the request's language, CSRF and headers -----------------------------------------------
@@ -129,6 +134,25 @@ def _not_found(exc: NotFound):
 def not_found_page():
     """The shop's "page not found", in the buyer's language (also for an address no route matches)."""
     return _render("message.html", title=_t("not_found"), message=_t("not_found")), 404
+
+
+# An error page's title and sentence by status (webhook_app.errors decides who gets one); any
+# other status gets the "could not be completed" pair. Never the error's own message: that is
+# written for developers and may name internals.
+ERROR_TEXT = {400: "error_bad_request", 405: "error_method", 413: "error_too_large", 422: "error_bad_request",
+              500: "error_internal", 502: "error_unavailable", 503: "error_unavailable"}
+
+
+def error_page(status: int):
+    """The shop's page for an error answer to a browser, in the buyer's language, with the way home."""
+    if status == 404:
+        page = not_found_page()
+    else:
+        key = ERROR_TEXT.get(status, "error_other")
+        page = _render("message.html", title=_t(f"{key}_title"), message=_t(key), back_to="back_to_shop",
+                       step=None), status
+    # Also for an address no route of the shop matches (no blueprint, so no after_request of ours ran).
+    return _shop_headers(make_response(page))
 
 
 def _wants_json() -> bool:
@@ -340,6 +364,47 @@ def checkout_info():
 
 # --- confirmation and pay ---------------------------------------------------------------------
 
+@dataclass
+class PayPlaces:
+    """What pressing Pay places, as the confirmation screen shows it."""
+
+    lines: list[dict]
+    subtotal: int
+    shipping_fee: int
+    total: int
+    buyer: dict
+    order: Order | None  # once placed, the order, whose own details the screen shows
+
+    def fingerprint(self) -> str:
+        """A short digest of what the buyer reads before pressing Pay: their details, the lines, the
+        fee and the total. The form carries the one of the screen it is on; place_order compares it
+        with the one of what it would place, so a change made meanwhile (another tab) is never paid
+        for unseen. Not a secret: the buyer's own details, digested only to be short."""
+        shown = {"buyer": [self.buyer.get(key) for key in BUYER_FIELDS],
+                 "lines": sorted([line["sku"], line["quantity"], line["unit_amount"]] for line in self.lines),
+                 "shipping_fee": self.shipping_fee, "total": self.total}
+        return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _what_pay_places(db, cart: Cart, buyer: dict) -> PayPlaces | None:
+    """The placed order, still payable, as it stands; else the cart's lines with the session's buyer
+    details and the fee for their prefecture. None when the cart is checked out and its order can
+    no longer be paid: there is nothing to place."""
+    order = _open_order(db)
+    if order is not None:
+        return PayPlaces(lines=[line.to_dict() for line in order.lines], subtotal=order.subtotal,
+                         shipping_fee=order.shipping_fee, total=order.total,
+                         buyer={"name": order.ship_name, "email": order.email, "postal_code": order.ship_postal_code,
+                                "prefecture": order.ship_prefecture, "address": order.ship_address},
+                         order=order)
+    if cart.status is not CartStatus.OPEN:
+        return None
+    lines = _cart_lines(db, cart)
+    fee = load_shipping_table(db).fee_for(buyer["prefecture"], cart.subtotal)
+    return PayPlaces(lines=lines, subtotal=cart.subtotal, shipping_fee=fee, total=cart.subtotal + fee, buyer=buyer,
+                     order=None)
+
+
 @bp.get("/checkout/confirm")
 def checkout_confirm():
     buyer = session.get("buyer")
@@ -350,33 +415,24 @@ def checkout_confirm():
             return redirect(url_for("shop_pages.show_cart"), 303)
         if not buyer:
             return redirect(url_for("shop_pages.checkout_info"), 303)
-        order = _open_order(db)
-        if order is not None:
-            lines = [line.to_dict() for line in order.lines]
-            subtotal, fee, total = order.subtotal, order.shipping_fee, order.total
-            held_until = order.reserved_until
-            buyer = {"name": order.ship_name, "email": order.email, "postal_code": order.ship_postal_code,
-                     "prefecture": order.ship_prefecture, "address": order.ship_address}
-            if order.status is OrderStatus.PAYMENT_FAILED:
-                declined = _t("declined", message=order.failure_message or order.failure_code or "")
-        else:
-            if cart.status is not CartStatus.OPEN:
-                # Its order can no longer be paid (expired, cancelled): start again.
-                _forget_purchase()
-                flash(_t("order_closed"), "error")
-                return redirect(url_for("shop_pages.show_cart"), 303)
-            lines = _cart_lines(db, cart)
-            subtotal = cart.subtotal
-            fee = load_shipping_table(db).fee_for(buyer["prefecture"], subtotal)
-            total = subtotal + fee
-            held_until = None
+        shown = _what_pay_places(db, cart, buyer)
+        if shown is None:
+            # Its order can no longer be paid (expired, cancelled): start again.
+            _forget_purchase()
+            flash(_t("order_closed"), "error")
+            return redirect(url_for("shop_pages.show_cart"), 303)
+        order = shown.order
+        held_until = order.reserved_until if order is not None else None
+        if order is not None and order.status is OrderStatus.PAYMENT_FAILED:
+            declined = _t("declined", message=order.failure_message or order.failure_code or "")
     settings = state().settings
-    return _render("confirm.html", title=_t("confirm_title"), lines=lines, subtotal=subtotal,
-                           shipping_fee=fee, total=total, buyer=buyer, held_until=held_until, declined=declined,
-                   placed=order is not None,
-                           hold_minutes=settings.reservation_ttl_seconds // 60,
-                           stripe_js_url=settings.stripe_js_url,
-                           stripe_publishable_key=settings.stripe_publishable_key, step=3)
+    return _render("confirm.html", title=_t("confirm_title"), lines=shown.lines, subtotal=shown.subtotal,
+                   shipping_fee=shown.shipping_fee, total=shown.total, buyer=shown.buyer, held_until=held_until,
+                   declined=declined, placed=order is not None,
+                   shown_field=SHOWN_FIELD, shown_fingerprint=shown.fingerprint(),
+                   hold_minutes=settings.reservation_ttl_seconds // 60,
+                   stripe_js_url=settings.stripe_js_url,
+                   stripe_publishable_key=settings.stripe_publishable_key, step=3)
 
 
 def _refused(message_key: str, status: int, code: str, *, to: str, navigate: bool = True, **values):
@@ -403,6 +459,17 @@ def place_order():
     cart_id = session.get("cart_id")
     if not buyer or not cart_id:
         return _refused("order_closed", 409, "no_cart", to=url_for("shop_pages.show_cart"))
+    with state().sessions() as db:
+        cart = _session_cart(db)
+        shown_now = _what_pay_places(db, cart, buyer) if cart is not None and cart.items else None
+        # A form without the field (a page from before it existed) counts as changed: the buyer
+        # sees the screen once more and presses Pay again, rather than paying for details nobody
+        # can say they saw. Without anything to place (shown_now None) the checkout below answers
+        # as it always has: the paid order's complete screen, or "start again from the cart".
+        if shown_now is not None and request.form.get(SHOWN_FIELD) != shown_now.fingerprint():
+            log.info("shop_details_changed", cart_id=cart_id, placed=shown_now.order is not None,
+                     sent=SHOWN_FIELD in request.form)
+            return _refused("details_changed", 409, "details_changed", to=confirm_url)
     app_state = state()
     shipping = ShippingAddress(name=buyer["name"], postal_code=buyer["postal_code"],
                                prefecture=buyer["prefecture"], address=buyer["address"])

@@ -211,3 +211,46 @@ def test_screens_in_japanese_on_a_phone(browser, shop, screenshot):
     wait_for_outcome(browser, "paid")
     assert "ご注文が確定しました" in text_of(browser, "#outcome")
     screenshot("complete", phone=True)
+
+
+def test_details_changed_in_another_tab_are_shown_before_anything_is_paid(browser, shop, screenshot, sessions):
+    to_confirmation(browser, shop)
+    assert text_of(browser, "#shipping-fee") == "¥700"   # Hokkaido
+    confirmation = browser.current_window_handle
+    # Another tab: the buyer moves the delivery to Okinawa (a fee of ¥1,500) and leaves that tab.
+    browser.switch_to.new_window("tab")
+    browser.get(f"{shop}/checkout/info?lang=en")
+    fill_information(browser, prefecture="Okinawa", postal_code="900-0001", address="Kumoji 1-1, Naha")
+    wait(browser).until(lambda b: urlsplit(b.current_url).path == "/checkout/confirm")
+    browser.close()
+    browser.switch_to.window(confirmation)
+
+    # Pay on the first tab, which still shows Hokkaido and ¥3,100: refused, and the screen shown again.
+    enter_card(browser, VISA)
+    press_pay(browser)
+    wait(browser).until(lambda b: "your details or your cart changed" in text_of(b, "main").lower())
+    assert text_of(browser, "#shipping-fee") == "¥1,500"
+    assert text_of(browser, "#total") == "¥3,900"
+    assert "Kumoji 1-1, Naha" in text_of(browser, "main")
+    screenshot("details-changed")
+    with sessions() as session:
+        assert session.query(Order).count() == 0
+    assert stock(sessions, "TEA-01") == (40, 0)
+
+    enter_card(browser, VISA)
+    press_pay(browser)
+    wait_for_outcome(browser, "paid")
+    order = only_order(sessions)
+    assert (order.total, order.ship_prefecture, order.status) == (3900, "Okinawa", OrderStatus.PAID)
+
+
+def test_an_address_opened_the_wrong_way_shows_the_shops_error_page(browser, shop, screenshot):
+    browser.get(f"{shop}/checkout/pay?lang=en")   # the pay step's script posts to it
+    assert "This address cannot be used this way" in text_of(browser, "h1")
+    assert "continue from the shop's pages" in text_of(browser, "main")
+    screenshot("error-405")
+    browser.find_element(By.LINK_TEXT, "Back to the shop's home page").click()
+    wait(browser).until(lambda b: b.find_elements(By.ID, "product-TEA-01"))
+    browser.get(f"{shop}/checkout/pay?lang=ja")
+    assert "このアドレスはこの方法では使えません" in text_of(browser, "h1")
+    screenshot("error-405", phone=True)

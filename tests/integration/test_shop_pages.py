@@ -27,9 +27,18 @@ def csrf_token(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
+def hidden_fields(html: str, action: str) -> dict:
+    """The hidden fields of the page's form that posts to `action`, as a browser sends them (the
+    confirmation's carries the fingerprint of what it shows); else the page's CSRF token."""
+    for attributes, body in re.findall(r"<form([^>]*)>(.*?)</form>", html, re.S):
+        if f'action="{action}"' in attributes:
+            return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', body))
+    return {"csrf_token": csrf_token(html)}
+
+
 def post_form(client, url: str, data: dict, *, from_page: str = "/?lang=en", **kwargs):
-    token = csrf_token(page(client.get(from_page)))
-    return client.post(url, data={"csrf_token": token, **data}, **kwargs)
+    fields = hidden_fields(page(client.get(from_page)), url)
+    return client.post(url, data={**fields, **data}, **kwargs)
 
 
 def fill_cart(client, sku="TEA-01", quantity=2):
@@ -449,3 +458,108 @@ def test_once_the_order_is_placed_its_address_is_what_the_confirmation_shows(cli
     html = page(client.get("/checkout/confirm?lang=en"))
     assert "Kita 1-jo Nishi 2-chome" in html and "Somewhere else" not in html
     assert 'href="/checkout/info"' not in html
+
+
+# --- what the confirmation showed is what Pay places ---------------------------------------------------------
+
+
+def orders_placed(sessions) -> int:
+    with sessions() as session:
+        return session.query(Order).count()
+
+
+def confirmation_form(client) -> dict:
+    """The confirmation screen's form fields, as the buyer's browser holds them while they read it."""
+    return hidden_fields(page(client.get("/checkout/confirm?lang=en")), "/checkout/confirm")
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param({"address": "Somewhere else 1-1"}, id="address"),
+    pytest.param({"email": "someone@example.com"}, id="email"),
+    # Okinawa's fee is 1500, not Hokkaido's 700: the total the buyer saw is not the one Pay would charge.
+    pytest.param({"prefecture": "Okinawa", "postal_code": "900-0001"}, id="prefecture-and-fee"),
+])
+def test_details_changed_in_another_tab_after_the_confirmation_was_shown_place_no_order(client, sessions, change):
+    fill_cart(client)
+    enter_information(client)
+    shown = confirmation_form(client)
+    assert enter_information(client, **change).status_code == 303   # another tab, before Pay
+    response = client.post("/checkout/confirm", data=shown, headers={"Accept": "application/json"})
+    assert response.status_code == 409, page(response)
+    answer = response.get_json()
+    assert answer["error"]["code"] == "details_changed"
+    assert answer["navigate"] is True and answer["redirect"].endswith("/checkout/confirm")
+    assert orders_placed(sessions) == 0
+    assert stock(sessions) == (40, 0)
+    # Back on the confirmation: the message, and the details Pay now places.
+    html = page(client.get("/checkout/confirm?lang=en"))
+    assert "Your details or your cart changed since this page was shown" in html
+    assert all(value in html for value in change.values())
+    # Pressing Pay on that screen places the order, with what it showed.
+    placed = post_form(client, "/checkout/confirm", {}, from_page="/checkout/confirm")
+    assert placed.status_code == 303 and placed.location.endswith("/checkout/confirm"), page(placed)
+    order = only_order(sessions)
+    assert (order.email, order.ship_address, order.ship_prefecture) == (
+        change.get("email", BUYER["email"]), change.get("address", BUYER["address"]),
+        change.get("prefecture", BUYER["prefecture"]))
+
+
+def test_details_changed_without_javascript_redirect_to_the_confirmation_with_the_message_in_japanese(client,
+                                                                                                       sessions):
+    fill_cart(client)
+    enter_information(client)
+    shown = confirmation_form(client)
+    enter_information(client, address="Somewhere else 1-1")
+    client.get("/?lang=ja")   # the buyer reads the screens in Japanese
+    response = client.post("/checkout/confirm", data=shown)
+    assert response.status_code == 303 and response.location.endswith("/checkout/confirm")
+    assert orders_placed(sessions) == 0
+    html = page(client.get("/checkout/confirm"))
+    assert "お客様情報またはカートの内容が変更されました" in html and "Somewhere else 1-1" in html
+
+
+def test_a_cart_changed_in_another_tab_after_the_confirmation_was_shown_places_no_order(client, sessions):
+    fill_cart(client)
+    enter_information(client)
+    shown = confirmation_form(client)
+    post_form(client, "/cart/items/TEA-01", {"quantity": "5"}, from_page="/cart")
+    response = client.post("/checkout/confirm", data=shown, headers={"Accept": "application/json"})
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "details_changed"
+    assert orders_placed(sessions) == 0
+
+
+def test_a_pay_form_without_the_fingerprint_is_treated_as_changed_and_places_no_order(client, sessions):
+    fill_cart(client)
+    enter_information(client)
+    token = csrf_token(page(client.get("/checkout/confirm")))
+    response = client.post("/checkout/confirm", data={"csrf_token": token}, headers={"Accept": "application/json"})
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "details_changed"
+    assert orders_placed(sessions) == 0
+
+
+def test_unchanged_details_place_the_order_and_pay_again_answers_with_the_same_order(client, sessions, localstripe):
+    fill_cart(client)
+    enter_information(client)
+    shown = confirmation_form(client)
+    first = client.post("/checkout/confirm", data=shown, headers={"Accept": "application/json"})
+    assert first.status_code == 201, page(first)
+    # Pay pressed again from the same page (a declined card, a double click): the same order.
+    again = client.post("/checkout/confirm", data=shown, headers={"Accept": "application/json"})
+    assert again.status_code == 201, page(again)
+    assert again.get_json()["order_id"] == first.get_json()["order_id"] == only_order(sessions).id
+    assert stock(sessions) == (40, 2)
+    # A reloaded screen shows the placed order, and its form pays that order too.
+    reloaded = client.post("/checkout/confirm", data=confirmation_form(client), headers={"Accept": "application/json"})
+    assert reloaded.get_json()["order_id"] == first.get_json()["order_id"]
+
+
+def test_a_page_shown_before_another_tab_placed_the_order_with_other_details_does_not_pay_it(client, sessions):
+    fill_cart(client)
+    enter_information(client)
+    shown = confirmation_form(client)
+    enter_information(client, address="Somewhere else 1-1")
+    place_from_other_tab = post_form(client, "/checkout/confirm", {}, from_page="/checkout/confirm")
+    assert place_from_other_tab.status_code == 303
+    response = client.post("/checkout/confirm", data=shown, headers={"Accept": "application/json"})
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "details_changed"
+    assert only_order(sessions).ship_address == "Somewhere else 1-1"

@@ -9,10 +9,11 @@ import secrets
 from datetime import timedelta
 
 import structlog
-from flask import Blueprint, Flask, abort, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, abort, g, make_response, redirect, render_template, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, UserMixin, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.http import HTTP_STATUS_CODES
 
 from models.base import LARGEST_ID
 
@@ -145,6 +146,38 @@ def _csrf_refused(exc: CSRFError):
 @bp.errorhandler(404)
 def _not_found(exc):
     return not_found_page()
+
+
+# An error page's title and sentence by status (webhook_app.errors decides who gets one): what
+# happened and what to do next, never the exception's own text.
+ERROR_TEXT = {
+    400: ("Request not accepted", "The console could not read what was sent (a malformed form or address). "
+                                  "Go back, reload the page and try again."),
+    405: ("Not available this way", "This address does not take this kind of request: a form's address opened "
+                                    "as a page, or a page's address posted to. Use the console's own links "
+                                    "and buttons."),
+    413: ("Too large", "What was sent is over the size the console accepts. Shorten it (a note, a list of ids) "
+                       "and try again."),
+    422: ("Request not accepted", "A value in this request was not accepted. Go back, correct it and try again."),
+    500: ("Something went wrong", "The console failed to handle this request; the error is in the log as "
+                                  "request_failed with the request id below. Try again; if it fails again, "
+                                  "look the id up in the log."),
+    503: ("Unavailable", "A service the console needs (the database, or Stripe) did not answer. Try again in a "
+                         "moment."),
+}
+OTHER_ERROR = ("Not possible", "This request could not be completed. Go back and try again.")
+
+
+def error_page(status: int) -> Response:
+    """The console's page for an error answer to a browser (also under an /admin address no route matches)."""
+    if status == 404:
+        page = not_found_page()
+    else:
+        title, message = ERROR_TEXT.get(status, OTHER_ERROR)
+        reason = f"{status} {HTTP_STATUS_CODES.get(status, 'error')}, request {g.get('request_id', '-')}"
+        page = render_template("admin/refused.html", title=title, message=message, reason=reason), status
+    # The console's headers and masking, also where no console route matched (no after_request of ours ran).
+    return _console_headers(make_response(page))
 
 
 def not_found_page():

@@ -32,6 +32,8 @@
       headers["Content-Type"] = "application/json";
       body = JSON.stringify(json);
     } else {
+      /* Every field of the form, as posting it without the script does: the CSRF token, and the
+         fingerprint of what the screen shows, so details changed in another tab since are refused. */
       body = new URLSearchParams(new FormData(form));
     }
     return fetch(url, { method: "POST", headers: headers, body: body, credentials: "same-origin" })
