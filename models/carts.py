@@ -10,9 +10,13 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from models.base import Base, enum_column, new_id, utcnow
 from models.catalog import Product
 from models.db import execute_at_commit
-from models.errors import Conflict, InvalidInput, NotFound
+from models.errors import Conflict, InvalidInput, NotFound, TotalTooLarge
 
 MAX_QUANTITY = 99
+# The most one payment at Stripe can take: eight digits of the currency's smallest unit (¥99,999,999,
+# $999,999.99); Stripe refuses a PaymentIntent for more. A cart or an order past it is refused
+# here, saying so, before any stock is held (and before the order's total column could overflow).
+LARGEST_CHARGE = 99_999_999
 
 
 class CartStatus(str, enum.Enum):
@@ -53,14 +57,30 @@ class Cart(Base):
                 f"{product.sku} is priced in {product.currency}, this cart in {self.currency}", field="sku"
             )
         item = next((i for i in self.items if i.sku == product.sku), None)
+        if item is not None and item.quantity + quantity > MAX_QUANTITY:
+            raise InvalidInput(f"at most {MAX_QUANTITY} of one sku per cart", field="quantity")
+        held = item.quantity if item is not None else 0
+        subtotal = self.subtotal - (item.unit_amount * held if item is not None else 0)
+        self.ensure_payable(subtotal + product.unit_amount * (held + quantity), field="quantity")
         if item is None:
             item = CartItem(sku=product.sku, quantity=0, unit_amount=product.unit_amount, currency=product.currency)
             self.items.append(item)
-        if item.quantity + quantity > MAX_QUANTITY:
-            raise InvalidInput(f"at most {MAX_QUANTITY} of one sku per cart", field="quantity")
         item.quantity += quantity
         item.unit_amount = product.unit_amount
         return item
+
+    def change_quantity(self, item: "CartItem", quantity: int) -> None:
+        """A line's new quantity (removing it is `items.remove`): refused past MAX_QUANTITY or past
+        what one payment can take."""
+        if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
+            raise InvalidInput(f"quantity must be an integer from 1 to {MAX_QUANTITY}", field="quantity")
+        self.ensure_payable(self.subtotal + item.unit_amount * (quantity - item.quantity), field="quantity")
+        item.quantity = quantity
+
+    def ensure_payable(self, total: int, *, field: str) -> None:
+        """Refuse a total one payment at Stripe cannot take (TotalTooLarge, naming `field`)."""
+        if total > LARGEST_CHARGE:
+            raise TotalTooLarge(total, self.currency, LARGEST_CHARGE, field=field)
 
     def delete_logically(self) -> None:
         if self.deleted_at is None:

@@ -13,6 +13,7 @@ import yaml
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from models.carts import LARGEST_CHARGE
 from models.catalog import Product, Stock
 from models.errors import InvalidInput
 from models.shipping import DEFAULT, ShippingRate, canonical_prefecture
@@ -71,6 +72,8 @@ def validate_catalog(data) -> None:
                          f"{where}.{key} must be a non-empty string of at most 200 characters", f"{where}.{key}")
         for key in ("unit_amount", "stock"):
             _require_count(p.get(key), f"{where}.{key}")
+        _require(p["unit_amount"] <= LARGEST_CHARGE, f"{where}.unit_amount is over {LARGEST_CHARGE}, the most one "
+                 f"payment at Stripe can take: nobody could buy it", f"{where}.unit_amount")
         if "weight_grams" in p:
             _require_count(p["weight_grams"], f"{where}.weight_grams")
     shipping = data.get("shipping")

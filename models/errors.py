@@ -19,6 +19,18 @@ class InvalidInput(DomainError):
     code = "invalid_input"
 
 
+class TotalTooLarge(InvalidInput):
+    """A cart or order total over what one payment at Stripe can take."""
+
+    code = "total_too_large"
+
+    def __init__(self, total: int, currency: str | None, largest: int, *, field: str):
+        super().__init__(f"the total would be {total} {currency or ''}".rstrip() + f", over {largest}, the most one "
+                         f"payment at Stripe can take: buy fewer items, or split the purchase", field=field)
+        self.total = total
+        self.largest = largest
+
+
 class Conflict(DomainError):
     code = "conflict"
 

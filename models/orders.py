@@ -257,6 +257,12 @@ def place_order(
         raise Conflict(f"cart {cart.id} is already checked out", field="cart_id")
     if not cart.items:
         raise InvalidInput(f"cart {cart.id} is empty", field="cart_id")
+    subtotal = cart.subtotal
+    try:
+        fee = shipping_fee(load_shipping_table(session), shipping.prefecture, subtotal)
+    except LookupError as exc:
+        raise InvalidInput(str(exc), field="shipping.prefecture") from exc
+    cart.ensure_payable(subtotal + fee, field="cart_id")  # before any stock is held
     reserved_until = utcnow() + timedelta(seconds=reservation_ttl_seconds)
     order = Order(
         cart_id=cart.id,
@@ -278,12 +284,7 @@ def place_order(
             OrderLine(sku=item.sku, name=stock.product.name, quantity=item.quantity, unit_amount=item.unit_amount)
         )
         order.reservations.append(Reservation(sku=item.sku, quantity=item.quantity, expires_at=reserved_until))
-    order.subtotal = cart.subtotal
-    try:
-        order.shipping_fee = shipping_fee(load_shipping_table(session), shipping.prefecture, order.subtotal)
-    except LookupError as exc:
-        raise InvalidInput(str(exc), field="shipping.prefecture") from exc
-    order.total = order.subtotal + order.shipping_fee
+    order.subtotal, order.shipping_fee, order.total = subtotal, fee, subtotal + fee
     cart.status = CartStatus.CHECKED_OUT
     session.add(order)
     session.flush()

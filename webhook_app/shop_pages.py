@@ -28,11 +28,11 @@ from consumers.checkout import (CheckoutCancelled, CheckoutRequest, IdempotencyK
 from consumers.checkout import checkout as checkout_cart
 from consumers.payments import (CardDeclined, IntentNotConfirmable, PaymentGatewayError, PaymentRefused,
                                 create_setup_intent)
-from models.carts import MAX_QUANTITY, Cart, CartStatus, get_cart
+from models.carts import LARGEST_CHARGE, MAX_QUANTITY, Cart, CartStatus, get_cart
 from models.catalog import Product
 from models.catalog_file import localized_product_names
 from models.db import transaction
-from models.errors import DomainError, InvalidInput, NotFound, OutOfStock, PriceChanged
+from models.errors import DomainError, InvalidInput, NotFound, OutOfStock, PriceChanged, TotalTooLarge
 from models.history import OrderStatusChange
 from models.orders import Order, OrderStatus, ShippingAddress, get_order
 from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
@@ -257,6 +257,9 @@ def add_to_cart():
             # raising rolls the addition back.
             if item.quantity > product.stock.available:
                 raise OutOfStock(sku, item.quantity, product.stock.available)
+    except TotalTooLarge:
+        flash(_t("total_too_large", largest=yen(LARGEST_CHARGE)), "error")
+        return redirect(url_for("shop_pages.products"), 303)
     except InvalidInput:
         flash(_t("bad_quantity", n=MAX_QUANTITY), "error")
         return redirect(url_for("shop_pages.products"), 303)
@@ -287,7 +290,10 @@ def change_cart_item(sku: str):
                 flash(_t("not_enough_stock", name=_product_name(sku, product.name), n=product.stock.available),
                       "error")
             else:
-                item.quantity = quantity
+                try:
+                    cart.change_quantity(item, quantity)
+                except TotalTooLarge:
+                    flash(_t("total_too_large", largest=yen(LARGEST_CHARGE)), "error")
     return redirect(url_for("shop_pages.show_cart"), 303)
 
 
@@ -492,6 +498,9 @@ def place_order():
     except (CheckoutCancelled, IdempotencyKeyReused):
         _forget_purchase()
         return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
+    except TotalTooLarge:
+        return _refused("total_too_large", 422, "total_too_large", to=url_for("shop_pages.show_cart"),
+                        largest=yen(LARGEST_CHARGE))
     except InvalidInput as exc:
         log.info("shop_checkout_refused", code=exc.code, field=exc.field)
         return _refused("fix_fields", 422, "invalid_input", to=url_for("shop_pages.checkout_info"))

@@ -33,6 +33,9 @@ TEXT: dict[str, dict[str, str]] = {
     "added": {"ja": "{name}をカートに入れました。", "en": "{name} is in your cart."},
     "quantity": {"ja": "数量", "en": "Quantity"},
     "bad_quantity": {"ja": "数量は1から{n}までで指定してください。", "en": "Choose a quantity from 1 to {n}."},
+    "total_too_large": {"ja": "合計が1回のお支払いの上限（{largest}）を超えます。数量を減らすか、ご注文を分けてください。",
+                        "en": "The total would be over {largest}, the most one card payment can take. Buy fewer, "
+                              "or split the purchase into several orders."},
     "update": {"ja": "数量を変更", "en": "Update"},
     "remove": {"ja": "削除", "en": "Remove"},
     "subtotal": {"ja": "小計", "en": "Subtotal"},
