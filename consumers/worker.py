@@ -23,7 +23,7 @@ def _outbox_id(body: dict, message: Message) -> int | None:
     # would be put back and tried forever.
     outbox_id = body.get("outbox_id") if isinstance(body, dict) else None
     if type(outbox_id) is not int or not 0 < outbox_id <= LARGEST_ID:  # not bool: True is not id 1
-        log.error("message_rejected", reason="body has no outbox_id that is a positive 32-bit integer",
+        log.error("message_rejected", reason="body has no outbox_id that is a positive 64-bit integer",
                   body=str(body)[:200])
         message.reject()  # to the dead-letter queue where the broker has one
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Enum, MetaData, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Enum, Integer, MetaData, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING = {
@@ -16,11 +16,16 @@ NAMING = {
 }
 
 
-# The tables' integer ids are 32-bit INTEGER columns (alembic/versions/0001 and 0004; SERIAL on
-# PostgreSQL): no row has a larger id and no table holds more rows. A larger number in a URL, a
-# form, a command or a broker message names nothing, and must not reach the database, which
-# refuses it (OverflowError on SQLite past 64 bits, "integer out of range" on PostgreSQL past 32).
-LARGEST_ID = 2**31 - 1
+# Every integer id, and every column that holds one (inbox_events.id, outbox.inbox_event_id, ...),
+# is 64-bit: BIGINT on PostgreSQL (alembic/versions/0009), where INTEGER would stop the inbox and
+# the outbox at 2,147,483,647 rows. On SQLite it stays spelled INTEGER: an INTEGER PRIMARY KEY is
+# the rowid, already 64-bit and numbered by SQLite, which a BIGINT PRIMARY KEY is not.
+ID_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+# The largest id any row can have, on both databases. A larger number in a URL, a form, a
+# command or a broker message names nothing, and must not reach the database, which refuses it
+# (OverflowError from SQLite's driver, "bigint out of range" on PostgreSQL).
+LARGEST_ID = 2**63 - 1
 
 
 def utcnow() -> datetime:

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, UniqueConstraint, bindparam, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from models.base import Base, enum_column, new_id, utcnow
+from models.base import ID_TYPE, Base, enum_column, new_id, utcnow
 from models.catalog import Product
 from models.db import execute_at_commit
 from models.errors import Conflict, InvalidInput, NotFound, TotalTooLarge
@@ -99,7 +99,7 @@ class Cart(Base):
 class CartItem(Base):
     __tablename__ = "cart_items"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     cart_id: Mapped[str] = mapped_column(ForeignKey("carts.id"), index=True)
     sku: Mapped[str] = mapped_column(ForeignKey("products.sku"))
     quantity: Mapped[int] = mapped_column(Integer)

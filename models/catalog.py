@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from models.base import Base, enum_column, utcnow
+from models.base import ID_TYPE, Base, enum_column, utcnow
 from models.errors import NotFound, OutOfStock
 
 
@@ -173,7 +173,7 @@ class Reservation(Base):
 
     __tablename__ = "reservations"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
     sku: Mapped[str] = mapped_column(ForeignKey("products.sku"))
     quantity: Mapped[int] = mapped_column(Integer)

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from models.base import Base, enum_column, utcnow
+from models.base import ID_TYPE, Base, enum_column, utcnow
 from models.errors import Conflict
 
 
@@ -43,7 +43,7 @@ def index_where_set(name: str, column: str) -> Index:
 class InboxEvent(Base):
     __tablename__ = "inbox_events"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(255), unique=True)
     type: Mapped[str] = mapped_column(String(100))
     api_version: Mapped[str | None] = mapped_column(String(40), default=None)
@@ -98,10 +98,10 @@ class Topic(str, enum.Enum):
 class OutboxMessage(Base):
     __tablename__ = "outbox"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     topic: Mapped[Topic] = mapped_column(enum_column(Topic))
     payload: Mapped[str] = mapped_column(Text)
-    inbox_event_id: Mapped[int | None] = mapped_column(ForeignKey("inbox_events.id"), index=True, default=None)
+    inbox_event_id: Mapped[int | None] = mapped_column(ID_TYPE, ForeignKey("inbox_events.id"), index=True, default=None)
     order_id: Mapped[str | None] = mapped_column(String(40), default=None)  # mails, Stripe calls
     status: Mapped[OutboxStatus] = mapped_column(enum_column(OutboxStatus), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)      # failed handler runs

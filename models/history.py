@@ -11,10 +11,10 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Iterator
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.base import Base, enum_column, utcnow
+from models.base import ID_TYPE, Base, enum_column, utcnow
 
 # Who or what is changing orders in this unit of work: "event evt_…", "staff alice: accept",
 # "reservation expiry", "checkout". Set by the entry point, read by Order's state machine,
@@ -40,7 +40,7 @@ class OrderStatusChange(Base):
 
     __tablename__ = "order_status_changes"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
     from_status: Mapped[str | None] = mapped_column(String(24), default=None)  # None: the order was created
     to_status: Mapped[str] = mapped_column(String(24))
@@ -63,9 +63,9 @@ class EventAttempt(Base):
 
     __tablename__ = "event_attempts"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    inbox_event_id: Mapped[int] = mapped_column(ForeignKey("inbox_events.id"), index=True)
-    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"), default=None)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
+    inbox_event_id: Mapped[int] = mapped_column(ID_TYPE, ForeignKey("inbox_events.id"), index=True)
+    outbox_id: Mapped[int | None] = mapped_column(ID_TYPE, ForeignKey("outbox.id"), default=None)
     order_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
     runner: Mapped[str] = mapped_column(String(200))       # "worker", "replay by alice"
     outcome: Mapped[AttemptOutcome] = mapped_column(enum_column(AttemptOutcome))
@@ -81,7 +81,7 @@ class StaffAction(Base):
 
     __tablename__ = "staff_actions"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(32))        # retry, resolve, reopen, replay, refund, accept, cancel
     target: Mapped[str] = mapped_column(String(255))       # "order ord_…", "dead letter 12", "event evt_…"
@@ -112,9 +112,9 @@ class StaffAlert(Base):
 
     __tablename__ = "staff_alerts"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     order_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
-    outbox_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    outbox_id: Mapped[int | None] = mapped_column(ID_TYPE, default=None)
     event_id: Mapped[str | None] = mapped_column(String(255), default=None)
     text: Mapped[str] = mapped_column(Text)
     url: Mapped[str | None] = mapped_column(String(500), default=None)
@@ -127,7 +127,7 @@ class StaffMember(Base):
 
     __tablename__ = "staff_members"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     disabled_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -10,7 +10,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, selec
 from sqlalchemy.orm import Mapped, Session, WriteOnlyMapped, mapped_column, object_session, relationship
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models.base import Base, enum_column, new_id, utcnow
+from models.base import ID_TYPE, Base, enum_column, new_id, utcnow
 from models.carts import Cart, CartStatus
 from models.catalog import Reservation, ReservationStatus, lock_stock, sold_units
 from models.db import add_row
@@ -180,7 +180,7 @@ class Order(Base):
 class OrderLine(Base):
     __tablename__ = "order_lines"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
     sku: Mapped[str] = mapped_column(ForeignKey("products.sku"))
     name: Mapped[str] = mapped_column(String(200))

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, enum_column, utcnow
+from models.base import ID_TYPE, Base, enum_column, utcnow
 
 
 class RefundSource(str, enum.Enum):
@@ -22,7 +22,7 @@ class RefundSource(str, enum.Enum):
 class Refund(Base):
     __tablename__ = "refunds"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     stripe_refund_id: Mapped[str] = mapped_column(String(255), unique=True)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
     amount: Mapped[int] = mapped_column(Integer)
@@ -36,7 +36,7 @@ class Refund(Base):
 class Dispute(Base):
     __tablename__ = "disputes"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     stripe_dispute_id: Mapped[str] = mapped_column(String(255), unique=True)
     order_id: Mapped[str | None] = mapped_column(ForeignKey("orders.id"), index=True, default=None)
     charge_id: Mapped[str | None] = mapped_column(String(255), default=None)

@@ -12,7 +12,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Index, String, delete, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.base import Base, utcnow
+from models.base import ID_TYPE, Base, utcnow
 from models.errors import Conflict, InvalidInput, NotFound
 from models.history import StaffAction, StaffMember, record_staff_action
 
@@ -34,7 +34,7 @@ class LoginFailure(Base):
 
     __tablename__ = "staff_login_failures"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     email: Mapped[str] = mapped_column(String(254))
     ip: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(default=utcnow)

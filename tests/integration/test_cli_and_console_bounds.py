@@ -1,6 +1,6 @@
-"""Input past what the CLI and the console can act on: blank notes, ids and numbers past the
-database's 32-bit columns, dates past the calendar, a webhook URL that is not one, a file that
-is not an event. Each gets one clear answer (a usage error, an unknown id, a 404 or a 422) and
+"""Input past what the CLI and the console can act on: blank notes, ids past the database's 64-bit
+id columns and numbers past its 32-bit amount columns, dates past the calendar, a webhook URL that
+is not one, a file that is not an event. Each gets one clear answer (a usage error, an unknown id, a 404 or a 422) and
 changes nothing; a blank note stored before it was refused never breaks an order's story.
 
 Data comes through the real paths (checkout, signed webhooks, the worker, localstripe), the CLI
@@ -29,8 +29,8 @@ from tests.integration.test_admin_pages import (
 from tests.support import WEBHOOK_SECRET, free_port, stripe_fixture
 from webhook_app.cli import shop
 
-HUGE = "99999999999999999999"      # past 64 bits: OverflowError on SQLite
-PAST_INT32 = str(2**31)            # past PostgreSQL's INTEGER: "integer out of range"
+HUGE = "99999999999999999999"      # far past 64 bits
+PAST_ID = str(2**63)               # one past LARGEST_ID: OverflowError on SQLite, "bigint out of range" on PostgreSQL
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_a_blank_note_stored_before_it_was_refused_never_breaks_the_story(
 # --- ids past the outbox's id column ------------------------------------------------------------------
 
 @pytest.mark.parametrize("verb", ["show", "retry"])
-@pytest.mark.parametrize("message_id", [HUGE, PAST_INT32])
+@pytest.mark.parametrize("message_id", [HUGE, PAST_ID])
 def test_cli_dead_letter_id_past_the_column_is_an_unknown_id(run, verb, message_id):
     result = run("dlq", verb, message_id)
     assert result.exit_code == 2, result.output
@@ -152,7 +152,7 @@ def test_events_list_help_names_every_status(run):
         assert status.value in flat, status
 
 
-@pytest.mark.parametrize("path", [f"/admin/dead-letters/{HUGE}", f"/admin/dead-letters/{PAST_INT32}"])
+@pytest.mark.parametrize("path", [f"/admin/dead-letters/{HUGE}", f"/admin/dead-letters/{PAST_ID}"])
 def test_console_dead_letter_id_past_the_column_is_the_consoles_404(staff_client, path):
     response = staff_client.get(path)
     assert response.status_code == 404 and response.mimetype == "text/html"
@@ -188,17 +188,17 @@ def test_bulk_retry_with_a_real_and_an_impossible_id_retries_the_real_one_and_na
 
 
 def test_bulk_retry_of_only_impossible_ids_does_nothing_and_says_so(staff_client, sessions):
-    done = post(staff_client, "/admin/dead-letters/bulk-retry", id=[HUGE, PAST_INT32])
+    done = post(staff_client, "/admin/dead-letters/bulk-retry", id=[HUGE, PAST_ID])
     assert done.status_code == 303
     messages = flashes(staff_client.get("/admin/dead-letters").get_data(as_text=True))
-    assert any(f"Not retried: {PAST_INT32} (no dead letter {PAST_INT32}); {HUGE}" in m for m in messages), messages
+    assert any(f"Not retried: {PAST_ID} (no dead letter {PAST_ID}); {HUGE}" in m for m in messages), messages
     assert not any("queued again" in m for m in messages)
     assert _audit(sessions) == []
 
 
 # --- paging and dates past the calendar ----------------------------------------------------------------
 
-@pytest.mark.parametrize("page, listed", [(HUGE, False), (PAST_INT32, False), ("-3", True)])
+@pytest.mark.parametrize("page, listed", [(HUGE, False), (PAST_ID, False), ("-3", True)])
 def test_a_page_past_any_end_is_an_empty_page_and_before_the_first_is_the_first(
         staff_client, settings, sessions, checkout, post_event, deliver, page, listed):
     order, _, message_id = dead_letter(settings, sessions, checkout, post_event, deliver)

@@ -5,10 +5,12 @@ import json
 import logging
 import threading
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
+from sqlalchemy.dialects import postgresql
 
 import models  # noqa: F401 - every model's table on Base.metadata
 from consumers.handlers import HANDLED_EVENT_TYPES
@@ -16,6 +18,7 @@ from models.base import Base
 from models.db import make_engine
 from models.events import store_events_pg, store_events_sqlite
 from models.migrations import alembic_config
+from tests.backends import servers_available
 from tests.support import event_for
 
 
@@ -49,8 +52,8 @@ def test_0006_drops_the_three_unneeded_indexes_and_its_downgrade_puts_them_back(
     command.downgrade(alembic_config(database_url), "0005")
     for table, names in dropped.items():
         assert names <= _indexes(database_url, table)
-    # What the models no longer have is exactly what 0005 had on top.
-    assert {(diff[0], diff[1].name) for diff in _differences(database_url)} == {
+    # What the models no longer have is exactly what 0005 had on top (besides 0009's, undone too).
+    assert {(diff[0], diff[1].name) for diff in _differences_before_0009(database_url)} == {
         ("remove_index", name) for names in dropped.values() for name in names}
 
     command.upgrade(alembic_config(database_url), "head")
@@ -176,6 +179,7 @@ def test_0008_waits_for_a_transaction_holding_the_inbox_instead_of_queueing_the_
         database_url, caplog):
     """On PostgreSQL each try waits at most 2 s for its lock (so inserts queued behind it wait no longer),
     then tries again. On SQLite nothing is altered: the migration only waits for its turn, as every writer does."""
+    command.downgrade(alembic_config(database_url), "0008")  # 0009 is run with the service stopped
     engine = make_engine(database_url)
     holder = engine.connect()
     if engine.dialect.name == "postgresql":
@@ -201,3 +205,102 @@ def test_0008_waits_for_a_transaction_holding_the_inbox_instead_of_queueing_the_
         assert "trying again" not in caplog.text
     command.upgrade(alembic_config(database_url), "head")
     assert _differences(database_url) == []
+
+
+# 0009: every integer id, the columns holding one and the ids' sequences are 64-bit on PostgreSQL.
+ID_COLUMNS = sorted((table.name, column.name) for table in Base.metadata.tables.values() for column in table.c
+                    if column.type.compile(dialect=postgresql.dialect()) == "BIGINT")
+
+
+def _differences_before_0009(url: str) -> list:
+    """The differences of a schema migrated down past 0009, but for 0009's own: on PostgreSQL the ids'
+    32-bit INTEGER where the models have BIGINT."""
+    def is_0009s(diff) -> bool:
+        return isinstance(diff, list) and all(
+            change[0] == "modify_type" and (change[2], change[3]) in ID_COLUMNS
+            and (str(change[5]), str(change[6])) == ("INTEGER", "BIGINT") for change in diff)
+
+    return [diff for diff in _differences(url) if not is_0009s(diff)]
+
+
+def _id_types(url: str) -> dict[str, str]:
+    """Each id column's type, and on PostgreSQL each id sequence's type and largest value, as the database says."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name != "postgresql":
+                return {f"{table}.{column}": next(row[2] for row in connection.exec_driver_sql(
+                    f"PRAGMA table_info({table})") if row[1] == column) for table, column in ID_COLUMNS}
+            types = {f"{table}.{column}": connection.exec_driver_sql(
+                "SELECT data_type FROM information_schema.columns WHERE table_name = %(table)s "
+                "AND column_name = %(column)s", {"table": table, "column": column}).scalar_one()
+                for table, column in ID_COLUMNS}
+            for table in {table for table, column in ID_COLUMNS if column == "id"}:
+                types[f"{table} sequence"] = "{} to {}".format(*connection.exec_driver_sql(
+                    "SELECT data_type, max_value FROM pg_sequences "
+                    "WHERE format('%%I.%%I', schemaname, sequencename)::regclass "
+                    "= pg_get_serial_sequence(%(table)s, 'id')::regclass", {"table": table}).one())
+            return types
+    finally:
+        engine.dispose()
+
+
+def test_0009_makes_every_id_and_its_sequence_64_bit_on_postgresql_and_its_downgrade_32_bit(database_url):
+    assert {"inbox_events.id", "outbox.id", "outbox.inbox_event_id", "event_attempts.inbox_event_id",
+            "event_attempts.outbox_id", "staff_alerts.outbox_id"} <= {f"{t}.{c}" for t, c in ID_COLUMNS}
+    if not database_url.startswith("postgresql"):
+        # SQLite's INTEGER is 64-bit, and an INTEGER PRIMARY KEY is the rowid SQLite numbers: nothing changes.
+        assert set(_id_types(database_url).values()) == {"INTEGER"}
+        command.downgrade(alembic_config(database_url), "0008")
+        assert set(_id_types(database_url).values()) == {"INTEGER"}
+        command.upgrade(alembic_config(database_url), "head")
+        assert _differences(database_url) == []
+        return
+    sequences = {f"{table} sequence" for table, column in ID_COLUMNS if column == "id"}
+    assert _id_types(database_url) == {**{f"{t}.{c}": "bigint" for t, c in ID_COLUMNS},
+                                       **dict.fromkeys(sequences, f"bigint to {2**63 - 1}")}
+
+    command.downgrade(alembic_config(database_url), "0008")
+    assert _id_types(database_url) == {**{f"{t}.{c}": "integer" for t, c in ID_COLUMNS},
+                                       **dict.fromkeys(sequences, f"integer to {2**31 - 1}")}
+
+    command.upgrade(alembic_config(database_url), "head")
+    assert set(_id_types(database_url).values()) == {"bigint", f"bigint to {2**63 - 1}"}
+    assert _differences(database_url) == []
+
+
+# PostgreSQL only: SQLite's ids were always 64-bit (its rowid), so 0009 alters nothing there.
+if servers_available():
+    @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+    def test_0009_downgrade_refuses_while_an_id_is_past_32_bits_and_changes_nothing(database_url):
+        engine = make_engine(database_url)
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("SELECT setval(pg_get_serial_sequence('outbox', 'id'), 3000000000)")
+        finally:
+            engine.dispose()
+        with pytest.raises(RuntimeError, match=r"cannot go back to 32-bit ids, past 2147483647: "
+                                               r"sequence public\.outbox_id_seq is at 3000000000\. Nothing was changed"):
+            command.downgrade(alembic_config(database_url), "0008")
+        assert set(_id_types(database_url).values()) == {"bigint", f"bigint to {2**63 - 1}"}
+        assert _differences(database_url) == []
+
+    @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+    def test_0009_fails_saying_so_and_changes_nothing_while_a_table_is_in_use(database_url):
+        """It is run with the service stopped: a transaction still holding a table fails it after 5 s, rather
+        than leaving it waiting for the lock with every insert queued behind it."""
+        command.downgrade(alembic_config(database_url), "0008")
+        engine = make_engine(database_url)
+        try:
+            with engine.connect() as holder:
+                holder.exec_driver_sql("LOCK TABLE outbox IN ACCESS SHARE MODE")  # as any reader's transaction does
+                with pytest.raises(RuntimeError, match=r"the tables are in use by another transaction \(waited 5s\): "
+                                                       "stop web, worker and relay, then run the migration again; "
+                                                       "nothing was changed"):
+                    command.upgrade(alembic_config(database_url), "head")
+                holder.rollback()
+        finally:
+            engine.dispose()
+        assert set(_id_types(database_url).values()) == {"integer", f"integer to {2**31 - 1}"}
+        command.upgrade(alembic_config(database_url), "head")
+        assert _differences(database_url) == []

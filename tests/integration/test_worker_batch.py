@@ -358,11 +358,11 @@ if servers_available():
         assert after.hits == before.hits + 1 and after.misses == before.misses
 
 
-@pytest.mark.parametrize("outbox_id", [2**64, 2**31, 0, -1, True, 1.0, "1"])
+@pytest.mark.parametrize("outbox_id", [2**64, 2**63, 0, -1, True, 1.0, "1"])
 @pytest.mark.parametrize("path", ["batch", "one at a time"])
 def test_a_message_whose_outbox_id_is_no_outbox_id_is_rejected_not_put_back(settings, outbox_id, path):
-    """A message from a foreign or corrupt publisher: an id past the outbox's id column (32 bits on
-    PostgreSQL) failed in the database when claimed and again when its failure was recorded, which the
+    """A message from a foreign or corrupt publisher: an id past the outbox's id column (64 bits)
+    failed in the database when claimed and again when its failure was recorded, which the
     worker took for a database that is down, so it put the message back and tried it again, forever."""
     worker = Worker(settings)
     outcomes = []

@@ -35,6 +35,7 @@ from webhook_app.admin.masking import mask_error, pretty_masked
 
 PAGE_SIZE = 25
 BULK_LIMIT = 200  # one confirming form re-drives at most this many; the page says when more match
+_ID_DIGITS = len(str(LARGEST_ID))  # a longer number is past every id: never converted to an int
 _RELATIVE = re.compile(r"(\d+)\s*([mhd])")
 
 
@@ -228,7 +229,7 @@ def _bulk_retry_confirmed(args: dict[str, str]):
     for value in request.form.getlist("id"):
         value = value.strip()
         # All checked before any is re-driven: past the id column is no dead letter (see LARGEST_ID).
-        if value.isascii() and value.isdigit() and len(value) <= 10 and 0 < int(value) <= LARGEST_ID:
+        if value.isascii() and value.isdigit() and len(value) <= _ID_DIGITS and 0 < int(value) <= LARGEST_ID:
             ids.add(int(value))
         elif value:
             unknown.add(value if len(value) <= 24 else f"{value[:24]}…")
