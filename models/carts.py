@@ -24,6 +24,11 @@ class CartStatus(str, enum.Enum):
     CHECKED_OUT = "checked_out"
 
 
+def _require_quantity(quantity) -> None:
+    if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
+        raise InvalidInput(f"quantity must be an integer from 1 to {MAX_QUANTITY}", field="quantity")
+
+
 class Cart(Base):
     __tablename__ = "carts"
 
@@ -50,8 +55,7 @@ class Cart(Base):
     def add(self, product: Product, quantity: int) -> "CartItem":
         if self.deleted_at is not None or self.status is not CartStatus.OPEN:
             raise Conflict(f"cart {self.id} is already checked out", field="cart_id")
-        if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
-            raise InvalidInput(f"quantity must be an integer from 1 to {MAX_QUANTITY}", field="quantity")
+        _require_quantity(quantity)
         if self.currency is not None and product.currency != self.currency:
             raise InvalidInput(
                 f"{product.sku} is priced in {product.currency}, this cart in {self.currency}", field="sku"
@@ -60,8 +64,7 @@ class Cart(Base):
         if item is not None and item.quantity + quantity > MAX_QUANTITY:
             raise InvalidInput(f"at most {MAX_QUANTITY} of one sku per cart", field="quantity")
         held = item.quantity if item is not None else 0
-        subtotal = self.subtotal - (item.unit_amount * held if item is not None else 0)
-        self.ensure_payable(subtotal + product.unit_amount * (held + quantity), field="quantity")
+        self.ensure_payable(self._subtotal_without(item) + product.unit_amount * (held + quantity), field="quantity")
         if item is None:
             item = CartItem(sku=product.sku, quantity=0, unit_amount=product.unit_amount, currency=product.currency)
             self.items.append(item)
@@ -72,10 +75,12 @@ class Cart(Base):
     def change_quantity(self, item: "CartItem", quantity: int) -> None:
         """A line's new quantity (removing it is `items.remove`): refused past MAX_QUANTITY or past
         what one payment can take."""
-        if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
-            raise InvalidInput(f"quantity must be an integer from 1 to {MAX_QUANTITY}", field="quantity")
-        self.ensure_payable(self.subtotal + item.unit_amount * (quantity - item.quantity), field="quantity")
+        _require_quantity(quantity)
+        self.ensure_payable(self._subtotal_without(item) + item.unit_amount * quantity, field="quantity")
         item.quantity = quantity
+
+    def _subtotal_without(self, item: "CartItem | None") -> int:
+        return sum(i.unit_amount * i.quantity for i in self.items if i is not item)
 
     def ensure_payable(self, total: int, *, field: str) -> None:
         """Refuse a total one payment at Stripe cannot take (TotalTooLarge, naming `field`)."""
