@@ -20,13 +20,12 @@ from consumers import metrics
 from consumers.alerts import deliver_alert, record_alert
 from consumers.handlers import HANDLERS, HandlerContext, Outcome
 from consumers.handlers.lookup import ids_named, order_named
-from consumers.handlers.payment_intents import SUCCEEDED
 from consumers.mail import MailsAfterCommit, is_still_true, send_after_commit, send_mail
 from consumers.payments import cancel_order_payment_intents, list_refunds, retrieve_payment_intent
 from models.base import utcnow
 from models.catalog import ReservationStatus, SoldUnits, collect_sold_units
 from models.db import RowsAtCommit, add_row, collect_rows_at_commit, transaction, write_and_release
-from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
+from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
 from models.history import AttemptOutcome, EventAttempt, caused_by
 from models.logs import describe_error, redact
 from models.orders import Order, OrderStatus
@@ -423,7 +422,7 @@ def _lock_payments(session: Session, batch: list[OutboxMessage]) -> list[tuple[O
     events = {event.id: event for event in session.scalars(
         select(InboxEvent).where(InboxEvent.id.in_([m.inbox_event_id for m in messages]))
         .order_by(InboxEvent.id).with_for_update())
-        if event.type == SUCCEEDED and event.status not in CLOSED_EVENT_STATES and event.object_id}
+        if event.type == PAYMENT_SUCCEEDED and event.status not in CLOSED_EVENT_STATES and event.object_id}
     if not events:
         return []
     orders = {order.payment_intent_id: order for order in session.scalars(

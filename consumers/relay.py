@@ -15,7 +15,7 @@ from consumers.process import LongRunningProcess
 from models.base import utcnow
 from models.catalog import Reservation, ReservationStatus
 from models.db import transaction
-from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
+from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
 from models.history import caused_by
 from models.logs import describe_error
 from models.orders import Order, OrderStatus, release_reservations
@@ -111,7 +111,7 @@ UNAPPLIED = (EventStatus.RECEIVED, EventStatus.RETRYING, EventStatus.DEAD)
 
 
 def _payment_waiting_for(intent_id):
-    return exists().where(InboxEvent.type == "payment_intent.succeeded", InboxEvent.object_id == intent_id,
+    return exists().where(InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.object_id == intent_id,
                           InboxEvent.status.in_(UNAPPLIED))
 
 

@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.alerts import deliver_alert
 from consumers.handlers import Outcome
-from consumers.handlers.payment_intents import SUCCEEDED, fulfil_paid_order
+from consumers.handlers.payment_intents import fulfil_paid_order
 from consumers.payments import PaymentGatewayError, find_refunds, refund_payment, retrieve_payment_intent
 from consumers.processing import record_failed_run, run_event
 from models.db import transaction
 from models.errors import Conflict, DomainError, NotFound
-from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
+from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
 from models.history import caused_by, record_staff_action
 from models.logs import describe_error, redact
 from models.orders import (
@@ -347,7 +347,7 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
 def _intents_paid(session: Session, order: Order) -> list[str]:
     """The order's own intent first, then every other intent a payment of the order was counted on."""
     counted = session.scalars(select(InboxEvent.object_id).where(
-        InboxEvent.type == SUCCEEDED, InboxEvent.order_id == order.id,
+        InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.order_id == order.id,
         InboxEvent.status == EventStatus.PROCESSED, InboxEvent.object_id.is_not(None)).distinct())
     return [order.payment_intent_id, *sorted(set(counted) - {order.payment_intent_id})]
 

@@ -23,6 +23,11 @@ from models.base import ID_TYPE, Base, enum_column, utcnow
 from models.errors import Conflict
 
 
+# The event that says money was taken: the handlers apply it, the relay and the refunds' order
+# look-up search the inbox for it (here, so that all three name it without importing each other).
+PAYMENT_SUCCEEDED = "payment_intent.succeeded"
+
+
 class EventStatus(str, enum.Enum):
     RECEIVED = "received"      # stored, waiting for a worker
     PROCESSED = "processed"    # its handler ran and committed

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session, lazyload
 
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext
-from models.events import EventStatus, InboxEvent
+from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent
 from models.orders import Order, OrderStatus, can_transition
 
 log = structlog.get_logger(__name__)
@@ -62,7 +62,7 @@ def lock_order_paid_on(session: Session, intent_id: str) -> Order | None:
     order = lock_order_for_intent(session, intent_id)
     if order is None:
         order_id = session.scalars(select(InboxEvent.order_id).where(
-            InboxEvent.type == "payment_intent.succeeded", InboxEvent.object_id == intent_id,
+            InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.object_id == intent_id,
             InboxEvent.status == EventStatus.PROCESSED, InboxEvent.order_id.is_not(None)).limit(1)).first()
         order = lock_order(session, order_id) if order_id else None
     return order

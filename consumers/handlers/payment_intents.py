@@ -10,7 +10,7 @@ from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from consumers.mail import queue_order_mail
 from models.carts import delete_cart_logically
-from models.events import EventStatus, InboxEvent
+from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent
 from models.orders import (
     Order,
     OrderStatus,
@@ -20,7 +20,6 @@ from models.orders import (
 )
 
 log = structlog.get_logger(__name__)
-SUCCEEDED = "payment_intent.succeeded"
 
 
 class _Found:
@@ -60,14 +59,14 @@ def _count_payment(session: Session, order: Order, intent: dict, event_id: str) 
     # paid_amount only ever grows: at 0 nothing was counted for this order yet, so the look-up
     # for an earlier event (one query per paid order) is needed only when it is not.
     counted = order.paid_amount != 0 and session.scalar(select(exists().where(
-        InboxEvent.type == SUCCEEDED, InboxEvent.object_id == intent["id"], InboxEvent.order_id == order.id,
+        InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.object_id == intent["id"], InboxEvent.order_id == order.id,
         InboxEvent.status == EventStatus.PROCESSED, InboxEvent.event_id != event_id)))
     if not counted:
         order.paid_amount += paid
     return paid, not counted
 
 
-@handles(SUCCEEDED)
+@handles(PAYMENT_SUCCEEDED)
 def on_payment_succeeded(session: Session, event: dict, context: HandlerContext) -> Outcome:
     intent = event["data"]["object"]
     found = _find(session, intent, context)
