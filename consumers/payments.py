@@ -237,9 +237,12 @@ def _intents_created_since(created_since: int):
         raise PaymentGatewayError(_describe(exc)) from exc
 
 
-def refund_payment(*, order_id: str, payment_intent_id: str, attempt: int, stray: bool = False) -> stripe.Refund:
-    """Refund what is left of the intent's charge. Staff's reason stays in our database: it is not
-    a parameter, so a re-run with other words is the same request under the same key.
+def refund_payment(*, order_id: str, payment_intent_id: str, amount: int, attempt: int,
+                   stray: bool = False) -> stripe.Refund:
+    """Refund `amount` of the intent's charge: what is left of it, as the caller counted from Stripe's
+    own refunds (so a refund never gives back more than the charge, whatever the API's default).
+    Staff's reason stays in our database: it is not a parameter, so a re-run with other words is the
+    same request under the same key.
 
     `stray`: the intent is not the one the order holds, but a payment on it was counted for the order."""
     # Keyed on the order, the intent (a stray one: the order's own keeps the key it always had) and
@@ -247,8 +250,8 @@ def refund_payment(*, order_id: str, payment_intent_id: str, attempt: int, stray
     # for the same refund, never a second one.
     key = f"order-{order_id}-refund-{payment_intent_id}-{attempt}" if stray else f"order-{order_id}-refund-{attempt}"
     try:
-        return stripe.Refund.create(payment_intent=payment_intent_id, metadata={"order_id": order_id},
-                                    idempotency_key=key)
+        return stripe.Refund.create(payment_intent=payment_intent_id, amount=amount,
+                                    metadata={"order_id": order_id}, idempotency_key=key)
     except stripe.StripeError as exc:
         raise PaymentGatewayError(_describe(exc)) from exc
 

@@ -361,8 +361,9 @@ def _refund_what_is_left(order_id: str, intent: dict, recorded: set[str], *, own
     every = find_refunds(intent_id)
     standing = [r for r in every if r.status not in ("failed", "canceled")]
     refunds = [r for r in standing if r.id not in recorded]
-    if received - sum(r.amount for r in standing) > 0:
-        refunds.append(refund_payment(order_id=order_id, payment_intent_id=intent_id,
+    left = received - sum(r.amount for r in standing)
+    if left > 0:
+        refunds.append(refund_payment(order_id=order_id, payment_intent_id=intent_id, amount=left,
                                       attempt=next_refund_attempt(every), stray=not own))
     return refunds
 

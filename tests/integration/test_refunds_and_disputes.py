@@ -406,6 +406,19 @@ def test_a_dispute_flags_the_order_alerts_staff_and_its_closing_is_recorded_with
     assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
 
 
+def test_staff_give_back_only_what_a_partial_refund_at_stripe_left(client, sessions, paid_order, stripe_says):
+    """The refund asked Stripe for no amount, and localstripe refunded the whole charge again: 4,100
+    given back of 3,100 paid. The service now asks for what is left, as it counted it."""
+    order = paid_order()
+    first = stripe.Refund.create(payment_intent=order["payment_intent_id"], amount=1000)  # in the dashboard
+    stripe_says(charge_refunded(first.charge))
+    refund_order(sessions, order["order_id"], actor="alice", reason="the rest of it")
+    amounts = sorted(r.amount for r in stripe.Refund.list(payment_intent=order["payment_intent_id"]).data)
+    assert amounts == sorted([1000, order["total"] - 1000])
+    row = order_row(sessions, order)
+    assert (row.status.value, row.refunded_amount, row.money_held) == ("refunded", order["total"], 0)
+
+
 def test_a_dispute_on_a_refunded_order_is_noted_and_alerted(client, sessions, paid_order, stripe_says):
     order = paid_order()
     refund = stripe.Refund.create(payment_intent=order["payment_intent_id"])
