@@ -38,7 +38,7 @@ from models.orders import (
     record_refund,
     return_unshipped_units,
 )
-from models.refunds import Refund, RefundSource
+from models.refunds import Refund, RefundSource, disputes_ruling_out_refund, refund_ruled_out
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -316,11 +316,16 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
     with factory() as session:
         order = get_order(session, order_id)
         order.ensure_refundable()
+        disputed = disputes_ruling_out_refund(session, [order_id]).get(order_id)
+        if disputed is not None:
+            raise Refused(refund_ruled_out(disputed))
         intents = _intents_paid(session, order)
         recorded = set(session.scalars(select(Refund.stripe_refund_id).where(Refund.order_id == order_id)))
-    refunds, paid = [], []
+    refunds, paid, own_status = [], [], None
     for intent_id in intents:
         intent = retrieve_payment_intent(intent_id) or {}
+        if intent_id == intents[0]:
+            own_status = intent.get("status")
         if intent.get("status") == "succeeded":  # money was taken on it
             paid.append(intent_id)
             refunds += _refund_what_is_left(order_id, intent, recorded, own=intent_id == intents[0])
@@ -340,16 +345,37 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
         returned = return_unshipped_units(session, order)
         if order.status is not OrderStatus.REFUNDED:
             order.mark_refunded(refunds[-1].id, note)
+        detail = f"stripe refund {ids}; {returned} units back on the shelf"
+        if own_status in STILL_PAYABLE:  # the money came on another tab's intent
+            detail += _stop_payments_on(session, order)
         return _audit(session, actor=actor, action=action, target=f"order {order_id}", order=order, before=before,
-                      note=note, detail=f"stripe refund {ids}; {returned} units back on the shelf")
+                      note=note, detail=detail)
+
+
+# An intent's statuses at Stripe in which the customer can still pay it, or it can still be captured.
+STILL_PAYABLE = ("requires_payment_method", "requires_confirmation", "requires_action", "requires_capture")
+
+
+def intents_paid_on(session: Session, order: Order) -> set[str]:
+    """Every intent a payment of the order was counted on (the order's own, a second tab's). When the
+    order's own is not among them, accept and refund have it cancelled at Stripe (`_stop_payments_on`)."""
+    return set(session.scalars(select(InboxEvent.object_id).where(
+        InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.order_id == order.id,
+        InboxEvent.status == EventStatus.PROCESSED, InboxEvent.object_id.is_not(None)).distinct()))
 
 
 def _intents_paid(session: Session, order: Order) -> list[str]:
     """The order's own intent first, then every other intent a payment of the order was counted on."""
-    counted = session.scalars(select(InboxEvent.object_id).where(
-        InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.order_id == order.id,
-        InboxEvent.status == EventStatus.PROCESSED, InboxEvent.object_id.is_not(None)).distinct())
-    return [order.payment_intent_id, *sorted(set(counted) - {order.payment_intent_id})]
+    return [order.payment_intent_id, *sorted(intents_paid_on(session, order) - {order.payment_intent_id})]
+
+
+def _stop_payments_on(session: Session, order: Order) -> str:
+    """Queue the cancellation at Stripe of the intent the order holds (through the outbox, as the
+    expiry sweep does), so the customer can no longer pay an order that will not ship or that was
+    paid on another intent; returns what the audit row says of it. An intent that succeeded
+    meanwhile is left alone at Stripe, and its succeeded event flags the order."""
+    enqueue(session, Topic.PAYMENT_CANCEL, {"order_id": order.id, "payment_intent_id": order.payment_intent_id})
+    return f"; payment intent {order.payment_intent_id} to cancel at Stripe"
 
 
 def _refund_what_is_left(order_id: str, intent: dict, recorded: set[str], *, own: bool) -> list:
@@ -411,6 +437,8 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
                 order.shipment.status = ShipmentStatus.PENDING  # its units are taken again
             fulfil_paid_order(session, order)
             detail = f"units taken, shipment {order.shipment.id} to pack, confirmation mail queued"
+        if order.payment_intent_id and order.payment_intent_id not in intents_paid_on(session, order):
+            detail += _stop_payments_on(session, order)  # kept a payment on another tab's intent
         return _audit(session, actor=actor, action="accept", target=target, order=order, before=before, note=note,
                       detail=detail)
 
@@ -443,9 +471,6 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
             detail = f"{returned} units back on the shelf"
             if before in (OrderStatus.PENDING_PAYMENT.value, OrderStatus.PAYMENT_FAILED.value) \
                     and order.payment_intent_id:
-                # So the customer can no longer pay for an order that will not ship.
-                enqueue(session, Topic.PAYMENT_CANCEL,
-                        {"order_id": order.id, "payment_intent_id": order.payment_intent_id})
-                detail += f"; payment intent {order.payment_intent_id} to cancel at Stripe"
+                detail += _stop_payments_on(session, order)
             return _audit(session, actor=actor, action="cancel", target=target, order=order, before=before,
                           note=note, detail=detail)

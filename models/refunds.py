@@ -8,8 +8,8 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import ID_TYPE, Base, enum_column, utcnow
 
@@ -47,3 +47,30 @@ class Dispute(Base):
     status: Mapped[str] = mapped_column(String(32))                        # Stripe's: needs_response, won, lost, …
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# Dispute statuses at Stripe that rule a refund out: while a formal dispute is open Stripe refuses
+# to refund the charge (charge_disputed), and once it is lost the card network has given the
+# customer the money back already, so a refund would pay them twice. An inquiry (warning_*) or a
+# dispute won does not stand in the way.
+REFUND_RULED_OUT = ("needs_response", "under_review", "lost")
+
+
+def disputes_ruling_out_refund(session: Session, order_ids: list[str]) -> dict[str, Dispute]:
+    """For each of the orders that has one, its latest dispute in a status that rules a refund out."""
+    if not order_ids:
+        return {}
+    found = session.scalars(select(Dispute).where(Dispute.order_id.in_(order_ids),
+                                                  Dispute.status.in_(REFUND_RULED_OUT)).order_by(Dispute.id))
+    return {dispute.order_id: dispute for dispute in found}
+
+
+def refund_ruled_out(dispute: Dispute) -> str:
+    """Why a refund of the order is refused, said for staff."""
+    if dispute.status == "lost":
+        return (f"the customer disputed the payment of order {dispute.order_id} and the dispute "
+                f"{dispute.stripe_dispute_id} was lost: the card network has given {dispute.amount} "
+                f"{dispute.currency} back already, and a refund would pay it twice")
+    return (f"the customer disputes the payment of order {dispute.order_id} (dispute {dispute.stripe_dispute_id} "
+            f"is {dispute.status}): Stripe does not refund a disputed payment; answer the dispute in Stripe's "
+            f"dashboard, and decide once it is closed")

@@ -18,7 +18,8 @@ from models.errors import IllegalTransition
 from models.events import EventStatus, InboxEvent
 from models.history import StaffAlert
 from models.orders import Order, get_order, record_refund, return_unshipped_units
-from models.refunds import Dispute, Refund, RefundSource
+from models.refunds import Dispute, Refund, RefundSource, disputes_ruling_out_refund
+from tests.integration.test_admin_pages import logged_in, page
 from tests.stripe_proxy import HoldingProxy, refunds_listed_as_failed
 from tests.support import confirm_card, event_for, stripe_unreachable
 from webhook_app.admin.orders import available_decisions
@@ -417,6 +418,43 @@ def test_staff_give_back_only_what_a_partial_refund_at_stripe_left(client, sessi
     assert amounts == sorted([1000, order["total"] - 1000])
     row = order_row(sessions, order)
     assert (row.status.value, row.refunded_amount, row.money_held) == ("refunded", order["total"], 0)
+
+
+def _charge_of(order: dict) -> str:
+    charge = stripe.PaymentIntent.retrieve(order["payment_intent_id"]).to_dict()["latest_charge"]
+    return charge["id"] if isinstance(charge, dict) else charge
+
+
+@pytest.mark.parametrize("status, said", [("needs_response", "Stripe does not refund a disputed payment"),
+                                          ("under_review", "Stripe does not refund a disputed payment"),
+                                          ("lost", "a refund would pay it twice")])
+def test_a_refund_while_the_payment_is_disputed_or_its_dispute_lost_is_refused_and_not_offered(
+        client, sessions, paid_order, stripe_says, status, said):
+    """The refund went to Stripe: the customer would get the money twice (the chargeback and the
+    refund), or real Stripe refused it and staff were told to try again later."""
+    order = paid_order()
+    stripe_says(dispute_event("created", order, _charge_of(order), "needs_response"))
+    if status != "needs_response":
+        stripe_says(dispute_event("closed" if status == "lost" else "updated", order, _charge_of(order), status))
+    with pytest.raises(Refused, match=said):
+        refund_order(sessions, order["order_id"], actor="alice", reason="disputed anyway")
+    assert stripe.Refund.list(payment_intent=order["payment_intent_id"]).data == []
+    row = order_row(sessions, order)
+    assert (row.status.value, row.refunded_amount) == ("needs_review", 0)
+    with sessions() as session:
+        assert "refund" not in available_decisions(row, disputes_ruling_out_refund(session, [row.id]).get(row.id))
+        assert "accept" in available_decisions(row, None)
+    shown = page(logged_in(client, sessions), f"/admin/orders/{order['order_id']}/refund")  # the console says why
+    assert "cannot be refunded as it is now" in shown and said in shown
+
+
+def test_a_refund_after_a_dispute_was_won_goes_ahead(client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    stripe_says(dispute_event("created", order, _charge_of(order), "needs_response"))
+    stripe_says(dispute_event("closed", order, _charge_of(order), "won"))
+    refund_order(sessions, order["order_id"], actor="alice", reason="returned the goods after all")
+    assert [r.amount for r in stripe.Refund.list(payment_intent=order["payment_intent_id"]).data] == [order["total"]]
+    assert order_row(sessions, order).status.value == "refunded"
 
 
 def test_a_dispute_on_a_refunded_order_is_noted_and_alerted(client, sessions, paid_order, stripe_says):

@@ -385,6 +385,52 @@ def test_a_refund_gives_back_a_stray_intents_payment_too(settings, sessions, cli
     assert len(_refunds_at_stripe(stray.id)) == 1
 
 
+def _paid_on_a_second_tab_only(client, checkout, post_event, deliver) -> tuple[dict, str]:
+    """An order paid only on another intent for it (a second checkout tab): flagged, its own intent still payable."""
+    order = checkout([("TEA-01", 1)])
+    stray = stripe.PaymentIntent.create(amount=order["total"], currency="jpy",
+                                        metadata={"order_id": order["order_id"]})
+    assert confirm_card(stray.id, "4242424242424242") == "succeeded"
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=stray.id, order_id=order["order_id"],
+                         amount=order["total"]))
+    deliver()
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "needs_review"
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).status == "requires_payment_method"
+    return order, stray.id
+
+
+@pytest.mark.parametrize("decision", ["accept", "refund"])
+def test_a_decision_on_an_order_paid_on_a_second_tab_cancels_the_intent_it_holds(
+        settings, sessions, client, checkout, post_event, deliver, decision):
+    """The order's own intent stayed payable: the customer, still holding its client secret, could pay
+    again for goods already paid (accept) or for an order given back (refund)."""
+    order, stray = _paid_on_a_second_tab_only(client, checkout, post_event, deliver)
+    verb = ["accept", order["order_id"], "--note", "kept"] if decision == "accept" else \
+        ["refund", order["order_id"], "--reason", "paid on another tab"]
+    done = _run(settings, "orders", *verb, "--as", "kim")
+    assert done.exit_code == 0, done.output
+    deliver()
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).status == "canceled"
+    assert stripe.PaymentIntent.retrieve(stray).status == "succeeded"
+    action = _audit(sessions, decision)[-1]
+    assert f"payment intent {order['payment_intent_id']} to cancel at Stripe" in action.detail
+    expected = "paid" if decision == "accept" else "refunded"
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == expected
+    if decision == "refund":
+        assert [r.amount for r in _refunds_at_stripe(stray)] == [order["total"]]
+
+
+def test_a_decision_on_an_order_paid_on_its_own_intent_cancels_nothing(settings, sessions, client, checkout,
+                                                                        post_event, deliver):
+    order = _paid(client, checkout, post_event, deliver)
+    done = _run(settings, "orders", "refund", order["order_id"], "--reason", "changed their mind", "--as", "kim")
+    assert done.exit_code == 0, done.output
+    deliver()
+    assert "to cancel at Stripe" not in _audit(sessions, "refund")[-1].detail
+    with sessions() as session:
+        assert session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.PAYMENT_CANCEL)).all() == []
+
+
 def test_a_refund_of_an_order_stripe_took_no_payment_on_is_refused_and_audited(settings, sessions, client, checkout, post_event,
                                                                 deliver):
     order = checkout([("TEA-01", 1)])  # never paid at Stripe, yet an event claims it was (for another amount)

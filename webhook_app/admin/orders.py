@@ -12,11 +12,13 @@ from sqlalchemy import or_, select
 
 from consumers.order_story import find_orders_by_reference, order_story
 from consumers.payments import PaymentGatewayError
-from consumers.staff_actions import accept_order, cancel_order, find_orders, order_id_of_message, refund_order
+from consumers.staff_actions import (accept_order, cancel_order, find_orders, intents_paid_on, order_id_of_message,
+                                     refund_order)
 from models.catalog import ReservationStatus, Stock
 from models.errors import DomainError, NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
 from models.orders import Order, OrderStatus, ShipmentStatus, can_transition, get_order
+from models.refunds import Dispute, disputes_ruling_out_refund, refund_ruled_out
 from webhook_app import state
 from webhook_app.admin import actor, bp, page_arg
 from webhook_app.admin.display import money, review_sentence
@@ -41,10 +43,11 @@ def orders():
     page = page_arg(PAGE_SIZE)
     with state().sessions() as session:
         found, total = find_orders(session, status, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+        disputed = disputes_ruling_out_refund(session, [o.id for o in found])
         rows = [{"id": o.id, "status": o.status.value, "total": money(o.total, o.currency),
                  "held": money(o.money_held, o.currency), "created_at": o.created_at, "updated_at": o.updated_at,
                  "reason": review_sentence(o.review_reason) if o.status is OrderStatus.NEEDS_REVIEW else None,
-                 "decisions": available_decisions(o)} for o in found]
+                 "decisions": available_decisions(o, disputed.get(o.id))} for o in found]
     title = "Orders needing review" if status is OrderStatus.NEEDS_REVIEW else (
         f"Orders: {status.value}" if status else "Orders")
     return render_template("admin/orders.html", title=title, rows=rows, total=total, page=page,
@@ -53,14 +56,15 @@ def orders():
                            statuses=[s.value for s in OrderStatus])
 
 
-def available_decisions(order: Order) -> list[str]:
-    """The decisions that can succeed on the order as it is now (others would only be refused)."""
+def available_decisions(order: Order, disputed: Dispute | None = None) -> list[str]:
+    """The decisions that can succeed on the order as it is now (others would only be refused);
+    `disputed`: its dispute that rules a refund out, if it has one."""
     decisions = []
     if order.status is OrderStatus.NEEDS_REVIEW and order.money_held > 0:
         decisions.append("accept")
     if can_transition(order.status, OrderStatus.CANCELLED):
         decisions.append("cancel")
-    if order.refundable and order.money_held > 0:
+    if order.refundable and order.money_held > 0 and disputed is None:
         decisions.append("refund")
     return decisions
 
@@ -76,7 +80,7 @@ def order(order_id: str):
         dead = [{"id": m.id, "what": (f"{m.inbox_event.type} {m.inbox_event.event_id}" if m.inbox_event
                                       else m.topic.value.replace("_", " "))}
                 for m in _dead_letters_of(session, current)]
-        decisions = available_decisions(current)
+        decisions = available_decisions(current, disputes_ruling_out_refund(session, [order_id]).get(order_id))
         reason = review_sentence(current.review_reason) if current.status is OrderStatus.NEEDS_REVIEW else None
     return render_template("admin/order.html", title=f"Order {order_id}", story=story, dead=dead,
                            decisions=decisions, reason=reason)
@@ -105,12 +109,21 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
 
     shipment = order.shipment
     unshipped = shipment is not None and shipment.status is ShipmentStatus.PENDING
+    money_back = decision == "refund" or (decision == "cancel" and refund and order.money_held > 0)
+    disputed = disputes_ruling_out_refund(session, [order.id]).get(order.id) if money_back else None
+    if disputed is not None:
+        return [f"Refused: {refund_ruled_out(disputed)}."]
+    # Paid on another intent (a second checkout tab) only: the one the order holds can still be paid.
+    own_unpaid = ([f"Its PaymentIntent {order.payment_intent_id}, never paid (the money came on another), is "
+                   f"cancelled at Stripe, so the customer cannot pay twice."]
+                  if order.payment_intent_id and order.money_held > 0
+                  and order.payment_intent_id not in intents_paid_on(session, order) else [])
     if decision == "accept":
         out = [f"Money: the {held} taken is kept; nothing goes back to the customer."]
         if shipment is not None and shipment.status is not ShipmentStatus.CANCELLED:
             out.append(f"Stock: unchanged; its goods were already taken (shipment {shipment.status.value}). "
                        f"The order goes back to paid.")
-            return out
+            return out + own_unpaid
         if holds:
             out.append(f"Stock: the units it holds ({units(holds)}) leave the shelf.")
         if gone:
@@ -120,8 +133,8 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
                        f"(now available: {', '.join(f'{sku} {n}' for sku, n in sorted(available.items()))}); "
                        f"if any is short, nothing changes and you are told which.")
         out.append("The order becomes paid, a shipment is created and the confirmation e-mail is queued.")
-        return out
-    if decision == "refund" or (decision == "cancel" and refund and order.money_held > 0):
+        return out + own_unpaid
+    if money_back:
         out = [f"Money: {held} goes back to the customer's card at Stripe, in full. Stripe keeps its fee."]
         if holds or (taken and unshipped):
             out.append(f"Stock: {units(holds + (taken if unshipped else []))} go back on the shelf"
@@ -131,7 +144,7 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
         else:
             out.append("Stock: nothing is held for it; nothing changes.")
         out.append("The order ends refunded.")
-        return out
+        return out + own_unpaid
     # cancel without money to give back
     if order.money_held > 0:
         return [f"Money: this order holds {held} taken from the customer. Cancelling is refused unless you "
@@ -164,7 +177,8 @@ def decide(order_id: str, decision: str):
                 "effects": consequences(session, current, decision),
                 "effects_with_refund": consequences(session, current, decision, refund=True)
                 if decision == "cancel" and current.money_held > 0 else None,
-                "possible": decision in available_decisions(current)}
+                "possible": decision in available_decisions(
+                    current, disputes_ruling_out_refund(session, [current.id]).get(current.id))}
     return render_template("admin/order_decision.html", title=f"{decision.capitalize()} order {order_id}",
                            decision=decision, o=page)
 
