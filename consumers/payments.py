@@ -270,7 +270,9 @@ def list_refunds(payment_intent_id: str) -> list[dict]:
 
 
 def events_since(created_gte: int) -> Iterator[dict]:
-    """Every event Stripe holds created at or after `created_gte` (a Unix time), oldest page first.
+    """Every event Stripe holds created at or after `created_gte` (a Unix time), in the order the API
+    lists them: newest first at Stripe (localstripe lists oldest first). A caller that needs them in
+    the order they happened sorts them itself (`consumers.reconcile` does).
 
     Raises PaymentGatewayError when Stripe cannot be asked, also midway through the pages.
     """

@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.handlers import HANDLED_EVENT_TYPES
 from consumers.payments import events_since
 from models.db import transaction
-from models.events import store_event
+from models.events import InboxEvent, store_event
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,9 @@ def parse_span(text: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+_LOOKUP_BATCH = 100  # Stripe's page size (events_since): one inbox look-up a page
+
+
 @dataclass
 class Reconciled:
     seen: int = 0
@@ -41,13 +45,44 @@ class Reconciled:
 
 
 def reconcile(factory: sessionmaker[Session], since_seconds: int) -> Reconciled:
+    """Store the events Stripe holds from the last `since_seconds` that the inbox does not have,
+    oldest first by `created` (then id, for events of the same second).
+
+    Stripe lists events newest first (localstripe oldest first), and the worker applies queued
+    events in the order they were stored: a dispute's closing stored before its opening, or a
+    refund's failure before its success, would reach the worker in an order that never happened.
+    So the whole listing is read before anything is stored. Held meanwhile are only the events the
+    inbox lacks (each page's ids are looked up as it comes), and the listing is bounded by its
+    `created_gte` window (`--since`; Stripe keeps 30 days): normally a handful, after a long
+    outage that outage's events. If Stripe fails midway, nothing is stored and the run fails;
+    running it again is safe.
+    """
     result = Reconciled()
     since = int(time.time()) - since_seconds
+    missing: list[dict] = []
+    page: list[dict] = []
     for data in events_since(since):
+        result.seen += 1
+        page.append(data)
+        if len(page) == _LOOKUP_BATCH:
+            missing += _not_in_inbox(factory, page)
+            page = []
+    missing += _not_in_inbox(factory, page)
+    missing.sort(key=lambda data: (int(data.get("created") or 0), data["id"]))
+    for data in missing:
         with transaction(factory) as session:
             stored = store_event(session, data, json.dumps(data), handled_types=HANDLED_EVENT_TYPES)
-        result.seen += 1
+        # The unique event id decides: a webhook may have delivered it since the look-up.
         if not stored.duplicate:
             result.stored += 1
             log.info("event_reconciled", event_id=data["id"], event_type=data["type"], status=stored.status.value)
     return result
+
+
+def _not_in_inbox(factory: sessionmaker[Session], events: list[dict]) -> list[dict]:
+    if not events:
+        return []
+    with factory() as session:
+        stored = set(session.scalars(select(InboxEvent.event_id).where(
+            InboxEvent.event_id.in_([data["id"] for data in events]))))
+    return [data for data in events if data["id"] not in stored]

@@ -120,6 +120,14 @@ def on_refund_updated(session: Session, event: dict, context: HandlerContext) ->
                       source=RefundSource.STRIPE, reason=refund.get("reason"))
         return Outcome.processed(f"refund {refund['id']} {status} at Stripe; it was never counted", order.id)
     counted = row.status not in _GIVES_NOTHING
+    if not counted and status not in _GIVES_NOTHING:
+        # Failed and canceled are final at Stripe: a pending or succeeded now was sent before the
+        # failure and delivered after it. Taken, it would count the refund as given back again
+        # without adding its amount back, and the failure's next event would subtract it twice.
+        log.info("refund_status_stale", refund_id=row.stripe_refund_id, refund_status=row.status,
+                 stale_status=status)
+        return Outcome.processed(f"refund {row.stripe_refund_id} stays {row.status}: {status} is older news",
+                                 order.id)
     row.status = status
     if not (counted and status in _GIVES_NOTHING):
         return Outcome.processed(f"refund {row.stripe_refund_id} is {status}", order.id)

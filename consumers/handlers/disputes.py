@@ -14,6 +14,13 @@ from models.refunds import Dispute
 
 log = structlog.get_logger(__name__)
 
+# Stripe's statuses for a dispute it has decided (charge_refunded: older API versions). A decided
+# dispute does not go back to needs_response or under_review: an update saying so was sent before
+# the decision and delivered after it (Stripe does not deliver events in order).
+_DECIDED = frozenset({"won", "lost", "warning_closed", "prevented", "charge_refunded"})
+# Decided with the money staying with the shop: staff hear of it, but there is nothing to review.
+_MONEY_KEPT = frozenset({"won", "warning_closed", "prevented"})
+
 
 def _order_and_row(session: Session, dispute: dict) -> tuple[Order | None, Dispute | None]:
     intent_id = dispute.get("payment_intent")
@@ -32,46 +39,76 @@ def _new_row(session: Session, order: Order, dispute: dict) -> Dispute:
     return row
 
 
+def _first_seen(order: Order, row: Dispute) -> Outcome:
+    """The first of a dispute's events to be handled, whichever it is: created, or an update or the
+    closing that overtook it (or whose created was lost). Only this one flags the order and alerts
+    staff for the dispute's opening; a created handled later finds the row and stays quiet."""
+    log.warning("dispute_opened", dispute_id=row.stripe_dispute_id, amount=row.amount, reason=row.reason,
+                dispute_status=row.status)
+    opened = f"dispute {row.stripe_dispute_id} opened ({row.reason or 'no reason given'})"
+    if row.status in _MONEY_KEPT:
+        # Decided for the shop before the service heard it was opened: the money stays where it is, so
+        # the order is left as it is, but staff are told the card holder contested it.
+        return Outcome.processed(f"{opened} and already {row.status}: order left {order.status.value}", order.id,
+                                 alert=f"Order {order.id}: {opened} and already closed: {row.status}, "
+                                       f"{row.amount} {row.currency} kept; the order needs no review")
+    if row.status in _DECIDED:
+        return flag_or_note(order, f"{opened} and already closed: {row.status}, {row.amount} {row.currency} "
+                                   f"taken back")
+    return flag_or_note(order, f"{opened}: {row.amount} {row.currency} contested")
+
+
+def _take_status(row: Dispute, dispute: dict) -> None:
+    """Won and lost (and Stripe's other decided statuses) are final: a later event naming an earlier
+    status is stale and changes nothing. Events of one dispute share no sequence number and the row
+    keeps no event time, so the statuses themselves decide."""
+    status = dispute.get("status")
+    if not status or status == row.status:
+        return
+    if row.status in _DECIDED and status not in _DECIDED:
+        log.info("dispute_status_stale", dispute_id=row.stripe_dispute_id, dispute_status=row.status,
+                 stale_status=status)
+        return
+    row.status = status
+
+
 @handles("charge.dispute.created")
 def on_dispute_created(session: Session, event: dict, context: HandlerContext) -> Outcome:
     dispute = event["data"]["object"]
     order, row = _order_and_row(session, dispute)
     if order is None:
         return Outcome.ignored(f"no order of ours for dispute {dispute['id']}")
-    if row is not None:
-        return Outcome.processed(f"dispute {dispute['id']} already recorded", order.id)
-    row = _new_row(session, order, dispute)
-    log.warning("dispute_opened", dispute_id=row.stripe_dispute_id, amount=row.amount, reason=row.reason)
-    return flag_or_note(order, f"dispute {row.stripe_dispute_id} opened ({row.reason or 'no reason given'}): "
-                               f"{row.amount} {row.currency} contested")
-
-
-def _record_status(session: Session, event: dict, closed: bool) -> tuple[Order | None, Dispute | None]:
-    dispute = event["data"]["object"]
-    order, row = _order_and_row(session, dispute)
-    if order is None:
-        return None, None
-    if row is None:  # the closing event overtook the opening one
-        row = _new_row(session, order, dispute)
-    row.status = dispute.get("status") or row.status
-    if closed and row.closed_at is None:
-        row.closed_at = utcnow()
-    return order, row
+    if row is not None:  # this event, again, or a later one of the dispute handled before it: told already
+        return Outcome.processed(f"dispute {dispute['id']} already recorded ({row.status})", order.id)
+    return _first_seen(order, _new_row(session, order, dispute))
 
 
 @handles("charge.dispute.updated")
 def on_dispute_updated(session: Session, event: dict, context: HandlerContext) -> Outcome:
-    order, row = _record_status(session, event, closed=False)
+    dispute = event["data"]["object"]
+    order, row = _order_and_row(session, dispute)
     if order is None:
-        return Outcome.ignored(f"no order of ours for dispute {event['data']['object']['id']}")
+        return Outcome.ignored(f"no order of ours for dispute {dispute['id']}")
+    if row is None:  # the update overtook the opening
+        return _first_seen(order, _new_row(session, order, dispute))
+    _take_status(row, dispute)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} is {row.status}", order.id)
 
 
 @handles("charge.dispute.closed")
 def on_dispute_closed(session: Session, event: dict, context: HandlerContext) -> Outcome:
-    order, row = _record_status(session, event, closed=True)
+    dispute = event["data"]["object"]
+    order, row = _order_and_row(session, dispute)
     if order is None:
-        return Outcome.ignored(f"no order of ours for dispute {event['data']['object']['id']}")
+        return Outcome.ignored(f"no order of ours for dispute {dispute['id']}")
+    if row is None:  # the closing overtook the opening: one alert says both
+        row = _new_row(session, order, dispute)
+        row.closed_at = utcnow()
+        log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
+        return _first_seen(order, row)
+    _take_status(row, dispute)
+    if row.closed_at is None:
+        row.closed_at = utcnow()
     log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} closed: {row.status}", order.id,
                              alert=f"Order {order.id}: dispute {row.stripe_dispute_id} closed: {row.status} "
