@@ -39,6 +39,7 @@ class OrderStory:
     total: int
     paid_amount: int
     refunded_amount: int
+    charged_back_amount: int  # a lost dispute's
     payment_intent_id: str | None
     customer: dict           # e-mail, name, postal code, prefecture, address: the header's, nowhere else
     lines: tuple[dict, ...]
@@ -91,7 +92,8 @@ def order_story(session: Session, order_id: str) -> OrderStory:
     return OrderStory(
         order_id=order.id, status=order.status.value, currency=order.currency, subtotal=order.subtotal,
         shipping_fee=order.shipping_fee, total=order.total, paid_amount=order.paid_amount,
-        refunded_amount=order.refunded_amount, payment_intent_id=order.payment_intent_id,
+        refunded_amount=order.refunded_amount, charged_back_amount=order.charged_back_amount,
+        payment_intent_id=order.payment_intent_id,
         customer={"email": order.email, "name": order.ship_name, "postal_code": order.ship_postal_code,
                   "prefecture": order.ship_prefecture, "address": order.ship_address},
         lines=tuple(line.to_dict() for line in order.lines),

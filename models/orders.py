@@ -80,6 +80,8 @@ class Order(Base):
     # Money actually taken and given back, in minor units: "money taken" is paid > refunded.
     paid_amount: Mapped[int] = mapped_column(Integer, default=0)
     refunded_amount: Mapped[int] = mapped_column(Integer, default=0)
+    # Taken back by the card network for a dispute the shop lost (a chargeback): gone, like a refund.
+    charged_back_amount: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -108,8 +110,8 @@ class Order(Base):
 
     @property
     def money_held(self) -> int:
-        """Minor units taken from the customer and not given back."""
-        return self.paid_amount - self.refunded_amount
+        """Minor units taken from the customer and not given back (refunded, or charged back)."""
+        return self.paid_amount - self.refunded_amount - self.charged_back_amount
 
     def mark_paid(self) -> None:
         self._move(S.PAID)

@@ -441,7 +441,8 @@ def render_story(story) -> str:
            f"  customer {customer['email']}, {customer['name']}, {customer['postal_code']} "
            f"{customer['prefecture']} {customer['address']}",
            f"  total {story.total} {story.currency} (subtotal {story.subtotal} + shipping {story.shipping_fee}); "
-           f"paid {story.paid_amount}, refunded {story.refunded_amount}",
+           f"paid {story.paid_amount}, refunded {story.refunded_amount}"
+           + (f", charged back {story.charged_back_amount} (a dispute lost)" if story.charged_back_amount else ""),
            f"  payment intent {story.payment_intent_id or '-'}",
            "lines:"]
     out += [f"  {line['quantity']} x {line['sku']} {line['name']} @ {line['unit_amount']} = {line['amount']}"

@@ -53,12 +53,29 @@ def _first_seen(order: Order, row: Dispute) -> Outcome:
                                  alert=f"Order {order.id}: {opened} and already closed: {row.status}, "
                                        f"{row.amount} {row.currency} kept; the order needs no review")
     if row.status in _DECIDED:
+        _count_chargeback(order, row, was_lost=False)
         return flag_or_note(order, f"{opened} and already closed: {row.status}, {row.amount} {row.currency} "
-                                   f"taken back")
+                                   f"taken back{_held_after(order, row)}")
     return flag_or_note(order, f"{opened}: {row.amount} {row.currency} contested")
 
 
-def _take_status(row: Dispute, dispute: dict) -> None:
+def _count_chargeback(order: Order, row: Dispute, *, was_lost: bool) -> None:
+    """A lost dispute's amount is gone from the shop, as a refund is: the order holds that much less,
+    so a refund is not offered for it and, once it holds nothing, staff can cancel it."""
+    if row.status == "lost" and not was_lost:
+        order.charged_back_amount += row.amount
+    elif was_lost and row.status != "lost":
+        order.charged_back_amount -= row.amount
+
+
+def _held_after(order: Order, row: Dispute) -> str:
+    if row.status != "lost":
+        return ""
+    return (f"; the order now holds {order.money_held} {order.currency}"
+            + ("" if order.money_held > 0 else ": nothing to refund or keep, cancel it to put unshipped units back"))
+
+
+def _take_status(order: Order, row: Dispute, dispute: dict) -> None:
     """Won and lost (and Stripe's other decided statuses) are final: a later event naming an earlier
     status is stale and changes nothing. Events of one dispute share no sequence number and the row
     keeps no event time, so the statuses themselves decide."""
@@ -69,7 +86,9 @@ def _take_status(row: Dispute, dispute: dict) -> None:
         log.info("dispute_status_stale", dispute_id=row.stripe_dispute_id, dispute_status=row.status,
                  stale_status=status)
         return
+    was_lost = row.status == "lost"
     row.status = status
+    _count_chargeback(order, row, was_lost=was_lost)
 
 
 @handles("charge.dispute.created")
@@ -91,7 +110,7 @@ def on_dispute_updated(session: Session, event: dict, context: HandlerContext) -
         return Outcome.ignored(f"no order of ours for dispute {dispute['id']}")
     if row is None:  # the update overtook the opening
         return _first_seen(order, _new_row(session, order, dispute))
-    _take_status(row, dispute)
+    _take_status(order, row, dispute)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} is {row.status}", order.id)
 
 
@@ -106,10 +125,10 @@ def on_dispute_closed(session: Session, event: dict, context: HandlerContext) ->
         row.closed_at = utcnow()
         log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
         return _first_seen(order, row)
-    _take_status(row, dispute)
+    _take_status(order, row, dispute)
     if row.closed_at is None:
         row.closed_at = utcnow()
     log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} closed: {row.status}", order.id,
                              alert=f"Order {order.id}: dispute {row.stripe_dispute_id} closed: {row.status} "
-                                   f"({row.amount} {row.currency})")
+                                   f"({row.amount} {row.currency}){_held_after(order, row)}")

@@ -53,7 +53,7 @@ def test_0006_drops_the_three_unneeded_indexes_and_its_downgrade_puts_them_back(
     for table, names in dropped.items():
         assert names <= _indexes(database_url, table)
     # What the models no longer have is exactly what 0005 had on top (besides 0009's, undone too).
-    assert {(diff[0], diff[1].name) for diff in _differences_before_0009(database_url)} == {
+    assert {(diff[0], diff[1].name) for diff in _differences_but_later_revisions(database_url)} == {
         ("remove_index", name) for names in dropped.values() for name in names}
 
     command.upgrade(alembic_config(database_url), "head")
@@ -212,15 +212,37 @@ ID_COLUMNS = sorted((table.name, column.name) for table in Base.metadata.tables.
                     if column.type.compile(dialect=postgresql.dialect()) == "BIGINT")
 
 
-def _differences_before_0009(url: str) -> list:
-    """The differences of a schema migrated down past 0009, but for 0009's own: on PostgreSQL the ids'
-    32-bit INTEGER where the models have BIGINT."""
+def _differences_but_later_revisions(url: str) -> list:
+    """The differences of a schema migrated down past 0009, but for those of 0009 and 0010 themselves: on
+    PostgreSQL the ids' 32-bit INTEGER where the models have BIGINT, and the orders' charged back amount."""
     def is_0009s(diff) -> bool:
         return isinstance(diff, list) and all(
             change[0] == "modify_type" and (change[2], change[3]) in ID_COLUMNS
             and (str(change[5]), str(change[6])) == ("INTEGER", "BIGINT") for change in diff)
 
-    return [diff for diff in _differences(url) if not is_0009s(diff)]
+    return [diff for diff in _differences(url) if not is_0009s(diff) and not _is_0010s(diff)]
+
+
+def _is_0010s(diff) -> bool:
+    return isinstance(diff, tuple) and diff[0] == "add_column" and (diff[2], diff[3].name) == (
+        "orders", "charged_back_amount")
+
+
+def test_0010_adds_the_charged_back_amount_as_zero_to_existing_orders_and_its_downgrade_drops_it(
+        database_url, checkout):
+    placed = checkout([("TEA-01", 1)])
+    command.downgrade(alembic_config(database_url), "0009")
+    assert [diff for diff in _differences(database_url) if not _is_0010s(diff)] == []
+    assert any(_is_0010s(diff) for diff in _differences(database_url))
+    command.upgrade(alembic_config(database_url), "head")
+    assert _differences(database_url) == []
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql(
+                f"SELECT charged_back_amount FROM orders WHERE id = '{placed['order_id']}'").scalar_one() == 0
+    finally:
+        engine.dispose()
 
 
 def _id_types(url: str) -> dict[str, str]:

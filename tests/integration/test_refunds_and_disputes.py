@@ -12,7 +12,7 @@ import pytest
 import stripe
 from sqlalchemy import select
 
-from consumers.staff_actions import Refused, accept_order, refund_order
+from consumers.staff_actions import Refused, accept_order, cancel_order, refund_order
 from models.db import transaction
 from models.errors import IllegalTransition
 from models.events import EventStatus, InboxEvent
@@ -443,7 +443,7 @@ def test_a_refund_while_the_payment_is_disputed_or_its_dispute_lost_is_refused_a
     assert (row.status.value, row.refunded_amount) == ("needs_review", 0)
     with sessions() as session:
         assert "refund" not in available_decisions(row, disputes_ruling_out_refund(session, [row.id]).get(row.id))
-        assert "accept" in available_decisions(row, None)
+        assert ("accept" in available_decisions(row, None)) is (status != "lost")  # lost: nothing left to keep
     shown = page(logged_in(client, sessions), f"/admin/orders/{order['order_id']}/refund")  # the console says why
     assert "cannot be refunded as it is now" in shown and said in shown
 
@@ -455,6 +455,29 @@ def test_a_refund_after_a_dispute_was_won_goes_ahead(client, sessions, paid_orde
     refund_order(sessions, order["order_id"], actor="alice", reason="returned the goods after all")
     assert [r.amount for r in stripe.Refund.list(payment_intent=order["payment_intent_id"]).data] == [order["total"]]
     assert order_row(sessions, order).status.value == "refunded"
+
+
+def test_a_lost_dispute_is_money_gone_so_the_order_can_be_cancelled_but_not_refunded_or_kept(
+        client, sessions, paid_order, stripe_says):
+    """The order went on holding a lost dispute's money: its goods, never shipped, could be neither
+    cancelled (it held money) nor refunded (the customer had it back), only kept and shipped."""
+    order = paid_order()
+    stripe_says(dispute_event("created", order, _charge_of(order), "needs_response"))
+    stripe_says(dispute_event("closed", order, _charge_of(order), "lost"))
+    stripe_says(dispute_event("closed", order, _charge_of(order), "lost"))  # Stripe's own duplicate
+    row = order_row(sessions, order)
+    assert (row.paid_amount, row.refunded_amount, row.charged_back_amount, row.money_held) == (
+        order["total"], 0, order["total"], 0)
+    assert "the order now holds 0 jpy: nothing to refund or keep, cancel it" in alerts(sessions)[-1].text
+    with pytest.raises(Refused, match="holds no money"):
+        accept_order(sessions, order["order_id"], actor="alice", note="ship it anyway")
+    assert available_decisions(row) == ["cancel"]
+    shown = page(logged_in(client, sessions), f"/admin/orders/{order['order_id']}")
+    assert "Charged back" in shown and "(a dispute lost)" in shown
+
+    cancel_order(sessions, order["order_id"], actor="alice", note="chargeback lost; goods stay")
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "cancelled"
+    assert stock(client) == (40, 0)
 
 
 def test_a_dispute_on_a_refunded_order_is_noted_and_alerted(client, sessions, paid_order, stripe_says):
