@@ -21,8 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumers.payments import (IntentNotConfirmable, PaymentGatewayError, PaymentRefused, confirm_payment_intent,
-                                create_payment_intent)
+from consumers.payments import (IntentNotConfirmable, PaymentGatewayError, PaymentRefused, cancel_payment_intent,
+                                confirm_payment_intent, create_payment_intent)
 from models.base import utcnow
 from models.carts import Cart, CartStatus, get_cart, reprice_cart
 from models.catalog import ReservationStatus
@@ -267,6 +267,11 @@ def confirm_payment(sessions: sessionmaker[Session], settings: Settings, order_i
             order = get_order(session, order_id)
             if order.status not in PAYABLE or order.payment_intent_id is None:
                 raise _cancelled(order.id, order.status, order.cancel_reason)
+            # Paid after its hold ran out, the order would be cancelled by the expiry sweep and its
+            # stock sold again, the money taken all the same: refused before Stripe is asked.
+            lapsed = _hold_lapsed(order)
+            if lapsed is not None:
+                raise lapsed
             intent_id = order.payment_intent_id
         try:
             return _confirm(settings, intent_id, payment_method_id)
@@ -277,7 +282,23 @@ def confirm_payment(sessions: sessionmaker[Session], settings: Settings, order_i
             log.info("payment_intent_not_confirmable", order_id=order_id, payment_intent=intent_id,
                      intent_status=old_status)
         new_intent_id = replace_payment_intent(sessions, settings, order_id, intent_id, old_status)
+        if old_status == "requires_action":
+            _cancel_before_paying_again(order_id, intent_id)
         return _confirm(settings, new_intent_id, payment_method_id)
+
+
+def _cancel_before_paying_again(order_id: str, intent_id: str) -> None:
+    """Cancel at Stripe, now, an intent that waited for 3-D Secure, before another intent of the
+    order is confirmed: its dialog may still be open in another tab, and the buyer could complete
+    both (the cancellation the replacement queued comes later). If it was paid meanwhile, the
+    other is not confirmed: IntentNotConfirmable, as for any intent paid already."""
+    outcome = cancel_payment_intent(intent_id)  # PaymentGatewayError: nothing is confirmed
+    status = outcome.removeprefix("not cancellable: already ")
+    if status in ("succeeded", "processing", "requires_capture"):
+        log.warning("payment_intent_paid_meanwhile", order_id=order_id, payment_intent=intent_id,
+                    intent_status=status)
+        raise IntentNotConfirmable(f"payment intent {intent_id} was paid meanwhile ({status})",
+                                   payment_intent_id=intent_id, status=status)
 
 
 def _confirm(settings: Settings, intent_id: str, payment_method_id: str) -> stripe.PaymentIntent:
@@ -345,6 +366,11 @@ def _not_replaceable(order: Order, old_intent_id: str) -> CheckoutCancelled | No
     if order.payment_intent_id != old_intent_id:
         return CheckoutCancelled(f"order {order.id} no longer pays through payment intent {old_intent_id}",
                                  field="payment_intent_id")
+    return _hold_lapsed(order)
+
+
+def _hold_lapsed(order: Order) -> CheckoutCancelled | None:
+    """Why the order can no longer be paid for its stock: its hold ran out (None: it holds it)."""
     held_until = order.reserved_until
     if held_until.tzinfo is None:  # SQLite hands back naive UTC
         held_until = held_until.replace(tzinfo=timezone.utc)
