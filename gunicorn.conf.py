@@ -34,3 +34,11 @@ def child_exit(server, worker):
     from consumers.metrics import process_exited
 
     process_exited(worker.pid)
+
+
+def on_starting(server):
+    # A setting the service refuses stops gunicorn itself, with its one-line message: raised in a
+    # worker instead, it would make the master start a new worker forever.
+    from models.settings import Settings
+
+    Settings.from_env()

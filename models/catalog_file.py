@@ -17,6 +17,7 @@ from models.carts import LARGEST_CHARGE
 from models.catalog import Product, Stock
 from models.errors import InvalidInput
 from models.shipping import DEFAULT, ShippingRate, canonical_prefecture
+from models.text import unstorable
 
 
 # Names for the shop's screens in other languages, by language: "name_ja" is the Japanese name.
@@ -26,6 +27,10 @@ LOCALIZED_NAMES = ("name_ja",)
 # number is refused here, naming its field, rather than by the database with a traceback.
 LARGEST_AMOUNT = 2**31 - 1
 
+# The columns' lengths (alembic/versions/0001): a longer sku or name is refused here, naming its field.
+SKU_LENGTH = Product.__table__.c.sku.type.length
+NAME_LENGTH = Product.__table__.c.name.type.length
+
 
 def read_catalog(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
@@ -33,6 +38,8 @@ def read_catalog(path: Path) -> dict:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise InvalidInput(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+    except RecursionError:  # "[[[[…" thousands deep: past Python's stack, as the webhook's parse_event_json says
+        raise InvalidInput(f"{path} is nested too deeply to read: a catalog is a few levels deep") from None
     validate_catalog(data)
     return data
 
@@ -52,24 +59,50 @@ def _require_count(value, field: str) -> None:
              f"{field} must be an integer from 0 to {LARGEST_AMOUNT}", field)
 
 
+def sku_problem(sku) -> str | None:
+    """Why the shop could not sell a product with this sku (to follow "….sku"), else None.
+
+    The cart API's rule for a sku it is sent (webhook_app.validation.require_string: trimmed,
+    non-empty, storable, at most the column's length), so every sku loaded can be added to a cart,
+    and no '/' (nor a bare '.' or '..'), so /products/<sku> and the cart screen's forms reach it.
+    """
+    if not isinstance(sku, str) or not sku.strip() or len(sku) > SKU_LENGTH:
+        return f"must be a non-empty string of at most {SKU_LENGTH} characters"
+    if sku != sku.strip():
+        return "must not start or end with a space (the cart API trims the sku it is sent)"
+    if problem := unstorable(sku):
+        return problem
+    if "/" in sku or sku in (".", ".."):
+        return "must not contain '/' or be '.' or '..' (it is part of the product's address, /products/<sku>)"
+    return None
+
+
+def _text_problem(value) -> str | None:
+    """Why a product's name cannot be stored or shown on the shop's screens, else None."""
+    if not isinstance(value, str) or not value.strip() or len(value) > NAME_LENGTH:
+        return f"must be a non-empty string of at most {NAME_LENGTH} characters"
+    # A lone surrogate ("\ud800" in JSON) cannot be written into a page: a 500 on every screen.
+    return unstorable(value)
+
+
 def validate_catalog(data) -> None:
     _require(isinstance(data, dict), "the catalog must be an object", "catalog")
     currency = data.get("currency")
-    _require(isinstance(currency, str) and len(currency) == 3, "currency must be a 3-letter code", "currency")
+    _require(isinstance(currency, str) and len(currency) == 3 and currency.isascii() and currency.isalpha(),
+             "currency must be a 3-letter code", "currency")
     products = data.get("products")
     _require(isinstance(products, list), "products must be a list", "products")
     seen = set()
     for i, p in enumerate(products):
         where = f"products[{i}]"
         _require(isinstance(p, dict), f"{where} must be an object", where)
-        _require(isinstance(p.get("sku"), str) and 0 < len(p["sku"]) <= 64, f"{where}.sku must be a string", f"{where}.sku")
+        problem = sku_problem(p.get("sku"))
+        _require(problem is None, f"{where}.sku {problem}", f"{where}.sku")
         _require(p["sku"] not in seen, f"{where}.sku {p['sku']} appears twice", f"{where}.sku")
         seen.add(p["sku"])
-        _require(isinstance(p.get("name"), str) and p["name"].strip(), f"{where}.name must be a string", f"{where}.name")
-        for key in LOCALIZED_NAMES:
-            if key in p:
-                _require(isinstance(p[key], str) and p[key].strip() and len(p[key]) <= 200,
-                         f"{where}.{key} must be a non-empty string of at most 200 characters", f"{where}.{key}")
+        for key in ("name", *(k for k in LOCALIZED_NAMES if k in p)):
+            problem = _text_problem(p.get(key))
+            _require(problem is None, f"{where}.{key} {problem}", f"{where}.{key}")
         for key in ("unit_amount", "stock"):
             _require_count(p.get(key), f"{where}.{key}")
         _require(p["unit_amount"] <= LARGEST_CHARGE, f"{where}.unit_amount is over {LARGEST_CHARGE}, the most one "

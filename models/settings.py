@@ -1,32 +1,133 @@
 """Configuration read from the environment once, into one small typed object."""
 from __future__ import annotations
 
+import math
 import os
+import re
 import secrets
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+# A setting the processes cannot run with stops each of them at start, with one line that names the
+# variable and what it must be (SystemExit: no traceback), rather than failing every checkout or
+# every webhook once running. Each number has a range: finite, positive where zero or less breaks
+# it, and bounded where a huge value overflows or stalls something.
+RANGES: dict[str, tuple[float, float]] = {
+    # A hold of 0 s is expired before the buyer sees the card form; past a week it is no longer a
+    # checkout's hold but stock taken off sale (and Python's datetime overflows near 10**14 s).
+    "RESERVATION_TTL_SECONDS": (1, 7 * 24 * 3600),
+    # Under 1 KB refuses every event Stripe sends; each request thread reads the body into memory.
+    "WEBHOOK_MAX_BYTES": (1024, 16 * 1024 * 1024),
+    # 1: dead-lettered at the first failure; 100 attempts at the one-hour cap are four days.
+    "MAX_ATTEMPTS": (1, 100),
+    # 0: no back-off; the delay is capped at one hour whatever the base.
+    "RETRY_BASE_SECONDS": (0, 3600),
+    # Doubles up to 32 times this: a day's base is a month between copies.
+    "REDELIVERY_SECONDS": (1, 24 * 3600),
+    # A message's first run counts: 1 would dead-letter every message before it ran (OutboxMessage.start_copy).
+    "MAX_DELIVERIES": (2, 100),
+    # Under a second fails ordinary calls to Stripe; past a minute no buyer (or web server) still waits.
+    "STRIPE_DEADLINE_SECONDS": (1, 60),
+    # 0 or less lets no checkout through at all.
+    "STRIPE_MAX_CONCURRENT_CALLS": (1, 1000),
+    # Under 0.01 s the relay busy-polls the database; a minute apart delays every paid order by as much.
+    "RELAY_INTERVAL_SECONDS": (0.01, 60),
+    # RabbitMQ's basic.qos prefetch count is a 16-bit number.
+    "WORKER_PREFETCH": (1, 65535),
+    # 0 runs each message on its own, as 1 does.
+    "WORKER_BATCH": (0, 1000),
+    # SQLAlchemy reads a pool size of 0 and an overflow of -1 as "no limit".
+    "DB_POOL_SIZE": (1, 1000),
+    "DB_MAX_OVERFLOW": (0, 1000),
+}
+LOG_FORMATS = ("json", "console")
+
 
 def _int(env: dict, name: str, default: int) -> int:
     raw = env.get(name)
     if raw in (None, ""):
         return default
+    lowest, highest = RANGES[name]
     try:
-        return int(raw)
-    except ValueError as exc:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not lowest <= value <= highest:
+        raise SystemExit(f"{name} must be an integer from {_shown(lowest)} to {_shown(highest)}, got {raw!r}")
+    return value
 
 
 def _float(env: dict, name: str, default: float) -> float:
     raw = env.get(name)
     if raw in (None, ""):
         return default
+    lowest, highest = RANGES[name]
     try:
-        return float(raw)
-    except ValueError as exc:
-        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and lowest <= value <= highest):  # nan and inf are never in range
+        raise SystemExit(f"{name} must be a number from {_shown(lowest)} to {_shown(highest)}, got {raw!r}")
+    return value
+
+
+def _shown(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+def _choice(env: dict, name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    if raw not in allowed:
+        raise SystemExit(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+# The databases the service runs on (its SQL has a PostgreSQL and a SQLite form), with the URL shape of each.
+DATABASES = {"postgresql": "postgresql+psycopg://user:password@host/shop", "sqlite": "sqlite:///instance/shop.db"}
+
+
+def database_url_from(raw: str) -> str:
+    """DATABASE_URL as every process uses it (a relative SQLite path made absolute, its folder made);
+    stops the process, naming the variable and what is wrong, when no engine could be made from it.
+    Checked without connecting: a server that is down is the readiness check's business."""
+    examples = " or ".join(DATABASES.values())
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):  # not a URL; a port that is not a number
+        raise SystemExit(f"DATABASE_URL must be a database URL such as {examples}, got "
+                         f"{hide_password(raw)!r}") from None
+    if url.get_backend_name() not in DATABASES:
+        raise SystemExit(f"DATABASE_URL must be a PostgreSQL or SQLite URL ({examples}), got "
+                         f"{url.drivername!r}")
+    try:
+        url.get_dialect().import_dbapi()
+    except (ArgumentError, ImportError) as exc:  # a driver SQLAlchemy does not know, or one not installed
+        raise SystemExit(f"DATABASE_URL names the driver {url.drivername!r}, which cannot be loaded here ({exc}): "
+                         f"use {examples}") from None
+    try:
+        # No connection yet: this only hands the driver's options (SQLite's ?timeout=…) to the dialect.
+        create_engine(raw).dispose()
+    except (ArgumentError, TypeError, ValueError) as exc:
+        options = ", ".join(sorted(url.query)) or "none"
+        raise SystemExit(f"DATABASE_URL cannot be used (its options: {options}): {exc}") from None
+    try:
+        return resolve_sqlite_path(raw)
+    except OSError as exc:
+        raise SystemExit(f"DATABASE_URL: the folder {str(Path(url.database or '').parent)!r} for the SQLite database "
+                         f"cannot be made ({exc.strerror or exc})") from None
+
+
+def hide_password(url: str) -> str:
+    """A URL fit for a message or a log line: the password between "user:" and "@" replaced by ***."""
+    return re.sub(r"(//[^/@:]*:).*@", r"\1***@", url)
 
 
 @dataclass(frozen=True)
@@ -84,8 +185,8 @@ class Settings:
     def from_env(cls, env: dict | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
         secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip())
-        log_format = env.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
-        database_url = resolve_sqlite_path(env.get("DATABASE_URL") or cls.database_url)
+        log_format = _choice(env, "LOG_FORMAT", "console" if sys.stderr.isatty() else "json", LOG_FORMATS)
+        database_url = database_url_from(env.get("DATABASE_URL") or cls.database_url)
         return cls(
             database_url=database_url,
             broker_url=env.get("BROKER_URL") or cls.broker_url,

@@ -39,7 +39,7 @@ from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_tab
 from webhook_app import state
 from webhook_app.admin import csrf
 from webhook_app.shop_text import current_language, local_time, prefecture_label, translate, yen
-from webhook_app.validation import EMAIL, postal_code, unstorable
+from webhook_app.validation import EMAIL, json_value_if_sent, postal_code, unstorable
 
 log = structlog.get_logger(__name__)
 
@@ -530,7 +530,7 @@ def place_order():
 @bp.post("/checkout/pay")
 def pay_order():
     """Pay, step two: confirm the order's PaymentIntent on the server with the buyer's PaymentMethod."""
-    body = request.get_json(silent=True)
+    body = json_value_if_sent()  # a body Python cannot read as JSON is a 422 naming it, not a 500
     payment_method = body.get("payment_method") if isinstance(body, dict) else None
     confirm_url = url_for("shop_pages.checkout_confirm")
     if not isinstance(payment_method, str) or not PAYMENT_METHOD_ID.fullmatch(payment_method):

@@ -10,36 +10,19 @@ from flask import render_template, request
 from flask_login import current_user
 
 from models.errors import NotFound
+from models.text import CONTROL_CHARACTERS, LONE_SURROGATE, unstorable
 from webhook_app.errors import ApiError
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # ASCII digits: `\d` also takes every other script's (Arabic-Indic, Devanagari…), which no label
 # printer or carrier reads as a Japanese postal code. Full-width input is made ASCII first.
 POSTAL_CODE = re.compile(r"[0-9]{3}-?[0-9]{4}")
-# PostgreSQL refuses NUL in text outright (a DataError, a 500, once the request has reached the
-# database) while SQLite stores it; the other C0 controls and DEL store anywhere but have no
-# business in a name, an e-mail, a sku or an id, and corrupt logs, e-mails and labels. Multi-line
-# text (an address, a staff note) keeps tab, line feed and carriage return.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-CONTROL_CHARACTERS_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# JSON's "\ud800" escape decodes to a lone UTF-16 surrogate, which no UTF-8 encoder (the database
-# driver's, Stripe's) accepts.
-LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def postal_code(text: str) -> str | None:
     """A Japanese postal code as the buyer typed it (「１２３－４５６７」 too), in ASCII; None if it is not one."""
     ascii_text = unicodedata.normalize("NFKC", text).strip().replace("\u2212", "-").replace("\u30fc", "-")
     return ascii_text if POSTAL_CODE.fullmatch(ascii_text) else None
-
-
-def unstorable(value: str, *, multiline: bool = False) -> str | None:
-    """Why `value` cannot be stored as text (to follow the field's name in a message), else None."""
-    if (CONTROL_CHARACTERS_IN_TEXT if multiline else CONTROL_CHARACTERS).search(value):
-        return "must not contain control characters"
-    if LONE_SURROGATE.search(value):
-        return "must be valid Unicode text (it holds a lone UTF-16 surrogate)"
-    return None
 
 
 def json_body() -> dict:
@@ -50,17 +33,33 @@ def json_body() -> dict:
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise ApiError(422, "invalid_input", "the request body is empty: send a JSON object", "body")
+    body = _decode(raw)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_input", "the request body must be a JSON object", "body")
+    return body
+
+
+def json_value_if_sent():
+    """The request's JSON value, whatever its shape, for a view that checks the shape itself; None when
+    no JSON was sent (another Content-Type, or an empty body); a 422 naming the body when it cannot be read."""
+    if not request.is_json:
+        return None
+    raw = request.get_data(cache=True)
+    return _decode(raw) if raw.strip() else None
+
+
+def _decode(raw: bytes):
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_input", f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} "
                                              f"column {exc.colno}): send a JSON object", "body") from None
     except ValueError:  # bytes that are not UTF-8, or an integer longer than Python converts
         raise ApiError(422, "invalid_input", "the request body could not be read as JSON (it is not UTF-8 text, or "
                                              "holds a number too long to read): send a JSON object", "body") from None
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid_input", "the request body must be a JSON object", "body")
-    return body
+    except RecursionError:  # as the webhook's parse_event_json: a 2 KB body of "[[[…" is past Python's stack
+        raise ApiError(422, "invalid_input", "the request body is JSON nested too deeply to read: send a JSON "
+                                             "object a few levels deep", "body") from None
 
 
 def require_string(data: dict, key: str, *, field: str | None = None, max_length: int = 500,
