@@ -15,25 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from tests.support import WEBHOOK_SECRET, assert_error
-from webhook_app.cli import shop
+from tests.integration.test_cli_and_console_bounds import run  # noqa: F401 - the `shop ARGS…` fixture
+from tests.support import assert_error
 
 NESTED = "[" * 1000 + "]" * 1000  # 2 KB, past Python's recursion limit for json.loads
-
-
-@pytest.fixture
-def run(settings):
-    """`shop ARGS…` in this process, with the environment a deployment would give it."""
-    env = {"DATABASE_URL": settings.database_url, "BROKER_URL": settings.broker_url,
-           "STRIPE_API_BASE": settings.stripe_api_base, "STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRET,
-           "LOG_FORMAT": "console", "SHOP_STAFF": "tester"}
-
-    def invoke(*args, **more_env):
-        return CliRunner().invoke(shop, [str(a) for a in args], env={**env, **more_env})
-
-    return invoke
 
 
 def assert_stopped_at_start(result, *needles: str) -> str:
