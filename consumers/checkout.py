@@ -269,7 +269,7 @@ def confirm_payment(sessions: sessionmaker[Session], settings: Settings, order_i
                 raise _cancelled(order.id, order.status, order.cancel_reason)
             # Paid after its hold ran out, the order would be cancelled by the expiry sweep and its
             # stock sold again, the money taken all the same: refused before Stripe is asked.
-            lapsed = _hold_lapsed(order)
+            lapsed = hold_lapsed(order)
             if lapsed is not None:
                 raise lapsed
             intent_id = order.payment_intent_id
@@ -366,10 +366,10 @@ def _not_replaceable(order: Order, old_intent_id: str) -> CheckoutCancelled | No
     if order.payment_intent_id != old_intent_id:
         return CheckoutCancelled(f"order {order.id} no longer pays through payment intent {old_intent_id}",
                                  field="payment_intent_id")
-    return _hold_lapsed(order)
+    return hold_lapsed(order)
 
 
-def _hold_lapsed(order: Order) -> CheckoutCancelled | None:
+def hold_lapsed(order: Order) -> CheckoutCancelled | None:
     """Why the order can no longer be paid for its stock: its hold ran out (None: it holds it)."""
     held_until = order.reserved_until
     if held_until.tzinfo is None:  # SQLite hands back naive UTC

@@ -14,17 +14,18 @@ import hmac
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import structlog
-from flask import (Blueprint, flash, jsonify, make_response, redirect, render_template, request,
+from flask import (Blueprint, current_app, flash, jsonify, make_response, redirect, render_template, request,
                    session, url_for)
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import select
 
 from consumers.checkout import (CheckoutCancelled, CheckoutRequest, IdempotencyKeyReused, PaymentProviderBusy,
-                                PaymentProviderRefused, PaymentProviderUnavailable, confirm_payment)
+                                PaymentProviderRefused, PaymentProviderUnavailable, confirm_payment, hold_lapsed)
 from consumers.checkout import checkout as checkout_cart
 from consumers.payments import (CardDeclined, IntentNotConfirmable, PaymentGatewayError, PaymentRefused,
                                 create_setup_intent)
@@ -56,6 +57,8 @@ MAX_LENGTH = {"name": 200, "email": 254, "postal_code": 200, "prefecture": 200, 
 UNSTORABLE_TEXT = {"email": "error_email", "postal_code": "error_postal_code", "prefecture": "error_prefecture"}
 # The confirmation form's field holding the fingerprint of what the screen showed (PayPlaces).
 SHOWN_FIELD = "shown_fingerprint"
+# The information form's language button sends this: show the form again in the other language.
+SWITCH_LANGUAGE_FIELD = "switch_language"
 
 
 # --- the request's language, CSRF and headers -----------------------------------------------
@@ -70,7 +73,9 @@ def _render(template: str, **context) -> str:
     """A shop template with the request's language and the formatting helpers."""
     language = current_language()
     names = _product_names(language)
-    return render_template(f"shop/{template}", lang=language, yen=yen,
+    other_language = "en" if language == "ja" else "ja"
+    return render_template(f"shop/{template}", lang=language, yen=yen, other_lang=other_language,
+                           language_href=_with_language(other_language),
                            t=lambda key, **values: translate(key, language, **values),
                            product_name=lambda sku, name: names.get(sku) or name,
                            prefecture_label=lambda name: prefecture_label(name, language),
@@ -79,6 +84,27 @@ def _render(template: str, **context) -> str:
 
 def _t(key: str, **values) -> str:
     return translate(key, current_language(), **values)
+
+
+def _with_language(language: str) -> str:
+    """This screen's address in another language: `lang` changed, every other query argument kept
+    (an order's token: without it the complete screen refuses and my page hides the delivery details)."""
+    arguments = request.args.copy()
+    arguments["lang"] = language
+    return "?" + urlencode(list(arguments.items(multi=True)))
+
+
+@lru_cache(maxsize=8)
+def _digest_of(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def _script_url(filename: str) -> str:
+    """A static script's URL naming its content: a page always runs the script written for it, never a
+    copy the browser kept from before a deploy (the pay step refuses what an older shop.js sends)."""
+    path = Path(current_app.static_folder) / filename
+    stat = path.stat()
+    return url_for("static", filename=filename, v=_digest_of(str(path), stat.st_mtime_ns, stat.st_size))
 
 
 def _product_names(language: str) -> dict[str, str]:
@@ -343,9 +369,20 @@ def validate_buyer(form) -> tuple[dict, dict]:
     return values, errors
 
 
+def _shipping_problem(db, cart: Cart, prefecture: str) -> str | None:
+    """The prefecture field's message when the shop has no shipping rate there (a catalog may leave
+    out the "default" rate), else None. The fee is looked up as the checkout does, for this cart:
+    over the free-shipping threshold there is no fee to look up."""
+    try:
+        load_shipping_table(db).fee_for(prefecture, cart.subtotal)
+    except LookupError:
+        return _t("error_no_shipping", prefecture=prefecture_label(prefecture, current_language()))
+    return None
+
+
 def _render_info(values: dict, errors: dict, status: int = 200):
     return _render("info.html", title=_t("step_info"), values=values, errors=errors,
-                           prefectures=PREFECTURES, step=2), status
+                           prefectures=PREFECTURES, switch_field=SWITCH_LANGUAGE_FIELD, step=2), status
 
 
 @bp.route("/checkout/info", methods=["GET", "POST"])
@@ -358,9 +395,22 @@ def checkout_info():
             # The order is placed with this address (its stock held, its total fixed): it is
             # paid for as it stands.
             return redirect(url_for("shop_pages.checkout_confirm"), 303)
-    if request.method == "GET":
-        return _render_info(session.get("buyer", {}), {})
-    values, errors = validate_buyer(request.form)
+        if request.method == "GET":
+            values, errors = session.get("buyer", {}), {}
+            # Details kept before the catalog lost their prefecture's rate (the confirmation sends the buyer here).
+            problem = _shipping_problem(db, cart, values["prefecture"]) if values.get("prefecture") else None
+            if problem:
+                errors["prefecture"] = problem
+            return _render_info(values, errors)
+        values, errors = validate_buyer(request.form)
+        if "prefecture" not in errors:
+            problem = _shipping_problem(db, cart, values["prefecture"])
+            if problem:
+                errors["prefecture"] = problem
+    if SWITCH_LANGUAGE_FIELD in request.form:
+        # The language button of a refused form: the same form, what was typed and what is wrong
+        # with it, in the other language; nothing kept, nothing sent on.
+        return _render_info(values, errors, 422 if errors else 200)
     if errors:
         # 422 with the form again, each message beside its field.
         return _render_info(values, errors, 422)
@@ -395,7 +445,8 @@ class PayPlaces:
 def _what_pay_places(db, cart: Cart, buyer: dict) -> PayPlaces | None:
     """The placed order, still payable, as it stands; else the cart's lines with the session's buyer
     details and the fee for their prefecture. None when the cart is checked out and its order can
-    no longer be paid: there is nothing to place."""
+    no longer be paid: there is nothing to place. LookupError when the shop has no shipping rate for
+    the buyer's prefecture (the catalog was loaded again since they entered it)."""
     order = _open_order(db)
     if order is not None:
         return PayPlaces(lines=[line.to_dict() for line in order.lines], subtotal=order.subtotal,
@@ -421,7 +472,21 @@ def checkout_confirm():
             return redirect(url_for("shop_pages.show_cart"), 303)
         if not buyer:
             return redirect(url_for("shop_pages.checkout_info"), 303)
-        shown = _what_pay_places(db, cart, buyer)
+        placed = _session_order(db)
+        if placed is not None and placed.status in PAYABLE:
+            lapsed = hold_lapsed(placed) is not None
+            if _awaiting_stripe(placed) or (lapsed and _payment_sent_since_decline(placed)):
+                # A card went to Stripe for this order since its last decline: the old decline is no
+                # longer the story, and Pay must not be offered again. The complete screen waits for
+                # Stripe's event and says what happened.
+                return redirect(_complete_url(placed), 303)
+            if lapsed:
+                return _hold_ran_out(placed)
+        try:
+            shown = _what_pay_places(db, cart, buyer)
+        except LookupError:
+            # No shipping rate for their prefecture any more: the information screen says so beside the field.
+            return redirect(url_for("shop_pages.checkout_info"), 303)
         if shown is None:
             # Its order can no longer be paid (expired, cancelled): start again.
             _forget_purchase()
@@ -437,8 +502,24 @@ def checkout_confirm():
                    declined=declined, placed=order is not None,
                    shown_field=SHOWN_FIELD, shown_fingerprint=shown.fingerprint(),
                    hold_minutes=settings.reservation_ttl_seconds // 60,
-                   stripe_js_url=settings.stripe_js_url,
+                   stripe_js_url=settings.stripe_js_url, script_url=_script_url("shop.js"),
                    stripe_publishable_key=settings.stripe_publishable_key, step=3)
+
+
+def _hold_ran_out(order: Order):
+    """The confirmation of an order whose hold ran out: what it was, that it can no longer be paid (the
+    pay step refuses it), no Pay. The session forgets it, so the next visit starts a new cart
+    rather than coming back here."""
+    page = _render("confirm.html", title=_t("confirm_title"), lines=[line.to_dict() for line in order.lines],
+                   subtotal=order.subtotal, shipping_fee=order.shipping_fee, total=order.total,
+                   buyer={"name": order.ship_name, "email": order.email, "postal_code": order.ship_postal_code,
+                          "prefecture": order.ship_prefecture, "address": order.ship_address},
+                   placed=True, hold_expired=_t("hold_expired", time=local_time(order.reserved_until,
+                                                                                current_language())),
+                   step=3)
+    _forget_purchase()
+    log.info("shop_hold_ran_out_shown", order_id=order.id)
+    return page
 
 
 def _refused(message_key: str, status: int, code: str, *, to: str, navigate: bool = True, **values):
@@ -467,7 +548,11 @@ def place_order():
         return _refused("order_closed", 409, "no_cart", to=url_for("shop_pages.show_cart"))
     with state().sessions() as db:
         cart = _session_cart(db)
-        shown_now = _what_pay_places(db, cart, buyer) if cart is not None and cart.items else None
+        try:
+            shown_now = _what_pay_places(db, cart, buyer) if cart is not None and cart.items else None
+        except LookupError:
+            log.info("shop_checkout_refused", code="no_shipping_rate", field="shipping.prefecture")
+            return _refused("fix_fields", 422, "invalid_input", to=url_for("shop_pages.checkout_info"))
         # A form without the field (a page from before it existed) counts as changed: the buyer
         # sees the screen once more and presses Pay again, rather than paying for details nobody
         # can say they saw. Without anything to place (shown_now None) the checkout below answers
@@ -540,6 +625,13 @@ def pay_order():
         order = _session_order(db)
         if order is None:
             return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
+        # The card pays the order its page placed, never another one the session placed since (a
+        # second tab's new cart): that page shows the order as it is now. A request without the id
+        # (a script from before it was sent) cannot say which order it saw, so it is refused alike.
+        sent_for = body.get("order_id")
+        if sent_for != order.id:
+            log.info("shop_pay_for_another_order", order_id=order.id, sent=isinstance(sent_for, str))
+            return _refused("details_changed", 409, "details_changed", to=confirm_url)
         if order.status not in PAYABLE:
             return jsonify({"status": order.status.value, "complete_url": _complete_url(order)})
         order_id, complete_url, attempts = order.id, _complete_url(order), order.payment_attempts
@@ -594,6 +686,12 @@ def _payment_sent_since_decline(order: Order) -> bool:
     return remembered.get("id") == order.id and sent_after is not None and order.payment_attempts <= sent_after
 
 
+def _awaiting_stripe(order: Order) -> bool:
+    """A declined order paid again with another card, whose outcome Stripe's event has yet to bring:
+    the complete and confirmation screens say "being finalised", never the old card's decline."""
+    return order.status is OrderStatus.PAYMENT_FAILED and _payment_sent_since_decline(order)
+
+
 def _complete_url(order: Order) -> str:
     return url_for("shop_pages.complete", order_id=order.id, token=order.access_token)
 
@@ -617,7 +715,7 @@ def complete(order_id: str):
         order = get_order(db, order_id)
         if not _token_opens(order, token):
             return _render("message.html", title=_t("bad_token"), message=_t("bad_token")), 403
-        awaiting = order.status is OrderStatus.PAYMENT_FAILED and _payment_sent_since_decline(order)
+        awaiting = _awaiting_stripe(order)
         if order.status is OrderStatus.PAYMENT_FAILED and not awaiting and _session_order(db) is not None:
             flash(_t("declined", message=order.failure_message or order.failure_code or ""), "error")
             return redirect(url_for("shop_pages.checkout_confirm"), 303)

@@ -63,6 +63,8 @@ TEXT: dict[str, dict[str, str]] = {
     "error_postal_code": {"ja": "郵便番号は123-4567の形式で入力してください。",
                           "en": "Enter the postal code as 123-4567."},
     "error_prefecture": {"ja": "都道府県を選択してください。", "en": "Choose a prefecture."},
+    "error_no_shipping": {"ja": "{prefecture}へはお届けできません。別の都道府県を選択してください。",
+                          "en": "We cannot deliver to {prefecture}. Please choose another prefecture."},
     "ship_to": {"ja": "お届け先", "en": "Ship to"},
     "change": {"ja": "変更", "en": "Change"},
     "card": {"ja": "クレジットカード", "en": "Card"},
@@ -71,6 +73,13 @@ TEXT: dict[str, dict[str, str]] = {
     "hold_before": {"ja": "「支払う」を押すと在庫を{minutes}分間確保します。",
                     "en": "Pressing Pay holds your items for {minutes} minutes."},
     "hold_until": {"ja": "在庫は{time}まで確保しています。", "en": "Your items are held for you until {time}."},
+    "hold_expired": {"ja": "在庫の確保期限（{time}）を過ぎたため、このご注文はお支払いいただけません。"
+                           "お手数ですが、商品をもう一度カートに入れてお手続きください。",
+                     "en": "Your items were held for you until {time}. That time has passed, so this order can no "
+                           "longer be paid. Please start again: put the items in your cart once more."},
+    "start_again": {"ja": "最初からやり直す", "en": "Start again"},
+    "no_answer": {"ja": "ショップから正しい応答がありませんでした。お支払いはまだ行われていません。もう一度お試しください。",
+                  "en": "The shop did not answer as expected. Nothing has been paid yet; please try again."},
     "price_changed": {"ja": "価格が変更されました。新しい合計金額をご確認のうえ、もう一度お支払いください。",
                       "en": "A price changed since you added it. Please check the new total and pay again."},
     "declined": {"ja": "カードでのお支払いができませんでした：{message} 在庫は確保したままです。別のカードでお試しください。",

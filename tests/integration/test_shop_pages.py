@@ -249,7 +249,7 @@ def test_declined_card_keeps_the_stock_held_for_another_try(client, sessions, lo
     method = stripe.PaymentMethod.create(type="card", card={"number": "4000000000000341", "exp_month": 12,
                                                             "exp_year": 2034, "cvc": "123"})
     token = csrf_token(page(client.get("/checkout/confirm")))
-    paid = client.post("/checkout/pay", json={"payment_method": method.id},
+    paid = client.post("/checkout/pay", json={"payment_method": method.id, "order_id": started.get_json()["order_id"]},
                        headers={"Accept": "application/json", "X-CSRFToken": token})
     assert paid.status_code == 402, page(paid)
     error = paid.get_json()["error"]
@@ -264,9 +264,15 @@ def card(number: str) -> str:
                                                           "cvc": "123"}).id
 
 
-def pay_with(client, payment_method: str):
-    token = csrf_token(page(client.get("/checkout/confirm")))
-    return client.post("/checkout/pay", json={"payment_method": payment_method},
+def pay_with(client, payment_method: str, order_id: str | None = None):
+    """The pay step as the page's script sends it: the card's pm_ id and the order the place step
+    answered with (by default the one the session's last Pay placed). The CSRF token comes from the
+    products screen: the confirmation of an order whose hold ran out forgets the order."""
+    token = csrf_token(page(client.get("/")))
+    if order_id is None:
+        with client.session_transaction() as session:
+            order_id = (session.get("order") or {}).get("id")
+    return client.post("/checkout/pay", json={"payment_method": payment_method, "order_id": order_id},
                        headers={"Accept": "application/json", "X-CSRFToken": token})
 
 

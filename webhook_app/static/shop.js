@@ -25,6 +25,8 @@
     button.textContent = buttonLabel;
   }
 
+  /* The answer as {ok, status, body}: body is null when it is not a JSON object (a proxy's HTML
+     502 or 504 page), so the steps below never read fields that are not there. */
   function post(url, json) {
     var headers = { "Accept": "application/json", "X-CSRFToken": csrfToken };
     var body;
@@ -38,13 +40,25 @@
     }
     return fetch(url, { method: "POST", headers: headers, body: body, credentials: "same-origin" })
       .then(function (response) {
-        return response.json().catch(function () { return {}; });
+        return response.json().catch(function () { return null; }).then(function (answer) {
+          var isObject = answer !== null && typeof answer === "object" && !Array.isArray(answer);
+          return { ok: response.ok, status: response.status, body: isObject ? answer : null };
+        });
       });
+  }
+
+  function isText(value) {
+    return typeof value === "string" && value.length > 0;
+  }
+
+  /* The shop's own refusal: {"error": {...}, "redirect", "navigate"} (or a bare error it says here). */
+  function isRefusal(answer) {
+    return answer.body !== null && typeof answer.body.error === "object" && answer.body.error !== null;
   }
 
   /* A refusal either sends the buyer to another screen (a new price, stock gone) or is said here. */
   function refused(answer) {
-    if (answer.redirect && answer.navigate) {
+    if (isText(answer.redirect) && answer.navigate) {
       window.location.assign(answer.redirect);
     } else {
       showError((answer.error && answer.error.message) || form.dataset.failed);
@@ -52,19 +66,32 @@
   }
 
   async function pay() {
-    var placed = await post(form.action);
-    if (placed.error) {
-      return refused(placed);
+    var placed;
+    try {
+      placed = await post(form.action);
+    } catch (error) {
+      placed = { ok: false, status: 0, body: null };  /* no answer at all */
     }
-    if (placed.hold) {
+    if (isRefusal(placed)) {
+      return refused(placed.body);
+    }
+    if (!placed.ok || placed.body === null || !isText(placed.body.complete_url)) {
+      /* No card was sent yet: say so and let the buyer press Pay again (the same order answers). */
+      return showError(form.dataset.noAnswer);
+    }
+    var order = placed.body;
+    if (isText(order.hold)) {
       /* The order is placed: its stock is held until a known time now. */
-      document.getElementById("hold").textContent = placed.hold;
+      document.getElementById("hold").textContent = order.hold;
     }
-    if (!placed.setup_client_secret) {
+    if (!isText(order.setup_client_secret)) {
       /* Paid already (a second tab, a double click): the complete screen says what happened. */
-      return window.location.assign(placed.complete_url);
+      return window.location.assign(order.complete_url);
     }
-    var setup = await stripe.confirmCardSetup(placed.setup_client_secret, { payment_method: { card: card } });
+    if (!isText(order.order_id)) {
+      return showError(form.dataset.noAnswer);
+    }
+    var setup = await stripe.confirmCardSetup(order.setup_client_secret, { payment_method: { card: card } });
     if (setup.error) {
       return showError(setup.error.message || form.dataset.authFailed);
     }
@@ -72,18 +99,33 @@
     if (typeof paymentMethod === "object" && paymentMethod) {
       paymentMethod = paymentMethod.id;
     }
-    var confirmed = await post(form.dataset.payUrl, { payment_method: paymentMethod });
-    if (confirmed.error) {
-      return refused(confirmed);
+    /* From here the card may be charged whatever comes back: an answer the page cannot read (or
+       none) sends the buyer to the order's complete screen, which says what happened. */
+    var confirmed;
+    try {
+      /* The order this page placed: the server refuses to charge another one placed since. */
+      confirmed = await post(form.dataset.payUrl, { payment_method: paymentMethod, order_id: order.order_id });
+    } catch (error) {
+      return window.location.assign(order.complete_url);
     }
-    if (confirmed.status === "requires_action") {
-      var result = await stripe.confirmCardPayment(confirmed.client_secret);
+    if (isRefusal(confirmed) && (isText(confirmed.body.redirect) || confirmed.status < 500)) {
+      return refused(confirmed.body);
+    }
+    var answer = confirmed.body;
+    if (!confirmed.ok || answer === null || !isText(answer.status)) {
+      return window.location.assign(order.complete_url);
+    }
+    if (answer.status === "requires_action") {
+      if (!isText(answer.client_secret)) {
+        return window.location.assign(order.complete_url);
+      }
+      var result = await stripe.confirmCardPayment(answer.client_secret);
       var status = result.paymentIntent && result.paymentIntent.status;
       if (result.error || (status !== "succeeded" && status !== "processing")) {
         return showError(form.dataset.authFailed);
       }
     }
-    window.location.assign(confirmed.complete_url);
+    window.location.assign(isText(answer.complete_url) ? answer.complete_url : order.complete_url);
   }
 
   form.addEventListener("submit", function (event) {
