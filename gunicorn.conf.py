@@ -39,6 +39,7 @@ def child_exit(server, worker):
 def on_starting(server):
     # A setting the service refuses stops gunicorn itself, with its one-line message: raised in a
     # worker instead, it would make the master start a new worker forever.
+    from consumers.broker import refuse_unknown_transport
     from models.settings import Settings
 
-    Settings.from_env()
+    refuse_unknown_transport(Settings.from_env().broker_url)  # the web answers /readyz from the broker

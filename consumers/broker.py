@@ -9,12 +9,34 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from consumers import file_transport
 from models.events import Topic
-from models.settings import Settings
+from models.settings import Settings, hide_password
 
 EXCHANGE = Exchange("shop", type="direct", durable=True)
 DEAD_LETTER_EXCHANGE = Exchange("shop.dlx", type="direct", durable=True)
 
 DEAD_LETTER_QUEUE = Queue("shop.dead", DEAD_LETTER_EXCHANGE, routing_key="dead", durable=True)
+
+
+BROKER_EXAMPLES = "amqp://user:password@host:5672/vhost (RabbitMQ) or filesystem://instance/broker (files, no server)"
+
+
+def refuse_unknown_transport(url: str) -> None:
+    """Stop at start, naming BROKER_URL, when no kombu transport takes it (the relay and the worker
+    would otherwise wait for that broker forever). Checked without connecting: a broker that is
+    down is the relay's retry and /readyz's business. Every `shop` verb and gunicorn's master call it
+    (not Settings.from_env: models/ has no kombu)."""
+    from kombu.transport import resolve_transport
+
+    for part in url.split(";"):  # kombu's list of fail-over URLs
+        scheme, sep, _ = part.strip().partition("://")
+        if not (sep and scheme):
+            raise SystemExit(f"BROKER_URL must be a kombu URL such as {BROKER_EXAMPLES}, got {hide_password(url)!r}")
+        transport = scheme.partition("+")[0]  # "sqla+postgresql://…": the transport, then its own scheme
+        try:
+            resolve_transport(transport)
+        except (KeyError, ImportError, AttributeError, ValueError):
+            raise SystemExit(f"BROKER_URL names a transport kombu does not have ({transport!r}): "
+                             f"use {BROKER_EXAMPLES}") from None
 
 
 def _work_queue(topic: Topic) -> Queue:

@@ -15,7 +15,7 @@ import click
 from sqlalchemy import select
 
 from models.base import LARGEST_ID
-from models.settings import Settings, hide_password
+from models.settings import Settings
 from webhook_app.staff_verbs import actor_name as _actor, staff_verb
 
 DEV_ENV = Path("instance/dev.env")
@@ -55,33 +55,13 @@ def _dead_letter_ids(ctx, param, value):
 
 
 def _settings() -> Settings:
+    from consumers.broker import refuse_unknown_transport
     from models.logs import configure_logging
 
     settings = Settings.from_env()
-    _refuse_unknown_broker_transport(settings.broker_url)
+    refuse_unknown_transport(settings.broker_url)
     configure_logging(settings.log_format)
     return settings
-
-
-BROKER_EXAMPLES = "amqp://user:password@host:5672/vhost (RabbitMQ) or filesystem://instance/broker (files, no server)"
-
-
-def _refuse_unknown_broker_transport(url: str) -> None:
-    """Stop at start, naming BROKER_URL, when no kombu transport takes it (the relay and the worker
-    would otherwise wait for that broker forever). Checked without connecting: a broker that is
-    down is the relay's retry and /readyz's business. (Here, not in Settings: models/ has no kombu.)"""
-    from kombu.transport import resolve_transport
-
-    for part in url.split(";"):  # kombu's list of fail-over URLs
-        scheme, sep, _ = part.strip().partition("://")
-        if not (sep and scheme):
-            raise SystemExit(f"BROKER_URL must be a kombu URL such as {BROKER_EXAMPLES}, got {hide_password(url)!r}")
-        transport = scheme.partition("+")[0]  # "sqla+postgresql://…": the transport, then its own scheme
-        try:
-            resolve_transport(transport)
-        except (KeyError, ImportError, AttributeError, ValueError):
-            raise SystemExit(f"BROKER_URL names a transport kombu does not have ({transport!r}): "
-                             f"use {BROKER_EXAMPLES}") from None
 
 
 def _sessions(settings: Settings):

@@ -83,15 +83,19 @@ def test_a_setting_out_of_range_stops_the_web_app_at_start_naming_it(monkeypatch
     assert str(stopped.value.code) == "STRIPE_MAX_CONCURRENT_CALLS must be an integer from 1 to 1000, got '-1'"
 
 
-def test_a_setting_out_of_range_stops_gunicorn_itself_not_only_its_workers(settings, tmp_path):
-    """Refused in each worker only, the setting made gunicorn's master start a new worker forever."""
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "RESERVATION_TTL_SECONDS": "0",
+@pytest.mark.parametrize("name, value, said", [
+    ("RESERVATION_TTL_SECONDS", "0", "RESERVATION_TTL_SECONDS must be an integer from 1 to 604800, got '0'"),
+    ("BROKER_URL", "nonsense://mq/shop", "BROKER_URL names a transport kombu does not have ('nonsense')")])
+def test_a_refused_setting_stops_gunicorn_itself_not_only_its_workers(settings, name, value, said):
+    """Refused in each worker only, a setting made gunicorn's master start a new worker forever; the
+    broker's was not checked by the web at all (its /readyz asks that broker)."""
+    env = {**os.environ, "DATABASE_URL": settings.database_url, name: value,
            "GUNICORN_BIND": "127.0.0.1:0", "WEB_CONCURRENCY": "1"}
     started = subprocess.run([str(Path(sys.executable).with_name("gunicorn")), "webhook_app:create_app()"],
                              cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
                              timeout=60)
     assert started.returncode == 1, started.stderr
-    assert "RESERVATION_TTL_SECONDS must be an integer from 1 to 604800, got '0'" in started.stderr
+    assert said in started.stderr
     assert "Booting worker" not in started.stdout + started.stderr
 
 
