@@ -15,13 +15,19 @@ MASK = "•••"
 _PRIVATE_KEYS = frozenset({"name", "email", "phone", "address", "shipping", "billing_details", "customer_details",
                            "line1", "line2", "city", "postal_code", "state", "to", "receipt_email",
                            "customer_email", "customer_name", "customer_phone", "customer_address"})
-_PRIVATE_KEY_PARTS = ("email", "phone", "secret", "password")
+# Any key naming an address (a card's address_line1 and address_zip, dispute evidence's
+# billing_address, a source owner's verified_address, ip_address), an e-mail, a phone or a secret.
+_PRIVATE_KEY_PARTS = ("email", "phone", "secret", "password", "address")
+# Suffixes of a person's name (verified_name, customer_name) and of an IP address (customer_purchase_ip).
+_PRIVATE_KEY_ENDINGS = ("_name", "_ip")
 
 # A client secret (`pi_…_secret_…`, `seti_…_secret_…`) and Stripe's key and webhook-secret prefixes.
 _SECRET = re.compile(r"\b(?:[a-z]+_[A-Za-z0-9]+_secret_[A-Za-z0-9]+|whsec_[A-Za-z0-9]+|"
                      r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_]+)")
-# 13 to 19 digits, optionally grouped by spaces or dashes: checked with Luhn before masking.
-_DIGIT_RUN = re.compile(r"(?<![\w])(?:\d[ -]?){12,18}\d(?![\w])")
+# 13 to 19 digits, optionally grouped by spaces or dashes: checked with Luhn before masking. Digits
+# and separators as a Japanese input method types them count too (full-width digits, the
+# ideographic space, full-width and other dashes, the long-vowel mark).
+_DIGIT_RUN = re.compile(r"(?<![\w])(?:\d[ \t\u00a0\u3000\-\u2010-\u2015\u2212\uff0d\u30fc]?){12,18}\d(?![\w])")
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -46,7 +52,10 @@ def scrub_text(text: str) -> str:
 
 def _is_private(key: str) -> bool:
     lowered = key.lower()
-    return lowered in _PRIVATE_KEYS or any(part in lowered for part in _PRIVATE_KEY_PARTS)
+    if lowered.endswith("_check"):  # Stripe's verification results (address_zip_check: "pass"), no one's details
+        return False
+    return (lowered in _PRIVATE_KEYS or lowered == "ip" or lowered.endswith(_PRIVATE_KEY_ENDINGS)
+            or any(part in lowered for part in _PRIVATE_KEY_PARTS))
 
 
 def mask_payload(value, private_values: tuple[str, ...] = ()):
