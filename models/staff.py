@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Index, String, delete, func, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from models.base import ID_TYPE, Base, utcnow
+from models.db import transaction
 from models.errors import Conflict, InvalidInput, NotFound
 from models.history import StaffAction, StaffMember, record_staff_action
 
@@ -110,30 +111,43 @@ def login_changes(session: Session) -> dict[str, list[StaffAction]]:
     return changes
 
 
-def authenticate(session: Session, email: str, password: str, ip: str) -> StaffMember | None:
-    """The staff member these credentials belong to, else None with the failure recorded (commit it).
+def authenticate(sessions: sessionmaker[Session], email: str, password: str, ip: str) -> StaffMember | None:
+    """The staff member these credentials belong to, else None with the failure recorded.
 
     A wrong e-mail, a wrong password and a disabled account all answer None, so the login page
     never reveals which accounts exist. Raises TooManyLoginFailures over the limit, checked
     before the password so that a locked-out guesser learns nothing more.
+
+    Two short transactions, and the argon2 hash (~0.1 s, and anyone may ask for one) between
+    them with none open: on SQLite every transaction holds the one writer's turn, so a hash
+    inside one would stall every webhook, the worker and the relay meanwhile. The second
+    checks the limit again before it answers, so guesses sent at once still learn no more
+    results than the limit allows, and counts as a match only the account as it was checked.
     """
     email = (email or "").strip().lower()[:254]
     ip = (ip or "unknown")[:64]
     now = utcnow()
-    _refuse_when_over_limit(session, email, ip, now)
-    member = session.scalar(select(StaffMember).where(StaffMember.email == email)) if email else None
-    if not _password_matches(member.password_hash if member else _UNKNOWN_ACCOUNT_HASH, password or ""):
-        member = None
-    if member is None or member.disabled_at is not None:
-        session.add(LoginFailure(email=email, ip=ip, at=now))
-        # Keep the table small: nothing older than the window is ever counted again.
-        session.execute(delete(LoginFailure).where(LoginFailure.at < now - FAILURE_WINDOW))
-        return None
-    if _hasher.check_needs_rehash(member.password_hash):
-        member.password_hash = _hasher.hash(password)
-    member.last_login_at = now
-    session.execute(delete(LoginFailure).where(LoginFailure.email == email, LoginFailure.ip == ip))
-    return member
+    with transaction(sessions) as session:
+        _refuse_when_over_limit(session, email, ip, now)
+        found = session.execute(select(StaffMember.id, StaffMember.password_hash, StaffMember.disabled_at)
+                                .where(StaffMember.email == email)).one_or_none() if email else None
+    # No transaction open from here to the next one.
+    checked_hash = found.password_hash if found else _UNKNOWN_ACCOUNT_HASH
+    matches = _password_matches(checked_hash, password or "") and found is not None and found.disabled_at is None
+    new_hash = _hasher.hash(password) if matches and _hasher.check_needs_rehash(checked_hash) else None
+    with transaction(sessions) as session:
+        _refuse_when_over_limit(session, email, ip, now)
+        member = session.get(StaffMember, found.id) if matches else None
+        if member is None or member.disabled_at is not None or member.password_hash != checked_hash:
+            session.add(LoginFailure(email=email, ip=ip, at=now))
+            # Keep the table small: nothing older than the window is ever counted again.
+            session.execute(delete(LoginFailure).where(LoginFailure.at < now - FAILURE_WINDOW))
+            return None
+        if new_hash is not None:
+            member.password_hash = new_hash
+        member.last_login_at = now
+        session.execute(delete(LoginFailure).where(LoginFailure.email == email, LoginFailure.ip == ip))
+        return member
 
 
 def _password_matches(password_hash: str, password: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -195,6 +197,54 @@ def test_failed_logins_are_limited_per_email_and_address_across_processes(client
             "csrf_token": csrf_token(from_elsewhere)}
     ok = from_elsewhere.post("/admin/login", data=data, environ_base={"REMOTE_ADDR": "10.0.0.7"})
     assert ok.status_code == 302
+
+
+def test_a_login_attempt_does_not_hold_the_databases_write_turn_while_the_password_is_checked(
+        make_client, sessions, staff, post_event, monkeypatch):
+    """argon2 takes ~0.1 s a try and anyone may try: on SQLite a transaction open around it would hold
+    the one writer's turn, and guesses from many addresses would stall every webhook (503s to Stripe)."""
+    import models.staff as staff_module
+
+    verifying, release = threading.Event(), threading.Event()
+
+    class PausedHasher:  # the module's own hasher, its verify paused until released
+        def __init__(self, hasher):
+            self.hasher = hasher
+
+        def __getattr__(self, name):
+            return getattr(self.hasher, name)
+
+        def verify(self, *args, **kwargs):
+            verifying.set()
+            release.wait(timeout=15)
+            return self.hasher.verify(*args, **kwargs)
+
+    monkeypatch.setattr(staff_module, "_hasher", PausedHasher(staff_module._hasher))
+    guesser = make_client()  # another worker: its own engine on the same database
+    token = csrf_token(guesser)
+    answers = {}
+    login = threading.Thread(target=lambda: answers.update(login=guesser.post(
+        "/admin/login", data={"email": EMAIL, "password": "wrong password", "csrf_token": token},
+        environ_base={"REMOTE_ADDR": "10.0.0.9"})), daemon=True)
+    webhook = threading.Thread(target=lambda: answers.update(
+        webhook=post_event(event_for("payment_intent.succeeded"))), daemon=True)
+    login.start()
+    try:
+        assert verifying.wait(timeout=10), "the login never checked the password"
+        started = time.monotonic()
+        webhook.start()
+        webhook.join(timeout=2)
+        assert not webhook.is_alive(), "the webhook waited for the login's password check"
+        assert answers["webhook"].status_code == 200, answers["webhook"].get_data(as_text=True)
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        login.join(timeout=20)
+        webhook.join(timeout=20)
+    assert not login.is_alive() and answers["login"].status_code == 401
+    with sessions() as session:
+        failures = session.execute(select(LoginFailure.email, LoginFailure.ip)).all()
+    assert [tuple(row) for row in failures] == [(EMAIL, "10.0.0.9")]  # still recorded
 
 
 def test_failures_older_than_the_window_no_longer_count(client, sessions, staff):

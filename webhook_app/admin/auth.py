@@ -5,7 +5,6 @@ import structlog
 from flask import redirect, render_template, request, session as cookie_session, url_for
 from flask_login import current_user, login_user, logout_user
 
-from models.db import transaction
 from models.staff import TooManyLoginFailures, authenticate
 from webhook_app import state
 from webhook_app.admin import StaffUser, bp
@@ -31,9 +30,9 @@ def login():
     email = request.form.get("email", "")
     password = request.form.get("password", "")
     try:
-        with transaction(state().sessions) as session:
-            member = authenticate(session, email, password, request.remote_addr or "unknown")
-            user = StaffUser(member.id, member.email) if member else None
+        # No transaction around it: authenticate keeps the password hash out of its own.
+        member = authenticate(state().sessions, email, password, request.remote_addr or "unknown")
+        user = StaffUser(member.id, member.email) if member else None
     except TooManyLoginFailures as exc:
         log.warning("staff_login_rate_limited", retry_after=exc.retry_after_seconds)
         minutes = -(-exc.retry_after_seconds // 60)
