@@ -8,11 +8,13 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import stripe
+from werkzeug.serving import make_server
 
 from models.catalog_file import apply_catalog
 from models.db import transaction
@@ -82,6 +84,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve(wsgi_app):
+    """A WSGI app on a real HTTP server for a fixture's lifetime: yields its base URL."""
+    port = free_port()
+    server = make_server("127.0.0.1", port, wsgi_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    thread.join(10)
 
 
 @contextlib.contextmanager

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 from tests.backends import servers_required
-from tests.support import free_port
+from tests.support import serve
 
 CHROMIUM = os.environ.get("SHOP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = os.environ.get("SHOP_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -67,13 +65,7 @@ def screenshot_dir(pytestconfig) -> Path:
 @pytest.fixture
 def live_server(app):
     """The test's app (same database as `client`, `checkout`, `deliver`) on a real HTTP server."""
-    port = free_port()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
-    thread.join(10)
+    yield from serve(app)
 
 
 @pytest.fixture

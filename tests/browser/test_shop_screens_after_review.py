@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from selenium.webdriver.common.by import By
-from werkzeug.serving import make_server
 
 from models.base import utcnow
 from models.db import transaction
@@ -19,7 +18,7 @@ from models.orders import Order, OrderStatus
 from tests.browser.shop_flow import (DECLINED, VISA, BackgroundWorker, add_to_cart, enter_card, fill_information,
                                      pay_error, press_pay, text_of, wait, wait_for_outcome)
 from tests.browser.test_shop_purchase import only_order, to_confirmation
-from tests.support import free_port, settings_for
+from tests.support import serve, settings_for
 from webhook_app.devserver import CATALOG
 
 GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
@@ -81,13 +80,7 @@ def gateway(app):
 @pytest.fixture
 def live_server(gateway):
     """The test's app behind the gateway, on a real HTTP server."""
-    port = free_port()
-    server = make_server("127.0.0.1", port, gateway, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
-    thread.join(10)
+    yield from serve(gateway)
 
 
 @pytest.fixture
