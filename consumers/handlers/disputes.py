@@ -20,6 +20,13 @@ log = structlog.get_logger(__name__)
 _DECIDED = frozenset({"won", "lost", "warning_closed", "prevented", "charge_refunded"})
 # Decided with the money staying with the shop: staff hear of it, but there is nothing to review.
 _MONEY_KEPT = frozenset({"won", "warning_closed", "prevented"})
+# An undecided dispute only moves forward: an inquiry (warning_*) may become a chargeback, and a
+# chargeback waiting for evidence goes under review; none of them goes back. A status ranked below
+# the row's is stale, even if its event is handled later. Inquiries do not rule a refund out and
+# chargebacks do (models.refunds.REFUND_RULED_OUT): a stale inquiry status after the chargeback
+# would have offered staff a refund of money the card network may take back as well.
+_UNDECIDED_ORDER = ("warning_needs_response", "warning_under_review", "needs_response", "under_review")
+_UNDECIDED_RANK = {status: rank for rank, status in enumerate(_UNDECIDED_ORDER)}
 
 
 def _order_and_row(session: Session, dispute: dict) -> tuple[Order | None, Dispute | None]:
@@ -76,13 +83,15 @@ def _held_after(order: Order, row: Dispute) -> str:
 
 
 def _take_status(order: Order, row: Dispute, dispute: dict) -> None:
-    """Won and lost (and Stripe's other decided statuses) are final: a later event naming an earlier
-    status is stale and changes nothing. Events of one dispute share no sequence number and the row
-    keeps no event time, so the statuses themselves decide."""
+    """Won and lost (and Stripe's other decided statuses) are final, and undecided ones only move
+    forward (`_UNDECIDED_ORDER`): a later event naming an earlier status is stale and changes nothing.
+    Events of one dispute share no sequence number and the row keeps no event time, so the statuses
+    themselves decide."""
     status = dispute.get("status")
     if not status or status == row.status:
         return
-    if row.status in _DECIDED and status not in _DECIDED:
+    if (row.status in _DECIDED and status not in _DECIDED) or (
+            status in _UNDECIDED_RANK and _UNDECIDED_RANK[status] < _UNDECIDED_RANK.get(row.status, -1)):
         log.info("dispute_status_stale", dispute_id=row.stripe_dispute_id, dispute_status=row.status,
                  stale_status=status)
         return
