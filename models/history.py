@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Iterator
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import ID_TYPE, Base, enum_column, utcnow
@@ -133,3 +133,6 @@ class StaffMember(Base):
     disabled_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Each console session carries the value it was opened under; logging out or disabling the
+    # login adds one, which ends every session opened before (models.staff.end_sessions).
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

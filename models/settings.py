@@ -1,6 +1,7 @@
 """Configuration read from the environment once, into one small typed object."""
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -125,6 +126,27 @@ def database_url_from(raw: str) -> str:
                          f"cannot be made ({exc.strerror or exc})") from None
 
 
+# gunicorn's own default for FORWARDED_ALLOW_IPS (gunicorn.config.ForwardedAllowIPS): a proxy on the same host.
+FORWARDED_ALLOW_IPS_DEFAULT = "127.0.0.1,::1"
+
+
+def forwarded_allow_ips_from(raw: str) -> tuple[str, ...]:
+    """FORWARDED_ALLOW_IPS read as gunicorn reads it (gunicorn.config.validate_string_to_addr_list), so the
+    app trusts X-Forwarded-For from exactly the proxies gunicorn trusts X-Forwarded-Proto from: comma-
+    separated addresses or networks (strict: 10.0.0.0/8, never 10.0.0.1/8), or * for every peer; empty
+    trusts none. A value gunicorn would refuse stops the process here too."""
+    entries = tuple(entry.strip() for entry in raw.split(",") if entry)
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError:
+            raise SystemExit(f"FORWARDED_ALLOW_IPS must be * or comma-separated addresses or networks of the "
+                             f"proxies in front of gunicorn (10.0.0.2, 10.0.0.0/8), got {raw!r}") from None
+    return entries
+
+
 def hide_password(url: str) -> str:
     """A URL fit for a message or a log line: the password between "user:" and "@" replaced by ***."""
     return re.sub(r"(//[^/@:]*:).*@", r"\1***@", url)
@@ -152,6 +174,9 @@ class Settings:
     # Signs staff sessions and CSRF tokens. None only for a Settings built in code (tests):
     # the app then signs with a random key of its own process.
     secret_key: str | None = None
+    # gunicorn's FORWARDED_ALLOW_IPS: the proxies whose X-Forwarded-For names the client
+    # (webhook_app.client_address); gunicorn trusts their X-Forwarded-Proto.
+    forwarded_allow_ips: tuple[str, ...] = tuple(FORWARDED_ALLOW_IPS_DEFAULT.split(","))
     # Not in the public contract: tuning knobs with safe defaults.
     max_webhook_bytes: int = 256 * 1024
     webhook_tolerance_seconds: int = 300
@@ -202,6 +227,8 @@ class Settings:
             stripe_js_url=env.get("STRIPE_JS_URL") or cls.stripe_js_url,
             catalog_file=env.get("CATALOG_FILE") or None,
             secret_key=env.get("SECRET_KEY") or _instance_secret_key_or_none(),
+            # Unset, gunicorn's default; set but empty, no proxy is trusted (as gunicorn reads it).
+            forwarded_allow_ips=forwarded_allow_ips_from(env.get("FORWARDED_ALLOW_IPS", FORWARDED_ALLOW_IPS_DEFAULT)),
             max_webhook_bytes=_int(env, "WEBHOOK_MAX_BYTES", cls.max_webhook_bytes),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts),
             retry_base_seconds=_float(env, "RETRY_BASE_SECONDS", cls.retry_base_seconds),

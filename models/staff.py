@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Index, String, delete, func, select
+from sqlalchemy import Index, String, delete, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from models.base import ID_TYPE, Base, utcnow
@@ -96,6 +96,7 @@ def disable_staff_member(session: Session, email: str, *, actor: str) -> tuple[S
     changed = member.disabled_at is None
     if changed:
         member.disabled_at = utcnow()
+        end_sessions(session, member.id)  # so that no session opened before outlives a login enabled again
     record_staff_action(session, actor=actor, action=DISABLE_LOGIN, target=login_target(member.email),
                         detail=None if changed else "already disabled; nothing changed")
     return member, changed
@@ -168,6 +169,20 @@ def _refuse_when_over_limit(session: Session, email: str, ip: str, now: datetime
             raise TooManyLoginFailures(max(retry_after, 1))
 
 
-def active_staff_member(session: Session, member_id: int) -> StaffMember | None:
+def end_sessions(session: Session, member_id: int) -> None:
+    """End every console session of this login, on every device, copies of its cookie included.
+
+    A session is Flask's signed cookie, which the browser keeps: it carries the login's session
+    generation it was opened under, and one more here makes each of them stale at its next request
+    (active_staff_member). Added in the database, so two at once both count."""
+    session.execute(update(StaffMember).where(StaffMember.id == member_id)
+                    .values(session_generation=StaffMember.session_generation + 1))
+
+
+def active_staff_member(session: Session, member_id: int, session_generation: int) -> StaffMember | None:
+    """The login a console session belongs to, if it is enabled and the session was opened under its
+    current generation (not ended since by a logout or by disabling it); one read by primary key."""
     member = session.get(StaffMember, member_id)
-    return member if member is not None and member.disabled_at is None else None
+    if member is None or member.disabled_at is not None or member.session_generation != session_generation:
+        return None
+    return member

@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                                       store_engine_for(settings, engine))
 
     from webhook_app.admin import init_admin
+    from webhook_app.client_address import ClientAddressFromTrustedProxy
     from webhook_app.errors import register_error_handlers
     from webhook_app.health import bp as health_bp
     from webhook_app.shop_api import bp as shop_bp
@@ -73,6 +74,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     # Stripe's webhook is served in front of Flask, by a plain WSGI callable (webhook_app.webhooks).
     app.wsgi_app = WebhookDispatcher(app.wsgi_app, StripeWebhookEndpoint(app.extensions["shop"]))
+    # In front of both: behind a trusted proxy REMOTE_ADDR is the client's, for the login limit, the
+    # failed logins it records, and the address in every request's log line (gunicorn's and the webhook's).
+    app.wsgi_app = ClientAddressFromTrustedProxy(app.wsgi_app, settings.forwarded_allow_ips)
     return app
 
 

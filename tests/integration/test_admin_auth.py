@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from models.db import transaction
 from models.history import StaffAction, StaffMember
 from models.settings import instance_secret_key
-from models.staff import FAILURE_WINDOW, MAX_FAILURES_PER_EMAIL_AND_IP, LoginFailure, add_staff_member
+from models.staff import (FAILURE_WINDOW, MAX_FAILURES_PER_EMAIL_AND_IP, MAX_FAILURES_PER_IP, LoginFailure,
+                          add_staff_member)
 from tests.support import WEBHOOK_SECRET, event_for
 from webhook_app.admin.dashboard import dashboard_figures
 from webhook_app.cli import shop
@@ -37,9 +38,9 @@ def csrf_token(client, path="/admin/login") -> str:
     return match.group(1)
 
 
-def log_in(client, email=EMAIL, password=PASSWORD, **extra):
+def log_in(client, email=EMAIL, password=PASSWORD, *, headers=None, environ_base=None, **extra):
     data = {"email": email, "password": password, "csrf_token": csrf_token(client), **extra}
-    return client.post("/admin/login", data=data)
+    return client.post("/admin/login", data=data, headers=headers or {}, environ_base=environ_base or {})
 
 
 def admin_get_rules(app):
@@ -101,6 +102,84 @@ def test_staff_member_logs_in_sees_the_dashboard_and_logs_out(client, staff, che
     assert client.get("/admin/").status_code == 302
 
 
+def _copy_of_the_session(app, client):
+    """Another browser holding a copy of `client`'s signed session cookie (as anyone who copied it would)."""
+    copy = app.test_client()
+    copy.set_cookie("shop_session", client.get_cookie("shop_session").value)
+    return copy
+
+
+def _log_out(client):
+    response = client.post("/admin/logout", data={"csrf_token": csrf_token(client, "/admin/")})
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/login"
+
+
+def _lands_on_the_login_page(client, path="/admin/orders"):
+    response = client.get(path)
+    assert response.status_code == 302, (path, response.status_code)
+    assert response.headers["Location"] == f"/admin/login?next={path}"
+    page = client.get(response.headers["Location"])
+    assert page.status_code == 200 and 'name="password"' in page.get_data(as_text=True)
+
+
+def test_logging_out_ends_the_session_so_a_copy_of_its_cookie_no_longer_opens_the_console(app, client, staff):
+    assert log_in(client).status_code == 302
+    copy = _copy_of_the_session(app, client)
+    assert copy.get("/admin/orders").status_code == 200  # a copy works while the session lasts
+
+    _log_out(client)
+    _lands_on_the_login_page(copy)  # on the login page, not a 500
+    posted = copy.post("/admin/search", data={"csrf_token": csrf_token(copy), "q": "buyer@example.com"})
+    assert posted.status_code == 302 and posted.headers["Location"].startswith("/admin/login?next=")
+    _lands_on_the_login_page(client)
+
+
+def test_logging_out_ends_that_logins_sessions_on_every_device_but_not_other_logins(app, client, sessions, staff):
+    with transaction(sessions) as session:
+        add_staff_member(session, "bob@example.com", PASSWORD, actor="test setup")
+    phone, bob = app.test_client(), app.test_client()
+    assert log_in(client).status_code == log_in(phone).status_code == 302
+    assert log_in(bob, email="bob@example.com").status_code == 302
+
+    _log_out(client)
+    _lands_on_the_login_page(phone)
+    assert bob.get("/admin/orders").status_code == 200  # another login's session goes on
+
+    assert log_in(phone).status_code == 302  # logging in again opens a new session
+    assert phone.get("/admin/orders").status_code == 200
+
+
+def test_a_session_from_before_session_generations_lands_on_the_login_page(client, sessions, staff):
+    with sessions() as session:
+        member_id = session.scalar(select(StaffMember.id).where(StaffMember.email == EMAIL))
+    with client.session_transaction() as cookie:  # as Flask-Login wrote it before 0011: the id alone
+        cookie["_user_id"] = str(member_id)
+        cookie["_fresh"] = True
+    _lands_on_the_login_page(client)
+
+
+@pytest.mark.parametrize("ended", [False, True], ids=["open session", "ended session"])
+def test_each_console_request_reads_the_login_once(app, client, staff, ended):
+    """The check for a disabled or ended session is one read of the staff row by its primary key."""
+    from sqlalchemy import event
+
+    assert log_in(client).status_code == 302
+    if ended:
+        copy = _copy_of_the_session(app, client)
+        _log_out(client)
+        client = copy
+    statements = []
+    engine = app.extensions["shop"].engine
+    record = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert client.get("/admin/orders").status_code == (302 if ended else 200)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    reads = [s for s in statements if "staff_members" in s]
+    assert len(reads) == 1 and "WHERE staff_members.id =" in reads[0], reads
+
+
 def test_login_never_redirects_to_another_site(client, staff):
     response = log_in(client, next="https://evil.example/admin")
     assert response.headers["Location"] == "/admin/"
@@ -144,6 +223,8 @@ def test_disabled_staff_member_cannot_log_in_and_is_logged_out(app, client, make
     assert "Wrong e-mail or password, or this account is disabled." in refused.get_data(as_text=True)
     assert client.get("/admin/").status_code == 302
     assert other.get("/admin/").status_code == 302  # its open session ended
+    with sessions() as session:  # and stays ended, should the login ever be enabled again
+        assert session.scalar(select(StaffMember.session_generation)) == 1
 
 
 def test_wrong_password_and_unknown_email_get_the_same_answer(client, staff):
@@ -197,6 +278,61 @@ def test_failed_logins_are_limited_per_email_and_address_across_processes(client
             "csrf_token": csrf_token(from_elsewhere)}
     ok = from_elsewhere.post("/admin/login", data=data, environ_base={"REMOTE_ADDR": "10.0.0.7"})
     assert ok.status_code == 302
+
+
+def _failed_login_addresses(sessions) -> list[str]:
+    with sessions() as session:
+        return session.scalars(select(LoginFailure.ip).order_by(LoginFailure.id)).all()
+
+
+def test_behind_a_trusted_proxy_one_clients_guesses_do_not_lock_out_the_other_staff(client, sessions, staff):
+    """gunicorn trusts X-Forwarded-* from a proxy on its own host unless FORWARDED_ALLOW_IPS says otherwise
+    (127.0.0.1 and ::1; the test client's address is 127.0.0.1): the limit counts the address that proxy saw,
+    the right-most X-Forwarded-For entry, not the proxy's own, nor what the client wrote to the left of it."""
+    for n in range(MAX_FAILURES_PER_IP):
+        forged_then_appended = {"X-Forwarded-For": f"198.51.100.{n}, 203.0.113.5"}
+        assert log_in(client, email=f"guess{n}@example.com", password="guess guess guess",
+                      headers=forged_then_appended).status_code == 401
+    limited = log_in(client, headers={"X-Forwarded-For": "198.51.100.200, 203.0.113.5"})
+    assert limited.status_code == 429
+    assert _failed_login_addresses(sessions) == ["203.0.113.5"] * MAX_FAILURES_PER_IP
+
+    staff_member = log_in(client, headers={"X-Forwarded-For": "192.0.2.44"})  # through the same proxy
+    assert staff_member.status_code == 302 and client.get("/admin/").status_code == 200
+
+
+def test_a_forged_x_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_limit(client, sessions, staff):
+    untrusted = {"REMOTE_ADDR": "198.51.100.20"}  # not an address FORWARDED_ALLOW_IPS names
+    for n in range(MAX_FAILURES_PER_EMAIL_AND_IP):
+        assert log_in(client, password="guess guess guess", headers={"X-Forwarded-For": f"203.0.113.{n}"},
+                      environ_base=untrusted).status_code == 401
+    limited = log_in(client, headers={"X-Forwarded-For": "203.0.113.99"}, environ_base=untrusted)
+    assert limited.status_code == 429  # even the right password, whatever address it claims
+    assert _failed_login_addresses(sessions) == ["198.51.100.20"] * MAX_FAILURES_PER_EMAIL_AND_IP
+
+
+def test_forwarded_allow_ips_names_the_proxies_trusted_by_address_or_network(make_client, sessions, staff):
+    behind = make_client(forwarded_allow_ips=("10.20.0.0/16", "192.0.2.1"))
+    for proxy in ("10.20.3.4", "192.0.2.1", "127.0.0.1"):  # the last is no longer trusted: not in the list
+        assert log_in(behind, password="guess guess guess", headers={"X-Forwarded-For": "203.0.113.5"},
+                      environ_base={"REMOTE_ADDR": proxy}).status_code == 401
+    anyone = make_client(forwarded_allow_ips=("*",))
+    assert log_in(anyone, password="guess guess guess", headers={"X-Forwarded-For": "203.0.113.6"},
+                  environ_base={"REMOTE_ADDR": "198.51.100.20"}).status_code == 401
+    assert _failed_login_addresses(sessions) == ["203.0.113.5", "203.0.113.5", "127.0.0.1", "203.0.113.6"]
+
+
+@pytest.mark.parametrize("forwarded_for", [
+    "", " , ", "unknown", "203.0.113.5,", "203.0.113.5, not-an-address", "999.0.0.1", "203.0.113.5:99999",
+    "[2001:db8::1", "2001:db8::1]:443", "_hidden", "1" * 5000, "203.0.113.5 203.0.113.6", "é"])
+def test_a_malformed_x_forwarded_for_from_a_trusted_proxy_counts_the_proxys_address(client, sessions, staff,
+                                                                                      forwarded_for):
+    """Never a 500, and never an address the limit would count apart: the proxy's own, as without the header."""
+    refused = log_in(client, password="guess guess guess", headers={"X-Forwarded-For": forwarded_for})
+    assert refused.status_code == 401
+    assert _failed_login_addresses(sessions) == ["127.0.0.1"]
+    assert log_in(client, headers={"X-Forwarded-For": forwarded_for}).status_code == 302
+    assert client.get("/admin/", headers={"X-Forwarded-For": forwarded_for}).status_code == 200
 
 
 def test_a_login_attempt_does_not_hold_the_databases_write_turn_while_the_password_is_checked(

@@ -15,9 +15,10 @@ from sqlalchemy.dialects import postgresql
 import models  # noqa: F401 - every model's table on Base.metadata
 from consumers.handlers import HANDLED_EVENT_TYPES
 from models.base import Base
-from models.db import make_engine
+from models.db import make_engine, transaction
 from models.events import store_events_pg, store_events_sqlite
 from models.migrations import alembic_config
+from models.staff import add_staff_member
 from tests.backends import servers_available
 from tests.support import event_for
 
@@ -213,26 +214,34 @@ ID_COLUMNS = sorted((table.name, column.name) for table in Base.metadata.tables.
 
 
 def _differences_but_later_revisions(url: str) -> list:
-    """The differences of a schema migrated down past 0009, but for those of 0009 and 0010 themselves: on
-    PostgreSQL the ids' 32-bit INTEGER where the models have BIGINT, and the orders' charged back amount."""
+    """The differences of a schema migrated down past 0009, but for those of 0009 and later themselves: on
+    PostgreSQL the ids' 32-bit INTEGER where the models have BIGINT, the orders' charged back amount and
+    the staff logins' session generation."""
     def is_0009s(diff) -> bool:
         return isinstance(diff, list) and all(
             change[0] == "modify_type" and (change[2], change[3]) in ID_COLUMNS
             and (str(change[5]), str(change[6])) == ("INTEGER", "BIGINT") for change in diff)
 
-    return [diff for diff in _differences(url) if not is_0009s(diff) and not _is_0010s(diff)]
+    return [diff for diff in _differences(url) if not is_0009s(diff) and not _is_0010s(diff) and not _is_0011s(diff)]
+
+
+def _is_added_column(diff, table: str, column: str) -> bool:
+    return isinstance(diff, tuple) and diff[0] == "add_column" and (diff[2], diff[3].name) == (table, column)
 
 
 def _is_0010s(diff) -> bool:
-    return isinstance(diff, tuple) and diff[0] == "add_column" and (diff[2], diff[3].name) == (
-        "orders", "charged_back_amount")
+    return _is_added_column(diff, "orders", "charged_back_amount")
+
+
+def _is_0011s(diff) -> bool:
+    return _is_added_column(diff, "staff_members", "session_generation")
 
 
 def test_0010_adds_the_charged_back_amount_as_zero_to_existing_orders_and_its_downgrade_drops_it(
         database_url, checkout):
     placed = checkout([("TEA-01", 1)])
     command.downgrade(alembic_config(database_url), "0009")
-    assert [diff for diff in _differences(database_url) if not _is_0010s(diff)] == []
+    assert [diff for diff in _differences(database_url) if not _is_0010s(diff) and not _is_0011s(diff)] == []
     assert any(_is_0010s(diff) for diff in _differences(database_url))
     command.upgrade(alembic_config(database_url), "head")
     assert _differences(database_url) == []
@@ -241,6 +250,24 @@ def test_0010_adds_the_charged_back_amount_as_zero_to_existing_orders_and_its_do
         with engine.connect() as connection:
             assert connection.exec_driver_sql(
                 f"SELECT charged_back_amount FROM orders WHERE id = '{placed['order_id']}'").scalar_one() == 0
+    finally:
+        engine.dispose()
+
+
+def test_0011_adds_a_session_generation_of_zero_to_existing_logins_and_its_downgrade_drops_it(
+        database_url, sessions):
+    with transaction(sessions) as session:
+        add_staff_member(session, "alice@example.com", "a long enough password", actor="test setup")
+    command.downgrade(alembic_config(database_url), "0010")
+    assert [diff for diff in _differences(database_url) if not _is_0011s(diff)] == []
+    assert any(_is_0011s(diff) for diff in _differences(database_url))
+    command.upgrade(alembic_config(database_url), "head")
+    assert _differences(database_url) == []
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql(
+                "SELECT email, session_generation FROM staff_members").all() == [("alice@example.com", 0)]
     finally:
         engine.dispose()
 

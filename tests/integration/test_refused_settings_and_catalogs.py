@@ -67,6 +67,8 @@ def test_json_nested_too_deeply_for_the_pay_step_is_422_naming_the_body(client):
     ("WEBHOOK_MAX_BYTES", "-1", "WEBHOOK_MAX_BYTES must be an integer from 1024 to 16777216, got '-1'"),
     ("STRIPE_DEADLINE_SECONDS", "nan", "STRIPE_DEADLINE_SECONDS must be a number from 1 to 60, got 'nan'"),
     ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of json, console, got 'xml'"),
+    ("FORWARDED_ALLOW_IPS", "10.0.0.1/8", "FORWARDED_ALLOW_IPS must be * or comma-separated addresses or networks "
+                                          "of the proxies in front of gunicorn (10.0.0.2, 10.0.0.0/8), got '10.0.0.1/8'"),
 ])
 def test_a_setting_out_of_range_stops_a_cli_verb_with_one_line_naming_it(run, name, value, expected):
     line = assert_stopped_at_start(run("db", "upgrade", **{name: value}))

@@ -1,7 +1,8 @@
 """The staff console at /admin: logins, sessions, CSRF, and the pages staff work from.
 
-Every /admin URL but the login page needs a logged-in, enabled staff member (checked once for
-the whole blueprint, so a new page cannot forget it); every POST needs the session's CSRF token.
+Every /admin URL but the login page needs a logged-in, enabled staff member whose session no
+logout has ended (checked once for the whole blueprint, so a new page cannot forget it); every POST
+needs the session's CSRF token.
 """
 from __future__ import annotations
 
@@ -34,11 +35,18 @@ def page_arg(page_size: int) -> int:
 
 
 class StaffUser(UserMixin):
-    """The logged-in staff member as views see it: `current_user.email` is the actor in audit rows."""
+    """The logged-in staff member as views see it: `current_user.email` is the actor in audit rows.
 
-    def __init__(self, member_id: int, email: str):
+    The session cookie keeps `get_id()`: the login's id and the session generation it was opened
+    under, so a logout (which adds one to the login's) ends every copy of the cookie too."""
+
+    def __init__(self, member_id: int, email: str, session_generation: int):
         self.id = member_id
         self.email = email
+        self.session_generation = session_generation
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_generation}"
 
 
 def actor() -> str:
@@ -90,18 +98,19 @@ def init_admin(app: Flask, *, secret_key: str | None, admin_base_url: str) -> No
 
 
 @login_manager.user_loader
-def _load_staff(member_id: str) -> StaffUser | None:
+def _load_staff(user_id: str) -> StaffUser | None:
     from models.staff import active_staff_member
     from webhook_app import state
 
     try:
-        key = int(member_id)
+        # A session opened before session generations (the id alone) has none: it is ended too.
+        key, generation = (int(part) for part in user_id.split(":"))
     except ValueError:
         return None
     with state().sessions() as session:
-        member = active_staff_member(session, key)
-        # A disabled account is logged out at its next request.
-        return StaffUser(member.id, member.email) if member else None
+        member = active_staff_member(session, key, generation)
+        # A disabled login, or a session ended by a logout, is logged out at its next request.
+        return StaffUser(member.id, member.email, member.session_generation) if member else None
 
 
 @bp.before_request

@@ -5,7 +5,8 @@ import structlog
 from flask import redirect, render_template, request, session as cookie_session, url_for
 from flask_login import current_user, login_user, logout_user
 
-from models.staff import TooManyLoginFailures, authenticate
+from models.db import transaction
+from models.staff import TooManyLoginFailures, authenticate, end_sessions
 from webhook_app import state
 from webhook_app.admin import StaffUser, bp
 
@@ -32,7 +33,7 @@ def login():
     try:
         # No transaction around it: authenticate keeps the password hash out of its own.
         member = authenticate(state().sessions, email, password, request.remote_addr or "unknown")
-        user = StaffUser(member.id, member.email) if member else None
+        user = StaffUser(member.id, member.email, member.session_generation) if member else None
     except TooManyLoginFailures as exc:
         log.warning("staff_login_rate_limited", retry_after=exc.retry_after_seconds)
         minutes = -(-exc.retry_after_seconds // 60)
@@ -56,6 +57,12 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    # Clearing this browser's cookie is not enough: the cookie is the whole session, and a copy of
+    # it would open the console until it expired. Ending the login's sessions in the database ends
+    # every copy, and the login's sessions on its other devices with them (docs in README).
+    with transaction(state().sessions) as session:
+        end_sessions(session, current_user.id)
+    log.info("staff_logged_out", staff_id=current_user.id)
     logout_user()
     cookie_session.clear()
     return redirect(url_for("admin.login"))
