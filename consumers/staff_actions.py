@@ -27,6 +27,7 @@ from models.db import transaction
 from models.errors import Conflict, DomainError, NotFound
 from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
 from models.history import caused_by, record_staff_action
+from models.locks import try_lock
 from models.logs import describe_error, redact
 from models.orders import (
     Order,
@@ -93,6 +94,22 @@ def _audited_refusal(factory: sessionmaker[Session], *, actor: str, action: str,
                                 status_before=_status(order), status_after=_status(order), detail=outcome)
         log.info("staff_action_not_done", actor=actor, action=action, target=target, outcome=outcome)
         raise
+
+
+@contextmanager
+def _one_decision_at_a_time(factory: sessionmaker[Session], order_id: str) -> Iterator[None]:
+    """Refuse a decision on an order while another staff decision on it is being carried out.
+
+    A refund spans calls to Stripe made with no transaction open (a slow Stripe must not hold the
+    order's row, or SQLite's one write lock), so the order's row lock cannot keep two refunds apart:
+    a second click found the first's refund at Stripe and recorded it as its own, and both were
+    audited as a refund done. This lock spans the whole decision; a second one is refused at once,
+    and audited as refused, rather than left to wait for Stripe behind the first."""
+    with try_lock(factory.kw["bind"], f"staff decision on order {order_id}") as taken:
+        if not taken:
+            raise Refused(f"another staff decision on order {order_id} is in progress (a refund waiting for "
+                          f"Stripe's answer, say): nothing was done; look at the order again in a moment")
+        yield
 
 
 def _order_of(session: Session, event: InboxEvent | None, *, lock: bool) -> Order | None:
@@ -299,7 +316,7 @@ def orders_needing_review(session: Session) -> list[Order]:
 def refund_order(factory: sessionmaker[Session], order_id: str, *, actor: str, reason: str) -> Decision:
     """Give the money the order holds back at Stripe, mark it refunded and put unshipped units back."""
     with _audited_refusal(factory, actor=actor, action="refund", target=f"order {order_id}", order_id=order_id,
-                          note=reason):
+                          note=reason), _one_decision_at_a_time(factory, order_id):
         return _give_money_back(factory, order_id, actor=actor, action="refund", note=reason)
 
 
@@ -315,6 +332,9 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
     """
     with factory() as session:
         order = get_order(session, order_id)
+        if order.status is OrderStatus.REFUNDED and order.money_held <= 0:
+            raise Refused(f"order {order_id} is already refunded ({order.refunded_amount} {order.currency} given "
+                          f"back, Stripe refund {order.refund_id}): there is nothing left to refund")
         order.ensure_refundable()
         disputed = disputes_ruling_out_refund(session, [order_id]).get(order_id)
         if disputed is not None:
@@ -416,7 +436,8 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
     """
     target = f"order {order_id}"
     with _audited_refusal(factory, actor=actor, action="accept", target=target, order_id=order_id, note=note), \
-            caused_by(f"staff {actor}: accept"), transaction(factory) as session:
+            _one_decision_at_a_time(factory, order_id), caused_by(f"staff {actor}: accept"), \
+            transaction(factory) as session:
         order = get_order(session, order_id, for_update=True)
         before = _status(order)
         if order.status is not OrderStatus.NEEDS_REVIEW:
@@ -452,7 +473,8 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
     the outbox, as the expiry sweep does), so it can no longer be paid.
     """
     target = f"order {order_id}"
-    with _audited_refusal(factory, actor=actor, action="cancel", target=target, order_id=order_id, note=note):
+    with _audited_refusal(factory, actor=actor, action="cancel", target=target, order_id=order_id, note=note), \
+            _one_decision_at_a_time(factory, order_id):
         if refund:
             with factory() as session:
                 held = get_order(session, order_id).money_held

@@ -1,5 +1,6 @@
 """charge.refunded: a refund made at Stripe (its dashboard, or ours already recorded) shows on the order;
-charge.refund.updated and refund.updated/failed: a refund that failed after all is no longer counted."""
+charge.refund.updated and refund.updated/failed: a refund that failed after all is no longer counted.
+`record_charge_refunds` is also how a stray intent's refunds made before its payment was linked are counted."""
 from __future__ import annotations
 
 import structlog
@@ -9,7 +10,7 @@ from sqlalchemy.orm import Session
 from consumers.handlers.lookup import flag_or_note, lock_order_paid_on
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
-from models.orders import OrderStatus, can_transition, record_refund, return_unshipped_units
+from models.orders import Order, OrderStatus, can_transition, record_refund, return_unshipped_units
 from models.refunds import Refund, RefundSource
 
 log = structlog.get_logger(__name__)
@@ -27,16 +28,16 @@ def _refunds_of(charge: dict, intent_id: str, refunded: int, context: HandlerCon
     listed = charge.get("refunds")
     if isinstance(listed, dict) and isinstance(listed.get("data"), list) and not listed.get("has_more"):
         refunds = [refund for refund in listed["data"] if isinstance(refund, dict)]
-        if _counted(refunds) >= refunded:
+        if given_back(refunds) >= refunded:
             return refunds
     refunds = context.list_refunds(intent_id)
-    if _counted(refunds) < refunded:
+    if given_back(refunds) < refunded:
         raise RefundsNotListed(f"charge {charge.get('id')} is refunded {refunded}, but Stripe lists refunds of "
-                               f"{_counted(refunds)} for payment intent {intent_id}")
+                               f"{given_back(refunds)} for payment intent {intent_id}")
     return refunds
 
 
-def _counted(refunds: list[dict]) -> int:
+def given_back(refunds: list[dict]) -> int:
     """What the refunds give back (a failed or canceled one gives nothing)."""
     return sum(int(refund.get("amount") or 0) for refund in refunds
                if refund.get("status") not in ("failed", "canceled"))
@@ -50,11 +51,21 @@ def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -
     if order is None:
         return Outcome.ignored(f"no order of ours for charge {charge.get('id')} (payment intent {intent_id})")
     amount, refunded = int(charge.get("amount") or 0), int(charge.get("amount_refunded") or 0)
-    currency = charge.get("currency") or order.currency
+    return record_charge_refunds(session, order, _refunds_of(charge, intent_id, refunded, context),
+                                 charge_id=charge.get("id"), amount=amount, refunded=refunded,
+                                 currency=charge.get("currency") or order.currency)
 
+
+def record_charge_refunds(session: Session, order: Order, refunds: list[dict], *, charge_id: str | None,
+                          amount: int, refunded: int, currency: str) -> Outcome:
+    """Record a charge's refunds on the order, each once, and say what that makes of the order: refunded
+    (a refund in full of all it holds), or flagged for a person. `refunded` is the charge's refunded total.
+
+    charge.refunded calls it, and so does a succeeded event that links a stray intent to the order: the
+    intent's refunds, handled before it, found no order of ours."""
     # Each refund once, keyed by Stripe's id: one staff made here is already recorded.
     recorded = []
-    for refund in _refunds_of(charge, intent_id, refunded, context):
+    for refund in refunds:
         if not refund.get("id"):
             continue
         row = record_refund(session, order, stripe_refund_id=refund["id"], amount=int(refund.get("amount") or 0),
@@ -71,7 +82,7 @@ def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -
         if order.status is OrderStatus.REFUNDED:
             return Outcome.processed(f"order already refunded; {len(recorded)} refund(s) recorded", order.id)
         if can_transition(order.status, OrderStatus.REFUNDED):
-            refund_id = recorded[-1].stripe_refund_id if recorded else charge.get("id")
+            refund_id = recorded[-1].stripe_refund_id if recorded else charge_id
             order.mark_refunded(refund_id, "refunded in full at Stripe")
             # Refunded goods must not leave the warehouse; their units go back on the shelf.
             returned = return_unshipped_units(session, order)
@@ -81,8 +92,10 @@ def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -
                                    f"{order.status.value}")
     if not recorded:
         return Outcome.processed("refunds already recorded", order.id)
+    if refunded <= 0:  # only refunds that failed or were canceled: nothing was given back
+        return Outcome.processed(f"{len(recorded)} refund(s) recorded, none giving money back", order.id)
     if in_full:  # one of two payments the order holds (a stray intent's, or its own after one)
-        return flag_or_note(order, f"charge {charge.get('id')} refunded in full at Stripe ({refunded} {currency}); "
+        return flag_or_note(order, f"charge {charge_id} refunded in full at Stripe ({refunded} {currency}); "
                                    f"the order still holds {order.money_held} {currency}")
     return flag_or_note(order, f"partially refunded at Stripe: {refunded} of {amount} {currency}")
 

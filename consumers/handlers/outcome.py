@@ -21,3 +21,10 @@ class Outcome:
     @classmethod
     def ignored(cls, reason: str, order_id: str | None = None, alert: str | None = None) -> "Outcome":
         return cls(EventStatus.IGNORED, reason, order_id, alert)
+
+    def followed_by(self, then: "Outcome") -> "Outcome":
+        """What one event did in two steps (a payment, then the refunds found made on it before), said as one;
+        the status is the last step's, and staff get one alert carrying each step's."""
+        alerts = [alert for alert in (self.alert, then.alert) if alert]
+        return Outcome(then.status, f"{self.reason}; then: {then.reason}", then.order_id or self.order_id,
+                       "\n".join(alerts) or None)

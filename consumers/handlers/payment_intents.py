@@ -5,6 +5,7 @@ import structlog
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
+from consumers.handlers.charges import given_back, record_charge_refunds
 from consumers.handlers.lookup import flag_or_note, lock_order, lock_order_for_intent, unconfirmed
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
@@ -75,12 +76,41 @@ def on_payment_succeeded(session: Session, event: dict, context: HandlerContext)
     # The order's changes are written in one UPDATE at the end (the savepoint or the commit),
     # not one per query that would otherwise flush them first.
     with session.no_autoflush:
-        return _apply_payment(session, event, intent, found)
+        order = found.order
+        # The intent is linked to the order by this event: a stray one (a second checkout tab), or the first
+        # the order holds (checkout never heard Stripe's answer). Until now its events found no order of ours.
+        links = found.other_intent or order.payment_intent_id is None
+        paid, counted_now = _count_payment(session, order, intent, event["id"])
+        outcome = _apply_payment(session, intent, found, paid, counted_now)
+        if links and counted_now:
+            outcome = _count_refunds_made_before(session, order, intent, paid, outcome, context)
+        return outcome
 
 
-def _apply_payment(session: Session, event: dict, intent: dict, found: _Found) -> Outcome:
+def _count_refunds_made_before(session: Session, order: Order, intent: dict, paid: int, outcome: Outcome,
+                               context: HandlerContext) -> Outcome:
+    """Refunds of an intent linked to the order only now, made at Stripe before this event was handled.
+
+    Stripe does not deliver events in order: the intent's charge.refunded or refund.* handled before this
+    event found no order of ours and were ignored. Stripe's own list of the intent's refunds is read (not
+    the inbox: a charge's events are stored under the charge's or the refund's id, may not list the refunds,
+    and may not have arrived at all), and each refund is recorded by Stripe's id as charge.refunded records
+    it, so a later delivery or replay of those events finds it recorded and counts nothing twice. Only
+    reading: the service never refunds on its own."""
+    record = context.retrieve_payment_intent(intent["id"])
+    if not record or not record.get("latest_charge"):
+        return outcome  # no charge at Stripe (or no such intent under this account): nothing was refunded
+    refunds = [refund for refund in context.list_refunds(intent["id"]) if refund.get("id")]
+    if not refunds:
+        return outcome
+    log.info("refunds_made_before_payment", refunds=len(refunds))
+    return outcome.followed_by(record_charge_refunds(
+        session, order, refunds, charge_id=refunds[0].get("charge"), amount=paid, refunded=given_back(refunds),
+        currency=(intent.get("currency") or order.currency).lower()))
+
+
+def _apply_payment(session: Session, intent: dict, found: _Found, paid: int, counted_now: bool) -> Outcome:
     order = found.order
-    paid, counted_now = _count_payment(session, order, intent, event["id"])
     currency = (intent.get("currency") or "").lower()
     if found.other_intent:
         # Money taken on an intent the order does not hold (a second checkout tab, a copied

@@ -13,15 +13,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from urllib.request import Request, urlopen
 
+import pytest
 import stripe
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from models.events import InboxEvent, OutboxMessage
-from models.refunds import Dispute, Refund
+from consumers.staff_actions import replay_event
+from models.events import EventStatus, InboxEvent, OutboxMessage
+from models.refunds import Dispute, Refund, RefundSource
 from tests.integration.test_refunds_and_disputes import (  # noqa: F401  (fixtures)
-    alerts, charge_refunded, dispute_event, order_row, paid_order, refund_updated, stripe_says)
-from tests.support import confirm_card, use_stripe
+    alerts, charge_refunded, charge_refunded_as_now, dispute_event, order_row, paid_order, refund_updated, refunds,
+    stock, stripe_says)
+from tests.support import confirm_card, event_for, use_stripe
 from webhook_app.cli import shop
 
 DISPUTE = "dp_FromTheCardIssuer1"
@@ -156,6 +159,88 @@ def test_a_refund_update_older_than_its_failure_is_ignored_so_the_failure_is_cou
         assert session.scalars(select(Refund.status)).all() == ["failed"]
     [told] = [alert.text for alert in alerts(sessions) if "the customer did not get it back" in alert.text]
     assert f"refund {refund.id} of {order['total']} jpy failed at Stripe (lost_or_stolen_card)" in told
+
+
+def _paid_on_a_second_tab(order: dict) -> str:
+    """The customer pays the order again on another checkout tab's intent (one the order does not hold)."""
+    stray = stripe.PaymentIntent.create(amount=order["total"], currency="jpy",
+                                        metadata={"order_id": order["order_id"]})
+    assert confirm_card(stray.id, "4242424242424242") == "succeeded"
+    return stray.id
+
+
+def _stray_succeeded(order: dict, stray: str) -> dict:
+    return event_for("localstripe_payment_intent.succeeded", intent_id=stray, order_id=order["order_id"],
+                     amount=order["total"])
+
+
+def _stray_refund_event(kind: str, refund) -> dict:
+    if kind == "charge.refunded":
+        return charge_refunded(refund.charge)
+    if kind == "charge.refunded without its refunds":
+        return charge_refunded_as_now(refund.charge)
+    return refund_updated(refund.id, kind, status="succeeded")
+
+
+def _inbox(sessions, event: dict) -> InboxEvent:
+    with sessions() as session:
+        return session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
+
+
+@pytest.mark.parametrize("early", ["charge.refunded", "charge.refunded without its refunds", "charge.refund.updated",
+                                   "refund.updated"])
+def test_a_stray_intents_refund_handled_before_its_payment_is_counted_when_the_payment_links_the_intent(
+        client, sessions, settings, paid_order, stripe_says, early):
+    """The refund's event found no order of ours (the stray intent was not linked yet) and was dropped; then the
+    payment counted the intent's whole amount, so the order held 2 x 3100 though 3100 of it was given back."""
+    order = paid_order()
+    stray = _paid_on_a_second_tab(order)
+    refund = stripe.Refund.create(payment_intent=stray)  # in Stripe's dashboard
+    first = stripe_says(_stray_refund_event(early, refund))
+    assert _inbox(sessions, first).status is EventStatus.IGNORED  # nothing links the intent to the order yet
+    assert order_row(sessions, order).money_held == order["total"]
+
+    stripe_says(_stray_succeeded(order, stray))
+    row = order_row(sessions, order)
+    assert (row.status.value, row.paid_amount, row.refunded_amount, row.money_held) == (
+        "needs_review", 2 * order["total"], order["total"], order["total"])
+    assert f"paid {order['total']} jpy on payment intent {stray}" in row.review_reason
+    assert f"refunded in full at Stripe ({order['total']} jpy); the order still holds {order['total']} jpy" \
+        in row.review_reason
+    assert refunds(sessions) == [(refund.id, order["total"], RefundSource.STRIPE)]
+    [told] = [alert.text for alert in alerts(sessions) if stray in alert.text]
+    assert f"Order {order['order_id']} needs review" in told and "refunded in full at Stripe" in told
+    assert stripe.Refund.list(payment_intent=stray).data[0].id == refund.id  # nothing refunded by the service
+    assert len(stripe.Refund.list(payment_intent=stray).data) == 1
+
+    # Stripe's next delivery of the refund's events, and staff replaying the one that was ignored: counted once.
+    stripe_says(charge_refunded_as_now(refund.charge))
+    stripe_says(refund_updated(refund.id, "refund.updated", status="succeeded"))
+    replay_event(sessions, settings, first["id"], actor="alice")
+    row = order_row(sessions, order)
+    assert (row.status.value, row.refunded_amount, row.money_held) == ("needs_review", order["total"], order["total"])
+    assert refunds(sessions) == [(refund.id, order["total"], RefundSource.STRIPE)]
+    assert _inbox(sessions, first).status is EventStatus.PROCESSED
+
+
+@pytest.mark.parametrize("refund_first", [False, True], ids=["payment-then-refund", "refund-then-payment"])
+def test_an_order_paid_only_on_a_stray_intent_refunded_in_full_ends_the_same_whichever_event_comes_first(
+        client, sessions, checkout, stripe_says, refund_first):
+    """Refund first: the order stayed in review holding 3100 that Stripe had given back, its units held."""
+    order = checkout([("TEA-01", 2)])
+    stray = _paid_on_a_second_tab(order)
+    refund = stripe.Refund.create(payment_intent=stray)  # in Stripe's dashboard
+    events = [_stray_succeeded(order, stray), charge_refunded_as_now(refund.charge)]
+    for event in reversed(events) if refund_first else events:
+        stripe_says(event)
+
+    row = order_row(sessions, order)
+    assert (row.status.value, row.paid_amount, row.refunded_amount, row.money_held) == (
+        "refunded", order["total"], order["total"], 0)
+    assert refunds(sessions) == [(refund.id, order["total"], RefundSource.STRIPE)]
+    assert stock(client) == (40, 0)  # its hold went back on the shelf
+    assert len([alert for alert in alerts(sessions) if alert.order_id == order["order_id"]]) == 1
+    assert len(stripe.Refund.list(payment_intent=stray).data) == 1
 
 
 # --- reconcile ------------------------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from models.history import OrderStatusChange, StaffAction
 from models.orders import Order, OrderStatus
 from models.refunds import Refund, RefundSource
 from tests.backends import servers_available
+from tests.integration.test_admin_pages import EMAIL, flashes, logged_in, page, post
 from tests.integration.test_staff_cli import _dead_letter
+from tests.stripe_proxy import HoldingProxy
 from tests.support import SHIPPING, confirm_card, event_for, stripe_unreachable
 from webhook_app.cli import shop
 
@@ -231,6 +233,81 @@ def test_a_refund_whose_commit_was_lost_is_found_at_stripe_and_recorded_once(set
         assert (refund.stripe_refund_id, refund.amount, refund.source, refund.reason) == (
             at_stripe[0].id, order["total"], RefundSource.STAFF, "customer called: box was crushed")
         assert (stored.refund_id, stored.money_held) == (at_stripe[0].id, 0)
+    assert _stock(client) == (40, 0)
+
+
+def test_a_second_refund_decision_while_the_first_waits_for_stripe_is_refused_and_audited_as_refused(
+        settings, sessions, client, checkout, post_event, deliver, localstripe):
+    """Alice's refund was made at Stripe and her decision waited for the answer; a second click in the console
+    found that refund at Stripe and recorded it as its own: both were audited as a refund done (with real Stripe
+    the shared idempotency key gives both the same refund; localstripe ignores keys, so the test relies on
+    neither: Stripe's answer to Alice is held until the other decisions are over)."""
+    order = _paid(client, checkout, post_event, deliver)
+    other = _paid(client, checkout, post_event, deliver)
+    staff = logged_in(client, sessions)
+    held = []
+
+    def alices_refund(request_line: str) -> bool:
+        if request_line.startswith("POST /v1/refunds") and not held:
+            held.append(request_line)
+            return True
+        return False
+
+    proxy = HoldingProxy(localstripe.port, hold=alices_refund)
+    first: dict = {}
+
+    def refund_as_alice():
+        try:
+            first["decision"] = refund_order(sessions, order["order_id"], actor="alice", reason="damaged in transit")
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            first["error"] = exc
+
+    working, stripe.api_base = stripe.api_base, proxy.base
+    # However long the machine takes meanwhile, Alice's request must not time out and be sent again.
+    client_before, stripe.default_http_client = stripe.default_http_client, stripe.new_default_http_client(timeout=60)
+    racing = threading.Thread(target=refund_as_alice)
+    try:
+        racing.start()
+        proxy.wait_for_answers(1, timeout=30)  # Stripe made Alice's refund; her decision waits for the answer
+        post(staff, f"/admin/orders/{order['order_id']}/refund", note="the customer called")
+        [refused] = flashes(page(staff, f"/admin/orders/{order['order_id']}"))
+        post(staff, f"/admin/orders/{order['order_id']}/cancel", note="cancel it", refund="yes")
+        [refused_cancel] = flashes(page(staff, f"/admin/orders/{order['order_id']}"))
+        # A refund of another order is not held up by it.
+        refund_order(sessions, other["order_id"], actor="dave", reason="another order, meanwhile")
+    finally:
+        proxy.release()
+        racing.join(30)
+        stripe.api_base, stripe.default_http_client = working, client_before
+        proxy.close()
+    assert not racing.is_alive() and "error" not in first, first
+    assert refused.startswith("Not done:") and f"order {order['order_id']} is in progress" in refused, refused
+    assert refused_cancel.startswith("Not done:") and "is in progress" in refused_cancel, refused_cancel
+    assert (first["decision"].status_before, first["decision"].status_after) == ("paid", "refunded")
+
+    again = _run(settings, "orders", "refund", order["order_id"], "--reason", "once more", "--as", "carol")
+    assert again.exit_code == 1 and f"order {order['order_id']} is already refunded" in again.output
+
+    [given] = _refunds_at_stripe(order["payment_intent_id"])
+    assert given.amount == order["total"]
+    assert [r.amount for r in _refunds_at_stripe(other["payment_intent_id"])] == [other["total"]]
+    with sessions() as session:
+        stored = session.get(Order, order["order_id"])
+        assert (stored.status, stored.refunded_amount, stored.money_held) == (OrderStatus.REFUNDED, order["total"], 0)
+        assert [(r.stripe_refund_id, r.amount, r.reason) for r in session.scalars(
+            select(Refund).where(Refund.order_id == order["order_id"]))] == [
+            (given.id, order["total"], "damaged in transit")]
+        assert session.scalars(select(OrderStatusChange.cause).where(
+            OrderStatusChange.order_id == order["order_id"], OrderStatusChange.to_status == "refunded")).all() == [
+            "staff alice: refund"]
+    decided = [(a.actor, a.action, a.status_before, a.status_after, a.detail) for a in _audit(sessions)
+               if a.order_id == order["order_id"]]
+    assert [row[:4] for row in decided] == [(EMAIL, "refund", "paid", "paid"), (EMAIL, "cancel", "paid", "paid"),
+                                            ("alice", "refund", "paid", "refunded"),
+                                            ("carol", "refund", "refunded", "refunded")]
+    assert all(row[4].startswith("refused: ") and "is in progress" in row[4] for row in decided[:2])
+    assert decided[2][4].startswith(f"stripe refund {given.id}")
+    assert decided[3][4].startswith("refused: ") and "already refunded" in decided[3][4]
     assert _stock(client) == (40, 0)
 
 
