@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         structlog.contextvars.clear_contextvars()
 
     # Stripe's webhook is served in front of Flask, by a plain WSGI callable (webhook_app.webhooks).
-    app.wsgi_app = WebhookDispatcher(app.wsgi_app, StripeWebhookEndpoint(app.extensions["shop"]))
+    endpoint = app.extensions["webhook_endpoint"] = StripeWebhookEndpoint(app.extensions["shop"])
+    app.wsgi_app = WebhookDispatcher(app.wsgi_app, endpoint)
     # In front of both: behind a trusted proxy REMOTE_ADDR is the client's, for the login limit, the
     # failed logins it records, and the address in every request's log line (gunicorn's and the webhook's).
     app.wsgi_app = ClientAddressFromTrustedProxy(app.wsgi_app, settings.forwarded_allow_ips)

@@ -59,7 +59,7 @@ class _Post(threading.Thread):
 
 def _post_as_one_group(app, settings, payloads: list[str], before_release=None) -> tuple[_Post, list[_Post]]:
     """POST an opening event, then `payloads` while its store waits: they queue and go as ONE group."""
-    group_commit = app.wsgi_app.endpoint.group_commit
+    group_commit = app.extensions["webhook_endpoint"].group_commit
     opener = _Post(app, json.dumps(event_for("localstripe_payment_intent.succeeded")))
     posts = [_Post(app, payload) for payload in payloads]
     groups_before, events_before = group_commit.groups, group_commit.events
@@ -219,7 +219,7 @@ def test_a_delivery_still_queued_when_its_wait_runs_out_answers_503_and_is_never
     from webhook_app import webhooks
 
     monkeypatch.setattr(webhooks, "_QUEUE_TIMEOUT", 0.2)
-    group_commit = app.wsgi_app.endpoint.group_commit
+    group_commit = app.extensions["webhook_endpoint"].group_commit
     opener = _Post(app, json.dumps(event_for("localstripe_payment_intent.succeeded")))
     late = event_for("localstripe_payment_intent.succeeded")
     queued = _Post(app, json.dumps(late))
