@@ -40,14 +40,23 @@ class Product(Base):
         }
 
 
+# on_hand is a 32-bit INTEGER column (alembic/versions/0001).
+LARGEST_ON_HAND = 2**31 - 1
+
+
 class Stock(Base):
-    """Units on the shelf (`on_hand`) and units held by checkouts awaiting payment (`reserved`)."""
+    """Units on the shelf (`on_hand`) and units held by checkouts awaiting payment (`reserved`).
+
+    `loaded_stock` is the figure the last catalog load gave this sku: the next load moves on_hand
+    by how much its figure differs from it (`load_stock_figure`), so sales and restocks since stay.
+    """
 
     __tablename__ = "stock"
 
     sku: Mapped[str] = mapped_column(ForeignKey("products.sku"), primary_key=True)
     on_hand: Mapped[int] = mapped_column(Integer, default=0)
     reserved: Mapped[int] = mapped_column(Integer, default=0)
+    loaded_stock: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     product: Mapped[Product] = relationship(back_populates="stock")
 
@@ -88,6 +97,27 @@ class Stock(Base):
         if on_hand < self.reserved:
             raise ValueError(f"{self.sku}: on hand {on_hand} is below the {self.reserved} units reserved")
         self.on_hand = on_hand
+
+    def load_stock_figure(self, figure: int) -> None:
+        """A catalog load's stock figure for this sku: on_hand moves by the figure less the one loaded last.
+
+        The file's figure is the stock as of the load that brought it, not a count of the shelf now:
+        setting on_hand to it would put every unit sold since back on sale (and undo what a refund
+        put back). So an unchanged figure changes nothing, a higher one adds the units received, a
+        lower one takes units off: refused if fewer would be left than checkouts hold, or fewer than
+        none. A new sku (nothing loaded, nothing on hand) starts at its figure. Lock the row first.
+        """
+        on_hand = self.on_hand + figure - self.loaded_stock
+        change = f"{self.sku}: stock {self.loaded_stock} -> {figure} would"
+        if on_hand < 0:
+            raise ValueError(f"{change} take {self.loaded_stock - figure} off the {self.on_hand} on hand "
+                             f"(units sold since the last load stay sold)")
+        if on_hand < self.reserved:
+            raise ValueError(f"{change} leave {on_hand} on hand, below the {self.reserved} units reserved by checkouts")
+        if on_hand > LARGEST_ON_HAND:
+            raise ValueError(f"{change} put {on_hand} on hand, past {LARGEST_ON_HAND}, the most the column holds")
+        self.set_on_hand(on_hand)
+        self.loaded_stock = figure
 
 
 def _positive(quantity: int) -> None:

@@ -137,14 +137,35 @@ def validate_catalog(data) -> None:
             priced.add(name)
 
 
+# Skus per look-up: well under SQLite's limit of bound parameters in one statement (32,766).
+SKUS_PER_QUERY = 1000
+
+
+def _in_chunks(skus: list[str]) -> list[list[str]]:
+    return [skus[i:i + SKUS_PER_QUERY] for i in range(0, len(skus), SKUS_PER_QUERY)]
+
+
 def apply_catalog(session: Session, data: dict) -> dict:
-    """Insert or update every product by sku and replace the shipping table. Returns counts."""
+    """Insert or update every product by sku and replace the shipping table. Returns counts.
+
+    Stock moves by each figure's difference from the one loaded last (Stock.load_stock_figure), on
+    rows locked first, in sku order as checkouts lock them: a checkout either commits before the
+    lock is granted or waits for the load's commit, so the reserved units checked are the ones
+    beside the on_hand written. A refusal raises before the caller commits anything.
+    """
     currency = data["currency"].lower()
+    products = {product.sku: product for chunk in _in_chunks(sorted(p["sku"] for p in data["products"]))
+                for product in session.scalars(select(Product).where(Product.sku.in_(chunk)))}
+    for chunk in _in_chunks(sorted(products)):
+        session.scalars(select(Stock).where(Stock.sku.in_(chunk)).order_by(Stock.sku).with_for_update()
+                        .execution_options(populate_existing=True)).all()
+    # A sku another load adds meanwhile is not among `products`: inserting it too is refused by the
+    # database (IntegrityError), which `shop catalog load` reports as a failed load.
     created = updated = 0
     for p in data["products"]:
-        product = session.get(Product, p["sku"])
+        product = products.get(p["sku"])
         if product is None:
-            product = Product(sku=p["sku"], stock=Stock(on_hand=0, reserved=0))
+            product = Product(sku=p["sku"], stock=Stock(on_hand=0, reserved=0, loaded_stock=0))
             session.add(product)
             created += 1
         else:
@@ -153,7 +174,7 @@ def apply_catalog(session: Session, data: dict) -> dict:
         product.unit_amount = p["unit_amount"]
         product.currency = currency
         product.weight_grams = p.get("weight_grams", 0)
-        product.stock.set_on_hand(p["stock"])
+        product.stock.load_stock_figure(p["stock"])
     rates = 0
     if data.get("shipping") is not None:
         session.execute(delete(ShippingRate))

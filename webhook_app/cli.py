@@ -123,7 +123,16 @@ def catalog():
 @catalog.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def catalog_load(file):
-    """Load products, stock and shipping rates from FILE (JSON or YAML); loading again updates by sku."""
+    """Load products, stock and shipping rates from FILE (JSON or YAML); loading again updates by sku.
+
+    A product's `stock` is its units on hand as of the load that brings that figure. Loading again
+    adds the figure's difference from the one loaded last, the units to add since the last load (a
+    lower figure takes units off): units sold since stay sold, and the same figure again changes
+    nothing. A new sku starts at its figure. Nothing is loaded if a sku would be left with fewer
+    units than checkouts hold, or fewer than none.
+    """
+    from sqlalchemy.exc import IntegrityError
+
     from models.catalog_file import apply_catalog, read_catalog
     from models.db import transaction
     from models.errors import DomainError
@@ -137,6 +146,12 @@ def catalog_load(file):
         raise click.ClickException(f"{file}: {exc.message}") from exc
     except ValueError as exc:
         raise click.ClickException(f"{file}: {exc}") from exc
+    except IntegrityError as exc:
+        # What the load's locks leave to the database: another load adding the same new sku meanwhile.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+        raise click.ClickException(f"{file}: nothing was loaded: the database refused it ({reason}), "
+                                   f"most likely another change to the same products at the same time; "
+                                   f"load it again") from exc
     click.echo(f"catalog loaded: {counts['created']} created, {counts['updated']} updated, "
                f"{counts['shipping_rates']} shipping rates")
 

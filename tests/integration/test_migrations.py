@@ -215,14 +215,15 @@ ID_COLUMNS = sorted((table.name, column.name) for table in Base.metadata.tables.
 
 def _differences_but_later_revisions(url: str) -> list:
     """The differences of a schema migrated down past 0009, but for those of 0009 and later themselves: on
-    PostgreSQL the ids' 32-bit INTEGER where the models have BIGINT, the orders' charged back amount and
-    the staff logins' session generation."""
+    PostgreSQL the ids' 32-bit INTEGER where the models have BIGINT, the orders' charged back amount, the
+    staff logins' session generation and the stock's figure last loaded."""
     def is_0009s(diff) -> bool:
         return isinstance(diff, list) and all(
             change[0] == "modify_type" and (change[2], change[3]) in ID_COLUMNS
             and (str(change[5]), str(change[6])) == ("INTEGER", "BIGINT") for change in diff)
 
-    return [diff for diff in _differences(url) if not is_0009s(diff) and not _is_0010s(diff) and not _is_0011s(diff)]
+    return [diff for diff in _differences(url)
+            if not is_0009s(diff) and not _is_0010s(diff) and not _is_0011s(diff) and not _is_0012s(diff)]
 
 
 def _is_added_column(diff, table: str, column: str) -> bool:
@@ -237,11 +238,16 @@ def _is_0011s(diff) -> bool:
     return _is_added_column(diff, "staff_members", "session_generation")
 
 
+def _is_0012s(diff) -> bool:
+    return _is_added_column(diff, "stock", "loaded_stock")
+
+
 def test_0010_adds_the_charged_back_amount_as_zero_to_existing_orders_and_its_downgrade_drops_it(
         database_url, checkout):
     placed = checkout([("TEA-01", 1)])
     command.downgrade(alembic_config(database_url), "0009")
-    assert [diff for diff in _differences(database_url) if not _is_0010s(diff) and not _is_0011s(diff)] == []
+    assert [diff for diff in _differences(database_url)
+            if not _is_0010s(diff) and not _is_0011s(diff) and not _is_0012s(diff)] == []
     assert any(_is_0010s(diff) for diff in _differences(database_url))
     command.upgrade(alembic_config(database_url), "head")
     assert _differences(database_url) == []
@@ -259,7 +265,8 @@ def test_0011_adds_a_session_generation_of_zero_to_existing_logins_and_its_downg
     with transaction(sessions) as session:
         add_staff_member(session, "alice@example.com", "a long enough password", actor="test setup")
     command.downgrade(alembic_config(database_url), "0010")
-    assert [diff for diff in _differences(database_url) if not _is_0011s(diff)] == []
+    assert [diff for diff in _differences(database_url)
+            if not _is_0011s(diff) and not _is_0012s(diff)] == []
     assert any(_is_0011s(diff) for diff in _differences(database_url))
     command.upgrade(alembic_config(database_url), "head")
     assert _differences(database_url) == []
@@ -268,6 +275,28 @@ def test_0011_adds_a_session_generation_of_zero_to_existing_logins_and_its_downg
         with engine.connect() as connection:
             assert connection.exec_driver_sql(
                 "SELECT email, session_generation FROM staff_members").all() == [("alice@example.com", 0)]
+    finally:
+        engine.dispose()
+
+
+def test_0012_takes_each_skus_on_hand_now_as_the_figure_last_loaded_and_its_downgrade_drops_it(
+        database_url, checkout, post_event, deliver):
+    placed = checkout([("TEA-01", 2)])  # sold: 38 of the 40 loaded are left
+    post_event(event_for("localstripe_payment_intent.succeeded", intent_id=placed["payment_intent_id"],
+                         order_id=placed["order_id"], amount=placed["total"]))
+    deliver()
+    checkout([("CUP-01", 1)])  # held
+    command.downgrade(alembic_config(database_url), "0011")
+    assert [diff for diff in _differences(database_url) if not _is_0012s(diff)] == []
+    assert any(_is_0012s(diff) for diff in _differences(database_url))
+    command.upgrade(alembic_config(database_url), "head")
+    assert _differences(database_url) == []
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql(
+                "SELECT sku, on_hand, reserved, loaded_stock FROM stock ORDER BY sku").all() == [
+                ("CUP-01", 3, 1, 3), ("TEA-01", 38, 0, 38)]
     finally:
         engine.dispose()
 
