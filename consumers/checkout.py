@@ -30,7 +30,8 @@ from models.db import transaction
 from models.errors import Conflict, DomainError, InvalidInput, OutOfStock, PriceChanged
 from models.events import Topic, enqueue
 from models.history import OrderStatusChange, caused_by, current_cause
-from models.orders import Order, OrderStatus, ShippingAddress, get_order, place_order, release_reservations
+from models.orders import (Order, OrderStatus, ShippingAddress, get_order, hold_payment_intent, place_order,
+                           record_payment_intent, release_reservations)
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -313,6 +314,8 @@ def replace_payment_intent(sessions: sessionmaker[Session], settings: Settings, 
     The new intent is created first (same amount, `metadata.order_id`) and switched in under the
     order's lock, only while the order is still payable, still holds `old_intent_id` and still
     holds its stock; the old intent's cancellation at Stripe is queued in that same transaction.
+    The old intent stays recorded as one of the order's: paid before that cancellation reaches
+    Stripe (another tab), its stored payment keeps the order's hold as one on the new intent would.
     Switching before cancelling matters: Stripe's `payment_intent.canceled` for the old intent
     then finds an order holding another intent and is ignored, instead of cancelling the order.
     A late event for the old intent is ignored the same way (a succeeded one is flagged for a
@@ -333,8 +336,7 @@ def replace_payment_intent(sessions: sessionmaker[Session], settings: Settings, 
         order = get_order(session, order_id, for_update=True)
         problem = _not_replaceable(order, old_intent_id)
         if problem is None:
-            order.payment_intent_id = intent.id
-            order.client_secret = intent.client_secret
+            hold_payment_intent(session, order, intent.id, intent.client_secret)
             # The status stays: the history says why the order pays through another intent now.
             order.status_changes.add(OrderStatusChange(
                 from_status=order.status.value, to_status=order.status.value, cause=current_cause(),
@@ -346,6 +348,7 @@ def replace_payment_intent(sessions: sessionmaker[Session], settings: Settings, 
             current = order.payment_intent_id
             if current != intent.id:
                 queue_intent_cancellation(session, order, payment_intent_id=intent.id)
+                record_payment_intent(session, order, intent.id)  # created for it, payable until cancelled
             # Another request replaced the same intent first: pay through the one it attached.
             if order.status in PAYABLE and current is not None and current != old_intent_id:
                 problem = None
@@ -383,18 +386,20 @@ def attach(sessions: sessionmaker[Session], order_id: str, intent: stripe.Paymen
     """Store the intent on the order, under its lock; whoever attached one first wins.
 
     An intent that arrives for an order cancelled meanwhile (its checkout was abandoned, its
-    hold expired) must not stay payable: its cancellation is queued with the refusal.
+    hold expired) must not stay payable: its cancellation is queued with the refusal. Either way
+    the intent is recorded as one of the order's (`OrderPaymentIntent`): until its cancellation
+    reaches Stripe it can be paid, and a payment on it keeps the order's hold.
     """
     with transaction(sessions) as session:
         order = get_order(session, order_id, for_update=True)
         if order.payment_intent_id is None and order.status is OrderStatus.PENDING_PAYMENT:
-            order.payment_intent_id = intent.id
-            order.client_secret = intent.client_secret
+            hold_payment_intent(session, order, intent.id, intent.client_secret)
             attached = True
         else:
             attached = False
             if order.payment_intent_id != intent.id:
                 queue_intent_cancellation(session, order, payment_intent_id=intent.id)
+                record_payment_intent(session, order, intent.id)  # created for it, payable until cancelled
         status, reason, current = order.status, order.cancel_reason, order.payment_intent_id
     if attached:
         structlog.contextvars.bind_contextvars(payment_intent=intent.id)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import structlog
 from kombu import Connection
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.broker import QUEUES, ConfirmedPublisher, keep_alive
@@ -15,10 +15,10 @@ from consumers.process import LongRunningProcess
 from models.base import utcnow
 from models.catalog import Reservation, ReservationStatus
 from models.db import transaction
-from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
+from models.events import OutboxMessage, OutboxStatus, Topic, enqueue
 from models.history import caused_by
 from models.logs import describe_error
-from models.orders import Order, OrderStatus, release_reservations
+from models.orders import Order, OrderStatus, payment_waiting, payment_waiting_for, release_reservations
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -106,20 +106,6 @@ def _unclaim(factory: sessionmaker[Session], claims: list[_Claim]) -> None:
 # Only an unpaid order's hold runs out. A flagged order's units wait for a staff decision
 # (accept consumes them, cancel releases them), however long that takes.
 EXPIRABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
-# A succeeded event in one of these states is money taken that a worker has yet to apply.
-UNAPPLIED = (EventStatus.RECEIVED, EventStatus.RETRYING, EventStatus.DEAD)
-
-
-def _payment_waiting_for(intent_id):
-    return exists().where(InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.object_id == intent_id,
-                          InboxEvent.status.in_(UNAPPLIED))
-
-
-def payment_waiting(session: Session, order: Order) -> bool:
-    """Whether the inbox holds a succeeded event for the order's intent not yet applied."""
-    if order.payment_intent_id is None:
-        return False
-    return bool(session.scalar(select(_payment_waiting_for(order.payment_intent_id))))
 
 
 def expire_reservations(factory: sessionmaker[Session]) -> int:
@@ -129,7 +115,9 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
     handler holding it is left alone until the next sweep, two relays never wait on each
     other, and stock rows are locked in the order's own (sku) order as checkout does.
     An order whose payment is already stored (its succeeded event waits in the inbox behind a
-    backlog or a broker outage) keeps its hold: the customer paid in time.
+    backlog or a broker outage) keeps its hold: the customer paid in time. That is a payment on
+    any intent the order has held, not only the one it holds now: the pay step may have replaced
+    the intent the buyer then completed in another tab.
     """
     now = utcnow()
     with factory() as session:
@@ -137,7 +125,7 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
             select(Reservation.order_id)
             .join(Order, Order.id == Reservation.order_id)
             .where(Reservation.status == ReservationStatus.ACTIVE, Reservation.expires_at <= now,
-                   Order.status.in_(EXPIRABLE), ~_payment_waiting_for(Order.payment_intent_id))
+                   Order.status.in_(EXPIRABLE), ~payment_waiting_for(Order.id))
             .distinct()
             .limit(BATCH)
         ).all()
@@ -149,8 +137,10 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
             # Decided under the order's lock, which the worker applying a payment also takes.
             if order is None or order.status not in EXPIRABLE:
                 continue
-            if payment_waiting(session, order):
-                log.info("reservation_kept_payment_waiting", order_id=order.id)
+            waiting = payment_waiting(session, order)
+            if waiting is not None:
+                log.info("reservation_kept_payment_waiting", order_id=order.id, event_id=waiting.event_id,
+                         payment_intent=waiting.payment_intent_id)
                 continue
             released = release_reservations(session, order)
             if not released:

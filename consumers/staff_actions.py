@@ -34,8 +34,10 @@ from models.orders import (
     OrderStatus,
     ShipmentStatus,
     can_transition,
+    cancel_ruled_out,
     cover_units,
     get_order,
+    payment_waiting,
     record_refund,
     return_unshipped_units,
 )
@@ -470,19 +472,25 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
 
     With `refund`, the money held is given back at Stripe first (the refund path) and the order
     ends refunded. An order nobody paid also gets its PaymentIntent cancelled at Stripe (through
-    the outbox, as the expiry sweep does), so it can no longer be paid.
+    the outbox, as the expiry sweep does), so it can no longer be paid. Refused, with or without
+    `refund`, while a payment for the order is stored and not yet applied (on any intent it held):
+    the order does not count that money yet, and the hold is what the payment will take.
     """
     target = f"order {order_id}"
     with _audited_refusal(factory, actor=actor, action="cancel", target=target, order_id=order_id, note=note), \
             _one_decision_at_a_time(factory, order_id):
         if refund:
             with factory() as session:
-                held = get_order(session, order_id).money_held
+                order = get_order(session, order_id)
+                _refuse_while_a_payment_waits(session, order)
+                held = order.money_held
             if held > 0:
                 return _give_money_back(factory, order_id, actor=actor, action="cancel", note=note)
         with caused_by(f"staff {actor}: cancel"), transaction(factory) as session:
             order = get_order(session, order_id, for_update=True)
             before = _status(order)
+            # Decided under the order's lock, which the worker applying the payment also takes.
+            _refuse_while_a_payment_waits(session, order)
             if order.money_held > 0:
                 raise Refused(f"order {order_id} holds {order.money_held} {order.currency} taken from the customer: "
                               f"cancel --refund gives it back, accept keeps it and ships")
@@ -496,3 +504,43 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
                 detail += _stop_payments_on(session, order)
             return _audit(session, actor=actor, action="cancel", target=target, order=order, before=before,
                           note=note, detail=detail)
+
+
+def _refuse_while_a_payment_waits(session: Session, order: Order) -> None:
+    waiting = payment_waiting(session, order)
+    if waiting is not None:
+        raise Refused(cancel_ruled_out(waiting))
+
+
+def ship_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str) -> Decision:
+    """Record that the order's shipment left the warehouse (the note says how: carrier, tracking).
+
+    A fact staff write down, not a change to money or the order's status: its units are gone for
+    good, so a refund or cancel after it (a chargeback lost) no longer puts them back on the shelf.
+    Refused while the order has no pending shipment (unpaid, already shipped, or its units put back).
+    """
+    target = f"order {order_id}"
+    with _audited_refusal(factory, actor=actor, action="ship", target=target, order_id=order_id, note=note), \
+            _one_decision_at_a_time(factory, order_id), caused_by(f"staff {actor}: ship"), \
+            transaction(factory) as session:
+        order = get_order(session, order_id, for_update=True)
+        before = _status(order)
+        problem = not_shippable(order)
+        if problem is not None:
+            raise Refused(problem)
+        order.shipment.mark_shipped()
+        return _audit(session, actor=actor, action="ship", target=target, order=order, before=before, note=note,
+                      detail=f"shipment {order.shipment.id} shipped: its units no longer go back on the shelf")
+
+
+def not_shippable(order: Order) -> str | None:
+    """Why the order's shipment cannot be recorded as sent (None: it can)."""
+    shipment = order.shipment
+    if shipment is None:
+        return f"order {order.id} is {order.status.value} and has no shipment: there is nothing to send"
+    if shipment.status is ShipmentStatus.SHIPPED:
+        return f"shipment {shipment.id} of order {order.id} is already recorded as shipped"
+    if shipment.status is not ShipmentStatus.PENDING:
+        return (f"shipment {shipment.id} of order {order.id} is {shipment.status.value}: its units went back on "
+                f"the shelf, so there is nothing to send")
+    return None

@@ -7,7 +7,7 @@ from models.carts import Cart, CartItem, CartStatus
 from models.catalog import Product, Reservation, ReservationStatus, Stock
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
 from models.history import EventAttempt, OrderStatusChange, StaffAction, StaffAlert, StaffMember
-from models.orders import Order, OrderLine, OrderStatus, Shipment, ShipmentStatus, ShippingAddress
+from models.orders import Order, OrderLine, OrderPaymentIntent, OrderStatus, Shipment, ShipmentStatus, ShippingAddress
 from models.refunds import Dispute, Refund, RefundSource
 from models.shipping import ShippingRate
 from models.staff import LoginFailure
@@ -15,7 +15,7 @@ from models.staff import LoginFailure
 __all__ = [
     "Base", "utcnow", "Cart", "CartItem", "CartStatus", "Product", "Reservation", "ReservationStatus",
     "Stock", "EventStatus", "InboxEvent", "OutboxMessage", "OutboxStatus", "Topic", "Order", "OrderLine",
-    "OrderStatus", "Shipment", "ShipmentStatus", "ShippingAddress", "ShippingRate", "EventAttempt",
-    "OrderStatusChange", "StaffAction", "StaffAlert", "StaffMember", "Dispute", "Refund", "RefundSource",
-    "LoginFailure",
+    "OrderPaymentIntent", "OrderStatus", "Shipment", "ShipmentStatus", "ShippingAddress", "ShippingRate",
+    "EventAttempt", "OrderStatusChange", "StaffAction", "StaffAlert", "StaffMember", "Dispute", "Refund",
+    "RefundSource", "LoginFailure",
 ]

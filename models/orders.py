@@ -5,8 +5,11 @@ import enum
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, select
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, exists, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, WriteOnlyMapped, mapped_column, object_session, relationship
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -15,6 +18,7 @@ from models.carts import Cart, CartStatus
 from models.catalog import Reservation, ReservationStatus, lock_stock, sold_units
 from models.db import add_row
 from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent
 from models.history import OrderStatusChange, current_cause
 from models.refunds import Refund, RefundSource
 from models.shipping import load_shipping_table, shipping_fee
@@ -179,6 +183,20 @@ class Order(Base):
         }
 
 
+class OrderPaymentIntent(Base):
+    """A PaymentIntent whose payment is a payment for the order: every intent the order has held (the
+    one it holds now too) and every one checkout created for it. Stripe may take money on any of them
+    after the order moved on to another (the pay step's replacement only queues the old one's
+    cancellation, and the buyer can complete it in another tab), and such a payment stored but not
+    yet applied keeps the order's hold (`payments_waiting`). Rows are only ever added."""
+
+    __tablename__ = "order_payment_intents"
+
+    # The primary key answers "the intents of this order" (its first column), as the sweep asks.
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), primary_key=True)
+    payment_intent_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+
 class OrderLine(Base):
     __tablename__ = "order_lines"
 
@@ -221,6 +239,13 @@ class Shipment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     order: Mapped[Order] = relationship(back_populates="shipment")
+
+    def mark_shipped(self) -> None:
+        """It left the warehouse: its units are gone for good, so a refund or cancellation after it
+        (a chargeback lost) no longer puts them back on the shelf (`return_unshipped_units`)."""
+        if self.status is not ShipmentStatus.PENDING:
+            raise Conflict(f"shipment {self.id} is {self.status.value}, not pending")
+        self.status = ShipmentStatus.SHIPPED
 
     def to_dict(self) -> dict:
         return {
@@ -432,3 +457,74 @@ def find_order_for_payment_intent(session: Session, payment_intent_id: str, orde
         if order is not None and order.payment_intent_id not in (None, payment_intent_id):
             return None
     return order
+
+
+def _intent_insert(dialect_insert):
+    return dialect_insert(OrderPaymentIntent.__table__).on_conflict_do_nothing()
+
+
+_INSERT_INTENT = {"postgresql": _intent_insert(postgresql_insert), "sqlite": _intent_insert(sqlite_insert)}
+
+
+def record_payment_intent(session: Session, order: Order, payment_intent_id: str) -> None:
+    """Write down, in the caller's transaction, that a payment on the intent is one for the order (once)."""
+    session.execute(_INSERT_INTENT[session.get_bind().dialect.name],
+                    {"order_id": order.id, "payment_intent_id": payment_intent_id})
+
+
+def hold_payment_intent(session: Session, order: Order, payment_intent_id: str,
+                        client_secret: str | None = None) -> None:
+    """The order pays through this intent from now on; the intents it held before stay recorded."""
+    order.payment_intent_id = payment_intent_id
+    if client_secret is not None:
+        order.client_secret = client_secret
+    record_payment_intent(session, order, payment_intent_id)
+
+
+# A succeeded event in one of these states is money taken that a worker has yet to apply.
+UNAPPLIED = (EventStatus.RECEIVED, EventStatus.RETRYING, EventStatus.DEAD)
+
+
+class PaymentWaiting(NamedTuple):
+    """A payment for an order that Stripe took and the inbox holds, not yet applied to the order."""
+
+    event_id: str
+    status: EventStatus
+    payment_intent_id: str
+
+
+def payment_waiting_for(order_id):
+    """SQL: whether a payment for the order (`order_id`, a value or a column) is stored and not yet
+    applied. Per order, its intents by the primary key, then each one's events by the inbox's
+    object_id index: cheap enough for the relay's every sweep."""
+    return exists().where(OrderPaymentIntent.order_id == order_id,
+                          InboxEvent.object_id == OrderPaymentIntent.payment_intent_id,
+                          InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.status.in_(UNAPPLIED))
+
+
+def payments_waiting(session: Session, order_ids) -> dict[str, PaymentWaiting]:
+    """For each of these orders that has one, the first payment for it stored and not yet applied, on
+    any intent it held. Such an order keeps its hold: the customer paid in time (the expiry sweep
+    leaves it, staff cancel is refused until the payment is retried or replayed)."""
+    if not order_ids:
+        return {}
+    rows = session.execute(
+        select(OrderPaymentIntent.order_id, InboxEvent.event_id, InboxEvent.status, InboxEvent.object_id)
+        .join(InboxEvent, InboxEvent.object_id == OrderPaymentIntent.payment_intent_id)
+        .where(OrderPaymentIntent.order_id.in_(list(order_ids)), InboxEvent.type == PAYMENT_SUCCEEDED,
+               InboxEvent.status.in_(UNAPPLIED))
+        .order_by(InboxEvent.id))
+    waiting: dict[str, PaymentWaiting] = {}
+    for order_id, event_id, status, intent_id in rows:
+        waiting.setdefault(order_id, PaymentWaiting(event_id, status, intent_id))
+    return waiting
+
+
+def payment_waiting(session: Session, order: Order) -> PaymentWaiting | None:
+    return payments_waiting(session, [order.id]).get(order.id)
+
+
+def cancel_ruled_out(waiting: PaymentWaiting) -> str:
+    """Why staff may not cancel an order while a payment for it waits to be applied (the CLI's, the console's words)."""
+    return (f"a payment for this order is stored and not yet applied (event {waiting.event_id}, status "
+            f"{waiting.status.value}): retry or replay it first, then decide")

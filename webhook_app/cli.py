@@ -523,6 +523,20 @@ def orders_cancel(order_id, note, refund, actor):
     click.echo(f"{order_id}: {decision.status_before} -> {decision.status_after} ({decision.detail})")
 
 
+@orders.command("ship")
+@click.argument("order_id")
+@click.option("--note", required=True, callback=_note_text,
+              help="How it was sent: carrier, tracking number (audit trail).")
+@staff_verb
+def orders_ship(order_id, note, actor):
+    """Record that the order's shipment left the warehouse: a refund or cancel after it no longer restocks its units."""
+    from consumers.staff_actions import ship_order
+
+    settings = _settings()
+    decision = _staff_call(lambda: ship_order(_sessions(settings), order_id, actor=_actor(actor), note=note))
+    click.echo(f"{order_id}: {decision.status_before} -> {decision.status_after} ({decision.detail})")
+
+
 @shop.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The running service.")
 @click.option("--card", default="4242424242424242", show_default=True,

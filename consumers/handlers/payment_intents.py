@@ -17,6 +17,7 @@ from models.orders import (
     OrderStatus,
     consume_reservations,
     create_shipment,
+    hold_payment_intent,
     release_reservations,
 )
 
@@ -127,7 +128,7 @@ def _apply_payment(session: Session, intent: dict, found: _Found, paid: int, cou
         said = "flagged for review" if order.status is OrderStatus.NEEDS_REVIEW else order.status.value
         return Outcome.processed(f"order already {said}", order.id)
     if order.payment_intent_id is None:
-        order.payment_intent_id = intent["id"]
+        hold_payment_intent(session, order, intent["id"])
 
     # Money has been taken from here on. The service never refunds on its own: anything
     # that does not add up is flagged for a person, who can retry, resolve or refund.

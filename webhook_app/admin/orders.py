@@ -1,6 +1,6 @@
 """Orders in the console: a list by status (the review queue first of all), one page per order
-with its whole story, search, and the decisions accept, cancel and refund, each behind a page
-that says what will happen to the money and the stock.
+with its whole story, search, and the decisions accept, cancel, refund and ship (its shipment
+left the warehouse), each behind a page that says what will happen to the money and the stock.
 
 The decisions are the functions the CLI calls (consumers/staff_actions.py), with the logged-in
 staff member as the actor; this module reads the form, calls, and redirects to the order's page.
@@ -12,19 +12,20 @@ from sqlalchemy import or_, select
 
 from consumers.order_story import find_orders_by_reference, order_story
 from consumers.payments import PaymentGatewayError
-from consumers.staff_actions import (accept_order, cancel_order, find_orders, intents_paid_on, order_id_of_message,
-                                     refund_order)
+from consumers.staff_actions import (accept_order, cancel_order, find_orders, intents_paid_on, not_shippable,
+                                     order_id_of_message, refund_order, ship_order)
 from models.catalog import ReservationStatus, Stock
 from models.errors import DomainError, NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
-from models.orders import Order, OrderStatus, ShipmentStatus, can_transition, get_order
+from models.orders import (Order, OrderStatus, PaymentWaiting, ShipmentStatus, can_transition, cancel_ruled_out,
+                           get_order, payment_waiting, payments_waiting)
 from models.refunds import Dispute, disputes_ruling_out_refund, refund_ruled_out
 from webhook_app import state
 from webhook_app.admin import actor, bp, page_arg
 from webhook_app.admin.display import money, review_sentence
 
 PAGE_SIZE = 25
-DECISIONS = ("accept", "cancel", "refund")
+DECISIONS = ("accept", "cancel", "refund", "ship")
 
 
 def _status_arg(text: str | None) -> OrderStatus | None:
@@ -44,10 +45,11 @@ def orders():
     with state().sessions() as session:
         found, total = find_orders(session, status, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
         disputed = disputes_ruling_out_refund(session, [o.id for o in found])
+        waiting = payments_waiting(session, [o.id for o in found])
         rows = [{"id": o.id, "status": o.status.value, "total": money(o.total, o.currency),
                  "held": money(o.money_held, o.currency), "created_at": o.created_at, "updated_at": o.updated_at,
                  "reason": review_sentence(o.review_reason) if o.status is OrderStatus.NEEDS_REVIEW else None,
-                 "decisions": available_decisions(o, disputed.get(o.id))} for o in found]
+                 "decisions": available_decisions(o, disputed.get(o.id), waiting.get(o.id))} for o in found]
     title = "Orders needing review" if status is OrderStatus.NEEDS_REVIEW else (
         f"Orders: {status.value}" if status else "Orders")
     return render_template("admin/orders.html", title=title, rows=rows, total=total, page=page,
@@ -56,16 +58,20 @@ def orders():
                            statuses=[s.value for s in OrderStatus])
 
 
-def available_decisions(order: Order, disputed: Dispute | None = None) -> list[str]:
+def available_decisions(order: Order, disputed: Dispute | None = None,
+                        waiting: PaymentWaiting | None = None) -> list[str]:
     """The decisions that can succeed on the order as it is now (others would only be refused);
-    `disputed`: its dispute that rules a refund out, if it has one."""
+    `disputed`: its dispute that rules a refund out, if it has one; `waiting`: a payment for it
+    stored and not yet applied, which rules a cancel out."""
     decisions = []
     if order.status is OrderStatus.NEEDS_REVIEW and order.money_held > 0:
         decisions.append("accept")
-    if can_transition(order.status, OrderStatus.CANCELLED):
+    if can_transition(order.status, OrderStatus.CANCELLED) and waiting is None:
         decisions.append("cancel")
     if order.refundable and order.money_held > 0 and disputed is None:
         decisions.append("refund")
+    if not_shippable(order) is None:
+        decisions.append("ship")
     return decisions
 
 
@@ -80,7 +86,8 @@ def order(order_id: str):
         dead = [{"id": m.id, "what": (f"{m.inbox_event.type} {m.inbox_event.event_id}" if m.inbox_event
                                       else m.topic.value.replace("_", " "))}
                 for m in _dead_letters_of(session, current)]
-        decisions = available_decisions(current, disputes_ruling_out_refund(session, [order_id]).get(order_id))
+        decisions = available_decisions(current, disputes_ruling_out_refund(session, [order_id]).get(order_id),
+                                        payment_waiting(session, current))
         reason = review_sentence(current.review_reason) if current.status is OrderStatus.NEEDS_REVIEW else None
     return render_template("admin/order.html", title=f"Order {order_id}", story=story, dead=dead,
                            decisions=decisions, reason=reason)
@@ -109,10 +116,23 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
 
     shipment = order.shipment
     unshipped = shipment is not None and shipment.status is ShipmentStatus.PENDING
+    if decision == "ship":
+        problem = not_shippable(order)
+        if problem is not None:
+            return [f"Refused: {problem}."]
+        return ["Money: unchanged.",
+                f"Stock: unchanged; its units ({units(taken)}) left the shelf when it was paid. From now on a refund "
+                f"or cancel no longer puts them back on sale.",
+                f"Shipment {shipment.id} is recorded as shipped; the order stays {order.status.value}."]
     money_back = decision == "refund" or (decision == "cancel" and refund and order.money_held > 0)
     disputed = disputes_ruling_out_refund(session, [order.id]).get(order.id) if money_back else None
     if disputed is not None:
         return [f"Refused: {refund_ruled_out(disputed)}."]
+    waiting = payment_waiting(session, order) if decision == "cancel" else None
+    if waiting is not None:
+        return [f"Refused: {cancel_ruled_out(waiting)}.",
+                "Money: taken at Stripe, and counted on the order once that payment is applied; nothing changes.",
+                "Stock: its units stay held for that payment."]
     # Paid on another intent (a second checkout tab) only: the one the order holds can still be paid.
     own_unpaid = ([f"Its PaymentIntent {order.payment_intent_id}, never paid (the money came on another), is "
                    f"cancelled at Stripe, so the customer cannot pay twice."]
@@ -178,7 +198,8 @@ def decide(order_id: str, decision: str):
                 "effects_with_refund": consequences(session, current, decision, refund=True)
                 if decision == "cancel" and current.money_held > 0 else None,
                 "possible": decision in available_decisions(
-                    current, disputes_ruling_out_refund(session, [current.id]).get(current.id))}
+                    current, disputes_ruling_out_refund(session, [current.id]).get(current.id),
+                    payment_waiting(session, current))}
     return render_template("admin/order_decision.html", title=f"{decision.capitalize()} order {order_id}",
                            decision=decision, o=page)
 
@@ -194,6 +215,8 @@ def _decided(order_id: str, decision: str):
             result = accept_order(sessions, order_id, actor=who, note=note)
         elif decision == "refund":
             result = refund_order(sessions, order_id, actor=who, reason=note)
+        elif decision == "ship":
+            result = ship_order(sessions, order_id, actor=who, note=note)
         else:
             result = cancel_order(sessions, order_id, actor=who, note=note, refund=request.form.get("refund") == "yes")
     except NotFound:
