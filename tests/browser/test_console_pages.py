@@ -24,7 +24,7 @@ def flash(browser) -> str:
     return " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "main .notice"))
 
 
-def test_staff_member_fixes_a_dead_letter_resolves_one_bulk_retries_and_accepts_a_flagged_order(
+def test_staff_member_fixes_a_dead_letter_resolves_one_bulk_retries_accepts_a_flagged_order_and_ships_it(
         browser, live_server, screenshot, settings, sessions, checkout, post_event, deliver):
     flagged = flagged_order(checkout, post_event, deliver)
     order, event, first = dead_letter(settings, sessions, checkout, post_event, deliver)
@@ -115,6 +115,19 @@ def test_staff_member_fixes_a_dead_letter_resolves_one_bulk_retries_and_accepts_
     assert "accept done" in flash(browser) and text_of(browser, "#order-status") == "paid"
     assert f"staff {EMAIL}: accept order {flagged['order_id']}" in text_of(browser, "#story")
     screenshot("order-accepted")
+
+    # The goods leave: record the shipment as sent, so a later refund does not put them back on sale.
+    click(browser, "#decide-ship")
+    assert path_of(browser) == f"/admin/orders/{flagged['order_id']}/ship"
+    assert "recorded as shipped" in text_of(browser, "#effects")
+    screenshot("ship-confirm")
+    screenshot("ship-confirm", phone=True)
+    browser.find_element(By.ID, "note").send_keys("Yamato 1234-5678-9012")
+    click(browser, "#confirm")
+    assert path_of(browser) == f"/admin/orders/{flagged['order_id']}"
+    assert "ship done" in flash(browser) and text_of(browser, "#order-status") == "paid"
+    assert f"staff {EMAIL}: ship order {flagged['order_id']}" in text_of(browser, "#story")
+    screenshot("order-shipped")
 
     browser.get(f"{live_server}/admin/")
     assert text_of(browser, "#dead-letters .number") == "0" and text_of(browser, "#needs-review .number") == "0"
