@@ -60,6 +60,21 @@ def load_catalog(sessions) -> dict:
     return CATALOG
 
 
+def let_the_hold_run_out(sessions, order_id: str) -> None:
+    """The order's hold has passed its time (set on its rows, as the expiry sweep would find them)."""
+    from datetime import timedelta
+
+    from models.base import utcnow
+    from models.orders import Order
+
+    past = utcnow() - timedelta(seconds=1)
+    with transaction(sessions) as session:
+        order = session.get(Order, order_id)
+        order.reserved_until = past
+        for reservation in order.reservations:
+            reservation.expires_at = past
+
+
 def assert_error(response, status: int, code: str | None = None, field: str | None = None) -> dict:
     """The one error shape: {"error": {"code", "message", "field"?}}, with the field named where given."""
     assert response.status_code == status, response.get_data(as_text=True)

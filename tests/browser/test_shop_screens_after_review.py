@@ -6,19 +6,16 @@ import dataclasses
 import io
 import json
 import threading
-from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
 from selenium.webdriver.common.by import By
 
-from models.base import utcnow
-from models.db import transaction
-from models.orders import Order, OrderStatus
+from models.orders import OrderStatus
 from tests.browser.shop_flow import (DECLINED, VISA, BackgroundWorker, add_to_cart, enter_card, fill_information,
                                      pay_error, press_pay, text_of, wait, wait_for_outcome)
 from tests.browser.test_shop_purchase import only_order, to_confirmation
-from tests.support import serve, settings_for
+from tests.support import let_the_hold_run_out, serve, settings_for
 from webhook_app.devserver import CATALOG
 
 GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
@@ -147,12 +144,7 @@ def test_the_confirmation_of_an_order_whose_hold_ran_out_offers_no_pay(browser, 
     press_pay(browser)
     assert "declined" in pay_error(browser).lower()
     wait(browser).until(lambda _: only_order(sessions).status is OrderStatus.PAYMENT_FAILED)
-    past = utcnow() - timedelta(seconds=1)
-    with transaction(sessions) as session:
-        order = session.get(Order, only_order(sessions).id)
-        order.reserved_until = past
-        for reservation in order.reservations:
-            reservation.expires_at = past
+    let_the_hold_run_out(sessions, only_order(sessions).id)
 
     browser.get(f"{shop}/checkout/confirm?lang=en")
     assert "can no longer be paid" in text_of(browser, "#hold-expired")

@@ -8,8 +8,6 @@ webhook endpoint, the relay's sweep, the staff verbs and the console's forms.
 """
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 import stripe
 from alembic import command
@@ -19,14 +17,13 @@ from sqlalchemy import event as sa_event, select, update
 from consumers.checkout import attach, replace_payment_intent
 from consumers.relay import expire_reservations
 from consumers.staff_actions import accept_order
-from models.base import utcnow
 from models.db import transaction
 from models.events import EventStatus, InboxEvent, OutboxMessage, Topic
 from models.history import StaffAction
 from models.migrations import alembic_config
-from models.orders import Order, OrderPaymentIntent
+from models.orders import OrderPaymentIntent
 from tests.integration.test_admin_pages import EMAIL, flashes, logged_in, page, post
-from tests.support import confirm_card, event_for
+from tests.support import confirm_card, event_for, let_the_hold_run_out
 from webhook_app.cli import shop
 
 CARD = "4242424242424242"
@@ -61,17 +58,6 @@ def _paid_and_stored(post_event, sessions, placed, intent_id, stored_as="receive
     return event
 
 
-def _hold_runs_out(sessions, order_id) -> None:
-    """The hold's time passes. Set on the rows: a hold short enough to lapse on its own would have
-    lapsed before the pay step could replace the intent, which only a holding order may do."""
-    past = utcnow() - timedelta(seconds=1)
-    with transaction(sessions) as session:
-        order = session.get(Order, order_id)
-        order.reserved_until = past
-        for reservation in order.reservations:
-            reservation.expires_at = past
-
-
 def _cups(client) -> tuple[int, int]:
     body = client.get("/products/CUP-01").get_json()
     return body["on_hand"], body["reserved"]
@@ -101,7 +87,7 @@ def test_the_sweep_keeps_the_hold_of_an_order_paid_in_time_on_the_intent_it_held
     first, order_id = placed["payment_intent_id"], placed["order_id"]
     second = _replaced(sessions, settings, placed)
     _paid_and_stored(post_event, sessions, placed, first, stored_as)  # the other tab completed the first
-    _hold_runs_out(sessions, order_id)
+    let_the_hold_run_out(sessions, order_id)
 
     assert expire_reservations(sessions) == 0
 
@@ -125,7 +111,7 @@ def test_a_payment_stored_while_the_sweep_looks_keeps_the_hold_it_decides_on_und
     first, order_id = placed["payment_intent_id"], placed["order_id"]
     _replaced(sessions, settings, placed)
     assert confirm_card(first, CARD) == "succeeded"
-    _hold_runs_out(sessions, order_id)
+    let_the_hold_run_out(sessions, order_id)
     event = event_for("localstripe_payment_intent.succeeded", intent_id=first, order_id=order_id,
                       amount=placed["total"])
     stored = []
@@ -156,7 +142,7 @@ def test_the_sweep_keeps_the_hold_of_an_order_paid_on_an_intent_checkout_created
                                         payment_method_types=["card"])
     assert attach(sessions, order_id, other).payment_intent_id == placed["payment_intent_id"]
     _paid_and_stored(post_event, sessions, placed, other.id)
-    _hold_runs_out(sessions, order_id)
+    let_the_hold_run_out(sessions, order_id)
 
     assert expire_reservations(sessions) == 0
 
@@ -167,7 +153,7 @@ def test_the_sweeps_look_up_of_stored_payments_is_answered_by_indexes(client, se
     """It runs every relay loop: per lapsed order, the intents it held (their table's primary key), then
     each one's events (the inbox's object_id index), never a scan of the inbox or of every intent."""
     placed = checkout([("CUP-01", 3)])
-    _hold_runs_out(sessions, placed["order_id"])
+    let_the_hold_run_out(sessions, placed["order_id"])
     engine, looked_up = sessions.kw["bind"], []
 
     def keep(conn, cursor, statement, parameters, context, executemany):
@@ -208,7 +194,7 @@ def test_0013_records_the_intents_orders_held_before_it_and_its_downgrade_drops_
     assert held == {(replaced["order_id"], replaced["payment_intent_id"]), (replaced["order_id"], second),
                     (plain["order_id"], plain["payment_intent_id"])}
     _paid_and_stored(post_event, sessions, replaced, replaced["payment_intent_id"])
-    _hold_runs_out(sessions, replaced["order_id"])
+    let_the_hold_run_out(sessions, replaced["order_id"])
     assert expire_reservations(sessions) == 0
     assert (_status(client, replaced["order_id"]), _cups(client)) == ("pending_payment", (3, 3))
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from datetime import timedelta
 
 import stripe
 
 from consumers.relay import expire_reservations
-from models.base import utcnow
-from models.db import transaction
 from models.orders import Order
 from tests.integration.test_shop_pages import card, enter_information, fill_cart, page, pay_with, press_pay
-from tests.support import event_for
+from tests.support import event_for, let_the_hold_run_out
 
 VISA, THREE_D_SECURE = "4242424242424242", "4000002500003155"
 
@@ -31,12 +28,7 @@ def test_an_order_whose_hold_ran_out_is_not_paid(client, sessions, post_event, d
     enter_information(client)
     press_pay(client)
     [order] = _orders(sessions)
-    past = utcnow() - timedelta(seconds=1)
-    with transaction(sessions) as session:
-        held = session.get(Order, order.id)
-        held.reserved_until = past
-        for reservation in held.reservations:
-            reservation.expires_at = past
+    let_the_hold_run_out(sessions, order.id)
 
     answer = pay_with(client, card(VISA))
     assert answer.status_code == 409, page(answer)

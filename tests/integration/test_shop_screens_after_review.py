@@ -8,19 +8,17 @@ import copy
 import hashlib
 import html
 import re
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import stripe
 
-from models.base import utcnow
 from models.catalog_file import apply_catalog
 from models.db import transaction
 from models.orders import Order, OrderStatus
 from tests.integration.test_shop_pages import (BUYER, card, enter_information, fill_cart, hidden_fields, page,
                                                pay_with, post_form, press_pay)
-from tests.support import CATALOG, event_for
+from tests.support import CATALOG, event_for, let_the_hold_run_out
 from webhook_app import __file__ as webhook_app_file
 
 VISA, DECLINED = "4242424242424242", "4000000000000341"
@@ -251,15 +249,6 @@ def test_confirmation_after_a_second_card_was_sent_goes_to_the_complete_screen_n
 
 
 # --- a hold that ran out -------------------------------------------------------------------------------------
-
-
-def let_the_hold_run_out(sessions, order_id: str) -> None:
-    past = utcnow() - timedelta(seconds=1)
-    with transaction(sessions) as session:
-        order = session.get(Order, order_id)
-        order.reserved_until = past
-        for reservation in order.reservations:
-            reservation.expires_at = past
 
 
 @pytest.mark.parametrize("language, message", [
