@@ -1,11 +1,12 @@
-"""charge.dispute.*: a chargeback opened or decided; the order is flagged and staff are told."""
+"""charge.dispute.*: a chargeback opened or decided; the order is flagged and staff are told. A dispute on
+an intent whose payment is stored but not yet applied is retried after that payment."""
 from __future__ import annotations
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consumers.handlers.lookup import flag_or_note, lock_order_paid_on
+from consumers.handlers.lookup import flag_or_note, lock_order_paid_on, payment_unapplied_on
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.base import utcnow
@@ -27,6 +28,24 @@ _MONEY_KEPT = frozenset({"won", "warning_closed", "prevented"})
 # would have offered staff a refund of money the card network may take back as well.
 _UNDECIDED_ORDER = ("warning_needs_response", "warning_under_review", "needs_response", "under_review")
 _UNDECIDED_RANK = {status: rank for rank, status in enumerate(_UNDECIDED_ORDER)}
+
+
+class PaymentNotYetApplied(Exception):
+    """A dispute on an intent no order holds, whose payment the inbox holds but a worker has yet to apply
+    (a second checkout tab's intent: only its payment links it to the order). Raised, not ignored, so the
+    worker retries the dispute with back-off until the payment is applied and the dispute finds its order;
+    behind a dead-lettered payment it ends a dead letter too, for staff to retry after the payment."""
+
+
+def _no_order(session: Session, dispute: dict) -> Outcome:
+    """No order of ours for the dispute: ignored, unless a payment on its intent waits to be applied."""
+    intent_id = dispute.get("payment_intent")
+    waiting = payment_unapplied_on(session, intent_id) if isinstance(intent_id, str) else None
+    if waiting is not None:
+        raise PaymentNotYetApplied(
+            f"dispute {dispute['id']} is on payment intent {intent_id} whose payment (event {waiting.event_id}, "
+            f"status {waiting.status.value}) is stored but not yet applied: retried after it")
+    return Outcome.ignored(f"no order of ours for dispute {dispute['id']}")
 
 
 def _order_and_row(session: Session, dispute: dict) -> tuple[Order | None, Dispute | None]:
@@ -105,7 +124,7 @@ def on_dispute_created(session: Session, event: dict, context: HandlerContext) -
     dispute = event["data"]["object"]
     order, row = _order_and_row(session, dispute)
     if order is None:
-        return Outcome.ignored(f"no order of ours for dispute {dispute['id']}")
+        return _no_order(session, dispute)
     if row is not None:  # this event, again, or a later one of the dispute handled before it: told already
         return Outcome.processed(f"dispute {dispute['id']} already recorded ({row.status})", order.id)
     return _first_seen(order, _new_row(session, order, dispute))
@@ -116,7 +135,7 @@ def on_dispute_updated(session: Session, event: dict, context: HandlerContext) -
     dispute = event["data"]["object"]
     order, row = _order_and_row(session, dispute)
     if order is None:
-        return Outcome.ignored(f"no order of ours for dispute {dispute['id']}")
+        return _no_order(session, dispute)
     if row is None:  # the update overtook the opening
         return _first_seen(order, _new_row(session, order, dispute))
     _take_status(order, row, dispute)
@@ -128,7 +147,7 @@ def on_dispute_closed(session: Session, event: dict, context: HandlerContext) ->
     dispute = event["data"]["object"]
     order, row = _order_and_row(session, dispute)
     if order is None:
-        return Outcome.ignored(f"no order of ours for dispute {dispute['id']}")
+        return _no_order(session, dispute)
     if row is None:  # the closing overtook the opening: one alert says both
         row = _new_row(session, order, dispute)
         row.closed_at = utcnow()
