@@ -493,13 +493,18 @@ class PaymentWaiting(NamedTuple):
     payment_intent_id: str
 
 
+def _unapplied_payment_on(intent_id) -> tuple:
+    """SQL: a succeeded event of the intent (a value or a column) that a worker has yet to apply."""
+    return (InboxEvent.object_id == intent_id, InboxEvent.type == PAYMENT_SUCCEEDED,
+            InboxEvent.status.in_(UNAPPLIED))
+
+
 def payment_waiting_for(order_id):
     """SQL: whether a payment for the order (`order_id`, a value or a column) is stored and not yet
     applied. Per order, its intents by the primary key, then each one's events by the inbox's
     object_id index: cheap enough for the relay's every sweep."""
     return exists().where(OrderPaymentIntent.order_id == order_id,
-                          InboxEvent.object_id == OrderPaymentIntent.payment_intent_id,
-                          InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.status.in_(UNAPPLIED))
+                          *_unapplied_payment_on(OrderPaymentIntent.payment_intent_id))
 
 
 def payments_waiting(session: Session, order_ids) -> dict[str, PaymentWaiting]:
@@ -511,8 +516,8 @@ def payments_waiting(session: Session, order_ids) -> dict[str, PaymentWaiting]:
     rows = session.execute(
         select(OrderPaymentIntent.order_id, InboxEvent.event_id, InboxEvent.status, InboxEvent.object_id)
         .join(InboxEvent, InboxEvent.object_id == OrderPaymentIntent.payment_intent_id)
-        .where(OrderPaymentIntent.order_id.in_(list(order_ids)), InboxEvent.type == PAYMENT_SUCCEEDED,
-               InboxEvent.status.in_(UNAPPLIED))
+        .where(OrderPaymentIntent.order_id.in_(list(order_ids)),
+               *_unapplied_payment_on(OrderPaymentIntent.payment_intent_id))
         .order_by(InboxEvent.id))
     waiting: dict[str, PaymentWaiting] = {}
     for order_id, event_id, status, intent_id in rows:
@@ -522,6 +527,15 @@ def payments_waiting(session: Session, order_ids) -> dict[str, PaymentWaiting]:
 
 def payment_waiting(session: Session, order: Order) -> PaymentWaiting | None:
     return payments_waiting(session, [order.id]).get(order.id)
+
+
+def payment_unapplied_on(session: Session, intent_id: str) -> PaymentWaiting | None:
+    """The first payment on the intent that the inbox holds and a worker has yet to apply, whichever
+    order it is for: until it is applied, the intent's other money events cannot find the order a
+    second tab's intent paid (consumers.handlers.lookup.lock_order_paid_on)."""
+    row = session.execute(select(InboxEvent.event_id, InboxEvent.status)
+                          .where(*_unapplied_payment_on(intent_id)).order_by(InboxEvent.id).limit(1)).first()
+    return PaymentWaiting(row.event_id, row.status, intent_id) if row is not None else None
 
 
 def cancel_ruled_out(waiting: PaymentWaiting) -> str:

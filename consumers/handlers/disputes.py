@@ -6,11 +6,11 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consumers.handlers.lookup import flag_or_note, lock_order_paid_on, payment_unapplied_on
+from consumers.handlers.lookup import flag_or_note, lock_order_paid_on
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.base import utcnow
-from models.orders import Order
+from models.orders import Order, payment_unapplied_on
 from models.refunds import Dispute
 
 log = structlog.get_logger(__name__)

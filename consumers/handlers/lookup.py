@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, lazyload
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext
 from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent
-from models.orders import UNAPPLIED, Order, OrderStatus, PaymentWaiting, can_transition
+from models.orders import Order, OrderStatus, can_transition
 
 log = structlog.get_logger(__name__)
 
@@ -66,16 +66,6 @@ def lock_order_paid_on(session: Session, intent_id: str) -> Order | None:
             InboxEvent.status == EventStatus.PROCESSED, InboxEvent.order_id.is_not(None)).limit(1)).first()
         order = lock_order(session, order_id) if order_id else None
     return order
-
-
-def payment_unapplied_on(session: Session, intent_id: str) -> PaymentWaiting | None:
-    """The first payment on the intent that the inbox holds and a worker has yet to apply (its
-    `succeeded` received, retrying or dead), whichever order it is for: until it is applied, the
-    intent's other money events cannot find the order a stray intent paid (`lock_order_paid_on`)."""
-    row = session.execute(select(InboxEvent.event_id, InboxEvent.status).where(
-        InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.object_id == intent_id,
-        InboxEvent.status.in_(UNAPPLIED)).order_by(InboxEvent.id).limit(1)).first()
-    return PaymentWaiting(row.event_id, row.status, intent_id) if row is not None else None
 
 
 def lock_order(session: Session, order_id: str) -> Order | None:
