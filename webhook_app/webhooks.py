@@ -422,6 +422,7 @@ class _Delivery:
         settings, environ = self.shop.settings, self.environ
         if not settings.webhook_secrets:
             log.error("webhook_secrets_missing", hint="set STRIPE_WEBHOOK_SECRETS to the endpoint's whsec_ secret(s)")
+            metrics.observe_webhook(None, "rejected", "webhook_not_configured")  # every delivery refused: alert on it
             return 500, error_body("webhook_not_configured",
                                    "STRIPE_WEBHOOK_SECRETS is not set on this service; the event was not stored")
         limit = settings.max_webhook_bytes

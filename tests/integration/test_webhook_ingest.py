@@ -289,13 +289,24 @@ def test_during_secret_rotation_a_third_secret_is_still_refused(make_client, ses
     assert counts(sessions) == (0, 0)
 
 
+def _refused_unconfigured(client) -> float:
+    series = 'shop_webhooks_received_total{outcome="rejected",reason="webhook_not_configured",type="unverified"}'
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_no_configured_secret_is_500_with_a_clear_message_and_stores_nothing(make_client, sessions):
     unconfigured = make_client(webhook_secrets=())
+    before = _refused_unconfigured(unconfigured)
     payload = _payload()
     error = assert_error(post_raw(unconfigured, payload, signed_headers(payload)), 500, "webhook_not_configured")
     assert "STRIPE_WEBHOOK_SECRETS" in error["message"]
     assert "not stored" in error["message"]
     assert counts(sessions) == (0, 0)
+    # Every delivery is refused until the secret is set: the refusals are counted, for an alert.
+    assert _refused_unconfigured(unconfigured) == before + 1
 
 
 # --- 503 ------------------------------------------------------------------------------------------------------
