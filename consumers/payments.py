@@ -189,10 +189,14 @@ def cancel_payment_intent(payment_intent_id: str) -> str:
         raise PaymentGatewayError(_describe(exc)) from exc
 
 
-def retrieve_payment_intent(payment_intent_id: str) -> dict | None:
+def retrieve_payment_intent(payment_intent_id: str, *, deadline_seconds: float | None = None) -> dict | None:
     """Stripe's own record of an intent (id, amount, currency, livemode, metadata), or None if
-    Stripe does not know it. Raises PaymentGatewayError when Stripe cannot answer: retry later."""
+    Stripe does not know it. Raises PaymentGatewayError when Stripe cannot answer: retry later.
+    With `deadline_seconds` (a page a buyer waits on), every try ends within that total time."""
     try:
+        if deadline_seconds is not None:
+            return _within_deadline(lambda client: client.v1.payment_intents.retrieve(payment_intent_id),
+                                    deadline_seconds).to_dict()
         return stripe.PaymentIntent.retrieve(payment_intent_id).to_dict()
     except stripe.InvalidRequestError as exc:
         if getattr(exc, "http_status", None) == 404:

@@ -4,8 +4,9 @@ Server-rendered; the only script is static/shop.js, which collects the card with
 the confirmation screen. "Pay" places the order through the same checkout use case as
 `POST /checkout`; the card goes from the browser to Stripe, and the server confirms the
 order's PaymentIntent with the PaymentMethod Stripe.js returns (3-D Secure is finished by
-Stripe.js in the page). Whether an order is paid is only ever what the worker recorded from
-Stripe's webhook: the complete screen waits for it.
+Stripe.js in the page). An order is confirmed only once the worker has recorded Stripe's
+webhook; until then the complete and confirmation screens ask Stripe what became of the
+payment (payment_outcome), so an answer lost on the way never leaves them telling an old story.
 """
 from __future__ import annotations
 
@@ -28,14 +29,14 @@ from consumers.checkout import (CheckoutCancelled, CheckoutRequest, IdempotencyK
                                 PaymentProviderRefused, PaymentProviderUnavailable, confirm_payment, hold_lapsed)
 from consumers.checkout import checkout as checkout_cart
 from consumers.payments import (CardDeclined, IntentNotConfirmable, PaymentGatewayError, PaymentRefused,
-                                create_setup_intent)
+                                create_setup_intent, retrieve_payment_intent)
 from models.carts import LARGEST_CHARGE, MAX_QUANTITY, Cart, CartStatus, get_cart
 from models.catalog import Product
 from models.catalog_file import localized_product_names
 from models.db import transaction
 from models.errors import DomainError, InvalidInput, NotFound, OutOfStock, PriceChanged, TotalTooLarge
 from models.history import OrderStatusChange
-from models.orders import Order, OrderStatus, ShippingAddress, get_order
+from models.orders import Order, OrderStatus, PaymentWaiting, ShippingAddress, get_order, payment_waiting
 from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
 from webhook_app import state
 from webhook_app.admin import csrf
@@ -465,23 +466,33 @@ def _what_pay_places(db, cart: Cart, buyer: dict) -> PayPlaces | None:
 @bp.get("/checkout/confirm")
 def checkout_confirm():
     buyer = session.get("buyer")
-    declined = None
+    declined = unknown = None
     with state().sessions() as db:
         cart = _session_cart(db)
         if cart is None or not cart.items:
             return redirect(url_for("shop_pages.show_cart"), 303)
         if not buyer:
             return redirect(url_for("shop_pages.checkout_info"), 303)
-        placed = _session_order(db)
-        if placed is not None and placed.status in PAYABLE:
-            lapsed = hold_lapsed(placed) is not None
-            if _awaiting_stripe(placed) or (lapsed and _payment_sent_since_decline(placed)):
-                # A card went to Stripe for this order since its last decline: the old decline is no
-                # longer the story, and Pay must not be offered again. The complete screen waits for
-                # Stripe's event and says what happened.
-                return redirect(_complete_url(placed), 303)
-            if lapsed:
-                return _hold_ran_out(placed)
+        placed = _open_order(db)
+        stored = payment_waiting(db, placed) if placed is not None else None
+    outcome = payment_outcome(placed, stored) if placed is not None else None
+    if outcome is not None:
+        lapsed = hold_lapsed(placed) is not None
+        if outcome.state in (RECEIVED, PROCESSING) or (lapsed and outcome.state == UNKNOWN):
+            # Money taken or on its way (a card whose answer was lost, another tab), or perhaps so:
+            # Pay is not offered again, nor the old decline shown. The complete screen says what
+            # happened and waits for Stripe's event.
+            return redirect(_complete_url(placed), 303)
+        if lapsed:
+            return _hold_ran_out(placed)
+        if outcome.state == DECLINED:
+            declined = _t("declined", message=outcome.message)
+        elif outcome.state == UNKNOWN:
+            unknown = _t("payment_unknown_confirm")
+    with state().sessions() as db:
+        cart = _session_cart(db)
+        if cart is None or not cart.items:
+            return redirect(url_for("shop_pages.show_cart"), 303)
         try:
             shown = _what_pay_places(db, cart, buyer)
         except LookupError:
@@ -494,12 +505,12 @@ def checkout_confirm():
             return redirect(url_for("shop_pages.show_cart"), 303)
         order = shown.order
         held_until = order.reserved_until if order is not None else None
-        if order is not None and order.status is OrderStatus.PAYMENT_FAILED:
-            declined = _t("declined", message=order.failure_message or order.failure_code or "")
+        if order is None or placed is None or order.id != placed.id:
+            declined = unknown = None  # another order than the one asked about (placed meanwhile)
     settings = state().settings
     return _render("confirm.html", title=_t("confirm_title"), lines=shown.lines, subtotal=shown.subtotal,
                    shipping_fee=shown.shipping_fee, total=shown.total, buyer=shown.buyer, held_until=held_until,
-                   declined=declined, placed=order is not None,
+                   declined=declined, payment_unknown=unknown, placed=order is not None,
                    shown_field=SHOWN_FIELD, shown_fingerprint=shown.fingerprint(),
                    hold_minutes=settings.reservation_ttl_seconds // 60,
                    stripe_js_url=settings.stripe_js_url, script_url=_script_url("shop.js"),
@@ -634,7 +645,7 @@ def pay_order():
             return _refused("details_changed", 409, "details_changed", to=confirm_url)
         if order.status not in PAYABLE:
             return jsonify({"status": order.status.value, "complete_url": _complete_url(order)})
-        order_id, complete_url, attempts = order.id, _complete_url(order), order.payment_attempts
+        order_id, complete_url = order.id, _complete_url(order)
     try:
         # A second card after a declined one goes to the same order (its stock still held); if Stripe
         # will not confirm the order's intent again, the use case gives the order a new one.
@@ -651,7 +662,6 @@ def pay_order():
             return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
         if exc.status in ("succeeded", "processing", "requires_capture"):
             # Paid, or being paid, already (another tab, a double click): the complete screen tells.
-            _remember_payment_sent(order_id, attempts)
             return jsonify({"status": exc.status, "complete_url": complete_url})
         return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
                         reason=exc.reason or _t("refused_unknown"))
@@ -663,33 +673,72 @@ def pay_order():
         log.warning("payment_confirm_failed", order_id=order_id, error=str(exc))
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
     log.info("payment_confirmed_by_shop", order_id=order_id, intent_status=intent.status)
-    _remember_payment_sent(order_id, attempts)
     answer = {"status": intent.status, "complete_url": complete_url}
     if intent.status == "requires_action":
         answer["client_secret"] = intent.client_secret
     return jsonify(answer)
 
 
-def _remember_payment_sent(order_id: str, attempts: int) -> None:
-    """Note that a card was sent for the order after `attempts` declined ones (see _payment_sent_since_decline)."""
-    remembered = session.get("order") or {}
-    if remembered.get("id") == order_id:
-        session["order"] = {**remembered, "sent_after_attempts": attempts}
+@dataclass(frozen=True)
+class PaymentOutcome:
+    """What became of the payment of an order our database does not yet record as paid, as the
+    buyer's screens say it. `state` is one of the six below; `message` is the decline's words."""
+
+    state: str
+    message: str | None = None
 
 
-def _payment_sent_since_decline(order: Order) -> bool:
-    """The buyer sent another card after the order's last recorded decline: until Stripe's event
-    for it is processed the order still reads payment_failed, and the complete screen waits
-    ("payment received") instead of sending the buyer back with the old card's message."""
-    remembered = session.get("order") or {}
-    sent_after = remembered.get("sent_after_attempts")
-    return remembered.get("id") == order.id and sent_after is not None and order.payment_attempts <= sent_after
+# Money taken (Stripe's event not yet processed by us), or on its way; then Stripe waits for the
+# buyer's 3-D Secure check; a declined card; no payment tried (or none left to try); Stripe did not answer.
+RECEIVED, PROCESSING, AUTHENTICATING, DECLINED, NOT_PAID, UNKNOWN = (
+    "payment_received", "payment_processing", "awaiting_authentication", "payment_failed", "not_paid",
+    "payment_unknown")
+# Stripe's intent statuses that mean the money is taken, or will be without the buyer doing more.
+_INTENT_OUTCOME = {"succeeded": RECEIVED, "requires_capture": RECEIVED, "processing": PROCESSING,
+                   "requires_action": AUTHENTICATING}
 
 
-def _awaiting_stripe(order: Order) -> bool:
-    """A declined order paid again with another card, whose outcome Stripe's event has yet to bring:
-    the complete and confirmation screens say "being finalised", never the old card's decline."""
-    return order.status is OrderStatus.PAYMENT_FAILED and _payment_sent_since_decline(order)
+def payment_outcome(order: Order, stored: PaymentWaiting | None) -> PaymentOutcome | None:
+    """What became of the payment of a payable order; None for any other (its status says it all).
+    `stored` is the order's payment stored and not yet applied, if any (models.orders.payment_waiting).
+
+    Stripe is the source of truth, and our database only learns from its events: a card sent
+    after a declined one can be charged while the pay step's answer is lost on the way (to the
+    browser or to us) and the order still reads payment_failed, with the old card's words. So,
+    unless a succeeded event for one of the order's intents is already stored, Stripe is asked
+    for the order's intent (the one any card is confirmed on): its status, and its latest
+    decline, which is newer than ours when its event is still on the way. A decline only our
+    database knows (the intent holds nothing newer: a replacement nobody paid on yet) still
+    stands. Stripe not answering is said as such (UNKNOWN), never as the old decline. Called with
+    no database session open: no connection waits while Stripe answers.
+    """
+    if order.status not in PAYABLE:
+        return None
+    if stored is not None:
+        return PaymentOutcome(RECEIVED)
+    recorded_decline = (PaymentOutcome(DECLINED, order.failure_message or order.failure_code or "")
+                        if order.status is OrderStatus.PAYMENT_FAILED else PaymentOutcome(NOT_PAID))
+    if order.payment_intent_id is None:
+        return recorded_decline
+    try:
+        intent = retrieve_payment_intent(order.payment_intent_id,
+                                         deadline_seconds=state().settings.stripe_deadline_seconds)
+    except PaymentGatewayError as exc:
+        log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=order.payment_intent_id,
+                    error=str(exc)[:200])
+        return PaymentOutcome(UNKNOWN)
+    if intent is None:  # Stripe does not know the intent (another account's key): nothing we can tell
+        log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=order.payment_intent_id,
+                    error="payment intent not found at Stripe")
+        return PaymentOutcome(UNKNOWN)
+    status = intent.get("status")
+    if status in _INTENT_OUTCOME:
+        return PaymentOutcome(_INTENT_OUTCOME[status])
+    error = intent.get("last_payment_error") or {}
+    if status == "requires_payment_method" and error:
+        return PaymentOutcome(DECLINED, error.get("message") or error.get("code") or "")
+    # requires_payment_method with no decline, requires_confirmation, canceled: no money moved.
+    return recorded_decline
 
 
 def _complete_url(order: Order) -> str:
@@ -708,6 +757,11 @@ def _token_opens(order: Order, token: str | None) -> bool:
     return token is not None and hmac.compare_digest(token.encode(), order.access_token.encode())
 
 
+# How soon the complete screen looks again: soon while the outcome is on its way; slower while it
+# waits on the buyer (or on Stripe answering at all); never once it is final or a decline.
+REFRESH_SECONDS = {RECEIVED: 2, PROCESSING: 2, AUTHENTICATING: 10, NOT_PAID: 10, UNKNOWN: 10}
+
+
 @bp.get("/orders/<order_id>/complete")
 def complete(order_id: str):
     token = request.args.get("token")
@@ -715,16 +769,23 @@ def complete(order_id: str):
         order = get_order(db, order_id)
         if not _token_opens(order, token):
             return _render("message.html", title=_t("bad_token"), message=_t("bad_token")), 403
-        awaiting = _awaiting_stripe(order)
-        if order.status is OrderStatus.PAYMENT_FAILED and not awaiting and _session_order(db) is not None:
-            flash(_t("declined", message=order.failure_message or order.failure_code or ""), "error")
-            return redirect(url_for("shop_pages.checkout_confirm"), 303)
-        if order.status is OrderStatus.PAID and session.get("order", {}).get("id") == order.id:
-            _forget_purchase()
-        # The screen's state: "being finalised" while a card sent after a decline awaits Stripe's event.
-        shown_status = OrderStatus.PENDING_PAYMENT.value if awaiting else order.status.value
-        return _render("complete.html", title=_t("complete_title"), order=order, shown_status=shown_status,
-                       lines=[line.to_dict() for line in order.lines], token=token, step=4)
+        buyers_order = _session_order(db)
+        # This buyer's own order, still payable: the decline is said beside the card field, where they can pay.
+        buyers_open_order = buyers_order is not None and buyers_order.id == order.id and order.status in PAYABLE
+        stored = payment_waiting(db, order) if order.status in PAYABLE else None
+    # Until the worker has recorded Stripe's event, Stripe says what became of the payment (asked
+    # with no database session open).
+    outcome = payment_outcome(order, stored)
+    if outcome is not None and outcome.state == DECLINED and buyers_open_order:
+        # The buyer can try another card at once: the confirmation says the decline beside the card field.
+        return redirect(url_for("shop_pages.checkout_confirm"), 303)
+    if order.status is OrderStatus.PAID and session.get("order", {}).get("id") == order.id:
+        _forget_purchase()
+    shown_status = outcome.state if outcome is not None else order.status.value
+    return _render("complete.html", title=_t("complete_title"), order=order, shown_status=shown_status,
+                   decline_message=outcome.message if outcome is not None else None,
+                   refresh_seconds=REFRESH_SECONDS.get(shown_status), can_pay=buyers_open_order,
+                   lines=[line.to_dict() for line in order.lines], token=token, step=4)
 
 
 def my_page(order_id: str):

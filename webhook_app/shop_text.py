@@ -103,6 +103,30 @@ TEXT: dict[str, dict[str, str]] = {
     "processing_body": {"ja": "ご注文を確定しています。このページは自動で更新されます。",
                         "en": "Your order is being finalised. This page updates by itself."},
     "reload": {"ja": "更新", "en": "Refresh"},
+    # The complete screen before our database records the payment: what Stripe says became of it.
+    "stripe_processing_title": {"ja": "お支払いを処理しています", "en": "Your payment is being processed"},
+    "stripe_processing_body": {"ja": "カード会社でお支払いを処理中です。もう一度お支払いにならないでください。"
+                                     "結果はこのページに表示されます（自動で更新されます）。",
+                               "en": "The card company is still processing your payment. Please do not pay again: "
+                                     "this page shows the outcome and updates by itself."},
+    "authentication_title": {"ja": "本人認証（3Dセキュア）が完了していません",
+                             "en": "Your card's 3-D Secure check is not finished"},
+    "authentication_body": {"ja": "お支払いはまだ行われていません。お支払い画面からもう一度お試しください。",
+                            "en": "Nothing has been charged yet. Please try again from the payment screen."},
+    "not_paid_title": {"ja": "お支払いはまだ完了していません", "en": "Not paid yet"},
+    "not_paid_body": {"ja": "このご注文のお支払いはまだ行われていません。",
+                      "en": "No payment has been taken for this order yet."},
+    "to_payment": {"ja": "お支払い画面へ", "en": "Go to payment"},
+    "payment_unknown_title": {"ja": "お支払いの状況を確認できませんでした", "en": "We could not check your payment just now"},
+    "payment_unknown_body": {"ja": "決済サービスから応答がありません。カードを入力された場合は、もう一度お支払いにならないでください。"
+                                   "このページは自動で更新され、確認でき次第結果を表示します。",
+                             "en": "The payment service did not answer. If you entered a card, please do not pay "
+                                   "again: this page checks again by itself and shows the outcome as soon as it can."},
+    "payment_unknown_confirm": {"ja": "決済サービスから応答がなく、前回のお支払いの結果を確認できませんでした。"
+                                      "カードを入力された場合は、少し待ってからこのページを更新し、結果をご確認ください。",
+                                "en": "The payment service did not answer, so we could not check the outcome of your last "
+                                      "payment. If you entered a card, please wait a moment and reload this page before "
+                                      "paying again."},
     "confirmed_title": {"ja": "ご注文が確定しました", "en": "Order confirmed"},
     "confirmed_body": {"ja": "ご注文ありがとうございます。確認メールをお送りしました。",
                        "en": "Thank you for your order. A confirmation e-mail is on its way."},
