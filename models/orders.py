@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import enum
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+import structlog
 from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, exists, select
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, WriteOnlyMapped, mapped_column, object_session, relationship
@@ -22,6 +25,8 @@ from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent
 from models.history import OrderStatusChange, current_cause
 from models.refunds import Refund, RefundSource
 from models.shipping import load_shipping_table, shipping_fee
+
+log = structlog.get_logger(__name__)
 
 
 class OrderStatus(str, enum.Enum):
@@ -185,7 +190,8 @@ class Order(Base):
 
 class OrderPaymentIntent(Base):
     """A PaymentIntent whose payment is a payment for the order: every intent the order has held (the
-    one it holds now too) and every one checkout created for it. Stripe may take money on any of them
+    one it holds now too), every one checkout created for it, and every one made outside the service
+    that a worker found by its metadata.order_id (`keep_payment_intent`). Stripe may take money on any of them
     after the order moved on to another (the pay step's replacement only queues the old one's
     cancellation, and the buyer can complete it in another tab), and such a payment stored but not
     yet applied keeps the order's hold (`payments_waiting`). Rows are only ever added."""
@@ -472,6 +478,55 @@ def record_payment_intent(session: Session, order: Order, payment_intent_id: str
                     {"order_id": order.id, "payment_intent_id": payment_intent_id})
 
 
+# The intents a transaction linked to an order for the first time (`keep_payment_intent`), by session.
+_KEPT_INTENTS = "payment_intents_kept"
+
+
+def keep_payment_intent(session: Session, order: Order, payment_intent_id: str) -> None:
+    """Write down that a payment on the intent is one for the order (an intent made outside the service,
+    found by its metadata.order_id), in the caller's transaction and, should that transaction roll back,
+    again in one of its own right after.
+
+    A handler finds the link before anything that may fail (Stripe unreachable, a database fault); the
+    event is then retried, maybe for hours, or dead-lettered, and meanwhile its payment is stored and not
+    applied: kept from the first handling, the link keeps the order's hold (`payments_waiting`) all that
+    time. The link cannot be written in a transaction of its own while the handler's is open (SQLite has
+    one writer, and on PostgreSQL the handler holds the order's row lock that the foreign key needs), so
+    it is written once that transaction has ended without a commit. A later run finds it recorded and
+    writes nothing more."""
+    kept = session.execute(_INSERT_INTENT[session.get_bind().dialect.name],
+                           {"order_id": order.id, "payment_intent_id": payment_intent_id}).rowcount
+    if not kept:
+        return  # recorded before, by checkout or by an earlier run
+    pending = session.info.get(_KEPT_INTENTS)
+    if pending is None:
+        pending = session.info[_KEPT_INTENTS] = []
+        sa_event.listen(session, "after_commit", _kept_by_the_commit)
+        sa_event.listen(session, "after_soft_rollback", _keep_after_the_rollback)
+    pending.append({"order_id": order.id, "payment_intent_id": payment_intent_id})
+
+
+def _kept_by_the_commit(session: Session) -> None:
+    if not session.in_nested_transaction():  # a savepoint released is not committed yet
+        session.info[_KEPT_INTENTS].clear()
+
+
+def _keep_after_the_rollback(session: Session, previous_transaction) -> None:
+    if previous_transaction.parent is not None:
+        return  # a savepoint: its transaction may still commit, or end here later
+    pending = list(session.info[_KEPT_INTENTS])
+    session.info[_KEPT_INTENTS].clear()
+    if not pending:
+        return
+    try:
+        with session.get_bind().begin() as connection:
+            connection.execute(_INSERT_INTENT[connection.dialect.name], pending)
+    except Exception as exc:  # noqa: BLE001 - the event is retried anyway, and its next run links them again
+        log.warning("payment_intent_link_not_kept", links=pending, error=str(exc))
+        return
+    log.info("payment_intent_link_kept", links=pending)
+
+
 def hold_payment_intent(session: Session, order: Order, payment_intent_id: str,
                         client_secret: str | None = None) -> None:
     """The order pays through this intent from now on; the intents it held before stay recorded."""
@@ -536,6 +591,45 @@ def payment_unapplied_on(session: Session, intent_id: str) -> PaymentWaiting | N
     row = session.execute(select(InboxEvent.event_id, InboxEvent.status)
                           .where(*_unapplied_payment_on(intent_id)).order_by(InboxEvent.id).limit(1)).first()
     return PaymentWaiting(row.event_id, row.status, intent_id) if row is not None else None
+
+
+class PaymentSetAside(NamedTuple):
+    """A payment on an intent of the order that the inbox holds and that will never be applied to it."""
+
+    order_id: str
+    payment_intent_id: str
+    event_id: str
+    status: EventStatus     # resolved (by staff, by hand) or ignored (by its handler)
+    outcome: str | None     # staff's note, or the handler's reason
+
+    def said(self) -> str:
+        how = "was resolved by hand" if self.status is EventStatus.RESOLVED else "was ignored"
+        return (f"the payment on payment intent {self.payment_intent_id} (event {self.event_id}) {how} and never "
+                f"applied to this order ({self.outcome or 'no note'})")
+
+
+def payment_set_aside_on(session: Session, intent_id: str) -> PaymentSetAside | None:
+    """The order an intent's payment was for, when that payment is stored, closed and not applied (staff
+    resolved its dead letter, or its handler ignored it) and the order records the intent
+    (order_payment_intents): its disputes are still about that order's customer. The order is the one the
+    event named (metadata.order_id, or the one its handler reported), confirmed by the intents table's
+    primary key; each look-up is by an index."""
+    rows = session.execute(select(InboxEvent.event_id, InboxEvent.status, InboxEvent.outcome, InboxEvent.order_id,
+                                  InboxEvent.payload)
+                           .where(InboxEvent.object_id == intent_id, InboxEvent.type == PAYMENT_SUCCEEDED,
+                                  InboxEvent.status.in_((EventStatus.RESOLVED, EventStatus.IGNORED)))
+                           .order_by(InboxEvent.id)).all()
+    for event_id, status, outcome, reported, payload in rows:
+        try:
+            metadata = ((json.loads(payload).get("data") or {}).get("object") or {}).get("metadata") or {}
+        except (ValueError, AttributeError):
+            metadata = {}
+        named = metadata.get("order_id") if isinstance(metadata, dict) else None
+        for order_id in dict.fromkeys(candidate for candidate in (named, reported) if isinstance(candidate, str)):
+            if session.scalar(select(exists().where(OrderPaymentIntent.order_id == order_id,
+                                                    OrderPaymentIntent.payment_intent_id == intent_id))):
+                return PaymentSetAside(order_id, intent_id, event_id, status, outcome)
+    return None
 
 
 def cancel_ruled_out(waiting: PaymentWaiting) -> str:

@@ -1,16 +1,19 @@
 """charge.dispute.*: a chargeback opened or decided; the order is flagged and staff are told. A dispute on
-an intent whose payment is stored but not yet applied is retried after that payment."""
+an intent whose payment is stored but not yet applied is retried after that payment; one on an intent of an
+order whose payment staff resolved by hand (or that was ignored) is that order's, and says so."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consumers.handlers.lookup import flag_or_note, lock_order_paid_on
+from consumers.handlers.lookup import flag_or_note, lock_order, lock_order_paid_on
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.base import utcnow
-from models.orders import Order, payment_unapplied_on
+from models.orders import Order, PaymentSetAside, payment_set_aside_on, payment_unapplied_on
 from models.refunds import Dispute
 
 log = structlog.get_logger(__name__)
@@ -37,23 +40,51 @@ class PaymentNotYetApplied(Exception):
     behind a dead-lettered payment it ends a dead letter too, for staff to retry after the payment."""
 
 
-def _no_order(session: Session, dispute: dict) -> Outcome:
-    """No order of ours for the dispute: ignored, unless a payment on its intent waits to be applied."""
-    intent_id = dispute.get("payment_intent")
-    waiting = payment_unapplied_on(session, intent_id) if isinstance(intent_id, str) else None
-    if waiting is not None:
-        raise PaymentNotYetApplied(
-            f"dispute {dispute['id']} is on payment intent {intent_id} whose payment (event {waiting.event_id}, "
-            f"status {waiting.status.value}) is stored but not yet applied: retried after it")
+@dataclass(frozen=True)
+class _Found:
+    """The order a dispute is about (None: not ours) and its row; `set_aside` when the order was found only
+    through order_payment_intents, its payment on the dispute's intent never applied to it."""
+
+    order: Order | None
+    row: Dispute | None
+    set_aside: PaymentSetAside | None = None
+
+    def counted(self) -> bool:
+        """Whether the disputed money is in what the order holds (`Order.money_held`): not when its payment
+        was never applied to the order, so a lost dispute takes nothing from it either."""
+        return self.set_aside is None
+
+    def aside(self) -> str:
+        """What staff must know besides: the money disputed was never counted for the order, and why."""
+        if self.set_aside is None:
+            return ""
+        return f"; {self.set_aside.said()}, so the money the order holds is left as it is"
+
+
+def _no_order(dispute: dict) -> Outcome:
     return Outcome.ignored(f"no order of ours for dispute {dispute['id']}")
 
 
-def _order_and_row(session: Session, dispute: dict) -> tuple[Order | None, Dispute | None]:
+def _find(session: Session, dispute: dict) -> _Found:
+    """The order holding the dispute's intent, or the one a payment on it was counted for. Else, while a
+    payment on the intent waits to be applied, PaymentNotYetApplied; else the order that records the intent
+    and whose payment on it was closed unapplied (resolved by hand by staff, or ignored): the dispute is
+    still about that order's customer, and a person must hear of it."""
     intent_id = dispute.get("payment_intent")
-    order = lock_order_paid_on(session, intent_id) if isinstance(intent_id, str) else None
+    intent_id = intent_id if isinstance(intent_id, str) else None
+    order = lock_order_paid_on(session, intent_id) if intent_id else None
+    set_aside = None
+    if order is None and intent_id:
+        waiting = payment_unapplied_on(session, intent_id)
+        if waiting is not None:
+            raise PaymentNotYetApplied(
+                f"dispute {dispute['id']} is on payment intent {intent_id} whose payment (event {waiting.event_id}, "
+                f"status {waiting.status.value}) is stored but not yet applied: retried after it")
+        set_aside = payment_set_aside_on(session, intent_id)
+        order = lock_order(session, set_aside.order_id) if set_aside is not None else None
     row = session.scalars(select(Dispute).where(Dispute.stripe_dispute_id == dispute["id"]).with_for_update()
                           ).one_or_none()
-    return order, row
+    return _Found(order, row, set_aside if order is not None else None)
 
 
 def _new_row(session: Session, order: Order, dispute: dict) -> Dispute:
@@ -65,43 +96,49 @@ def _new_row(session: Session, order: Order, dispute: dict) -> Dispute:
     return row
 
 
-def _first_seen(order: Order, row: Dispute) -> Outcome:
+def _first_seen(found: _Found, row: Dispute) -> Outcome:
     """The first of a dispute's events to be handled, whichever it is: created, or an update or the
     closing that overtook it (or whose created was lost). Only this one flags the order and alerts
     staff for the dispute's opening; a created handled later finds the row and stays quiet."""
+    order = found.order
     log.warning("dispute_opened", dispute_id=row.stripe_dispute_id, amount=row.amount, reason=row.reason,
-                dispute_status=row.status)
+                dispute_status=row.status, payment_applied=found.counted())
     opened = f"dispute {row.stripe_dispute_id} opened ({row.reason or 'no reason given'})"
     if row.status in _MONEY_KEPT:
         # Decided for the shop before the service heard it was opened: the money stays where it is, so
         # the order is left as it is, but staff are told the card holder contested it.
         return Outcome.processed(f"{opened} and already {row.status}: order left {order.status.value}", order.id,
                                  alert=f"Order {order.id}: {opened} and already closed: {row.status}, "
-                                       f"{row.amount} {row.currency} kept; the order needs no review")
+                                       f"{row.amount} {row.currency} kept; the order needs no review{found.aside()}")
     if row.status in _DECIDED:
-        _count_chargeback(order, row, was_lost=False)
+        _count_chargeback(found, row, was_lost=False)
         return flag_or_note(order, f"{opened} and already closed: {row.status}, {row.amount} {row.currency} "
-                                   f"taken back{_held_after(order, row)}")
-    return flag_or_note(order, f"{opened}: {row.amount} {row.currency} contested")
+                                   f"taken back{_held_after(found, row)}{found.aside()}")
+    return flag_or_note(order, f"{opened}: {row.amount} {row.currency} contested{found.aside()}")
 
 
-def _count_chargeback(order: Order, row: Dispute, *, was_lost: bool) -> None:
+def _count_chargeback(found: _Found, row: Dispute, *, was_lost: bool) -> None:
     """A lost dispute's amount is gone from the shop, as a refund is: the order holds that much less,
-    so a refund is not offered for it and, once it holds nothing, staff can cancel it."""
+    so a refund is not offered for it and, once it holds nothing, staff can cancel it. Not for money the
+    order never counted (`_Found.counted`)."""
+    if not found.counted():
+        return
+    order = found.order
     if row.status == "lost" and not was_lost:
         order.charged_back_amount += row.amount
     elif was_lost and row.status != "lost":
         order.charged_back_amount -= row.amount
 
 
-def _held_after(order: Order, row: Dispute) -> str:
-    if row.status != "lost":
+def _held_after(found: _Found, row: Dispute) -> str:
+    order = found.order
+    if row.status != "lost" or not found.counted():
         return ""
     return (f"; the order now holds {order.money_held} {order.currency}"
             + ("" if order.money_held > 0 else ": nothing to refund or keep, cancel it to put unshipped units back"))
 
 
-def _take_status(order: Order, row: Dispute, dispute: dict) -> None:
+def _take_status(found: _Found, row: Dispute, dispute: dict) -> None:
     """Won and lost (and Stripe's other decided statuses) are final, and undecided ones only move
     forward (`_UNDECIDED_ORDER`): a later event naming an earlier status is stale and changes nothing.
     Events of one dispute share no sequence number and the row keeps no event time, so the statuses
@@ -116,47 +153,49 @@ def _take_status(order: Order, row: Dispute, dispute: dict) -> None:
         return
     was_lost = row.status == "lost"
     row.status = status
-    _count_chargeback(order, row, was_lost=was_lost)
+    _count_chargeback(found, row, was_lost=was_lost)
 
 
 @handles("charge.dispute.created")
 def on_dispute_created(session: Session, event: dict, context: HandlerContext) -> Outcome:
     dispute = event["data"]["object"]
-    order, row = _order_and_row(session, dispute)
-    if order is None:
-        return _no_order(session, dispute)
-    if row is not None:  # this event, again, or a later one of the dispute handled before it: told already
-        return Outcome.processed(f"dispute {dispute['id']} already recorded ({row.status})", order.id)
-    return _first_seen(order, _new_row(session, order, dispute))
+    found = _find(session, dispute)
+    if found.order is None:
+        return _no_order(dispute)
+    if found.row is not None:  # this event, again, or a later one of the dispute handled before it: told already
+        return Outcome.processed(f"dispute {dispute['id']} already recorded ({found.row.status})", found.order.id)
+    return _first_seen(found, _new_row(session, found.order, dispute))
 
 
 @handles("charge.dispute.updated")
 def on_dispute_updated(session: Session, event: dict, context: HandlerContext) -> Outcome:
     dispute = event["data"]["object"]
-    order, row = _order_and_row(session, dispute)
+    found = _find(session, dispute)
+    order, row = found.order, found.row
     if order is None:
-        return _no_order(session, dispute)
+        return _no_order(dispute)
     if row is None:  # the update overtook the opening
-        return _first_seen(order, _new_row(session, order, dispute))
-    _take_status(order, row, dispute)
+        return _first_seen(found, _new_row(session, order, dispute))
+    _take_status(found, row, dispute)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} is {row.status}", order.id)
 
 
 @handles("charge.dispute.closed")
 def on_dispute_closed(session: Session, event: dict, context: HandlerContext) -> Outcome:
     dispute = event["data"]["object"]
-    order, row = _order_and_row(session, dispute)
+    found = _find(session, dispute)
+    order, row = found.order, found.row
     if order is None:
-        return _no_order(session, dispute)
+        return _no_order(dispute)
     if row is None:  # the closing overtook the opening: one alert says both
         row = _new_row(session, order, dispute)
         row.closed_at = utcnow()
         log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
-        return _first_seen(order, row)
-    _take_status(order, row, dispute)
+        return _first_seen(found, row)
+    _take_status(found, row, dispute)
     if row.closed_at is None:
         row.closed_at = utcnow()
     log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} closed: {row.status}", order.id,
                              alert=f"Order {order.id}: dispute {row.stripe_dispute_id} closed: {row.status} "
-                                   f"({row.amount} {row.currency}){_held_after(order, row)}")
+                                   f"({row.amount} {row.currency}){_held_after(found, row)}{found.aside()}")

@@ -18,6 +18,7 @@ from models.orders import (
     consume_reservations,
     create_shipment,
     hold_payment_intent,
+    keep_payment_intent,
     release_reservations,
 )
 
@@ -33,7 +34,12 @@ class _Found:
 
 def _find(session: Session, intent: dict, context: HandlerContext) -> _Found:
     """By the intent id the order holds; else by metadata.order_id, confirmed with Stripe's API
-    when the order holds no intent yet. An order holding another intent is reported as such."""
+    when the order holds no intent yet. An order holding another intent is reported as such.
+
+    An intent found by metadata.order_id (made outside the service, or one the order's checkout never
+    heard back about) is the order's from this first handling on, whatever happens next
+    (`keep_payment_intent`): a payment on it stored and not yet applied keeps the order's hold, and a
+    dispute on it finds the order even if staff resolve that payment by hand instead of applying it."""
     order = context.locked_orders.get(intent["id"]) or lock_order_for_intent(session, intent["id"])
     if order is not None:
         return _Found(order)
@@ -41,6 +47,7 @@ def _find(session: Session, intent: dict, context: HandlerContext) -> _Found:
     order = lock_order(session, order_id) if isinstance(order_id, str) else None
     if order is None:
         return _Found(outcome=Outcome.ignored(f"no order of ours for payment intent {intent['id']}"))
+    keep_payment_intent(session, order, intent["id"])
     if order.payment_intent_id is not None:
         return _Found(order, other_intent=True)
     problem = unconfirmed(intent, order, context)
