@@ -4,8 +4,8 @@ Counters and histograms are recorded where the work happens (the webhook view, t
 Under gunicorn and with separate worker processes they are shared through prometheus-client's
 multiprocess mode: set PROMETHEUS_MULTIPROC_DIR to an empty folder for all processes of one
 deployment (`make run` uses instance/metrics). Without it each process reports its own.
-Database-wide figures (backlog, dead letters, orders in review) are read at scrape time with
-queries that use the status indexes, never a scan of every event ever stored.
+Database-wide figures (backlog, its oldest row's age and how overdue it is, dead letters, orders in review) are
+read at scrape time with queries that use the status indexes, never a scan of every event ever stored.
 """
 from __future__ import annotations
 
@@ -70,8 +70,16 @@ class DatabaseCollector:
                 select(OutboxMessage.status, func.count())
                 .where(OutboxMessage.status.in_([*waiting, OutboxStatus.DEAD]))
                 .group_by(OutboxMessage.status)).all())
+            # One index lookup per status (ix_outbox_status_available_at): the earliest time a pending
+            # message was due to be published, and the earliest a published one was due to be
+            # published again. Overdue is measured from there, not from created_at: a dead letter
+            # staff re-drive after a day is due now, not a day late, and a retry waiting out its
+            # back-off is not due at all.
             oldest = session.scalar(select(func.min(OutboxMessage.created_at))
                                     .where(OutboxMessage.status.in_(waiting)))
+            due = session.execute(select(*(
+                select(func.min(OutboxMessage.available_at)).where(OutboxMessage.status == status).scalar_subquery()
+                for status in waiting))).one()
             inbox = dict(session.execute(
                 select(InboxEvent.status, func.count())
                 .where(InboxEvent.status.in_([EventStatus.RECEIVED, EventStatus.RETRYING, EventStatus.DEAD]))
@@ -84,8 +92,16 @@ class DatabaseCollector:
             outbox.add_metric([status.value], backlog.get(status, 0))
         yield outbox
         yield GaugeMetricFamily("shop_outbox_oldest_age_seconds",
-                                "Age of the oldest outbox message still waiting (0 when none)",
+                                "Age of the oldest outbox message still waiting, since it was first queued (0 when "
+                                "none); a re-driven dead letter counts from its first queuing: alert on "
+                                "shop_outbox_overdue_seconds",
                                 value=(now - oldest).total_seconds() if oldest else 0.0)
+        earliest = min((at for at in due if at is not None), default=None)
+        yield GaugeMetricFamily("shop_outbox_overdue_seconds",
+                                "Seconds since the most overdue outbox message fell due with the relay not acting "
+                                "on it: pending and not yet published, or published, unfinished and not published "
+                                "again past its redelivery time (0 when none is overdue)",
+                                value=max(0.0, (now - earliest).total_seconds()) if earliest else 0.0)
         events = GaugeMetricFamily("shop_inbox_events_open", "Stored events not finished, by status",
                                    labels=["status"])
         for status in (EventStatus.RECEIVED, EventStatus.RETRYING, EventStatus.DEAD):

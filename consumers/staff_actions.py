@@ -127,6 +127,22 @@ def _order_of(session: Session, event: InboxEvent | None, *, lock: bool) -> Orde
 
 # --- dead letters and stored events ------------------------------------------------------------
 
+class EventResolved(Refused):
+    """A replay of an event staff resolved: refused, and audited as refused, until it is reopened."""
+
+
+class ReplayFailed(Exception):
+    """A replay whose run raised (the handler, or Stripe or a rule it met): nothing of it was applied.
+
+    It was kept as a failed attempt of the event, with its traceback, and as an audit row, as a
+    worker's failed run is kept; `error` says what failed, `order_id` whose story shows it.
+    """
+
+    def __init__(self, event_id: str, error: str, order_id: str | None):
+        super().__init__(f"replay of event {event_id} failed: {error}")
+        self.event_id, self.error, self.order_id = event_id, error, order_id
+
+
 def replay_event(factory: sessionmaker[Session], settings: Settings, event_id: str, *, actor: str,
                  note: str | None = None) -> Outcome:
     """`shop events replay`: run a stored event's handler now, under the worker's locks, in the worker's order.
@@ -134,22 +150,43 @@ def replay_event(factory: sessionmaker[Session], settings: Settings, event_id: s
     Lock order, the same as the worker's (consumers/processing.py), so the two never deadlock:
     the event's outbox rows (by id), then its inbox row, then the order. Whatever delivery is
     still open (a dead letter, a scheduled retry) is closed, so the event cannot be applied a
-    second time through that route. A resolved event is closed: it is refused until staff reopen it.
-    A run that fails is kept as an attempt with its error, as a worker's would be, and re-raised.
+    second time through that route. A resolved event is closed: it is refused (EventResolved)
+    until staff reopen it. A run that fails, whatever raised (a rule, Stripe, the database, a
+    bug), is kept as an attempt with its error and as an audited decision, as a worker's run
+    would be, and ReplayFailed is raised from it. An unknown event raises NotFound, unaudited.
     """
     try:
         return _replay(factory, settings, event_id, actor=actor, note=note)
-    except (DomainError, PaymentGatewayError):
-        raise
+    except (NotFound, EventResolved):
+        raise  # nothing was decided about anything, or the refusal is audited already
     except Exception as exc:
-        error, trace = describe_error(exc), redact(traceback.format_exc(limit=20))
-        with transaction(factory) as session:
-            event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)).one()
-            record_failed_run(session, event.id, runner=f"replay by {actor}", error=error, trace=trace,
-                              order_id=event.order_id)
-            record_staff_action(session, actor=actor, action="replay", target=f"event {event_id}",
-                                order_id=event.order_id, note=note, detail=f"failed: {error}")
-        raise
+        raise _failed_replay(factory, event_id, exc, actor=actor, note=note) from exc
+
+
+def _failed_replay(factory: sessionmaker[Session], event_id: str, exc: Exception, *, actor: str,
+                   note: str | None) -> ReplayFailed:
+    """Keep a replay's failure (its transaction was rolled back) as the worker keeps a run's."""
+    error, trace = describe_error(exc), redact(traceback.format_exc(limit=20))
+    if isinstance(exc, DomainError):
+        detail = f"refused: {exc.message}"
+    elif isinstance(exc, PaymentGatewayError):
+        detail = f"failed at Stripe: {exc}"
+    else:
+        detail = f"failed: {error}"
+    with transaction(factory) as session:
+        # Columns only, not the order with its relationships: what failed may be one of their tables.
+        event = session.execute(select(InboxEvent.id, InboxEvent.order_id, InboxEvent.object_id)
+                                .where(InboxEvent.event_id == event_id)).one()
+        order_id = event.order_id or (session.scalar(select(Order.id).where(Order.payment_intent_id == event.object_id))
+                                      if event.object_id else None)
+        status = session.scalar(select(Order.status).where(Order.id == order_id)) if order_id else None
+        record_failed_run(session, event.id, runner=f"replay by {actor}", error=error, trace=trace,
+                          order_id=order_id)
+        record_staff_action(session, actor=actor, action="replay", target=f"event {event_id}", order_id=order_id,
+                            note=note, status_before=status and status.value, status_after=status and status.value,
+                            detail=detail)
+    log.warning("staff_action_not_done", actor=actor, action="replay", target=f"event {event_id}", outcome=detail)
+    return ReplayFailed(event_id, error, order_id)
 
 
 def _replay(factory: sessionmaker[Session], settings: Settings, event_id: str, *, actor: str,
@@ -171,7 +208,7 @@ def _replay(factory: sessionmaker[Session], settings: Settings, event_id: str, *
                       f"reopen it first: shop dlq reopen {closed.id if closed else '?'} --note TEXT")
             _audit(session, actor=actor, action="replay", target=target, order=order, before=before, note=note,
                    detail=f"refused: {reason}")
-            refusal = Refused(reason)
+            refusal = EventResolved(reason)
         else:
             refusal = None
             outcome = run_event(session, event, settings, runner=f"replay by {actor}")

@@ -89,7 +89,46 @@ def _echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _database_unreachable(exc: BaseException) -> bool:
+    """True for an error saying the database could not be reached: no connection could be made
+    (refused, timed out, no such host, database or role, a password refused, a SQLite file that
+    cannot be opened) or the one in use was lost. Not a statement the database refused (a missing
+    table, a constraint): that is a bug or a broken schema, and keeps its traceback."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, DBAPIError):
+        # SQLAlchemy knows no statement when the connection itself failed, and marks a lost one.
+        return exc.connection_invalidated or (isinstance(exc, OperationalError) and exc.statement is None)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - the driver is installed with the package
+        return False
+    # The driver's own error, not wrapped by SQLAlchemy: a failed connection has no SQLSTATE
+    # (the server never answered), or one of class 08 (connection exception).
+    return isinstance(exc, psycopg.OperationalError) and (exc.sqlstate is None or exc.sqlstate.startswith("08"))
+
+
+class _ShopGroup(click.Group):
+    """The `shop` group: a database that cannot be reached is one line and exit 1, from any verb,
+    instead of the driver's whole traceback (which names nothing more useful, and is long)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if not _database_unreachable(exc):
+                raise
+            from models.logs import describe_error
+
+            # describe_error: the driver's message without bound parameters, URL passwords masked.
+            raise click.ClickException(f"database unavailable: {_one_line(describe_error(exc))}") from exc
+
+
+@click.group(cls=_ShopGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def shop():
     """Order-payment service: Stripe webhooks in, paid orders and shipments out."""
 
@@ -219,11 +258,20 @@ def _find_event(session, event_id: str):
 @events.command("show")
 @click.argument("event_id")
 def events_show(event_id):
-    """Show one stored event: its status, outcome and payload."""
+    """Show one stored event: its status, outcome, payload, and each run of its handler (worker,
+    replay) with its outcome, and a failed run's error and traceback."""
+    from models.history import EventAttempt
+    from models.logs import redact
+
     settings = _settings()
     with _sessions(settings)() as session:
         event = _find_event(session, event_id)
-        _echo_json({**event.to_dict(), "payload": event.data})
+        runs = session.scalars(select(EventAttempt).where(EventAttempt.inbox_event_id == event.id)
+                               .order_by(EventAttempt.id)).all()
+        _echo_json({**event.to_dict(), "payload": event.data, "runs": [
+            {"at": run.finished_at.isoformat(), "runner": run.runner, "outcome": run.outcome.value,
+             "reason": run.reason, "error": redact(run.error) if run.error else None,
+             "traceback": redact(run.traceback) if run.traceback else None} for run in runs]})
 
 
 @events.command("replay")
@@ -233,14 +281,22 @@ def events_show(event_id):
 def events_replay(event_id, note, actor):
     """Run a stored event through its handler again, now (idempotent: a second run changes nothing).
 
-    A resolved event is refused until its dead letter is reopened (shop dlq reopen).
+    A resolved event is refused until its dead letter is reopened (shop dlq reopen). A run that
+    fails applies nothing: it is kept as a failed attempt with its traceback (shop events show)
+    and in the audit trail, and the command says so in one line and exits 1.
     """
     from consumers.payments import configure_stripe
-    from consumers.staff_actions import replay_event
+    from consumers.staff_actions import ReplayFailed, replay_event
 
     settings = _settings()
     configure_stripe(settings)
-    outcome = _staff_call(lambda: replay_event(_sessions(settings), settings, event_id, actor=_actor(actor), note=note))
+    try:
+        outcome = _staff_call(lambda: replay_event(_sessions(settings), settings, event_id, actor=_actor(actor),
+                                                   note=note))
+    except ReplayFailed as exc:
+        where = f"shop events show {event_id}" + (f" or shop orders show {exc.order_id}" if exc.order_id else "")
+        raise click.ClickException(f"{event_id}: replay failed, nothing was applied: {_one_line(exc.error)} "
+                                   f"(kept as a failed attempt with its traceback: {where})") from exc
     click.echo(f"{event_id}: {outcome.status.value} ({outcome.reason})")
 
 
@@ -381,11 +437,16 @@ def dlq_show(message_id):
 @click.option("--note", callback=_note_text, help="Why it is retried (kept in the audit trail).")
 @staff_verb
 def dlq_retry(message_ids, note, actor):
-    """Re-drive dead letters through their handlers (the relay publishes them again now)."""
+    """Re-drive dead letters through their handlers (the relay publishes them again now).
+
+    Each id is tried on its own and gets a line: "N: queued again", or "N: not retried (why)"; a
+    refused one does not stop the others, and the exit code is then 1. If an id names no message,
+    nothing is done to any (exit 2).
+    """
     from consumers.staff_actions import retry_dead_letter
 
     _each_dead_letter(message_ids, lambda f, i, who: retry_dead_letter(f, i, actor=who, note=note), actor,
-                      "queued again")
+                      "queued again", "not retried")
 
 
 @dlq.command("resolve")
@@ -398,7 +459,7 @@ def dlq_resolve(message_id, note, actor):
     from consumers.staff_actions import resolve_dead_letter
 
     _each_dead_letter([message_id], lambda f, i, who: resolve_dead_letter(f, i, actor=who, note=note), actor,
-                      "resolved")
+                      "resolved", "not resolved")
 
 
 @dlq.command("reopen")
@@ -411,15 +472,37 @@ def dlq_reopen(message_id, note, actor):
     from consumers.staff_actions import reopen_dead_letter
 
     _each_dead_letter([message_id], lambda f, i, who: reopen_dead_letter(f, i, actor=who, note=note), actor,
-                      "reopened: a dead letter again")
+                      "reopened: a dead letter again", "not reopened")
 
 
-def _each_dead_letter(message_ids, action, actor, done: str) -> None:
+def _each_dead_letter(message_ids, action, actor, done: str, not_done: str) -> None:
+    """Carry out a decision on each dead letter, in the order given, each on its own: every id is
+    tried and gets one line, "N: <done>" or "N: <not_done> (why)", and one refused never stops the
+    next. An id no message has is refused before any is touched (exit 2, as a typo in the list
+    should be); exit 1 once all were tried if any was refused."""
+    from models.errors import DomainError
+    from models.events import OutboxMessage
+
     factory = _sessions(_settings())
     who = _actor(actor)
+    message_ids = list(dict.fromkeys(message_ids))  # the same id twice is tried once
+    with factory() as session:
+        known = set(session.scalars(select(OutboxMessage.id).where(OutboxMessage.id.in_(message_ids))))
+    unknown = [message_id for message_id in message_ids if message_id not in known]
+    if unknown:
+        raise UnknownId(f"no dead letter {', '.join(map(str, unknown))}"
+                        + ("; nothing was done to the others" if len(unknown) < len(message_ids) else ""))
+    refused = 0
     for message_id in message_ids:
-        _staff_call(lambda: action(factory, message_id, who))
-        click.echo(f"{message_id}: {done}")
+        try:
+            action(factory, message_id, who)
+        except DomainError as exc:  # refused (audited as such): say why, and go on with the next
+            refused += 1
+            click.echo(f"{message_id}: {not_done} ({exc.message})", err=True)
+        else:
+            click.echo(f"{message_id}: {done}")
+    if refused:
+        sys.exit(1)
 
 
 @shop.group()
