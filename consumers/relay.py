@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.broker import QUEUES, ConfirmedPublisher, keep_alive
 from consumers.process import LongRunningProcess
 from models.base import utcnow
+from models.carts import reopen_cart
 from models.catalog import Reservation, ReservationStatus
 from models.db import transaction
 from models.events import OutboxMessage, OutboxStatus, Topic, enqueue
@@ -109,7 +110,7 @@ EXPIRABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
 
 
 def expire_reservations(factory: sessionmaker[Session]) -> int:
-    """Release stock whose hold ran out and cancel the unpaid orders that held it.
+    """Release stock whose hold ran out, cancel the unpaid orders that held it and open their carts again.
 
     One short transaction per order, the order claimed with SKIP LOCKED: a checkout or a
     handler holding it is left alone until the next sweep, two relays never wait on each
@@ -147,6 +148,9 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
                 continue
             expired += 1
             order.cancel("reservation expired before payment")
+            # As abandon() does: the buyer may check the cart out again (re-priced, its stock reserved
+            # anew). A late payment for this order is still flagged for staff: its units stay released.
+            reopen_cart(session, order.cart_id)
             if order.payment_intent_id:
                 # So the customer cannot pay for stock that is no longer held.
                 enqueue(session, Topic.PAYMENT_CANCEL,

@@ -17,6 +17,38 @@ MAX_QUANTITY = 99
 # $999,999.99); Stripe refuses a PaymentIntent for more. A cart or an order past it is refused
 # here, saying so, before any stock is held (and before the order's total column could overflow).
 LARGEST_CHARGE = 99_999_999
+# The least one payment at Stripe can take, in the currency's smallest unit, for the currencies a shop
+# here sells in: Stripe's table "Minimum and maximum charge amounts" (docs.stripe.com/currencies,
+# read 2026-11: ¥50, $0.50, €0.50, £0.30). Stripe refuses a PaymentIntent for less (and for 0 in every
+# currency); an order under it is refused at checkout, naming the cart, before any stock is held,
+# rather than answered as a Stripe failure. Another currency is held to 1 (a total of 0 or less is
+# never a payment); a higher minimum Stripe has for it still comes back as Stripe's refusal.
+SMALLEST_CHARGE = {"jpy": 50, "usd": 50, "eur": 50, "gbp": 30}
+
+
+def smallest_charge(currency: str | None) -> int:
+    return SMALLEST_CHARGE.get((currency or "").lower(), 1)
+
+
+class TotalTooSmall(InvalidInput):
+    """An order total under the least one payment at Stripe can take (SMALLEST_CHARGE)."""
+
+    code = "total_too_small"
+
+    def __init__(self, cart_id: str, total: int, currency: str | None, smallest: int):
+        super().__init__(f"the total of cart {cart_id} would be {total} {currency or ''}".rstrip()
+                         + f", under {smallest}, the least one payment at Stripe can take: add items to the cart",
+                         field="cart_id")
+        self.cart_id = cart_id
+        self.total = total
+        self.smallest = smallest
+
+
+class CurrencyMismatch(Conflict):
+    """The cart's lines, or its lines and the shop's shipping rates, are priced in different currencies:
+    no one payment can charge them (the catalog was loaded in another currency, in part)."""
+
+    code = "currency_mismatch"
 
 
 class CartStatus(str, enum.Enum):
@@ -82,10 +114,28 @@ class Cart(Base):
     def _subtotal_without(self, item: "CartItem | None") -> int:
         return sum(i.unit_amount * i.quantity for i in self.items if i is not item)
 
-    def ensure_payable(self, total: int, *, field: str) -> None:
-        """Refuse a total one payment at Stripe cannot take (TotalTooLarge, naming `field`)."""
+    def ensure_payable(self, total: int, *, field: str, charged: bool = False) -> None:
+        """Refuse a total one payment at Stripe cannot take: over LARGEST_CHARGE (TotalTooLarge, naming
+        `field`) or, for the total about to be charged (`charged`, at checkout), under the currency's
+        smallest charge (TotalTooSmall, naming the cart). A cart being filled may hold less: its next
+        line may bring it over."""
         if total > LARGEST_CHARGE:
             raise TotalTooLarge(total, self.currency, LARGEST_CHARGE, field=field)
+        if charged and total < smallest_charge(self.currency):
+            raise TotalTooSmall(self.id, total, self.currency, smallest_charge(self.currency))
+
+    def ensure_one_currency(self, shipping_currency: str | None) -> None:
+        """Refuse (CurrencyMismatch, 409) a cart that cannot be charged as one payment in its currency: lines
+        in several currencies, or shipping rates in another currency than its lines (the fee and the
+        free-shipping threshold would be read as amounts of the cart's currency)."""
+        currencies = sorted({item.currency for item in self.items})
+        if len(currencies) > 1:
+            raise CurrencyMismatch(f"cart {self.id} holds lines priced in {' and '.join(currencies)}; one payment "
+                                   f"is in one currency: remove the lines of one of them", field="cart_id")
+        if shipping_currency is not None and currencies and shipping_currency != currencies[0]:
+            raise CurrencyMismatch(f"cart {self.id} is priced in {currencies[0]} but the shop's shipping rates are "
+                                   f"in {shipping_currency}; nothing was reserved: please try again once the shop "
+                                   f"has corrected its catalog", field="cart_id")
 
     def delete_logically(self) -> None:
         if self.deleted_at is None:
@@ -123,16 +173,31 @@ def reprice_cart(session: Session, cart: Cart) -> list[dict]:
     """Bring the cart's lines to the catalog's current prices; returns the lines that changed.
 
     A cart may wait for days: checkout charges what the catalog says now, never what it said
-    when the item was added.
+    when the item was added. A price is an amount and its currency: 1200 in a catalog reloaded
+    from `usd` to `jpy` is another price (charged as it was, ¥1,200 would be $12.00), so a line
+    whose currency changed is a changed line too, and says both currencies.
     """
     changes = []
     for item in cart.items:
         product = session.get(Product, item.sku)
-        if product is not None and product.unit_amount != item.unit_amount:
-            changes.append({"sku": item.sku, "quantity": item.quantity, "old_unit_amount": item.unit_amount,
-                            "new_unit_amount": product.unit_amount})
-            item.unit_amount = product.unit_amount
+        if product is None or (product.unit_amount, product.currency) == (item.unit_amount, item.currency):
+            continue
+        change = {"sku": item.sku, "quantity": item.quantity, "old_unit_amount": item.unit_amount,
+                  "new_unit_amount": product.unit_amount}
+        if product.currency != item.currency:
+            change.update(old_currency=item.currency, new_currency=product.currency)
+        changes.append(change)
+        item.unit_amount, item.currency = product.unit_amount, product.currency
     return changes
+
+
+def reopen_cart(session: Session, cart_id: str) -> None:
+    """Open a checked-out cart again once its order ended unpaid (its hold expired), in the caller's
+    transaction, so the buyer can check it out anew: at the catalog's prices then, and with the stock
+    available then (nothing stays held for it). A cart logically deleted (its order was paid) stays closed."""
+    cart = session.get(Cart, cart_id)
+    if cart is not None and cart.deleted_at is None and cart.status is CartStatus.CHECKED_OUT:
+        cart.status = CartStatus.OPEN
 
 
 def get_cart(session: Session, cart_id: str, *, for_update: bool = False) -> Cart:

@@ -56,13 +56,19 @@ class IllegalTransition(DomainError):
         self.target = target
 
 
+def _priced(change: dict, which: str) -> str:
+    """A changed line's old or new price, with its currency when that changed too (a catalog loaded again in another)."""
+    currency = change.get(f"{which}_currency")
+    return f"{change[f'{which}_unit_amount']} {currency}" if currency else str(change[f"{which}_unit_amount"])
+
+
 class PriceChanged(Conflict):
     """A cart line's price is not the catalog's any more; the cart now holds the new prices."""
 
     code = "price_changed"
 
     def __init__(self, cart_id: str, changes: list[dict], subtotal: int, currency: str | None):
-        described = ", ".join(f"{c['sku']} {c['old_unit_amount']} -> {c['new_unit_amount']}" for c in changes)
+        described = ", ".join(f"{c['sku']} {_priced(c, 'old')} -> {_priced(c, 'new')}" for c in changes)
         super().__init__(f"prices changed since the items were added ({described}); the cart now holds the new "
                          f"prices, subtotal {subtotal} {currency}: confirm the new total and check out again",
                          field="cart_id")

@@ -291,11 +291,19 @@ def place_order(
     if not cart.items:
         raise InvalidInput(f"cart {cart.id} is empty", field="cart_id")
     subtotal = cart.subtotal
+    rates = load_shipping_table(session)
+    # The fee and the free-shipping threshold are amounts of the rates' currency: charged in another, a
+    # yen fee would be read as cents. Refused (409), and said to staff, before any stock is held.
     try:
-        fee = shipping_fee(load_shipping_table(session), shipping.prefecture, subtotal)
+        cart.ensure_one_currency(rates.currency)
+    except Conflict as exc:
+        log.warning("checkout_refused_currency_mismatch", cart_id=cart.id, reason=exc.message)
+        raise
+    try:
+        fee = shipping_fee(rates, shipping.prefecture, subtotal)
     except LookupError as exc:
         raise InvalidInput(str(exc), field="shipping.prefecture") from exc
-    cart.ensure_payable(subtotal + fee, field="cart_id")  # before any stock is held
+    cart.ensure_payable(subtotal + fee, field="cart_id", charged=True)  # before any stock is held
     reserved_until = utcnow() + timedelta(seconds=reservation_ttl_seconds)
     order = Order(
         cart_id=cart.id,

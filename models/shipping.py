@@ -47,6 +47,9 @@ class ShippingTable:
     fees: dict[str, int]
     default_fee: int | None
     free_over: int | None
+    # The currency of its fees and threshold (every row's, as one catalog load writes them); rows that
+    # disagree read "jpy/usd", which no cart's currency is. None for a shop without rates.
+    currency: str | None = None
 
     def fee_for(self, prefecture: str, subtotal: int) -> int:
         if self.free_over is not None and subtotal >= self.free_over:
@@ -67,4 +70,5 @@ def load_shipping_table(session: Session) -> ShippingTable:
     fees = {r.prefecture: r.fee for r in rows if r.prefecture != DEFAULT}
     default = next((r.fee for r in rows if r.prefecture == DEFAULT), None)
     free_over = next((r.free_over for r in rows if r.free_over is not None), None)
-    return ShippingTable(fees=fees, default_fee=default, free_over=free_over)
+    currency = "/".join(sorted({r.currency.lower() for r in rows})) or None
+    return ShippingTable(fees=fees, default_fee=default, free_over=free_over, currency=currency)

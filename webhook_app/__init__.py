@@ -44,9 +44,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from webhook_app.health import bp as health_bp
     from webhook_app.shop_api import bp as shop_bp
     from webhook_app.shop_pages import bp as shop_pages_bp
-    from webhook_app.validation import refuse_unstorable_input
+    from webhook_app.validation import MAX_REQUEST_BYTES, refuse_oversized_body, refuse_unstorable_input
     from webhook_app.webhooks import StripeWebhookEndpoint, WebhookDispatcher
 
+    # No body the app reads may be larger (a chunked one is cut off here); the webhook, served in front
+    # of Flask, keeps its own WEBHOOK_MAX_BYTES.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(shop_bp)
@@ -59,8 +62,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         g.request_id = request.headers.get("X-Request-Id") or new_id("req")
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
 
-    # After the request id is bound, before every blueprint's own hooks and views: NUL and other
-    # control characters never reach a query (webhook_app.validation).
+    # After the request id is bound, before every blueprint's own hooks and views: a body over the limit
+    # is refused unread, and NUL and other control characters never reach a query (webhook_app.validation).
+    app.before_request(refuse_oversized_body)
     app.before_request(refuse_unstorable_input)
 
     @app.after_request

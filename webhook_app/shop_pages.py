@@ -23,14 +23,15 @@ import structlog
 from flask import (Blueprint, current_app, flash, jsonify, make_response, redirect, render_template, request,
                    session, url_for)
 from flask_wtf.csrf import CSRFError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from consumers.checkout import (CheckoutCancelled, CheckoutRequest, IdempotencyKeyReused, PaymentProviderBusy,
-                                PaymentProviderRefused, PaymentProviderUnavailable, confirm_payment, hold_lapsed)
+from consumers.checkout import (CheckoutCancelled, CheckoutInProgress, CheckoutRequest, IdempotencyKeyReused,
+                                PaymentProviderBusy, PaymentProviderRefused, PaymentProviderUnavailable,
+                                confirm_payment, hold_lapsed)
 from consumers.checkout import checkout as checkout_cart
 from consumers.payments import (CardDeclined, IntentNotConfirmable, PaymentGatewayError, PaymentRefused,
                                 create_setup_intent, retrieve_payment_intent)
-from models.carts import LARGEST_CHARGE, MAX_QUANTITY, Cart, CartStatus, get_cart
+from models.carts import LARGEST_CHARGE, MAX_QUANTITY, Cart, CartStatus, CurrencyMismatch, TotalTooSmall, get_cart
 from models.catalog import Product
 from models.catalog_file import localized_product_names
 from models.db import transaction
@@ -572,15 +573,20 @@ def place_order():
             log.info("shop_details_changed", cart_id=cart_id, placed=shown_now.order is not None,
                      sent=SHOWN_FIELD in request.form)
             return _refused("details_changed", 409, "details_changed", to=confirm_url)
+        # Each order the cart placed that was then cancelled (its hold ran out: the sweep opens the
+        # cart again) ends that key: the next Pay places a new order, under the next key.
+        cancelled = db.scalar(select(func.count()).select_from(Order)
+                              .where(Order.cart_id == cart_id, Order.status == OrderStatus.CANCELLED))
     app_state = state()
     shipping = ShippingAddress(name=buyer["name"], postal_code=buyer["postal_code"],
                                prefecture=buyer["prefecture"], address=buyer["address"])
     try:
         # The key is the cart's: pressing Pay again, or again after a declined card, answers with
         # the same order and PaymentIntent, and the stock stays held by that one order.
+        key = f"shop-{cart_id}" + (f"-{cancelled}" if cancelled else "")
         order = checkout_cart(app_state.sessions, app_state.settings,
                               CheckoutRequest(cart_id=cart_id, email=buyer["email"], shipping=shipping,
-                                              idempotency_key=f"shop-{cart_id}", same_details=False))
+                                              idempotency_key=key, same_details=False))
     except PriceChanged:
         return _refused("price_changed", 409, "price_changed", to=confirm_url)
     except OutOfStock as exc:
@@ -591,12 +597,21 @@ def place_order():
                         reason=exc.reason or _t("refused_unknown"))
     except (PaymentProviderUnavailable, PaymentProviderBusy):
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
+    except CurrencyMismatch:
+        log.warning("shop_checkout_refused", code="currency_mismatch", cart_id=cart_id)
+        return _refused("currency_mismatch", 409, "currency_mismatch", to=url_for("shop_pages.show_cart"))
+    except CheckoutInProgress:
+        # The first Pay placed the order and still waits on Stripe (or died there): the buyer waits too.
+        return _refused("checkout_in_progress", 409, "checkout_in_progress", to=confirm_url, navigate=False)
     except (CheckoutCancelled, IdempotencyKeyReused):
         _forget_purchase()
         return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
     except TotalTooLarge:
         return _refused("total_too_large", 422, "total_too_large", to=url_for("shop_pages.show_cart"),
                         largest=yen(LARGEST_CHARGE))
+    except TotalTooSmall as exc:
+        return _refused("total_too_small", 422, "total_too_small", to=url_for("shop_pages.show_cart"),
+                        smallest=yen(exc.smallest))
     except InvalidInput as exc:
         log.info("shop_checkout_refused", code=exc.code, field=exc.field)
         return _refused("fix_fields", 422, "invalid_input", to=url_for("shop_pages.checkout_info"))

@@ -33,6 +33,11 @@ TEXT: dict[str, dict[str, str]] = {
     "added": {"ja": "{name}をカートに入れました。", "en": "{name} is in your cart."},
     "quantity": {"ja": "数量", "en": "Quantity"},
     "bad_quantity": {"ja": "数量は1から{n}までで指定してください。", "en": "Choose a quantity from 1 to {n}."},
+    "total_too_small": {"ja": "合計が1回のお支払いの下限（{smallest}）に届きません。商品を追加してください。",
+                        "en": "The total is under {smallest}, the least one card payment can take. Please add to "
+                              "your cart."},
+    "currency_mismatch": {"ja": "カートの商品の価格の通貨が変わりました。カートをご確認ください。",
+                          "en": "The prices in your cart are now in another currency. Please check your cart."},
     "total_too_large": {"ja": "合計が1回のお支払いの上限（{largest}）を超えます。数量を減らすか、ご注文を分けてください。",
                         "en": "The total would be over {largest}, the most one card payment can take. Buy fewer, "
                               "or split the purchase into several orders."},
@@ -90,6 +95,8 @@ TEXT: dict[str, dict[str, str]] = {
                    "en": "Sorry, there is no longer enough {sku} in stock. Please check your cart."},
     "provider_down": {"ja": "決済サービスに接続できませんでした。時間をおいてもう一度お試しください。",
                       "en": "We could not reach the payment service. Please try again in a moment."},
+    "checkout_in_progress": {"ja": "ご注文の手続きがまだ完了していません。少し時間をおいてもう一度お試しください。",
+                             "en": "Your order is still being placed. Please try again in a moment."},
     "payment_refused": {"ja": "決済サービスがこのお支払いを受け付けませんでした（{reason}）。カード情報を入力し直して、もう一度お試しください。",
                         "en": "The payment service refused this payment ({reason}). Please enter your card again and retry."},
     "refused_unknown": {"ja": "理由不明", "en": "no reason given"},

@@ -1,5 +1,6 @@
-"""Reading and validating request input: JSON bodies with a 422 that names the field, and one check,
-before every view, that no path segment, query value or form field holds text the database cannot store."""
+"""Reading and validating request input: JSON bodies with a 422 that names the field, and two checks before
+every view: that the body is not over MAX_REQUEST_BYTES, and that no path segment, query value or form field
+holds text the database cannot store."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,17 @@ from flask_login import current_user
 from models.errors import NotFound
 from models.text import CONTROL_CHARACTERS, LONE_SURROGATE, unstorable
 from webhook_app.errors import ApiError
+from webhook_app.webhooks import InvalidJson, _object_with_unique_keys
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # ASCII digits: `\d` also takes every other script's (Arabic-Indic, Devanagari…), which no label
 # printer or carrier reads as a Japanese postal code. Full-width input is made ASCII first.
 POSTAL_CODE = re.compile(r"[0-9]{3}-?[0-9]{4}")
+# The largest request body the app reads (Flask's MAX_CONTENT_LENGTH, set by create_app): a checkout is
+# under 10 KB, the console's and the shop's forms less. Each request thread holds its body in memory;
+# 64 KiB of them is nothing, 32 MB of them is a way to exhaust it. Stripe's webhook is served in front
+# of Flask with its own limit (WEBHOOK_MAX_BYTES, webhook_app.webhooks), which this does not reach.
+MAX_REQUEST_BYTES = 64 * 1024
 
 
 def postal_code(text: str) -> str | None:
@@ -48,9 +55,45 @@ def json_value_if_sent():
     return _decode(raw) if raw.strip() else None
 
 
-def _decode(raw: bytes):
+def refuse_oversized_body():
+    """Before every view: a body whose Content-Length is over MAX_REQUEST_BYTES is refused with 413 before
+    any of it is read. A body sent without a length (chunked) is cut off at the same limit by Flask's
+    MAX_CONTENT_LENGTH, with werkzeug's 413, when a view reads it."""
+    length = request.content_length
+    if length is not None and length > MAX_REQUEST_BYTES:
+        # The code of werkzeug's own 413 (a form field over MAX_FORM_MEMORY_SIZE, a chunked body cut off).
+        raise ApiError(413, "request_entity_too_large", f"the request body is {length} bytes, over the "
+                                                        f"{MAX_REQUEST_BYTES}-byte limit", "body")
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _object_naming_a_repeated_key(pairs: list) -> dict:
+    """The webhook's strict rule for objects (webhook_app.webhooks), saying which key was repeated."""
     try:
-        return json.loads(raw)
+        return _object_with_unique_keys(pairs)
+    except InvalidJson:
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key) from None
+            seen.add(key)
+        raise
+
+
+def _decode(raw: bytes):
+    # As the webhook reads a body, a repeated key is refused: which of its values counts depends on the
+    # parser (a line of 1 to us, of 30 to a proxy or a log reader that keeps the first).
+    try:
+        return json.loads(raw, object_pairs_hook=_object_naming_a_repeated_key)
+    except _RepeatedKey as exc:
+        name = _printable(exc.key)
+        raise ApiError(422, "invalid_input", f"the request body repeats the key {name!r} in one object: send each "
+                                             f"key once", name or "body") from None
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_input", f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} "
                                              f"column {exc.colno}): send a JSON object", "body") from None
