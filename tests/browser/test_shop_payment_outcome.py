@@ -1,0 +1,172 @@
+"""The complete and confirmation screens before the worker records Stripe's event, in headless Chromium:
+what Stripe says became of the payment ("not paid yet"), and Stripe not answering at all ("we could not
+check your payment just now"), never the old card's decline.
+
+Stripe is made unreachable with tests.support.stripe_unreachable: the live server runs in this process
+and asks Stripe through the SDK's process-wide address, which the block points at a closed port (the
+page's Stripe.js still loads from localstripe, and the worker thread simply retries what it needs).
+"""
+from __future__ import annotations
+
+import dataclasses
+from urllib.parse import urlsplit
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from models.orders import Order, OrderStatus
+from tests.browser.shop_flow import (DECLINED, VISA, BackgroundWorker, add_to_cart, enter_card, fill_information,
+                                     pay_error, press_pay, stock, text_of, wait, wait_for_outcome)
+from tests.support import settings_for, stripe_unreachable
+from webhook_app.devserver import CATALOG
+
+# Refused by Stripe when the card is set up (localstripe's "attaching is declined"): the order is
+# placed and its stock held, but no payment was ever tried on its PaymentIntent.
+REFUSED_AT_SETUP = "4000000000000002"
+NOT_PAID = ("Not paid yet", "No payment has been taken for this order yet.")
+COULD_NOT_CHECK = ("We could not check your payment just now",
+                   "The payment service did not answer. If you entered a card, please do not pay again: "
+                   "this page checks again by itself and shows the outcome as soon as it can.")
+CONFIRM_COULD_NOT_CHECK = ("The payment service did not answer, so we could not check the outcome of your last "
+                           "payment. If you entered a card, please wait a moment and reload this page before "
+                           "paying again.")
+
+
+@pytest.fixture
+def settings(database_url, tmp_path, localstripe):
+    """As test_shop_purchase's: localstripe's Stripe.js and the shipped catalog's names."""
+    return dataclasses.replace(
+        settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}", stripe_api_base=localstripe.base),
+        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/", catalog_file=str(CATALOG))
+
+
+@pytest.fixture
+def shop(live_server, localstripe, settings, sessions):
+    """The shop on a real HTTP server, receiving localstripe's webhooks, with relay + worker running."""
+    localstripe.register_webhook(f"{live_server}/webhooks/stripe")
+    with BackgroundWorker(settings, sessions):
+        yield live_server
+
+
+def only_order(sessions) -> Order:
+    with sessions() as session:
+        (order,) = session.query(Order).all()
+        return order
+
+
+def complete_url(shop: str, order: Order, lang: str = "en") -> str:
+    """The order's complete screen, as the pay step sends the buyer there (and as they may bookmark it)."""
+    return f"{shop}/orders/{order.id}/complete?token={order.access_token}&lang={lang}"
+
+
+def outcome(browser) -> tuple[str, str, str]:
+    """The complete screen's state, heading and first paragraph, once the page is there."""
+    section = wait(browser).until(lambda b: b.find_element(By.ID, "outcome"))
+    return (section.get_attribute("data-status"), section.find_element(By.TAG_NAME, "h1").text,
+            section.find_element(By.TAG_NAME, "p").text)
+
+
+def to_confirmation(browser, shop):
+    """Products, cart, information: the confirmation screen with two teas to Hokkaido (¥3,100)."""
+    add_to_cart(browser, shop, "TEA-01", 2)
+    browser.find_element(By.ID, "to-info").click()
+    fill_information(browser)
+    wait(browser).until(lambda b: urlsplit(b.current_url).path == "/checkout/confirm")
+    assert text_of(browser, "#total") == "¥3,100"
+
+
+def first_card_declined(browser, shop, sessions) -> Order:
+    """Pay with a card Stripe declines; Stripe's event processed, the order reads payment_failed."""
+    to_confirmation(browser, shop)
+    enter_card(browser, DECLINED)
+    press_pay(browser)
+    assert "declined" in pay_error(browser).lower()
+    wait(browser).until(lambda _: only_order(sessions).status is OrderStatus.PAYMENT_FAILED)
+    order = only_order(sessions)
+    assert order.failure_message
+    return order
+
+
+def test_an_order_placed_with_nothing_charged_shows_not_paid_yet(browser, shop, screenshot, sessions):
+    to_confirmation(browser, shop)
+    enter_card(browser, REFUSED_AT_SETUP)
+    press_pay(browser)
+    # Stripe refused the card before any payment was tried: the order is placed, its stock held.
+    assert "declined" in pay_error(browser).lower()
+    order = only_order(sessions)
+    assert order.status is OrderStatus.PENDING_PAYMENT
+    assert stock(sessions, "TEA-01") == (40, 2)
+
+    browser.get(complete_url(shop, order))
+    assert outcome(browser) == ("not_paid", *NOT_PAID)
+    main = text_of(browser, "main")
+    assert "Payment received" not in main and "declined" not in main.lower()
+    assert text_of(browser, "#order-id") == order.id
+    assert text_of(browser, "#to-payment") == "Go to payment"
+    assert browser.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]").get_attribute("content") == "10"
+    screenshot("complete-not-paid-yet")
+    screenshot("complete-not-paid-yet", phone=True)
+
+    # The buyer's own order: "Go to payment" leads back to the card field, with no decline said there.
+    browser.find_element(By.ID, "to-payment").click()
+    wait(browser).until(lambda b: urlsplit(b.current_url).path == "/checkout/confirm")
+    assert browser.find_element(By.ID, "pay").is_enabled()
+    assert not browser.find_elements(By.ID, "declined") and not browser.find_elements(By.ID, "payment-unknown")
+    assert only_order(sessions).status is OrderStatus.PENDING_PAYMENT
+
+
+def test_stripe_not_answering_is_said_on_the_complete_screen_not_as_the_old_decline(browser, shop, screenshot,
+                                                                                   sessions):
+    order = first_card_declined(browser, shop, sessions)
+    with stripe_unreachable():
+        browser.get(complete_url(shop, order))
+        assert outcome(browser) == ("payment_unknown", *COULD_NOT_CHECK)
+        main = text_of(browser, "main")
+        assert order.failure_message not in main and "declined" not in main.lower()
+        assert not browser.find_elements(By.ID, "to-payment")   # never a second Pay while it is unknown
+        assert text_of(browser, "#order-id") == order.id
+        assert browser.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]").get_attribute("content") == "10"
+        screenshot("complete-could-not-check-payment")
+        screenshot("complete-could-not-check-payment", phone=True)
+
+        browser.get(complete_url(shop, order, lang="ja"))
+        assert outcome(browser)[:2] == ("payment_unknown", "お支払いの状況を確認できませんでした")
+        screenshot("complete-could-not-check-payment-ja", phone=True)
+
+    # Stripe answers again: the buyer's own order goes back to the card field, which says the decline.
+    browser.get(complete_url(shop, order))
+    wait(browser).until(lambda b: urlsplit(b.current_url).path == "/checkout/confirm")
+    assert "declined" in text_of(browser, "#declined").lower()
+    assert only_order(sessions).status is OrderStatus.PAYMENT_FAILED
+
+
+def test_stripe_not_answering_is_said_on_the_confirmation_screen_not_as_the_old_decline(browser, shop, screenshot,
+                                                                                       sessions):
+    order = first_card_declined(browser, shop, sessions)
+    browser.get(f"{shop}/checkout/confirm?lang=en")
+    assert "declined" in text_of(browser, "#declined").lower()   # Stripe answers: the decline is said
+
+    with stripe_unreachable():
+        browser.get(f"{shop}/checkout/confirm?lang=en")
+        unknown = wait(browser).until(lambda b: b.find_element(By.ID, "payment-unknown"))
+        assert unknown.text == CONFIRM_COULD_NOT_CHECK
+        assert unknown.get_attribute("role") == "alert"
+        assert not browser.find_elements(By.ID, "declined")
+        assert order.failure_message not in text_of(browser, "main")
+        # Still the order's screen: its lines, its hold, the card field (the buyer is asked to wait and reload).
+        assert text_of(browser, "#total") == "¥3,100"
+        assert "held for you until" in text_of(browser, "#hold")
+        wait(browser).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#card-element input"))
+        screenshot("confirmation-could-not-check-payment")
+        screenshot("confirmation-could-not-check-payment", phone=True)
+
+    # Stripe answers again, the buyer reloads as asked: the decline, and Pay with another card works.
+    browser.get(f"{shop}/checkout/confirm?lang=en")
+    assert "declined" in text_of(browser, "#declined").lower()
+    assert not browser.find_elements(By.ID, "payment-unknown")
+    enter_card(browser, VISA)
+    press_pay(browser)
+    wait(browser).until(lambda b: "/complete" in b.current_url)
+    wait_for_outcome(browser, "paid")
+    assert only_order(sessions).status is OrderStatus.PAID
+    assert stock(sessions, "TEA-01") == (38, 0)
