@@ -42,4 +42,18 @@ def on_starting(server):
     from consumers.broker import refuse_unknown_transport
     from models.settings import Settings
 
-    refuse_unknown_transport(Settings.from_env().broker_url)  # the web answers /readyz from the broker
+    settings = Settings.from_env()
+    refuse_unknown_transport(settings.broker_url)  # the web answers /readyz from the broker
+    # On SQLite, one store process stores the webhook events of every web process (one writer, not
+    # one per process taking turns); it dies with this master and is restarted if it exits.
+    from webhook_app.store_process import StoreProcessSupervisor
+
+    server.store_process = StoreProcessSupervisor.for_database(settings.database_url)
+    if server.store_process is not None:
+        server.store_process.start()
+
+
+def on_exit(server):
+    # After the web processes have finished their requests: stop the store process (it removes its socket).
+    if getattr(server, "store_process", None) is not None:
+        server.store_process.stop()

@@ -4,6 +4,9 @@ No business logic runs here; the worker does it. A 2xx tells Stripe the event is
 stored, so anything that stops us storing it answers 503 and Stripe delivers it again. The
 stores of a process are a group commit (`GroupCommit`): events that arrive while one is in
 flight are stored together by the next, in one transaction, and each request answers after it.
+On SQLite under gunicorn, the web processes send their events to one store process instead
+(`StoreProcessClient`, webhook_app.store_process), which stores what arrives from all of them
+together; a web process that cannot reach it stores the event itself, through its GroupCommit.
 
 The path is served by a plain WSGI callable in front of the Flask app (`WebhookDispatcher`,
 installed as the app's `wsgi_app` by create_app), not by a Flask view: Flask's request context,
@@ -16,7 +19,10 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import os
 import re
+import socket
+import struct
 import threading
 import time
 
@@ -32,6 +38,7 @@ from models.db import writer_turn
 from models.events import StoredEvent, store_events_pg, store_events_sqlite
 from models.base import new_id
 from models.logs import describe_error
+from webhook_app import store_process
 from webhook_app.errors import error_body
 from webhook_app.gunicorn_logging import REQUEST_LOGGED
 
@@ -289,6 +296,87 @@ class GroupCommit:
                 following[0].woken.set()
 
 
+class StoreProcessClient:
+    """The web process's side of the store process (webhook_app.store_process): one connection per
+    thread, a request frame out, the answer back within _QUEUE_TIMEOUT (else StoreBusy: 503).
+
+    The store process is an optimisation, never a single point of failure: when it cannot be reached
+    (no socket, connection refused or lost, a malformed answer), the event is stored by `fallback`,
+    this process's GroupCommit, under the same writers' turn. A connection kept from an earlier
+    request that fails is first replaced once (the store process may have been restarted since).
+    The store is idempotent by event id, so an event stored by the store process whose answer was
+    lost is answered as a duplicate. After a failed connect, the store process is tried again at
+    most once a second, not per request. A database error from the store process means the
+    database refused: StoreFailed (503), as here.
+    """
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, path: str, fallback: GroupCommit):
+        self.path, self.fallback = path, fallback
+        self._local = threading.local()
+        self._retry_at = 0.0  # time.monotonic() before which a new connection is not tried
+        self._reachable = True  # for one log line per change, not one per request
+
+    def store(self, event: dict, payload: str) -> StoredEvent:
+        request = store_process.request_for(event, payload)
+        while True:
+            sock, kept = self._connection()
+            if sock is None:
+                return self.fallback.store(event, payload)
+            try:
+                sock.sendall(request)
+                answer = store_process.answer_of(store_process.read_frame(sock))
+            except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO / SO_SNDTIMEO ran out
+                self._forget(sock)  # its answer may still come: it must not be read as the next request's
+                raise StoreBusy(f"no answer from the store process within {_QUEUE_TIMEOUT:g} s") from None
+            except (OSError, store_process.MalformedFrame) as exc:
+                self._forget(sock)
+                if kept:  # made for an earlier request: perhaps to a store process since restarted
+                    continue
+                log.warning("store_process_connection_lost", error=describe_error(exc))
+                return self.fallback.store(event, payload)
+            if isinstance(answer, str):
+                raise StoreFailed(f"the store process: {answer}")
+            return answer
+
+    def _connection(self) -> tuple[socket.socket | None, bool]:
+        """This thread's connection and whether it was kept from an earlier request, or (None, False)
+        while the store process cannot be reached."""
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            return sock, True
+        if time.monotonic() < self._retry_at:
+            return None, False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.RETRY_SECONDS)  # a full listen queue: do not wait long, store here
+            sock.connect(self.path)
+            # Then blocking, with the kernel's timeouts: Python's own would poll() before every
+            # send and recv, a system call more each on the webhook's hot path.
+            sock.settimeout(None)
+            wait = struct.pack("ll", int(_QUEUE_TIMEOUT), int(_QUEUE_TIMEOUT % 1 * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, wait)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wait)
+        except OSError as exc:
+            sock.close()
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            if self._reachable:
+                self._reachable = False
+                log.warning("store_process_unreachable", socket=self.path, error=describe_error(exc),
+                            hint="each web process stores its own events until it is back")
+            return None, False
+        if not self._reachable:
+            self._reachable = True
+            log.info("store_process_reachable", socket=self.path)
+        self._local.sock = sock
+        return sock, False
+
+    def _forget(self, sock: socket.socket) -> None:
+        self._local.sock = None
+        sock.close()
+
+
 def _store_group(engine, arrivals: list[tuple[dict, str]]) -> list[StoredEvent]:
     if engine.dialect.name == "postgresql":
         try:
@@ -370,6 +458,16 @@ class StripeWebhookEndpoint:
     def __init__(self, shop):
         self.shop = shop
         self.group_commit = GroupCommit(shop.store_engine)
+        # Under gunicorn on SQLite, the master runs one store process for every web process and
+        # names its socket in the environment; only its own database's socket is used. Otherwise
+        # (PostgreSQL, the test client, another server) this process stores its events itself.
+        self.store_process: StoreProcessClient | None = None
+        engine = shop.store_engine
+        announced = os.environ.get(store_process.SOCKET_ENV)
+        if (announced and engine.dialect.name == "sqlite"
+                and announced == store_process.socket_path(engine.url.database)):
+            self.store_process = StoreProcessClient(announced, self.group_commit)
+        self.events_store = self.store_process or self.group_commit
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -389,7 +487,7 @@ class StripeWebhookEndpoint:
                 headers.append(("Allow", "OPTIONS, POST"))  # as Flask's 405 says it for a POST-only route
             else:
                 try:
-                    status, body = _Delivery(self.shop, self.group_commit, environ, started).answer()
+                    status, body = _Delivery(self.shop, self.events_store, environ, started).answer()
                 except Exception:
                     log.exception("request_failed")
                     status, body = 500, _INTERNAL_ERROR
@@ -403,8 +501,8 @@ class StripeWebhookEndpoint:
 class _Delivery:
     """One POST: size limit, signature, strict JSON, event checks, then the store; answer() gives (status, body)."""
 
-    def __init__(self, shop, group_commit: GroupCommit, environ, started: float):
-        self.shop, self.group_commit, self.environ, self.started = shop, group_commit, environ, started
+    def __init__(self, shop, events_store: GroupCommit | StoreProcessClient, environ, started: float):
+        self.shop, self.events_store, self.environ, self.started = shop, events_store, environ, started
 
     def fields(self, status: int) -> dict:
         """What gunicorn's access line would say; the webhook's own line says it instead (one line a request)."""
@@ -469,7 +567,7 @@ class _Delivery:
 
         structlog.contextvars.bind_contextvars(event_id=event["id"], event_type=event["type"])
         try:
-            stored = self.group_commit.store(event, payload)
+            stored = self.events_store.store(event, payload)
         except (SQLAlchemyError, StoreBusy, StoreFailed) as exc:
             log.error("webhook_store_failed", error=describe_error(exc), **self.fields(503))
             metrics.observe_webhook(event["type"], "rejected", "storage_unavailable")

@@ -1,0 +1,495 @@
+"""The store process: on SQLite, one process stores the webhook events of every web process.
+
+Each web process used to store its own events as a group commit, and the web processes took turns
+for SQLite's one writer: each re-read the pages the other had just written, stored small groups,
+and the hand-over of the turn left the machine idle. One process that every web process sends its
+events to over a Unix socket stores everything that arrived as one group, in one transaction
+(docs/benchmarks.md). It is an optimisation, never a single point of failure: a web process that
+cannot reach it stores the event itself (webhook_app.webhooks.StoreProcessClient).
+
+gunicorn's master starts it (`StoreProcessSupervisor`, from gunicorn.conf.py) as
+`python -m webhook_app.store_process`, restarts it when it exits, and stops it at exit; it also
+dies with the master. The socket is `<database>-store.sock`, next to the database, so two services
+with different databases never meet, and only the service's user may connect to it.
+
+Frames, both ways: a 4-byte big-endian length, then `marshal` of plain values (never pickle).
+  request  (event_id, type, api_version | None, livemode, object_id | None, payload)
+  answer   ("stored", inbox id, status, duplicate) or ("failed", what the database said)
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import marshal
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import structlog
+
+from models.events import EventStatus, StoredEvent
+
+log = structlog.get_logger(__name__)
+
+# Set by gunicorn's master (StoreProcessSupervisor) for its web processes: the socket of the store
+# process it runs. A web process uses it only if it is its own database's socket (`socket_path`).
+SOCKET_ENV = "SHOP_STORE_SOCKET"
+
+# Events stored in one transaction at most, so one huge burst does not hold the others' answers.
+BATCH_LIMIT = 256
+# Room in a frame for the event's other fields beside its payload (at most the webhook's body limit).
+_FRAME_OVERHEAD = 64 * 1024
+_LENGTH = struct.Struct("!I")
+_STATUSES = frozenset(status.value for status in EventStatus)
+# A Unix socket's path is at most 107 bytes (sun_path, with its NUL); the temporary name is longer.
+_SUN_PATH_LIMIT = 107
+_TEMPORARY_SUFFIX = ".tmp"
+
+STARTUP_WAIT_SECONDS = 10.0
+WATCH_INTERVAL_SECONDS = 1.0
+STOP_WAIT_SECONDS = 5.0
+# A store process that exits within this long of its start is restarted after a pause that doubles
+# up to RESTART_PAUSE_LIMIT_SECONDS: each start costs a second of CPU, and the web stores meanwhile.
+SHORT_LIFE_SECONDS = 10.0
+RESTART_PAUSE_LIMIT_SECONDS = 60.0
+
+
+class MalformedFrame(ValueError):
+    """A frame that is not what the protocol says (the message says what is wrong)."""
+
+
+def socket_path(database: str | None) -> str | None:
+    """The store process's socket for a SQLite database file, or None when there can be none
+    (an in-memory database, or a path too long for a Unix socket)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = os.path.abspath(database) + "-store.sock"
+    if len(os.fsencode(path + _TEMPORARY_SUFFIX)) > _SUN_PATH_LIMIT:
+        return None
+    return path
+
+
+def frame(value) -> bytes:
+    body = marshal.dumps(value)
+    return _LENGTH.pack(len(body)) + body
+
+
+def request_for(event: dict, payload: str) -> bytes:
+    """The request frame of a verified event: only what store_events_sqlite reads, and the raw payload."""
+    object_id = (event.get("data", {}).get("object") or {}).get("id")
+    return frame((event["id"], event["type"], event.get("api_version"), bool(event.get("livemode", False)),
+                  object_id if isinstance(object_id, str) else None, payload))
+
+
+def event_of_request(value) -> tuple[dict, str]:
+    """(event, payload) as store_events_sqlite takes them, from a decoded request; MalformedFrame if it is not one."""
+    if not (isinstance(value, tuple) and len(value) == 6):
+        raise MalformedFrame("a request is a tuple of 6 values")
+    event_id, event_type, api_version, livemode, object_id, payload = value
+    if not (isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type):
+        raise MalformedFrame("the event id and type must be non-empty strings")
+    if not (api_version is None or isinstance(api_version, str)) or not isinstance(livemode, bool):
+        raise MalformedFrame("api_version must be a string or None, livemode true or false")
+    if not (object_id is None or isinstance(object_id, str)) or not isinstance(payload, str):
+        raise MalformedFrame("the object id must be a string or None, the payload a string")
+    event = {"id": event_id, "type": event_type, "api_version": api_version, "livemode": livemode,
+             "data": {"object": {"id": object_id}}}
+    return event, payload
+
+
+def answer_of(body: bytes) -> StoredEvent | str:
+    """A decoded answer: the stored event, or the database's refusal as a message; MalformedFrame otherwise."""
+    try:
+        value = marshal.loads(body)
+    except (ValueError, EOFError, TypeError) as exc:
+        raise MalformedFrame(f"the answer is not marshal data: {exc}") from None
+    if isinstance(value, tuple) and len(value) == 4 and value[0] == "stored":
+        _tag, stored_id, status, duplicate = value
+        if type(stored_id) is int and status in _STATUSES and isinstance(duplicate, bool):
+            return StoredEvent(stored_id, EventStatus(status), duplicate)
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "failed" and isinstance(value[1], str):
+        return value[1]
+    raise MalformedFrame("the answer is neither stored nor failed")
+
+
+def read_frame(sock: socket.socket, limit: int = 1 << 16) -> bytes:
+    """The body of the one frame the peer sends back, read from a socket in blocking mode with the
+    caller's timeout (Python's or the kernel's SO_RCVTIMEO); usually one recv. ConnectionError if the
+    peer closes, MalformedFrame if the length is over `limit` or more than one frame came."""
+    received = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the store process closed the connection")
+        received += chunk
+        if len(received) < _LENGTH.size:
+            continue
+        (size,) = _LENGTH.unpack_from(received)
+        if size > limit:
+            raise MalformedFrame(f"a frame of {size} bytes is over the {limit}-byte limit")
+        if len(received) > _LENGTH.size + size:
+            raise MalformedFrame("more than the one frame asked for")
+        if len(received) == _LENGTH.size + size:
+            return received[_LENGTH.size:]
+
+
+# --- the store process ---------------------------------------------------------------------------
+
+
+class _Client:
+    __slots__ = ("sock", "received", "closed")
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.received, self.closed = sock, bytearray(), False
+
+
+class StoreServer:
+    """One thread: a selector over the listening socket and its clients. Each turn reads every
+    complete request that arrived (up to BATCH_LIMIT), stores them all in one transaction under the
+    writers' turn (the relay and workers take it too), answers each client, and loops."""
+
+    def __init__(self, engine, listener: socket.socket, *, max_frame: int):
+        self.engine, self.listener, self.max_frame = engine, listener, max_frame
+        self.groups = 0  # transactions (stored or failed) and the events in them, for the stop line
+        self.events = 0
+        self.stopping = False
+        self._connection = None
+        self._clients: list[_Client] = []
+        self._selector = selectors.DefaultSelector()
+        self._wakeup_read, self._wakeup_write = socket.socketpair()
+        for end in (self.listener, self._wakeup_read, self._wakeup_write):
+            end.setblocking(False)
+        self._selector.register(self.listener, selectors.EVENT_READ, "listener")
+        self._selector.register(self._wakeup_read, selectors.EVENT_READ, "wakeup")
+
+    def stop_on_signals(self) -> None:
+        """SIGTERM and SIGINT end the loop after the batch in hand (its clients get their answers)."""
+        def stop(_signum, _frame):
+            self.stopping = True
+
+        signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def serve(self) -> None:
+        try:
+            while not self.stopping:
+                batch = self._take_requests()
+                if batch:
+                    self._store(batch)
+                    continue  # more may be complete already: take them before waiting again
+                for key, _mask in self._selector.select():
+                    if key.data == "listener":
+                        self._accept()
+                    elif key.data == "wakeup":
+                        self._drain_wakeup()
+                    else:
+                        self._receive(key.data)
+        finally:
+            for client in list(self._clients):
+                self._close(client)
+            self._selector.close()
+            if self._connection is not None:
+                self._connection.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, say: the waiting clients fall back
+                log.error("store_process_accept_failed", error=str(exc))
+                return
+            sock.setblocking(False)
+            client = _Client(sock)
+            self._clients.append(client)
+            self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wakeup_read.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _receive(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(256 * 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the web process closed it (its thread timed out, or the process exited)
+            self._close(client)
+            return
+        client.received += data
+        if len(client.received) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(client.received)
+            if size > self.max_frame:  # refused before it is read: no client makes us hold a huge frame
+                self._refuse(client, f"a frame of {size} bytes is over the {self.max_frame}-byte limit")
+
+    def _take_requests(self) -> list[tuple[_Client, dict, str]]:
+        batch: list[tuple[_Client, dict, str]] = []
+        for client in list(self._clients):
+            buffer = client.received
+            while len(batch) < BATCH_LIMIT and len(buffer) >= _LENGTH.size:
+                (size,) = _LENGTH.unpack_from(buffer)
+                if size > self.max_frame:
+                    self._refuse(client, f"a frame of {size} bytes is over the {self.max_frame}-byte limit")
+                    break
+                if len(buffer) < _LENGTH.size + size:
+                    break
+                body = bytes(buffer[_LENGTH.size:_LENGTH.size + size])
+                del buffer[:_LENGTH.size + size]
+                try:
+                    value = marshal.loads(body)
+                    event, payload = event_of_request(value)
+                except (ValueError, EOFError, TypeError) as exc:  # MalformedFrame is a ValueError
+                    self._refuse(client, str(exc)[:200])
+                    break
+                batch.append((client, event, payload))
+        return [request for request in batch if not request[0].closed]
+
+    def _store(self, batch: list[tuple[_Client, dict, str]]) -> None:
+        from consumers.handlers import HANDLED_EVENT_TYPES
+        from models.db import writer_turn
+        from models.events import store_events_sqlite
+        from models.logs import describe_error
+
+        try:
+            if self._connection is None:
+                self._connection = self.engine.raw_connection()
+            stored = store_events_sqlite(self._connection.dbapi_connection,
+                                         [(event, payload) for _client, event, payload in batch],
+                                         handled_types=HANDLED_EVENT_TYPES, turn=writer_turn)
+            answers = [frame(("stored", outcome.id, outcome.status.value, outcome.duplicate)) for outcome in stored]
+        except Exception as exc:  # the database refused the group: every member answers 503, Stripe retries each
+            error = describe_error(exc)
+            log.error("store_process_store_failed", error=error, events=len(batch))
+            answers = [frame(("failed", error))] * len(batch)
+            self._forget_connection()
+        self.groups += 1
+        self.events += len(batch)
+        for (client, _event, _payload), answer in zip(batch, answers):
+            if client.closed:
+                continue
+            try:
+                client.sock.sendall(answer)  # a few bytes to a client waiting for them: never blocks
+            except (BlockingIOError, InterruptedError):
+                self._refuse(client, "it does not read its answers")
+            except OSError:
+                self._close(client)  # gone: its web thread stores the event itself
+
+    def _forget_connection(self) -> None:
+        # A fresh connection for the next group: SQLite's are cheap, and this one may be the problem.
+        if self._connection is not None:
+            try:
+                self._connection.invalidate()
+            except Exception:  # noqa: BLE001 -- it is being thrown away
+                pass
+            self._connection = None
+
+    def _refuse(self, client: _Client, reason: str) -> None:
+        log.warning("store_process_bad_frame", reason=reason)
+        self._close(client)
+
+    def _close(self, client: _Client) -> None:
+        if client.closed:
+            return
+        client.closed = True
+        self._selector.unregister(client.sock)
+        self._clients.remove(client)
+        client.sock.close()
+
+
+def _listen(path: str) -> tuple[socket.socket, os.stat_result]:
+    """Bound under a temporary name and renamed into place: a client never finds a socket that does
+    not listen yet. Owner-only, so only the service's user can send events to be stored."""
+    temporary = path + _TEMPORARY_SUFFIX
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mask = os.umask(0o077)
+    try:
+        listener.bind(temporary)
+    finally:
+        os.umask(mask)
+    os.chmod(temporary, 0o600)
+    listener.listen(512)
+    os.rename(temporary, path)  # replaces what a killed store process left behind
+    return listener, os.stat(path)
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Linux: SIGTERM when gunicorn's master dies, however it dies (kill -9 included)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        sys.exit(0)  # the master died before the line above: nobody would stop this process
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m webhook_app.store_process",
+        description="Store the webhook events of every web process in one process (SQLite only). "
+                    "gunicorn.conf.py starts it; it listens on <database>-store.sock. Configured by "
+                    "DATABASE_URL, LOG_FORMAT and WEBHOOK_MAX_BYTES, as the web processes are.")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process (gunicorn's master) is gone")
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent_pid)
+
+    from models.db import make_engine
+    from models.logs import configure_logging
+    from models.settings import Settings
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_format)
+    if not settings.database_url.startswith("sqlite"):
+        log.error("store_process_not_started", reason="the store process is for SQLite only")
+        return 2
+    engine = make_engine(settings.database_url)
+    path = socket_path(engine.url.database)
+    if path is None:
+        log.error("store_process_not_started", reason="the database has no path a Unix socket can be made next to",
+                  database=engine.url.database)
+        return 2
+    # One store process per database, even if two masters serve it: a second one waits its turn here.
+    lock = os.open(path.removesuffix(".sock") + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.warning("store_process_waiting", reason="another store process serves this database", socket=path)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    listener, bound = _listen(path)
+    server = StoreServer(engine, listener, max_frame=settings.max_webhook_bytes + _FRAME_OVERHEAD)
+    server.stop_on_signals()
+    log.info("store_process_started", socket=path, pid=os.getpid())
+    try:
+        server.serve()
+    finally:
+        try:
+            if os.stat(path).st_ino == bound.st_ino:  # still ours
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        listener.close()
+        engine.dispose()
+        log.info("store_process_stopped", groups=server.groups, events=server.events)
+        os.close(lock)
+    return 0
+
+
+# --- in gunicorn's master ------------------------------------------------------------------------
+
+
+class StoreProcessSupervisor:
+    """Runs the store process for gunicorn's master: started in on_starting, restarted when it exits
+    (a daemon thread looks once a second), stopped in on_exit. The web processes learn its socket
+    from SOCKET_ENV, which they inherit from the master."""
+
+    def __init__(self, socket: str, database: str):
+        self.socket, self.database = socket, database
+        self.proc: subprocess.Popen | None = None
+        self._started_at = 0.0
+        self._pause = 0.0  # before restarting a store process that died young (doubles each time)
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_database(cls, database_url: str) -> "StoreProcessSupervisor | None":
+        """A supervisor when the database is a SQLite file, else None (PostgreSQL stores as before)."""
+        if not database_url.startswith("sqlite"):
+            return None
+        from sqlalchemy.engine import make_url
+
+        database = make_url(database_url).database
+        path = socket_path(database)
+        if path is None:
+            log.warning("store_process_not_started", database=database,
+                        reason="no Unix socket can be made next to this database; each web process stores its own")
+            return None
+        return cls(path, os.path.abspath(database))
+
+    def start(self) -> None:
+        os.environ[SOCKET_ENV] = self.socket  # the web processes are forked after this
+        with self._lock:
+            if os.path.exists(self.database):
+                self._spawn()
+            else:  # not migrated yet (or not the service's app): started by the watch once it exists
+                log.info("store_process_waiting_for_database", database=self.database)
+        # Not required (a web process that finds no socket stores the event itself), but the first
+        # requests then go through it.
+        deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+        while (self.proc is not None and self.proc.poll() is None and not os.path.exists(self.socket)
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        threading.Thread(target=self._watch, name="store-process-watch", daemon=True).start()
+
+    def _spawn(self) -> None:
+        env = dict(os.environ)
+        # The same code as the master runs, wherever it was imported from.
+        code_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [code_root, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen([sys.executable, "-m", "webhook_app.store_process",
+                                      "--parent-pid", str(os.getpid())], env=env)
+        self._started_at = time.monotonic()
+
+    def _watch(self) -> None:
+        exited_at = None
+        while not self._stopping.wait(WATCH_INTERVAL_SECONDS):
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                if self.proc is None:
+                    if os.path.exists(self.database):
+                        self._spawn()
+                        log.info("store_process_starting", pid=self.proc.pid)
+                    continue
+                # gunicorn's master reaps every child it did not fork itself too; poll() then says 0.
+                code = self.proc.poll()
+                if code is None:
+                    continue
+                now = time.monotonic()
+                if exited_at is None:
+                    exited_at = now
+                    died_young = now - self._started_at < SHORT_LIFE_SECONDS
+                    self._pause = (min(max(self._pause * 2, WATCH_INTERVAL_SECONDS), RESTART_PAUSE_LIMIT_SECONDS)
+                                   if died_young else 0.0)
+                if now - exited_at < self._pause:
+                    continue
+                exited_at = None
+                previous = self.proc.pid
+                self._spawn()
+            log.warning("store_process_restarted", previous_pid=previous, exit_code=code, pid=self.proc.pid)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            proc = self.proc
+            if proc is None or proc.poll() is not None:
+                return
+            proc.terminate()
+            try:
+                proc.wait(STOP_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                log.error("store_process_killed", pid=proc.pid,
+                          reason=f"not stopped {STOP_WAIT_SECONDS:g} s after SIGTERM")
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
