@@ -6,6 +6,7 @@ way it does in production: Stripe's event, stored, then processed.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -16,12 +17,22 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from models.catalog import Product, Stock
 from tests.conftest import deliver_with
+from tests.support import settings_for
+from webhook_app.devserver import CATALOG
 
 VISA = "4242424242424242"
 DECLINED = "4000000000000341"
 THREE_D_SECURE = "4000002500003155"
 BUYER = {"name": "Hanako Yamada", "email": "hanako@example.com", "postal_code": "060-0001",
          "prefecture": "Hokkaido", "address": "Kita 1-jo Nishi 2-chome, Sapporo"}
+
+
+def shop_settings(database_url, tmp_path, localstripe):
+    """The suite's settings, with the screens loading localstripe's Stripe.js and taking product names
+    from the shipped catalog (as `make run` does): each shop test module's `settings` fixture."""
+    return dataclasses.replace(
+        settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}", stripe_api_base=localstripe.base),
+        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/", catalog_file=str(CATALOG))
 
 
 class BackgroundWorker:

@@ -8,17 +8,16 @@ page's Stripe.js still loads from localstripe, and the worker thread simply retr
 """
 from __future__ import annotations
 
-import dataclasses
 from urllib.parse import urlsplit
 
 import pytest
 from selenium.webdriver.common.by import By
 
 from models.orders import Order, OrderStatus
-from tests.browser.shop_flow import (DECLINED, VISA, BackgroundWorker, add_to_cart, enter_card, fill_information,
-                                     pay_error, press_pay, stock, text_of, wait, wait_for_outcome)
-from tests.support import settings_for, stripe_unreachable
-from webhook_app.devserver import CATALOG
+from tests.browser.shop_flow import (DECLINED, VISA, add_to_cart, enter_card, fill_information,
+                                     pay_error, press_pay, shop_settings, stock, text_of, wait, wait_for_outcome)
+from tests.browser.test_shop_purchase import only_order, shop  # noqa: F401 - shop is a fixture
+from tests.support import stripe_unreachable
 
 # Refused by Stripe when the card is set up (localstripe's "attaching is declined"): the order is
 # placed and its stock held, but no payment was ever tried on its PaymentIntent.
@@ -34,24 +33,9 @@ CONFIRM_COULD_NOT_CHECK = ("The payment service did not answer, so we could not 
 
 @pytest.fixture
 def settings(database_url, tmp_path, localstripe):
-    """As test_shop_purchase's: localstripe's Stripe.js and the shipped catalog's names."""
-    return dataclasses.replace(
-        settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}", stripe_api_base=localstripe.base),
-        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/", catalog_file=str(CATALOG))
+    return shop_settings(database_url, tmp_path, localstripe)
 
 
-@pytest.fixture
-def shop(live_server, localstripe, settings, sessions):
-    """The shop on a real HTTP server, receiving localstripe's webhooks, with relay + worker running."""
-    localstripe.register_webhook(f"{live_server}/webhooks/stripe")
-    with BackgroundWorker(settings, sessions):
-        yield live_server
-
-
-def only_order(sessions) -> Order:
-    with sessions() as session:
-        (order,) = session.query(Order).all()
-        return order
 
 
 def complete_url(shop: str, order: Order, lang: str = "en") -> str:

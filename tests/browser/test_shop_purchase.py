@@ -1,7 +1,6 @@
 """A buyer in headless Chromium: the four screens, Stripe.js (localstripe's), 3-D Secure, declines."""
 from __future__ import annotations
 
-import dataclasses
 from urllib.parse import urlsplit
 
 import pytest
@@ -10,19 +9,13 @@ from selenium.webdriver.common.by import By
 
 from models.orders import Order, OrderStatus
 from tests.browser.shop_flow import (DECLINED, THREE_D_SECURE, VISA, BackgroundWorker, add_to_cart, enter_card,
-                                     fill_information, pay_error, press_pay, set_price, stock, text_of,
-                                     three_d_secure, wait, wait_for_outcome)
-from tests.support import settings_for
-from webhook_app.devserver import CATALOG
+                                     fill_information, pay_error, press_pay, set_price, shop_settings, stock,
+                                     text_of, three_d_secure, wait, wait_for_outcome)
 
 
 @pytest.fixture
 def settings(database_url, tmp_path, localstripe):
-    """The suite's settings, with the screens loading localstripe's Stripe.js and taking product names
-    from the shipped catalog (as `make run` does)."""
-    return dataclasses.replace(
-        settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}", stripe_api_base=localstripe.base),
-        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/", catalog_file=str(CATALOG))
+    return shop_settings(database_url, tmp_path, localstripe)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 the order it pays, and the screens a review found wanting, in headless Chromium."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import threading
@@ -13,10 +12,9 @@ from selenium.webdriver.common.by import By
 
 from models.orders import OrderStatus
 from tests.browser.shop_flow import (DECLINED, VISA, BackgroundWorker, add_to_cart, enter_card, fill_information,
-                                     pay_error, press_pay, text_of, wait, wait_for_outcome)
+                                     pay_error, press_pay, shop_settings, text_of, wait, wait_for_outcome)
 from tests.browser.test_shop_purchase import only_order, to_confirmation
-from tests.support import let_the_hold_run_out, serve, settings_for
-from webhook_app.devserver import CATALOG
+from tests.support import let_the_hold_run_out, serve
 
 GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 
@@ -63,10 +61,7 @@ class Gateway:
 
 @pytest.fixture
 def settings(database_url, tmp_path, localstripe):
-    """As test_shop_purchase's: localstripe's Stripe.js and the shipped catalog's names."""
-    return dataclasses.replace(
-        settings_for(database_url, broker_url=f"memory://localhost/{tmp_path.name}", stripe_api_base=localstripe.base),
-        stripe_js_url=f"{localstripe.base}/js.stripe.com/v3/", catalog_file=str(CATALOG))
+    return shop_settings(database_url, tmp_path, localstripe)
 
 
 @pytest.fixture
