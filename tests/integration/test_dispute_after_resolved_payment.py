@@ -13,33 +13,17 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from models.events import EventStatus, InboxEvent, OutboxMessage
+from models.events import EventStatus
 from models.refunds import Dispute
-from tests.integration.test_dispute_before_its_payment import FIRST_SEEN
+from tests.integration.test_dispute_before_its_payment import FIRST_SEEN, _inbox, _message_of, _on_the_stray_intent
 from tests.integration.test_out_of_order_money_events import (  # noqa: F401  (fixtures)
-    DISPUTE, _charge_of, _paid_on_a_second_tab, _stray_succeeded)
+    DISPUTE, _paid_on_a_second_tab, _stray_succeeded)
 from tests.integration.test_refunds_and_disputes import (  # noqa: F401  (fixtures)
-    alerts, dispute_event, order_row, paid_order)
+    alerts, order_row, paid_order)
 from tests.support import stripe_unreachable
 from webhook_app.cli import shop
 
 NOTE = "customer paid twice by mistake, refunded by hand in Stripe's dashboard"
-
-
-def _on_the_stray_intent(kind: str, order: dict, stray: str, status: str) -> dict:
-    return dispute_event(kind, {**order, "payment_intent_id": stray}, _charge_of({"payment_intent_id": stray}),
-                         status)
-
-
-def _inbox(sessions, event: dict) -> InboxEvent:
-    with sessions() as session:
-        return session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
-
-
-def _message_of(sessions, event: dict) -> OutboxMessage:
-    with sessions() as session:
-        return session.scalars(select(OutboxMessage).join(InboxEvent, InboxEvent.id == OutboxMessage.inbox_event_id)
-                               .where(InboxEvent.event_id == event["id"])).one()
 
 
 def _run(settings, *args):
