@@ -13,7 +13,7 @@ from flask_login import current_user
 from models.errors import NotFound
 from models.text import CONTROL_CHARACTERS, LONE_SURROGATE, unstorable
 from webhook_app.errors import ApiError
-from webhook_app.webhooks import InvalidJson, _object_with_unique_keys
+from webhook_app.webhooks import InvalidJson, object_with_unique_keys
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # ASCII digits: `\d` also takes every other script's (Arabic-Indic, Devanagari…), which no label
@@ -75,7 +75,7 @@ class _RepeatedKey(ValueError):
 def _object_naming_a_repeated_key(pairs: list) -> dict:
     """The webhook's strict rule for objects (webhook_app.webhooks), saying which key was repeated."""
     try:
-        return _object_with_unique_keys(pairs)
+        return object_with_unique_keys(pairs)
     except InvalidJson:
         seen = set()
         for key, _ in pairs:

@@ -125,7 +125,9 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _object_with_unique_keys(pairs: list) -> dict:
+def object_with_unique_keys(pairs: list) -> dict:
+    """A JSON object's pairs as a dict, or InvalidJson if a key repeats: the webhook's rule, and the
+    shop API's (webhook_app.validation), so both read a body the same way."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
         raise InvalidJson("an object repeats a key")  # which value counts would depend on the parser
@@ -134,7 +136,7 @@ def _object_with_unique_keys(pairs: list) -> dict:
 
 # Strict JSON (RFC 8259): no NaN/Infinity, no number that overflows to inf, no repeated key. The
 # database must store what this process read, and other readers of the payload must read the same.
-_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_object_with_unique_keys, parse_float=_finite_float,
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=object_with_unique_keys, parse_float=_finite_float,
                                 parse_constant=_refuse_constant)
 
 
