@@ -3,7 +3,9 @@
 Counters and histograms are recorded where the work happens (the webhook view, the worker).
 Under gunicorn and with separate worker processes they are shared through prometheus-client's
 multiprocess mode: set PROMETHEUS_MULTIPROC_DIR to an empty folder for all processes of one
-deployment (`make run` uses instance/metrics). Without it each process reports its own.
+deployment (`make run` uses instance/metrics). Without it each process reports its own. A short-lived
+`shop` command (a staff replay) counts into the same folder: its files outlive it, so the web
+process keeps showing its counts.
 Database-wide figures (backlog, its oldest row's age and how overdue it is, dead letters, orders in review) are
 read at scrape time with queries that use the status indexes, never a scan of every event ever stored.
 """
@@ -13,7 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from sqlalchemy import func, select
@@ -23,7 +26,31 @@ from models.base import utcnow
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
 from models.orders import Order, OrderStatus
 
+log = structlog.get_logger(__name__)
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _shared_folder() -> Path | None:
+    """The multiprocess folder (PROMETHEUS_MULTIPROC_DIR), made if missing, or None: each process counts its own.
+
+    prometheus-client writes each process's values to a file in it and fails, at the first metric
+    defined, when the folder does not exist: a `shop events replay` in a one-off container that has
+    the deployment's environment but not the folder its processes made would die of it. A folder
+    that cannot be made is logged and this process counts in memory instead."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return None
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("metrics_folder_unusable", folder=folder, error=str(exc))
+        values.ValueClass = values.MutexValue  # decided from the environment when prometheus_client was imported
+        return None
+    return Path(folder)
+
+
+SHARED_FOLDER = _shared_folder()
 
 # Webhook latency is milliseconds; processing and lag run from milliseconds to hours (retries).
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -32,8 +59,8 @@ _SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 180
 WEBHOOKS = Counter("shop_webhooks_received", "Stripe webhook requests, by event type and outcome "
                    "(accepted, duplicate, rejected) and the reason of a rejection", ["type", "outcome", "reason"])
 INGEST_SECONDS = Histogram("shop_webhook_ingest_seconds", "Time to verify and store one webhook", buckets=_FAST)
-EVENTS = Counter("shop_events_processed", "Stored events run through their handler, by type and outcome "
-                 "(processed, ignored, retry, dead)", ["type", "outcome"])
+EVENTS = Counter("shop_events_processed", "Stored events run through their handler (by a worker or a staff "
+                 "replay), by type and outcome (processed, ignored, retry, dead)", ["type", "outcome"])
 PROCESSING_SECONDS = Histogram("shop_event_processing_seconds", "Handler run time, one transaction",
                                ["type"], buckets=_SLOW)
 LAG_SECONDS = Histogram("shop_event_lag_seconds", "From Stripe creating an event to its handler committing",
@@ -49,11 +76,27 @@ def observe_webhook(event_type: str | None, outcome: str, reason: str = "", seco
 
 
 def observe_event(event_type: str, outcome: str, *, started: float, stripe_created: int | None) -> None:
-    """One handler run; `started` is time.monotonic() before it, `stripe_created` the event's `created`."""
+    """One handler run that committed, the worker's or a staff replay's; `started` is time.monotonic()
+    before it, `stripe_created` the event's `created` (None for a replay: days after the event, it
+    would read as a worker pool days behind)."""
     EVENTS.labels(event_type, outcome).inc()
-    PROCESSING_SECONDS.labels(event_type).observe(time.monotonic() - started)
+    observe_run_time(event_type, started)
     if outcome in ("processed", "ignored") and isinstance(stripe_created, int):
         LAG_SECONDS.labels(event_type).observe(max(0.0, time.time() - stripe_created))
+
+
+def observe_run_time(event_type: str, started: float) -> None:
+    PROCESSING_SECONDS.labels(event_type).observe(time.monotonic() - started)
+
+
+def observe_failed_delivery(topic: str, event_type: str | None, *, dead: bool) -> None:
+    """A message that failed, scheduled again or dead-lettered (after its last attempt, or after
+    MAX_DELIVERIES started copies). A stored event's counts under its type as well, so that
+    shop_events_processed_total's `retry` and `dead` add up to shop_retries_total and
+    shop_dead_letters_total of topic stripe_event."""
+    (DEAD_LETTERS if dead else RETRIES).labels(topic).inc()
+    if event_type is not None:
+        EVENTS.labels(event_type, "dead" if dead else "retry").inc()
 
 
 class DatabaseCollector:
@@ -114,8 +157,8 @@ class DatabaseCollector:
 def render(sessions: sessionmaker[Session]) -> bytes:
     """The text of GET /metrics: every process's counters (multiprocess mode) plus the database gauges."""
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
+    if SHARED_FOLDER is not None:
+        MultiProcessCollector(registry, path=str(SHARED_FOLDER))
     else:
         for metric in (WEBHOOKS, INGEST_SECONDS, EVENTS, PROCESSING_SECONDS, LAG_SECONDS, RETRIES, DEAD_LETTERS):
             registry.register(_Reader(metric))
@@ -135,8 +178,8 @@ class _Reader:
 
 def process_exited(pid: int) -> None:
     """gunicorn's child_exit hook: drop a dead worker's live gauges from the shared folder."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        mark_process_dead(pid)
+    if SHARED_FOLDER is not None:
+        mark_process_dead(pid, path=str(SHARED_FOLDER))
 
 
 def prepare_folder(folder: Path) -> None:

@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import event as orm_event, select, update
 from sqlalchemy.orm import Session, lazyload, selectinload, sessionmaker
 
 from consumers import metrics
@@ -129,7 +129,7 @@ def run_event(session: Session, event: InboxEvent, settings: Settings | None = N
         said = "already processed" if event.status is EventStatus.PROCESSED else "resolved by staff"
         return Outcome(event.status, f"{said}: {event.outcome}", event.order_id)
     context = context or handler_context(settings)
-    started = utcnow()
+    started, run_started = utcnow(), time.monotonic()
     handler = HANDLERS.get(event.type)
     foreign = not_this_account(data, context.livemode)
     # The event is the cause; a staff run says who ran it ("event evt_… (replay by alice)").
@@ -152,8 +152,18 @@ def run_event(session: Session, event: InboxEvent, settings: Settings | None = N
     if outcome.alert:
         alert = record_alert(session, settings, outcome.alert, order_id=outcome.order_id, event_id=event.event_id)
         outcome = dataclasses.replace(outcome, alert_id=alert.id)
+    if runner != "worker":
+        _observe_when_committed(session, event.type, outcome.status.value, run_started)
     log.info("event_processed", status=outcome.status.value, reason=outcome.reason)
     return outcome
+
+
+def _observe_when_committed(session: Session, event_type: str, outcome: str, started: float) -> None:
+    """Count a staff run (`shop events replay`) in shop_events_processed_total once its transaction
+    commits, as the worker counts its own runs after its commit (`_observe`): a replay that fails
+    applies nothing and is not counted. Not in the lag: it runs when a person decides."""
+    orm_event.listen(session, "after_commit", lambda _session: metrics.observe_event(
+        event_type, outcome, started=started, stripe_created=None), once=True)
 
 
 def record_failed_run(session: Session, inbox_event_id: int, *, runner: str, error: str, trace: str | None,
@@ -255,7 +265,7 @@ def _send_committed_mails(factory, settings: Settings, mails: MailsAfterCommit) 
 def _failed(factory, settings: Settings, outbox_id: int, exc: Exception, handled: dict, started: float) -> Result:
     result = _record_failure(factory, settings, outbox_id, exc, handled.get("inbox_event_id"))
     if "type" in handled and result.outcome in ("retry", "dead"):
-        metrics.observe_event(handled["type"], result.outcome, started=started, stripe_created=None)
+        metrics.observe_run_time(handled["type"], started)  # counted by _record_failure
     return result
 
 
@@ -489,8 +499,8 @@ def start_copy(factory: sessionmaker[Session], settings: Settings, outbox_id: in
         message.dead_letter(error)
         alert_id = record_alert(session, settings, f"Message {outbox_id} was dead-lettered: {error}",
                                 outbox_id=outbox_id, order_id=message.order_id).id
-        topic = message.topic
-    metrics.DEAD_LETTERS.labels(topic.value).inc()
+        topic, event_type = message.topic, message.inbox_event.type if message.inbox_event is not None else None
+    metrics.observe_failed_delivery(topic.value, event_type, dead=True)
     log.error("message_dead_lettered", error=error)
     deliver_alert(factory, settings, alert_id)
     return True
@@ -550,16 +560,16 @@ def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception,
             event.last_error = error
             event.status = EventStatus.RETRYING if again else EventStatus.DEAD
         attempts, next_at, topic = message.attempts, message.available_at, message.topic
+        event_type = event.type if event is not None else None
         if not again:
             alert_id = record_alert(session, settings,
                                     f"Message {outbox_id} was dead-lettered after {attempts} attempts: {error}",
                                     outbox_id=outbox_id, order_id=message.order_id or (event and event.order_id),
                                     event_id=event.event_id if event is not None else None).id
+    metrics.observe_failed_delivery(topic.value, event_type, dead=not again)
     if again:
-        metrics.RETRIES.labels(topic.value).inc()
         log.warning("handler_failed_will_retry", error=error, attempts=attempts, next_attempt_at=next_at.isoformat())
         return Result("retry", error)
-    metrics.DEAD_LETTERS.labels(topic.value).inc()
     log.error("message_dead_lettered", error=error, attempts=attempts)
     deliver_alert(factory, settings, alert_id)
     return Result("dead", error)

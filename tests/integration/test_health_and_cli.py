@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import click
 import pytest
@@ -163,17 +164,21 @@ def _commands(group: click.Group, prefix=()):
 
 
 ALL_COMMANDS = list(_commands(shop))
-# The Contract's verbs that the command has today; each must keep its --help.
+# Every verb of the Contract's CLI (the design's "CLI" section); each must keep its --help.
 CONTRACT_COMMANDS = [("db", "upgrade"), ("catalog", "load"), ("worker",), ("relay",), ("events", "list"),
-                     ("events", "show"), ("events", "replay"), ("events", "send"), ("demo",),
+                     ("events", "show"), ("events", "replay"), ("events", "send"),
                      ("dlq", "list"), ("dlq", "show"), ("dlq", "retry"), ("dlq", "resolve"),
-                     ("orders", "review"), ("orders", "refund"), ("reconcile",)]
+                     ("orders", "review"), ("orders", "show"), ("orders", "accept"), ("orders", "cancel"),
+                     ("orders", "refund"), ("reconcile",), ("staff", "add"), ("staff", "list"),
+                     ("staff", "disable"), ("demo",)]
+# The service's verbs beyond the Contract, which the README documents as well.
+OWN_COMMANDS = [("dlq", "reopen"), ("orders", "ship")]
 
 
 def test_shop_help_lists_its_verbs(run_shop):
     result = run_shop("--help")
     assert result.exit_code == 0, result.output
-    for verb in ("db", "catalog", "worker", "relay", "events", "demo", "dlq", "orders"):
+    for verb in ("db", "catalog", "worker", "relay", "events", "demo", "dlq", "orders", "reconcile", "staff"):
         assert verb in result.output
 
 
@@ -186,6 +191,35 @@ def test_every_verb_has_help(run_shop, path):
 
 def test_the_contract_verbs_are_all_there():
     assert set(CONTRACT_COMMANDS) <= set(ALL_COMMANDS)
+
+
+def _readme_verbs() -> set[tuple[str, ...]]:
+    """The verbs the README's command list names: `shop dlq list | show ID | retry ID…` is three."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    verbs = set()
+    for line in readme.splitlines():
+        if not line.startswith("    shop ") or "──" in line:  # the list, not the diagram above it
+            continue
+        parent: tuple[str, ...] = ()
+        for alternative in line.strip().split(" | "):
+            words = alternative.split()
+            if words[0] == "shop":  # `shop worker | shop relay`
+                group, path, words = shop, (), words[1:]
+            else:  # `| show ID`: another verb of the same group
+                group, path = shop.commands[parent[0]], parent
+            for word in words:
+                if not isinstance(group, click.Group) or word not in group.commands:
+                    break
+                group, path = group.commands[word], (*path, word)
+            verbs.add(path)
+            parent = path[:-1]
+    return verbs
+
+
+def test_the_readme_names_every_contract_verb_and_the_lists_name_every_verb_it_documents():
+    documented = _readme_verbs()
+    assert set(CONTRACT_COMMANDS) <= documented
+    assert documented <= set(CONTRACT_COMMANDS) | set(OWN_COMMANDS)
 
 
 def test_unknown_verb_is_exit_2(run_shop):
