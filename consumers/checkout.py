@@ -267,7 +267,7 @@ def confirm_payment(sessions: sessionmaker[Session], settings: Settings, order_i
         with sessions() as session:
             order = get_order(session, order_id)
             if order.status not in PAYABLE or order.payment_intent_id is None:
-                raise _cancelled(order.id, order.status, order.cancel_reason)
+                raise _cancelled(session, order)
             # Paid after its hold ran out, the order would be cancelled by the expiry sweep and its
             # stock sold again, the money taken all the same: refused before Stripe is asked.
             lapsed = hold_lapsed(order)
@@ -328,13 +328,13 @@ def replace_payment_intent(sessions: sessionmaker[Session], settings: Settings, 
         order = get_order(session, order_id)
         if order.status in PAYABLE and order.payment_intent_id not in (None, old_intent_id):
             return order.payment_intent_id  # replaced already, by a request that got here first
-        problem = _not_replaceable(order, old_intent_id)
+        problem = _not_replaceable(session, order, old_intent_id)
         if problem is not None:
             raise problem
     intent = _create_intent(settings, order, replacing=old_intent_id)
     with transaction(sessions) as session:
         order = get_order(session, order_id, for_update=True)
-        problem = _not_replaceable(order, old_intent_id)
+        problem = _not_replaceable(session, order, old_intent_id)
         if problem is None:
             hold_payment_intent(session, order, intent.id, intent.client_secret)
             # The status stays: the history says why the order pays through another intent now.
@@ -362,10 +362,10 @@ def replace_payment_intent(sessions: sessionmaker[Session], settings: Settings, 
     return current
 
 
-def _not_replaceable(order: Order, old_intent_id: str) -> CheckoutCancelled | None:
+def _not_replaceable(session: Session, order: Order, old_intent_id: str) -> CheckoutCancelled | None:
     """Why the order may not get a new intent in place of `old_intent_id` (None: it may)."""
     if order.status not in PAYABLE:
-        return _cancelled(order.id, order.status, order.cancel_reason)
+        return _cancelled(session, order)
     if order.payment_intent_id != old_intent_id:
         return CheckoutCancelled(f"order {order.id} no longer pays through payment intent {old_intent_id}",
                                  field="payment_intent_id")
@@ -400,7 +400,8 @@ def attach(sessions: sessionmaker[Session], order_id: str, intent: stripe.Paymen
             if order.payment_intent_id != intent.id:
                 queue_intent_cancellation(session, order, payment_intent_id=intent.id)
                 record_payment_intent(session, order, intent.id)  # created for it, payable until cancelled
-        status, reason, current = order.status, order.cancel_reason, order.payment_intent_id
+        status, current = order.status, order.payment_intent_id
+        refusal = _cancelled(session, order) if status in CLOSED else None
     if attached:
         structlog.contextvars.bind_contextvars(payment_intent=intent.id)
         log.info("payment_intent_created", order_id=order_id, amount=order.total)
@@ -408,7 +409,7 @@ def attach(sessions: sessionmaker[Session], order_id: str, intent: stripe.Paymen
     if status in CLOSED:
         log.warning("payment_intent_for_closed_order", order_id=order_id, payment_intent=intent.id,
                     order_status=status.value)
-        raise _cancelled(order_id, status, reason)
+        raise refusal
     log.info("payment_intent_already_attached", order_id=order_id, payment_intent=current)
     return order
 
@@ -450,11 +451,13 @@ def replay(sessions: sessionmaker[Session], settings: Settings, order: Order, re
         raise IdempotencyKeyReused(f"this Idempotency-Key placed order {order.id} with another e-mail or shipping "
                                    f"address; use a new key for a new order", field="Idempotency-Key")
     if order.status in CLOSED:
-        raise _cancelled(order.id, order.status, order.cancel_reason)
+        with sessions() as session:
+            raise _cancelled(session, order)
     if order.payment_intent_id is not None:
         return order
     if order.status is not OrderStatus.PENDING_PAYMENT:
-        raise _cancelled(order.id, order.status, order.cancel_reason)
+        with sessions() as session:
+            raise _cancelled(session, order)
     # The first request stopped between placing the order and storing its intent (or is still
     # there): the order's idempotency key at Stripe gives back the same intent.
     try:
@@ -486,7 +489,21 @@ def queue_intent_cancellation(session: Session, order: Order, *, payment_intent_
     enqueue(session, Topic.PAYMENT_CANCEL, body)
 
 
-def _cancelled(order_id: str, status: OrderStatus, reason: str | None) -> CheckoutCancelled:
-    return CheckoutCancelled(f"order {order_id} of this Idempotency-Key is {status.value}"
-                             f"{f' ({reason})' if reason else ''}; start a new checkout with a new key",
-                             field="Idempotency-Key")
+def _cancelled(session: Session, order: Order) -> CheckoutCancelled:
+    """The refusal for a request whose order can no longer be paid, saying what really checks its cart out
+    again. abandon() (Stripe failed) reopens the cart and frees the order's key: the same request, same
+    key, places a new order. An order cancelled otherwise keeps its key, which answers with this refusal
+    for good: the expiry sweep reopens the cart for a new key; staff cancel leaves it checked out."""
+    cart = session.get(Cart, order.cart_id)
+    cart_open = cart is not None and cart.deleted_at is None and cart.status is CartStatus.OPEN
+    if cart_open and order.idempotency_key is None:
+        next_step = ("its cart is open again and the order gave up its Idempotency-Key: retry the request, with "
+                     "the same key, to check the cart out anew")
+    elif cart_open:
+        next_step = ("its cart is open again: check it out anew with a new Idempotency-Key (this one keeps "
+                     "answering with this order)")
+    else:
+        next_step = "its cart is not open for another checkout (checked out again, or closed with the order)"
+    reason = order.cancel_reason
+    return CheckoutCancelled(f"order {order.id} of this Idempotency-Key is {order.status.value}"
+                             f"{f' ({reason})' if reason else ''}; {next_step}", field="Idempotency-Key")

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from models.base import ID_TYPE, Base, enum_column, new_id, utcnow
 from models.catalog import Product
 from models.db import execute_at_commit
-from models.errors import Conflict, InvalidInput, NotFound, TotalTooLarge
+from models.errors import Conflict, InvalidInput, NotFound, PriceChanged, TotalTooLarge
 
 MAX_QUANTITY = 99
 # The most one payment at Stripe can take: eight digits of the currency's smallest unit (¥99,999,999,
@@ -51,6 +51,21 @@ class CurrencyMismatch(Conflict):
     code = "currency_mismatch"
 
 
+class PriceChangedBeforeAdding(PriceChanged):
+    """Adding `sku` found the cart's lines priced in another currency than the catalog's now: the cart
+    was brought to the catalog's prices (committed) and nothing was added, as checkout refuses a
+    re-priced cart: the buyer sees the new prices before adding to them (and before checkout charges
+    them: it finds nothing changed since)."""
+
+    def __init__(self, cart_id: str, sku: str, changes: list[dict], subtotal: int, currency: str | None):
+        super().__init__(cart_id, changes, subtotal, currency)
+        # Checkout's sentence (the changed lines, the new subtotal), with what to do after an addition instead.
+        said = self.message.removesuffix(": confirm the new total and check out again")
+        self.message = f"{said}, and {sku} was not added: confirm the new prices and add it again"
+        self.args = (self.message,)
+        self.sku = sku
+
+
 class CartStatus(str, enum.Enum):
     OPEN = "open"
     CHECKED_OUT = "checked_out"
@@ -84,9 +99,12 @@ class Cart(Base):
     def subtotal(self) -> int:
         return sum(i.unit_amount * i.quantity for i in self.items)
 
-    def add(self, product: Product, quantity: int) -> "CartItem":
+    def ensure_open(self) -> None:
         if self.deleted_at is not None or self.status is not CartStatus.OPEN:
             raise Conflict(f"cart {self.id} is already checked out", field="cart_id")
+
+    def add(self, product: Product, quantity: int) -> "CartItem":
+        self.ensure_open()
         _require_quantity(quantity)
         if self.currency is not None and product.currency != self.currency:
             raise InvalidInput(
@@ -188,6 +206,29 @@ def reprice_cart(session: Session, cart: Cart) -> list[dict]:
             change.update(old_currency=item.currency, new_currency=product.currency)
         changes.append(change)
         item.unit_amount, item.currency = product.unit_amount, product.currency
+    return changes
+
+
+def reprice_before_adding(session: Session, cart: Cart, product: Product) -> list[dict]:
+    """Before `product` is added: a cart holding lines in another currency than the product's (the
+    catalog was loaded again in another currency since they were added) is brought to the catalog's
+    current prices (reprice_cart) and the changes returned; the caller commits them and refuses the
+    addition with PriceChangedBeforeAdding. A cart in the product's currency is left as it is (checkout
+    re-prices it). A line still in another currency with nothing changed (its product was not in the
+    catalog loaded in the new currency, so it has no price in it) is refused with CurrencyMismatch,
+    naming it: one payment is in one currency, and only the buyer can choose to remove it.
+    """
+    cart.ensure_open()
+    if all(item.currency == product.currency for item in cart.items):
+        return []
+    changes = reprice_cart(session, cart)
+    stranded = [item for item in cart.items if item.currency != product.currency]
+    if not changes and stranded:
+        lines = ", ".join(f"{item.sku} ({item.unit_amount} {item.currency})" for item in stranded)
+        raise CurrencyMismatch(f"{product.sku} is priced in {product.currency}, but cart {cart.id} holds "
+                               f"{lines}, which the catalog has no {product.currency} price for; one payment is "
+                               f"in one currency: put {product.sku} in a new cart, or remove "
+                               f"{'that line' if len(stranded) == 1 else 'those lines'} first", field="sku")
     return changes
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from consumers.checkout import CheckoutRequest
 from consumers.checkout import checkout as checkout_cart
-from models.carts import Cart, get_cart
+from models.carts import Cart, PriceChangedBeforeAdding, get_cart, reprice_before_adding
 from models.catalog import Product
 from models.db import transaction
 from models.errors import NotFound, OutOfStock
@@ -65,11 +65,19 @@ def add_cart_item(cart_id: str):
     with transaction(state().sessions) as session:
         cart = get_cart(session, cart_id, for_update=True)
         product = _product(session, sku)
-        item = cart.add(product, quantity)
-        # Adding to a cart holds nothing; checkout reserves. Refuse early what cannot be sold.
-        if item.quantity > product.stock.available:
-            raise OutOfStock(sku, item.quantity, product.stock.available)
-        body = cart.to_dict()
+        # A cart filled before the catalog changed currency takes the new currency's products once it
+        # holds the new prices: re-priced here (committed), the addition refused saying so, as checkout does.
+        changes = reprice_before_adding(session, cart, product)
+        if changes:
+            repriced = PriceChangedBeforeAdding(cart.id, sku, changes, cart.subtotal, cart.currency)
+        else:
+            item = cart.add(product, quantity)
+            # Adding to a cart holds nothing; checkout reserves. Refuse early what cannot be sold.
+            if item.quantity > product.stock.available:
+                raise OutOfStock(sku, item.quantity, product.stock.available)
+            body = cart.to_dict()
+    if changes:
+        raise repriced
     return jsonify(body), 200
 
 
