@@ -45,7 +45,8 @@ def on_starting(server):
     settings = Settings.from_env()
     refuse_unknown_transport(settings.broker_url)  # the web answers /readyz from the broker
     # On SQLite, one store process stores the webhook events of every web process (one writer, not
-    # one per process taking turns); it dies with this master and is restarted if it exits.
+    # one per process taking turns); it dies with this master, is restarted if it exits, and is
+    # replaced (kill -9, then a new one) if its heartbeat stops while it is alive.
     from webhook_app.store_process import StoreProcessSupervisor
 
     server.store_process = StoreProcessSupervisor.for_database(settings.database_url)

@@ -8,9 +8,17 @@ events to over a Unix socket stores everything that arrived as one group, in one
 cannot reach it stores the event itself (webhook_app.webhooks.StoreProcessClient).
 
 gunicorn's master starts it (`StoreProcessSupervisor`, from gunicorn.conf.py) as
-`python -m webhook_app.store_process`, restarts it when it exits, and stops it at exit; it also
-dies with the master. The socket is `<database>-store.sock`, next to the database, so two services
+`python -m webhook_app.store_process`, restarts it when it exits, replaces it (kill -9, then a new
+one) when it hangs while alive (its heartbeat, below, stops), and stops it at exit; it also dies
+with the master. The socket is `<database>-store.sock`, next to the database, so two services
 with different databases never meet, and only the service's user may connect to it.
+
+Heartbeat: a thread of the store process writes a byte every HEARTBEAT_INTERVAL_SECONDS to a pipe
+that the master reads. It is not the serving loop, so a loop that waits for SQLite's writer (the
+writers' turn and busy_timeout are 10 s each) beats on; the thread stops beating only when the
+whole process stops (SIGSTOP, a thread holding the GIL) or when the loop has been inside one turn
+longer than LOOP_STUCK_SECONDS, far over every bounded wait a group makes (a deadlock, stuck I/O).
+The master replaces it after HUNG_AFTER_SECONDS without a byte.
 
 Frames, both ways: a 4-byte big-endian length, then `marshal` of plain values (never pickle).
   request  (event_id, type, api_version | None, livemode, object_id | None, payload)
@@ -58,6 +66,21 @@ STOP_WAIT_SECONDS = 5.0
 # up to RESTART_PAUSE_LIMIT_SECONDS: each start costs a second of CPU, and the web stores meanwhile.
 SHORT_LIFE_SECONDS = 10.0
 RESTART_PAUSE_LIMIT_SECONDS = 60.0
+
+# The heartbeat (module docstring). A healthy process beats ten times within HUNG_AFTER_SECONDS:
+# silence that long is not load (the beating thread waits for nothing but the GIL, which every
+# wait of the loop releases, and the scheduler runs a runnable thread within milliseconds), and it
+# is under the web's 10 s wait, so the requests held by a hung process are answered (their
+# connections close at the kill; they go to the new process or are stored by the web) before
+# they time out with 503.
+HEARTBEAT_INTERVAL_SECONDS = 0.5
+HUNG_AFTER_SECONDS = 5.0
+# Before its first beat a new process imports the service (about a second of CPU, more when busy).
+FIRST_BEAT_SECONDS = 30.0
+# One turn of the loop (one group) waits at most for the writers' turn (10 s), then for SQLite's
+# lock on connecting and at BEGIN IMMEDIATE (busy_timeout, 10 s each), then its own I/O: a turn
+# that lasts twice that long never ends.
+LOOP_STUCK_SECONDS = 60.0
 
 
 class MalformedFrame(ValueError):
@@ -159,6 +182,9 @@ class StoreServer:
         self.groups = 0  # transactions (stored or failed) and the events in them, for the stop line
         self.events = 0
         self.stopping = False
+        # time.monotonic() when the loop's current turn began; 0.0 while it waits in select (idle
+        # is never stuck). Read by the heartbeat's thread.
+        self.busy_since = 0.0
         self._connection = None
         self._clients: list[_Client] = []
         self._selector = selectors.DefaultSelector()
@@ -180,11 +206,15 @@ class StoreServer:
     def serve(self) -> None:
         try:
             while not self.stopping:
+                self.busy_since = time.monotonic()
                 batch = self._take_requests()
                 if batch:
                     self._store(batch)
                     continue  # more may be complete already: take them before waiting again
-                for key, _mask in self._selector.select():
+                self.busy_since = 0.0
+                ready = self._selector.select()
+                self.busy_since = time.monotonic()
+                for key, _mask in ready:
                     if key.data == "listener":
                         self._accept()
                     elif key.data == "wakeup":
@@ -309,6 +339,43 @@ class StoreServer:
         client.sock.close()
 
 
+class Heartbeat:
+    """The store process's side of the heartbeat: a daemon thread writing a byte to the master's
+    pipe every HEARTBEAT_INTERVAL_SECONDS while the loop is not stuck (module docstring)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.server: StoreServer | None = None  # until it serves, waiting (for the lock) is not stuck
+        self._stuck_logged = False
+        os.set_blocking(fd, False)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="store-process-heartbeat", daemon=True).start()
+
+    def beat(self) -> bool:
+        """One beat, unless the loop is stuck; False once the master is gone (nothing to beat for)."""
+        server = self.server
+        busy_since = server.busy_since if server is not None else 0.0
+        stuck_for = time.monotonic() - busy_since if busy_since else 0.0
+        if stuck_for > LOOP_STUCK_SECONDS:
+            if not self._stuck_logged:
+                self._stuck_logged = True
+                log.error("store_process_stuck", seconds=round(stuck_for, 1),
+                          reason="one turn of the serving loop outlasted every wait it makes; heartbeat stopped")
+            return True
+        try:
+            os.write(self.fd, b".")
+        except BlockingIOError:  # the pipe is full: the master has not read for hours, yet beats were sent
+            pass
+        except OSError:  # the master closed its end: it replaced this process, or is gone
+            return False
+        return True
+
+    def _run(self) -> None:
+        while self.beat():
+            time.sleep(HEARTBEAT_INTERVAL_SECONDS)
+
+
 def _listen(path: str) -> tuple[socket.socket, os.stat_result]:
     """Bound under a temporary name and renamed into place: a client never finds a socket that does
     not listen yet. Owner-only, so only the service's user can send events to be stored."""
@@ -348,8 +415,15 @@ def main(argv: list[str] | None = None) -> int:
                     "DATABASE_URL, LOG_FORMAT and WEBHOOK_MAX_BYTES, as the web processes are.")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="exit when this process (gunicorn's master) is gone")
+    parser.add_argument("--heartbeat-fd", type=int, default=None,
+                        help="write a byte to this inherited pipe every "
+                             f"{HEARTBEAT_INTERVAL_SECONDS:g} s while serving is not stuck (the master "
+                             f"replaces a process silent for {HUNG_AFTER_SECONDS:g} s)")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent_pid)
+    heartbeat = Heartbeat(args.heartbeat_fd) if args.heartbeat_fd is not None else None
+    if heartbeat is not None:
+        heartbeat.start()  # already while it waits for the lock below: waiting is not hanging
 
     from models.db import make_engine
     from models.logs import configure_logging
@@ -375,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
     listener, bound = _listen(path)
     server = StoreServer(engine, listener, max_frame=settings.max_webhook_bytes + _FRAME_OVERHEAD)
+    if heartbeat is not None:
+        heartbeat.server = server
     server.stop_on_signals()
     log.info("store_process_started", socket=path, pid=os.getpid())
     try:
@@ -397,14 +473,18 @@ def main(argv: list[str] | None = None) -> int:
 
 class StoreProcessSupervisor:
     """Runs the store process for gunicorn's master: started in on_starting, restarted when it exits
-    (a daemon thread looks once a second), stopped in on_exit. The web processes learn its socket
-    from SOCKET_ENV, which they inherit from the master."""
+    and replaced (kill -9, then a new one) when its heartbeat stops (a daemon thread looks once a
+    second), stopped in on_exit. The web processes learn its socket from SOCKET_ENV, which they
+    inherit from the master."""
 
     def __init__(self, socket: str, database: str):
         self.socket, self.database = socket, database
         self.proc: subprocess.Popen | None = None
         self._started_at = 0.0
         self._pause = 0.0  # before restarting a store process that died young (doubles each time)
+        self._beats: int | None = None  # the read end of the running store process's heartbeat pipe
+        self._last_beat = 0.0  # time.monotonic() when a beat was last read (or the process started)
+        self._beating = False  # a beat was read from this process: it is past its start
         self._stopping = threading.Event()
         self._lock = threading.Lock()
 
@@ -443,9 +523,53 @@ class StoreProcessSupervisor:
         # The same code as the master runs, wherever it was imported from.
         code_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [code_root, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen([sys.executable, "-m", "webhook_app.store_process",
-                                      "--parent-pid", str(os.getpid())], env=env)
-        self._started_at = time.monotonic()
+        self._close_beats()
+        beats, beat_end = os.pipe()
+        os.set_blocking(beats, False)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "webhook_app.store_process",
+                                          "--parent-pid", str(os.getpid()), "--heartbeat-fd", str(beat_end)],
+                                         env=env, pass_fds=(beat_end,))
+        except BaseException:
+            os.close(beats)
+            raise
+        finally:
+            os.close(beat_end)  # the child's copy only: its death is then seen as the end of the pipe
+        self._beats = beats
+        self._started_at = self._last_beat = time.monotonic()
+        self._beating = False
+
+    def _close_beats(self) -> None:
+        if self._beats is not None:
+            os.close(self._beats)
+            self._beats = None
+
+    def _silent_for(self, now: float) -> float | None:
+        """How long the running store process has been silent, if that is past its allowance
+        (HUNG_AFTER_SECONDS, or FIRST_BEAT_SECONDS before its first beat); else None. The pipe is
+        read first: a master that looks late is never the reason for a kill."""
+        try:
+            while os.read(self._beats, 4096):  # b"" at the end: the process is gone, poll() says so
+                self._last_beat, self._beating = now, True
+        except BlockingIOError:
+            pass
+        silent = now - self._last_beat
+        allowed = HUNG_AFTER_SECONDS if self._beating else FIRST_BEAT_SECONDS
+        return silent if silent > allowed else None
+
+    def _kill_hung(self, silent: float) -> None:
+        """kill -9: SIGTERM would wait on the very loop that hangs. Its connections close, so the
+        requests waiting on it go to the new process or are stored by their web process at once."""
+        proc = self.proc
+        log.error("store_process_hung", pid=proc.pid, silent_seconds=round(silent, 1),
+                  reason="no heartbeat: stopped, deadlocked or stuck in I/O; killed and replaced")
+        proc.kill()
+        try:
+            proc.wait(STOP_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:  # in uninterruptible I/O: the new one waits for its lock
+            log.error("store_process_not_dead", pid=proc.pid,
+                      reason=f"still there {STOP_WAIT_SECONDS:g} s after SIGKILL; starting the next one anyway")
+            proc.returncode = -signal.SIGKILL  # the kernel ends it when its I/O returns
 
     def _watch(self) -> None:
         exited_at = None
@@ -460,9 +584,13 @@ class StoreProcessSupervisor:
                     continue
                 # gunicorn's master reaps every child it did not fork itself too; poll() then says 0.
                 code = self.proc.poll()
-                if code is None:
-                    continue
                 now = time.monotonic()
+                if code is None:
+                    silent = self._silent_for(now)
+                    if silent is None:
+                        continue
+                    self._kill_hung(silent)
+                    code = self.proc.poll()
                 if exited_at is None:
                     exited_at = now
                     died_young = now - self._started_at < SHORT_LIFE_SECONDS
@@ -478,6 +606,7 @@ class StoreProcessSupervisor:
     def stop(self) -> None:
         self._stopping.set()
         with self._lock:
+            self._close_beats()
             proc = self.proc
             if proc is None or proc.poll() is not None:
                 return
