@@ -41,7 +41,7 @@ from models.orders import Order, OrderStatus, PaymentWaiting, ShippingAddress, g
 from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
 from webhook_app import state
 from webhook_app.admin import csrf
-from webhook_app.shop_text import current_language, local_time, prefecture_label, translate, yen
+from webhook_app.shop_text import current_language, heading, local_time, prefecture_label, translate, yen
 from webhook_app.validation import EMAIL, json_value_if_sent, postal_code, unstorable
 
 log = structlog.get_logger(__name__)
@@ -52,6 +52,8 @@ bp = Blueprint("shop_pages", __name__)
 PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
 # Stripe's ids are letters, digits and underscores; up to 255 characters, as Stripe allows.
 PAYMENT_METHOD_ID = re.compile(r"pm_[A-Za-z0-9_]{1,252}")
+# The checkout's step bar (layout.html): 1 cart, 2 information, then these two.
+CONFIRMATION_STEP, COMPLETE_STEP = 3, 4   # the card is entered at the confirmation
 # "Only N left" below this many.
 FEW_LEFT = 5
 BUYER_FIELDS = ("name", "email", "postal_code", "prefecture", "address")
@@ -79,6 +81,7 @@ def _render(template: str, **context) -> str:
     return render_template(f"shop/{template}", lang=language, yen=yen, other_lang=other_language,
                            language_href=_with_language(other_language),
                            t=lambda key, **values: translate(key, language, **values),
+                           heading=lambda key: heading(key, language),
                            product_name=lambda sku, name: names.get(sku) or name,
                            prefecture_label=lambda name: prefecture_label(name, language),
                            local_time=lambda moment: local_time(moment, language), **context)
@@ -489,6 +492,7 @@ def checkout_confirm():
         if outcome.state == DECLINED:
             declined = _t("declined", message=outcome.message)
         elif outcome.state == UNKNOWN:
+            # Perhaps charged: no card field and no Pay until Stripe answers (the page checks again).
             unknown = _t("payment_unknown_confirm")
     with state().sessions() as db:
         cart = _session_cart(db)
@@ -515,7 +519,8 @@ def checkout_confirm():
                    shown_field=SHOWN_FIELD, shown_fingerprint=shown.fingerprint(),
                    hold_minutes=settings.reservation_ttl_seconds // 60,
                    stripe_js_url=settings.stripe_js_url, script_url=_script_url("shop.js"),
-                   stripe_publishable_key=settings.stripe_publishable_key, step=3)
+                   stripe_publishable_key=settings.stripe_publishable_key, step=CONFIRMATION_STEP,
+                   refresh_seconds=REFRESH_SECONDS[UNKNOWN] if unknown else None)
 
 
 def _hold_ran_out(order: Order):
@@ -528,7 +533,7 @@ def _hold_ran_out(order: Order):
                           "prefecture": order.ship_prefecture, "address": order.ship_address},
                    placed=True, hold_expired=_t("hold_expired", time=local_time(order.reserved_until,
                                                                                 current_language())),
-                   step=3)
+                   step=CONFIRMATION_STEP)
     _forget_purchase()
     log.info("shop_hold_ran_out_shown", order_id=order.id)
     return page
@@ -772,9 +777,13 @@ def _token_opens(order: Order, token: str | None) -> bool:
     return token is not None and hmac.compare_digest(token.encode(), order.access_token.encode())
 
 
-# How soon the complete screen looks again: soon while the outcome is on its way; slower while it
-# waits on the buyer (or on Stripe answering at all); never once it is final or a decline.
+# How soon the complete screen looks again (and the confirmation, while Stripe does not answer): soon
+# while the outcome is on its way; slower while it waits on the buyer (or on Stripe answering at all);
+# never once it is final or a decline.
 REFRESH_SECONDS = {RECEIVED: 2, PROCESSING: 2, AUTHENTICATING: 10, NOT_PAID: 10, UNKNOWN: 10}
+# The step bar's "Complete" only once the money is received or on its way: a buyer who still has
+# to pay (or may have to: Stripe not answering) is at the confirmation, where the card is entered.
+STILL_TO_PAY = (AUTHENTICATING, DECLINED, NOT_PAID, UNKNOWN)
 
 
 @bp.get("/orders/<order_id>/complete")
@@ -800,7 +809,8 @@ def complete(order_id: str):
     return _render("complete.html", title=_t("complete_title"), order=order, shown_status=shown_status,
                    decline_message=outcome.message if outcome is not None else None,
                    refresh_seconds=REFRESH_SECONDS.get(shown_status), can_pay=buyers_open_order,
-                   lines=[line.to_dict() for line in order.lines], token=token, step=4)
+                   lines=[line.to_dict() for line in order.lines], token=token,
+                   step=CONFIRMATION_STEP if shown_status in STILL_TO_PAY else COMPLETE_STEP)
 
 
 def my_page(order_id: str):

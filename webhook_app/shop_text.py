@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from flask import request, session
+from markupsafe import Markup
 
 from models.shipping import PREFECTURES
 
@@ -12,6 +13,11 @@ LANGUAGES = ("ja", "en")
 DEFAULT_LANGUAGE = "ja"
 # Times on the screens are Japan's: the shop and its buyers are there.
 SHOP_TIMEZONE = ZoneInfo("Asia/Tokyo")
+# Japanese has no spaces, so a browser breaks a heading between any two characters, mid-word
+# (確認できま / せんでした). In a heading's words this mark sits between phrases (bunsetsu): heading()
+# makes it a <wbr>, the only place a heading breaks besides spaces and punctuation (word-break: keep-all
+# in shop.css); translate() drops it, for the page title and wherever the words are not a heading.
+PHRASE_BREAK = "|"
 
 TEXT: dict[str, dict[str, str]] = {
     "shop": {"ja": "お茶の店", "en": "Tea shop"},
@@ -22,7 +28,7 @@ TEXT: dict[str, dict[str, str]] = {
     "step_info": {"ja": "お客様情報", "en": "Information"},
     "step_confirm": {"ja": "ご確認", "en": "Confirmation"},
     "step_complete": {"ja": "完了", "en": "Complete"},
-    "confirm_title": {"ja": "ご注文内容の確認", "en": "Confirmation"},
+    "confirm_title": {"ja": "ご注文内容の|確認", "en": "Confirmation"},
     "complete_title": {"ja": "ご注文完了", "en": "Complete"},
     "price": {"ja": "価格", "en": "Price"},
     "available": {"ja": "在庫", "en": "Available"},
@@ -106,42 +112,45 @@ TEXT: dict[str, dict[str, str]] = {
                  "en": "Card entry needs JavaScript: please enable it to pay."},
     "card_secure": {"ja": "カード情報は決済代行会社Stripeに直接送信され、当店には保存されません。",
                     "en": "Your card goes straight to Stripe, our payment provider; we never see or store it."},
-    "processing_title": {"ja": "お支払いを受け付けました", "en": "Payment received"},
+    "processing_title": {"ja": "お支払いを|受け付けました", "en": "Payment received"},
     "processing_body": {"ja": "ご注文を確定しています。このページは自動で更新されます。",
                         "en": "Your order is being finalised. This page updates by itself."},
     "reload": {"ja": "更新", "en": "Refresh"},
+    "check_again": {"ja": "もう一度確認する", "en": "Check again"},
     # The complete screen before our database records the payment: what Stripe says became of it.
-    "stripe_processing_title": {"ja": "お支払いを処理しています", "en": "Your payment is being processed"},
+    "stripe_processing_title": {"ja": "お支払いを|処理しています", "en": "Your payment is being processed"},
     "stripe_processing_body": {"ja": "カード会社でお支払いを処理中です。もう一度お支払いにならないでください。"
                                      "結果はこのページに表示されます（自動で更新されます）。",
                                "en": "The card company is still processing your payment. Please do not pay again: "
                                      "this page shows the outcome and updates by itself."},
-    "authentication_title": {"ja": "本人認証（3Dセキュア）が完了していません",
+    "authentication_title": {"ja": "本人認証|（3Dセキュア）が|完了していません",
                              "en": "Your card's 3-D Secure check is not finished"},
     "authentication_body": {"ja": "お支払いはまだ行われていません。お支払い画面からもう一度お試しください。",
                             "en": "Nothing has been charged yet. Please try again from the payment screen."},
-    "not_paid_title": {"ja": "お支払いはまだ完了していません", "en": "Not paid yet"},
+    "not_paid_title": {"ja": "お支払いは|まだ|完了していません", "en": "Not paid yet"},
     "not_paid_body": {"ja": "このご注文のお支払いはまだ行われていません。",
                       "en": "No payment has been taken for this order yet."},
     "to_payment": {"ja": "お支払い画面へ", "en": "Go to payment"},
-    "payment_unknown_title": {"ja": "お支払いの状況を確認できませんでした", "en": "We could not check your payment just now"},
+    "payment_unknown_title": {"ja": "お支払いの|状況を|確認できませんでした", "en": "We could not check your payment just now"},
     "payment_unknown_body": {"ja": "決済サービスから応答がありません。カードを入力された場合は、もう一度お支払いにならないでください。"
                                    "このページは自動で更新され、確認でき次第結果を表示します。",
                              "en": "The payment service did not answer. If you entered a card, please do not pay "
                                    "again: this page checks again by itself and shows the outcome as soon as it can."},
+    # The confirmation while Stripe does not answer: no card field, no Pay (the last card may have been charged).
     "payment_unknown_confirm": {"ja": "決済サービスから応答がなく、前回のお支払いの結果を確認できませんでした。"
-                                      "カードを入力された場合は、少し待ってからこのページを更新し、結果をご確認ください。",
-                                "en": "The payment service did not answer, so we could not check the outcome of your last "
-                                      "payment. If you entered a card, please wait a moment and reload this page before "
-                                      "paying again."},
-    "confirmed_title": {"ja": "ご注文が確定しました", "en": "Order confirmed"},
+                                      "まだお支払いにならないでください。このページは自動で再確認し、前回のカードに請求が"
+                                      "ないことを確認でき次第、お支払いいただけるようになります。",
+                                "en": "The payment service did not answer, so we could not check the outcome of your "
+                                      "last payment. Please do not pay again yet: this page checks again by itself, and "
+                                      "offers Pay once it knows your last card was not charged."},
+    "confirmed_title": {"ja": "ご注文が|確定しました", "en": "Order confirmed"},
     "confirmed_body": {"ja": "ご注文ありがとうございます。確認メールをお送りしました。",
                        "en": "Thank you for your order. A confirmation e-mail is on its way."},
-    "review_title": {"ja": "ご注文を確認しています", "en": "We are checking your order"},
+    "review_title": {"ja": "ご注文を|確認しています", "en": "We are checking your order"},
     "review_body": {"ja": "お支払いの確認に時間がかかっています。担当者からご連絡いたします。",
                     "en": "Your payment needs a closer look. A member of our staff will contact you."},
-    "cancelled_title": {"ja": "ご注文はキャンセルされました", "en": "Order cancelled"},
-    "refunded_title": {"ja": "ご注文は返金済みです", "en": "Order refunded"},
+    "cancelled_title": {"ja": "ご注文は|キャンセルされました", "en": "Order cancelled"},
+    "refunded_title": {"ja": "ご注文は|返金済みです", "en": "Order refunded"},
     "order_number": {"ja": "ご注文番号", "en": "Order number"},
     "shipment": {"ja": "配送", "en": "Shipment"},
     "shipment_pending": {"ja": "発送準備中", "en": "Being prepared"},
@@ -150,7 +159,7 @@ TEXT: dict[str, dict[str, str]] = {
     "view_my_page": {"ja": "マイページでご注文を見る", "en": "See the order on my page"},
     "status": {"ja": "状態", "en": "Status"},
     "status_pending_payment": {"ja": "お支払い待ち", "en": "Awaiting payment"},
-    "status_payment_failed": {"ja": "お支払い未完了", "en": "Payment not completed"},
+    "status_payment_failed": {"ja": "お支払い|未完了", "en": "Payment not completed"},
     "status_paid": {"ja": "お支払い済み", "en": "Paid"},
     "status_needs_review": {"ja": "確認中", "en": "Being checked"},
     "status_cancelled": {"ja": "キャンセル", "en": "Cancelled"},
@@ -210,7 +219,12 @@ def current_language() -> str:
 
 
 def translate(key: str, language: str, **values) -> str:
-    return TEXT[key][language].format(**values)
+    return TEXT[key][language].replace(PHRASE_BREAK, "").format(**values)
+
+
+def heading(key: str, language: str) -> Markup:
+    """A heading's words as HTML, escaped, with <wbr> between their phrases (PHRASE_BREAK)."""
+    return Markup("<wbr>").join(TEXT[key][language].split(PHRASE_BREAK))
 
 
 def prefecture_label(prefecture: str, language: str) -> str:

@@ -1,6 +1,8 @@
 """The complete and confirmation screens before the worker records Stripe's event, in headless Chromium:
 what Stripe says became of the payment ("not paid yet"), and Stripe not answering at all ("we could not
-check your payment just now"), never the old card's decline.
+check your payment just now"), never the old card's decline. The step bar says "Complete" only once the
+money is received; the UNKNOWN heading wraps between Japanese phrases on a phone, never mid-word; the
+confirmation offers no Pay while Stripe does not answer, only "Check again".
 
 Stripe is made unreachable with tests.support.stripe_unreachable: the live server runs in this process
 and asks Stripe through the SDK's process-wide address, which the block points at a closed port (the
@@ -8,6 +10,7 @@ page's Stripe.js still loads from localstripe, and the worker thread simply retr
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
@@ -26,9 +29,29 @@ NOT_PAID = ("Not paid yet", "No payment has been taken for this order yet.")
 COULD_NOT_CHECK = ("We could not check your payment just now",
                    "The payment service did not answer. If you entered a card, please do not pay again: "
                    "this page checks again by itself and shows the outcome as soon as it can.")
+# Its Japanese heading's phrases (bunsetsu): a line may end after any of them, never inside one.
+COULD_NOT_CHECK_JA_PHRASES = ("お支払いの", "状況を", "確認できませんでした")
 CONFIRM_COULD_NOT_CHECK = ("The payment service did not answer, so we could not check the outcome of your last "
-                           "payment. If you entered a card, please wait a moment and reload this page before "
-                           "paying again.")
+                           "payment. Please do not pay again yet: this page checks again by itself, and offers "
+                           "Pay once it knows your last card was not charged.")
+# The text of each line an element's words are laid out on, top to bottom (from each character's box).
+LINES_OF = """
+const lines = [];
+let top = null;
+const walker = document.createTreeWalker(arguments[0], NodeFilter.SHOW_TEXT);
+for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+  for (let i = 0; i < node.length; i++) {
+    const range = document.createRange();
+    range.setStart(node, i);
+    range.setEnd(node, i + 1);
+    const box = range.getClientRects()[0];
+    if (!box || box.width === 0) continue;
+    if (top === null || box.top > top + box.height / 2) { lines.push(""); top = box.top; }
+    lines[lines.length - 1] += node.data[i];
+  }
+}
+return lines;
+"""
 
 
 @pytest.fixture
@@ -48,6 +71,32 @@ def outcome(browser) -> tuple[str, str, str]:
     section = wait(browser).until(lambda b: b.find_element(By.ID, "outcome"))
     return (section.get_attribute("data-status"), section.find_element(By.TAG_NAME, "h1").text,
             section.find_element(By.TAG_NAME, "p").text)
+
+
+def current_step(browser) -> str:
+    """The step bar's current step, the same for the eye (class) and for screen readers (aria-current)."""
+    (shown,) = browser.find_elements(By.CSS_SELECTOR, ".steps li.current")
+    assert shown.get_attribute("aria-current") == "step"
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".steps [aria-current]")) == 1
+    return shown.text
+
+
+@contextmanager
+def on_phone(browser):
+    """The page laid out on a phone-sized screen (as the screenshot fixture's phone=True)."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+    try:
+        yield
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def heading_lines(browser) -> list[str]:
+    """The outcome's heading as laid out, line by line; it never overflows its box."""
+    heading = browser.find_element(By.CSS_SELECTOR, "#outcome h1")
+    assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", heading)
+    return browser.execute_script(LINES_OF, heading)
 
 
 def to_confirmation(browser, shop):
@@ -88,6 +137,7 @@ def test_an_order_placed_with_nothing_charged_shows_not_paid_yet(browser, shop, 
     assert text_of(browser, "#order-id") == order.id
     assert text_of(browser, "#to-payment") == "Go to payment"
     assert browser.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]").get_attribute("content") == "10"
+    assert current_step(browser) == "Confirmation"   # not paid: the buyer is not done
     screenshot("complete-not-paid-yet")
     screenshot("complete-not-paid-yet", phone=True)
 
@@ -110,11 +160,29 @@ def test_stripe_not_answering_is_said_on_the_complete_screen_not_as_the_old_decl
         assert not browser.find_elements(By.ID, "to-payment")   # never a second Pay while it is unknown
         assert text_of(browser, "#order-id") == order.id
         assert browser.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]").get_attribute("content") == "10"
+        assert current_step(browser) == "Confirmation"   # perhaps paid, perhaps not: not "Complete"
+        with on_phone(browser):
+            lines = heading_lines(browser)
+        # English still breaks between words only.
+        assert " ".join(line.strip() for line in lines) == COULD_NOT_CHECK[0], lines
         screenshot("complete-could-not-check-payment")
         screenshot("complete-could-not-check-payment", phone=True)
 
         browser.get(complete_url(shop, order, lang="ja"))
         assert outcome(browser)[:2] == ("payment_unknown", "お支払いの状況を確認できませんでした")
+        assert current_step(browser) == "ご確認"
+        assert heading_lines(browser) == ["お支払いの状況を確認できませんでした"]   # one line on a desktop
+        with on_phone(browser):
+            lines = heading_lines(browser)
+        # On a phone the Japanese heading takes two lines or more, each break between two phrases, none mid-word.
+        phrases = COULD_NOT_CHECK_JA_PHRASES
+        phrase_ends = {len("".join(phrases[:n])) for n in range(1, len(phrases))}
+        line_ends = {len("".join(lines[:n])) for n in range(1, len(lines))}
+        assert "".join(lines) == "お支払いの状況を確認できませんでした"
+        assert len(lines) >= 2 and line_ends <= phrase_ends, lines
+        # Not by luck of the font's widths: headings break only at spaces, punctuation and <wbr>.
+        assert browser.find_element(By.CSS_SELECTOR, "#outcome h1").value_of_css_property("word-break") == "keep-all"
+        screenshot("complete-could-not-check-payment-ja")
         screenshot("complete-could-not-check-payment-ja", phone=True)
 
     # Stripe answers again: the buyer's own order goes back to the card field, which says the decline.
@@ -133,19 +201,30 @@ def test_stripe_not_answering_is_said_on_the_confirmation_screen_not_as_the_old_
     with stripe_unreachable():
         browser.get(f"{shop}/checkout/confirm?lang=en")
         unknown = wait(browser).until(lambda b: b.find_element(By.ID, "payment-unknown"))
+        # No card field and no Pay while the last card may have been charged: "Check again", and the
+        # page checks again by itself.
+        assert not browser.find_elements(By.ID, "pay") and not browser.find_elements(By.ID, "card-element")
         assert unknown.text == CONFIRM_COULD_NOT_CHECK
         assert unknown.get_attribute("role") == "alert"
         assert not browser.find_elements(By.ID, "declined")
         assert order.failure_message not in text_of(browser, "main")
-        # Still the order's screen: its lines, its hold, the card field (the buyer is asked to wait and reload).
+        # Still the order's screen: its lines, its hold.
         assert text_of(browser, "#total") == "¥3,100"
         assert "held for you until" in text_of(browser, "#hold")
-        wait(browser).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#card-element input"))
+        assert text_of(browser, "#check-again") == "Check again"
+        assert browser.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]").get_attribute("content") == "10"
+        assert current_step(browser) == "Confirmation"
         screenshot("confirmation-could-not-check-payment")
         screenshot("confirmation-could-not-check-payment", phone=True)
+        browser.get(f"{shop}/checkout/confirm?lang=ja")
+        assert text_of(browser, "#check-again") == "もう一度確認する"
+        screenshot("confirmation-could-not-check-payment-ja")
+        screenshot("confirmation-could-not-check-payment-ja", phone=True)
+        browser.get(f"{shop}/checkout/confirm?lang=en")
 
-    # Stripe answers again, the buyer reloads as asked: the decline, and Pay with another card works.
-    browser.get(f"{shop}/checkout/confirm?lang=en")
+    # Stripe answers again, the buyer checks again: the decline, and Pay with another card works.
+    browser.find_element(By.ID, "check-again").click()
+    wait(browser).until(lambda b: b.find_elements(By.ID, "declined"))
     assert "declined" in text_of(browser, "#declined").lower()
     assert not browser.find_elements(By.ID, "payment-unknown")
     enter_card(browser, VISA)

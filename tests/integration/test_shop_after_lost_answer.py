@@ -6,9 +6,12 @@ shop's answer never reaches the browser (its session cookie never updated). Unti
 event is processed our order still reads payment_failed; the screens ask Stripe, the source of
 truth, rather than repeat the old card's decline. Also the other states the screen can be in
 before the worker records the payment: processing, 3-D Secure not finished, a newer decline,
-nothing paid, and Stripe not answering at all.
+nothing paid, and Stripe not answering at all. The step bar says "Complete" only once the money is
+received or on its way; while the buyer may still have to pay, it says they are at the confirmation.
 """
 from __future__ import annotations
+
+import re
 
 import pytest
 import stripe
@@ -30,6 +33,20 @@ FIRST_DECLINE = "Your card has insufficient funds."
 
 def complete_url(order) -> str:
     return f"/orders/{order.id}/complete?token={order.access_token}&lang=en"
+
+
+def current_step(html: str) -> str:
+    """The step bar's current step, the same for the eye (class) and for screen readers (aria-current)."""
+    steps = re.findall(r'<li class="([^"]*)"( aria-current="step")?>([^<]*)</li>', html)
+    shown = [label for css, _, label in steps if css == "current"]
+    announced = [label for _, aria, label in steps if aria]
+    assert len(steps) == 4 and len(shown) == 1 and shown == announced, steps
+    return shown[0]
+
+
+def heading_text(html: str) -> str:
+    """The page's h1 as read: its words without the <wbr> between Japanese phrases."""
+    return re.search(r"<h1>(.*?)</h1>", html, re.S).group(1).replace("<wbr>", "")
 
 
 def first_card_declined(client, sessions, post_event, deliver):
@@ -98,6 +115,7 @@ def test_a_card_charged_after_a_decline_whose_answer_was_lost_is_not_shown_as_th
     assert 'data-status="payment_received"' in html and "Payment received" in html
     assert FIRST_DECLINE not in html and "not charged" not in html
     assert '<meta http-equiv="refresh" content="2">' in html
+    assert current_step(html) == "Complete"
     # Back on the confirmation (a reload, the back button): no old decline, no second Pay.
     confirm = client.get("/checkout/confirm?lang=en")
     assert confirm.status_code == 303 and confirm.location.endswith(complete_url(order).removesuffix("&lang=en"))
@@ -110,6 +128,7 @@ def test_a_card_charged_after_a_decline_whose_answer_was_lost_is_not_shown_as_th
     deliver()
     html = page(client.get(complete_url(order)))
     assert 'data-status="paid"' in html and "Order confirmed" in html and "http-equiv" not in html
+    assert current_step(html) == "Complete"
 
 
 def test_the_latest_decline_is_the_one_shown_not_the_first_cards(client, make_client, sessions, localstripe,
@@ -132,6 +151,7 @@ def test_the_latest_decline_is_the_one_shown_not_the_first_cards(client, make_cl
     html = page(make_client().get(complete_url(order)))
     assert 'data-status="payment_failed"' in html
     assert "Your card was declined." in html and FIRST_DECLINE not in html
+    assert current_step(html) == "Confirmation"   # declined: still to pay, not complete
 
 
 def test_a_decline_only_our_database_knows_still_stands(client, make_client, sessions, settings, localstripe,
@@ -161,15 +181,41 @@ def test_stripe_unreachable_is_said_plainly_not_as_the_old_decline(client, make_
         assert "We could not check your payment just now" in html and "do not pay again" in html
         assert FIRST_DECLINE not in html and "not charged" not in html
         assert 'http-equiv="refresh"' in html
+        assert current_step(html) == "Confirmation"   # perhaps paid, perhaps not: not "Complete"
         ja = page(client.get(complete_url(order).replace("lang=en", "lang=ja")))
-        assert "お支払いの状況を確認できませんでした" in ja
+        assert heading_text(ja) == "お支払いの状況を確認できませんでした"
+        assert current_step(ja) == "ご確認"
         # The confirmation does not repeat the old decline either.
         confirm = client.get("/checkout/confirm?lang=en")
         assert confirm.status_code == 200
         assert "could not check the outcome of your last payment" in page(confirm)
         assert FIRST_DECLINE not in page(confirm)
     # Stripe answers again: the truth.
-    assert 'data-status="payment_received"' in page(client.get(complete_url(order)))
+    html = page(client.get(complete_url(order)))
+    assert 'data-status="payment_received"' in html and current_step(html) == "Complete"
+
+
+def test_the_confirmation_offers_no_pay_while_stripe_does_not_answer_only_check_again(
+        client, sessions, localstripe, post_event, deliver):
+    """The last card may have been charged: no card field, no Pay, no Stripe.js; the screen checks again
+    (by itself, or with the link) and offers Pay once Stripe says the card was declined."""
+    order = first_card_declined(client, sessions, post_event, deliver)
+    with stripe_unreachable():
+        confirm = client.get("/checkout/confirm?lang=en")
+        assert confirm.status_code == 200
+        html = page(confirm)
+    assert 'id="pay"' not in html and 'id="pay-form"' not in html and 'id="card-element"' not in html
+    assert 'id="payment-unknown"' in html and "Please do not pay again yet" in html
+    assert "<script" not in html   # neither Stripe.js nor shop.js
+    assert re.search(r'<a class="button primary" id="check-again" href="/checkout/confirm">Check again</a>', html)
+    assert '<meta http-equiv="refresh" content="10">' in html
+    assert "held for you until" in html and current_step(html) == "Confirmation"
+    assert only_order(sessions).status is OrderStatus.PAYMENT_FAILED
+
+    # Stripe answers again and the buyer checks again: the decline, the card field and Pay.
+    html = page(client.get("/checkout/confirm"))
+    assert 'id="declined"' in html and 'id="pay"' in html and 'id="check-again"' not in html
+    assert "http-equiv" not in html
 
 
 def test_nothing_paid_yet_is_said_as_such_not_as_payment_received(client, sessions, localstripe):
@@ -179,6 +225,7 @@ def test_nothing_paid_yet_is_said_as_such_not_as_payment_received(client, sessio
     assert 'data-status="not_paid"' in html and "Not paid yet" in html
     assert "Payment received" not in html
     assert 'id="to-payment"' in html
+    assert current_step(html) == "Confirmation"
 
 
 def test_three_d_secure_not_finished_says_nothing_was_charged(client, sessions, localstripe):
@@ -191,6 +238,7 @@ def test_three_d_secure_not_finished_says_nothing_was_charged(client, sessions, 
     html = page(client.get(complete_url(only_order(sessions))))
     assert 'data-status="awaiting_authentication"' in html and "Nothing has been charged yet" in html
     assert "Payment received" not in html
+    assert current_step(html) == "Confirmation"
 
 
 def processing_at_stripe(request_line: str, data: bytes) -> bytes:
@@ -217,6 +265,7 @@ def test_a_payment_stripe_is_still_processing_is_shown_as_processing(client, ses
         use_stripe(localstripe.base)
     assert 'data-status="payment_processing"' in html and "still processing your payment" in html
     assert '<meta http-equiv="refresh" content="2">' in html
+    assert current_step(html) == "Complete"
 
 
 def test_a_paid_order_is_confirmed_from_our_database_without_asking_stripe(client, sessions, localstripe,
