@@ -31,7 +31,8 @@ from consumers.checkout import (CheckoutCancelled, CheckoutInProgress, CheckoutR
 from consumers.checkout import checkout as checkout_cart
 from consumers.payments import (CardDeclined, IntentNotConfirmable, PaymentGatewayError, PaymentRefused,
                                 create_setup_intent, retrieve_payment_intent)
-from models.carts import LARGEST_CHARGE, MAX_QUANTITY, Cart, CartStatus, CurrencyMismatch, TotalTooSmall, get_cart
+from models.carts import (LARGEST_CHARGE, MAX_QUANTITY, Cart, CartStatus, CurrencyMismatch, TotalTooSmall, get_cart,
+                          reprice_before_adding)
 from models.catalog import Product
 from models.catalog_file import localized_product_names
 from models.db import transaction
@@ -283,11 +284,18 @@ def add_to_cart():
             if cart is None or cart.status is not CartStatus.OPEN:
                 _forget_purchase()
                 cart = _session_cart(db, create=True)
-            item = cart.add(product, quantity)
-            # Adding holds nothing (checkout reserves), but what cannot be sold is refused now;
-            # raising rolls the addition back.
-            if item.quantity > product.stock.available:
-                raise OutOfStock(sku, item.quantity, product.stock.available)
+            # A cart filled before the catalog changed currency takes the new currency's products once it
+            # holds the new prices: re-priced (committed) and the addition left to the buyer, as the API does.
+            repriced = bool(reprice_before_adding(db, cart, product))
+            if not repriced:
+                item = cart.add(product, quantity)
+                # Adding holds nothing (checkout reserves), but what cannot be sold is refused now;
+                # raising rolls the addition back.
+                if item.quantity > product.stock.available:
+                    raise OutOfStock(sku, item.quantity, product.stock.available)
+    except CurrencyMismatch:  # a line with no price in the product's currency: only the buyer can remove it
+        flash(_t("currency_stranded", name=name), "error")
+        return redirect(url_for("shop_pages.show_cart"), 303)
     except TotalTooLarge:
         flash(_t("total_too_large", largest=yen(LARGEST_CHARGE)), "error")
         return redirect(url_for("shop_pages.products"), 303)
@@ -297,6 +305,9 @@ def add_to_cart():
     except OutOfStock as exc:
         flash(_t("not_enough_stock", name=name, n=exc.available), "error")
         return redirect(url_for("shop_pages.products"), 303)
+    if repriced:
+        flash(_t("repriced_not_added", name=name), "error")
+        return redirect(url_for("shop_pages.show_cart"), 303)
     flash(_t("added", name=name), "info")
     return redirect(url_for("shop_pages.show_cart"), 303)
 

@@ -44,6 +44,12 @@ TEXT: dict[str, dict[str, str]] = {
                               "your cart."},
     "currency_mismatch": {"ja": "カートの商品の価格の通貨が変わりました。カートをご確認ください。",
                           "en": "The prices in your cart are now in another currency. Please check your cart."},
+    "repriced_not_added": {"ja": "カートの商品の価格が新しくなりました。新しい価格をご確認のうえ、{name}をもう一度カートに入れてください。",
+                           "en": "The prices in your cart have changed. Please check the new prices, then add {name} "
+                                 "again."},
+    "currency_stranded": {"ja": "カートに{name}と同じ通貨の価格がない商品があるため、{name}を追加できません。その商品を削除してから追加してください。",
+                          "en": "{name} cannot go in your cart: an item in it has no price in {name}'s currency. "
+                                "Remove that item first."},
     "total_too_large": {"ja": "合計が1回のお支払いの上限（{largest}）を超えます。数量を減らすか、ご注文を分けてください。",
                         "en": "The total would be over {largest}, the most one card payment can take. Buy fewer, "
                               "or split the purchase into several orders."},

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from consumers.relay import expire_reservations
 from models.catalog_file import apply_catalog
 from models.db import transaction
+from models.carts import Cart
 from models.orders import Order
 from tests.stripe_proxy import BlackHole, HoldingProxy, creates_payment_intent
 from tests.support import CATALOG, SHIPPING, assert_error, use_stripe
@@ -186,3 +187,46 @@ def test_the_key_of_an_order_whose_hold_ran_out_says_a_new_key_checks_the_reopen
     second = _checkout(client, cart_id, "key-after-expiry")
     assert second.status_code == 201, second.get_json()
     assert second.get_json()["order_id"] != first.get_json()["order_id"]
+
+
+# --- 1b. the same on the shop's screens -------------------------------------------------------------------------------
+
+def _screen_cart(client) -> str:
+    from tests.integration.test_shop_pages import page
+    return page(client.get("/cart?lang=en"))
+
+
+def test_the_cart_screen_reprices_a_cart_of_the_old_currency_and_asks_to_add_again(client, sessions):
+    from tests.integration.test_shop_pages import fill_cart, post_form
+    _load(sessions, "usd")
+    fill_cart(client, "TEA-01", 2)
+    _load(sessions, "jpy")
+
+    response = post_form(client, "/cart/items", {"sku": "CUP-01", "quantity": "1"})
+    assert response.status_code == 303 and response.headers["Location"].endswith("/cart")
+    html = _screen_cart(client)
+    assert "The prices in your cart have changed. Please check the new prices, then add" in html
+    assert "Choose a quantity" not in html
+    with sessions() as session:
+        cart = session.scalars(select(Cart)).one()
+        assert [(i.sku, i.quantity, i.currency) for i in cart.items] == [("TEA-01", 2, "jpy")]
+
+    fill_cart(client, "CUP-01", 1)  # added this time
+    with sessions() as session:
+        cart = session.scalars(select(Cart)).one()
+        assert sorted((i.sku, i.quantity, i.currency) for i in cart.items) == [("CUP-01", 1, "jpy"), ("TEA-01", 2, "jpy")]
+
+
+def test_the_cart_screen_names_the_clash_when_a_line_has_no_price_in_the_new_currency(client, sessions):
+    from tests.integration.test_shop_pages import fill_cart, post_form
+    fill_cart(client, "CUP-01", 1)
+    _load(sessions, "usd", shipping=False,
+          products=[{"sku": "TEA-01", "name": "Hokkaido black tea", "unit_amount": 1200, "stock": 40}])
+
+    response = post_form(client, "/cart/items", {"sku": "TEA-01", "quantity": "1"})
+    assert response.status_code == 303 and response.headers["Location"].endswith("/cart")
+    html = _screen_cart(client)
+    assert "cannot go in your cart: an item in it has no price in" in html
+    with sessions() as session:
+        cart = session.scalars(select(Cart)).one()
+        assert [(i.sku, i.currency) for i in cart.items] == [("CUP-01", "jpy")]
