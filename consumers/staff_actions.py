@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.alerts import deliver_alert
 from consumers.handlers import Outcome
 from consumers.handlers.payment_intents import fulfil_paid_order
+from consumers.mail import queue_order_mail
 from consumers.payments import PaymentGatewayError, find_refunds, refund_payment, retrieve_payment_intent
 from consumers.processing import record_failed_run, run_event
 from models.db import transaction
@@ -35,11 +36,14 @@ from models.orders import (
     ShipmentStatus,
     can_transition,
     cancel_ruled_out,
+    cart_left_to_buyer,
     cover_units,
+    create_shipment,
     get_order,
     payment_waiting,
     record_refund,
     return_unshipped_units,
+    settle_chargebacks,
 )
 from models.refunds import Refund, RefundSource, disputes_ruling_out_refund, refund_ruled_out
 from models.settings import Settings
@@ -217,6 +221,10 @@ def _replay(factory: sessionmaker[Session], settings: Settings, event_id: str, *
                     message.mark_done()
             if order is None and outcome.order_id:
                 order = session.get(Order, outcome.order_id)
+            if order is not None:
+                # A payment staff reopened and applied now counts for the order: a dispute on its intent
+                # lost meanwhile (recorded, but not counted while the payment was not) comes off it now.
+                settle_chargebacks(session, order)
             _audit(session, actor=actor, action="replay", target=target, order=order, before=before, note=note,
                    detail=f"{outcome.status.value}: {outcome.reason}")
     if refusal is not None:
@@ -481,6 +489,8 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
         before = _status(order)
         if order.status is not OrderStatus.NEEDS_REVIEW:
             raise Refused(f"order {order_id} is {before}: only an order in review can be accepted")
+        # What it holds counts a dispute lost on a payment the worker applied after it (reopened by staff).
+        settle_chargebacks(session, order)
         if order.money_held <= 0:
             raise Refused(f"order {order_id} holds no money of the customer: there is nothing to keep; "
                           f"cancel it instead")
@@ -495,12 +505,29 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
                 raise Refused(f"not enough stock to fulfil order {order_id}: {'; '.join(missing)}")
             if order.shipment is not None:
                 order.shipment.status = ShipmentStatus.PENDING  # its units are taken again
-            fulfil_paid_order(session, order)
+            buyers_cart = cart_left_to_buyer(session, order)
+            if buyers_cart is None:
+                fulfil_paid_order(session, order)
+            else:
+                _fulfil_leaving_the_cart(session, order)
             detail = f"units taken, shipment {order.shipment.id} to pack, confirmation mail queued"
+            if buyers_cart is not None:
+                detail += (f"; cart {buyers_cart.id} left to the buyer ({buyers_cart.status.value} again since the "
+                           f"order's hold ran out)")
         if order.payment_intent_id and order.payment_intent_id not in intents_paid_on(session, order):
             detail += _stop_payments_on(session, order)  # kept a payment on another tab's intent
         return _audit(session, actor=actor, action="accept", target=target, order=order, before=before, note=note,
                       detail=detail)
+
+
+def _fulfil_leaving_the_cart(session: Session, order: Order) -> None:
+    """`fulfil_paid_order` without closing the cart: the sweep reopened it for the buyer when the order's hold
+    ran out, and the buyer may be filling it, or paying for it, again (`models.orders.cart_left_to_buyer`)."""
+    first_payment = order.paid_at is None
+    order.mark_paid()
+    create_shipment(session, order, known_absent=first_payment)
+    queue_order_mail(session, order, "confirmation")
+    log.info("order_paid", total=order.total, currency=order.currency, cart_left_to_buyer=order.cart_id)
 
 
 def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str,
@@ -528,6 +555,7 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
             before = _status(order)
             # Decided under the order's lock, which the worker applying the payment also takes.
             _refuse_while_a_payment_waits(session, order)
+            settle_chargebacks(session, order)
             if order.money_held > 0:
                 raise Refused(f"order {order_id} holds {order.money_held} {order.currency} taken from the customer: "
                               f"cancel --refund gives it back, accept keeps it and ships")

@@ -23,7 +23,7 @@ from models.db import add_row
 from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent
 from models.history import OrderStatusChange, current_cause
-from models.refunds import Refund, RefundSource
+from models.refunds import Dispute, Refund, RefundSource
 from models.shipping import load_shipping_table, shipping_fee
 
 log = structlog.get_logger(__name__)
@@ -198,9 +198,10 @@ class OrderPaymentIntent(Base):
 
     __tablename__ = "order_payment_intents"
 
-    # The primary key answers "the intents of this order" (its first column), as the sweep asks.
+    # The primary key answers "the intents of this order" (its first column), as the sweep asks; the index
+    # "the orders of this intent", as a dispute on an intent with no payment stored asks (`order_recording`).
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), primary_key=True)
-    payment_intent_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    payment_intent_id: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
 
 
 class OrderLine(Base):
@@ -430,6 +431,22 @@ def record_refund(session: Session, order: Order, *, stripe_refund_id: str, amou
     return refund
 
 
+def cart_left_to_buyer(session: Session, order: Order) -> Cart | None:
+    """The order's cart, when it is no longer the order's but the buyer's again: reopened once the order's
+    hold ran out (`models.carts.reopen_cart`), and maybe filled anew, or checked out since into a later
+    order. Fulfilling the order (staff accept a late payment) leaves such a cart alone: closing it would take
+    the buyer's live cart, and its new lines or checkout, away. None: the cart is still checked out into this
+    order (or already deleted), and is deleted with the order's payment as ever."""
+    cart = session.get(Cart, order.cart_id)
+    if cart is None or cart.deleted_at is not None:
+        return None
+    if cart.status is CartStatus.OPEN:
+        return cart
+    checked_out_again = session.scalar(select(exists().where(
+        Order.cart_id == order.cart_id, Order.id != order.id, Order.created_at > order.created_at)))
+    return cart if checked_out_again else None
+
+
 def create_shipment(session: Session, order: Order, *, known_absent: bool = False) -> Shipment:
     """The order's one shipment, created if it has none (`known_absent`: the caller knows it has
     none, so the shipment is not looked up; the unique order_id refuses a second one anyway)."""
@@ -638,6 +655,45 @@ def payment_set_aside_on(session: Session, intent_id: str) -> PaymentSetAside | 
                                                     OrderPaymentIntent.payment_intent_id == intent_id))):
                 return PaymentSetAside(order_id, intent_id, event_id, status, outcome)
     return None
+
+
+def order_recording(session: Session, intent_id: str) -> str | None:
+    """The order that records the intent in order_payment_intents (by its payment_intent_id index), whether or
+    not any payment on it was stored: a dispute on it is money contested on that order's customer, even when
+    the intent's payment_intent.succeeded never reached the service."""
+    return session.scalars(select(OrderPaymentIntent.order_id).where(OrderPaymentIntent.payment_intent_id == intent_id)
+                           .order_by(OrderPaymentIntent.order_id).limit(1)).first()
+
+
+def intents_counted_for(session: Session, order: Order) -> set[str]:
+    """The intents whose money the order counts (or will count, once its stored payment is applied): the one
+    it holds, and every one a payment of it was applied on (a second tab's, found by metadata). The same two
+    ways a money event finds the order (consumers.handlers.lookup.lock_order_paid_on)."""
+    counted = set(session.scalars(select(InboxEvent.object_id).where(
+        InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.order_id == order.id,
+        InboxEvent.status == EventStatus.PROCESSED, InboxEvent.object_id.is_not(None)).distinct()))
+    if order.payment_intent_id is not None:
+        counted.add(order.payment_intent_id)
+    return counted
+
+
+def settle_chargebacks(session: Session, order: Order, *, counting: str | None = None) -> int:
+    """Make the order's charged_back_amount the sum of its lost disputes on the intents whose money it counts
+    (`intents_counted_for`), and return what changed. A dispute lost on an intent whose payment was never
+    applied (resolved by hand, ignored, or never received) takes nothing from the order; once staff reopen and
+    apply that payment, the order counts it and the same lost dispute comes off it. Computed again from the
+    rows each time, so running it twice, or after the dispute handler, counts nothing twice. `counting`: an
+    intent whose payment the caller's transaction is counting for the order (its event not marked processed
+    yet: the payment handler)."""
+    counted = intents_counted_for(session, order) | ({counting} if counting else set())
+    lost = session.execute(select(Dispute.payment_intent_id, Dispute.amount).where(
+        Dispute.order_id == order.id, Dispute.status == "lost")).all()
+    settled = sum(amount for intent_id, amount in lost if intent_id in counted)
+    change = settled - order.charged_back_amount
+    if change:
+        log.info("chargebacks_settled", charged_back=settled, change=change)
+        order.charged_back_amount = settled
+    return change
 
 
 def cancel_ruled_out(waiting: PaymentWaiting) -> str:

@@ -1,6 +1,7 @@
 """charge.dispute.*: a chargeback opened or decided; the order is flagged and staff are told. A dispute on
-an intent whose payment is stored but not yet applied is retried after that payment; one on an intent of an
-order whose payment staff resolved by hand (or that was ignored) is that order's, and says so."""
+an intent whose payment is stored but not yet applied is retried after that payment; one on an intent an
+order records whose payment was never applied (resolved by hand by staff, ignored, or never received at all)
+is that order's, and says so."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from consumers.handlers.lookup import flag_or_note, lock_order, lock_order_paid_
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.base import utcnow
-from models.orders import Order, PaymentSetAside, payment_set_aside_on, payment_unapplied_on
+from models.orders import Order, order_recording, payment_set_aside_on, payment_unapplied_on, settle_chargebacks
 from models.refunds import Dispute
 
 log = structlog.get_logger(__name__)
@@ -42,23 +43,25 @@ class PaymentNotYetApplied(Exception):
 
 @dataclass(frozen=True)
 class _Found:
-    """The order a dispute is about (None: not ours) and its row; `set_aside` when the order was found only
-    through order_payment_intents, its payment on the dispute's intent never applied to it."""
+    """The order a dispute is about (None: not ours) and its row; `unapplied` when the order was found only
+    through order_payment_intents, its payment on the dispute's intent never applied to it: what became of
+    that payment, for staff."""
 
     order: Order | None
     row: Dispute | None
-    set_aside: PaymentSetAside | None = None
+    unapplied: str | None = None
 
     def counted(self) -> bool:
         """Whether the disputed money is in what the order holds (`Order.money_held`): not when its payment
-        was never applied to the order, so a lost dispute takes nothing from it either."""
-        return self.set_aside is None
+        was never applied to the order, so a lost dispute takes nothing from it either (until that payment
+        is applied: `models.orders.settle_chargebacks`)."""
+        return self.unapplied is None
 
     def aside(self) -> str:
         """What staff must know besides: the money disputed was never counted for the order, and why."""
-        if self.set_aside is None:
+        if self.unapplied is None:
             return ""
-        return f"; {self.set_aside.said()}, so the money the order holds is left as it is"
+        return f"; {self.unapplied}, so the money the order holds is left as it is"
 
 
 def _no_order(dispute: dict) -> Outcome:
@@ -68,12 +71,14 @@ def _no_order(dispute: dict) -> Outcome:
 def _find(session: Session, dispute: dict) -> _Found:
     """The order holding the dispute's intent, or the one a payment on it was counted for. Else, while a
     payment on the intent waits to be applied, PaymentNotYetApplied; else the order that records the intent
-    and whose payment on it was closed unapplied (resolved by hand by staff, or ignored): the dispute is
-    still about that order's customer, and a person must hear of it."""
+    (order_payment_intents): the one whose payment on it was closed unapplied (resolved by hand by staff, or
+    ignored), or, when no payment on it was ever stored (its succeeded event lost, or still on its way), the
+    one that records it at all. The dispute is still about that order's customer, and a person must hear of
+    it; the money is left as it is until its payment is applied."""
     intent_id = dispute.get("payment_intent")
     intent_id = intent_id if isinstance(intent_id, str) else None
     order = lock_order_paid_on(session, intent_id) if intent_id else None
-    set_aside = None
+    unapplied = None
     if order is None and intent_id:
         waiting = payment_unapplied_on(session, intent_id)
         if waiting is not None:
@@ -81,10 +86,16 @@ def _find(session: Session, dispute: dict) -> _Found:
                 f"dispute {dispute['id']} is on payment intent {intent_id} whose payment (event {waiting.event_id}, "
                 f"status {waiting.status.value}) is stored but not yet applied: retried after it")
         set_aside = payment_set_aside_on(session, intent_id)
-        order = lock_order(session, set_aside.order_id) if set_aside is not None else None
+        if set_aside is not None:
+            order_id, unapplied = set_aside.order_id, set_aside.said()
+        else:
+            order_id = order_recording(session, intent_id)
+            unapplied = (f"no payment on payment intent {intent_id}, which the order records, has reached the "
+                         f"service (its payment_intent.succeeded was never received: shop reconcile fetches it)")
+        order = lock_order(session, order_id) if order_id is not None else None
     row = session.scalars(select(Dispute).where(Dispute.stripe_dispute_id == dispute["id"]).with_for_update()
                           ).one_or_none()
-    return _Found(order, row, set_aside if order is not None else None)
+    return _Found(order, row, unapplied if order is not None else None)
 
 
 def _new_row(session: Session, order: Order, dispute: dict) -> Dispute:
@@ -96,7 +107,7 @@ def _new_row(session: Session, order: Order, dispute: dict) -> Dispute:
     return row
 
 
-def _first_seen(found: _Found, row: Dispute) -> Outcome:
+def _first_seen(session: Session, found: _Found, row: Dispute) -> Outcome:
     """The first of a dispute's events to be handled, whichever it is: created, or an update or the
     closing that overtook it (or whose created was lost). Only this one flags the order and alerts
     staff for the dispute's opening; a created handled later finds the row and stays quiet."""
@@ -111,23 +122,18 @@ def _first_seen(found: _Found, row: Dispute) -> Outcome:
                                  alert=f"Order {order.id}: {opened} and already closed: {row.status}, "
                                        f"{row.amount} {row.currency} kept; the order needs no review{found.aside()}")
     if row.status in _DECIDED:
-        _count_chargeback(found, row, was_lost=False)
+        _count_chargeback(session, found)
         return flag_or_note(order, f"{opened} and already closed: {row.status}, {row.amount} {row.currency} "
                                    f"taken back{_held_after(found, row)}{found.aside()}")
     return flag_or_note(order, f"{opened}: {row.amount} {row.currency} contested{found.aside()}")
 
 
-def _count_chargeback(found: _Found, row: Dispute, *, was_lost: bool) -> None:
+def _count_chargeback(session: Session, found: _Found) -> None:
     """A lost dispute's amount is gone from the shop, as a refund is: the order holds that much less,
     so a refund is not offered for it and, once it holds nothing, staff can cancel it. Not for money the
-    order never counted (`_Found.counted`)."""
-    if not found.counted():
-        return
-    order = found.order
-    if row.status == "lost" and not was_lost:
-        order.charged_back_amount += row.amount
-    elif was_lost and row.status != "lost":
-        order.charged_back_amount -= row.amount
+    order never counted (`_Found.counted`): one rule for both, `settle_chargebacks`, which a staff replay
+    or decision runs again once that payment is applied."""
+    settle_chargebacks(session, found.order)
 
 
 def _held_after(found: _Found, row: Dispute) -> str:
@@ -138,7 +144,7 @@ def _held_after(found: _Found, row: Dispute) -> str:
             + ("" if order.money_held > 0 else ": nothing to refund or keep, cancel it to put unshipped units back"))
 
 
-def _take_status(found: _Found, row: Dispute, dispute: dict) -> None:
+def _take_status(session: Session, found: _Found, row: Dispute, dispute: dict) -> None:
     """Won and lost (and Stripe's other decided statuses) are final, and undecided ones only move
     forward (`_UNDECIDED_ORDER`): a later event naming an earlier status is stale and changes nothing.
     Events of one dispute share no sequence number and the row keeps no event time, so the statuses
@@ -151,9 +157,8 @@ def _take_status(found: _Found, row: Dispute, dispute: dict) -> None:
         log.info("dispute_status_stale", dispute_id=row.stripe_dispute_id, dispute_status=row.status,
                  stale_status=status)
         return
-    was_lost = row.status == "lost"
     row.status = status
-    _count_chargeback(found, row, was_lost=was_lost)
+    _count_chargeback(session, found)
 
 
 @handles("charge.dispute.created")
@@ -164,7 +169,7 @@ def on_dispute_created(session: Session, event: dict, context: HandlerContext) -
         return _no_order(dispute)
     if found.row is not None:  # this event, again, or a later one of the dispute handled before it: told already
         return Outcome.processed(f"dispute {dispute['id']} already recorded ({found.row.status})", found.order.id)
-    return _first_seen(found, _new_row(session, found.order, dispute))
+    return _first_seen(session, found, _new_row(session, found.order, dispute))
 
 
 @handles("charge.dispute.updated")
@@ -175,8 +180,8 @@ def on_dispute_updated(session: Session, event: dict, context: HandlerContext) -
     if order is None:
         return _no_order(dispute)
     if row is None:  # the update overtook the opening
-        return _first_seen(found, _new_row(session, order, dispute))
-    _take_status(found, row, dispute)
+        return _first_seen(session, found, _new_row(session, order, dispute))
+    _take_status(session, found, row, dispute)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} is {row.status}", order.id)
 
 
@@ -191,8 +196,8 @@ def on_dispute_closed(session: Session, event: dict, context: HandlerContext) ->
         row = _new_row(session, order, dispute)
         row.closed_at = utcnow()
         log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
-        return _first_seen(found, row)
-    _take_status(found, row, dispute)
+        return _first_seen(session, found, row)
+    _take_status(session, found, row, dispute)
     if row.closed_at is None:
         row.closed_at = utcnow()
     log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)

@@ -244,7 +244,10 @@ def _is_0012s(diff) -> bool:
 
 
 def _is_0013s(diff) -> bool:
-    return isinstance(diff, tuple) and diff[0] == "add_table" and diff[1].name == "order_payment_intents"
+    """0013's table, and with it 0014's index on it (a revision before 0013 lacks both)."""
+    return isinstance(diff, tuple) and (
+        (diff[0] == "add_table" and diff[1].name == "order_payment_intents")
+        or (diff[0] == "add_index" and diff[1].table.name == "order_payment_intents"))
 
 
 def test_0010_adds_the_charged_back_amount_as_zero_to_existing_orders_and_its_downgrade_drops_it(

@@ -1,0 +1,27 @@
+"""order_payment_intents: an index on payment_intent_id, to find the order that records an intent
+
+A dispute on an intent an order records, for which no payment was ever stored (its succeeded event lost,
+or not yet arrived), was ignored as 'no order of ours'. The dispute handler now finds that order through
+order_payment_intents by the intent's id; the primary key (order_id, payment_intent_id) answers only "the
+intents of this order", so this index answers "the orders of this intent".
+
+Revision ID: 0014
+Revises: 0013
+Create Date: 2026-11-27
+"""
+from alembic import op
+
+
+revision = '0014'
+down_revision = '0013'
+branch_labels = None
+depends_on = None
+
+
+# Plain CREATE INDEX on both, as 0013's table: a row per intent an order held, small beside the inbox.
+def upgrade() -> None:
+    op.create_index('ix_order_payment_intents_payment_intent_id', 'order_payment_intents', ['payment_intent_id'])
+
+
+def downgrade() -> None:
+    op.drop_index('ix_order_payment_intents_payment_intent_id', table_name='order_payment_intents')
