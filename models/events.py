@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import re
 from datetime import datetime, timedelta
 
 from typing import NamedTuple
@@ -402,6 +403,15 @@ def store_events_pg(connection, arrivals: list[tuple[dict, str]], *,
 # SQLite, on the driver's connection (the webhook's hot path). SQLite has one writer at a time,
 # so a group holds every other writer up for as long as it writes: its rows are made ready before
 # it takes the turn, and it writes them with one INSERT per table (no INSERT inside WITH here).
+# What store_event writes into columns of its own must fit them on every backend (lengths, ASCII only:
+# a lone surrogate such as "\ud800" is valid JSON but cannot be encoded for the database). The webhook
+# refuses an event that breaks them (webhook_app.webhooks), and the store process a request that does.
+EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]{1,251}")
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+API_VERSION = re.compile(r"[\x21-\x7e]{1,40}")
+OBJECT_ID = re.compile(r"[\x21-\x7e]{1,255}")
+
+
 _SQLITE_INBOX_COLUMNS = ("event_id", "type", "api_version", "livemode", "payload", "object_id", "status",
                          "outcome", "received_at", "processed_at")
 _SQLITE_INBOX_VALUES = "(?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"

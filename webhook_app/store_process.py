@@ -21,12 +21,16 @@ longer than LOOP_STUCK_SECONDS, far over every bounded wait a group makes (a dea
 The master replaces it after HUNG_AFTER_SECONDS without a byte.
 
 Frames, both ways: a 4-byte big-endian length, then `marshal` of plain values (never pickle).
+marshal is not made for untrusted data: only the service's user can reach the socket, a request
+must open as a tuple of 6 before marshal reads it, and whatever marshal or the checks raise refuses
+that frame alone (its connection is closed), never the loop.
   request  (event_id, type, api_version | None, livemode, object_id | None, payload)
   answer   ("stored", inbox id, status, duplicate) or ("failed", what the database said)
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import marshal
 import os
@@ -41,7 +45,7 @@ import time
 
 import structlog
 
-from models.events import EventStatus, StoredEvent
+from models.events import API_VERSION, EVENT_ID, EVENT_TYPE, OBJECT_ID, EventStatus, StoredEvent
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +114,18 @@ def request_for(event: dict, payload: str) -> bytes:
                   object_id if isinstance(object_id, str) else None, payload))
 
 
+# marshal's code for a tuple of fewer than 256 items, with or without its "referenced" flag (0x80).
+_SMALL_TUPLE = ord(")")
+
+
+def _decoded_request(body: bytes):
+    """A request frame's body decoded; MalformedFrame before marshal reads it if it does not open as a
+    tuple of 6 (marshal would otherwise build whatever the frame declares, a tuple of 2**31 items say)."""
+    if len(body) < 2 or body[0] & 0x7F != _SMALL_TUPLE or body[1] != 6:
+        raise MalformedFrame("a request is a tuple of 6 values")
+    return marshal.loads(body)
+
+
 def event_of_request(value) -> tuple[dict, str]:
     """(event, payload) as store_events_sqlite takes them, from a decoded request; MalformedFrame if it is not one."""
     if not (isinstance(value, tuple) and len(value) == 6):
@@ -121,6 +137,16 @@ def event_of_request(value) -> tuple[dict, str]:
         raise MalformedFrame("api_version must be a string or None, livemode true or false")
     if not (object_id is None or isinstance(object_id, str)) or not isinstance(payload, str):
         raise MalformedFrame("the object id must be a string or None, the payload a string")
+    # The webhook's own rules for what goes into columns (models.events): a request that breaks them would
+    # fail its whole group at the database (a lone surrogate cannot be encoded), so it is refused alone.
+    if not (EVENT_ID.fullmatch(event_id) and EVENT_TYPE.fullmatch(event_type)
+            and (api_version is None or API_VERSION.fullmatch(api_version))
+            and (object_id is None or OBJECT_ID.fullmatch(object_id))):
+        raise MalformedFrame("the event id, type, api_version or object id breaks the webhook's rules for them")
+    try:
+        payload.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedFrame("the payload is not encodable as UTF-8 (a lone surrogate)") from None
     event = {"id": event_id, "type": event_type, "api_version": api_version, "livemode": livemode,
              "data": {"object": {"id": object_id}}}
     return event, payload
@@ -193,6 +219,12 @@ class StoreServer:
             end.setblocking(False)
         self._selector.register(self.listener, selectors.EVENT_READ, "listener")
         self._selector.register(self._wakeup_read, selectors.EVENT_READ, "wakeup")
+        # One descriptor held in reserve: out of descriptors, it is let go to accept a waiting client and
+        # close it at once (its web thread then stores the event itself), instead of leaving the client
+        # waiting for an answer and the listener readable, which would spin the loop.
+        self._spare: int | None = os.open(os.devnull, os.O_RDONLY)
+        self._out_of_descriptors = False  # logged once per episode, not once per waiting client
+        self._listen_again_at = 0.0  # time.monotonic() to watch the listener again, when it was set aside
 
     def stop_on_signals(self) -> None:
         """SIGTERM and SIGINT end the loop after the batch in hand (its clients get their answers)."""
@@ -212,7 +244,7 @@ class StoreServer:
                     self._store(batch)
                     continue  # more may be complete already: take them before waiting again
                 self.busy_since = 0.0
-                ready = self._selector.select()
+                ready = self._selector.select(self._listener_pause())
                 self.busy_since = time.monotonic()
                 for key, _mask in ready:
                     if key.data == "listener":
@@ -225,8 +257,21 @@ class StoreServer:
             for client in list(self._clients):
                 self._close(client)
             self._selector.close()
+            if self._spare is not None:
+                os.close(self._spare)
             if self._connection is not None:
                 self._connection.close()
+
+    def _listener_pause(self) -> float | None:
+        """select()'s timeout: None, unless the listener was set aside (`_accept`); watched again once due."""
+        if not self._listen_again_at:
+            return None
+        left = self._listen_again_at - time.monotonic()
+        if left > 0:
+            return left
+        self._listen_again_at = 0.0
+        self._selector.register(self.listener, selectors.EVENT_READ, "listener")
+        return None
 
     def _accept(self) -> None:
         while True:
@@ -234,13 +279,44 @@ class StoreServer:
                 sock, _address = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors, say: the waiting clients fall back
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._turn_away():
+                    continue
+                # Another failure, or no spare descriptor: the listener is set aside for a second, so a
+                # readable listener does not spin the loop; waiting clients time out or fall back.
                 log.error("store_process_accept_failed", error=str(exc))
+                self._selector.unregister(self.listener)
+                self._listen_again_at = time.monotonic() + 1.0
                 return
+            if self._out_of_descriptors:
+                self._out_of_descriptors = False
+                log.info("store_process_accepting_again")
             sock.setblocking(False)
             client = _Client(sock)
             self._clients.append(client)
             self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _turn_away(self) -> bool:
+        """Out of descriptors: accept one waiting client with the spare descriptor and close it at once, so
+        it stores its event itself (StoreProcessClient's fallback); False if there is no spare to let go."""
+        if self._spare is None:
+            return False
+        if not self._out_of_descriptors:
+            self._out_of_descriptors = True
+            log.error("store_process_out_of_descriptors",
+                      reason="new connections are closed at once; their web processes store the events themselves")
+        os.close(self._spare)
+        self._spare = None
+        try:
+            sock, _address = self.listener.accept()
+            sock.close()
+        except OSError:
+            pass
+        try:
+            self._spare = os.open(os.devnull, os.O_RDONLY)
+        except OSError:  # taken meanwhile: accept failures set the listener aside instead
+            pass
+        return True
 
     def _drain_wakeup(self) -> None:
         try:
@@ -279,10 +355,11 @@ class StoreServer:
                 body = bytes(buffer[_LENGTH.size:_LENGTH.size + size])
                 del buffer[:_LENGTH.size + size]
                 try:
-                    value = marshal.loads(body)
-                    event, payload = event_of_request(value)
-                except (ValueError, EOFError, TypeError) as exc:  # MalformedFrame is a ValueError
-                    self._refuse(client, str(exc)[:200])
+                    event, payload = event_of_request(_decoded_request(body))
+                # MalformedFrame is a ValueError; marshal raises others too (SystemError, MemoryError, …) on
+                # crafted data: every one refuses this frame and closes its connection, never the loop.
+                except Exception as exc:  # noqa: BLE001
+                    self._refuse(client, f"{type(exc).__name__}: {exc}"[:200])
                     break
                 batch.append((client, event, payload))
         return [request for request in batch if not request[0].closed]
@@ -482,6 +559,7 @@ class StoreProcessSupervisor:
         self.proc: subprocess.Popen | None = None
         self._started_at = 0.0
         self._pause = 0.0  # before restarting a store process that died young (doubles each time)
+        self._retry_at = 0.0  # time.monotonic() before which a start that failed is not tried again
         self._beats: int | None = None  # the read end of the running store process's heartbeat pipe
         self._last_beat = 0.0  # time.monotonic() when a beat was last read (or the process started)
         self._beating = False  # a beat was read from this process: it is past its start
@@ -574,34 +652,52 @@ class StoreProcessSupervisor:
     def _watch(self) -> None:
         exited_at = None
         while not self._stopping.wait(WATCH_INTERVAL_SECONDS):
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                if self.proc is None:
-                    if os.path.exists(self.database):
-                        self._spawn()
-                        log.info("store_process_starting", pid=self.proc.pid)
-                    continue
-                # gunicorn's master reaps every child it did not fork itself too; poll() then says 0.
-                code = self.proc.poll()
-                now = time.monotonic()
-                if code is None:
-                    silent = self._silent_for(now)
-                    if silent is None:
-                        continue
-                    self._kill_hung(silent)
-                    code = self.proc.poll()
-                if exited_at is None:
-                    exited_at = now
-                    died_young = now - self._started_at < SHORT_LIFE_SECONDS
-                    self._pause = (min(max(self._pause * 2, WATCH_INTERVAL_SECONDS), RESTART_PAUSE_LIMIT_SECONDS)
-                                   if died_young else 0.0)
-                if now - exited_at < self._pause:
-                    continue
+            try:
+                exited_at = self._look(exited_at)
+            except Exception as exc:  # noqa: BLE001 -- the watch must outlive any one failure
+                # A start that failed (the interpreter gone in a deploy, fork or pipe out of resources):
+                # no store process meanwhile (the web processes store their events themselves); the
+                # next look starts one, after the same doubling pause as a process that died young.
+                log.error("store_process_restart_failed", error=f"{type(exc).__name__}: {exc}")
+                with self._lock:
+                    if self.proc is not None and self.proc.poll() is None:
+                        continue  # failed after it started: it runs, and is watched as ever
+                    self.proc = None
+                    self._pause = min(max(self._pause * 2, WATCH_INTERVAL_SECONDS), RESTART_PAUSE_LIMIT_SECONDS)
+                    self._retry_at = time.monotonic() + self._pause
                 exited_at = None
-                previous = self.proc.pid
-                self._spawn()
-            log.warning("store_process_restarted", previous_pid=previous, exit_code=code, pid=self.proc.pid)
+
+    def _look(self, exited_at: float | None) -> float | None:
+        """One look of the watch: start, restart or replace the store process as needed; gives the time
+        the running one was found exited (for its restart pause), or None."""
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            if self.proc is None:
+                if os.path.exists(self.database) and time.monotonic() >= self._retry_at:
+                    self._spawn()
+                    log.info("store_process_starting", pid=self.proc.pid)
+                return None
+            # gunicorn's master reaps every child it did not fork itself too; poll() then says 0.
+            code = self.proc.poll()
+            now = time.monotonic()
+            if code is None:
+                silent = self._silent_for(now)
+                if silent is None:
+                    return exited_at
+                self._kill_hung(silent)
+                code = self.proc.poll()
+            if exited_at is None:
+                exited_at = now
+                died_young = now - self._started_at < SHORT_LIFE_SECONDS
+                self._pause = (min(max(self._pause * 2, WATCH_INTERVAL_SECONDS), RESTART_PAUSE_LIMIT_SECONDS)
+                               if died_young else 0.0)
+            if now - exited_at < self._pause:
+                return exited_at
+            previous = self.proc.pid
+            self._spawn()
+        log.warning("store_process_restarted", previous_pid=previous, exit_code=code, pid=self.proc.pid)
+        return None
 
     def stop(self) -> None:
         self._stopping.set()

@@ -35,7 +35,8 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 from consumers import metrics
 from consumers.handlers import HANDLED_EVENT_TYPES
 from models.db import writer_turn
-from models.events import StoredEvent, store_events_pg, store_events_sqlite
+from models.events import (API_VERSION, EVENT_ID, EVENT_TYPE, OBJECT_ID, StoredEvent, store_events_pg,
+                           store_events_sqlite)
 from models.base import new_id
 from models.logs import describe_error
 from webhook_app import store_process
@@ -154,27 +155,19 @@ def parse_event_json(payload: str):
         raise InvalidJson(str(exc)[:200]) from None
 
 
-# What store_event writes into columns of its own must fit them on every backend (lengths, ASCII only:
-# a lone surrogate such as "\ud800" is valid JSON but cannot be encoded for the database).
-_EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]{1,251}")
-_EVENT_TYPE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
-_API_VERSION = re.compile(r"[\x21-\x7e]{1,40}")
-_OBJECT_ID = re.compile(r"[\x21-\x7e]{1,255}")
-
-
 def _not_an_event(event) -> str | None:
     if not isinstance(event, dict):
         return "the body is not a JSON object"
     if event.get("object") != "event":
         return 'the body is not a Stripe event (object is not "event")'
-    if not isinstance(event.get("id"), str) or not _EVENT_ID.fullmatch(event["id"]):
+    if not isinstance(event.get("id"), str) or not EVENT_ID.fullmatch(event["id"]):
         return "the event has no evt_ id"
     if not isinstance(event.get("type"), str) or not event["type"]:
         return "the event has no type"
-    if not _EVENT_TYPE.fullmatch(event["type"]):
+    if not EVENT_TYPE.fullmatch(event["type"]):
         return "the event's type is not a Stripe event type"
     api_version = event.get("api_version")
-    if api_version is not None and not (isinstance(api_version, str) and _API_VERSION.fullmatch(api_version)):
+    if api_version is not None and not (isinstance(api_version, str) and API_VERSION.fullmatch(api_version)):
         return "the event's api_version is not a Stripe API version"
     if not isinstance(event.get("livemode", False), bool):
         return "the event's livemode is not true or false"
@@ -182,7 +175,7 @@ def _not_an_event(event) -> str | None:
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         return "the event has no data.object"
     object_id = data["object"].get("id")
-    if isinstance(object_id, str) and not _OBJECT_ID.fullmatch(object_id):
+    if isinstance(object_id, str) and not OBJECT_ID.fullmatch(object_id):
         return "the event's data.object.id is not a Stripe id"
     return None
 
