@@ -21,12 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.alerts import deliver_alert
 from consumers.handlers import Outcome
 from consumers.handlers.payment_intents import fulfil_paid_order
-from consumers.mail import queue_order_mail
 from consumers.payments import PaymentGatewayError, find_refunds, refund_payment, retrieve_payment_intent
 from consumers.processing import record_failed_run, run_event
 from models.db import transaction
 from models.errors import Conflict, DomainError, NotFound
-from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
 from models.history import caused_by, record_staff_action
 from models.locks import try_lock
 from models.logs import describe_error, redact
@@ -38,8 +37,8 @@ from models.orders import (
     cancel_ruled_out,
     cart_left_to_buyer,
     cover_units,
-    create_shipment,
     get_order,
+    intents_counted_for,
     payment_waiting,
     record_refund,
     return_unshipped_units,
@@ -426,9 +425,7 @@ STILL_PAYABLE = ("requires_payment_method", "requires_confirmation", "requires_a
 def intents_paid_on(session: Session, order: Order) -> set[str]:
     """Every intent a payment of the order was counted on (the order's own, a second tab's). When the
     order's own is not among them, accept and refund have it cancelled at Stripe (`_stop_payments_on`)."""
-    return set(session.scalars(select(InboxEvent.object_id).where(
-        InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.order_id == order.id,
-        InboxEvent.status == EventStatus.PROCESSED, InboxEvent.object_id.is_not(None)).distinct()))
+    return intents_counted_for(session, order)
 
 
 def _intents_paid(session: Session, order: Order) -> list[str]:
@@ -489,7 +486,8 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
         before = _status(order)
         if order.status is not OrderStatus.NEEDS_REVIEW:
             raise Refused(f"order {order_id} is {before}: only an order in review can be accepted")
-        # What it holds counts a dispute lost on a payment the worker applied after it (reopened by staff).
+        # What it holds counts every lost dispute on a payment applied to it (the worker and a replay settle
+        # them as they apply a payment; settled again here from the rows, so nothing counts twice).
         settle_chargebacks(session, order)
         if order.money_held <= 0:
             raise Refused(f"order {order_id} holds no money of the customer: there is nothing to keep; "
@@ -506,10 +504,7 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
             if order.shipment is not None:
                 order.shipment.status = ShipmentStatus.PENDING  # its units are taken again
             buyers_cart = cart_left_to_buyer(session, order)
-            if buyers_cart is None:
-                fulfil_paid_order(session, order)
-            else:
-                _fulfil_leaving_the_cart(session, order)
+            fulfil_paid_order(session, order, close_cart=buyers_cart is None)
             detail = f"units taken, shipment {order.shipment.id} to pack, confirmation mail queued"
             if buyers_cart is not None:
                 detail += (f"; cart {buyers_cart.id} left to the buyer ({buyers_cart.status.value} again since the "
@@ -518,16 +513,6 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
             detail += _stop_payments_on(session, order)  # kept a payment on another tab's intent
         return _audit(session, actor=actor, action="accept", target=target, order=order, before=before, note=note,
                       detail=detail)
-
-
-def _fulfil_leaving_the_cart(session: Session, order: Order) -> None:
-    """`fulfil_paid_order` without closing the cart: the sweep reopened it for the buyer when the order's hold
-    ran out, and the buyer may be filling it, or paying for it, again (`models.orders.cart_left_to_buyer`)."""
-    first_payment = order.paid_at is None
-    order.mark_paid()
-    create_shipment(session, order, known_absent=first_payment)
-    queue_order_mail(session, order, "confirmation")
-    log.info("order_paid", total=order.total, currency=order.currency, cart_left_to_buyer=order.cart_id)
 
 
 def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str,

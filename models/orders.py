@@ -666,15 +666,13 @@ def order_recording(session: Session, intent_id: str) -> str | None:
 
 
 def intents_counted_for(session: Session, order: Order) -> set[str]:
-    """The intents whose money the order counts (or will count, once its stored payment is applied): the one
-    it holds, and every one a payment of it was applied on (a second tab's, found by metadata). The same two
-    ways a money event finds the order (consumers.handlers.lookup.lock_order_paid_on)."""
-    counted = set(session.scalars(select(InboxEvent.object_id).where(
+    """The intents whose money the order counts in its paid_amount: every one a payment of it was applied on
+    (processed for it: `_count_payment` counts each such intent once), the one it holds as a second tab's.
+    The intent the order holds only once a payment on it was applied: not while that payment waits, after
+    staff resolved it by hand or its handler ignored it, nor when it never reached the service."""
+    return set(session.scalars(select(InboxEvent.object_id).where(
         InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.order_id == order.id,
         InboxEvent.status == EventStatus.PROCESSED, InboxEvent.object_id.is_not(None)).distinct()))
-    if order.payment_intent_id is not None:
-        counted.add(order.payment_intent_id)
-    return counted
 
 
 def settle_chargebacks(session: Session, order: Order, *, counting: str | None = None) -> int:
@@ -684,7 +682,7 @@ def settle_chargebacks(session: Session, order: Order, *, counting: str | None =
     apply that payment, the order counts it and the same lost dispute comes off it. Computed again from the
     rows each time, so running it twice, or after the dispute handler, counts nothing twice. `counting`: an
     intent whose payment the caller's transaction is counting for the order (its event not marked processed
-    yet: the payment handler)."""
+    yet: the payment handler, for a payment on an order that no longer waits for one)."""
     counted = intents_counted_for(session, order) | ({counting} if counting else set())
     lost = session.execute(select(Dispute.payment_intent_id, Dispute.amount).where(
         Dispute.order_id == order.id, Dispute.status == "lost")).all()

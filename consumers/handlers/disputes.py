@@ -1,7 +1,7 @@
 """charge.dispute.*: a chargeback opened or decided; the order is flagged and staff are told. A dispute on
-an intent whose payment is stored but not yet applied is retried after that payment; one on an intent an
-order records whose payment was never applied (resolved by hand by staff, ignored, or never received at all)
-is that order's, and says so."""
+a stray intent whose payment is stored but not yet applied is retried after that payment; one on an intent an
+order holds or records whose payment was never applied (waiting, resolved by hand by staff, ignored, or never
+received at all) is that order's, says so, and takes nothing from what the order holds until it is applied."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +14,14 @@ from consumers.handlers.lookup import flag_or_note, lock_order, lock_order_paid_
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.base import utcnow
-from models.orders import Order, order_recording, payment_set_aside_on, payment_unapplied_on, settle_chargebacks
+from models.orders import (
+    Order,
+    intents_counted_for,
+    order_recording,
+    payment_set_aside_on,
+    payment_unapplied_on,
+    settle_chargebacks,
+)
 from models.refunds import Dispute
 
 log = structlog.get_logger(__name__)
@@ -43,9 +50,9 @@ class PaymentNotYetApplied(Exception):
 
 @dataclass(frozen=True)
 class _Found:
-    """The order a dispute is about (None: not ours) and its row; `unapplied` when the order was found only
-    through order_payment_intents, its payment on the dispute's intent never applied to it: what became of
-    that payment, for staff."""
+    """The order a dispute is about (None: not ours) and its row; `unapplied` when no payment on the dispute's
+    intent was applied to the order (found through order_payment_intents, or holding that intent): what became
+    of that payment, for staff. The same rule as `models.orders.intents_counted_for`."""
 
     order: Order | None
     row: Dispute | None
@@ -69,7 +76,8 @@ def _no_order(dispute: dict) -> Outcome:
 
 
 def _find(session: Session, dispute: dict) -> _Found:
-    """The order holding the dispute's intent, or the one a payment on it was counted for. Else, while a
+    """The order holding the dispute's intent (its money counted only if a payment on it was applied), or the
+    one a payment on it was counted for. Else, while a
     payment on the intent waits to be applied, PaymentNotYetApplied; else the order that records the intent
     (order_payment_intents): the one whose payment on it was closed unapplied (resolved by hand by staff, or
     ignored), or, when no payment on it was ever stored (its succeeded event lost, or still on its way), the
@@ -79,7 +87,12 @@ def _find(session: Session, dispute: dict) -> _Found:
     intent_id = intent_id if isinstance(intent_id, str) else None
     order = lock_order_paid_on(session, intent_id) if intent_id else None
     unapplied = None
-    if order is None and intent_id:
+    if order is not None and order.payment_intent_id == intent_id \
+            and intent_id not in intents_counted_for(session, order):
+        # The intent the order holds, whose payment was never applied to it: the order is the dispute's, but
+        # not the money (`models.orders.settle_chargebacks` counts it once that payment is applied).
+        unapplied = _held_unapplied(session, intent_id)
+    elif order is None and intent_id:
         waiting = payment_unapplied_on(session, intent_id)
         if waiting is not None:
             raise PaymentNotYetApplied(
@@ -90,12 +103,28 @@ def _find(session: Session, dispute: dict) -> _Found:
             order_id, unapplied = set_aside.order_id, set_aside.said()
         else:
             order_id = order_recording(session, intent_id)
-            unapplied = (f"no payment on payment intent {intent_id}, which the order records, has reached the "
-                         f"service (its payment_intent.succeeded was never received: shop reconcile fetches it)")
+            unapplied = _never_received(intent_id)
         order = lock_order(session, order_id) if order_id is not None else None
     row = session.scalars(select(Dispute).where(Dispute.stripe_dispute_id == dispute["id"]).with_for_update()
                           ).one_or_none()
     return _Found(order, row, unapplied if order is not None else None)
+
+
+def _never_received(intent_id: str) -> str:
+    return (f"no payment on payment intent {intent_id}, which the order records, has reached the service (its "
+            f"payment_intent.succeeded was never received: shop reconcile fetches it)")
+
+
+def _held_unapplied(session: Session, intent_id: str) -> str:
+    """What became of the payment on the intent the order holds, which was never applied to it. Unlike a
+    stray intent's (`PaymentNotYetApplied`), a payment waiting does not hold the dispute back: the order is
+    known, so staff hear of the dispute at once, and the worker counts the chargeback when it applies it."""
+    waiting = payment_unapplied_on(session, intent_id)
+    if waiting is not None:
+        return (f"the payment on payment intent {intent_id} (event {waiting.event_id}, status "
+                f"{waiting.status.value}) is stored but not yet applied to this order")
+    set_aside = payment_set_aside_on(session, intent_id)
+    return set_aside.said() if set_aside is not None else _never_received(intent_id)
 
 
 def _new_row(session: Session, order: Order, dispute: dict) -> Dispute:

@@ -20,6 +20,7 @@ from models.orders import (
     hold_payment_intent,
     keep_payment_intent,
     release_reservations,
+    settle_chargebacks,
 )
 
 log = structlog.get_logger(__name__)
@@ -88,11 +89,24 @@ def on_payment_succeeded(session: Session, event: dict, context: HandlerContext)
         # The intent is linked to the order by this event: a stray one (a second checkout tab), or the first
         # the order holds (checkout never heard Stripe's answer). Until now its events found no order of ours.
         links = found.other_intent or order.payment_intent_id is None
+        waiting = order.status in _WAITING_FOR_PAYMENT
         paid, counted_now = _count_payment(session, order, intent, event["id"])
         outcome = _apply_payment(session, intent, found, paid, counted_now)
+        if counted_now and not waiting:
+            # A payment counted for an order no longer waiting for one (staff reopened and retried it, it
+            # came on a second tab, or after the order was flagged): a dispute on its intent may be lost
+            # already, recorded and not counted while the payment was not (`settle_chargebacks`). An order
+            # waiting for its payment has no lost dispute (the first event of every dispute that takes money
+            # flags its order, and no order goes back to waiting), so the ordinary payment, here or in the
+            # worker's batch (`consumers.processing._is_ordinary`), costs no look-up for it.
+            settle_chargebacks(session, order, counting=intent["id"])
         if links and counted_now:
             outcome = _count_refunds_made_before(session, order, intent, paid, outcome, context)
         return outcome
+
+
+# The statuses of an order that waits for its payment (the worker's batch pays only these).
+_WAITING_FOR_PAYMENT = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
 
 
 def _count_refunds_made_before(session: Session, order: Order, intent: dict, paid: int, outcome: Outcome,
@@ -152,16 +166,20 @@ def _apply_payment(session: Session, intent: dict, found: _Found, paid: int, cou
     return Outcome.processed("order paid", order.id)
 
 
-def fulfil_paid_order(session: Session, order: Order) -> None:
-    """What a paid order sets going once its units are taken: used by this handler and by staff's accept."""
+def fulfil_paid_order(session: Session, order: Order, *, close_cart: bool = True) -> None:
+    """What a paid order sets going once its units are taken: used by this handler and by staff's accept.
+    `close_cart=False` leaves the order's cart alone: staff accept a late payment of an order whose cart the
+    expiry sweep gave back to the buyer (`models.orders.cart_left_to_buyer`), who may be filling it again."""
     first_payment = order.paid_at is None
     order.mark_paid()
     # Only a paid order gets a shipment and paid_at is never cleared: on its first payment
     # the order has none, so there is nothing to look up.
     create_shipment(session, order, known_absent=first_payment)
-    delete_cart_logically(session, order.cart_id)
+    if close_cart:
+        delete_cart_logically(session, order.cart_id)
     queue_order_mail(session, order, "confirmation")
-    log.info("order_paid", total=order.total, currency=order.currency)
+    log.info("order_paid", total=order.total, currency=order.currency,
+             **({} if close_cart else {"cart_left_to_buyer": order.cart_id}))
 
 
 def _own_order(session: Session, intent: dict, context: HandlerContext) -> _Found:
