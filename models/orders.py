@@ -21,7 +21,7 @@ from models.carts import Cart, CartStatus
 from models.catalog import Reservation, ReservationStatus, lock_stock, sold_units
 from models.db import add_row
 from models.errors import Conflict, IllegalTransition, InvalidInput, NotFound
-from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent
+from models.events import PAYMENT_SUCCEEDED, EventStatus, InboxEvent, OutboxMessage, Topic
 from models.history import OrderStatusChange, current_cause
 from models.refunds import Dispute, Refund, RefundSource
 from models.shipping import load_shipping_table, shipping_fee
@@ -655,6 +655,47 @@ def payment_set_aside_on(session: Session, intent_id: str) -> PaymentSetAside | 
                                                     OrderPaymentIntent.payment_intent_id == intent_id))):
                 return PaymentSetAside(order_id, intent_id, event_id, status, outcome)
     return None
+
+
+# At most this many of an order's earlier intents are asked about (the most recently replaced first):
+# each is one more round trip to Stripe on a screen the buyer waits for. An order has one or two in
+# practice (one per replacement after a decline or an unfinished 3-D Secure), and the older ones are
+# the likeliest to be cancelled at Stripe by now.
+EARLIER_INTENTS_ASKED = 3
+_PAYMENT_CANCELED = "payment_intent.canceled"
+
+
+def earlier_payment_intents(db: Session, order: Order) -> tuple[str, ...]:
+    """The intents the order held (or had made for it) before its current one, that Stripe could still
+    have charged, most recently replaced first, at most EARLIER_INTENTS_ASKED.
+
+    The pay step gives an order a new intent when Stripe will not confirm the old one again, and only
+    queues the old one's cancellation: until it reaches Stripe, a second tab (or a 3-D Secure dialog left
+    open) can still be paid on the old one. One whose `payment_intent.canceled` event is stored is left
+    out: Stripe never takes money on a cancelled intent, so once the queued cancellation has gone
+    through (seconds, normally) the shop's screens (webhook_app.shop_pages.payment_outcome) ask Stripe
+    about the current intent only. The order among them is the order their cancellations were queued
+    in, newest first (the outbox, by its order_id index); any never queued (found by a worker through its metadata) come last. Each query is by an
+    index and reads a handful of rows."""
+    recorded = set(db.scalars(select(OrderPaymentIntent.payment_intent_id)
+                              .where(OrderPaymentIntent.order_id == order.id)))
+    recorded.discard(order.payment_intent_id)
+    if not recorded:
+        return ()
+    recorded -= set(db.scalars(select(InboxEvent.object_id).where(InboxEvent.object_id.in_(recorded),
+                                                                  InboxEvent.type == _PAYMENT_CANCELED)))
+    newest_first = []
+    for payload in db.scalars(select(OutboxMessage.payload)
+                              .where(OutboxMessage.order_id == order.id, OutboxMessage.topic == Topic.PAYMENT_CANCEL)
+                              .order_by(OutboxMessage.id.desc())):
+        try:
+            intent_id = json.loads(payload).get("payment_intent_id")
+        except (ValueError, AttributeError):
+            continue
+        if intent_id in recorded and intent_id not in newest_first:
+            newest_first.append(intent_id)
+    newest_first += sorted(recorded.difference(newest_first))
+    return tuple(newest_first[:EARLIER_INTENTS_ASKED])
 
 
 def order_recording(session: Session, intent_id: str) -> str | None:

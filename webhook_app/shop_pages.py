@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +39,8 @@ from models.catalog_file import localized_product_names
 from models.db import transaction
 from models.errors import DomainError, InvalidInput, NotFound, OutOfStock, PriceChanged, TotalTooLarge
 from models.history import OrderStatusChange
-from models.orders import Order, OrderStatus, PaymentWaiting, ShippingAddress, get_order, payment_waiting
+from models.orders import (Order, OrderStatus, PaymentWaiting, ShippingAddress, earlier_payment_intents, get_order,
+                           payment_waiting)
 from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
 from webhook_app import state
 from webhook_app.admin import csrf
@@ -90,6 +92,14 @@ def _render(template: str, **context) -> str:
 
 def _t(key: str, **values) -> str:
     return translate(key, current_language(), **values)
+
+
+def _message_page(heading_key: str, message_key: str | None = None, **context) -> str:
+    """A page that only says something (an error, a refused link): its heading from `heading_key`, with the
+    phrase breaks of every heading (shop_text.heading), then the sentence of `message_key` if it says more."""
+    title = _t(heading_key)
+    return _render("message.html", title=title, heading_key=heading_key,
+                   message=_t(message_key) if message_key else title, **context)
 
 
 def _with_language(language: str) -> str:
@@ -155,7 +165,7 @@ def _shop_headers(response):
 def _form_expired(exc: CSRFError):
     if _wants_json():
         return jsonify({"error": {"code": "csrf_failed", "message": _t("form_expired")}}), 400
-    return _render("message.html", title=_t("form_expired"), message=_t("form_expired")), 400
+    return _message_page("form_expired"), 400
 
 
 @bp.errorhandler(NotFound)
@@ -165,7 +175,7 @@ def _not_found(exc: NotFound):
 
 def not_found_page():
     """The shop's "page not found", in the buyer's language (also for an address no route matches)."""
-    return _render("message.html", title=_t("not_found"), message=_t("not_found")), 404
+    return _message_page("not_found"), 404
 
 
 # An error page's title and sentence by status (webhook_app.errors decides who gets one); any
@@ -181,8 +191,7 @@ def error_page(status: int):
         page = not_found_page()
     else:
         key = ERROR_TEXT.get(status, "error_other")
-        page = _render("message.html", title=_t(f"{key}_title"), message=_t(key), back_to="back_to_shop",
-                       step=None), status
+        page = _message_page(f"{key}_title", key, back_to="back_to_shop", step=None), status
     # Also for an address no route of the shop matches (no blueprint, so no after_request of ours ran).
     return _shop_headers(make_response(page))
 
@@ -490,7 +499,8 @@ def checkout_confirm():
             return redirect(url_for("shop_pages.checkout_info"), 303)
         placed = _open_order(db)
         stored = payment_waiting(db, placed) if placed is not None else None
-    outcome = payment_outcome(placed, stored) if placed is not None else None
+        earlier = earlier_payment_intents(db, placed) if placed is not None and stored is None else ()
+    outcome = payment_outcome(placed, stored, earlier) if placed is not None else None
     if outcome is not None:
         lapsed = hold_lapsed(placed) is not None
         if outcome.state in (RECEIVED, PROCESSING) or (lapsed and outcome.state == UNKNOWN):
@@ -729,9 +739,17 @@ _INTENT_OUTCOME = {"succeeded": RECEIVED, "requires_capture": RECEIVED, "process
                    "requires_action": AUTHENTICATING}
 
 
-def payment_outcome(order: Order, stored: PaymentWaiting | None) -> PaymentOutcome | None:
+# Below this much of the page's Stripe deadline left, an earlier intent is not asked: its answer
+# would come too late to be trusted, so the outcome is unknown rather than a guess.
+_MIN_ASK_SECONDS = 0.5
+
+
+def payment_outcome(order: Order, stored: PaymentWaiting | None,
+                    earlier: tuple[str, ...] = ()) -> PaymentOutcome | None:
     """What became of the payment of a payable order; None for any other (its status says it all).
-    `stored` is the order's payment stored and not yet applied, if any (models.orders.payment_waiting).
+    `stored` is the order's payment stored and not yet applied, if any (models.orders.payment_waiting);
+    `earlier` the intents it held before its current one that Stripe could still have charged
+    (earlier_payment_intents).
 
     Stripe is the source of truth, and our database only learns from its events: a card sent
     after a declined one can be charged while the pay step's answer is lost on the way (to the
@@ -740,8 +758,11 @@ def payment_outcome(order: Order, stored: PaymentWaiting | None) -> PaymentOutco
     for the order's intent (the one any card is confirmed on): its status, and its latest
     decline, which is newer than ours when its event is still on the way. A decline only our
     database knows (the intent holds nothing newer: a replacement nobody paid on yet) still
-    stands. Stripe not answering is said as such (UNKNOWN), never as the old decline. Called with
-    no database session open: no connection waits while Stripe answers.
+    stands. When the current intent holds no payment, the earlier ones are asked too, in turn,
+    within what is left of the same deadline: money taken on one of them (another tab) is a payment
+    received, never "not paid yet" or a decline. Stripe not answering, about any of them, is said as
+    such (UNKNOWN), never as the old decline. Called with no database session open: no connection
+    waits while Stripe answers.
     """
     if order.status not in PAYABLE:
         return None
@@ -751,18 +772,22 @@ def payment_outcome(order: Order, stored: PaymentWaiting | None) -> PaymentOutco
                         if order.status is OrderStatus.PAYMENT_FAILED else PaymentOutcome(NOT_PAID))
     if order.payment_intent_id is None:
         return recorded_decline
-    try:
-        intent = retrieve_payment_intent(order.payment_intent_id,
-                                         deadline_seconds=state().settings.stripe_deadline_seconds)
-    except PaymentGatewayError as exc:
-        log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=order.payment_intent_id,
-                    error=str(exc)[:200])
-        return PaymentOutcome(UNKNOWN)
-    if intent is None:  # Stripe does not know the intent (another account's key): nothing we can tell
-        log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=order.payment_intent_id,
-                    error="payment intent not found at Stripe")
+    # One deadline for the whole screen, however many intents it asks about.
+    deadline = time.monotonic() + state().settings.stripe_deadline_seconds
+    intent = _ask_stripe(order, order.payment_intent_id, deadline)
+    if intent is None:
         return PaymentOutcome(UNKNOWN)
     status = intent.get("status")
+    if status in _MONEY_MOVING:
+        return PaymentOutcome(_INTENT_OUTCOME[status])
+    for intent_id in earlier:
+        other = _ask_stripe(order, intent_id, deadline, earlier=True)
+        if other is None:
+            return PaymentOutcome(UNKNOWN)   # perhaps paid there: never "pay again" on a guess
+        if other.get("status") in _MONEY_MOVING:
+            log.info("payment_found_on_earlier_intent", order_id=order.id, payment_intent=intent_id,
+                     intent_status=other["status"], current_payment_intent=order.payment_intent_id)
+            return PaymentOutcome(_INTENT_OUTCOME[other["status"]])
     if status in _INTENT_OUTCOME:
         return PaymentOutcome(_INTENT_OUTCOME[status])
     error = intent.get("last_payment_error") or {}
@@ -770,6 +795,35 @@ def payment_outcome(order: Order, stored: PaymentWaiting | None) -> PaymentOutco
         return PaymentOutcome(DECLINED, error.get("message") or error.get("code") or "")
     # requires_payment_method with no decline, requires_confirmation, canceled: no money moved.
     return recorded_decline
+
+
+# Stripe's intent statuses that mean money taken or on its way, on whichever of the order's intents.
+_MONEY_MOVING = ("succeeded", "requires_capture", "processing")
+# Stripe answered about an earlier intent: it does not know it (another account's key). Nothing taken
+# that this account could show.
+_NOT_AT_STRIPE = {"status": "not_found"}
+
+
+def _ask_stripe(order: Order, intent_id: str, deadline: float, *, earlier: bool = False) -> dict | None:
+    """Stripe's record of one of the order's intents, within what is left of the screen's deadline;
+    None when Stripe did not answer in time (or, for the current intent, does not know it)."""
+    remaining = deadline - time.monotonic()
+    if remaining < _MIN_ASK_SECONDS:
+        log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=intent_id,
+                    error="no time left to ask Stripe within the deadline")
+        return None
+    try:
+        intent = retrieve_payment_intent(intent_id, deadline_seconds=remaining)
+    except PaymentGatewayError as exc:
+        log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=intent_id, error=str(exc)[:200])
+        return None
+    if intent is None:
+        # The current intent unknown to Stripe (another account's key): nothing we can tell. An earlier
+        # one: this account took nothing on it.
+        log.warning("payment_outcome_unknown" if not earlier else "earlier_payment_intent_not_at_stripe",
+                    order_id=order.id, payment_intent=intent_id, error="payment intent not found at Stripe")
+        return _NOT_AT_STRIPE if earlier else None
+    return intent
 
 
 def _complete_url(order: Order) -> str:
@@ -803,14 +857,15 @@ def complete(order_id: str):
     with state().sessions() as db:
         order = get_order(db, order_id)
         if not _token_opens(order, token):
-            return _render("message.html", title=_t("bad_token"), message=_t("bad_token")), 403
+            return _message_page("bad_token"), 403
         buyers_order = _session_order(db)
         # This buyer's own order, still payable: the decline is said beside the card field, where they can pay.
         buyers_open_order = buyers_order is not None and buyers_order.id == order.id and order.status in PAYABLE
         stored = payment_waiting(db, order) if order.status in PAYABLE else None
+        earlier = earlier_payment_intents(db, order) if order.status in PAYABLE and stored is None else ()
     # Until the worker has recorded Stripe's event, Stripe says what became of the payment (asked
     # with no database session open).
-    outcome = payment_outcome(order, stored)
+    outcome = payment_outcome(order, stored, earlier)
     if outcome is not None and outcome.state == DECLINED and buyers_open_order:
         # The buyer can try another card at once: the confirmation says the decline beside the card field.
         return redirect(url_for("shop_pages.checkout_confirm"), 303)
@@ -833,8 +888,7 @@ def my_page(order_id: str):
         except NotFound as exc:
             return _shop_headers(make_response(_not_found(exc)))
         if token is not None and not _token_opens(order, token):
-            return _shop_headers(make_response(
-                _render("message.html", title=_t("bad_token"), message=_t("bad_token")), 403))
+            return _shop_headers(make_response(_message_page("bad_token"), 403))
         history = []
         if token is not None:
             history = db.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == order.id)

@@ -2,7 +2,9 @@
 what Stripe says became of the payment ("not paid yet"), and Stripe not answering at all ("we could not
 check your payment just now"), never the old card's decline. The step bar says "Complete" only once the
 money is received; the UNKNOWN heading wraps between Japanese phrases on a phone, never mid-word; the
-confirmation offers no Pay while Stripe does not answer, only "Check again".
+confirmation offers no Pay while Stripe does not answer, only "Check again". A payment another tab took on
+the order's earlier intent is shown as received; the step bar tells a screen reader which steps are done;
+an error page's Japanese heading wraps between phrases on a phone too.
 
 Stripe is made unreachable with tests.support.stripe_unreachable: the live server runs in this process
 and asks Stripe through the SDK's process-wide address, which the block points at a closed port (the
@@ -16,11 +18,12 @@ from urllib.parse import urlsplit
 import pytest
 from selenium.webdriver.common.by import By
 
+from consumers.checkout import replace_payment_intent
 from models.orders import Order, OrderStatus
 from tests.browser.shop_flow import (DECLINED, VISA, add_to_cart, enter_card, fill_information,
                                      pay_error, press_pay, shop_settings, stock, text_of, wait, wait_for_outcome)
 from tests.browser.test_shop_purchase import only_order, shop  # noqa: F401 - shop is a fixture
-from tests.support import stripe_unreachable
+from tests.support import confirm_card, free_port, stripe_unreachable
 
 # Refused by Stripe when the card is set up (localstripe's "attaching is declined"): the order is
 # placed and its stock held, but no payment was ever tried on its PaymentIntent.
@@ -74,10 +77,15 @@ def outcome(browser) -> tuple[str, str, str]:
 
 
 def current_step(browser) -> str:
-    """The step bar's current step, the same for the eye (class) and for screen readers (aria-current)."""
+    """The step bar's current step, the same for the eye (class) and for screen readers (aria-current).
+    A done step is said to be done in words a screen reader reads, hidden from the eye (its colour says it)."""
     (shown,) = browser.find_elements(By.CSS_SELECTOR, ".steps li.current")
     assert shown.get_attribute("aria-current") == "step"
     assert len(browser.find_elements(By.CSS_SELECTOR, ".steps [aria-current]")) == 1
+    for done in browser.find_elements(By.CSS_SELECTOR, ".steps li.done"):
+        (said,) = done.find_elements(By.CSS_SELECTOR, ".visually-hidden")
+        assert said.get_attribute("textContent") in (" (done)", "（完了済み）")
+        assert said.size["width"] <= 1 and said.size["height"] <= 1   # read, not seen
     return shown.text
 
 
@@ -92,9 +100,9 @@ def on_phone(browser):
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
-def heading_lines(browser) -> list[str]:
-    """The outcome's heading as laid out, line by line; it never overflows its box."""
-    heading = browser.find_element(By.CSS_SELECTOR, "#outcome h1")
+def heading_lines(browser, css: str = "#outcome h1") -> list[str]:
+    """The outcome's heading (or another) as laid out, line by line; it never overflows its box."""
+    heading = browser.find_element(By.CSS_SELECTOR, css)
     assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", heading)
     return browser.execute_script(LINES_OF, heading)
 
@@ -233,3 +241,66 @@ def test_stripe_not_answering_is_said_on_the_confirmation_screen_not_as_the_old_
     wait_for_outcome(browser, "paid")
     assert only_order(sessions).status is OrderStatus.PAID
     assert stock(sessions, "TEA-01") == (38, 0)
+
+
+@pytest.fixture
+def shop_hearing_no_events(live_server, localstripe):
+    """The shop on a real HTTP server that Stripe's events never reach (localstripe sends them to a port
+    nothing listens on), with no worker: what Stripe did is known only to Stripe."""
+    localstripe.register_webhook(f"http://127.0.0.1:{free_port()}/webhooks/stripe")
+    yield live_server
+
+
+def test_a_payment_another_tab_took_on_the_orders_earlier_intent_is_shown_as_received(
+        browser, shop_hearing_no_events, screenshot, sessions, settings):
+    shop = shop_hearing_no_events
+    to_confirmation(browser, shop)
+    enter_card(browser, REFUSED_AT_SETUP)
+    press_pay(browser)
+    assert "declined" in pay_error(browser).lower()
+    order = only_order(sessions)
+    earlier = order.payment_intent_id
+    # Another tab pays the order's intent at Stripe while this one's pay step gives the order a new intent
+    # (Stripe would not confirm the old one again, it thought); the payment's event never arrives.
+    assert confirm_card(earlier, VISA) == "succeeded"
+    replace_payment_intent(sessions, settings, order.id, earlier, "requires_payment_method")
+    order = only_order(sessions)
+    assert order.payment_intent_id != earlier and order.status is OrderStatus.PENDING_PAYMENT
+
+    # The buyer reloads the confirmation: no card field, no Pay; the complete screen says the money is received.
+    browser.get(f"{shop}/checkout/confirm?lang=en")
+    wait(browser).until(lambda b: "/complete" in b.current_url)
+    assert outcome(browser)[:2] == ("payment_received", "Payment received")
+    assert "Not paid yet" not in text_of(browser, "main")
+    assert current_step(browser) == "Complete"
+    screenshot("complete-paid-on-earlier-intent")
+    browser.get(complete_url(shop, order, lang="ja"))
+    assert outcome(browser)[:2] == ("payment_received", "お支払いを受け付けました")
+    assert current_step(browser) == "完了"
+    screenshot("complete-paid-on-earlier-intent-ja", phone=True)
+    assert only_order(sessions).status is OrderStatus.PENDING_PAYMENT   # all of it from Stripe, none from us
+
+
+def test_a_japanese_error_page_heading_wraps_between_phrases_on_a_phone(browser, shop, screenshot, sessions):
+    to_confirmation(browser, shop)
+    browser.get(f"{shop}/checkout/confirm?lang=ja")
+    assert browser.find_element(By.CSS_SELECTOR, "ol.steps").get_attribute("aria-label") == "ご購入の手順"
+    assert current_step(browser) == "ご確認"   # and cart, information said to be done
+    enter_card(browser, REFUSED_AT_SETUP)
+    press_pay(browser)
+    pay_error(browser)
+    order = only_order(sessions)
+
+    # The order's link with a wrong token: the refusal's heading is a long Japanese sentence.
+    browser.get(f"{shop}/orders/{order.id}/complete?token=wrong&lang=ja")
+    heading = "このリンクではご注文を表示できません。ご注文確認メールのリンクをお使いください。"
+    phrases = ("このリンクでは", "ご注文を", "表示できません。", "ご注文確認メールの", "リンクを", "お使いください。")
+    with on_phone(browser):
+        lines = heading_lines(browser, "main h1")
+    phrase_ends = {len("".join(phrases[:n])) for n in range(1, len(phrases))}
+    line_ends = {len("".join(lines[:n])) for n in range(1, len(lines))}
+    assert "".join(lines) == heading
+    assert len(lines) >= 2 and line_ends <= phrase_ends, lines
+    assert browser.find_element(By.CSS_SELECTOR, "main h1").value_of_css_property("word-break") == "keep-all"
+    screenshot("error-bad-link-ja")
+    screenshot("error-bad-link-ja", phone=True)

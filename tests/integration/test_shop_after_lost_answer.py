@@ -36,11 +36,15 @@ def complete_url(order) -> str:
 
 
 def current_step(html: str) -> str:
-    """The step bar's current step, the same for the eye (class) and for screen readers (aria-current)."""
-    steps = re.findall(r'<li class="([^"]*)"( aria-current="step")?>([^<]*)</li>', html)
-    shown = [label for css, _, label in steps if css == "current"]
-    announced = [label for _, aria, label in steps if aria]
+    """The step bar's current step, the same for the eye (class) and for screen readers (aria-current);
+    each step before it is said to be done in words too, not only by its colour."""
+    steps = re.findall(r'<li class="([^"]*)"( aria-current="step")?>([^<]*)'
+                       r'(?:<span class="visually-hidden">([^<]*)</span>)?</li>', html)
+    shown = [label for css, _, label, _ in steps if css == "current"]
+    announced = [label for _, aria, label, _ in steps if aria]
     assert len(steps) == 4 and len(shown) == 1 and shown == announced, steps
+    assert [css == "done" for css, *_ in steps] == [bool(said) for *_, said in steps], steps
+    assert {said for *_, said in steps} <= {"", " (done)", "（完了済み）"}, steps
     return shown[0]
 
 
