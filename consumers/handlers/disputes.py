@@ -173,21 +173,33 @@ def _held_after(found: _Found, row: Dispute) -> str:
             + ("" if order.money_held > 0 else ": nothing to refund or keep, cancel it to put unshipped units back"))
 
 
-def _take_status(session: Session, found: _Found, row: Dispute, dispute: dict) -> None:
+def _take_status(session: Session, found: _Found, row: Dispute, dispute: dict) -> str | None:
     """Won and lost (and Stripe's other decided statuses) are final, and undecided ones only move
     forward (`_UNDECIDED_ORDER`): a later event naming an earlier status is stale and changes nothing.
     Events of one dispute share no sequence number and the row keeps no event time, so the statuses
-    themselves decide."""
+    themselves decide. One decided status replaced by another (won, then lost) is not a stale event:
+    Stripe says so, so it is taken, and the decided status it replaced is returned for the caller to
+    flag the order (a person must hear of money taken back after it was said to be kept)."""
     status = dispute.get("status")
     if not status or status == row.status:
-        return
+        return None
     if (row.status in _DECIDED and status not in _DECIDED) or (
             status in _UNDECIDED_RANK and _UNDECIDED_RANK[status] < _UNDECIDED_RANK.get(row.status, -1)):
         log.info("dispute_status_stale", dispute_id=row.stripe_dispute_id, dispute_status=row.status,
                  stale_status=status)
-        return
+        return None
+    replaced = row.status if row.status in _DECIDED else None
     row.status = status
     _count_chargeback(session, found)
+    if replaced is not None:
+        log.warning("dispute_decision_changed", dispute_id=row.stripe_dispute_id, was=replaced, now=status)
+    return replaced
+
+
+def _decision_changed(found: _Found, row: Dispute, replaced: str) -> Outcome:
+    return flag_or_note(found.order, f"dispute {row.stripe_dispute_id} was decided {replaced}, and Stripe now says "
+                                     f"{row.status} ({row.amount} {row.currency}){_held_after(found, row)}"
+                                     f"{found.aside()}")
 
 
 @handles("charge.dispute.created")
@@ -210,7 +222,9 @@ def on_dispute_updated(session: Session, event: dict, context: HandlerContext) -
         return _no_order(dispute)
     if row is None:  # the update overtook the opening
         return _first_seen(session, found, _new_row(session, order, dispute))
-    _take_status(session, found, row, dispute)
+    replaced = _take_status(session, found, row, dispute)
+    if replaced is not None:
+        return _decision_changed(found, row, replaced)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} is {row.status}", order.id)
 
 
@@ -226,10 +240,12 @@ def on_dispute_closed(session: Session, event: dict, context: HandlerContext) ->
         row.closed_at = utcnow()
         log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
         return _first_seen(session, found, row)
-    _take_status(session, found, row, dispute)
+    replaced = _take_status(session, found, row, dispute)
     if row.closed_at is None:
         row.closed_at = utcnow()
     log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
+    if replaced is not None:
+        return _decision_changed(found, row, replaced)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} closed: {row.status}", order.id,
                              alert=f"Order {order.id}: dispute {row.stripe_dispute_id} closed: {row.status} "
                                    f"({row.amount} {row.currency}){_held_after(found, row)}{found.aside()}")

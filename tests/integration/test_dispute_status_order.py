@@ -66,3 +66,29 @@ def test_an_inquiry_escalated_into_a_chargeback_takes_the_chargebacks_status(
         stripe_says(dispute_event("updated" if status != "warning_needs_response" else "created",
                                   order, charge_id, status))
         assert _dispute(sessions).status == status
+
+
+@pytest.mark.parametrize("kind", ["updated", "closed"])
+def test_a_dispute_decided_won_that_stripe_then_says_is_lost_flags_the_order_and_counts_the_chargeback(
+        client, sessions, paid_order, stripe_says, kind):
+    from consumers.staff_actions import accept_order
+    from models.orders import OrderStatus
+    from tests.integration.test_refunds_and_disputes import alerts
+
+    order = paid_order()
+    charge_id = _charge_of(order)
+    stripe_says(dispute_event("created", order, charge_id, "needs_response"))
+    stripe_says(dispute_event("closed", order, charge_id, "won"))
+    accept_order(sessions, order["order_id"], actor="alice", note="the dispute was won")
+    assert order_row(sessions, order).status is OrderStatus.PAID
+    before = len(alerts(sessions))
+
+    stripe_says(dispute_event(kind, order, charge_id, "lost"))
+
+    assert _dispute(sessions).status == "lost"
+    row = order_row(sessions, order)
+    assert row.status is OrderStatus.NEEDS_REVIEW
+    assert "was decided won, and Stripe now says lost" in row.review_reason
+    assert row.charged_back_amount == order["total"] and row.money_held == 0
+    said = [alert.text for alert in alerts(sessions)[before:]]
+    assert any("was decided won, and Stripe now says lost" in message for message in said), said
