@@ -63,6 +63,28 @@ def _stored_once_each(cluster, event_ids) -> None:
     assert {count for _, count in rows} <= {1}  # one outbox row each
 
 
+def the_new_store_process_serves_until_gunicorn_stops(cluster, pid: int) -> None:
+    """After the store process was replaced by `pid`: stores go through it again once the web processes'
+    one-second pause in trying it is over (a web process that stored one itself would have said so:
+    connection lost, or unreachable), a paid order goes through, and gunicorn's stop ends it."""
+    time.sleep(1.5)
+    warnings = len(_lines(cluster, "store_process_connection_lost") + _lines(cluster, "store_process_unreachable"))
+    later = [event_for("payment_intent.succeeded") for _ in range(20)]
+    assert [cluster.post_event(event).status_code for event in later] == [200] * len(later)
+    assert len(_lines(cluster, "store_process_connection_lost") + _lines(cluster, "store_process_unreachable")) \
+        == warnings
+    order = cluster.checkout([("TEA-01", 1)])
+    assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
+    cluster.wait_for_order(order["order_id"], {"paid"})
+
+    assert cluster.stop("web") == 0
+    assert not _alive(pid) and not os.path.exists(_socket(cluster))
+    (stopped,) = _lines(cluster, "store_process_stopped")  # the new one's: the killed one said nothing
+    assert stopped["events"] >= len(later) + 1  # and the order's succeeded event
+    _stored_once_each(cluster, {event["id"] for event in later})
+    cluster.stop_all()
+
+
 def test_webhooks_go_through_the_store_process_and_sigterm_of_gunicorn_stops_it_and_removes_its_socket(
         make_cluster):
     cluster = make_cluster(EMBEDDED)
@@ -135,24 +157,7 @@ def test_a_store_process_killed_during_a_stream_of_webhooks_loses_and_doubles_no
     assert restart["previous_pid"] == started["pid"] and _alive(restart["pid"])
     cluster.wait_until(lambda: len(_lines(cluster, "store_process_started")) == 2, timeout=WAIT,
                        what="the new store process listens")
-    # After the web processes' one-second pause in trying it, stores go through it again: a web
-    # process that stored one itself would have said so (connection lost, or unreachable).
-    time.sleep(1.5)
-    warnings = len(_lines(cluster, "store_process_connection_lost") + _lines(cluster, "store_process_unreachable"))
-    later = [event_for("payment_intent.succeeded") for _ in range(20)]
-    assert [cluster.post_event(event).status_code for event in later] == [200] * len(later)
-    assert len(_lines(cluster, "store_process_connection_lost") + _lines(cluster, "store_process_unreachable")) \
-        == warnings
-    order = cluster.checkout([("TEA-01", 1)])
-    assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
-    cluster.wait_for_order(order["order_id"], {"paid"})
-
-    assert cluster.stop("web") == 0
-    assert not _alive(restart["pid"]) and not os.path.exists(_socket(cluster))
-    (stopped,) = _lines(cluster, "store_process_stopped")  # the new one's: the killed one said nothing
-    assert stopped["events"] >= len(later) + 1  # and the order's succeeded event
-    _stored_once_each(cluster, {event["id"] for event in later})
-    cluster.stop_all()
+    the_new_store_process_serves_until_gunicorn_stops(cluster, restart["pid"])
 
 
 def test_the_store_process_dies_with_a_killed_gunicorn_master(make_cluster):

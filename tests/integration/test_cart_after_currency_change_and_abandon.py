@@ -3,8 +3,6 @@ what the late refusal of an abandoned checkout tells the client to do with its I
 from __future__ import annotations
 
 import copy
-import json
-from concurrent.futures import ThreadPoolExecutor
 
 import stripe
 from sqlalchemy import func, select
@@ -14,19 +12,14 @@ from models.catalog_file import apply_catalog
 from models.db import transaction
 from models.carts import Cart
 from models.orders import Order
-from tests.stripe_proxy import BlackHole, HoldingProxy, creates_payment_intent
-from tests.support import CATALOG, SHIPPING, assert_error, use_stripe
+from tests.integration.test_checkout import abandon_while_a_twin_creates
+from tests.integration.test_checkout_review_fixes import _catalog
+from tests.integration.test_checkout_review_fixes import _load as load_catalog
+from tests.support import CATALOG, SHIPPING, assert_error
 
 
 def _load(sessions, currency: str, *, products=None, shipping: bool = True) -> None:
-    catalog = copy.deepcopy(CATALOG)
-    catalog["currency"] = currency
-    if products is not None:
-        catalog["products"] = products
-    if not shipping:
-        del catalog["shipping"]
-    with transaction(sessions) as session:
-        apply_catalog(session, json.loads(json.dumps(catalog)))
+    load_catalog(sessions, _catalog(currency, shipping=shipping, products=products))
 
 
 def _add(client, cart_id: str, sku: str, quantity: int):
@@ -132,26 +125,7 @@ def test_the_late_refusal_of_an_abandoned_checkout_says_the_same_key_checks_the_
     """A's call to Stripe fails and A abandons the order (cart open again, key freed) while B's create,
     same key, is on its way back: B's 409 must say what really works next."""
     cart_id = _cart(client, ("TEA-01", 2))
-    hole = BlackHole()
-    proxy = HoldingProxy(localstripe.port, hold=creates_payment_intent)
-    try:
-        request_a = make_client(stripe_api_base=hole.base, stripe_deadline_seconds=30)
-        with ThreadPoolExecutor(2) as pool:
-            a = pool.submit(_checkout, request_a, cart_id, "key-abandoned")
-            hole.wait_for_requests(1)  # A placed the order and waits on Stripe
-            # Built now: an app sets the Stripe SDK's one API base as it is built.
-            request_b = make_client(stripe_api_base=proxy.base, stripe_deadline_seconds=30)
-            b = pool.submit(_checkout, request_b, cart_id, "key-abandoned")
-            proxy.wait_for_answers(1)  # Stripe made B's intent; B has not heard yet
-            hole.cut()
-            a = a.result(30)
-            assert a.status_code == 502, a.get_json()
-            proxy.release()
-            b = b.result(30)
-    finally:
-        hole.close()
-        proxy.close()
-        use_stripe(localstripe.base)
+    b = abandon_while_a_twin_creates(localstripe, make_client, cart_id, "key-abandoned")
     [abandoned] = _orders(sessions)
     error = assert_error(b, 409, "checkout_cancelled", "Idempotency-Key")
     assert abandoned.id in error["message"]

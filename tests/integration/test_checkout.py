@@ -501,6 +501,31 @@ def _in_thread(pool, client, cart_id, key):
     return pool.submit(lambda: client.post("/checkout", json=checkout_body(cart_id), headers={"Idempotency-Key": key}))
 
 
+def abandon_while_a_twin_creates(localstripe, make_client, cart_id: str, key: str):
+    """Request A's call to Stripe fails and A abandons its order (502) while twin B's create, same key, is
+    on its way back from Stripe; B's answer is returned once B has heard."""
+    hole = BlackHole()
+    proxy = HoldingProxy(localstripe.port, hold=creates_payment_intent)
+    try:
+        request_a = make_client(stripe_api_base=hole.base, stripe_deadline_seconds=30)
+        with ThreadPoolExecutor(2) as pool:
+            a = _in_thread(pool, request_a, cart_id, key)
+            hole.wait_for_requests(1)  # A placed the order and waits on Stripe
+            # Built now: an app sets the Stripe SDK's one API base as it is built.
+            request_b = make_client(stripe_api_base=proxy.base, stripe_deadline_seconds=30)
+            b = _in_thread(pool, request_b, cart_id, key)
+            proxy.wait_for_answers(1)  # Stripe made B's intent; B has not heard yet
+            hole.cut()
+            a = a.result(30)
+            assert a.status_code == 502, a.get_json()
+            proxy.release()
+            return b.result(30)
+    finally:
+        hole.close()
+        proxy.close()
+        use_stripe(localstripe.base)
+
+
 def _payment_cancels(sessions) -> list[dict]:
     with sessions() as session:
         return [json.loads(m.payload) for m in session.scalars(
@@ -539,25 +564,7 @@ def test_an_intent_that_arrives_after_its_checkout_was_abandoned_is_refused_and_
         client, sessions, localstripe, make_client, new_cart, deliver):
     """A's call fails and A abandons the order while B's create (same key) is on its way back."""
     cart_id = new_cart([("TEA-01", 2)])
-    hole = BlackHole()
-    proxy = HoldingProxy(localstripe.port, hold=creates_payment_intent)
-    try:
-        request_a = make_client(stripe_api_base=hole.base, stripe_deadline_seconds=30)
-        with ThreadPoolExecutor(2) as pool:
-            a = _in_thread(pool, request_a, cart_id, "key-late")
-            hole.wait_for_requests(1)
-            request_b = make_client(stripe_api_base=proxy.base, stripe_deadline_seconds=30)
-            b = _in_thread(pool, request_b, cart_id, "key-late")
-            proxy.wait_for_answers(1)  # Stripe made B's intent; B has not heard yet
-            hole.cut()
-            a = a.result(30)
-            assert a.status_code == 502, a.get_json()
-            proxy.release()
-            b = b.result(30)
-    finally:
-        hole.close()
-        proxy.close()
-        use_stripe(localstripe.base)
+    b = abandon_while_a_twin_creates(localstripe, make_client, cart_id, "key-late")
     error = assert_error(b, 409, "checkout_cancelled", "Idempotency-Key")
     assert "client_secret" not in b.get_data(as_text=True)
     assert "cancelled" in error["message"]
