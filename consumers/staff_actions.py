@@ -422,15 +422,11 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
 STILL_PAYABLE = ("requires_payment_method", "requires_confirmation", "requires_action", "requires_capture")
 
 
-def intents_paid_on(session: Session, order: Order) -> set[str]:
-    """Every intent a payment of the order was counted on (the order's own, a second tab's). When the
-    order's own is not among them, accept and refund have it cancelled at Stripe (`_stop_payments_on`)."""
-    return intents_counted_for(session, order)
-
-
 def _intents_paid(session: Session, order: Order) -> list[str]:
-    """The order's own intent first, then every other intent a payment of the order was counted on."""
-    return [order.payment_intent_id, *sorted(intents_paid_on(session, order) - {order.payment_intent_id})]
+    """The order's own intent first, then every other intent a payment of the order was counted on (a second
+    tab's). When the order's own is not among those, accept and refund have it cancelled at Stripe
+    (`_stop_payments_on`)."""
+    return [order.payment_intent_id, *sorted(intents_counted_for(session, order) - {order.payment_intent_id})]
 
 
 def _stop_payments_on(session: Session, order: Order) -> str:
@@ -509,7 +505,7 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
             if buyers_cart is not None:
                 detail += (f"; cart {buyers_cart.id} left to the buyer ({buyers_cart.status.value} again since the "
                            f"order's hold ran out)")
-        if order.payment_intent_id and order.payment_intent_id not in intents_paid_on(session, order):
+        if order.payment_intent_id and order.payment_intent_id not in intents_counted_for(session, order):
             detail += _stop_payments_on(session, order)  # kept a payment on another tab's intent
         return _audit(session, actor=actor, action="accept", target=target, order=order, before=before, note=note,
                       detail=detail)

@@ -202,5 +202,3 @@ def test_ordinary_payments_make_no_statement_about_disputes(settings, sessions, 
         assert set(session.scalars(select(OutboxMessage.status))) == {OutboxStatus.DONE}
     about_disputes = [s for s in statements if "disputes" in s]
     assert about_disputes == []
-    print(f"\n{settings.database_url.split(':')[0]}, {path}: {len(statements)} statements for {ORDERS} ordinary "
-          f"payments")

@@ -12,13 +12,13 @@ from sqlalchemy import or_, select
 
 from consumers.order_story import find_orders_by_reference, order_story
 from consumers.payments import PaymentGatewayError
-from consumers.staff_actions import (accept_order, cancel_order, find_orders, intents_paid_on, not_shippable,
+from consumers.staff_actions import (accept_order, cancel_order, find_orders, not_shippable,
                                      order_id_of_message, refund_order, ship_order)
 from models.catalog import ReservationStatus, Stock
 from models.errors import DomainError, NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
 from models.orders import (Order, OrderStatus, PaymentWaiting, ShipmentStatus, can_transition, cancel_ruled_out,
-                           get_order, payment_waiting, payments_waiting)
+                           get_order, intents_counted_for, payment_waiting, payments_waiting)
 from models.refunds import Dispute, disputes_ruling_out_refund, refund_ruled_out
 from webhook_app import state
 from webhook_app.admin import actor, bp, page_arg
@@ -137,7 +137,7 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
     own_unpaid = ([f"Its PaymentIntent {order.payment_intent_id}, never paid (the money came on another), is "
                    f"cancelled at Stripe, so the customer cannot pay twice."]
                   if order.payment_intent_id and order.money_held > 0
-                  and order.payment_intent_id not in intents_paid_on(session, order) else [])
+                  and order.payment_intent_id not in intents_counted_for(session, order) else [])
     if decision == "accept":
         out = [f"Money: the {held} taken is kept; nothing goes back to the customer."]
         if shipment is not None and shipment.status is not ShipmentStatus.CANCELLED:
