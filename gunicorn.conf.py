@@ -54,6 +54,12 @@ def on_starting(server):
         server.store_process.start()
 
 
+def post_fork(server, worker):
+    # A web process does not read the store process's heartbeat: the master does.
+    if getattr(server, "store_process", None) is not None:
+        server.store_process.forget_in_worker()
+
+
 def on_exit(server):
     # After the web processes have finished their requests: stop the store process (it removes its socket).
     if getattr(server, "store_process", None) is not None:

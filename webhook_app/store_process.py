@@ -617,6 +617,17 @@ class StoreProcessSupervisor:
         self._started_at = self._last_beat = time.monotonic()
         self._beating = False
 
+    def forget_in_worker(self) -> None:
+        """In a web process just forked from the master: close its copy of the heartbeat pipe's read
+        end (fork copies every descriptor), which only the master reads. Without the lock, which a
+        thread of the master may have held at the fork and nobody would let go of here."""
+        beats, self._beats = self._beats, None
+        if beats is not None:
+            try:
+                os.close(beats)
+            except OSError:
+                pass
+
     def _close_beats(self) -> None:
         if self._beats is not None:
             os.close(self._beats)

@@ -157,3 +157,31 @@ def test_a_store_process_waiting_for_the_writers_turn_or_sqlites_lock_longer_tha
     (stopped,) = _lines(cluster, "store_process_stopped")
     assert stopped["events"] >= 3 + 16  # every one of them went through it, the waiting ones too
     cluster.stop_all()
+
+
+def _pipes_of(pid: int) -> set[str]:
+    """The pipes a process holds open, as the kernel names them ("pipe:[inode]")."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith("pipe:"):
+            held.add(target)
+    return held
+
+
+def test_only_the_master_holds_the_heartbeat_pipe_not_the_web_processes(make_cluster):
+    cluster = make_cluster(EMBEDDED)
+    (started,) = _lines(cluster, "store_process_started")
+    store_pid = started["pid"]
+    arguments = open(f"/proc/{store_pid}/cmdline").read().split("\0")
+    pipe = os.readlink(f"/proc/{store_pid}/fd/{arguments[arguments.index('--heartbeat-fd') + 1]}")
+    master = cluster.procs["web"].pid
+    web_processes = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and int(pid) != store_pid
+                     and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(master)]
+    assert len(web_processes) >= 1
+    assert pipe in _pipes_of(master)  # the master reads the beats: a web process that held the pipe
+    for pid in web_processes:         # too would keep it open past a master that died
+        assert pipe not in _pipes_of(pid), f"web process {pid} holds the store process's heartbeat pipe"
