@@ -586,7 +586,9 @@ def e2e_step(workdir: Path, cluster: Cluster, watch: Watch, rate: float, seconds
     """wrk at `rate` events/s for `seconds`, each event paying an order made beforehand; latency is
     the order's paid_at minus its event's received_at (the webhook's store), per order."""
     prefix = f"pi_bench_{tag}_"
-    count = int(rate * seconds) + 2 * RATE_CONNECTIONS
+    # wrk's run lasts a little longer than `seconds` (5.08-5.1 s for -d5s), and its timetable sends
+    # on through it: a second's events to spare (at 1,250/s, 2 x 64 spare ran out).
+    count = int(rate * (seconds + 1)) + 2 * RATE_CONNECTIONS
     intents = create_orders(cluster, count, prefix)
     bodies = write_bodies(workdir / f"e2e-{tag}.txt", event_payloads(count, intents))
     load = run_wrk(cluster.port, bodies, seconds, rate=rate)
