@@ -139,19 +139,38 @@ def db():
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True, help="Alembic revision to migrate to.")
+@click.option("--revision", default="head", show_default=True,
+              help="Alembic revision to migrate to; a database already at or past it is left as it is.")
 def db_upgrade(revision):
-    """Migrate the database at DATABASE_URL to the latest schema."""
+    """Migrate the database at DATABASE_URL to the latest schema, and say which revision it is at then."""
     from alembic.util import CommandError
 
-    from models.migrations import upgrade
+    from models.migrations import UnknownDatabaseRevision, upgrade
 
     settings = _settings()
     try:
-        upgrade(settings.database_url, revision)
+        done = upgrade(settings.database_url, revision)
+    except UnknownDatabaseRevision as exc:  # the usual cause: the code was rolled back, the database was not
+        raise click.ClickException(
+            f"the database is at revision {exc.revision}, which this release does not know: a newer release "
+            f"migrated it. Deploy that release (or a newer one) again, or restore the database from before its "
+            f"migration; nothing done") from exc
     except CommandError as exc:  # alembic names what is wrong with the revision asked for
+        if click.get_current_context().get_parameter_source("revision") is click.core.ParameterSource.DEFAULT:
+            raise click.ClickException(str(exc)) from exc
         raise click.BadParameter(str(exc), param_hint="--revision") from exc
-    click.echo(f"database migrated to {revision}")
+    at = done.after or "no revision (an empty database)"
+    asked = done.asked if done.asked == done.after else f"{done.asked} ({at})"
+    if done.moved:
+        click.echo(f"database migrated to {asked}, from {done.before or 'an empty database'}")
+    elif done.target is None:  # "base", or a relative revision
+        click.echo(f"database at {at}; nothing done")
+    elif done.target != done.after:
+        # Alembic's upgrade never goes down: a revision behind the database's is a no-op, not an error.
+        click.echo(f"database already past {done.asked} (at {at}); nothing done: `shop db upgrade` never "
+                   f"goes back to an older revision")
+    else:
+        click.echo(f"database already at {asked}; nothing done")
 
 
 @shop.group()

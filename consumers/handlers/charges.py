@@ -31,9 +31,14 @@ def _refunds_of(charge: dict, intent_id: str, refunded: int, context: HandlerCon
         if given_back(refunds) >= refunded:
             return refunds
     refunds = context.list_refunds(intent_id)
-    if given_back(refunds) < refunded:
+    # Stripe's list is as of now, the event's total as of when it was sent: a refund that failed or was
+    # canceled since still explains the total, though it gives nothing back now. Only a list short of
+    # the total even with those is one Stripe has not caught up with yet.
+    listed_total = sum(int(refund.get("amount") or 0) for refund in refunds)
+    if listed_total < refunded:
         raise RefundsNotListed(f"charge {charge.get('id')} is refunded {refunded}, but Stripe lists refunds of "
-                               f"{given_back(refunds)} for payment intent {intent_id}")
+                               f"{listed_total} for payment intent {intent_id} (failed and canceled ones "
+                               f"included)")
     return refunds
 
 
@@ -51,7 +56,11 @@ def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -
     if order is None:
         return Outcome.ignored(f"no order of ours for charge {charge.get('id')} (payment intent {intent_id})")
     amount, refunded = int(charge.get("amount") or 0), int(charge.get("amount_refunded") or 0)
-    return record_charge_refunds(session, order, _refunds_of(charge, intent_id, refunded, context),
+    refunds = _refunds_of(charge, intent_id, refunded, context)
+    # What the refunds give back now: less than the event's total when one failed or was canceled
+    # since, and the order is then neither refunded in full nor flagged as if it were.
+    refunded = min(refunded, given_back(refunds))
+    return record_charge_refunds(session, order, refunds,
                                  charge_id=charge.get("id"), amount=amount, refunded=refunded,
                                  currency=charge.get("currency") or order.currency)
 

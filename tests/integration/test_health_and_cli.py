@@ -232,10 +232,10 @@ def test_unknown_verb_is_exit_2(run_shop):
 def test_db_upgrade_creates_the_schema_and_is_safe_to_run_again(run_shop, tmp_path):
     url = f"sqlite:///{tmp_path / 'fresh' / 'new.db'}"
     (tmp_path / "fresh").mkdir()
-    for _ in range(2):
+    for said in ("database migrated to head", "database already at head"):
         result = run_shop("db", "upgrade", DATABASE_URL=url)
         assert result.exit_code == 0, result.output
-        assert "migrated to head" in result.output
+        assert said in result.output
     engine = create_engine(url)
     try:
         tables = set(inspect(engine).get_table_names())
