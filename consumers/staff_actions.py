@@ -44,7 +44,7 @@ from models.orders import (
     return_unshipped_units,
     settle_chargebacks,
 )
-from models.refunds import Refund, RefundSource, disputes_ruling_out_refund, refund_ruled_out
+from models.refunds import REFUND_RULED_OUT, Dispute, Refund, RefundSource, refund_ruled_out
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -89,8 +89,8 @@ def _audited_refusal(factory: sessionmaker[Session], *, actor: str, action: str,
     """
     try:
         yield
-    except NotFound:
-        raise
+    except (NotFound, RefundPartlyDone):
+        raise  # nothing was decided about anything, or what was done is audited already
     except (DomainError, PaymentGatewayError) as exc:
         outcome = f"refused: {exc.message}" if isinstance(exc, DomainError) else f"failed at Stripe: {exc}"
         with transaction(factory) as session:
@@ -366,6 +366,72 @@ def refund_order(factory: sessionmaker[Session], order_id: str, *, actor: str, r
         return _give_money_back(factory, order_id, actor=actor, action="refund", note=reason)
 
 
+class RefundPartlyDone(PaymentGatewayError):
+    """A refund Stripe made on some of the order's intents and refused (or could not take) on another:
+    what was made is recorded and audited (`decision`, its detail `partly done: …`), the order keeps
+    what it still holds and is not refunded; the message says what went back and what did not."""
+
+    def __init__(self, decision: Decision):
+        super().__init__(f"order {decision.order_id}: {decision.detail}")
+        self.decision = decision
+
+
+def disputes_by_intent(session: Session, order_ids: list[str]) -> dict[str, dict[str | None, Dispute]]:
+    """For each order that has one, its intents a dispute rules a refund out of, each with its latest such
+    dispute (`REFUND_RULED_OUT`: open, Stripe refuses to refund the charge; lost, the card network gave the
+    money back). Key None: a dispute that does not say which intent it contests."""
+    found: dict[str, dict[str | None, Dispute]] = {}
+    if not order_ids:
+        return found
+    for dispute in session.scalars(select(Dispute).where(Dispute.order_id.in_(order_ids),
+                                                         Dispute.status.in_(REFUND_RULED_OUT)).order_by(Dispute.id)):
+        found.setdefault(dispute.order_id, {})[dispute.payment_intent_id] = dispute
+    return found
+
+
+def held_on_disputed_intents(session: Session, order: Order, disputed: dict[str | None, Dispute]) -> int:
+    """What the order holds on intents whose dispute is open (a lost one's money is counted off already)."""
+    counted = intents_counted_for(session, order)
+    return sum(d.amount for intent_id, d in disputed.items() if intent_id in counted and d.status != "lost")
+
+
+def refunds_ruled_out(session: Session, orders: list[Order]) -> dict[str, Dispute]:
+    """For each order a refund can give nothing back to because of a dispute, that dispute.
+
+    A dispute rules out its own intent only: the refund leaves that intent out and gives back what
+    the others hold. So it rules the order's refund out when no undisputed intent holds money by our
+    counts: every intent paid on it is disputed, or it holds no more than its open disputes contest. A
+    dispute that does not say which intent it contests rules out the whole order."""
+    by_order = disputes_by_intent(session, [order.id for order in orders])
+    ruled_out = {}
+    for order in orders:
+        disputed = by_order.get(order.id)
+        if not disputed:
+            continue
+        latest = max(disputed.values(), key=lambda dispute: dispute.id)
+        undisputed = intents_counted_for(session, order) - disputed.keys()
+        if None in disputed:
+            ruled_out[order.id] = disputed[None]
+        elif not undisputed or order.money_held <= held_on_disputed_intents(session, order, disputed):
+            ruled_out[order.id] = latest
+    return ruled_out
+
+
+def refund_ruled_out_on(dispute: Dispute) -> str:
+    """Why a refund cannot give back an intent's money (or the order's, when it is the only one left)."""
+    on = f"payment intent {dispute.payment_intent_id}" if dispute.payment_intent_id else "an unnamed payment intent"
+    return f"{refund_ruled_out(dispute)} ({on})"
+
+
+def _left_out(dispute: Dispute) -> str:
+    """What an audit row, a review reason and the console say of an intent the refund leaves out."""
+    if dispute.status == "lost":
+        return (f"payment intent {dispute.payment_intent_id} left out: its dispute {dispute.stripe_dispute_id} was "
+                f"lost, the card network gave {dispute.amount} {dispute.currency} back already")
+    return (f"payment intent {dispute.payment_intent_id} left out: disputed (dispute {dispute.stripe_dispute_id} is "
+            f"{dispute.status}), Stripe does not refund it; decide once the dispute is closed")
+
+
 def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: str, action: str,
                      note: str) -> Decision:
     """The one refund path (refund, cancel --refund): safe to run again after a lost commit.
@@ -375,6 +441,12 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
     is asked first which refunds it already holds: one we made but never recorded (our commit was
     lost) is recorded now instead of being made twice. A new refund is keyed on the order, the
     intent and the attempt, never on staff's words, which stay in our database.
+
+    An intent a dispute rules out (open: Stripe refuses to refund it; lost: the customer has the money
+    back) is left out, and refused only when nothing else is left to give back. Each intent's refund
+    is its own call to Stripe: when Stripe refuses (or cannot take) one after making another, those
+    made are recorded as staff refunds all the same, the order is not refunded while it holds money
+    (it stays in review, saying why), and RefundPartlyDone says what went back and what did not.
     """
     with factory() as session:
         order = get_order(session, order_id)
@@ -382,25 +454,37 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
             raise Refused(f"order {order_id} is already refunded ({order.refunded_amount} {order.currency} given "
                           f"back, Stripe refund {order.refund_id}): there is nothing left to refund")
         order.ensure_refundable()
-        disputed = disputes_ruling_out_refund(session, [order_id]).get(order_id)
-        if disputed is not None:
-            raise Refused(refund_ruled_out(disputed))
+        disputed = disputes_by_intent(session, [order_id]).get(order_id, {})
+        if None in disputed:  # which payment it contests is unknown: none of them is refunded
+            raise Refused(refund_ruled_out(disputed[None]))
         intents = _intents_paid(session, order)
         recorded = set(session.scalars(select(Refund.stripe_refund_id).where(Refund.order_id == order_id)))
     refunds, paid, own_status = [], [], None
+    left_out = [disputed[intent_id] for intent_id in intents if intent_id in disputed]
+    not_taken: list[tuple[str, PaymentGatewayError]] = []
     for intent_id in intents:
-        intent = retrieve_payment_intent(intent_id) or {}
-        if intent_id == intents[0]:
-            own_status = intent.get("status")
-        if intent.get("status") == "succeeded":  # money was taken on it
-            paid.append(intent_id)
-            refunds += _refund_what_is_left(order_id, intent, recorded, own=intent_id == intents[0])
-    if not paid:
+        if intent_id in disputed:
+            continue
+        try:
+            intent = retrieve_payment_intent(intent_id) or {}
+            if intent_id == intents[0]:
+                own_status = intent.get("status")
+            if intent.get("status") == "succeeded":  # money was taken on it
+                paid.append(intent_id)
+                _refund_what_is_left(order_id, intent, recorded, own=intent_id == intents[0], into=refunds)
+        except PaymentGatewayError as exc:
+            not_taken.append((intent_id, exc))
+    if not_taken and not refunds:
+        raise not_taken[0][1]  # nothing went back: the decision failed at Stripe as a whole
+    if not paid and not left_out:
         raise Refused(f"Stripe took no payment on order {order_id} (payment intent {', '.join(intents)}): "
                       f"there is nothing to refund")
     if not refunds:
+        if left_out and not paid:
+            raise Refused("; ".join(refund_ruled_out_on(dispute) for dispute in left_out))
         raise Refused(f"Stripe holds nothing of order {order_id} to give back: every payment on it "
-                      f"({', '.join(paid)}) is refunded already")
+                      f"({', '.join(paid)}) is refunded already"
+                      + "".join(f"; {refund_ruled_out_on(dispute)}" for dispute in left_out))
     ids = ", ".join(r.id for r in refunds)
     log.info("refund_at_stripe", order_id=order_id, refund_ids=ids, actor=actor)
     with caused_by(f"staff {actor}: {action}"), transaction(factory) as session:
@@ -408,14 +492,36 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
         before = _status(order)
         for refund in refunds:
             _record_staff_refund(session, order, refund, note)
-        returned = return_unshipped_units(session, order)
-        if order.status is not OrderStatus.REFUNDED:
-            order.mark_refunded(refunds[-1].id, note)
-        detail = f"stripe refund {ids}; {returned} units back on the shelf"
+        kept_back = [_left_out(dispute) for dispute in left_out] + [
+            f"payment intent {intent_id} refused at Stripe: {exc}" for intent_id, exc in not_taken]
+        if kept_back and order.money_held > 0:
+            # Not refunded while it holds money: staff decide again once the dispute is closed or Stripe takes it.
+            given = f"refund {ids} made ({sum(r.amount for r in refunds)} {order.currency})"
+            still = f"it holds {order.money_held} {order.currency} still"
+            _keep_in_review(order, f"staff {actor}: {action}: {given}; {'; '.join(kept_back)}; {still}")
+            detail = f"{given}; {'; '.join(kept_back)}; {still}, {order.status.value}; its units stay held"
+        else:
+            returned = return_unshipped_units(session, order)
+            if order.status is not OrderStatus.REFUNDED:
+                order.mark_refunded(refunds[-1].id, note)
+            detail = "; ".join([f"stripe refund {ids}", *kept_back, f"{returned} units back on the shelf"])
+        if not_taken:
+            detail = f"partly done: {detail}"
         if own_status in STILL_PAYABLE:  # the money came on another tab's intent
             detail += _stop_payments_on(session, order)
-        return _audit(session, actor=actor, action=action, target=f"order {order_id}", order=order, before=before,
-                      note=note, detail=detail)
+        decision = _audit(session, actor=actor, action=action, target=f"order {order_id}", order=order,
+                          before=before, note=note, detail=detail)
+    if not_taken:
+        raise RefundPartlyDone(decision)
+    return decision
+
+
+def _keep_in_review(order: Order, reason: str) -> None:
+    """Flag the order for review, or add to the reason it is in review for (a refunded order stays so)."""
+    if can_transition(order.status, OrderStatus.NEEDS_REVIEW):
+        order.flag_for_review(reason)
+    elif order.status is OrderStatus.NEEDS_REVIEW:
+        order.review_reason = f"{order.review_reason}; then: {reason}" if order.review_reason else reason
 
 
 # An intent's statuses at Stripe in which the customer can still pay it, or it can still be captured.
@@ -438,20 +544,20 @@ def _stop_payments_on(session: Session, order: Order) -> str:
     return f"; payment intent {order.payment_intent_id} to cancel at Stripe"
 
 
-def _refund_what_is_left(order_id: str, intent: dict, recorded: set[str], *, own: bool) -> list:
-    """A succeeded intent's refunds at Stripe not recorded yet, and a new one for what it still holds, if any."""
+def _refund_what_is_left(order_id: str, intent: dict, recorded: set[str], *, own: bool, into: list) -> None:
+    """Add to `into` a succeeded intent's refunds at Stripe not recorded yet, then a new one for what it still
+    holds, if any (those found are kept when Stripe then refuses the new one)."""
     intent_id = intent["id"]
     received = intent.get("amount_received")
     if received is None:  # an API without it (localstripe): a succeeded intent received its amount
         received = intent.get("amount") or 0
     every = find_refunds(intent_id)
     standing = [r for r in every if r.status not in ("failed", "canceled")]
-    refunds = [r for r in standing if r.id not in recorded]
+    into += [r for r in standing if r.id not in recorded]
     left = received - sum(r.amount for r in standing)
     if left > 0:
-        refunds.append(refund_payment(order_id=order_id, payment_intent_id=intent_id, amount=left,
-                                      attempt=next_refund_attempt(every), stray=not own))
-    return refunds
+        into.append(refund_payment(order_id=order_id, payment_intent_id=intent_id, amount=left,
+                                   attempt=next_refund_attempt(every), stray=not own))
 
 
 def next_refund_attempt(refunds_at_stripe: list) -> int:
@@ -538,6 +644,11 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
             _refuse_while_a_payment_waits(session, order)
             settle_chargebacks(session, order)
             if order.money_held > 0:
+                disputed = refunds_ruled_out(session, [order]).get(order_id)
+                if disputed is not None:  # cancel --refund could give none of it back
+                    raise Refused(f"order {order_id} holds {order.money_held} {order.currency} taken from the "
+                                  f"customer, and a refund is ruled out: {refund_ruled_out_on(disputed)}; "
+                                  f"accept keeps it and ships")
                 raise Refused(f"order {order_id} holds {order.money_held} {order.currency} taken from the customer: "
                               f"cancel --refund gives it back, accept keeps it and ships")
             if not can_transition(order.status, OrderStatus.CANCELLED):

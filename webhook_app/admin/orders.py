@@ -12,14 +12,15 @@ from sqlalchemy import or_, select
 
 from consumers.order_story import find_orders_by_reference, order_story
 from consumers.payments import PaymentGatewayError
-from consumers.staff_actions import (accept_order, cancel_order, find_orders, not_shippable,
-                                     order_id_of_message, refund_order, ship_order)
+from consumers.staff_actions import (RefundPartlyDone, accept_order, cancel_order, disputes_by_intent, find_orders,
+                                     held_on_disputed_intents, not_shippable, order_id_of_message, refund_order,
+                                     refund_ruled_out_on, refunds_ruled_out, ship_order)
 from models.catalog import ReservationStatus, Stock
 from models.errors import DomainError, NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
 from models.orders import (Order, OrderStatus, PaymentWaiting, ShipmentStatus, can_transition, cancel_ruled_out,
                            get_order, intents_counted_for, payment_waiting, payments_waiting)
-from models.refunds import Dispute, disputes_ruling_out_refund, refund_ruled_out
+from models.refunds import Dispute
 from webhook_app import state
 from webhook_app.admin import actor, bp, page_arg
 from webhook_app.admin.display import money, review_sentence
@@ -44,7 +45,7 @@ def orders():
     page = page_arg(PAGE_SIZE)
     with state().sessions() as session:
         found, total = find_orders(session, status, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
-        disputed = disputes_ruling_out_refund(session, [o.id for o in found])
+        disputed = refunds_ruled_out(session, found)
         waiting = payments_waiting(session, [o.id for o in found])
         rows = [{"id": o.id, "status": o.status.value, "total": money(o.total, o.currency),
                  "held": money(o.money_held, o.currency), "created_at": o.created_at, "updated_at": o.updated_at,
@@ -61,8 +62,8 @@ def orders():
 def available_decisions(order: Order, disputed: Dispute | None = None,
                         waiting: PaymentWaiting | None = None) -> list[str]:
     """The decisions that can succeed on the order as it is now (others would only be refused);
-    `disputed`: its dispute that rules a refund out, if it has one; `waiting`: a payment for it
-    stored and not yet applied, which rules a cancel out."""
+    `disputed`: the dispute that rules its refund out, if one does (`refunds_ruled_out`: no undisputed
+    payment holds money); `waiting`: a payment for it stored and not yet applied, which rules a cancel out."""
     decisions = []
     if order.status is OrderStatus.NEEDS_REVIEW and order.money_held > 0:
         decisions.append("accept")
@@ -86,7 +87,7 @@ def order(order_id: str):
         dead = [{"id": m.id, "what": (f"{m.inbox_event.type} {m.inbox_event.event_id}" if m.inbox_event
                                       else m.topic.value.replace("_", " "))}
                 for m in _dead_letters_of(session, current)]
-        decisions = available_decisions(current, disputes_ruling_out_refund(session, [order_id]).get(order_id),
+        decisions = available_decisions(current, refunds_ruled_out(session, [current]).get(order_id),
                                         payment_waiting(session, current))
         reason = review_sentence(current.review_reason) if current.status is OrderStatus.NEEDS_REVIEW else None
     return render_template("admin/order.html", title=f"Order {order_id}", story=story, dead=dead,
@@ -125,9 +126,9 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
                 f"or cancel no longer puts them back on sale.",
                 f"Shipment {shipment.id} is recorded as shipped; the order stays {order.status.value}."]
     money_back = decision == "refund" or (decision == "cancel" and refund and order.money_held > 0)
-    disputed = disputes_ruling_out_refund(session, [order.id]).get(order.id) if money_back else None
+    disputed = refunds_ruled_out(session, [order]).get(order.id) if money_back else None
     if disputed is not None:
-        return [f"Refused: {refund_ruled_out(disputed)}."]
+        return [f"Refused: {refund_ruled_out_on(disputed)}."]
     waiting = payment_waiting(session, order) if decision == "cancel" else None
     if waiting is not None:
         return [f"Refused: {cancel_ruled_out(waiting)}.",
@@ -155,7 +156,25 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
         out.append("The order becomes paid, a shipment is created and the confirmation e-mail is queued.")
         return out + own_unpaid
     if money_back:
-        out = [f"Money: {held} goes back to the customer's card at Stripe, in full. Stripe keeps its fee."]
+        # A disputed payment is left out (Stripe refuses to refund it, or the card network gave it back).
+        paid_on = intents_counted_for(session, order) | {order.payment_intent_id}
+        left_out = {intent_id: d for intent_id, d in disputes_by_intent(session, [order.id]).get(order.id, {}).items()
+                    if intent_id in paid_on}
+        contested = held_on_disputed_intents(session, order, left_out)
+        if not left_out:
+            out = [f"Money: {held} goes back to the customer's card at Stripe, in full. Stripe keeps its fee."]
+        else:
+            out = [f"Money: {money(order.money_held - contested, order.currency)} goes back to the customer's card "
+                   f"at Stripe, from the payments not disputed. Stripe keeps its fee."]
+            out += [f"Payment intent {intent_id} is left out: "
+                    + (f"its dispute {d.stripe_dispute_id} was lost, the card network gave "
+                       f"{money(d.amount, d.currency)} back already." if d.status == "lost" else
+                       f"dispute {d.stripe_dispute_id} is {d.status}, and Stripe does not refund a disputed payment.")
+                    for intent_id, d in sorted(left_out.items())]
+        if contested > 0:
+            out.append(f"The order keeps {money(contested, order.currency)} under dispute and stays in review, "
+                       f"its units held: decide again once the dispute is closed.")
+            return out + own_unpaid
         if holds or (taken and unshipped):
             out.append(f"Stock: {units(holds + (taken if unshipped else []))} go back on the shelf"
                        + (f"; shipment {shipment.id} is cancelled." if unshipped else "."))
@@ -198,7 +217,7 @@ def decide(order_id: str, decision: str):
                 "effects_with_refund": consequences(session, current, decision, refund=True)
                 if decision == "cancel" and current.money_held > 0 else None,
                 "possible": decision in available_decisions(
-                    current, disputes_ruling_out_refund(session, [current.id]).get(current.id),
+                    current, refunds_ruled_out(session, [current]).get(current.id),
                     payment_waiting(session, current))}
     return render_template("admin/order_decision.html", title=f"{decision.capitalize()} order {order_id}",
                            decision=decision, o=page)
@@ -223,6 +242,10 @@ def _decided(order_id: str, decision: str):
         abort(404)
     except DomainError as exc:
         flash(f"Not done: {exc.message}", "error")
+    except RefundPartlyDone as exc:
+        done = exc.decision
+        flash(f"Order {order_id}: {decision} partly done, {done.status_before} → {done.status_after} "
+              f"({done.detail}). What went back is recorded; refund again for the rest once Stripe takes it.", "error")
     except PaymentGatewayError as exc:
         flash(f"Not done: Stripe did not take the refund ({exc}). Nothing changed here; try again later.", "error")
     else:
