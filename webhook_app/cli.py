@@ -584,7 +584,8 @@ def render_story(story) -> str:
               help="Why the customer is refunded (kept on the order, not sent to Stripe).")
 @staff_verb
 def orders_refund(order_id, reason, actor):
-    """Refund an order's payment in full at Stripe: a staff decision, never automatic."""
+    """Refund what an order holds at Stripe, payment by payment (a disputed payment is left out): a staff
+    decision, never automatic."""
     from consumers.payments import configure_stripe
     from consumers.staff_actions import refund_order
 
