@@ -15,13 +15,46 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _refuse_broken_references(ctx, step, heads, run_args) -> None:
+    """Run inside each revision's transaction on SQLite: raising rolls that revision back, and the
+    database stays at the revision before it. SystemExit: `shop db upgrade` stops with this one line."""
+    broken = ctx.connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        rows = ", ".join(f"{table} row {rowid} -> {parent}" for table, rowid, parent, _ in broken[:5])
+        more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+        raise SystemExit(
+            f"revision {step.up_revision_id} was not {'applied' if step.is_upgrade else 'undone'}: the database "
+            f"would hold rows that refer to rows it does not have ({rows}{more}), so it stays where it was before "
+            "that revision. Repair or delete those rows, then run the migration again")
+
+
 def run_migrations_online() -> None:
     engine = make_engine(url)
+    try:
+        _run_migrations_on(engine)
+    finally:
+        engine.dispose()
+
+
+def _run_migrations_on(engine) -> None:
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+        sqlite = connection.dialect.name == "sqlite"
+        options = {}
+        if sqlite:
+            # A batch migration copies a table, then drops the old one and renames the copy: with
+            # foreign keys on, dropping orders fails while order_lines' rows refer to it. So they are
+            # off for the migrations, and each revision checks every reference before it commits.
+            # On the driver's connection, outside any transaction: there the PRAGMA would do nothing.
+            connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+            options["on_version_apply"] = _refuse_broken_references
+        try:
+            context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True, **options)
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            if sqlite:
+                connection.rollback()  # nothing left open: the PRAGMA must run outside a transaction
+                connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():
