@@ -2,18 +2,35 @@
 import multiprocessing
 import os
 
+
+def _setting(name: str, default: int, lowest: int, highest: int) -> int:
+    """An integer setting of this file; one outside its range stops gunicorn with one line naming it
+    (SystemExit: gunicorn prints a traceback for any other error here, and 0 processes or threads
+    would start a server that listens and never answers)."""
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not lowest <= value <= highest:
+        raise SystemExit(f"{name} must be an integer from {lowest} to {highest}, got {raw!r}")
+    return value
+
+
 bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # Webhook requests are short and I/O-bound (one commit): a few processes per core.
-workers = int(os.environ.get("WEB_CONCURRENCY") or min(8, multiprocessing.cpu_count() * 2 + 1))
+workers = _setting("WEB_CONCURRENCY", min(8, multiprocessing.cpu_count() * 2 + 1), 1, 1000)
 # Threads, so that a checkout waiting on a slow Stripe holds one thread, not a whole process:
 # each process lets at most STRIPE_MAX_CONCURRENT_CALLS (default 6) checkouts wait on Stripe
 # and as many wait for a turn, and keeps its other threads for webhooks and health checks
 # (docs/deploy.md, "Web server").
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+threads = _setting("GUNICORN_THREADS", 16, 1, 1000)  # and more than twice STRIPE_MAX_CONCURRENT_CALLS: on_starting
 # Stripe waits up to 10 s for an answer; a request that takes longer is stuck, not slow.
 # (With threads this is the process's heartbeat; checkout's own deadline is STRIPE_DEADLINE_SECONDS.)
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "20"))
+timeout = _setting("GUNICORN_TIMEOUT", 20, 1, 3600)  # 0 would be gunicorn's "never": a stuck process never restarted
 graceful_timeout = 20
 keepalive = 5
 # Bound what one request may carry; the webhook endpoint enforces its own smaller body limit.
@@ -23,10 +40,17 @@ limit_request_fields = 100
 control_socket_disable = True
 # One structured line per request (GUNICORN_ACCESS_LOG=0 turns it off), through structlog. The
 # webhook writes its own line with the same fields (webhook_received / webhook_rejected) instead.
+if os.environ.get("GUNICORN_ACCESS_LOG", "1") not in ("0", "1"):  # read per request (gunicorn_logging)
+    raise SystemExit(f"GUNICORN_ACCESS_LOG must be 1 (a line per request) or 0 (none), "
+                     f"got {os.environ['GUNICORN_ACCESS_LOG']!r}")
 logger_class = "webhook_app.gunicorn_logging.StructlogLogger"
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# gunicorn's own lines (starting, stopping, a process restarted or timed out); the requests' lines are the app's.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL") or "info"
+if loglevel.lower() not in LOG_LEVELS:  # gunicorn itself would take a misspelt level as info, saying nothing
+    raise SystemExit(f"GUNICORN_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {loglevel!r}")
 
 
 def child_exit(server, worker):
@@ -44,6 +68,13 @@ def on_starting(server):
 
     settings = Settings.from_env()
     refuse_unknown_transport(settings.broker_url)  # the web answers /readyz from the broker
+    settings.require_secret_key()  # one key for every web process, or none starts
+    if server.cfg.threads <= 2 * settings.stripe_max_concurrent_calls:
+        # Checkouts waiting on a slow Stripe (and as many waiting for a turn) would hold every thread:
+        # no webhook, /readyz or /healthz answered (docs/deploy.md, "Web server").
+        raise SystemExit(f"GUNICORN_THREADS must be more than twice STRIPE_MAX_CONCURRENT_CALLS "
+                         f"({settings.stripe_max_concurrent_calls}), got {server.cfg.threads}: raise it or lower "
+                         "STRIPE_MAX_CONCURRENT_CALLS")
     # On SQLite, one store process stores the webhook events of every web process (one writer, not
     # one per process taking turns); it dies with this master, is restarted if it exits, and is
     # replaced (kill -9, then a new one) if its heartbeat stops while it is alive.

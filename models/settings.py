@@ -9,7 +9,9 @@ import secrets
 import sys
 import tempfile
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
@@ -152,6 +154,47 @@ def hide_password(url: str) -> str:
     return re.sub(r"(//[^/@:]*:).*@", r"\1***@", url)
 
 
+def _url_shown(raw: str) -> str:
+    """A URL setting as a start-up message may quote it: scheme and host only, no password, and no
+    path (a chat's incoming-webhook URL carries its token there)."""
+    start, authority, rest = re.fullmatch(r"((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?([^/?#]*)(.*)", hide_password(raw),
+                                          flags=re.DOTALL).groups()
+    authority = re.sub(r"^([^:@]*):[^@]*@", r"\1:***@", authority)  # user:password@ without a scheme
+    return f"{start or ''}{authority}" + ("/…" if rest else "")
+
+
+def _url(env: dict, name: str, schemes: tuple[str, ...], shape: str) -> str | None:
+    """A URL setting the service connects to or writes into links: one of `schemes`, a host, and a
+    port that is a number, checked here so that a value without them stops the process at start
+    instead of every mail or alert failing (or going to localhost) once running."""
+    raw = env.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        url = urlsplit(raw)
+        valid = url.scheme in schemes and bool(url.hostname) and url.port != 0
+    except ValueError:  # a port that is not a number from 0 to 65535
+        valid = False
+    if not valid:
+        raise SystemExit(f"{name} must be {shape}, got {_url_shown(raw)!r}")
+    return raw
+
+
+def _mail_from(env: dict, smtp_url: str | None, default: str) -> str:
+    """MAIL_FROM, the sender of the buyers' order mails: required once SMTP_URL sends them, since the
+    default's example.com is no shop's domain (receivers junk or refuse it, and replies go nowhere)."""
+    raw = env.get("MAIL_FROM")
+    if raw in (None, ""):
+        if smtp_url:
+            raise SystemExit("MAIL_FROM must be set when SMTP_URL is: the address buyers' order mails come "
+                             "from, such as shop@your-shop.example or 'Your Shop <shop@your-shop.example>'")
+        return default
+    if "@" not in parseaddr(raw)[1] or any(c in raw for c in "\r\n"):
+        raise SystemExit(f"MAIL_FROM must be one e-mail address, such as shop@your-shop.example or "
+                         f"'Your Shop <shop@your-shop.example>', got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///instance/shop.db"
@@ -212,6 +255,8 @@ class Settings:
         secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip())
         log_format = _choice(env, "LOG_FORMAT", "console" if sys.stderr.isatty() else "json", LOG_FORMATS)
         database_url = database_url_from(env.get("DATABASE_URL") or cls.database_url)
+        smtp_url = _url(env, "SMTP_URL", ("smtp", "smtps"), "smtp://host:port or smtps://host:port "
+                        "(user:password@host to log in)")
         return cls(
             database_url=database_url,
             broker_url=env.get("BROKER_URL") or cls.broker_url,
@@ -219,10 +264,13 @@ class Settings:
             stripe_api_base=env.get("STRIPE_API_BASE") or None,
             webhook_secrets=secrets,
             reservation_ttl_seconds=_int(env, "RESERVATION_TTL_SECONDS", cls.reservation_ttl_seconds),
-            smtp_url=env.get("SMTP_URL") or None,
-            staff_alert_url=env.get("STAFF_ALERT_URL") or None,
+            smtp_url=smtp_url,
+            staff_alert_url=_url(env, "STAFF_ALERT_URL", ("http", "https"),
+                                 "an http:// or https:// URL with a host (the chat's incoming webhook)"),
             log_format=log_format,
-            admin_base_url=(env.get("ADMIN_BASE_URL") or cls.admin_base_url).rstrip("/"),
+            admin_base_url=(_url(env, "ADMIN_BASE_URL", ("http", "https"), "the shop's address as buyers and "
+                                 "staff reach it, http:// or https:// with a host (https://shop.example.com)")
+                            or cls.admin_base_url).rstrip("/"),
             stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or cls.stripe_publishable_key,
             stripe_js_url=env.get("STRIPE_JS_URL") or cls.stripe_js_url,
             catalog_file=env.get("CATALOG_FILE") or None,
@@ -243,8 +291,22 @@ class Settings:
                 database_url, WORKER_BATCH_POSTGRESQL, cls.worker_batch))),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),
             db_max_overflow=_int(env, "DB_MAX_OVERFLOW", cls.db_max_overflow),
-            mail_from=env.get("MAIL_FROM") or cls.mail_from,
+            mail_from=_mail_from(env, smtp_url, cls.mail_from),
         )
+
+    def require_secret_key(self) -> None:
+        """For the web server, before it starts its web processes: without SECRET_KEY, and with no
+        instance/secret_key it could read or make, each web process would sign sessions and CSRF tokens
+        with a key of its own, and a form one of them rendered would be refused at random by another."""
+        if self.secret_key:
+            return
+        path = Path.cwd() / "instance" / "secret_key"
+        try:
+            instance_secret_key(path)
+        except OSError as exc:
+            raise SystemExit(f"SECRET_KEY is not set and {path} cannot be made ({exc.strerror or exc}): set "
+                             f"SECRET_KEY to one random value shared by every web process (python3 -c 'import "
+                             f"secrets; print(secrets.token_urlsafe(48))')") from None
 
     @property
     def broker_folder(self) -> Path | None:
@@ -281,8 +343,8 @@ def instance_secret_key(path: Path = Path("instance/secret_key")) -> str:
 
 
 def _instance_secret_key_or_none() -> str | None:
-    # A process started in a read-only directory (a worker, a CLI verb) needs no key; the web
-    # app logs that it signs with a key of its own process instead.
+    # A worker or a CLI verb started in a read-only directory signs nothing and needs no key; the web
+    # server does not start without one (`Settings.require_secret_key`, from gunicorn's master).
     try:
         return instance_secret_key()
     except OSError:

@@ -25,7 +25,7 @@ class StructlogLogger(Logger):
             logger = logging.getLogger(name)
             logger.handlers[:] = []
             logger.propagate = True
-        self.error_log.setLevel(logging.INFO)
+        # gunicorn.error keeps the level super().setup gave it (GUNICORN_LOG_LEVEL, gunicorn.conf.py).
         self._log = structlog.get_logger("gunicorn")
 
     def access(self, resp, req, environ, request_time) -> None:
