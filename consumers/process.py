@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from abc import ABC, abstractmethod
+from typing import Callable, NamedTuple
 
 import structlog
 from kombu import Connection
+from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.broker import connect, declare_topology
 from models.db import engine_for, make_session_factory
@@ -16,8 +19,18 @@ from models.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+class Chore(NamedTuple):
+    """Work that needs only the database, done every `seconds` on a thread of its own: a broker
+    that is down, refuses publishes or hangs never holds it up. Logs `<name>_failed` and goes on."""
+
+    name: str
+    seconds: float
+    run: Callable[[sessionmaker[Session]], object]
+
+
 class LongRunningProcess(ABC):
     name = "process"
+    chores: tuple[Chore, ...] = ()
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -34,6 +47,10 @@ class LongRunningProcess(ABC):
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         log.info(f"{self.name}_started")
+        threads = [threading.Thread(target=self._keep_doing, args=(chore,), name=chore.name, daemon=True)
+                   for chore in self.chores]
+        for thread in threads:
+            thread.start()
         while not self.stopping:
             try:
                 with connect(self.settings) as conn:
@@ -46,8 +63,21 @@ class LongRunningProcess(ABC):
                 log.warning(f"{self.name}_paused", error=describe_error(exc))
                 time.sleep(1)
         log.info(f"{self.name}_stopping")
+        for thread in threads:
+            thread.join()  # a chore in hand finishes its transaction before the engine goes
         self.engine.dispose()
         log.info(f"{self.name}_stopped")
+
+    def _keep_doing(self, chore: Chore) -> None:
+        while not self.stopping:
+            try:
+                chore.run(self.factory)
+            except Exception as exc:  # noqa: BLE001 - database down: try again at the next turn
+                log.warning(f"{chore.name}_failed", error=describe_error(exc))
+            # Looks at the flag a few times a second: stop() only sets it (see there).
+            due = time.monotonic() + chore.seconds
+            while not self.stopping and time.monotonic() < due:
+                time.sleep(min(0.2, max(0.0, due - time.monotonic())))
 
     @abstractmethod
     def serve(self, conn: Connection) -> None:

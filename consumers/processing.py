@@ -278,11 +278,13 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
 
     What `process_message` does for one message, at one commit for all (the commit and its
     round trips are most of a paid order's cost). The messages are locked together; the ordinary
-    payments among them are applied together (`_pay_ordinary_orders`) and the mails claimed
-    together, then the others are taken in outbox id order. A
+    payments among them are applied together (`_pay_ordinary_orders`), then the other events are
+    taken in outbox id order, and the mails are claimed together last, so none is sent that an
+    event queued before it made untrue. A
     message whose handler raises rolls back only its savepoint; it and any message needing
     one of Stripe's records (StripeRecordNeeded) go through `process_message` after the
-    commit, which records a failure exactly as for a message on its own. Mails and Stripe
+    commit, which records a failure exactly as for a message on its own, and so do the mails
+    queued after it. Mails and Stripe
     calls are made after the commit, with no lock held, and marked done together. If the
     transaction itself fails, nothing of it was kept and every message goes through
     `process_message`. The units the paid orders take off the shelf are written in one UPDATE
@@ -303,14 +305,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
             for outbox_id, (handled, outcome, started) in paid.items():
                 finished.append((handled, outcome, started))
                 results[outbox_id] = Result("done")
-            # Mails only need their message: claimed together, sent after the commit.
             mails = [message for message in messages if message.topic is Topic.MAIL]
-            for message in mails:
-                claimed = _claim_locked(session, settings, message, {}, {})
-                if claimed.outside is not None:
-                    outside.append((message.id, *claimed.outside, time.monotonic()))
-                else:
-                    results[message.id] = claimed.result or Result("done")
             claimed_already = set(paid) | {message.id for message in mails}
             for outbox_id in ids:
                 if outbox_id in claimed_already:
@@ -338,6 +333,20 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
                 else:
                     finished.append((handled, claimed.outcome, started))
                     results[outbox_id] = Result("done")
+            # Mails only need their message: claimed together, after every event of the batch ran,
+            # so a "payment failed" mail looks at its order as it is once a payment queued before it
+            # was applied (`is_still_true`), as one message at a time would. A mail queued after a
+            # message left for later (run alone) waits for it the same way.
+            session.expire_all()
+            for message in mails:
+                if alone and min(alone) < message.id:
+                    alone.append(message.id)
+                    continue
+                claimed = _claim_locked(session, settings, message, {}, {})
+                if claimed.outside is not None:
+                    outside.append((message.id, *claimed.outside, time.monotonic()))
+                else:
+                    results[message.id] = claimed.result or Result("done")
             # The paid orders' units leave the shelf in one UPDATE per sku, so the stock rows are
             # locked from here to the commit only, not from the batch's first order.
             rows.add_to(session)  # history, attempts and mails: one INSERT per table at the commit
@@ -353,7 +362,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
             deliver_alert(factory, settings, outcome.alert_id)
     _finish_outside(factory, settings, outside, results)
     _send_committed_mails(factory, settings, confirmations)
-    for outbox_id in alone:
+    for outbox_id in sorted(alone):  # in outbox id order, as one message at a time
         results[outbox_id] = process_message(factory, settings, outbox_id)
     return results
 

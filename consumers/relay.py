@@ -1,7 +1,6 @@
 """`shop relay`: publish due outbox rows to the broker, re-publish lost ones, expire reservations."""
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import NamedTuple
 
@@ -11,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.broker import QUEUES, ConfirmedPublisher, keep_alive
-from consumers.process import LongRunningProcess
+from consumers.process import Chore, LongRunningProcess
 from models.base import utcnow
 from models.carts import reopen_cart
 from models.catalog import Reservation, ReservationStatus
@@ -107,6 +106,7 @@ def _unclaim(factory: sessionmaker[Session], claims: list[_Claim]) -> None:
 # Only an unpaid order's hold runs out. A flagged order's units wait for a staff decision
 # (accept consumes them, cancel releases them), however long that takes.
 EXPIRABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED)
+EXPIRY_SWEEP_SECONDS = 5
 
 
 def expire_reservations(factory: sessionmaker[Session]) -> int:
@@ -162,15 +162,14 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
 
 class Relay(LongRunningProcess):
     name = "relay"
+    # Expiry needs only the database: holds run out on time while the broker is down or refuses
+    # publishes (the publishing loop below then waits and reconnects).
+    chores = (Chore("reservation_expiry", EXPIRY_SWEEP_SECONDS, expire_reservations),)
 
     def serve(self, conn: Connection) -> None:
         publisher = ConfirmedPublisher(conn)
-        last_expiry = 0.0
         while not self.stopping:
             published = publish_due(self.factory, publisher, self.settings)
-            if time.monotonic() - last_expiry > 5:
-                expire_reservations(self.factory)
-                last_expiry = time.monotonic()
             keep_alive(conn, self.settings.relay_interval_seconds if published < BATCH else 0)
 
 
