@@ -2,35 +2,24 @@
 import multiprocessing
 import os
 
-
-def _setting(name: str, default: int, lowest: int, highest: int) -> int:
-    """An integer setting of this file; one outside its range stops gunicorn with one line naming it
-    (SystemExit: gunicorn prints a traceback for any other error here, and 0 processes or threads
-    would start a server that listens and never answers)."""
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or not lowest <= value <= highest:
-        raise SystemExit(f"{name} must be an integer from {lowest} to {highest}, got {raw!r}")
-    return value
-
+# A setting outside its range stops gunicorn with one line naming it: for any other error here gunicorn
+# prints a traceback, and 0 processes or threads would start a server that listens and never answers.
+from models.settings import int_in_range
 
 bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # Webhook requests are short and I/O-bound (one commit): a few processes per core.
-workers = _setting("WEB_CONCURRENCY", min(8, multiprocessing.cpu_count() * 2 + 1), 1, 1000)
+workers = int_in_range(os.environ, "WEB_CONCURRENCY", min(8, multiprocessing.cpu_count() * 2 + 1), 1, 1000)
 # Threads, so that a checkout waiting on a slow Stripe holds one thread, not a whole process:
 # each process lets at most STRIPE_MAX_CONCURRENT_CALLS (default 6) checkouts wait on Stripe
 # and as many wait for a turn, and keeps its other threads for webhooks and health checks
 # (docs/deploy.md, "Web server").
 worker_class = "gthread"
-threads = _setting("GUNICORN_THREADS", 16, 1, 1000)  # and more than twice STRIPE_MAX_CONCURRENT_CALLS: on_starting
+# More than twice STRIPE_MAX_CONCURRENT_CALLS, too: checked in on_starting.
+threads = int_in_range(os.environ, "GUNICORN_THREADS", 16, 1, 1000)
 # Stripe waits up to 10 s for an answer; a request that takes longer is stuck, not slow.
 # (With threads this is the process's heartbeat; checkout's own deadline is STRIPE_DEADLINE_SECONDS.)
-timeout = _setting("GUNICORN_TIMEOUT", 20, 1, 3600)  # 0 would be gunicorn's "never": a stuck process never restarted
+# At least 1: 0 is gunicorn's "never", and a stuck process would never be restarted.
+timeout = int_in_range(os.environ, "GUNICORN_TIMEOUT", 20, 1, 3600)
 graceful_timeout = 20
 keepalive = 5
 # Bound what one request may carry; the webhook endpoint enforces its own smaller body limit.

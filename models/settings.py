@@ -53,10 +53,15 @@ LOG_FORMATS = ("json", "console")
 
 
 def _int(env: dict, name: str, default: int) -> int:
+    return int_in_range(env, name, default, *RANGES[name])
+
+
+def int_in_range(env, name: str, default: int, lowest: int, highest: int) -> int:
+    """An integer setting; unset or empty, `default`; anything else outside lowest..highest stops the
+    process with one line naming it (gunicorn.conf.py reads its own settings with it too)."""
     raw = env.get(name)
     if raw in (None, ""):
         return default
-    lowest, highest = RANGES[name]
     try:
         value = int(raw)
     except ValueError:
