@@ -8,10 +8,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # How the code reads a variable: os.environ.get("X"), os.environ["X"], os.getenv("X"), and in
-# Settings.from_env env.get("X"), env["X"] or a reading helper given the environment (_int(env, "X", ...));
-# gunicorn.conf.py's _setting("X", ...).
-READS = re.compile(r"""(?:os\.environ\.get\(|os\.environ\[|os\.getenv\(|\benv\.get\(|\benv\[|\b\w+\(env,\s*|"""
-                   r"""\b_setting\()\s*["']([A-Z][A-Z0-9_]+)["']""")
+# Settings.from_env env.get("X"), env["X"] or a reading helper given the environment (_int(env, "X", ...),
+# gunicorn.conf.py's int_in_range(os.environ, "X", ...)).
+READS = re.compile(r"""(?:os\.environ\.get\(|os\.environ\[|os\.getenv\(|\benv\.get\(|\benv\[|"""
+                   r"""\b\w+\((?:env|os\.environ),\s*)\s*["']([A-Z][A-Z0-9_]+)["']""")
 # The operating system's, passed on to the processes the service starts: not the service's settings.
 NOT_SETTINGS = {"PATH", "PYTHONPATH"}
 
