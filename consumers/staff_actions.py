@@ -389,10 +389,44 @@ def disputes_by_intent(session: Session, order_ids: list[str]) -> dict[str, dict
     return found
 
 
-def held_on_disputed_intents(session: Session, order: Order, disputed: dict[str | None, Dispute]) -> int:
-    """What the order holds on intents whose dispute is open (a lost one's money is counted off already)."""
-    counted = intents_counted_for(session, order)
-    return sum(d.amount for intent_id, d in disputed.items() if intent_id in counted and d.status != "lost")
+@dataclass(frozen=True)
+class RefundScope:
+    """What a staff refund of an order covers: every intent a payment of it was counted on (`counted`)
+    and the order's own; of those, the ones a dispute rules out (`left_out`); and `disputed`, every
+    dispute on the order that rules a refund out (key None: one that does not say which intent)."""
+
+    own: str | None
+    counted: frozenset[str]
+    disputed: dict[str | None, Dispute]
+
+    @property
+    def intents(self) -> list[str | None]:
+        """The order's own intent first, then every other intent a payment of the order was counted on (a
+        second tab's). When the order's own is not among those, accept and refund have it cancelled at
+        Stripe (`_stop_payments_on`)."""
+        return [self.own, *sorted(self.counted - {self.own})]
+
+    @property
+    def unnamed(self) -> Dispute | None:
+        """A dispute that does not say which intent it contests: none of the order's is refunded."""
+        return self.disputed.get(None)
+
+    @property
+    def left_out(self) -> dict[str, Dispute]:
+        """The intents the refund leaves out, in `intents` order, each with its dispute."""
+        return {intent_id: self.disputed[intent_id] for intent_id in self.intents if intent_id in self.disputed}
+
+    @property
+    def held_under_dispute(self) -> int:
+        """What the order holds on intents whose dispute is open (a lost one's money is counted off already)."""
+        return sum(d.amount for intent_id, d in self.disputed.items() if intent_id in self.counted and d.status != "lost")
+
+
+def refund_scope(session: Session, order: Order, disputed: dict[str | None, Dispute] | None = None) -> RefundScope:
+    """The order's `RefundScope`; `disputed`: its entry of `disputes_by_intent`, when already read."""
+    if disputed is None:
+        disputed = disputes_by_intent(session, [order.id]).get(order.id, {})
+    return RefundScope(order.payment_intent_id, frozenset(intents_counted_for(session, order)), disputed)
 
 
 def refunds_ruled_out(session: Session, orders: list[Order]) -> dict[str, Dispute]:
@@ -408,12 +442,11 @@ def refunds_ruled_out(session: Session, orders: list[Order]) -> dict[str, Disput
         disputed = by_order.get(order.id)
         if not disputed:
             continue
-        latest = max(disputed.values(), key=lambda dispute: dispute.id)
-        undisputed = intents_counted_for(session, order) - disputed.keys()
-        if None in disputed:
-            ruled_out[order.id] = disputed[None]
-        elif not undisputed or order.money_held <= held_on_disputed_intents(session, order, disputed):
-            ruled_out[order.id] = latest
+        scope = refund_scope(session, order, disputed)
+        if scope.unnamed is not None:
+            ruled_out[order.id] = scope.unnamed
+        elif not scope.counted - disputed.keys() or order.money_held <= scope.held_under_dispute:
+            ruled_out[order.id] = max(disputed.values(), key=lambda dispute: dispute.id)
     return ruled_out
 
 
@@ -454,16 +487,16 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
             raise Refused(f"order {order_id} is already refunded ({order.refunded_amount} {order.currency} given "
                           f"back, Stripe refund {order.refund_id}): there is nothing left to refund")
         order.ensure_refundable()
-        disputed = disputes_by_intent(session, [order_id]).get(order_id, {})
-        if None in disputed:  # which payment it contests is unknown: none of them is refunded
-            raise Refused(refund_ruled_out(disputed[None]))
-        intents = _intents_paid(session, order)
+        scope = refund_scope(session, order)
+        if scope.unnamed is not None:  # which payment it contests is unknown: none of them is refunded
+            raise Refused(refund_ruled_out(scope.unnamed))
+        intents = scope.intents
         recorded = set(session.scalars(select(Refund.stripe_refund_id).where(Refund.order_id == order_id)))
     refunds, paid, own_status = [], [], None
-    left_out = [disputed[intent_id] for intent_id in intents if intent_id in disputed]
+    left_out = list(scope.left_out.values())
     not_taken: list[tuple[str, PaymentGatewayError]] = []
     for intent_id in intents:
-        if intent_id in disputed:
+        if intent_id in scope.left_out:
             continue
         try:
             intent = retrieve_payment_intent(intent_id) or {}
@@ -526,13 +559,6 @@ def _keep_in_review(order: Order, reason: str) -> None:
 
 # An intent's statuses at Stripe in which the customer can still pay it, or it can still be captured.
 STILL_PAYABLE = ("requires_payment_method", "requires_confirmation", "requires_action", "requires_capture")
-
-
-def _intents_paid(session: Session, order: Order) -> list[str]:
-    """The order's own intent first, then every other intent a payment of the order was counted on (a second
-    tab's). When the order's own is not among those, accept and refund have it cancelled at Stripe
-    (`_stop_payments_on`)."""
-    return [order.payment_intent_id, *sorted(intents_counted_for(session, order) - {order.payment_intent_id})]
 
 
 def _stop_payments_on(session: Session, order: Order) -> str:

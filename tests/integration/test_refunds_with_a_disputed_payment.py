@@ -7,12 +7,6 @@ the next was audited and shown as nothing done, while the customer had the first
 """
 from __future__ import annotations
 
-import http.client
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs
-
 import pytest
 import stripe
 from sqlalchemy import select
@@ -24,6 +18,7 @@ from tests.integration.test_admin_pages import flashes, logged_in, page, post
 from tests.integration.test_out_of_order_money_events import _paid_on_a_second_tab, _stray_succeeded
 from tests.integration.test_refunds_and_disputes import (  # noqa: F401 (fixtures)
     dispute_event, order_row, paid_order, refunds, stripe_says)
+from tests.stripe_proxy import RefusingStripe
 from webhook_app.admin.orders import available_decisions
 
 
@@ -53,61 +48,6 @@ def _offered(sessions, order: dict) -> list[str]:
     row = order_row(sessions, order)
     with sessions() as session:
         return available_decisions(row, refunds_ruled_out(session, [row]).get(row.id))
-
-
-class RefusingStripe:
-    """Stripe in front of localstripe, refusing every refund of one intent as Stripe refuses to refund a
-    charge whose dispute it holds (`charge_disputed`; its event has not reached the service yet). Every
-    other request goes to localstripe and its answer comes back as it is."""
-
-    ERROR = {"error": {"type": "invalid_request_error", "code": "charge_disputed",
-                       "message": "This charge has been charged back; it cannot be refunded."}}
-
-    def __init__(self, upstream_port: int, refused_intent: str):
-        stripe_proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _forward(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.command == "POST" and self.path.split("?")[0] == "/v1/refunds" \
-                        and parse_qs(body.decode()).get("payment_intent") == [stripe_proxy.refused_intent]:
-                    stripe_proxy.refused += 1
-                    return self._answer(400, json.dumps(stripe_proxy.ERROR).encode())
-                upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=10)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                upstream.request(self.command, self.path, body=body or None, headers=headers)
-                answer = upstream.getresponse()
-                self._answer(answer.status, answer.read())
-                upstream.close()
-
-            def _answer(self, status: int, data: bytes):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_DELETE = _forward
-
-            def log_message(self, *args):
-                pass
-
-        self.refused_intent, self.refused = refused_intent, 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def __enter__(self):
-        self.working, stripe.api_base = stripe.api_base, self.base
-        return self
-
-    def __exit__(self, *exc):
-        stripe.api_base = self.working
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.mark.parametrize("how", ["refund", "cancel --refund"])

@@ -12,9 +12,9 @@ from sqlalchemy import or_, select
 
 from consumers.order_story import find_orders_by_reference, order_story
 from consumers.payments import PaymentGatewayError
-from consumers.staff_actions import (RefundPartlyDone, accept_order, cancel_order, disputes_by_intent, find_orders,
-                                     held_on_disputed_intents, not_shippable, order_id_of_message, refund_order,
-                                     refund_ruled_out_on, refunds_ruled_out, ship_order)
+from consumers.staff_actions import (RefundPartlyDone, accept_order, cancel_order, find_orders, not_shippable,
+                                     order_id_of_message, refund_order, refund_ruled_out_on, refund_scope,
+                                     refunds_ruled_out, ship_order)
 from models.catalog import ReservationStatus, Stock
 from models.errors import DomainError, NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
@@ -157,10 +157,8 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
         return out + own_unpaid
     if money_back:
         # A disputed payment is left out (Stripe refuses to refund it, or the card network gave it back).
-        paid_on = intents_counted_for(session, order) | {order.payment_intent_id}
-        left_out = {intent_id: d for intent_id, d in disputes_by_intent(session, [order.id]).get(order.id, {}).items()
-                    if intent_id in paid_on}
-        contested = held_on_disputed_intents(session, order, left_out)
+        scope = refund_scope(session, order)
+        left_out, contested = scope.left_out, scope.held_under_dispute
         if not left_out:
             out = [f"Money: {held} goes back to the customer's card at Stripe, in full. Stripe keeps its fee."]
         else:
@@ -170,7 +168,7 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
                     + (f"its dispute {d.stripe_dispute_id} was lost, the card network gave "
                        f"{money(d.amount, d.currency)} back already." if d.status == "lost" else
                        f"dispute {d.stripe_dispute_id} is {d.status}, and Stripe does not refund a disputed payment.")
-                    for intent_id, d in sorted(left_out.items())]
+                    for intent_id, d in left_out.items()]
         if contested > 0:
             out.append(f"The order keeps {money(contested, order.currency)} under dispute and stays in review, "
                        f"its units held: decide again once the dispute is closed.")
