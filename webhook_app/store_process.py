@@ -605,9 +605,14 @@ class StoreProcessSupervisor:
         beats, beat_end = os.pipe()
         os.set_blocking(beats, False)
         try:
+            # A session of its own: a stop meant for gunicorn's process group (Ctrl-C in `make run`, honcho's
+            # or a supervisor's signal to the group) reaches the master, which stops this process after its
+            # web processes have answered their last requests (`stop`), instead of ending it first and
+            # seeing it exit, restarting it, while those requests are still being answered. The master's
+            # death still ends it (`_die_with_parent`).
             self.proc = subprocess.Popen([sys.executable, "-m", "webhook_app.store_process",
                                           "--parent-pid", str(os.getpid()), "--heartbeat-fd", str(beat_end)],
-                                         env=env, pass_fds=(beat_end,))
+                                         env=env, pass_fds=(beat_end,), start_new_session=True)
         except BaseException:
             os.close(beats)
             raise

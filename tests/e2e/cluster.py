@@ -46,7 +46,9 @@ class Cluster:
         return subprocess.run([str(BIN / "shop"), *args], cwd=self.workdir, env=self.env, check=check,
                               capture_output=True, text=True, timeout=60)
 
-    def start(self, name: str) -> subprocess.Popen:
+    def start(self, name: str, *, own_group: bool = False) -> subprocess.Popen:
+        """`own_group`: in a process group of its own, as honcho starts each process of `make run`,
+        so a test can signal the group as a terminal's Ctrl-C or honcho's stop does."""
         kind = name.split(".")[0]
         command = {
             "web": [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "webhook_app:create_app()"],
@@ -55,7 +57,8 @@ class Cluster:
         }[kind]
         log = open(self.workdir / f"{name}.log", "ab")
         self._logs.append(log)
-        proc = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=own_group)
         self.procs[name] = proc
         if kind == "web":
             wait_for_port(self.port, proc=proc)

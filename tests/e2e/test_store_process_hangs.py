@@ -172,6 +172,19 @@ def _pipes_of(pid: int) -> set[str]:
     return held
 
 
+def _children_of(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (gunicorn's master: its web processes and the store process)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except FileNotFoundError:  # ended since the listing: another test's, or this machine's
+            continue
+        if stat.rsplit(")", 1)[1].split()[1] == str(parent):
+            found.append(int(pid))
+    return found
+
+
 def test_only_the_master_holds_the_heartbeat_pipe_not_the_web_processes(make_cluster):
     cluster = make_cluster(EMBEDDED)
     (started,) = _lines(cluster, "store_process_started")
@@ -179,9 +192,34 @@ def test_only_the_master_holds_the_heartbeat_pipe_not_the_web_processes(make_clu
     arguments = open(f"/proc/{store_pid}/cmdline").read().split("\0")
     pipe = os.readlink(f"/proc/{store_pid}/fd/{arguments[arguments.index('--heartbeat-fd') + 1]}")
     master = cluster.procs["web"].pid
-    web_processes = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and int(pid) != store_pid
-                     and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(master)]
+    web_processes = [pid for pid in _children_of(master) if pid != store_pid]
     assert len(web_processes) >= 1
     assert pipe in _pipes_of(master)  # the master reads the beats: a web process that held the pipe
     for pid in web_processes:         # too would keep it open past a master that died
         assert pipe not in _pipes_of(pid), f"web process {pid} holds the store process's heartbeat pipe"
+
+
+def test_a_stop_sent_to_gunicorns_process_group_leaves_the_store_process_to_the_master(make_cluster):
+    """Ctrl-C in `make run`, or honcho's stop, signals gunicorn's whole process group. The store process
+    is not in it: it serves until the web processes have finished (here one is held stopped for a few
+    looks of the watch), then the master stops it, and it is never restarted during the stop."""
+    cluster = make_cluster(EMBEDDED)
+    cluster.stop("web")
+    master = cluster.start("web", own_group=True)
+    (started,) = _lines(cluster, "store_process_started")[-1:]
+    store_pid = started["pid"]
+    assert os.getpgid(store_pid) != os.getpgid(master.pid)
+    web_processes = [pid for pid in _children_of(master.pid) if pid != store_pid]
+    assert len(web_processes) >= 1
+    os.kill(web_processes[0], signal.SIGSTOP)  # finishing its requests, as far as the master can tell
+    try:
+        os.killpg(master.pid, signal.SIGTERM)
+        time.sleep(3 * WATCH_INTERVAL_SECONDS + 1)
+        assert _alive(store_pid), "the group's stop ended the store process while a web process was still up"
+        assert _lines(cluster, "store_process_restarted") == []
+    finally:
+        _continue(web_processes[0])
+    assert cluster.stop("web") == 0
+    assert not _alive(store_pid)
+    assert _lines(cluster, "store_process_restarted") == []
+    assert len(_lines(cluster, "store_process_stopped")) == len(_lines(cluster, "store_process_started"))
