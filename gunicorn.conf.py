@@ -80,6 +80,13 @@ def post_fork(server, worker):
         server.store_process.forget_in_worker()
 
 
+def on_reload(server):
+    # SIGHUP (a release's code, or changed settings): the new web processes run the code now installed, and
+    # so must the store process that stores their events.
+    if getattr(server, "store_process", None) is not None:
+        server.store_process.replace()
+
+
 def on_exit(server):
     # After the web processes have finished their requests: stop the store process (it removes its socket).
     if getattr(server, "store_process", None) is not None:

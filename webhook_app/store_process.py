@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
 class StoreProcessSupervisor:
     """Runs the store process for gunicorn's master: started in on_starting, restarted when it exits
     and replaced (kill -9, then a new one) when its heartbeat stops (a daemon thread looks once a
-    second), stopped in on_exit. The web processes learn its socket from SOCKET_ENV, which they
+    second), replaced when gunicorn reloads (on_reload), stopped in on_exit. The web processes learn its socket from SOCKET_ENV, which they
     inherit from the master."""
 
     def __init__(self, socket: str, database: str):
@@ -715,21 +715,40 @@ class StoreProcessSupervisor:
         log.warning("store_process_restarted", previous_pid=previous, exit_code=code, pid=self.proc.pid)
         return None
 
+    def replace(self) -> None:
+        """Stop the running store process and start a new one at once: after gunicorn reloads (SIGHUP),
+        events are stored by the code now installed, as the new web processes run it, not by a process
+        that imported the code of before (a release that handles a new event type would otherwise see
+        those events stored as not handled). In between, the web processes store their events themselves."""
+        with self._lock:
+            if self._stopping.is_set() or self.proc is None:
+                return  # none running: the watch starts one, with the code now installed
+            previous = self.proc
+            self._close_beats()
+            self._end(previous)
+            self._spawn()
+        log.info("store_process_replaced", previous_pid=previous.pid, pid=self.proc.pid, reason="gunicorn reloaded")
+
     def stop(self) -> None:
         self._stopping.set()
         with self._lock:
             self._close_beats()
-            proc = self.proc
-            if proc is None or proc.poll() is not None:
-                return
-            proc.terminate()
-            try:
-                proc.wait(STOP_WAIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                log.error("store_process_killed", pid=proc.pid,
-                          reason=f"not stopped {STOP_WAIT_SECONDS:g} s after SIGTERM")
-                proc.kill()
-                proc.wait()
+            if self.proc is not None:
+                self._end(self.proc)
+
+    @staticmethod
+    def _end(proc: subprocess.Popen) -> None:
+        """SIGTERM (it answers the group in hand first), then SIGKILL if it has not ended in time."""
+        if proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(STOP_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            log.error("store_process_killed", pid=proc.pid,
+                      reason=f"not stopped {STOP_WAIT_SECONDS:g} s after SIGTERM")
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":
