@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy import bindparam, create_engine, event, func, insert, inspect, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import Executable
@@ -265,9 +265,34 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
             yield session
 
 
+class DatabaseNotReady(Exception):
+    """The database answers, but the service could not store an event in it (`ping`)."""
+
+
 def ping(engine: Engine) -> None:
+    """Raise unless the service can store an event now: the database answers, holds the service's tables
+    (migrated), and takes writes. A read-only PostgreSQL (a standby after a failover, a database set
+    read-only) answers `SELECT 1` while every webhook is refused; a SQLite path with no file would be made
+    an empty database by connecting to it."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        database = os.path.abspath(engine.url.database)
+        if not os.path.exists(database):
+            raise DatabaseNotReady(f"no database file at {database}: run `shop db upgrade` (or correct DATABASE_URL)")
+        for path in (database, os.path.dirname(database)):  # the folder too: SQLite writes its journal there
+            if not os.access(path, os.W_OK):
+                raise DatabaseNotReady(f"{path} is not writable by this process")
     with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+        try:
+            conn.execute(text("SELECT 1 FROM inbox_events LIMIT 0"))
+        except DBAPIError as exc:
+            raise DatabaseNotReady(f"the database has no inbox_events table: run `shop db upgrade` "
+                                   f"({type(exc.orig).__name__})") from exc
+        if engine.dialect.name == "postgresql":
+            standby, read_only = conn.execute(text(
+                "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")).one()
+            if standby or read_only == "on":
+                raise DatabaseNotReady("the database takes no writes: " + (
+                    "a standby (in recovery)" if standby else "its transactions are read-only"))
 
 
 class RowsAtCommit:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import click
 import pytest
 import yaml
 from click.testing import CliRunner
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
 from models.events import InboxEvent
-from tests.support import WEBHOOK_SECRET, event_for, free_port, rendered_logs, stripe_fixture
+from tests.backends import create_postgres_database, drop_postgres_database, servers_available
+from tests.support import WEBHOOK_SECRET, event_for, free_port, rendered_logs, signed_headers, stripe_fixture
 from webhook_app.cli import shop
 from webhook_app.signing import post_signed_event
 
@@ -37,7 +40,7 @@ CLOSED_PORT = free_port()
 
 
 @pytest.mark.parametrize("unreachable_url, detail", [
-    pytest.param("sqlite:////nonexistent-dir-for-shop-tests/deeper/shop.db", "OperationalError",
+    pytest.param("sqlite:////nonexistent-dir-for-shop-tests/deeper/shop.db", "no database file",
                  id="sqlite-in-missing-folder"),
     pytest.param(f"postgresql+psycopg://shop:s3cret@127.0.0.1:{CLOSED_PORT}/shop?connect_timeout=2",
                  str(CLOSED_PORT), id="postgresql-closed-port"),
@@ -53,6 +56,71 @@ def test_readyz_is_503_naming_the_database_and_keeps_the_error_for_the_log_only(
     [logged] = [line for line in lines if "readiness_check_failed" in line]
     assert "database" in logged and detail in logged
     assert "s3cret" not in "".join(lines)
+
+
+def _stores_nothing(client) -> None:
+    """The webhook refuses an event with 503 (Stripe delivers it again): what /readyz must foresee."""
+    payload = json.dumps(event_for("payment_intent.succeeded"))
+    answer = client.post("/webhooks/stripe", data=payload, headers=signed_headers(payload, WEBHOOK_SECRET))
+    assert answer.status_code == 503, answer.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a path of the embedded default
+def test_readyz_is_503_on_a_sqlite_path_with_no_database_and_makes_no_file(make_client, tmp_path):
+    path = tmp_path / "typo" / "shop.db"  # its folder exists: connecting would make an empty database
+    path.parent.mkdir()
+    not_ready = make_client(database_url=f"sqlite:///{path}")
+    with rendered_logs() as lines:
+        response = not_ready.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {"ready": False, "checks": {"database": "unavailable", "broker": "ok"}}
+    assert not path.exists()
+    [logged] = [line for line in lines if "readiness_check_failed" in line]
+    assert "no database file" in logged and "shop db upgrade" in logged
+
+
+def test_readyz_is_503_on_a_database_not_migrated(make_client, settings, tmp_path):
+    if settings.database_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / 'empty.db'}"
+        sqlite3.connect(tmp_path / "empty.db").close()  # a file, no tables: created but never upgraded
+    else:
+        url = create_postgres_database()
+    try:
+        not_ready = make_client(database_url=url)
+        with rendered_logs() as lines:
+            response = not_ready.get("/readyz")
+        assert response.status_code == 503
+        assert response.get_json()["checks"]["database"] == "unavailable"
+        [logged] = [line for line in lines if "readiness_check_failed" in line]
+        assert "no inbox_events table" in logged
+        _stores_nothing(not_ready)
+    finally:
+        if not url.startswith("sqlite"):
+            drop_postgres_database(url)
+
+
+if servers_available():
+    @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+    def test_readyz_is_503_while_postgresql_takes_no_writes(client, make_client, settings):
+        """A demoted primary or a database set read-only answers `SELECT 1`, and refuses every webhook."""
+        assert client.get("/readyz").status_code == 200
+        url = make_url(settings.database_url)
+        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{url.database}" SET default_transaction_read_only = on'))
+            not_ready = make_client()  # new connections, which take the database's setting
+            with rendered_logs() as lines:
+                response = not_ready.get("/readyz")
+            assert response.status_code == 503
+            assert response.get_json()["checks"]["database"] == "unavailable"
+            [logged] = [line for line in lines if "readiness_check_failed" in line]
+            assert "takes no writes" in logged and "read-only" in logged
+            _stores_nothing(not_ready)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{url.database}" RESET default_transaction_read_only'))
+            admin.dispose()
 
 
 def test_readyz_is_503_naming_the_broker_when_its_folder_is_gone(make_client, tmp_path):
