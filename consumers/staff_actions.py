@@ -398,6 +398,7 @@ class RefundScope:
     own: str | None
     counted: frozenset[str]
     disputed: dict[str | None, Dispute]
+    currency: str  # the order's: a dispute in another contests money never counted in what it holds
 
     @property
     def intents(self) -> list[str | None]:
@@ -418,15 +419,17 @@ class RefundScope:
 
     @property
     def held_under_dispute(self) -> int:
-        """What the order holds on intents whose dispute is open (a lost one's money is counted off already)."""
-        return sum(d.amount for intent_id, d in self.disputed.items() if intent_id in self.counted and d.status != "lost")
+        """What the order holds on intents whose dispute is open (a lost one's money is counted off already), in
+        its currency (`Order.counts_currency`)."""
+        return sum(d.amount for intent_id, d in self.disputed.items() if intent_id in self.counted
+                   and d.status != "lost" and d.currency.lower() == self.currency.lower())
 
 
 def refund_scope(session: Session, order: Order, disputed: dict[str | None, Dispute] | None = None) -> RefundScope:
     """The order's `RefundScope`; `disputed`: its entry of `disputes_by_intent`, when already read."""
     if disputed is None:
         disputed = disputes_by_intent(session, [order.id]).get(order.id, {})
-    return RefundScope(order.payment_intent_id, frozenset(intents_counted_for(session, order)), disputed)
+    return RefundScope(order.payment_intent_id, frozenset(intents_counted_for(session, order)), disputed, order.currency)
 
 
 def refunds_ruled_out(session: Session, orders: list[Order]) -> dict[str, Dispute]:
@@ -527,9 +530,10 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
             _record_staff_refund(session, order, refund, note)
         kept_back = [_left_out(dispute) for dispute in left_out] + [
             f"payment intent {intent_id} refused at Stripe: {exc}" for intent_id, exc in not_taken]
+        amounts = _given_back(refunds)
         if kept_back and order.money_held > 0:
             # Not refunded while it holds money: staff decide again once the dispute is closed or Stripe takes it.
-            given = f"refund {ids} made ({sum(r.amount for r in refunds)} {order.currency})"
+            given = f"refund {ids} made ({amounts})"
             still = f"it holds {order.money_held} {order.currency} still"
             _keep_in_review(order, f"staff {actor}: {action}: {given}; {'; '.join(kept_back)}; {still}")
             detail = f"{given}; {'; '.join(kept_back)}; {still}, {order.status.value}; its units stay held"
@@ -537,7 +541,7 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
             returned = return_unshipped_units(session, order)
             if order.status is not OrderStatus.REFUNDED:
                 order.mark_refunded(refunds[-1].id, note)
-            detail = "; ".join([f"stripe refund {ids}", *kept_back, f"{returned} units back on the shelf"])
+            detail = "; ".join([f"stripe refund {ids} ({amounts})", *kept_back, f"{returned} units back on the shelf"])
         if not_taken:
             detail = f"partly done: {detail}"
         if own_status in STILL_PAYABLE:  # the money came on another tab's intent
@@ -547,6 +551,15 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
     if not_taken:
         raise RefundPartlyDone(decision)
     return decision
+
+
+def _given_back(refunds: list) -> str:
+    """What the refunds give back, summed per currency ("3100 jpy, 2000 usd"): each is in its intent's
+    currency, which for a payment in another currency than the order's is not the order's."""
+    by_currency: dict[str, int] = {}
+    for refund in refunds:
+        by_currency[refund.currency] = by_currency.get(refund.currency, 0) + refund.amount
+    return ", ".join(f"{amount} {currency}" for currency, amount in by_currency.items())
 
 
 def _keep_in_review(order: Order, reason: str) -> None:

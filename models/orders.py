@@ -119,8 +119,16 @@ class Order(Base):
 
     @property
     def money_held(self) -> int:
-        """Minor units taken from the customer and not given back (refunded, or charged back)."""
+        """Minor units taken from the customer and not given back (refunded, or charged back), in the
+        order's currency: money in another is never counted in these amounts (`counts_currency`)."""
         return self.paid_amount - self.refunded_amount - self.charged_back_amount
+
+    def counts_currency(self, currency: str | None) -> bool:
+        """Whether money in `currency` counts in the order's amounts (paid, refunded, charged back): only the
+        order's own currency does, since 2000 cents are not 2000 yen. A payment in another (an intent made
+        with the order's metadata in Stripe's dashboard, say) is flagged for a person instead, and its
+        refunds and chargebacks are left out too. Not said (None, ''): taken as the order's."""
+        return not currency or currency.lower() == self.currency.lower()
 
     def mark_paid(self) -> None:
         self._move(S.PAID)
@@ -419,14 +427,15 @@ def record_refund(session: Session, order: Order, *, stripe_refund_id: str, amou
                   status: str, source: RefundSource, reason: str | None = None) -> Refund | None:
     """Record one Stripe refund on the order once (keyed by Stripe's id); None if already recorded.
 
-    Only a refund that has not failed counts against the money the order holds.
+    Only a refund that has not failed, in the order's currency (`Order.counts_currency`: a refund of a
+    payment in another was never counted in what the order holds), counts against the money the order holds.
     """
     if session.scalars(select(Refund).where(Refund.stripe_refund_id == stripe_refund_id)).one_or_none():
         return None
     refund = Refund(stripe_refund_id=stripe_refund_id, order_id=order.id, amount=amount, currency=currency,
                     status=status, source=source, reason=reason)
     session.add(refund)
-    if status not in ("failed", "canceled"):
+    if status not in ("failed", "canceled") and order.counts_currency(currency):
         order.refunded_amount += amount
     return refund
 
@@ -709,6 +718,8 @@ def order_recording(session: Session, intent_id: str) -> str | None:
 def intents_counted_for(session: Session, order: Order) -> set[str]:
     """The intents whose money the order counts in its paid_amount: every one a payment of it was applied on
     (processed for it: `_count_payment` counts each such intent once), the one it holds as a second tab's.
+    One paid in another currency is among them, though its money is not in the order's amounts
+    (`Order.counts_currency`): a payment of the order all the same, which staff's refund gives back.
     The intent the order holds only once a payment on it was applied: not while that payment waits, after
     staff resolved it by hand or its handler ignored it, nor when it never reached the service."""
     return set(session.scalars(select(InboxEvent.object_id).where(
@@ -723,11 +734,13 @@ def settle_chargebacks(session: Session, order: Order, *, counting: str | None =
     apply that payment, the order counts it and the same lost dispute comes off it. Computed again from the
     rows each time, so running it twice, or after the dispute handler, counts nothing twice. `counting`: an
     intent whose payment the caller's transaction is counting for the order (its event not marked processed
-    yet: the payment handler, for a payment on an order that no longer waits for one)."""
+    yet: the payment handler, for a payment on an order that no longer waits for one). A dispute in another
+    currency than the order's takes nothing from it: that payment was never counted (`Order.counts_currency`)."""
     counted = intents_counted_for(session, order) | ({counting} if counting else set())
-    lost = session.execute(select(Dispute.payment_intent_id, Dispute.amount).where(
+    lost = session.execute(select(Dispute.payment_intent_id, Dispute.amount, Dispute.currency).where(
         Dispute.order_id == order.id, Dispute.status == "lost")).all()
-    settled = sum(amount for intent_id, amount in lost if intent_id in counted)
+    settled = sum(amount for intent_id, amount, currency in lost
+                  if intent_id in counted and order.counts_currency(currency))
     change = settled - order.charged_back_amount
     if change:
         log.info("chargebacks_settled", charged_back=settled, change=change)

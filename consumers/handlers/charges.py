@@ -71,7 +71,10 @@ def record_charge_refunds(session: Session, order: Order, refunds: list[dict], *
     (a refund in full of all it holds), or flagged for a person. `refunded` is the charge's refunded total.
 
     charge.refunded calls it, and so does a succeeded event that links a stray intent to the order: the
-    intent's refunds, handled before it, found no order of ours."""
+    intent's refunds, handled before it, found no order of ours.
+
+    A charge in another currency than the order's was never counted in what the order holds
+    (`Order.counts_currency`): its refunds are recorded and take nothing from the order's amounts."""
     # Each refund once, keyed by Stripe's id: one staff made here is already recorded.
     recorded = []
     for refund in refunds:
@@ -103,10 +106,13 @@ def record_charge_refunds(session: Session, order: Order, refunds: list[dict], *
         return Outcome.processed("refunds already recorded", order.id)
     if refunded <= 0:  # only refunds that failed or were canceled: nothing was given back
         return Outcome.processed(f"{len(recorded)} refund(s) recorded, none giving money back", order.id)
+    # A charge in another currency: its payment was flagged when it came, and was never in the order's money.
+    aside = "" if order.counts_currency(currency) else (
+        f" (another currency than this {order.currency.upper()} order's: never counted in its money)")
     if in_full:  # one of two payments the order holds (a stray intent's, or its own after one)
-        return flag_or_note(order, f"charge {charge_id} refunded in full at Stripe ({refunded} {currency}); "
-                                   f"the order still holds {order.money_held} {currency}")
-    return flag_or_note(order, f"partially refunded at Stripe: {refunded} of {amount} {currency}")
+        return flag_or_note(order, f"charge {charge_id} refunded in full at Stripe ({refunded} {currency}){aside}; "
+                                   f"the order still holds {order.money_held} {order.currency}")
+    return flag_or_note(order, f"partially refunded at Stripe: {refunded} of {amount} {currency}{aside}")
 
 
 # Stripe's refund statuses. A pending refund counts as money given back until it fails.
@@ -153,7 +159,8 @@ def on_refund_updated(session: Session, event: dict, context: HandlerContext) ->
     row.status = status
     if not (counted and status in _GIVES_NOTHING):
         return Outcome.processed(f"refund {row.stripe_refund_id} is {status}", order.id)
-    order.refunded_amount -= row.amount
+    if order.counts_currency(row.currency):  # one in another currency never counted in the order's money
+        order.refunded_amount -= row.amount
     log.warning("refund_failed", refund_id=row.stripe_refund_id, amount=row.amount,
                 failure_reason=refund.get("failure_reason"))
     return flag_or_note(order, f"refund {row.stripe_refund_id} of {row.amount} {row.currency} {status} at Stripe "

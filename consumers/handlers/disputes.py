@@ -57,18 +57,21 @@ class _Found:
     order: Order | None
     row: Dispute | None
     unapplied: str | None = None
+    other_currency: str | None = None  # the dispute is in another currency than the order's: what to say of it
 
     def counted(self) -> bool:
         """Whether the disputed money is in what the order holds (`Order.money_held`): not when its payment
         was never applied to the order, so a lost dispute takes nothing from it either (until that payment
-        is applied: `models.orders.settle_chargebacks`)."""
-        return self.unapplied is None
+        is applied: `models.orders.settle_chargebacks`); nor when it is in another currency than the order's
+        (`Order.counts_currency`), never counted at all."""
+        return self.unapplied is None and self.other_currency is None
 
     def aside(self) -> str:
         """What staff must know besides: the money disputed was never counted for the order, and why."""
-        if self.unapplied is None:
+        why = [said for said in (self.unapplied, self.other_currency) if said]
+        if not why:
             return ""
-        return f"; {self.unapplied}, so the money the order holds is left as it is"
+        return f"; {'; '.join(why)}, so the money the order holds is left as it is"
 
 
 def _no_order(dispute: dict) -> Outcome:
@@ -107,7 +110,19 @@ def _find(session: Session, dispute: dict) -> _Found:
         order = lock_order(session, order_id) if order_id is not None else None
     row = session.scalars(select(Dispute).where(Dispute.stripe_dispute_id == dispute["id"]).with_for_update()
                           ).one_or_none()
-    return _Found(order, row, unapplied if order is not None else None)
+    if order is None:
+        return _Found(None, row)
+    return _Found(order, row, unapplied, _other_currency(order, dispute))
+
+
+def _other_currency(order: Order, dispute: dict) -> str | None:
+    """What staff are told of a dispute in another currency than the order's: its payment was never counted
+    in the order's money (`Order.counts_currency`), so a lost one takes nothing from it (`settle_chargebacks`)."""
+    currency = dispute.get("currency")
+    if not isinstance(currency, str) or order.counts_currency(currency):
+        return None
+    return (f"the dispute is in {currency.lower()}, another currency than this {order.currency.upper()} "
+            f"order's: that payment was never counted in the order's money")
 
 
 def _never_received(intent_id: str) -> str:

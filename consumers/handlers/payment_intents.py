@@ -63,15 +63,19 @@ def _count_payment(session: Session, order: Order, intent: dict, event_id: str) 
     and whether this event is the one that counted it.
 
     Counted when the first succeeded event for the intent is processed for this order; a
-    later event for the same intent (Stripe's duplicate, a replay) finds it counted.
+    later event for the same intent (Stripe's duplicate, a replay) finds it counted. A payment in
+    another currency than the order's is counted as the intent's payment (its event flags the order)
+    but its amount is not added: 2000 cents are not 2000 yen (`Order.counts_currency`).
     """
     paid = intent.get("amount_received") or intent.get("amount") or 0
-    # paid_amount only ever grows: at 0 nothing was counted for this order yet, so the look-up
-    # for an earlier event (one query per paid order) is needed only when it is not.
-    counted = order.paid_amount != 0 and session.scalar(select(exists().where(
+    own_currency = order.counts_currency(intent.get("currency"))
+    # paid_amount only ever grows, and only by payments in the order's currency: at 0 none was counted for
+    # this order yet, so the look-up for an earlier event (one query per paid order, and per payment in
+    # another currency, which paid_amount does not show) is needed only when it is not.
+    counted = (order.paid_amount != 0 or not own_currency) and session.scalar(select(exists().where(
         InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.object_id == intent["id"], InboxEvent.order_id == order.id,
         InboxEvent.status == EventStatus.PROCESSED, InboxEvent.event_id != event_id)))
-    if not counted:
+    if not counted and own_currency:
         order.paid_amount += paid
     return paid, not counted
 
@@ -131,21 +135,36 @@ def _count_refunds_made_before(session: Session, order: Order, intent: dict, pai
         currency=(intent.get("currency") or order.currency).lower()))
 
 
+def _not_counted(order: Order, currency: str) -> str:
+    """What a review reason adds for a payment in another currency than the order's: it is not in the money
+    the order holds (accept keeps only that, and leaves this one at Stripe as it is); and how it goes back.
+    Staff's refund (`consumers.staff_actions`) gives back, by Stripe's own numbers and in each intent's
+    currency, every intent a payment of the order was counted on, this one too; it refuses an order already
+    refunded, which holds nothing of its own currency."""
+    how = "refund it in Stripe's dashboard"
+    if order.status is not OrderStatus.REFUNDED:
+        how += ", or `shop orders refund` gives it back with the rest of the order's payments"
+    return f"; not counted in this {order.currency.upper()} order's money: another currency ({currency}); {how}"
+
+
 def _apply_payment(session: Session, intent: dict, found: _Found, paid: int, counted_now: bool) -> Outcome:
     order = found.order
     currency = (intent.get("currency") or "").lower()
+    # Said at the end of a reason when the money is in another currency than the order's (`_count_payment`
+    # did not count it): never silent either way, but the order's own amounts are left as they are.
+    aside = "" if order.counts_currency(currency) else _not_counted(order, currency)
     if found.other_intent:
         # Money taken on an intent the order does not hold (a second checkout tab, a copied
         # client secret): never silent, a person decides whether to refund it.
         return flag_or_note(order, f"paid {paid} {currency} on payment intent {intent['id']}, "
-                                   f"but the order holds {order.payment_intent_id}")
+                                   f"but the order holds {order.payment_intent_id}{aside}")
     if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED, OrderStatus.NEEDS_REVIEW):
         if counted_now:
             # Money this order did not hold before, taken when it no longer waits for any: a second
             # payment after a stray intent's, or the first on an order already in review. Never
             # silent: a person decides whether to keep or refund it.
             return flag_or_note(order, f"paid {paid} {currency} on payment intent {intent['id']} while the "
-                                       f"order is {order.status.value}")
+                                       f"order is {order.status.value}{aside}")
         said = "flagged for review" if order.status is OrderStatus.NEEDS_REVIEW else order.status.value
         return Outcome.processed(f"order already {said}", order.id)
     if order.payment_intent_id is None:
@@ -155,7 +174,7 @@ def _apply_payment(session: Session, intent: dict, found: _Found, paid: int, cou
     # that does not add up is flagged for a person, who can retry, resolve or refund.
     if paid != order.total or currency != order.currency.lower():
         return flag_or_note(order, f"amount mismatch: paid {paid} {currency}, order total {order.total} "
-                                   f"{order.currency}")
+                                   f"{order.currency}{aside}")
     if order.status is OrderStatus.CANCELLED:
         return flag_or_note(order, f"paid after the order was cancelled ({order.cancel_reason})")
 
