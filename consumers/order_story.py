@@ -166,12 +166,13 @@ def _disputes(session: Session, order: Order) -> list[StoryEntry]:
     return entries
 
 
-def find_orders_by_reference(session: Session, text: str, limit: int = 50) -> list[Order]:
+def find_orders_by_reference(session: Session, text: str, limit: int = 50) -> tuple[list[Order], int]:
     """The orders a staff member means by one piece of text: an order id, a PaymentIntent id, a
-    Stripe event id, or the customer's e-mail (any case). Newest first; empty if nothing matches."""
+    Stripe event id, or the customer's e-mail (any case). The newest `limit` of them, and how many
+    match in all (an e-mail may have more); none if nothing matches."""
     text = text.strip()
     if not text:
-        return []
+        return [], 0
     match = [Order.id == text, Order.payment_intent_id == text, func.lower(Order.email) == text.lower()]
     event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == text)).one_or_none()
     if event is not None:
@@ -179,5 +180,6 @@ def find_orders_by_reference(session: Session, text: str, limit: int = 50) -> li
             match.append(Order.id == event.order_id)
         if event.object_id:
             match.append(Order.payment_intent_id == event.object_id)
-    return list(session.scalars(select(Order).where(or_(*match))
-                                .order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)))
+    found = list(session.scalars(select(Order).where(or_(*match))
+                                 .order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)))
+    return found, session.scalar(select(func.count(Order.id)).where(or_(*match)))

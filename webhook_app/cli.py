@@ -415,7 +415,8 @@ def dlq_list():
 
 
 def _masked_message(session, message) -> dict:
-    """A message's body for staff eyes: a mail's recipient and the customer's details masked."""
+    """A message's body for staff eyes: a mail's recipient, the customer's details and the order's
+    access token (its my_page_path is a bearer link to those same details) masked."""
     from models.logs import redact
     from models.orders import Order
 
@@ -423,8 +424,8 @@ def _masked_message(session, message) -> dict:
     if message.topic.value != "mail":
         return body
     order = session.get(Order, body.get("order_id")) if body.get("order_id") else None
-    private = [v for v in ((order.email, order.ship_name, order.ship_postal_code, order.ship_address)
-                           if order else ()) if v]
+    private = [v for v in ((order.email, order.ship_name, order.ship_postal_code, order.ship_address,
+                            order.access_token) if order else ()) if v]
 
     def mask(text: str) -> str:
         for value in private:
@@ -433,7 +434,10 @@ def _masked_message(session, message) -> dict:
 
     lines = [("It will be shipped to ***." if line.startswith("It will be shipped to") else mask(line))
              for line in str(body.get("body", "")).splitlines()]
-    return {**body, "to": "***", "subject": mask(str(body.get("subject", ""))), "body": "\n".join(lines)}
+    masked = {**body, "to": "***", "subject": mask(str(body.get("subject", ""))), "body": "\n".join(lines)}
+    if body.get("my_page_path"):
+        masked["my_page_path"] = mask(str(body["my_page_path"]))
+    return masked
 
 
 @dlq.command("show")

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, text
 
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
+from models.orders import Order
 from tests.conftest import deliver_with
 from tests.support import SHIPPING, confirm_card, event_for, free_port
 from webhook_app.cli import shop
@@ -143,6 +144,9 @@ def test_a_dead_mail_shows_no_customer_details_in_dlq_list_or_show(settings, ses
     assert listed.exit_code == 0 and f"mail confirmation for order {order['order_id']}" in listed.output
     shown = _run(settings, "dlq", "show", str(message.id))
     assert shown.exit_code == 0 and order["order_id"] in shown.output
+    with sessions() as session:
+        token = session.get(Order, order["order_id"]).access_token  # my_page_path: a bearer link to the rest
     for private in ("hanako.private", "@example.com", SHIPPING["name"], SHIPPING["address"],
-                    SHIPPING["postal_code"]):
+                    SHIPPING["postal_code"], token):
         assert private not in listed.output and private not in shown.output, private
+    assert f'"my_page_path": "/orders/{order["order_id"]}?token=***"' in shown.output

@@ -7,17 +7,20 @@ from flask_login import current_user, login_user, logout_user
 
 from models.db import transaction
 from models.staff import TooManyLoginFailures, authenticate, end_sessions
+from models.text import CONTROL_CHARACTERS
 from webhook_app import state
 from webhook_app.admin import StaffUser, bp
 
 log = structlog.get_logger(__name__)
 
 
-def safe_next(target: str | None) -> str:
-    """Only a path inside the console: never an open redirect to another site."""
-    if target and target.startswith("/admin") and not target.startswith("//") and "\\" not in target:
+def safe_next(target: str | None, default: str | None = None) -> str:
+    """Only a path inside the console: never an open redirect to another site. Anything else, a line
+    break from a form field too (no redirect header can carry one), goes to `default` (the dashboard)."""
+    if (target and target.startswith("/admin") and not target.startswith("//") and "\\" not in target
+            and not CONTROL_CHARACTERS.search(target)):
         return target
-    return url_for("admin.dashboard")
+    return default or url_for("admin.dashboard")
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -129,7 +129,8 @@ def _attempts(session, message: OutboxMessage) -> list[EventAttempt]:
 def _private_values(order: Order | None) -> tuple[str, ...]:
     if order is None:
         return ()
-    return tuple(v for v in (order.email, order.ship_name, order.ship_postal_code, order.ship_address) if v)
+    return tuple(v for v in (order.email, order.ship_name, order.ship_postal_code, order.ship_address,
+                             order.access_token) if v)
 
 
 @bp.get("/dead-letters/<int:message_id>")
@@ -173,9 +174,9 @@ def _decide(message_id: int, decision, done: str):
         flash(f"Not done: {exc.message}", "error")
     else:
         flash(done, "ok")
-    # A decision taken from the order's page answers with the order's page.
-    back = request.form.get("next")
-    return redirect(safe_next(back) if back else url_for("admin.dead_letter", message_id=message_id), 303)
+    # A decision taken from the order's page answers with the order's page; else (or if `next` is
+    # unusable, e.g. holds a line break) with the message's own.
+    return redirect(safe_next(request.form.get("next"), url_for("admin.dead_letter", message_id=message_id)), 303)
 
 
 @bp.post("/dead-letters/<int:message_id>/retry")

@@ -1,5 +1,6 @@
 """What the console never shows: customers' contact details inside payloads, card numbers,
-client secrets and API or webhook secrets, wherever they turn up (a payload, an error, a note).
+client secrets and API or webhook secrets, wherever they turn up (a payload, an error, a note), and
+an order's access token (a link holding it opens the buyer's details to anyone who has it).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ _PRIVATE_KEYS = frozenset({"name", "email", "phone", "address", "shipping", "bil
 _PRIVATE_KEY_PARTS = ("email", "phone", "secret", "password", "address")
 # Suffixes of a person's name (verified_name, customer_name) and of an IP address (customer_purchase_ip).
 _PRIVATE_KEY_ENDINGS = ("_name", "_ip")
+# A token in a link (our mails' my_page_path: /orders/ID?token=…): the link stays, the token goes.
+_TOKEN_IN_LINK = re.compile(r"([?&](?:access_)?token=)[^&#\s\"'<>]+")
 
 # A client secret (`pi_…_secret_…`, `seti_…_secret_…`) and Stripe's key and webhook-secret prefixes.
 _SECRET = re.compile(r"\b(?:[a-z]+_[A-Za-z0-9]+_secret_[A-Za-z0-9]+|whsec_[A-Za-z0-9]+|"
@@ -54,16 +57,17 @@ def _is_private(key: str) -> bool:
     lowered = key.lower()
     if lowered.endswith("_check"):  # Stripe's verification results (address_zip_check: "pass"), no one's details
         return False
+    # A key with the word `token` (token, access_token) holds a bearer credential, e.g. an order's.
     return (lowered in _PRIVATE_KEYS or lowered == "ip" or lowered.endswith(_PRIVATE_KEY_ENDINGS)
-            or any(part in lowered for part in _PRIVATE_KEY_PARTS))
+            or any(part in lowered for part in _PRIVATE_KEY_PARTS) or "token" in lowered.split("_"))
 
 
 def mask_payload(value, private_values: tuple[str, ...] = ()):
     """A copy of a JSON value with customers' details and secrets masked at any depth.
 
     A private key keeps its place (so staff see the field was there and set) with its value
-    masked; `private_values` (the order's e-mail, name and address) are masked inside any text,
-    e.g. a mail's body; e-mail addresses anywhere are masked too.
+    masked; `private_values` (the order's e-mail, name, address and access token) are masked inside
+    any text, e.g. a mail's body; e-mail addresses and a link's `token=` value anywhere are masked too.
     """
     if isinstance(value, dict):
         return {key: (MASK if _is_private(str(key)) and item not in (None, "", {}, [])
@@ -74,7 +78,7 @@ def mask_payload(value, private_values: tuple[str, ...] = ()):
         for private in private_values:
             if private and len(private) >= 3:
                 value = value.replace(private, MASK)
-        return scrub_text(redact(value))
+        return scrub_text(redact(_TOKEN_IN_LINK.sub(rf"\g<1>{MASK}", value)))
     return value
 
 

@@ -259,9 +259,10 @@ def search():
         return redirect(url_for("admin.search", q=request.form.get("q", "").strip()), 303)
     text = request.args.get("q", "").strip()
     with state().sessions() as session:
-        found = find_orders_by_reference(session, text)
+        found, total = find_orders_by_reference(session, text)
         rows = [{"id": o.id, "status": o.status.value, "total": money(o.total, o.currency),
                  "created_at": o.created_at} for o in found]
     if len(rows) == 1:
         return redirect(url_for("admin.order", order_id=rows[0]["id"]), 303)
-    return render_template("admin/search.html", title="Search", q=text, rows=rows), (200 if rows or not text else 404)
+    return render_template("admin/search.html", title="Search", q=text, rows=rows, total=total), \
+        (200 if rows or not text else 404)
