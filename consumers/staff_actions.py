@@ -68,6 +68,33 @@ class Decision:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class OrderAsSeen:
+    """What a confirmation page showed of the order a decision is about: its status, the money it holds
+    (minor units, in the order's currency) and its shipment's status (None: it has none). A decision given
+    one is carried out only on that order: one changed since (a payment landed, a colleague decided) is
+    refused, so staff never confirm one amount and refund another. The CLI passes none: it acts at once."""
+
+    status: str
+    money_held: int
+    shipment: str | None
+
+    @classmethod
+    def of(cls, order: Order) -> OrderAsSeen:
+        return cls(order.status.value, order.money_held, order.shipment.status.value if order.shipment else None)
+
+    def described(self, currency: str) -> str:
+        shipment = f"shipment {self.shipment}" if self.shipment else "no shipment"
+        return f"{self.status}, holding {self.money_held} {currency}, {shipment}"
+
+
+def _refuse_if_changed(order: Order, expected: OrderAsSeen) -> None:
+    now = OrderAsSeen.of(order)
+    if now != expected:
+        raise Refused(f"order {order.id} changed since you looked: it is now {now.described(order.currency)} "
+                      f"(the page showed {expected.described(order.currency)}); nothing was done: review it again")
+
+
 def _status(order: Order | None) -> str | None:
     return order.status.value if order is not None else None
 
@@ -102,8 +129,10 @@ def _audited_refusal(factory: sessionmaker[Session], *, actor: str, action: str,
 
 
 @contextmanager
-def _one_decision_at_a_time(factory: sessionmaker[Session], order_id: str) -> Iterator[None]:
-    """Refuse a decision on an order while another staff decision on it is being carried out.
+def _one_decision_at_a_time(factory: sessionmaker[Session], order_id: str,
+                            expected: OrderAsSeen | None = None) -> Iterator[None]:
+    """Refuse a decision on an order while another staff decision on it is being carried out, or, given
+    `expected`, when the order is no longer as its confirmation page showed it.
 
     A refund spans calls to Stripe made with no transaction open (a slow Stripe must not hold the
     order's row, or SQLite's one write lock), so the order's row lock cannot keep two refunds apart:
@@ -114,6 +143,11 @@ def _one_decision_at_a_time(factory: sessionmaker[Session], order_id: str) -> It
         if not taken:
             raise Refused(f"another staff decision on order {order_id} is in progress (a refund waiting for "
                           f"Stripe's answer, say): nothing was done; look at the order again in a moment")
+        if expected is not None:
+            # Under the order's row lock, which the worker applying a payment takes too: a payment it is
+            # applying now is counted before the comparison, not after it.
+            with transaction(factory) as session:
+                _refuse_if_changed(get_order(session, order_id, for_update=True), expected)
         yield
 
 
@@ -359,10 +393,12 @@ def orders_needing_review(session: Session) -> list[Order]:
         select(Order).where(Order.status == OrderStatus.NEEDS_REVIEW).order_by(Order.updated_at)))
 
 
-def refund_order(factory: sessionmaker[Session], order_id: str, *, actor: str, reason: str) -> Decision:
-    """Give the money the order holds back at Stripe, mark it refunded and put unshipped units back."""
+def refund_order(factory: sessionmaker[Session], order_id: str, *, actor: str, reason: str,
+                 expected: OrderAsSeen | None = None) -> Decision:
+    """Give the money the order holds back at Stripe, mark it refunded and put unshipped units back
+    (refused, given `expected`, on an order changed since: see OrderAsSeen)."""
     with _audited_refusal(factory, actor=actor, action="refund", target=f"order {order_id}", order_id=order_id,
-                          note=reason), _one_decision_at_a_time(factory, order_id):
+                          note=reason), _one_decision_at_a_time(factory, order_id, expected):
         return _give_money_back(factory, order_id, actor=actor, action="refund", note=reason)
 
 
@@ -612,7 +648,8 @@ def _record_staff_refund(session: Session, order: Order, refund, reason: str) ->
                   status=refund.status, source=RefundSource.STAFF, reason=reason)
 
 
-def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str) -> Decision:
+def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str,
+                 expected: OrderAsSeen | None = None) -> Decision:
     """Keep the payment of a flagged order and fulfil it, if its units can be covered.
 
     An order whose goods already left (or are about to: a pending shipment, e.g. flagged for a
@@ -621,7 +658,7 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
     """
     target = f"order {order_id}"
     with _audited_refusal(factory, actor=actor, action="accept", target=target, order_id=order_id, note=note), \
-            _one_decision_at_a_time(factory, order_id), caused_by(f"staff {actor}: accept"), \
+            _one_decision_at_a_time(factory, order_id, expected), caused_by(f"staff {actor}: accept"), \
             transaction(factory) as session:
         order = get_order(session, order_id, for_update=True)
         before = _status(order)
@@ -657,7 +694,7 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
 
 
 def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str,
-                 refund: bool = False) -> Decision:
+                 refund: bool = False, expected: OrderAsSeen | None = None) -> Decision:
     """Cancel an order and put its units back; refused while it holds money, unless `refund`.
 
     With `refund`, the money held is given back at Stripe first (the refund path) and the order
@@ -668,7 +705,7 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
     """
     target = f"order {order_id}"
     with _audited_refusal(factory, actor=actor, action="cancel", target=target, order_id=order_id, note=note), \
-            _one_decision_at_a_time(factory, order_id):
+            _one_decision_at_a_time(factory, order_id, expected):
         if refund:
             with factory() as session:
                 order = get_order(session, order_id)
@@ -708,7 +745,8 @@ def _refuse_while_a_payment_waits(session: Session, order: Order) -> None:
         raise Refused(cancel_ruled_out(waiting))
 
 
-def ship_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str) -> Decision:
+def ship_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str,
+               expected: OrderAsSeen | None = None) -> Decision:
     """Record that the order's shipment left the warehouse (the note says how: carrier, tracking).
 
     A fact staff write down, not a change to money or the order's status: its units are gone for
@@ -717,7 +755,7 @@ def ship_order(factory: sessionmaker[Session], order_id: str, *, actor: str, not
     """
     target = f"order {order_id}"
     with _audited_refusal(factory, actor=actor, action="ship", target=target, order_id=order_id, note=note), \
-            _one_decision_at_a_time(factory, order_id), caused_by(f"staff {actor}: ship"), \
+            _one_decision_at_a_time(factory, order_id, expected), caused_by(f"staff {actor}: ship"), \
             transaction(factory) as session:
         order = get_order(session, order_id, for_update=True)
         before = _status(order)

@@ -4,17 +4,21 @@ left the warehouse), each behind a page that says what will happen to the money 
 
 The decisions are the functions the CLI calls (consumers/staff_actions.py), with the logged-in
 staff member as the actor; this module reads the form, calls, and redirects to the order's page.
+The form carries what its page showed of the order (OrderAsSeen): a decision on an order changed
+since is refused, not carried out on money or a status nobody confirmed.
 """
 from __future__ import annotations
+
+import re
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
 
 from consumers.order_story import find_orders_by_reference, order_story
 from consumers.payments import PaymentGatewayError
-from consumers.staff_actions import (RefundPartlyDone, accept_order, cancel_order, find_orders, not_shippable,
-                                     order_id_of_message, refund_order, refund_ruled_out_on, refund_scope,
-                                     refunds_ruled_out, ship_order)
+from consumers.staff_actions import (OrderAsSeen, RefundPartlyDone, accept_order, cancel_order, find_orders,
+                                     not_shippable, order_id_of_message, refund_order, refund_ruled_out_on,
+                                     refund_scope, refunds_ruled_out, ship_order)
 from models.catalog import ReservationStatus, Stock
 from models.errors import DomainError, NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
@@ -216,7 +220,8 @@ def decide(order_id: str, decision: str):
                 if decision == "cancel" and current.money_held > 0 else None,
                 "possible": decision in available_decisions(
                     current, refunds_ruled_out(session, [current]).get(current.id),
-                    payment_waiting(session, current))}
+                    payment_waiting(session, current)),
+                "seen": OrderAsSeen.of(current)}
     return render_template("admin/order_decision.html", title=f"{decision.capitalize()} order {order_id}",
                            decision=decision, o=page)
 
@@ -226,16 +231,23 @@ def _decided(order_id: str, decision: str):
     if not note:
         flash(f"Not done: {decision} needs a note saying why (it is kept in the audit trail).", "error")
         return redirect(url_for("admin.decide", order_id=order_id, decision=decision), 303)
+    try:
+        seen = _seen_on_the_page()
+    except ValueError as exc:
+        flash(f"Not done: the form did not say what its page showed of the order ({exc}); nothing changed. "
+              f"Read the order on this page again and confirm.", "error")
+        return redirect(url_for("admin.decide", order_id=order_id, decision=decision), 303)
     sessions, who = state().sessions, actor()
     try:
         if decision == "accept":
-            result = accept_order(sessions, order_id, actor=who, note=note)
+            result = accept_order(sessions, order_id, actor=who, note=note, expected=seen)
         elif decision == "refund":
-            result = refund_order(sessions, order_id, actor=who, reason=note)
+            result = refund_order(sessions, order_id, actor=who, reason=note, expected=seen)
         elif decision == "ship":
-            result = ship_order(sessions, order_id, actor=who, note=note)
+            result = ship_order(sessions, order_id, actor=who, note=note, expected=seen)
         else:
-            result = cancel_order(sessions, order_id, actor=who, note=note, refund=request.form.get("refund") == "yes")
+            result = cancel_order(sessions, order_id, actor=who, note=note, refund=request.form.get("refund") == "yes",
+                                  expected=seen)
     except NotFound:
         abort(404)
     except DomainError as exc:
@@ -250,6 +262,22 @@ def _decided(order_id: str, decision: str):
         flash(f"Order {order_id}: {decision} done, {result.status_before} → {result.status_after} "
               f"({result.detail}).", "ok")
     return redirect(url_for("admin.order", order_id=order_id), 303)
+
+
+def _seen_on_the_page() -> OrderAsSeen | None:
+    """What the confirmation page showed of the order, from its hidden fields; None from a form that sends
+    none of them (one posted by a script, not from the page), which is carried out as the CLI's is."""
+    fields = {name: request.form.get(name) for name in ("seen_status", "seen_held", "seen_shipment")}
+    if all(value is None for value in fields.values()):
+        return None
+    status, held, shipment = fields["seen_status"], fields["seen_held"], fields["seen_shipment"]
+    if status not in {s.value for s in OrderStatus}:
+        raise ValueError("its seen_status is not an order status")
+    if held is None or not re.fullmatch(r"-?[0-9]{1,18}", held):
+        raise ValueError("its seen_held is not an amount in minor units")
+    if shipment is None or shipment not in {"", *(s.value for s in ShipmentStatus)}:
+        raise ValueError("its seen_shipment is not a shipment status (or empty: none)")
+    return OrderAsSeen(status, int(held), shipment or None)
 
 
 @bp.route("/search", methods=["GET", "POST"])
