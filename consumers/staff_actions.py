@@ -39,6 +39,7 @@ from models.orders import (
     cover_units,
     get_order,
     intents_counted_for,
+    money_in_other_currencies,
     payment_waiting,
     record_refund,
     return_unshipped_units,
@@ -710,8 +711,8 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
             with factory() as session:
                 order = get_order(session, order_id)
                 _refuse_while_a_payment_waits(session, order)
-                held = order.money_held
-            if held > 0:
+                held = order.money_held > 0 or order_id in money_in_other_currencies(session, [order])
+            if held:
                 return _give_money_back(factory, order_id, actor=actor, action="cancel", note=note)
         with caused_by(f"staff {actor}: cancel"), transaction(factory) as session:
             order = get_order(session, order_id, for_update=True)
@@ -727,6 +728,11 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
                                   f"accept keeps it and ships")
                 raise Refused(f"order {order_id} holds {order.money_held} {order.currency} taken from the customer: "
                               f"cancel --refund gives it back, accept keeps it and ships")
+            elsewhere = money_in_other_currencies(session, [order]).get(order_id)
+            if elsewhere:  # not in the order's money (`Order.counts_currency`), taken from the customer all the same
+                taken = ", ".join(f"{amount} {currency}" for currency, amount in sorted(elsewhere.items()))
+                raise Refused(f"order {order_id} holds {taken} taken from the customer in another currency than its "
+                              f"own: cancel --refund gives it back")
             if not can_transition(order.status, OrderStatus.CANCELLED):
                 raise Refused(f"order {order_id} is {before} and cannot be cancelled")
             returned = return_unshipped_units(session, order)

@@ -727,6 +727,40 @@ def intents_counted_for(session: Session, order: Order) -> set[str]:
         InboxEvent.status == EventStatus.PROCESSED, InboxEvent.object_id.is_not(None)).distinct()))
 
 
+def money_in_other_currencies(session: Session, orders: list[Order]) -> dict[str, dict[str, int]]:
+    """For each of the orders that has any, the money its payments in other currencies than its own still
+    hold by our records, per currency: paid, less the refunds standing and the disputes lost in that currency.
+    The order's own amounts leave it out (`Order.counts_currency`); staff's refund gives it back too (every
+    intent in `intents_counted_for`), and a cancel must not forget it. Read from the payments' events, so
+    for staff's pages and decisions, not for the worker's hot path."""
+    by_id = {order.id: order for order in orders}
+    held: dict[str, dict[str, int]] = {}
+
+    def count(order_id: str, currency: object, amount: int) -> None:
+        if isinstance(currency, str) and currency and not by_id[order_id].counts_currency(currency):
+            per_currency = held.setdefault(order_id, {})
+            per_currency[currency.lower()] = per_currency.get(currency.lower(), 0) + amount
+
+    if not by_id:
+        return held
+    paid_on = set()  # (order, intent): Stripe's duplicate of a succeeded event, or a replay, counts once
+    for order_id, intent_id, payload in session.execute(select(
+            InboxEvent.order_id, InboxEvent.object_id, InboxEvent.payload).where(
+            InboxEvent.type == PAYMENT_SUCCEEDED, InboxEvent.order_id.in_(by_id),
+            InboxEvent.status == EventStatus.PROCESSED, InboxEvent.object_id.is_not(None))):
+        if (order_id, intent_id) not in paid_on:
+            paid_on.add((order_id, intent_id))
+            intent = (json.loads(payload).get("data") or {}).get("object") or {}
+            count(order_id, intent.get("currency"), intent.get("amount_received") or intent.get("amount") or 0)
+    for refund in session.scalars(select(Refund).where(Refund.order_id.in_(by_id),
+                                                      Refund.status.not_in(("failed", "canceled")))):
+        count(refund.order_id, refund.currency, -refund.amount)
+    for dispute in session.scalars(select(Dispute).where(Dispute.order_id.in_(by_id), Dispute.status == "lost")):
+        count(dispute.order_id, dispute.currency, -dispute.amount)
+    return {order_id: left for order_id, per_currency in held.items()
+            if (left := {currency: amount for currency, amount in per_currency.items() if amount > 0})}
+
+
 def settle_chargebacks(session: Session, order: Order, *, counting: str | None = None) -> int:
     """Make the order's charged_back_amount the sum of its lost disputes on the intents whose money it counts
     (`intents_counted_for`), and return what changed. A dispute lost on an intent whose payment was never

@@ -4,11 +4,12 @@ Its refunds and a lost dispute on it take nothing from the order either, and sta
 its own currency. Real payments and refunds at localstripe, events through the webhook and the worker."""
 from __future__ import annotations
 
+import pytest
 import stripe
 from sqlalchemy import select
 
-from consumers.staff_actions import refund_order, refunds_ruled_out
-from models.orders import Order
+from consumers.staff_actions import Refused, cancel_order, refund_order, refunds_ruled_out
+from models.orders import Order, money_in_other_currencies
 from models.refunds import Dispute, Refund
 from tests.integration.test_refunds_and_disputes import (  # noqa: F401 - fixtures
     _charge_of,
@@ -19,7 +20,7 @@ from tests.integration.test_refunds_and_disputes import (  # noqa: F401 - fixtur
     stripe_says,
 )
 from tests.support import confirm_card, event_for
-from webhook_app.admin.orders import consequences
+from webhook_app.admin.orders import available_decisions, consequences
 
 NOT_COUNTED = ("not counted in this JPY order's money: another currency (usd); refund it in Stripe's dashboard, "
                "or `shop orders refund` gives it back with the rest of the order's payments")
@@ -138,3 +139,50 @@ def test_an_open_dispute_on_a_payment_in_another_currency_does_not_rule_out_refu
         assert refunds_ruled_out(session, [current]) == {}
         said = consequences(session, current, "refund")
     assert said[0].startswith("Money: 3,100 JPY goes back"), said
+
+
+def test_an_order_holding_only_money_in_another_currency_is_not_cancelled_as_if_nothing_was_taken(
+        client, sessions, checkout, stripe_says):
+    """The order's own intent never paid; a stray intent paid it 2000 usd. Its money (in yen) is none, yet the
+    customer's card was charged: the console offers a refund, says what a cancel would do to that money,
+    a cancel without refund is refused, and cancel --refund gives the 2000 usd back at Stripe."""
+    order = checkout([("TEA-01", 2)])
+    stray = _paid_in_dollars(order, stripe_says)
+    row = order_row(sessions, order)
+    assert (row.status.value, row.money_held) == ("needs_review", 0)
+    with sessions() as session:
+        current = session.get(Order, row.id)
+        elsewhere = money_in_other_currencies(session, [current])
+        assert elsewhere == {row.id: {"usd": 2000}}
+        assert available_decisions(current, None, None, elsewhere[row.id]) == ["cancel", "refund"]
+        assert consequences(session, current, "cancel")[0].startswith(
+            "Money: this order holds 20.00 USD in another currency taken from the customer. Cancelling is refused")
+        assert consequences(session, current, "refund")[0].startswith(
+            "Money: 20.00 USD, paid in another currency than the order's (so not in its money), goes back")
+
+    with pytest.raises(Refused, match=f"order {row.id} holds 2000 usd taken from the customer in another currency"):
+        cancel_order(sessions, row.id, actor="alice", note="customer gave up")
+    assert stripe.Refund.list(payment_intent=stray.id).data == []
+
+    decision = cancel_order(sessions, row.id, actor="alice", note="customer gave up", refund=True)
+    assert [(r.amount, r.currency) for r in stripe.Refund.list(payment_intent=stray.id).data] == [(2000, "usd")]
+    assert "(2000 usd)" in decision.detail
+    row = order_row(sessions, order)
+    assert row.status.value == "refunded"
+    with sessions() as session:
+        assert money_in_other_currencies(session, [session.get(Order, row.id)]) == {}
+
+
+def test_the_console_says_what_happens_to_a_stray_payment_in_another_currency(
+        client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    _paid_in_dollars(order, stripe_says)
+    with sessions() as session:
+        current = session.get(Order, order["order_id"])
+        refund, accept = consequences(session, current, "refund"), consequences(session, current, "accept")
+    assert refund[:2] == [
+        "Money: 3,100 JPY goes back to the customer's card at Stripe, in full. Stripe keeps its fee.",
+        "Also 20.00 USD, paid in another currency than the order's (so not in its money), goes back to the "
+        "customer's card at Stripe. Stripe keeps its fee."], refund
+    assert accept[1] == ("Money in another currency than the order's, not in its money: 20.00 USD. Accept leaves "
+                         "it at Stripe as it is: refund it in Stripe's dashboard if it should go back."), accept

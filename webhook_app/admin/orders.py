@@ -23,7 +23,8 @@ from models.catalog import ReservationStatus, Stock
 from models.errors import DomainError, NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
 from models.orders import (Order, OrderStatus, PaymentWaiting, ShipmentStatus, can_transition, cancel_ruled_out,
-                           get_order, intents_counted_for, payment_waiting, payments_waiting)
+                           get_order, intents_counted_for, money_in_other_currencies, payment_waiting,
+                           payments_waiting)
 from models.refunds import Dispute
 from webhook_app import state
 from webhook_app.admin import actor, bp, page_arg
@@ -51,10 +52,13 @@ def orders():
         found, total = find_orders(session, status, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
         disputed = refunds_ruled_out(session, found)
         waiting = payments_waiting(session, [o.id for o in found])
+        # Only an order holding none of its own money can be refunded for money in another currency alone.
+        elsewhere = money_in_other_currencies(session, [o for o in found if o.money_held <= 0])
         rows = [{"id": o.id, "status": o.status.value, "total": money(o.total, o.currency),
                  "held": money(o.money_held, o.currency), "created_at": o.created_at, "updated_at": o.updated_at,
                  "reason": review_sentence(o.review_reason) if o.status is OrderStatus.NEEDS_REVIEW else None,
-                 "decisions": available_decisions(o, disputed.get(o.id), waiting.get(o.id))} for o in found]
+                 "decisions": available_decisions(o, disputed.get(o.id), waiting.get(o.id), elsewhere.get(o.id))}
+                for o in found]
     title = "Orders needing review" if status is OrderStatus.NEEDS_REVIEW else (
         f"Orders: {status.value}" if status else "Orders")
     return render_template("admin/orders.html", title=title, rows=rows, total=total, page=page,
@@ -64,16 +68,19 @@ def orders():
 
 
 def available_decisions(order: Order, disputed: Dispute | None = None,
-                        waiting: PaymentWaiting | None = None) -> list[str]:
+                        waiting: PaymentWaiting | None = None, elsewhere: dict[str, int] | None = None) -> list[str]:
     """The decisions that can succeed on the order as it is now (others would only be refused);
     `disputed`: the dispute that rules its refund out, if one does (`refunds_ruled_out`: no undisputed
-    payment holds money); `waiting`: a payment for it stored and not yet applied, which rules a cancel out."""
+    payment holds money); `waiting`: a payment for it stored and not yet applied, which rules a cancel out;
+    `elsewhere`: money its payments in other currencies hold (`money_in_other_currencies`), which a refund
+    gives back too, unless the order is refunded already."""
     decisions = []
     if order.status is OrderStatus.NEEDS_REVIEW and order.money_held > 0:
         decisions.append("accept")
     if can_transition(order.status, OrderStatus.CANCELLED) and waiting is None:
         decisions.append("cancel")
-    if order.refundable and order.money_held > 0 and disputed is None:
+    money_to_give_back = order.money_held > 0 or (elsewhere and order.status is not OrderStatus.REFUNDED)
+    if order.refundable and money_to_give_back and disputed is None:
         decisions.append("refund")
     if not_shippable(order) is None:
         decisions.append("ship")
@@ -92,7 +99,8 @@ def order(order_id: str):
                                       else m.topic.value.replace("_", " "))}
                 for m in _dead_letters_of(session, current)]
         decisions = available_decisions(current, refunds_ruled_out(session, [current]).get(order_id),
-                                        payment_waiting(session, current))
+                                        payment_waiting(session, current),
+                                        money_in_other_currencies(session, [current]).get(order_id))
         reason = review_sentence(current.review_reason) if current.status is OrderStatus.NEEDS_REVIEW else None
     return render_template("admin/order.html", title=f"Order {order_id}", story=story, dead=dead,
                            decisions=decisions, reason=reason)
@@ -121,6 +129,9 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
 
     shipment = order.shipment
     unshipped = shipment is not None and shipment.status is ShipmentStatus.PENDING
+    # Paid in another currency than the order's: not in its money (`Order.counts_currency`), said apart.
+    elsewhere = money_in_other_currencies(session, [order]).get(order.id, {})
+    other = ", ".join(money(amount, currency) for currency, amount in sorted(elsewhere.items()))
     if decision == "ship":
         problem = not_shippable(order)
         if problem is not None:
@@ -129,7 +140,7 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
                 f"Stock: unchanged; its units ({units(taken)}) left the shelf when it was paid. From now on a refund "
                 f"or cancel no longer puts them back on sale.",
                 f"Shipment {shipment.id} is recorded as shipped; the order stays {order.status.value}."]
-    money_back = decision == "refund" or (decision == "cancel" and refund and order.money_held > 0)
+    money_back = decision == "refund" or (decision == "cancel" and refund and (order.money_held > 0 or elsewhere))
     disputed = refunds_ruled_out(session, [order]).get(order.id) if money_back else None
     if disputed is not None:
         return [f"Refused: {refund_ruled_out_on(disputed)}."]
@@ -145,6 +156,9 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
                   and order.payment_intent_id not in intents_counted_for(session, order) else [])
     if decision == "accept":
         out = [f"Money: the {held} taken is kept; nothing goes back to the customer."]
+        if elsewhere:
+            out.append(f"Money in another currency than the order's, not in its money: {other}. Accept leaves it "
+                       f"at Stripe as it is: refund it in Stripe's dashboard if it should go back.")
         if shipment is not None and shipment.status is not ShipmentStatus.CANCELLED:
             out.append(f"Stock: unchanged; its goods were already taken (shipment {shipment.status.value}). "
                        f"The order goes back to paid.")
@@ -163,7 +177,9 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
         # A disputed payment is left out (Stripe refuses to refund it, or the card network gave it back).
         scope = refund_scope(session, order)
         left_out, contested = scope.left_out, scope.held_under_dispute
-        if not left_out:
+        if order.money_held <= 0 and elsewhere:
+            out = []
+        elif not left_out:
             out = [f"Money: {held} goes back to the customer's card at Stripe, in full. Stripe keeps its fee."]
         else:
             out = [f"Money: {money(order.money_held - contested, order.currency)} goes back to the customer's card "
@@ -173,6 +189,9 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
                        f"{money(d.amount, d.currency)} back already." if d.status == "lost" else
                        f"dispute {d.stripe_dispute_id} is {d.status}, and Stripe does not refund a disputed payment.")
                     for intent_id, d in left_out.items()]
+        if elsewhere:
+            out.append(f"{'Also' if out else 'Money:'} {other}, paid in another currency than the order's (so not in "
+                       f"its money), goes back to the customer's card at Stripe. Stripe keeps its fee.")
         if contested > 0:
             out.append(f"The order keeps {money(contested, order.currency)} under dispute and stays in review, "
                        f"its units held: decide again once the dispute is closed.")
@@ -187,8 +206,9 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
         out.append("The order ends refunded.")
         return out + own_unpaid
     # cancel without money to give back
-    if order.money_held > 0:
-        return [f"Money: this order holds {held} taken from the customer. Cancelling is refused unless you "
+    if order.money_held > 0 or elsewhere:
+        taken = ", ".join(([held] if order.money_held > 0 else []) + ([f"{other} in another currency"] if other else []))
+        return [f"Money: this order holds {taken} taken from the customer. Cancelling is refused unless you "
                 f"tick “refund” (the money goes back, the order ends refunded); to keep the money, accept instead."]
     out = ["Money: none was taken; nothing is charged or refunded."]
     out.append(f"Stock: {units(holds)} go back on the shelf." if holds else "Stock: nothing is held for it.")
@@ -211,16 +231,17 @@ def decide(order_id: str, decision: str):
             current = get_order(session, order_id)
         except NotFound:
             abort(404)
+        elsewhere = money_in_other_currencies(session, [current]).get(current.id)
         page = {"order_id": current.id, "status": current.status.value, "total": money(current.total, current.currency),
-                "held": money(current.money_held, current.currency), "holds_money": current.money_held > 0,
+                "held": money(current.money_held, current.currency),
                 "reason": review_sentence(current.review_reason)
                 if current.status is OrderStatus.NEEDS_REVIEW else None,
                 "effects": consequences(session, current, decision),
                 "effects_with_refund": consequences(session, current, decision, refund=True)
-                if decision == "cancel" and current.money_held > 0 else None,
+                if decision == "cancel" and (current.money_held > 0 or elsewhere) else None,
                 "possible": decision in available_decisions(
                     current, refunds_ruled_out(session, [current]).get(current.id),
-                    payment_waiting(session, current)),
+                    payment_waiting(session, current), elsewhere),
                 "seen": OrderAsSeen.of(current)}
     return render_template("admin/order_decision.html", title=f"{decision.capitalize()} order {order_id}",
                            decision=decision, o=page)
