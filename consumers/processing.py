@@ -248,18 +248,29 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
     except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped
         return _failed(factory, settings, outbox_id, exc, handled, started)
     _observe(handled, claimed.outcome, started)
+    _send_committed_mails(factory, settings, mails, _mail_deadline(settings))
     if claimed.outcome is not None and claimed.outcome.alert_id is not None:
         deliver_alert(factory, settings, claimed.outcome.alert_id)
-    _send_committed_mails(factory, settings, mails)
     return Result("done")
 
 
-def _send_committed_mails(factory, settings: Settings, mails: MailsAfterCommit) -> None:
+def _mail_deadline(settings: Settings) -> float:
+    """When a worker stops sending the mails of what it just committed: half the redelivery wait
+    from the commit (`time.monotonic()`). Those mails are published to it and due for the relay's
+    re-publication a redelivery wait after they were queued (a confirmation) or published (a mail
+    message), and those sent are marked done every quarter of that wait (`_finish_outside`), so none
+    is being sent, or sent and still published, when its copy is published (a second mail to the
+    buyer). One not sent by then is left as it is, published and due: the relay publishes it once
+    its wait is over and another worker sends it."""
+    return time.monotonic() + settings.redelivery_seconds / 2
+
+
+def _send_committed_mails(factory, settings: Settings, mails: MailsAfterCommit, deadline: float) -> None:
     """Send the confirmation mails a committed transaction queued (`MailsAfterCommit`), as
     `_finish_outside` sends a batch's mail messages; a failure schedules the mail's retry."""
     calls = [(row.id, Topic.MAIL, row.body, time.monotonic()) for row in mails.committed()]
     if calls:
-        _finish_outside(factory, settings, calls, {})
+        _finish_outside(factory, settings, calls, {}, deadline)
 
 
 def _failed(factory, settings: Settings, outbox_id: int, exc: Exception, handled: dict, started: float) -> Result:
@@ -285,7 +296,8 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     one of Stripe's records (StripeRecordNeeded) go through `process_message` after the
     commit, which records a failure exactly as for a message on its own, and so do the mails
     queued after it. Mails and Stripe
-    calls are made after the commit, with no lock held, and marked done together. If the
+    calls are made after the commit, with no lock held, each marked done once made, and no mail
+    is sent after the batch's deadline (`_mail_deadline`); staff alerts are POSTed after them. If the
     transaction itself fails, nothing of it was kept and every message goes through
     `process_message`. The units the paid orders take off the shelf are written in one UPDATE
     per sku just before the commit (`models.catalog.SoldUnits`), so the stock rows are locked
@@ -356,12 +368,16 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
         log.warning("batch_not_committed", messages=len(ids), error=describe_error(exc))
         return {outbox_id: process_message(factory, settings, outbox_id) for outbox_id in ids}
     structlog.contextvars.clear_contextvars()
+    deadline = _mail_deadline(settings)
     for handled, outcome, started in finished:
         _observe(handled, outcome, started)
+    _finish_outside(factory, settings, outside, results, deadline)
+    _send_committed_mails(factory, settings, confirmations, deadline)
+    # Alerts after the mails: a mail's redelivery wait is running, an alert has none (a slow
+    # hook, 5 s a POST, must not push the buyers' mails past their deadline).
+    for _, outcome, _ in finished:
         if outcome is not None and outcome.alert_id is not None:
             deliver_alert(factory, settings, outcome.alert_id)
-    _finish_outside(factory, settings, outside, results)
-    _send_committed_mails(factory, settings, confirmations)
     for outbox_id in sorted(alone):  # in outbox id order, as one message at a time
         results[outbox_id] = process_message(factory, settings, outbox_id)
     return results
@@ -465,10 +481,20 @@ def _is_ordinary(data: dict, order: Order, livemode: bool) -> bool:
 
 
 def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, dict, float]],
-                    results: dict[int, Result]) -> None:
-    """Make a batch's mail and Stripe calls, no lock held, then mark those that went out done at once."""
-    made = []
+                    results: dict[int, Result], deadline: float) -> None:
+    """Make a batch's mail and Stripe calls one by one, no lock held, marking those made done in one
+    UPDATE at the end, and before that every quarter of the redelivery wait (a slow SMTP server): a
+    mail still published when its redelivery wait is over is published again, and sent again. No
+    mail is sent once `deadline` (`_mail_deadline`) has passed: the rest stay published and due, for
+    the relay. Mails only logged (no SMTP_URL) are all marked in the one UPDATE."""
+    made: list[tuple[int, float]] = []
+    left, marked_at = 0, time.monotonic()
     for outbox_id, topic, body, started in calls:
+        if topic is Topic.MAIL and time.monotonic() >= deadline:
+            results[outbox_id] = Result("skipped", "left for the relay: the mails after the commit ran past "
+                                                   "half the redelivery wait")
+            left += 1
+            continue
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
         try:
@@ -477,12 +503,21 @@ def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, d
             results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started)
             continue
         made.append((outbox_id, started))
+        if time.monotonic() - marked_at >= settings.redelivery_seconds / 4:
+            _mark_done(factory, settings, made, results)
+            made, marked_at = [], time.monotonic()
     structlog.contextvars.clear_contextvars()
+    _mark_done(factory, settings, made, results)
+    if left:
+        log.warning("mails_left_for_relay", count=left, deadline_seconds=settings.redelivery_seconds / 2)
+
+
+def _mark_done(factory, settings: Settings, made: list[tuple[int, float]], results: dict[int, Result]) -> None:
+    """Mark the calls made done in one UPDATE (as `OutboxMessage.mark_done` for each, locking their rows)."""
     if not made:
         return
     try:
         with transaction(factory) as session:
-            # One UPDATE for all, as `OutboxMessage.mark_done` for each (it locks their rows).
             session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([i for i, _ in made]))
                             .values(status=OutboxStatus.DONE, done_at=utcnow())
                             .execution_options(synchronize_session=False))
