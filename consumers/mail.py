@@ -14,6 +14,7 @@ from models.base import utcnow
 from models.db import add_row
 from models.events import OutboxMessage, OutboxStatus, Topic
 from models.logs import describe_error
+from models.money import money
 from models.orders import Order, OrderStatus
 from models.settings import Settings
 
@@ -26,7 +27,8 @@ SUBJECTS = {
 
 
 def _body(order: Order, kind: str) -> str:
-    lines = [f"{line.quantity} x {line.name} ({line.sku}): {line.unit_amount * line.quantity} {order.currency.upper()}"
+    # Every amount by the order's currency, as the console writes it: 1200 usd is 12.00 USD, never "1200".
+    lines = [f"{line.quantity} x {line.name} ({line.sku}): {money(line.unit_amount * line.quantity, order.currency)}"
              for line in order.lines]
     if kind == "confirmation":
         head = f"We have received your payment for order {order.id}."
@@ -34,7 +36,8 @@ def _body(order: Order, kind: str) -> str:
     else:
         head = f"Your card was declined for order {order.id} ({order.failure_message or order.failure_code})."
         tail = "Your items stay reserved for a while: you can try again with another card."
-    return "\n".join([head, "", *lines, f"Shipping: {order.shipping_fee}", f"Total: {order.total}", "", tail])
+    return "\n".join([head, "", *lines, f"Shipping: {money(order.shipping_fee, order.currency)}",
+                      f"Total: {money(order.total, order.currency)}", "", tail])
 
 
 def queue_order_mail(session: Session, order: Order, kind: str) -> None:

@@ -7,6 +7,8 @@ order's PaymentIntent with the PaymentMethod Stripe.js returns (3-D Secure is fi
 Stripe.js in the page). An order is confirmed only once the worker has recorded Stripe's
 webhook; until then the complete and confirmation screens ask Stripe what became of the
 payment (payment_outcome), so an answer lost on the way never leaves them telling an old story.
+An order the expiry sweep cancelled while its card was being charged is asked about too (late_payment):
+never shown as plain "cancelled", and its reopened cart places no second order while it holds money.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from models.orders import (Order, OrderStatus, PaymentWaiting, ShippingAddress, 
 from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
 from webhook_app import state
 from webhook_app.admin import csrf
-from webhook_app.shop_text import current_language, heading, local_time, prefecture_label, translate, yen
+from webhook_app.shop_text import current_language, heading, local_time, prefecture_label, price, translate
 from webhook_app.validation import EMAIL, json_value_if_sent, postal_code, unstorable
 
 log = structlog.get_logger(__name__)
@@ -81,7 +83,7 @@ def _render(template: str, **context) -> str:
     language = current_language()
     names = _product_names(language)
     other_language = "en" if language == "ja" else "ja"
-    return render_template(f"shop/{template}", lang=language, yen=yen, other_lang=other_language,
+    return render_template(f"shop/{template}", lang=language, price=price, other_lang=other_language,
                            language_href=_with_language(other_language),
                            t=lambda key, **values: translate(key, language, **values),
                            heading=lambda key: heading(key, language),
@@ -259,8 +261,8 @@ def _cart_lines(db, cart: Cart) -> list[dict]:
 def products():
     with state().sessions() as db:
         items = db.scalars(select(Product).order_by(Product.sku)).unique().all()
-        listing = [{"sku": p.sku, "name": p.name, "unit_amount": p.unit_amount, "available": p.stock.available}
-                   for p in items]
+        listing = [{"sku": p.sku, "name": p.name, "unit_amount": p.unit_amount, "currency": p.currency,
+                    "available": p.stock.available} for p in items]
     return _render("products.html", title=_t("products"), products=listing, few_left=FEW_LEFT,
                            step=None)
 
@@ -288,7 +290,7 @@ def add_to_cart():
             product = db.get(Product, sku)
             if product is None:
                 raise NotFound(f"no product with sku {sku}", field="sku")
-            name = _product_name(product.sku, product.name)
+            name, currency = _product_name(product.sku, product.name), product.currency
             cart = _session_cart(db)
             if cart is None or cart.status is not CartStatus.OPEN:
                 _forget_purchase()
@@ -305,8 +307,8 @@ def add_to_cart():
     except CurrencyMismatch:  # a line with no price in the product's currency: only the buyer can remove it
         flash(_t("currency_stranded", name=name), "error")
         return redirect(url_for("shop_pages.show_cart"), 303)
-    except TotalTooLarge:
-        flash(_t("total_too_large", largest=yen(LARGEST_CHARGE)), "error")
+    except TotalTooLarge:  # the cart is in the product's currency (cart.add refuses another)
+        flash(_t("total_too_large", largest=price(LARGEST_CHARGE, currency)), "error")
         return redirect(url_for("shop_pages.products"), 303)
     except InvalidInput:
         flash(_t("bad_quantity", n=MAX_QUANTITY), "error")
@@ -344,7 +346,7 @@ def change_cart_item(sku: str):
                 try:
                     cart.change_quantity(item, quantity)
                 except TotalTooLarge:
-                    flash(_t("total_too_large", largest=yen(LARGEST_CHARGE)), "error")
+                    flash(_t("total_too_large", largest=price(LARGEST_CHARGE, cart.currency)), "error")
     return redirect(url_for("shop_pages.show_cart"), 303)
 
 
@@ -357,8 +359,8 @@ def show_cart():
             _forget_purchase()
             cart = None
         lines = _cart_lines(db, cart) if cart is not None else []
-        subtotal = cart.subtotal if cart is not None else 0
-    return _render("cart.html", title=_t("cart"), lines=lines, subtotal=subtotal,
+        subtotal, currency = (cart.subtotal, cart.currency) if cart is not None else (0, None)
+    return _render("cart.html", title=_t("cart"), lines=lines, subtotal=subtotal, currency=currency,
                            editable=order is None, few_left=FEW_LEFT, step=1)
 
 
@@ -500,6 +502,15 @@ def checkout_confirm():
         placed = _open_order(db)
         stored = payment_waiting(db, placed) if placed is not None else None
         earlier = earlier_payment_intents(db, placed) if placed is not None and stored is None else ()
+        # Pay would place a new order for the cart: first, whether an order of it the sweep cancelled took money.
+        ran_out = _cart_holds_ran_out(db, cart.id) if placed is None and cart.status is CartStatus.OPEN else []
+    late = late_payment(ran_out) if ran_out else None
+    if late is not None and late[0].state != UNKNOWN:
+        # The card was charged for this cart as its hold ran out: no second order and no Pay. The session
+        # forgets the cart (the purchase is over); the order's complete screen says a person looks at it.
+        _forget_purchase()
+        log.info("shop_paid_as_hold_ran_out_shown", order_id=late[1].id, shown=late[0].state)
+        return redirect(_complete_url(late[1]), 303)
     outcome = payment_outcome(placed, stored, earlier) if placed is not None else None
     if outcome is not None:
         lapsed = hold_lapsed(placed) is not None
@@ -533,9 +544,13 @@ def checkout_confirm():
         held_until = order.reserved_until if order is not None else None
         if order is None or placed is None or order.id != placed.id:
             declined = unknown = None  # another order than the one asked about (placed meanwhile)
+        if late is not None and order is None:
+            # Stripe did not answer about the order the sweep cancelled: perhaps charged, so no Pay yet.
+            unknown = _t("payment_unknown_hold_ran_out")
     settings = state().settings
     return _render("confirm.html", title=_t("confirm_title"), lines=shown.lines, subtotal=shown.subtotal,
                    shipping_fee=shown.shipping_fee, total=shown.total, buyer=shown.buyer, held_until=held_until,
+                   currency=order.currency if order is not None else cart.currency,
                    declined=declined, payment_unknown=unknown, placed=order is not None,
                    shown_field=SHOWN_FIELD, shown_fingerprint=shown.fingerprint(),
                    hold_minutes=settings.reservation_ttl_seconds // 60,
@@ -550,6 +565,7 @@ def _hold_ran_out(order: Order):
     rather than coming back here."""
     page = _render("confirm.html", title=_t("confirm_title"), lines=[line.to_dict() for line in order.lines],
                    subtotal=order.subtotal, shipping_fee=order.shipping_fee, total=order.total,
+                   currency=order.currency,
                    buyer={"name": order.ship_name, "email": order.email, "postal_code": order.ship_postal_code,
                           "prefecture": order.ship_prefecture, "address": order.ship_address},
                    placed=True, hold_expired=_t("hold_expired", time=local_time(order.reserved_until,
@@ -603,6 +619,19 @@ def place_order():
         # cart again) ends that key: the next Pay places a new order, under the next key.
         cancelled = db.scalar(select(func.count()).select_from(Order)
                               .where(Order.cart_id == cart_id, Order.status == OrderStatus.CANCELLED))
+        ran_out = _cart_holds_ran_out(db, cart_id) if shown_now is not None and shown_now.order is None else []
+    # A new order for the cart only once Stripe says none of the orders the sweep cancelled took money
+    # (a tab left on the confirmation while the card was charged as the hold ran out, then Pay).
+    late = late_payment(ran_out) if ran_out else None
+    if late is not None and late[0].state == UNKNOWN:
+        return _refused("payment_unknown_hold_ran_out_pay", 503, "payment_provider_unavailable", to=confirm_url,
+                        navigate=False)
+    if late is not None:
+        _forget_purchase()
+        log.info("shop_paid_as_hold_ran_out_shown", order_id=late[1].id, shown=late[0].state)
+        if _wants_json():
+            return jsonify({"status": late[0].state, "complete_url": _complete_url(late[1])}), 200
+        return redirect(_complete_url(late[1]), 303)
     app_state = state()
     shipping = ShippingAddress(name=buyer["name"], postal_code=buyer["postal_code"],
                                prefecture=buyer["prefecture"], address=buyer["address"])
@@ -634,10 +663,10 @@ def place_order():
         return _refused("order_closed", 409, "order_closed", to=url_for("shop_pages.show_cart"))
     except TotalTooLarge:
         return _refused("total_too_large", 422, "total_too_large", to=url_for("shop_pages.show_cart"),
-                        largest=yen(LARGEST_CHARGE))
+                        largest=price(LARGEST_CHARGE, cart.currency if cart is not None else None))
     except TotalTooSmall as exc:
         return _refused("total_too_small", 422, "total_too_small", to=url_for("shop_pages.show_cart"),
-                        smallest=yen(exc.smallest))
+                        smallest=price(exc.smallest, cart.currency if cart is not None else None))
     except InvalidInput as exc:
         log.info("shop_checkout_refused", code=exc.code, field=exc.field)
         return _refused("fix_fields", 422, "invalid_input", to=url_for("shop_pages.checkout_info"))
@@ -826,6 +855,71 @@ def _ask_stripe(order: Order, intent_id: str, deadline: float, *, earlier: bool 
     return intent
 
 
+# The expiry sweep's reason for an order whose hold ran out (consumers.relay.expire_reservations). It
+# also opens the order's cart again, so the same cart can be checked out anew: a card charged just as
+# the hold ran out, whose event had not reached us yet, leaves a cancelled order that holds money.
+HOLD_RAN_OUT = "reservation expired before payment"
+# What such an order becomes once its late payment is applied (flagged for staff, or accepted by them).
+_LATE_PAYMENT_APPLIED = (OrderStatus.NEEDS_REVIEW, OrderStatus.PAID)
+# The complete screen's state for it: the payment was received, a person looks at the order.
+PAID_AS_HOLD_RAN_OUT = "paid_as_hold_ran_out"
+
+
+@dataclass(frozen=True)
+class HoldRanOut:
+    """An order the expiry sweep cancelled, and where a payment on it could be seen: `known` when our
+    database already holds one (stored, or applied: flagged or accepted), else Stripe's word on `intents`
+    (its current one, then earlier ones Stripe could still have charged)."""
+
+    order: Order
+    known: bool
+    intents: tuple[str, ...]
+
+
+def _hold_ran_out_of(db, order: Order) -> HoldRanOut | None:
+    """The order as HoldRanOut when the expiry sweep cancelled it (whatever it became since); else None."""
+    if order.cancel_reason != HOLD_RAN_OUT or order.status not in (OrderStatus.CANCELLED, *_LATE_PAYMENT_APPLIED):
+        return None
+    if order.status in _LATE_PAYMENT_APPLIED or payment_waiting(db, order) is not None:
+        return HoldRanOut(order, known=True, intents=())
+    current = (order.payment_intent_id,) if order.payment_intent_id else ()
+    return HoldRanOut(order, known=False, intents=current + earlier_payment_intents(db, order))
+
+
+def _cart_holds_ran_out(db, cart_id: str) -> list[HoldRanOut]:
+    """The cart's orders the expiry sweep cancelled, newest first: one SELECT by the cart's index, and
+    nothing more for a cart that never had one (every ordinary checkout)."""
+    orders = db.scalars(select(Order).where(Order.cart_id == cart_id, Order.cancel_reason == HOLD_RAN_OUT)
+                        .order_by(Order.created_at.desc())).all()
+    return [found for found in (_hold_ran_out_of(db, order) for order in orders) if found is not None]
+
+
+def late_payment(orders: list[HoldRanOut]) -> tuple[PaymentOutcome, Order] | None:
+    """Whether money was taken, or is on its way, on one of these orders the expiry sweep cancelled:
+    (RECEIVED or PROCESSING, that order); (UNKNOWN, the order) when Stripe did not answer about one of
+    its intents; None when none of them took any (their cart may place a new order).
+
+    The sweep cancels an order when no payment for it is *stored*; Stripe's event can still be on its
+    way (a retry after a deploy, a backlog) for a card charged as the hold ran out. Until the worker
+    flags the order (it does when the event arrives), only Stripe knows: asked, as payment_outcome asks,
+    about succeeded, processing or requires_capture on the order's current and earlier intents, within
+    one deadline. An intent Stripe does not know took nothing on this account. Called with no database
+    session open."""
+    deadline = time.monotonic() + state().settings.stripe_deadline_seconds
+    for found in orders:
+        if found.known:
+            return PaymentOutcome(RECEIVED), found.order
+        for intent_id in found.intents:
+            intent = _ask_stripe(found.order, intent_id, deadline, earlier=True)
+            if intent is None:
+                return PaymentOutcome(UNKNOWN), found.order  # perhaps charged: never place another on a guess
+            if intent.get("status") in _MONEY_MOVING:
+                log.warning("payment_found_after_hold_ran_out", order_id=found.order.id, payment_intent=intent_id,
+                            intent_status=intent["status"])
+                return PaymentOutcome(_INTENT_OUTCOME[intent["status"]]), found.order
+    return None
+
+
 def _complete_url(order: Order) -> str:
     return url_for("shop_pages.complete", order_id=order.id, token=order.access_token)
 
@@ -845,7 +939,8 @@ def _token_opens(order: Order, token: str | None) -> bool:
 # How soon the complete screen looks again (and the confirmation, while Stripe does not answer): soon
 # while the outcome is on its way; slower while it waits on the buyer (or on Stripe answering at all);
 # never once it is final or a decline.
-REFRESH_SECONDS = {RECEIVED: 2, PROCESSING: 2, AUTHENTICATING: 10, NOT_PAID: 10, UNKNOWN: 10}
+REFRESH_SECONDS = {RECEIVED: 2, PROCESSING: 2, AUTHENTICATING: 10, NOT_PAID: 10, UNKNOWN: 10,
+                   PAID_AS_HOLD_RAN_OUT: 10}
 # The step bar's "Complete" only once the money is received or on its way: a buyer who still has
 # to pay (or may have to: Stripe not answering) is at the confirmation, where the card is entered.
 STILL_TO_PAY = (AUTHENTICATING, DECLINED, NOT_PAID, UNKNOWN)
@@ -863,9 +958,15 @@ def complete(order_id: str):
         buyers_open_order = buyers_order is not None and buyers_order.id == order.id and order.status in PAYABLE
         stored = payment_waiting(db, order) if order.status in PAYABLE else None
         earlier = earlier_payment_intents(db, order) if order.status in PAYABLE and stored is None else ()
+        ran_out = _hold_ran_out_of(db, order) if order.status is OrderStatus.CANCELLED else None
     # Until the worker has recorded Stripe's event, Stripe says what became of the payment (asked
     # with no database session open).
     outcome = payment_outcome(order, stored, earlier)
+    late = late_payment([ran_out]) if ran_out is not None else None
+    if late is not None:
+        # Cancelled as its hold ran out, yet charged (or perhaps: Stripe not answering): never a plain
+        # "cancelled". The page looks again; once the late event arrives the worker flags the order.
+        outcome = PaymentOutcome(UNKNOWN if late[0].state == UNKNOWN else PAID_AS_HOLD_RAN_OUT)
     if outcome is not None and outcome.state == DECLINED and buyers_open_order:
         # The buyer can try another card at once: the confirmation says the decline beside the card field.
         return redirect(url_for("shop_pages.checkout_confirm"), 303)
@@ -889,13 +990,26 @@ def my_page(order_id: str):
             return _shop_headers(make_response(_not_found(exc)))
         if token is not None and not _token_opens(order, token):
             return _shop_headers(make_response(_message_page("bad_token"), 403))
-        history = []
-        if token is not None:
-            history = db.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == order.id)
-                                 .order_by(OrderStatusChange.id)).all()
-        page = _render("my_page.html", title=_t("my_page"), order=order, token=token,
-                       lines=[line.to_dict() for line in order.lines], history=history, step=None)
-    return _shop_headers(make_response(page))
+        # With its token, an order cancelled as its hold ran out: whether its card was charged even so.
+        ran_out = (_hold_ran_out_of(db, order) if token is not None and order.status is OrderStatus.CANCELLED
+                   else None)
+        if ran_out is None:
+            return _shop_headers(make_response(_my_page(db, order, token, order.status.value)))
+    # Stripe is asked with no database session open; the page is read again after.
+    late = late_payment([ran_out])
+    shown_status = (order.status.value if late is None
+                    else UNKNOWN if late[0].state == UNKNOWN else PAID_AS_HOLD_RAN_OUT)
+    with state().sessions() as db:
+        return _shop_headers(make_response(_my_page(db, get_order(db, order_id), token, shown_status)))
+
+
+def _my_page(db, order: Order, token: str | None, shown_status: str) -> str:
+    history = []
+    if token is not None:
+        history = db.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == order.id)
+                             .order_by(OrderStatusChange.id)).all()
+    return _render("my_page.html", title=_t("my_page"), order=order, token=token, shown_status=shown_status,
+                   lines=[line.to_dict() for line in order.lines], history=history, step=None)
 
 
 def wants_page() -> bool:

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 from flask import request, session
 from markupsafe import Markup
 
+from models.money import money
 from models.shipping import PREFECTURES
 
 LANGUAGES = ("ja", "en")
@@ -160,6 +161,28 @@ TEXT: dict[str, dict[str, str]] = {
                     "en": "Your payment needs a closer look. A member of our staff will contact you."},
     "cancelled_title": {"ja": "ご注文は|キャンセルされました", "en": "Order cancelled"},
     "refunded_title": {"ja": "ご注文は|返金済みです", "en": "Order refunded"},
+    # An order cancelled as its hold ran out while Stripe charged the card (its event still on the way).
+    "paid_as_hold_ran_out_title": {"ja": "お支払いを|受け付けました。|ご注文を|確認しています",
+                                   "en": "Your payment was received; we are checking your order"},
+    "paid_as_hold_ran_out_body": {"ja": "在庫の確保期限と同時にお支払いが行われたため、ご注文を自動で確定できませんでした。"
+                                        "もう一度お支払いにならないでください。担当者が確認のうえご連絡いたします。",
+                                  "en": "Your card was charged just as the time we held your items for ran out, so "
+                                        "the order could not be confirmed by itself. Please do not pay again: a member "
+                                        "of our staff will look at it and contact you."},
+    # Pay on a cart whose earlier order's hold ran out, while Stripe does not say whether that card was charged.
+    "payment_unknown_hold_ran_out": {"ja": "決済サービスから応答がなく、確保期限が切れた前回のご注文でカードに請求があったかを"
+                                           "確認できませんでした。まだお支払いにならないでください。このページは少し後に"
+                                           "自動で再確認し、請求がないことを確認でき次第、お支払いいただけるようになります。",
+                                     "en": "The payment service did not answer, so we could not check whether your card "
+                                           "was charged for your earlier order of these items (its hold ran out). Please "
+                                           "do not pay yet: this page checks again in a moment by itself, and offers Pay "
+                                           "once it knows that card was not charged."},
+    "payment_unknown_hold_ran_out_pay": {"ja": "確保期限が切れた前回のご注文でカードに請求があったかを決済サービスに確認できな"
+                                               "かったため、ご注文をお受けしていません（請求もしていません）。少し時間をおいて"
+                                               "もう一度お試しください。",
+                                         "en": "We could not check with the payment service whether your card was charged "
+                                               "for your earlier order of these items, so nothing was ordered or charged "
+                                               "now. Please try again in a moment."},
     "order_number": {"ja": "ご注文番号", "en": "Order number"},
     "shipment": {"ja": "配送", "en": "Shipment"},
     "shipment_pending": {"ja": "発送準備中", "en": "Being prepared"},
@@ -173,6 +196,8 @@ TEXT: dict[str, dict[str, str]] = {
     "status_needs_review": {"ja": "確認中", "en": "Being checked"},
     "status_cancelled": {"ja": "キャンセル", "en": "Cancelled"},
     "status_refunded": {"ja": "返金済み", "en": "Refunded"},
+    "status_paid_as_hold_ran_out": {"ja": "お支払い受付済み（確認中）", "en": "Payment received, being checked"},
+    "status_payment_unknown": {"ja": "確認できませんでした", "en": "Could not be checked just now"},
     "history": {"ja": "履歴", "en": "History"},
     "ordered_at": {"ja": "ご注文日時", "en": "Ordered"},
     "token_hint": {"ja": "お届け先はご注文確認メールのリンクから表示できます。",
@@ -241,9 +266,10 @@ def prefecture_label(prefecture: str, language: str) -> str:
     return PREFECTURE_NAMES_JA.get(prefecture, prefecture) if language == "ja" else prefecture
 
 
-def yen(amount: int) -> str:
-    """An amount in yen as people in Japan write it: ¥3,100 (JPY has no minor unit)."""
-    return f"¥{amount:,}"
+def price(amount: int, currency: str | None) -> str:
+    """An amount in minor units as the screens write it, by its currency: ¥3,100 as people in Japan write
+    yen (no minor unit), $31.00, €12.50, £9.99, else 12.50 CHF (models.money)."""
+    return money(amount, currency, sign=True)
 
 
 def local_time(moment: datetime, language: str) -> str:

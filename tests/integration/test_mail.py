@@ -64,7 +64,7 @@ def test_paid_order_sends_one_confirmation_mail_over_smtp(client, checkout, post
     recipients, mail = mailbox.messages[0]
     assert recipients == ["hanako@example.jp"]
     assert order["order_id"] in mail["Subject"]
-    assert f"Total: {order['total']}" in mail.get_payload()
+    assert f"Total: {order['total']:,} JPY" in mail.get_payload()
 
 
 def test_smtp_down_retries_the_mail_and_sends_it_when_back(client, checkout, post_event, sessions, smtp,

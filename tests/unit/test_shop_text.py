@@ -1,14 +1,22 @@
-"""The shop screens' words and formats: yen as written in Japan, both languages for every label."""
+"""The shop screens' words and formats: amounts by their currency (yen as written in Japan), both languages
+for every label."""
 from datetime import datetime, timezone
 
 from models.shipping import PREFECTURES
-from webhook_app.shop_text import LANGUAGES, PREFECTURE_NAMES_JA, TEXT, local_time, prefecture_label, yen
+from webhook_app.shop_text import LANGUAGES, PREFECTURE_NAMES_JA, TEXT, local_time, prefecture_label, price
 
 
 def test_yen_is_written_with_the_sign_and_thousands_separators():
-    assert yen(3100) == "¥3,100"
-    assert yen(1200000) == "¥1,200,000"
-    assert yen(0) == "¥0"
+    assert price(3100, "jpy") == "¥3,100"
+    assert price(1200000, "jpy") == "¥1,200,000"
+    assert price(0, "jpy") == "¥0"
+
+
+def test_other_currencies_are_written_in_their_major_unit():
+    assert price(3100, "usd") == "$31.00"
+    assert price(1250, "eur") == "€12.50"
+    assert price(999, "gbp") == "£9.99"
+    assert price(1250, "chf") == "12.50 CHF"
 
 
 def test_every_label_exists_in_japanese_and_english_with_the_same_placeholders():

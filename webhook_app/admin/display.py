@@ -4,19 +4,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-# Currencies Stripe counts in whole units (no minor unit): 1200 jpy is ¥1,200.
-ZERO_DECIMAL = frozenset({"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd",
-                          "vuv", "xaf", "xof", "xpf"})
-
-
-def money(amount: int | None, currency: str | None) -> str:
-    """Minor units as a person reads them: `1,200 JPY`, `12.50 EUR`."""
-    if amount is None:
-        return "-"
-    code = (currency or "").lower()
-    if code in ZERO_DECIMAL:
-        return f"{amount:,} {code.upper()}"
-    return f"{amount / 100:,.2f} {code.upper()}"
+from models.money import money  # the console writes amounts as mails do: 1,200 JPY, 12.50 EUR
 
 
 def when(at: datetime | None) -> str:
