@@ -117,7 +117,7 @@ def test_succeeded_queues_and_sends_the_confirmation_mail(sessions, checkout, de
     body = mail.body
     assert (body["kind"], body["to"], body["order_id"]) == ("confirmation", "hanako@example.com", order["order_id"])
     assert order["order_id"] in body["subject"]
-    assert "TEA-01" in body["body"] and str(order["total"]) in body["body"]
+    assert "TEA-01" in body["body"] and f"Total: {order['total']:,} JPY" in body["body"]
 
 
 def test_succeeded_event_is_recorded_processed_with_its_order(sessions, checkout, deliver_event):
