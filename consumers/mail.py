@@ -1,11 +1,14 @@
 """Customer e-mail: queued in the outbox inside the order's transaction, sent by the worker."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import smtplib
+import ssl
 from datetime import timedelta
 from email.message import EmailMessage
-from urllib.parse import urlparse
+from functools import lru_cache
+from urllib.parse import unquote, urlparse
 
 import structlog
 from sqlalchemy.orm import Session
@@ -15,7 +18,7 @@ from models.db import add_row
 from models.events import OutboxMessage, OutboxStatus, Topic
 from models.logs import describe_error
 from models.money import money
-from models.orders import Order, OrderStatus
+from models.orders import Order, OrderStatus, ShipmentStatus
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -70,8 +73,9 @@ class MailsAfterCommit:
     They are queued as published to that worker, due for the relay's re-publication only
     `sweep_seconds` later: if the worker dies before sending one, the relay publishes it then,
     like any mail a worker took and never finished. A send that fails is recorded and retried
-    as for a mail message. A confirmation is always still true once its order is paid, so it
-    needs no second look at the order. Attached with `send_after_commit`.
+    as for a mail message. A confirmation sent right after the commit that paid its order is
+    true, so it needs no second look at the order (a retry gets one: `is_still_true`).
+    Attached with `send_after_commit`.
     """
 
     def __init__(self, sweep_seconds: float):
@@ -92,11 +96,19 @@ def send_after_commit(session: Session, sweep_seconds: float) -> MailsAfterCommi
 
 
 def is_still_true(session: Session, message: dict) -> bool:
-    """A "payment failed" mail queued before a later success must not reach a paid customer."""
-    if message.get("kind") != "payment_failed":
+    """A "payment failed" mail queued before a later success must not reach a paid customer, and a
+    confirmation ("It will be shipped to ...") retried after its order was refunded, cancelled or
+    put in review (a dispute) must not reach the buyer either: staff tell them what happens."""
+    kind = message.get("kind")
+    if kind not in ("payment_failed", "confirmation"):
         return True
     order = session.get(Order, message["order_id"])
-    return order is not None and order.status is OrderStatus.PAYMENT_FAILED
+    if order is None:
+        return False
+    if kind == "payment_failed":
+        return order.status is OrderStatus.PAYMENT_FAILED
+    return order.status is OrderStatus.PAID and (order.shipment is None
+                                                 or order.shipment.status is not ShipmentStatus.CANCELLED)
 
 
 class MailNotSent(Exception):
@@ -111,11 +123,50 @@ def mail_text(settings: Settings, message: dict) -> str:
     return f"{message['body']}\n\nYour order: {settings.admin_base_url}{message['my_page_path']}"
 
 
+@lru_cache(maxsize=None)
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Checks the SMTP server's certificate and name, against the system's CAs or SMTP_CA_FILE's."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _start_tls(smtp: smtplib.SMTP, context: ssl.SSLContext, host: str, logs_in: bool) -> None:
+    """smtp://: STARTTLS whenever the server offers it. A server that offers none gets no password:
+    it would cross the network in clear. A relay on this machine (loopback) is the exception, and its
+    certificate is not checked: nothing crosses the network, and a local relay's certificate is
+    often one it made itself (postfix's)."""
+    smtp.ehlo_or_helo_if_needed()
+    if not smtp.has_extn("starttls"):
+        if logs_in and not _is_loopback(host):
+            raise MailNotSent(f"the SMTP server {host} offers no STARTTLS, and the SMTP_URL password is not sent "
+                              f"in clear: use smtps:// (port 465) or a server that offers STARTTLS (port 587)")
+        return
+    smtp.starttls(context=_loopback_tls_context() if _is_loopback(host) else context)
+
+
+@lru_cache(maxsize=None)
+def _loopback_tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def send_mail(settings: Settings, message: dict) -> None:
     """Send one queued e-mail; without SMTP_URL it is written to the log instead.
 
     Neither way logs the recipient's address or the body (it names the customer and their address):
     the order id, kind and subject are enough to find the mail, and the order holds the rest.
+    Over smtps://, and smtp:// with STARTTLS, the server's certificate is checked (SMTP_CA_FILE
+    for a private CA); one that fails the check gets neither the password nor the mail.
     """
     if not settings.smtp_url:
         log.info("mail_logged", order_id=message.get("order_id"), kind=message.get("kind"),
@@ -127,15 +178,23 @@ def send_mail(settings: Settings, message: dict) -> None:
     email["To"] = message["to"]
     email["Subject"] = message["subject"]
     email.set_content(mail_text(settings, message))
-    smtp_cls = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
+    host, context = url.hostname or "localhost", _tls_context(settings.smtp_ca_file)
     try:
-        with smtp_cls(url.hostname or "localhost", url.port or (465 if url.scheme == "smtps" else 25),
-                      timeout=10) as smtp:
-            if url.username:
-                smtp.login(url.username, url.password or "")
+        if url.scheme == "smtps":
+            smtp = smtplib.SMTP_SSL(host, url.port or 465, timeout=10, context=context)
+        else:
+            smtp = smtplib.SMTP(host, url.port or 25, timeout=10)
+        with smtp:
+            if url.scheme == "smtp":
+                _start_tls(smtp, context, host, logs_in=bool(url.username))
+            if url.username:  # percent-encoded in the URL, as RFC 3986 (and DATABASE_URL) has it
+                smtp.login(unquote(url.username), unquote(url.password or ""))
             smtp.send_message(email)
     except smtplib.SMTPException as exc:
         # SMTPRecipientsRefused and its kin quote the address; `from None` keeps the original, address
         # and all, out of the traceback that the worker stores with the failed attempt.
         raise MailNotSent(describe_error(exc)) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise MailNotSent(f"the SMTP server {host}'s certificate was refused ({exc.verify_message}): nothing was "
+                          f"sent to it; if a private CA signed it, set SMTP_CA_FILE to that CA's PEM file") from None
     log.info("mail_sent", order_id=message.get("order_id"), kind=message.get("kind"))

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import secrets
+import ssl
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -200,6 +201,36 @@ def _mail_from(env: dict, smtp_url: str | None, default: str) -> str:
     return raw
 
 
+def _admin_base_url(env: dict, default: str, needed_by: list[str]) -> str:
+    """ADMIN_BASE_URL, the base of the links in buyers' mails and staff alerts: required once either is
+    sent, since the default's 127.0.0.1 would reach no buyer's browser and no staff member's."""
+    raw = _url(env, "ADMIN_BASE_URL", ("http", "https"), "the shop's address as buyers and staff reach it, "
+               "http:// or https:// with a host (https://shop.example.com)")
+    if raw is None and needed_by:
+        raise SystemExit(f"ADMIN_BASE_URL must be set when {' or '.join(needed_by)} is: the shop's address as "
+                         f"buyers and staff reach it, the base of the links in order mails and staff alerts, "
+                         f"such as https://shop.example.com")
+    return (raw or default).rstrip("/")
+
+
+def _ca_file(env: dict, name: str) -> str | None:
+    """A PEM file of CA certificates to trust (a private CA), checked to load at start rather than
+    every mail failing its TLS handshake once running."""
+    raw = env.get(name)
+    if raw in (None, ""):
+        return None
+    path = Path(raw).resolve()
+    if not path.is_file():
+        raise SystemExit(f"{name} must be a PEM file of CA certificates, such as /etc/ssl/private-ca.pem: "
+                         f"{str(path)!r} is not a file")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError) as exc:
+        raise SystemExit(f"{name} must be a PEM file of CA certificates: {str(path)!r} cannot be read as one "
+                         f"({exc.strerror or exc})") from None
+    return str(path)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///instance/shop.db"
@@ -209,6 +240,8 @@ class Settings:
     webhook_secrets: tuple[str, ...] = ()
     reservation_ttl_seconds: int = 1800
     smtp_url: str | None = None
+    # CA certificates (PEM) the SMTP server's certificate is checked against instead of the system's.
+    smtp_ca_file: str | None = None
     staff_alert_url: str | None = None
     log_format: str = "json"
     admin_base_url: str = "http://127.0.0.1:8000"
@@ -262,6 +295,8 @@ class Settings:
         database_url = database_url_from(env.get("DATABASE_URL") or cls.database_url)
         smtp_url = _url(env, "SMTP_URL", ("smtp", "smtps"), "smtp://host:port or smtps://host:port "
                         "(user:password@host to log in)")
+        staff_alert_url = _url(env, "STAFF_ALERT_URL", ("http", "https"),
+                               "an http:// or https:// URL with a host (the chat's incoming webhook)")
         return cls(
             database_url=database_url,
             broker_url=env.get("BROKER_URL") or cls.broker_url,
@@ -270,12 +305,11 @@ class Settings:
             webhook_secrets=secrets,
             reservation_ttl_seconds=_int(env, "RESERVATION_TTL_SECONDS", cls.reservation_ttl_seconds),
             smtp_url=smtp_url,
-            staff_alert_url=_url(env, "STAFF_ALERT_URL", ("http", "https"),
-                                 "an http:// or https:// URL with a host (the chat's incoming webhook)"),
+            smtp_ca_file=_ca_file(env, "SMTP_CA_FILE"),
+            staff_alert_url=staff_alert_url,
             log_format=log_format,
-            admin_base_url=(_url(env, "ADMIN_BASE_URL", ("http", "https"), "the shop's address as buyers and "
-                                 "staff reach it, http:// or https:// with a host (https://shop.example.com)")
-                            or cls.admin_base_url).rstrip("/"),
+            admin_base_url=_admin_base_url(env, cls.admin_base_url, [name for name, value in (
+                ("SMTP_URL", smtp_url), ("STAFF_ALERT_URL", staff_alert_url)) if value]),
             stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or cls.stripe_publishable_key,
             stripe_js_url=env.get("STRIPE_JS_URL") or cls.stripe_js_url,
             catalog_file=env.get("CATALOG_FILE") or None,

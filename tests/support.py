@@ -199,6 +199,9 @@ def env_for(workdir: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL", "BROKER_URL"))}
     env.update({"LOG_FORMAT": "json", "PATH": f"{BIN}:{env.get('PATH', '')}"})
     env.update({k: str(v) for k, v in extra.items()})
+    if ("SMTP_URL" in extra or "STAFF_ALERT_URL" in extra) and not env.get("ADMIN_BASE_URL"):
+        # Required with them (the base of the links mailed and alerted): the web server the test starts.
+        env["ADMIN_BASE_URL"] = f"http://{env.get('GUNICORN_BIND', '127.0.0.1:8000')}"
     return env
 
 

@@ -11,7 +11,7 @@ from models.settings import Settings
 def env(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # instance/secret_key, when made, is made here
     return {"DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}", "SECRET_KEY": "k" * 40,
-            "MAIL_FROM": "Shop <shop@shop.test>"}
+            "MAIL_FROM": "Shop <shop@shop.test>", "ADMIN_BASE_URL": "https://shop.test"}
 
 
 @pytest.mark.parametrize(("value", "shown"), [
