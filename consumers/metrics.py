@@ -6,8 +6,9 @@ multiprocess mode: set PROMETHEUS_MULTIPROC_DIR to an empty folder for all proce
 deployment (`make run` uses instance/metrics). Without it each process reports its own. A short-lived
 `shop` command (a staff replay) counts into the same folder: its files outlive it, so the web
 process keeps showing its counts.
-Database-wide figures (backlog, its oldest row's age and how overdue it is, dead letters, orders in review) are
-read at scrape time with queries that use the status indexes, never a scan of every event ever stored.
+Database-wide figures (backlog, its oldest row's age and how overdue it is, dead letters, orders in review, staff
+alerts to POST again) are read at scrape time with queries that use the status indexes, never a scan of every event
+ever stored.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
+from models.history import StaffAlert
 from models.orders import Order, OrderStatus
 
 log = structlog.get_logger(__name__)
@@ -129,6 +131,9 @@ class DatabaseCollector:
                 .group_by(InboxEvent.status)).all())
             review = session.scalar(select(func.count()).select_from(Order)
                                     .where(Order.status == OrderStatus.NEEDS_REVIEW))
+            # The partial index ix_staff_alerts_next_attempt_at holds exactly these rows.
+            alerts = session.scalar(select(func.count()).select_from(StaffAlert)
+                                    .where(StaffAlert.next_attempt_at.is_not(None)))
         outbox = GaugeMetricFamily("shop_outbox_backlog", "Outbox messages not yet done, by status",
                                    labels=["status"])
         for status in (*waiting, OutboxStatus.DEAD):
@@ -152,6 +157,10 @@ class DatabaseCollector:
         yield events
         yield GaugeMetricFamily("shop_orders_needing_review", "Orders flagged needs_review, waiting for staff",
                                 value=review or 0)
+        yield GaugeMetricFamily("shop_staff_alerts_undelivered",
+                                "Staff alerts not yet POSTed to STAFF_ALERT_URL that will be: a POST failed and the "
+                                "relay tries again with back-off for a day, or the process that recorded one died "
+                                "before its POST", value=alerts or 0)
 
 
 def render(sessions: sessionmaker[Session]) -> bytes:

@@ -1,7 +1,9 @@
-"""`shop relay`: publish due outbox rows to the broker, re-publish lost ones, expire reservations."""
+"""`shop relay`: publish due outbox rows to the broker, re-publish lost ones, expire reservations, POST
+staff alerts again whose POST failed."""
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import NamedTuple
 
 import structlog
@@ -9,6 +11,7 @@ from kombu import Connection
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from consumers.alerts import ALERT_SWEEP_SECONDS, redeliver_alerts
 from consumers.broker import QUEUES, ConfirmedPublisher, keep_alive
 from consumers.process import Chore, LongRunningProcess
 from models.base import utcnow
@@ -162,9 +165,15 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
 
 class Relay(LongRunningProcess):
     name = "relay"
-    # Expiry needs only the database: holds run out on time while the broker is down or refuses
-    # publishes (the publishing loop below then waits and reconnects).
-    chores = (Chore("reservation_expiry", EXPIRY_SWEEP_SECONDS, expire_reservations),)
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        # Expiry and staff alerts need only the database (and STAFF_ALERT_URL): holds run out on
+        # time, and alerts whose POST failed are POSTed again, while the broker is down or refuses
+        # publishes (the publishing loop below then waits and reconnects).
+        self.chores = (Chore("reservation_expiry", EXPIRY_SWEEP_SECONDS, expire_reservations),
+                       Chore("staff_alert_redelivery", ALERT_SWEEP_SECONDS,
+                             partial(redeliver_alerts, settings=settings)))
 
     def serve(self, conn: Connection) -> None:
         publisher = ConfirmedPublisher(conn)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import enum
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterator
 
 from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import ID_TYPE, Base, enum_column, utcnow
+from models.events import index_where_set, retry_delay
 
 # Who or what is changing orders in this unit of work: "event evt_…", "staff alice: accept",
 # "reservation expiry", "checkout". Set by the entry point, read by Order's state machine,
@@ -120,6 +121,29 @@ class StaffAlert(Base):
     url: Mapped[str | None] = mapped_column(String(500), default=None)
     delivered: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When a POST to STAFF_ALERT_URL is still to be made: set when the alert is recorded (its first
+    # POST follows the commit; the relay makes it if that never happens) and after a failed POST.
+    # NULL once delivered, logged without STAFF_ALERT_URL, given up, or while a POST is in hand:
+    # a POST claims the row first (consumers.alerts), so no alert is POSTed twice.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # POSTs started
+
+    __table_args__ = (index_where_set("ix_staff_alerts_next_attempt_at", "next_attempt_at"),)
+
+    def next_attempt_after_failure(self, now: datetime) -> datetime | None:
+        """When to POST again after a failed POST: a minute later, doubling up to an hour, the last
+        one a day after the alert was recorded; None after that one (given up)."""
+        give_up_at = self.created_at + ALERT_RETRY_FOR
+        if now >= give_up_at:
+            return None
+        return min(now + timedelta(seconds=retry_delay(self.attempts, ALERT_RETRY_SECONDS)), give_up_at)
+
+
+# A failed staff alert POST is retried for a day (a chat outage, a hook's deploy), from a minute apart
+# to an hour apart: about 30 POSTs. The relay also makes the first POST of an alert whose process died
+# before making it, once ALERT_RETRY_SECONDS have passed since it was recorded.
+ALERT_RETRY_FOR = timedelta(hours=24)
+ALERT_RETRY_SECONDS = 60
 
 
 class StaffMember(Base):

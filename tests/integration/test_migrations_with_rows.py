@@ -67,7 +67,7 @@ def test_an_order_placed_before_0004_is_kept_with_its_line_when_the_database_is_
 
     command.upgrade(alembic_config(database_url), "head")
 
-    assert _one(database_url, "SELECT version_num FROM alembic_version") == [("0014",)]
+    assert _one(database_url, "SELECT version_num FROM alembic_version") == [("0015",)]
     assert _one(database_url, "SELECT id, paid_amount, refunded_amount, access_token IS NOT NULL FROM orders") == [
         ("ord_1", 2100, 0, True)]
     assert _one(database_url, "SELECT order_id, sku, quantity FROM order_lines") == [("ord_1", "TEA-01", 1)]
@@ -113,4 +113,4 @@ def test_a_revision_that_would_leave_a_line_of_no_order_is_not_applied_and_says_
 
     _delete(database_url, "DELETE FROM order_lines WHERE order_id = 'ord_gone'")
     command.upgrade(alembic_config(database_url), "head")  # repaired: it goes through
-    assert _one(database_url, "SELECT version_num FROM alembic_version") == [("0014",)]
+    assert _one(database_url, "SELECT version_num FROM alembic_version") == [("0015",)]
