@@ -21,7 +21,7 @@ from models.db import transaction
 from models.events import OutboxMessage, OutboxStatus, Topic, enqueue
 from models.history import caused_by
 from models.logs import describe_error
-from models.orders import Order, OrderStatus, payment_waiting, payment_waiting_for, release_reservations
+from models.orders import HOLD_RAN_OUT, Order, OrderStatus, payment_waiting, payment_waiting_for, release_reservations
 from models.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -150,7 +150,7 @@ def expire_reservations(factory: sessionmaker[Session]) -> int:
             if not released:
                 continue
             expired += 1
-            order.cancel("reservation expired before payment")
+            order.cancel(HOLD_RAN_OUT)
             # As abandon() does: the buyer may check the cart out again (re-priced, its stock reserved
             # anew). A late payment for this order is still flagged for staff: its units stay released.
             reopen_cart(session, order.cart_id)

@@ -466,7 +466,8 @@ def refund_scope(session: Session, order: Order, disputed: dict[str | None, Disp
     """The order's `RefundScope`; `disputed`: its entry of `disputes_by_intent`, when already read."""
     if disputed is None:
         disputed = disputes_by_intent(session, [order.id]).get(order.id, {})
-    return RefundScope(order.payment_intent_id, frozenset(intents_counted_for(session, order)), disputed, order.currency)
+    return RefundScope(order.payment_intent_id, frozenset(intents_counted_for(session, order)), disputed,
+                       order.currency)
 
 
 def refunds_ruled_out(session: Session, orders: list[Order]) -> dict[str, Dispute]:

@@ -56,6 +56,11 @@ def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
     return target in TRANSITIONS[current]
 
 
+# The expiry sweep's reason for an order whose hold ran out before it was paid
+# (consumers.relay.expire_reservations); the shop's screens look for it (a card charged just then).
+HOLD_RAN_OUT = "reservation expired before payment"
+
+
 class Order(Base):
     __tablename__ = "orders"
 
@@ -684,8 +689,8 @@ def earlier_payment_intents(db: Session, order: Order) -> tuple[str, ...]:
     out: Stripe never takes money on a cancelled intent, so once the queued cancellation has gone
     through (seconds, normally) the shop's screens (webhook_app.shop_pages.payment_outcome) ask Stripe
     about the current intent only. The order among them is the order their cancellations were queued
-    in, newest first (the outbox, by its order_id index); any never queued (found by a worker through its metadata) come last. Each query is by an
-    index and reads a handful of rows."""
+    in, newest first (the outbox, by its order_id index); any never queued (found by a worker through its
+    metadata) come last. Each query is by an index and reads a handful of rows."""
     recorded = set(db.scalars(select(OrderPaymentIntent.payment_intent_id)
                               .where(OrderPaymentIntent.order_id == order.id)))
     recorded.discard(order.payment_intent_id)

@@ -41,8 +41,8 @@ from models.catalog_file import localized_product_names
 from models.db import transaction
 from models.errors import DomainError, InvalidInput, NotFound, OutOfStock, PriceChanged, TotalTooLarge
 from models.history import OrderStatusChange
-from models.orders import (Order, OrderStatus, PaymentWaiting, ShippingAddress, earlier_payment_intents, get_order,
-                           payment_waiting)
+from models.orders import (HOLD_RAN_OUT, Order, OrderStatus, PaymentWaiting, ShippingAddress, earlier_payment_intents,
+                           get_order, payment_waiting)
 from models.shipping import PREFECTURES, canonical_prefecture, load_shipping_table
 from webhook_app import state
 from webhook_app.admin import csrf
@@ -855,10 +855,9 @@ def _ask_stripe(order: Order, intent_id: str, deadline: float, *, earlier: bool 
     return intent
 
 
-# The expiry sweep's reason for an order whose hold ran out (consumers.relay.expire_reservations). It
-# also opens the order's cart again, so the same cart can be checked out anew: a card charged just as
-# the hold ran out, whose event had not reached us yet, leaves a cancelled order that holds money.
-HOLD_RAN_OUT = "reservation expired before payment"
+# An order the expiry sweep cancelled (`HOLD_RAN_OUT`) also has its cart opened again, so the same cart
+# can be checked out anew: a card charged just as the hold ran out, whose event had not reached us yet,
+# leaves a cancelled order that holds money.
 # What such an order becomes once its late payment is applied (flagged for staff, or accepted by them).
 _LATE_PAYMENT_APPLIED = (OrderStatus.NEEDS_REVIEW, OrderStatus.PAID)
 # The complete screen's state for it: the payment was received, a person looks at the order.
