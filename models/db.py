@@ -29,13 +29,35 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
         _configure_sqlite(engine)
         return engine
     _convert_long_statements_once()
-    return create_engine(
+    return commits_durable(create_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
-    )
+    ))
+
+
+def commits_durable(engine: Engine) -> Engine:
+    """PostgreSQL: every connection commits durably, whatever the server's or role's default. With
+    `synchronous_commit = off` (a common speed-up) COMMIT returns before its WAL is on disk, and a
+    crash of the server loses the last commits: webhooks already answered 200, payments applied.
+    Raised to `on` only from `off`: `local`, `remote_write` and `remote_apply` are durable on this
+    server already, and an operator who chose one for replicas keeps it. (The server itself must run
+    with `fsync` and `full_page_writes` on: docs/deploy.md.)"""
+
+    @event.listens_for(engine, "connect")
+    def _durable(dbapi_connection, _record) -> None:
+        autocommit, dbapi_connection.autocommit = dbapi_connection.autocommit, True
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SHOW synchronous_commit")
+                if cursor.fetchone()[0] == "off":
+                    cursor.execute("SET synchronous_commit = on")
+        finally:
+            dbapi_connection.autocommit = autocommit
+
+    return engine
 
 
 # psycopg rewrites each statement's %(name)s placeholders into PostgreSQL's $1, $2 in Python, and
@@ -249,8 +271,9 @@ def store_engine_for(settings, engine: Engine) -> Engine:
     """
     if engine.dialect.name != "postgresql":
         return engine
-    return create_engine(settings.database_url, pool_size=settings.db_pool_size + settings.db_max_overflow,
-                         max_overflow=0, pool_recycle=1800, isolation_level="AUTOCOMMIT")
+    return commits_durable(create_engine(settings.database_url, max_overflow=0, pool_recycle=1800,
+                                         pool_size=settings.db_pool_size + settings.db_max_overflow,
+                                         isolation_level="AUTOCOMMIT"))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
