@@ -18,6 +18,25 @@ from models.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# AMQP's reply to a declare whose arguments differ from those of the queue or exchange RabbitMQ has.
+PRECONDITION_FAILED = 406
+TOPOLOGY_RETRY_SECONDS = 30
+
+
+class TopologyConflict(Exception):
+    """RabbitMQ has a queue or exchange of the service's with other arguments (a quorum queue made by
+    hand, another dead-letter exchange) and refuses its declaration: no process of the service
+    publishes or consumes until an operator makes them agree."""
+
+
+def _declare(conn: Connection) -> None:
+    try:
+        declare_topology(conn)
+    except Exception as exc:
+        if getattr(exc, "reply_code", None) == PRECONDITION_FAILED:
+            raise TopologyConflict() from exc
+        raise
+
 
 class Chore(NamedTuple):
     """Work that needs only the database, done every `seconds` on a thread of its own: a broker
@@ -56,9 +75,15 @@ class LongRunningProcess(ABC):
                 with connect(self.settings) as conn:
                     conn.ensure_connection(max_retries=3, interval_start=0.5, interval_step=1, interval_max=3)
                     # Idempotent; without it RabbitMQ would silently drop what workers reject.
-                    declare_topology(conn)
+                    _declare(conn)
                     log.info(f"{self.name}_connected", broker=conn.as_uri())
                     self.serve(conn)
+            except TopologyConflict as exc:
+                # Nothing is published or delivered until an operator acts: an error, and a longer wait.
+                log.error("broker_topology_conflict", error=describe_error(exc.__cause__),
+                          fix=f"delete that queue or exchange (move or drain its messages first), or declare it as "
+                              f"docs/deploy.md 'RabbitMQ topology' says; tried again every {TOPOLOGY_RETRY_SECONDS} s")
+                self._pause(TOPOLOGY_RETRY_SECONDS)
             except Exception as exc:  # noqa: BLE001 - broker or database down: wait, reconnect, go on
                 log.warning(f"{self.name}_paused", error=describe_error(exc))
                 time.sleep(1)
@@ -68,16 +93,19 @@ class LongRunningProcess(ABC):
         self.engine.dispose()
         log.info(f"{self.name}_stopped")
 
+    def _pause(self, seconds: float) -> None:
+        """Sleep, looking at the stop flag a few times a second (stop() only sets it)."""
+        due = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < due:
+            time.sleep(min(0.2, max(0.0, due - time.monotonic())))
+
     def _keep_doing(self, chore: Chore) -> None:
         while not self.stopping:
             try:
                 chore.run(self.factory)
             except Exception as exc:  # noqa: BLE001 - database down: try again at the next turn
                 log.warning(f"{chore.name}_failed", error=describe_error(exc))
-            # Looks at the flag a few times a second: stop() only sets it (see there).
-            due = time.monotonic() + chore.seconds
-            while not self.stopping and time.monotonic() < due:
-                time.sleep(min(0.2, max(0.0, due - time.monotonic())))
+            self._pause(chore.seconds)
 
     @abstractmethod
     def serve(self, conn: Connection) -> None:
