@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -254,6 +255,16 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
     return Result("done")
 
 
+def _connected() -> bool:
+    return True
+
+
+# What a batch says of a message it left unrun because its worker lost the broker's connection: the
+# broker hands that delivery to another worker (or again to this one), which runs it.
+_CONNECTION_LOST = Result("skipped", "left unrun: the worker lost its connection to the broker, "
+                                    "which delivers it again")
+
+
 def _mail_deadline(settings: Settings) -> float:
     """When a worker stops sending the mails of what it just committed: half the redelivery wait
     from the commit (`time.monotonic()`). Those mails are published to it and due for the relay's
@@ -265,12 +276,13 @@ def _mail_deadline(settings: Settings) -> float:
     return time.monotonic() + settings.redelivery_seconds / 2
 
 
-def _send_committed_mails(factory, settings: Settings, mails: MailsAfterCommit, deadline: float) -> None:
+def _send_committed_mails(factory, settings: Settings, mails: MailsAfterCommit, deadline: float,
+                          connected: Callable[[], bool] = _connected) -> None:
     """Send the confirmation mails a committed transaction queued (`MailsAfterCommit`), as
     `_finish_outside` sends a batch's mail messages; a failure schedules the mail's retry."""
     calls = [(row.id, Topic.MAIL, row.body, time.monotonic()) for row in mails.committed()]
     if calls:
-        _finish_outside(factory, settings, calls, {}, deadline)
+        _finish_outside(factory, settings, calls, {}, deadline, connected)
 
 
 def _failed(factory, settings: Settings, outbox_id: int, exc: Exception, handled: dict, started: float) -> Result:
@@ -284,7 +296,8 @@ class BatchNotCommitted(Exception):
     """The batch's one transaction failed as a whole (its commit, a lost connection)."""
 
 
-def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids: list[int]) -> dict[int, Result]:
+def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids: list[int],
+                  connected: Callable[[], bool] = _connected) -> dict[int, Result]:
     """Run several messages in ONE transaction, each in its own savepoint; the result of each.
 
     What `process_message` does for one message, at one commit for all (the commit and its
@@ -366,20 +379,22 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     except Exception as exc:  # noqa: BLE001 - nothing of the batch was committed: one at a time instead
         structlog.contextvars.clear_contextvars()
         log.warning("batch_not_committed", messages=len(ids), error=describe_error(exc))
-        return {outbox_id: process_message(factory, settings, outbox_id) for outbox_id in ids}
+        return {outbox_id: process_message(factory, settings, outbox_id) if connected() else _CONNECTION_LOST
+                for outbox_id in ids}
     structlog.contextvars.clear_contextvars()
     deadline = _mail_deadline(settings)
     for handled, outcome, started in finished:
         _observe(handled, outcome, started)
-    _finish_outside(factory, settings, outside, results, deadline)
-    _send_committed_mails(factory, settings, confirmations, deadline)
+    _finish_outside(factory, settings, outside, results, deadline, connected)
+    _send_committed_mails(factory, settings, confirmations, deadline, connected)
     # Alerts after the mails: a mail's redelivery wait is running, an alert has none (a slow
     # hook, 5 s a POST, must not push the buyers' mails past their deadline).
     for _, outcome, _ in finished:
         if outcome is not None and outcome.alert_id is not None:
+            connected()  # keeps the connection alive (a heartbeat when one is due)
             deliver_alert(factory, settings, outcome.alert_id)
     for outbox_id in sorted(alone):  # in outbox id order, as one message at a time
-        results[outbox_id] = process_message(factory, settings, outbox_id)
+        results[outbox_id] = process_message(factory, settings, outbox_id) if connected() else _CONNECTION_LOST
     return results
 
 
@@ -481,16 +496,20 @@ def _is_ordinary(data: dict, order: Order, livemode: bool) -> bool:
 
 
 def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, dict, float]],
-                    results: dict[int, Result], deadline: float) -> None:
+                    results: dict[int, Result], deadline: float, connected: Callable[[], bool] = _connected) -> None:
     """Make a batch's mail and Stripe calls one by one, no lock held, marking those made done in one
     UPDATE at the end, and before that every quarter of the redelivery wait (a slow SMTP server): a
     mail still published when its redelivery wait is over is published again, and sent again. No
-    mail is sent once `deadline` (`_mail_deadline`) has passed: the rest stay published and due, for
-    the relay. Mails only logged (no SMTP_URL) are all marked in the one UPDATE."""
+    mail is sent once `deadline` (`_mail_deadline`) has passed, nor once the worker's connection to the
+    broker is lost (`connected`, asked before each call, also sends its heartbeats: else RabbitMQ closes
+    a connection silent for a long batch, and hands the batch's mail messages to another worker, which
+    sends them too): the rest stay published and due, for the relay. Mails only logged (no SMTP_URL)
+    are all marked in the one UPDATE."""
     made: list[tuple[int, float]] = []
     left, marked_at = 0, time.monotonic()
     for outbox_id, topic, body, started in calls:
-        if topic is Topic.MAIL and time.monotonic() >= deadline:
+        alive = connected()
+        if topic is Topic.MAIL and (time.monotonic() >= deadline or not alive):
             results[outbox_id] = Result("skipped", "left for the relay: the mails after the commit ran past "
                                                    "half the redelivery wait")
             left += 1

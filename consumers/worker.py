@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import time
+from functools import partial
 
 import structlog
 from kombu import Connection, Consumer, Message
@@ -59,13 +60,16 @@ class Worker(LongRunningProcess):
         if outbox_id is not None:
             self.pending.append((outbox_id, message))
 
-    def run_pending(self) -> None:
-        """Run the collected messages as one batch; ack each after the commit (reject a dead letter)."""
+    def run_pending(self, conn: Connection | None = None) -> None:
+        """Run the collected messages as one batch; ack each after the commit (reject a dead letter).
+        With the broker's `conn`, the batch sends its heartbeats between the calls it makes after its
+        commit, and makes no more once the connection is lost (`_still_connected`)."""
         pending, self.pending = self.pending, []
         if not pending:
             return
+        connected = partial(_still_connected, conn) if conn is not None else (lambda: True)
         try:
-            results = process_batch(self.factory, self.settings, [outbox_id for outbox_id, _ in pending])
+            results = process_batch(self.factory, self.settings, [outbox_id for outbox_id, _ in pending], connected)
         except Exception as exc:  # noqa: BLE001 - the database itself is unreachable
             log.error("messages_requeued", count=len(pending), error=describe_error(exc))
             for _, message in pending:
@@ -124,7 +128,7 @@ class Worker(LongRunningProcess):
                     # Take what the broker has already sent, without waiting for more.
                     while 0 < len(self.pending) < batch and _drain(conn, timeout=0.005):
                         pass
-                    self.run_pending()
+                    self.run_pending(conn)
             finally:
                 # Unacknowledged and not run: back to the broker (a lost connection does the same).
                 pending, self.pending = self.pending, []
@@ -133,6 +137,26 @@ class Worker(LongRunningProcess):
                         message.requeue()
                     except Exception:  # noqa: BLE001 - the connection is gone: the broker requeues them
                         break
+
+
+def _still_connected(conn: Connection) -> bool:
+    """Send RabbitMQ a heartbeat when one is due, and say whether the connection is still there. A batch
+    asks between the mails, Stripe calls, alerts and messages run alone that follow its commit:
+    RabbitMQ closes a connection silent for about three heartbeat intervals (90 s at 30 s) and hands its
+    unacked messages to another worker, which would send the batch's mails a second time. Only sends:
+    py-amqp's own check (`heartbeat_check`) would also count the broker's heartbeats, which nobody
+    reads while the batch runs, and call a live connection dead after two intervals."""
+    amqp = conn.connection if conn.transport.driver_type == "amqp" else None
+    if amqp is None or not getattr(amqp, "heartbeat", None):
+        return True
+    try:
+        if time.monotonic() > amqp.last_heartbeat_sent + amqp.heartbeat / 2:
+            amqp.send_heartbeat()
+            amqp.last_heartbeat_sent = time.monotonic()
+    except Exception as exc:  # noqa: BLE001 - the connection is gone: the broker delivers them again
+        log.warning("broker_connection_lost_in_batch", error=describe_error(exc))
+        return False
+    return True
 
 
 def _idle_wait(conn: Connection) -> float:
