@@ -558,7 +558,7 @@ def start_copy(factory: sessionmaker[Session], settings: Settings, outbox_id: in
             return False  # finished or decided meanwhile: the run below skips it
         if message.start_copy(settings.max_deliveries):
             return False
-        error = f"started {message.starts} times without a worker finishing it"
+        error = f"taken by a worker {message.starts} times without one finishing it"
         message.dead_letter(error)
         alert_id = record_alert(session, settings, f"Message {outbox_id} was dead-lettered: {error}",
                                 outbox_id=outbox_id, order_id=message.order_id).id

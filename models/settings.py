@@ -264,8 +264,8 @@ class Settings:
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
     redelivery_seconds: float = 120.0
-    # A message put on the broker this many times without finishing (it kills its worker) is
-    # a dead letter, not a loop.
+    # A message a worker took this many times without finishing (it kills its worker) is a
+    # dead letter, not a loop.
     max_deliveries: int = 10
     # One total deadline for checkout's call to Stripe, retries included, well inside the
     # web server's request timeout.

@@ -468,7 +468,7 @@ def test_a_message_that_stops_every_worker_taking_it_is_a_dead_letter_and_a_redr
     assert outcomes == ["killed", "killed", "killed", "given up"]
     [message] = outbox(sessions, Topic.STRIPE_EVENT)
     assert (message.status, message.starts) == (OutboxStatus.DEAD, 3)
-    assert "started 3 times" in message.last_error
+    assert "taken by a worker 3 times" in message.last_error
     assert inbox_row(sessions, event["id"]).status is EventStatus.DEAD
     with sessions() as session:
         [alert] = session.scalars(select(StaffAlert)).all()
@@ -529,4 +529,4 @@ def test_a_broker_redelivery_counts_as_a_start(client, sessions, settings, check
     assert start_copy(sessions, capped, message.id) is True  # a third run would pass MAX_DELIVERIES
     [message] = outbox(sessions, Topic.STRIPE_EVENT)
     assert (message.status, message.starts) == (OutboxStatus.DEAD, 2)
-    assert "started 2 times" in message.last_error
+    assert "taken by a worker 2 times" in message.last_error
