@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from models.catalog import Product, Stock
 from models.db import transaction
 from models.orders import Order
-from tests.integration.test_mail import Mailbox
+from tests.integration.test_mail import smtp  # noqa: F401 - a fixture
 from tests.integration.test_shop_pages import enter_information, fill_cart, page, post_form
 from tests.support import CATALOG, confirm_card, event_for
 from webhook_app.cli import shop
@@ -131,14 +131,6 @@ def test_the_largest_and_smallest_payment_are_said_in_the_carts_currency(client,
     refused = post_form(client, "/checkout/confirm", {}, from_page="/checkout/confirm?lang=en")
     assert refused.status_code == 303 and refused.location.endswith("/cart"), page(refused)
     assert "The total is under $0.50, the least one card payment can take" in page(client.get("/cart?lang=en"))
-
-
-@pytest.fixture
-def smtp():
-    mailbox = Mailbox()
-    mailbox.start()
-    yield mailbox
-    mailbox.stop()
 
 
 def paid_order_mail(client, checkout, post_event, sessions, settings, smtp, currency: str) -> str:

@@ -21,7 +21,8 @@ from consumers.worker import _still_connected
 from models.db import transaction
 from models.events import OutboxStatus, Topic, enqueue
 from tests.backends import servers_available
-from tests.integration.test_mail_batch_deadline import SEND_SECONDS, Publisher, SlowMailbox, mail_rows
+from tests.integration.test_mail_batch_deadline import (  # noqa: F401 - slow_smtp: a fixture
+    SEND_SECONDS, Publisher, mail_rows, slow_smtp)
 
 HEARTBEAT = 2      # RabbitMQ closes the connection after about 7 s of silence
 MAILS = 16         # 8 s of mails at SEND_SECONDS each, within the batch's deadline (half of 30 s)
@@ -38,13 +39,6 @@ def _alive(conn: Connection) -> bool:
 
 
 if servers_available():
-    @pytest.fixture
-    def slow_smtp():
-        mailbox = SlowMailbox()
-        mailbox.start()
-        yield mailbox
-        mailbox.stop()
-
     @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the broker is what is tested
     @pytest.mark.parametrize("heartbeats", [True, False], ids=["with-heartbeats", "without"])
     def test_a_batch_longer_than_three_heartbeats_keeps_its_connection_only_with_them(
