@@ -70,6 +70,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.after_request
     def _echo_request_id(response):
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        if request.is_secure:  # behind the trusted TLS proxy: browsers keep to https from now on
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if request.blueprint == "shop":  # the API: orders' addresses, client secrets and access tokens
+            response.headers.setdefault("Cache-Control", "no-store")
         return response
 
     @app.teardown_request

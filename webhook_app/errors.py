@@ -43,8 +43,9 @@ def error_body(code: str, message: str) -> bytes:
 
 
 # Outside the shop's and the console's blueprints, the endpoints that answer a browser with a page
-# (the order's URL is the buyer's "my page" in a browser: webhook_app.shop_api.show_order).
-PAGE_ENDPOINTS = frozenset({"shop_api.show_order"})
+# (the order's URL is the buyer's "my page" in a browser: webhook_app.shop_api.show_order, whose
+# blueprint is named "shop"). A test checks that each is a route of the app.
+PAGE_ENDPOINTS = frozenset({"shop.show_order"})
 
 
 def _site_with_pages() -> str | None:

@@ -179,3 +179,30 @@ def test_an_error_page_that_itself_fails_falls_back_to_the_json_shape(client, mo
         response = client.get("/cart", headers=BROWSER)
     assert_error(response, 500, "internal_error")
     assert any(" error_page_failed " in line for line in lines)
+
+
+# --- the order's URL: the buyer's "my page" in a browser, the order's JSON for the API -------------------------
+
+def test_every_page_endpoint_outside_the_shops_and_consoles_blueprints_is_a_route_of_the_app(app):
+    from webhook_app.errors import PAGE_ENDPOINTS
+
+    assert PAGE_ENDPOINTS <= {rule.endpoint for rule in app.url_map.iter_rules()}
+
+
+def test_an_error_on_my_page_is_the_shops_page_for_a_browser_and_json_for_an_api(client, checkout):
+    """The link in the order mail: a control character in its token or id is the shop's page, not JSON."""
+    order = checkout()
+    assert_shop_page(client.get(f"/orders/{order['order_id']}?lang=en&token=%01", headers=BROWSER), 400,
+                     "What was sent could not be processed. Please go back and try again.")
+    assert_shop_page(client.get("/orders/ord_%01?lang=en", headers=BROWSER), 404, "")
+    assert_error(client.get(f"/orders/{order['order_id']}?token=%01", headers=API), 400, "invalid_input")
+
+
+def test_the_order_api_is_never_cached_and_https_answers_carry_hsts(client, checkout):
+    """The order's JSON holds the buyer's address (and the checkout's, its client secret and access token)."""
+    order = checkout()
+    answer = client.get(f"/orders/{order['order_id']}?token={order['access_token']}", headers=API)
+    assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
+    assert "Strict-Transport-Security" not in answer.headers  # plain http: a browser would ignore it
+    secure = client.get("/", base_url="https://shop.example", headers=BROWSER)
+    assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"
