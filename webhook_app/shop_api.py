@@ -143,6 +143,13 @@ def _presented_token() -> str | None:
     return token or None
 
 
+# What GET /orders/<id> shows to anyone who has the order id (design.md's Contract), besides the shipment's
+# status and fee. The id is no secret (it is in the my-page link, the mails and Stripe's metadata), so this is
+# an allow-list: a field added to Order.to_dict() (the card's decline, staff's review reason) stays the token's.
+PUBLIC_ORDER_FIELDS = ("order_id", "status", "subtotal", "shipping_fee", "total", "currency", "lines",
+                       "payment_intent_id")
+
+
 def order_view(order: Order, *, token: str | None, staff: bool = False) -> dict:
     """What GET /orders/<id> shows: everything to the buyer's token or staff, status and totals to anyone.
 
@@ -157,10 +164,10 @@ def order_view(order: Order, *, token: str | None, staff: bool = False) -> dict:
         body["shipping"] = {"name": order.ship_name, "postal_code": order.ship_postal_code,
                             "prefecture": order.ship_prefecture, "address": order.ship_address}
         return body
-    del body["email"]
-    if order.shipment is not None:
-        body["shipment"] = {"status": order.shipment.status.value, "fee": order.shipment.fee}
-    return body
+    public = {field: body[field] for field in PUBLIC_ORDER_FIELDS}
+    public["shipment"] = (None if order.shipment is None
+                          else {"status": order.shipment.status.value, "fee": order.shipment.fee})
+    return public
 
 
 @bp.get("/orders/<order_id>")

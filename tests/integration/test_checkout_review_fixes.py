@@ -264,7 +264,7 @@ def test_the_cart_of_an_order_whose_hold_ran_out_opens_again_and_is_checked_out_
     post_event(event_for("localstripe_payment_intent.succeeded", intent_id=first["payment_intent_id"],
                          order_id=first["order_id"], amount=first["total"]))
     deliver()
-    late = client.get(f"/orders/{first['order_id']}").get_json()
+    late = client.get(f"/orders/{first['order_id']}?token={first['access_token']}").get_json()
     assert late["status"] == "needs_review" and "paid after the order was cancelled" in late["review_reason"]
     stock = client.get("/products/TEA-01").get_json()
     assert (stock["on_hand"], stock["reserved"]) == (40, 2)

@@ -74,7 +74,7 @@ def test_succeeded_marks_the_order_paid_and_turns_the_reservation_into_a_decreme
     order = checkout([("TEA-01", 2), ("CUP-01", 1)])
     assert stock(client, "TEA-01") == (40, 2)
     deliver_event(succeeded(order))
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "paid"
     assert body["paid_at"] is not None
     assert stock(client, "TEA-01") == (38, 0)
@@ -147,7 +147,7 @@ def test_a_second_succeeded_event_for_a_paid_order_changes_nothing(client, sessi
 def test_payment_failed_records_the_decline_and_keeps_the_stock_reserved(client, sessions, checkout, deliver_event):
     order = checkout([("TEA-01", 2)])
     deliver_event(failed(order))
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "payment_failed"
     assert body["failure_code"] == "card_declined"
     assert body["failure_message"]
@@ -170,7 +170,7 @@ def test_payment_failed_then_succeeded_with_another_card_pays_the_order(client, 
     order = checkout([("TEA-01", 2)])
     deliver_event(failed(order))
     deliver_event(succeeded(order))
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "paid"
     assert body["failure_code"] is None
     assert body["shipment"]["status"] == "pending"
@@ -182,7 +182,7 @@ def test_a_late_payment_failed_never_unpays_a_paid_order(client, sessions, check
     deliver_event(succeeded(order))
     stale = failed(order)
     deliver_event(stale)
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "paid"
     assert body["failure_code"] is None
     assert stock(client, "TEA-01") == (38, 0)
@@ -205,7 +205,7 @@ def test_payment_that_does_not_match_the_order_flags_it_for_review_and_takes_no_
     assert order["total"] == 3100
     event = succeeded(order, **change)
     deliver_event(event)
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "needs_review"
     assert said in body["review_reason"]
     assert body["shipment"] is None
@@ -218,7 +218,7 @@ def test_payment_after_the_order_was_cancelled_is_flagged_for_review(client, che
     order = checkout([("TEA-01", 2)])
     deliver_event(canceled(order))
     deliver_event(succeeded(order))
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "needs_review"
     assert "cancelled" in body["review_reason"]
     assert stock(client, "TEA-01") == (40, 0)

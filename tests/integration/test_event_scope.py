@@ -156,7 +156,7 @@ def test_money_taken_on_an_intent_the_order_does_not_hold_flags_the_order_and_al
     event = succeeded(order, intent_id="pi_SecondTabPaidToo0001")
     post_event(event)
     deliver()
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "needs_review"
     assert "pi_SecondTabPaidToo0001" in body["review_reason"]
     row = inbox_row(sessions, event["id"])
@@ -190,7 +190,7 @@ def test_the_orders_own_payment_after_a_stray_intents_is_counted_alerted_and_add
     assert status_of(client, order) == "needs_review"
     post_event(event := succeeded(order))
     deliver()
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "needs_review"
     assert "pi_StrayTabPaidFirst001" in body["review_reason"]
     assert f"paid {order['total']} jpy on payment intent {order['payment_intent_id']} while the order is " \

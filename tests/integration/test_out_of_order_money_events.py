@@ -55,7 +55,7 @@ def test_a_dispute_update_handled_before_its_opening_flags_the_order_and_alerts_
     charge_id = _charge_of(order)
     stripe_says(dispute_event("updated", order, charge_id, "under_review"))  # evidence submitted
 
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "needs_review"
     assert f"dispute {DISPUTE} opened (fraudulent): {order['total']} jpy contested" in body["review_reason"]
     [alert] = _dispute_alerts(sessions)
@@ -80,7 +80,7 @@ def test_a_lost_dispute_whose_closing_is_handled_before_its_opening_flags_the_or
     stripe_says(closed)
     stripe_says(created)
 
-    body = client.get(f"/orders/{order['order_id']}").get_json()
+    body = client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "needs_review"
     assert (f"dispute {DISPUTE} opened (fraudulent) and already closed: lost, {order['total']} jpy taken back"
             in body["review_reason"])

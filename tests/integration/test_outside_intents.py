@@ -96,7 +96,7 @@ def test_a_payment_on_an_intent_made_outside_keeps_the_hold_while_its_handling_f
         assert retried.exit_code == 0, retried.output
     deliver()
     assert _inbox(sessions, payment).status is EventStatus.PROCESSED
-    body = client.get(f"/orders/{order_id}").get_json()
+    body = client.get(f"/orders/{order_id}?token={placed['access_token']}").get_json()
     assert body["status"] == "needs_review"  # paid on an intent the order does not hold: a person decides
     assert f"on payment intent {outside}, but the order holds {placed['payment_intent_id']}" in body["review_reason"]
     assert _cups(client) == (3, 3)

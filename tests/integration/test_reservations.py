@@ -70,7 +70,7 @@ def test_payment_after_expiry_flags_the_order_for_review_without_touching_stock(
                                        order_id=order["order_id"], amount=order["total"]))
     deliver()
 
-    body = short_hold_client.get(f"/orders/{order['order_id']}").get_json()
+    body = short_hold_client.get(f"/orders/{order['order_id']}?token={order['access_token']}").get_json()
     assert body["status"] == "needs_review"
     assert "paid after the order was cancelled" in body["review_reason"]
     stock = short_hold_client.get("/products/TEA-01").get_json()
