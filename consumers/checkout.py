@@ -93,13 +93,16 @@ class CheckoutRequest:
 
 
 class StripeCallSlots:
-    """A per-process cap on checkouts waiting for Stripe at once.
+    """A per-process cap on web requests waiting for Stripe at once.
 
     Web threads that wait on a stalled Stripe cannot take webhooks; with fewer slots (and
     waiters) than threads, some threads are always free for the webhook endpoint and the
-    health checks. While Stripe answers promptly, a call over the cap waits briefly for a slot
-    (a burst of customers is not refused); once every slot is held by a call older than Stripe
-    normally takes, Stripe is slow and a checkout is refused at once (503), before it reserves.
+    health checks. So every call to Stripe a web request makes takes a slot: checkout's create,
+    the pay step's confirm (and the cancel and create around it), the SetupIntent, and the
+    shop's screens asking what became of a payment. While Stripe answers promptly, a call over
+    the cap waits briefly for a slot (a burst of customers is not refused); once every slot is
+    held by a call older than Stripe normally takes, Stripe is slow and a checkout is refused at
+    once (503), before it reserves. A call that finds no slot raises PaymentProviderBusy.
     """
 
     # Stripe answers a create in well under this; a call older than it means Stripe is slow.
@@ -147,7 +150,7 @@ class StripeCallSlots:
                 self._waiting -= 1
 
     def _busy(self) -> "PaymentProviderBusy":
-        log.warning("checkout_refused_payment_provider_busy", limit=self.limit)
+        log.warning("stripe_call_refused_busy", limit=self.limit)
         return PaymentProviderBusy(
             "the payment provider is slow to answer and this server is waiting on it for as many checkouts "
             "as it allows; nothing is reserved, please retry in a moment")
@@ -261,7 +264,8 @@ def confirm_payment(sessions: sessionmaker[Session], settings: Settings, order_i
     for the same order, the same amount and the same held stock (replace_payment_intent), and
     that one is confirmed. Raises CardDeclined, CheckoutCancelled (the order can no longer be
     paid), IntentNotConfirmable (already paid or cancelled at Stripe), PaymentRefused,
-    PaymentGatewayError.
+    PaymentGatewayError, PaymentProviderBusy (this process already waits on Stripe for as many calls
+    as it allows; the call that found no slot was not sent).
     """
     with caused_by("checkout"):
         with sessions() as session:
@@ -284,16 +288,17 @@ def confirm_payment(sessions: sessionmaker[Session], settings: Settings, order_i
                      intent_status=old_status)
         new_intent_id = replace_payment_intent(sessions, settings, order_id, intent_id, old_status)
         if old_status == "requires_action":
-            _cancel_before_paying_again(order_id, intent_id)
+            _cancel_before_paying_again(settings, order_id, intent_id)
         return _confirm(settings, new_intent_id, payment_method_id)
 
 
-def _cancel_before_paying_again(order_id: str, intent_id: str) -> None:
+def _cancel_before_paying_again(settings: Settings, order_id: str, intent_id: str) -> None:
     """Cancel at Stripe, now, an intent that waited for 3-D Secure, before another intent of the
     order is confirmed: its dialog may still be open in another tab, and the buyer could complete
     both (the cancellation the replacement queued comes later). If it was paid meanwhile, the
     other is not confirmed: IntentNotConfirmable, as for any intent paid already."""
-    outcome = cancel_payment_intent(intent_id)  # PaymentGatewayError: nothing is confirmed
+    with stripe_call_slots(settings.stripe_max_concurrent_calls).call():
+        outcome = cancel_payment_intent(intent_id)  # PaymentGatewayError, PaymentProviderBusy: nothing confirmed
     status = outcome.removeprefix("not cancellable: already ")
     if status in ("succeeded", "processing", "requires_capture"):
         log.warning("payment_intent_paid_meanwhile", order_id=order_id, payment_intent=intent_id,
@@ -303,8 +308,9 @@ def _cancel_before_paying_again(order_id: str, intent_id: str) -> None:
 
 
 def _confirm(settings: Settings, intent_id: str, payment_method_id: str) -> stripe.PaymentIntent:
-    return confirm_payment_intent(payment_intent_id=intent_id, payment_method_id=payment_method_id,
-                                  deadline_seconds=settings.stripe_deadline_seconds)
+    with stripe_call_slots(settings.stripe_max_concurrent_calls).call():
+        return confirm_payment_intent(payment_intent_id=intent_id, payment_method_id=payment_method_id,
+                                      deadline_seconds=settings.stripe_deadline_seconds)
 
 
 def replace_payment_intent(sessions: sessionmaker[Session], settings: Settings, order_id: str, old_intent_id: str,

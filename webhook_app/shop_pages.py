@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 
 from consumers.checkout import (CheckoutCancelled, CheckoutInProgress, CheckoutRequest, IdempotencyKeyReused,
                                 PaymentProviderBusy, PaymentProviderRefused, PaymentProviderUnavailable,
-                                confirm_payment, hold_lapsed)
+                                confirm_payment, hold_lapsed, stripe_call_slots)
 from consumers.checkout import checkout as checkout_cart
 from consumers.payments import (CardDeclined, IntentNotConfirmable, PaymentGatewayError, PaymentRefused,
                                 create_setup_intent, retrieve_payment_intent)
@@ -680,12 +680,14 @@ def place_order():
         # Without JavaScript there is no card field: the order is placed and held; the page says so.
         return redirect(confirm_url, 303)
     try:
-        setup = create_setup_intent(order_id=order.id, deadline_seconds=app_state.settings.stripe_deadline_seconds)
+        with stripe_call_slots(app_state.settings.stripe_max_concurrent_calls).call():
+            setup = create_setup_intent(order_id=order.id,
+                                        deadline_seconds=app_state.settings.stripe_deadline_seconds)
     except PaymentRefused as exc:
         log.warning("setup_intent_refused", order_id=order.id, error=str(exc))
         return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
                         reason=exc.reason or _t("refused_unknown"))
-    except PaymentGatewayError as exc:
+    except (PaymentGatewayError, PaymentProviderBusy) as exc:
         log.warning("setup_intent_failed", order_id=order.id, error=str(exc))
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
     return jsonify({"order_id": order.id, "total": order.total, "setup_client_secret": setup.client_secret,
@@ -835,14 +837,23 @@ _NOT_AT_STRIPE = {"status": "not_found"}
 
 def _ask_stripe(order: Order, intent_id: str, deadline: float, *, earlier: bool = False) -> dict | None:
     """Stripe's record of one of the order's intents, within what is left of the screen's deadline;
-    None when Stripe did not answer in time (or, for the current intent, does not know it)."""
-    remaining = deadline - time.monotonic()
-    if remaining < _MIN_ASK_SECONDS:
-        log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=intent_id,
-                    error="no time left to ask Stripe within the deadline")
-        return None
+    None when Stripe did not answer in time (or, for the current intent, does not know it).
+
+    The question takes one of the process's Stripe call slots, as checkout does: screens that
+    reload themselves while Stripe stalls must not hold every thread the webhooks need. No slot
+    free (Stripe is slow for every one of them) is said as Stripe not answering."""
     try:
-        intent = retrieve_payment_intent(intent_id, deadline_seconds=remaining)
+        with stripe_call_slots(state().settings.stripe_max_concurrent_calls).call():
+            remaining = deadline - time.monotonic()   # after any wait for a slot
+            if remaining < _MIN_ASK_SECONDS:
+                log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=intent_id,
+                            error="no time left to ask Stripe within the deadline")
+                return None
+            intent = retrieve_payment_intent(intent_id, deadline_seconds=remaining)
+    except PaymentProviderBusy:
+        log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=intent_id,
+                    error="every Stripe call slot of this process is waiting on Stripe")
+        return None
     except PaymentGatewayError as exc:
         log.warning("payment_outcome_unknown", order_id=order.id, payment_intent=intent_id, error=str(exc)[:200])
         return None
