@@ -33,7 +33,10 @@ def _dead_letter(settings, sessions, client, checkout, post_event, deliver):
     with sessions.kw["bind"].begin() as conn:
         conn.execute(text("ALTER TABLE shipments_away RENAME TO shipments"))
     with sessions() as session:
-        message = session.scalars(select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD)).one()
+        # This event's message: an earlier order's confirmation mail may have died meanwhile too (its
+        # shipment could not be read while the table was away).
+        message = session.scalars(select(OutboxMessage).join(InboxEvent).where(
+            OutboxMessage.status == OutboxStatus.DEAD, InboxEvent.event_id == event["id"])).one()
         return order, event, message.id
 
 
