@@ -616,8 +616,11 @@ def e2e_step(workdir: Path, cluster: Cluster, watch: Watch, rate: float, seconds
     if not drained:
         wait_until_paid(watch, prefix, sent, 120)  # let it finish before the next step starts
     # Requests still in flight when wrk stopped may be stored after the first count: count again,
-    # and every event stored must have paid its order for the step to keep up.
-    sent = watch.value("SELECT count(*) FROM inbox_events WHERE object_id LIKE :p", {"p": prefix + "%"})
+    # and every event stored must have paid its order for the step to keep up (within the same wait:
+    # one stored just after the count is paid a moment later, not at once).
+    counted, sent = sent, watch.value("SELECT count(*) FROM inbox_events WHERE object_id LIKE :p", {"p": prefix + "%"})
+    if sent > counted and wait_until_paid(watch, prefix, sent, 10) is None:
+        drained = False
     rows = watch.rows("SELECT o.paid_at, i.received_at FROM orders o JOIN inbox_events i "
                       "ON i.object_id = o.payment_intent_id WHERE o.payment_intent_id LIKE :p AND o.status = 'paid'",
                       {"p": prefix + "%"})
