@@ -116,6 +116,16 @@ class MailNotSent(Exception):
     address masked: it becomes the outbox row's last_error, a log line and maybe a staff alert."""
 
 
+class MailServerUnreachable(MailNotSent):
+    """The SMTP server could not be reached, or stopped answering: no connection, a connection closed,
+    or no answer within SMTP_TIMEOUT_SECONDS. A batch's next mails would wait as long for it, so
+    they are left for the relay (consumers.processing)."""
+
+
+# How long a mail waits for the SMTP server to connect or to answer one command.
+SMTP_TIMEOUT_SECONDS = 10.0
+
+
 def mail_text(settings: Settings, message: dict) -> str:
     """The mail's text as sent: the queued body, then the link to the buyer's page of the order."""
     if not message.get("my_page_path"):  # queued before mails carried the link
@@ -181,20 +191,41 @@ def send_mail(settings: Settings, message: dict) -> None:
     host, context = url.hostname or "localhost", _tls_context(settings.smtp_ca_file)
     try:
         if url.scheme == "smtps":
-            smtp = smtplib.SMTP_SSL(host, url.port or 465, timeout=10, context=context)
+            smtp = smtplib.SMTP_SSL(host, url.port or 465, timeout=SMTP_TIMEOUT_SECONDS, context=context)
         else:
-            smtp = smtplib.SMTP(host, url.port or 25, timeout=10)
-        with smtp:
+            smtp = smtplib.SMTP(host, url.port or 25, timeout=SMTP_TIMEOUT_SECONDS)
+        try:
             if url.scheme == "smtp":
                 _start_tls(smtp, context, host, logs_in=bool(url.username))
             if url.username:  # percent-encoded in the URL, as RFC 3986 (and DATABASE_URL) has it
                 smtp.login(unquote(url.username), unquote(url.password or ""))
             smtp.send_message(email)
+        except BaseException:
+            smtp.close()
+            raise
+    except ssl.SSLCertVerificationError as exc:
+        raise MailNotSent(f"the SMTP server {host}'s certificate was refused ({exc.verify_message}): nothing was "
+                          f"sent to it; if a private CA signed it, set SMTP_CA_FILE to that CA's PEM file") from None
+    except ssl.SSLError as exc:
+        raise MailNotSent(f"TLS with the SMTP server {host} failed: {describe_error(exc)}") from None
+    except (smtplib.SMTPConnectError, smtplib.SMTPServerDisconnected, OSError) as exc:
+        raise MailServerUnreachable(f"no session with the SMTP server {host}: {describe_error(exc)}") from None
     except smtplib.SMTPException as exc:
         # SMTPRecipientsRefused and its kin quote the address; `from None` keeps the original, address
         # and all, out of the traceback that the worker stores with the failed attempt.
         raise MailNotSent(describe_error(exc)) from None
-    except ssl.SSLCertVerificationError as exc:
-        raise MailNotSent(f"the SMTP server {host}'s certificate was refused ({exc.verify_message}): nothing was "
-                          f"sent to it; if a private CA signed it, set SMTP_CA_FILE to that CA's PEM file") from None
+    _quit(smtp, host)
     log.info("mail_sent", order_id=message.get("order_id"), kind=message.get("kind"))
+
+
+def _quit(smtp: smtplib.SMTP, host: str) -> None:
+    """End a session whose mail the server took. A QUIT it answers with other than 221, or not at all,
+    is logged, not a failure: a failure would send the mail again, and the buyer would get it twice."""
+    try:
+        code, answer = smtp.docmd("QUIT")
+        if code != 221:
+            log.warning("smtp_quit_answered", host=host, code=code, answer=answer.decode(errors="replace")[:200])
+    except (smtplib.SMTPException, OSError) as exc:
+        log.warning("smtp_quit_failed", host=host, error=describe_error(exc))
+    finally:
+        smtp.close()

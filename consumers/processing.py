@@ -21,7 +21,8 @@ from consumers import metrics
 from consumers.alerts import deliver_alert, record_alert
 from consumers.handlers import HANDLERS, HandlerContext, Outcome
 from consumers.handlers.lookup import ids_named, order_named
-from consumers.mail import MailsAfterCommit, is_still_true, send_after_commit, send_mail
+from consumers.mail import (MailsAfterCommit, MailServerUnreachable, is_still_true, send_after_commit,
+                           send_mail)
 from consumers.payments import cancel_order_payment_intents, list_refunds, retrieve_payment_intent
 from models.base import utcnow
 from models.catalog import ReservationStatus, SoldUnits, collect_sold_units
@@ -503,14 +504,17 @@ def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, d
     mail is sent once `deadline` (`_mail_deadline`) has passed, nor once the worker's connection to the
     broker is lost (`connected`, asked before each call, also sends its heartbeats: else RabbitMQ closes
     a connection silent for a long batch, and hands the batch's mail messages to another worker, which
-    sends them too): the rest stay published and due, for the relay. Mails only logged (no SMTP_URL)
-    are all marked in the one UPDATE."""
+    sends them too), nor once the SMTP server was not reached for one (each would wait as long for it):
+    the rest stay published and due, for the relay. Mails only logged (no SMTP_URL) are all marked in
+    the one UPDATE."""
     made: list[tuple[int, float]] = []
-    left, marked_at = 0, time.monotonic()
+    left, marked_at, unreachable = 0, time.monotonic(), False
     for outbox_id, topic, body, started in calls:
         alive = connected()
-        if topic is Topic.MAIL and (time.monotonic() >= deadline or not alive):
-            results[outbox_id] = Result("skipped", "left for the relay: the mails after the commit ran past "
+        if topic is Topic.MAIL and (time.monotonic() >= deadline or not alive or unreachable):
+            results[outbox_id] = Result("skipped", "left for the relay: the SMTP server was not reached for an "
+                                                   "earlier mail of the batch" if unreachable else
+                                                   "left for the relay: the mails after the commit ran past "
                                                    "half the redelivery wait")
             left += 1
             continue
@@ -520,6 +524,7 @@ def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, d
             _call_outside(settings, topic, body)
         except Exception as exc:  # noqa: BLE001 - recorded and retried as for a message on its own
             results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started)
+            unreachable = unreachable or isinstance(exc, MailServerUnreachable)
             continue
         made.append((outbox_id, started))
         if time.monotonic() - marked_at >= settings.redelivery_seconds / 4:
@@ -528,7 +533,8 @@ def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, d
     structlog.contextvars.clear_contextvars()
     _mark_done(factory, settings, made, results)
     if left:
-        log.warning("mails_left_for_relay", count=left, deadline_seconds=settings.redelivery_seconds / 2)
+        log.warning("mails_left_for_relay", count=left, smtp_unreachable=unreachable,
+                    deadline_seconds=settings.redelivery_seconds / 2)
 
 
 def _mark_done(factory, settings: Settings, made: list[tuple[int, float]], results: dict[int, Result]) -> None:
