@@ -98,8 +98,8 @@ class StripeCallSlots:
     Web threads that wait on a stalled Stripe cannot take webhooks; with fewer slots (and
     waiters) than threads, some threads are always free for the webhook endpoint and the
     health checks. So every call to Stripe a web request makes takes a slot: checkout's create,
-    the pay step's confirm (and the cancel and create around it), the SetupIntent, and the
-    shop's screens asking what became of a payment. While Stripe answers promptly, a call over
+    the pay step's confirm (and the cancel and create around it), the SetupIntent, the shop's
+    screens asking what became of a payment, and the console's refunds. While Stripe answers promptly, a call over
     the cap waits briefly for a slot (a burst of customers is not refused); once every slot is
     held by a call older than Stripe normally takes, Stripe is slow and a checkout is refused at
     once (503), before it reserves. A call that finds no slot raises PaymentProviderBusy.

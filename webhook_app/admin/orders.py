@@ -10,10 +10,12 @@ since is refused, not carried out on money or a status nobody confirmed.
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
 
+from consumers.checkout import PaymentProviderBusy, stripe_call_slots
 from consumers.order_story import find_orders_by_reference, order_story
 from consumers.payments import PaymentGatewayError
 from consumers.staff_actions import (OrderAsSeen, RefundPartlyDone, accept_order, cancel_order, find_orders,
@@ -258,19 +260,27 @@ def _decided(order_id: str, decision: str):
         flash(f"Not done: the form did not say what its page showed of the order ({exc}); nothing changed. "
               f"Read the order on this page again and confirm.", "error")
         return redirect(url_for("admin.decide", order_id=order_id, decision=decision), 303)
-    sessions, who = state().sessions, actor()
+    sessions, settings, who = state().sessions, state().settings, actor()
+    refund = decision == "refund" or (decision == "cancel" and request.form.get("refund") == "yes")
     try:
-        if decision == "accept":
-            result = accept_order(sessions, order_id, actor=who, note=note, expected=seen)
-        elif decision == "refund":
-            result = refund_order(sessions, order_id, actor=who, reason=note, expected=seen)
-        elif decision == "ship":
-            result = ship_order(sessions, order_id, actor=who, note=note, expected=seen)
-        else:
-            result = cancel_order(sessions, order_id, actor=who, note=note, refund=request.form.get("refund") == "yes",
-                                  expected=seen)
+        # A refund asks Stripe on this web request: it takes one of the process's Stripe call slots, as
+        # the shop's calls do, so staff refunding behind a stalled Stripe cannot hold the threads
+        # webhooks need (StripeCallSlots).
+        with stripe_call_slots(settings.stripe_max_concurrent_calls).call() if refund else nullcontext():
+            if decision == "accept":
+                result = accept_order(sessions, order_id, actor=who, note=note, expected=seen)
+            elif decision == "refund":
+                result = refund_order(sessions, order_id, actor=who, reason=note, expected=seen)
+            elif decision == "ship":
+                result = ship_order(sessions, order_id, actor=who, note=note, expected=seen)
+            else:
+                result = cancel_order(sessions, order_id, actor=who, note=note, refund=refund, expected=seen)
     except NotFound:
         abort(404)
+    except PaymentProviderBusy:
+        flash(f"Not done: this server is already waiting on Stripe for as many calls as it allows "
+              f"(STRIPE_MAX_CONCURRENT_CALLS={settings.stripe_max_concurrent_calls}), so Stripe is slow to answer; "
+              f"nothing was asked of Stripe and nothing changed here. Try again in a moment.", "error")
     except DomainError as exc:
         flash(f"Not done: {exc.message}", "error")
     except RefundPartlyDone as exc:
