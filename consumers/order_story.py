@@ -55,6 +55,19 @@ def _text(value: str | None, limit: int = 300) -> str:
     return redact(lines[0])[:limit] if lines else ""
 
 
+def alert_delivery(alert: StaffAlert) -> str:
+    """Where an alert's POST to STAFF_ALERT_URL stands (consumers.alerts), as the story says it."""
+    if alert.delivered:
+        return "delivered"
+    posts = f"{alert.attempts} POST{'s' if alert.attempts != 1 else ''}"
+    if alert.next_attempt_at is not None:
+        return (f"not delivered yet: {posts} failed, the next at {alert.next_attempt_at.isoformat()}" if alert.attempts
+                else f"not delivered yet: its POST is due at {alert.next_attempt_at.isoformat()}")
+    if alert.attempts:
+        return f"not delivered after {posts}: given up (a day of retries), or a POST in hand; in the log"
+    return "not POSTed (no STAFF_ALERT_URL): in the log"
+
+
 def order_story(session: Session, order_id: str) -> OrderStory:
     """Read everything recorded about one order; raises NotFound for an unknown id."""
     order = get_order(session, order_id)
@@ -70,8 +83,7 @@ def order_story(session: Session, order_id: str) -> OrderStory:
                 for change in session.scalars(select(OrderStatusChange).where(OrderStatusChange.order_id == order.id)
                                               .order_by(OrderStatusChange.id))]
     entries += _outbox(session, order)
-    entries += [StoryEntry(alert.created_at, "alert", f"staff alerted: {_text(alert.text)}",
-                           ("delivered" if alert.delivered else "not delivered (in the log)",))
+    entries += [StoryEntry(alert.created_at, "alert", f"staff alerted: {_text(alert.text)}", (alert_delivery(alert),))
                 for alert in session.scalars(select(StaffAlert).where(StaffAlert.order_id == order.id)
                                              .order_by(StaffAlert.id))]
     entries += [StoryEntry(refund.created_at, "refund",

@@ -16,6 +16,7 @@ from alembic import command
 from sqlalchemy import select
 
 from consumers import alerts
+from consumers.order_story import alert_delivery, order_story
 from consumers.relay import Relay
 from models.base import utcnow
 from models.db import make_engine, transaction
@@ -71,6 +72,13 @@ def _alert(sessions, alert_id: int) -> StaffAlert:
         return session.get(StaffAlert, alert_id)
 
 
+def _alert_in_story(sessions, order_id: str) -> str:
+    """What the order's story (`shop orders show`, the console's order page) says of its one alert."""
+    with sessions() as session:
+        [entry] = [entry for entry in order_story(session, order_id).entries if entry.kind == "alert"]
+    return entry.details[0]
+
+
 def test_an_alert_posted_while_the_hook_was_down_is_posted_by_the_relay_once_it_is_back(
         settings, sessions, client, checkout, post_event):
     from tests.conftest import deliver_with
@@ -85,6 +93,8 @@ def test_an_alert_posted_while_the_hook_was_down_is_posted_by_the_relay_once_it_
             [alert] = session.scalars(select(StaffAlert)).all()
         assert (len(hook.posts), alert.delivered, alert.attempts) == (1, False, 1)
         assert _samples(client)[UNDELIVERED] == 1
+        assert _alert_in_story(sessions, order["order_id"]) == \
+            f"not delivered yet: 1 POST failed, the next at {alert.next_attempt_at.isoformat()}"
 
         hook.status = 200  # back
         with transaction(sessions) as session:  # its back-off is over
@@ -103,6 +113,7 @@ def test_an_alert_posted_while_the_hook_was_down_is_posted_by_the_relay_once_it_
     after = _alert(sessions, alert.id)
     assert (after.delivered, after.attempts, after.next_attempt_at) == (True, 2, None)
     assert _samples(client)[UNDELIVERED] == 0
+    assert _alert_in_story(sessions, order["order_id"]) == "delivered"
 
 
 def test_a_failing_hook_is_tried_again_from_a_minute_to_an_hour_apart_and_given_up_a_day_after_the_alert(
@@ -139,6 +150,8 @@ def test_a_failing_hook_is_tried_again_from_a_minute_to_an_hour_apart_and_given_
     assert (given_up.delivered, given_up.next_attempt_at) == (False, None)
     assert given_up.attempts == len(hook.posts) == 2 + len(gaps)  # the first, the retries, the last at 24 h
     assert 25 <= given_up.attempts <= 35
+    assert alert_delivery(given_up) == f"not delivered after {given_up.attempts} POSTs: given up (a day of retries), " \
+                                      f"or a POST in hand; in the log"
 
 
 def test_an_alert_whose_post_succeeded_is_never_posted_again(settings, sessions, client):
@@ -231,6 +244,7 @@ def test_an_alert_only_logged_without_staff_alert_url_is_not_posted_later_nor_co
         hook.close()
     assert hook.posts == []
     assert (_alert(sessions, alert_id).delivered, _alert(sessions, alert_id).attempts) == (False, 0)
+    assert alert_delivery(_alert(sessions, alert_id)) == "not POSTed (no STAFF_ALERT_URL): in the log"
 
 
 def test_0015_gives_the_alerts_recorded_before_it_no_post_to_make_and_its_downgrade_drops_its_columns(
