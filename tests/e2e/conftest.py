@@ -44,3 +44,29 @@ def cluster(request, make_cluster):
     running = make_cluster(request.param)
     yield running
     running.stop_all()
+
+
+@pytest.fixture(params=backends())
+def start_cluster(request, tmp_path, localstripe):
+    """Start processes of a cluster on this backend (its own database, empty queues) whose Stripe API base is
+    `stripe_base`: a fault server in front of localstripe. All stopped, and the database dropped, at the end."""
+    made = []
+
+    def start(stripe_base: str, *processes: str, **env) -> Cluster:
+        database_url = broker_url = None
+        if request.param == SERVERS:
+            database_url = create_postgres_database()
+            broker_url = os.environ["TEST_AMQP_URL"]
+            purge_rabbitmq()
+        cluster = Cluster(tmp_path, stripe_base=stripe_base, database_url=database_url, broker_url=broker_url, **env)
+        made.append((cluster, database_url))
+        for name in processes:
+            cluster.start(name)
+        return cluster
+
+    yield start
+    use_stripe(localstripe.base)
+    for cluster, database_url in made:
+        cluster.stop_all()
+        if database_url:
+            drop_postgres_database(database_url)

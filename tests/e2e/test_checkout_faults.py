@@ -5,7 +5,6 @@ webhooks; an intent whose answer came too late must be cancelled at Stripe.
 """
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,8 +15,6 @@ from sqlalchemy import func, select
 
 from models.events import InboxEvent
 from models.orders import Order
-from tests.backends import SERVERS, backends, create_postgres_database, drop_postgres_database, purge_rabbitmq
-from tests.e2e.cluster import Cluster
 from tests.stripe_proxy import BlackHole, HoldingProxy, creates_payment_intent, wait
 from tests.support import event_for, use_stripe
 
@@ -31,32 +28,6 @@ PROMPTLY = 4.0
 SLACK = 4.0  # what a checkout may take beyond its Stripe deadline (the old code: 12 s and more)
 
 
-@pytest.fixture(params=backends())
-def start_cluster(request, tmp_path, localstripe):
-    """A cluster of the service on this backend whose Stripe API base is the given fault server."""
-    made = []
-
-    def start(stripe_base: str, *processes: str, **env) -> Cluster:
-        database_url = broker_url = None
-        if request.param == SERVERS:
-            database_url = create_postgres_database()
-            broker_url = os.environ["TEST_AMQP_URL"]
-            purge_rabbitmq()
-        cluster = Cluster(tmp_path, stripe_base=stripe_base, database_url=database_url, broker_url=broker_url,
-                          STRIPE_DEADLINE_SECONDS=DEADLINE, **env)
-        made.append((cluster, database_url))
-        for name in processes:
-            cluster.start(name)
-        return cluster
-
-    yield start
-    use_stripe(localstripe.base)
-    for cluster, database_url in made:
-        cluster.stop_all()
-        if database_url:
-            drop_postgres_database(database_url)
-
-
 def _timed(call):
     started = time.monotonic()
     result = call()
@@ -66,7 +37,7 @@ def _timed(call):
 def test_webhooks_and_readyz_answer_promptly_while_checkouts_wait_on_a_stalled_stripe(start_cluster):
     hole = BlackHole()
     try:
-        cluster = start_cluster(hole.base, "web", "relay.1")
+        cluster = start_cluster(hole.base, "web", "relay.1", STRIPE_DEADLINE_SECONDS=DEADLINE)
         cluster.wait_until(lambda: requests.get(f"{cluster.base}/readyz", timeout=10).status_code == 200,
                            what="the cluster to be ready")
         carts = [cluster.cart([("TEA-01", 1)]) for _ in range(6)]
@@ -110,7 +81,7 @@ def test_an_intent_created_by_a_checkout_that_timed_out_is_cancelled_at_stripe(s
     # Stripe creates the intent, but its answer comes back after checkout's deadline.
     proxy = HoldingProxy(localstripe.port, hold=creates_payment_intent)
     try:
-        cluster = start_cluster(proxy.base, "web", "worker.1", "relay.1")
+        cluster = start_cluster(proxy.base, "web", "worker.1", "relay.1", STRIPE_DEADLINE_SECONDS=DEADLINE)
         body, elapsed = _timed(lambda: cluster.checkout([("TEA-01", 2)]))
         assert body["status"] == 502, body
         assert body["error"]["code"] == "payment_provider_unavailable"

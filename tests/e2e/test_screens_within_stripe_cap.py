@@ -8,7 +8,6 @@ check the payment instead of waiting on Stripe with every thread.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.backends import SERVERS, backends, create_postgres_database, drop_postgres_database, purge_rabbitmq
-from tests.e2e.cluster import Cluster
 from tests.stripe_proxy import HoldingProxy
-from tests.support import event_for, use_stripe
+from tests.support import event_for
 
 pytestmark = pytest.mark.e2e
 
@@ -28,34 +25,7 @@ DEADLINE = 8            # STRIPE_DEADLINE_SECONDS: how long a screen that got a 
 PROMPTLY = 3.0          # a liveness bound with room for a busy 2-core machine, far below DEADLINE
 
 
-@pytest.fixture(params=backends())
-def cluster_behind(request, tmp_path, localstripe):
-    """Start the web process (and a relay) of a cluster on this backend whose Stripe API base is `stripe_base`."""
-    made = []
-
-    def start(stripe_base: str, **env) -> Cluster:
-        database_url = broker_url = None
-        if request.param == SERVERS:
-            database_url = create_postgres_database()
-            broker_url = os.environ["TEST_AMQP_URL"]
-            purge_rabbitmq()
-        cluster = Cluster(tmp_path, stripe_base=stripe_base, database_url=database_url, broker_url=broker_url, **env)
-        made.append((cluster, database_url))
-        cluster.start("web")
-        cluster.start("relay.1")   # on SQLite it creates the broker folder /readyz checks
-        cluster.wait_until(lambda: requests.get(f"{cluster.base}/readyz", timeout=10).status_code == 200,
-                           what="the web process to be ready")
-        return cluster
-
-    yield start
-    use_stripe(localstripe.base)
-    for cluster, database_url in made:
-        cluster.stop_all()
-        if database_url:
-            drop_postgres_database(database_url)
-
-
-def test_complete_screens_asking_a_stalled_stripe_leave_a_thread_for_webhooks(cluster_behind, localstripe):
+def test_complete_screens_asking_a_stalled_stripe_leave_a_thread_for_webhooks(start_cluster, localstripe):
     stalling = threading.Event()
     asked = []
 
@@ -67,8 +37,11 @@ def test_complete_screens_asking_a_stalled_stripe_leave_a_thread_for_webhooks(cl
 
     proxy = HoldingProxy(localstripe.port, hold=hold)
     try:
-        cluster = cluster_behind(proxy.base, WEB_CONCURRENCY=1, GUNICORN_THREADS=THREADS,
-                                 STRIPE_MAX_CONCURRENT_CALLS=SLOTS, STRIPE_DEADLINE_SECONDS=DEADLINE)
+        # The relay creates the broker folder that /readyz checks on SQLite.
+        cluster = start_cluster(proxy.base, "web", "relay.1", WEB_CONCURRENCY=1, GUNICORN_THREADS=THREADS,
+                                STRIPE_MAX_CONCURRENT_CALLS=SLOTS, STRIPE_DEADLINE_SECONDS=DEADLINE)
+        cluster.wait_until(lambda: requests.get(f"{cluster.base}/readyz", timeout=10).status_code == 200,
+                           what="the web process to be ready")
         order = cluster.checkout([("TEA-01", 1)])
         assert order["status"] == 201, order
         url = f"{cluster.base}/orders/{order['order_id']}/complete?token={order['access_token']}&lang=en"

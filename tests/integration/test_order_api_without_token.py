@@ -3,22 +3,10 @@ Stripe's metadata), so anyone who has it sees only what design.md's Contract lis
 or staff's review reason; the buyer's token still opens all of it."""
 from __future__ import annotations
 
-import pytest
-
-from tests.integration.test_consumers import failed, succeeded
+from tests.integration.test_consumers import deliver_event, failed, succeeded  # noqa: F401 (a fixture)
 
 PUBLIC = {"order_id", "status", "subtotal", "shipping_fee", "total", "currency", "lines", "shipment",
           "payment_intent_id"}
-
-
-@pytest.fixture
-def deliver_event(post_event, deliver):
-    def run(event: dict) -> None:
-        response = post_event(event)
-        assert response.status_code == 200, response.get_json()
-        deliver()
-
-    return run
 
 
 def test_the_cards_decline_is_shown_only_with_the_orders_token(client, checkout, deliver_event):
