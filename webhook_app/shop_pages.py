@@ -741,9 +741,17 @@ def pay_order():
         log.warning("payment_confirm_refused", order_id=order_id, error=str(exc))
         return _refused("payment_refused", 422, "payment_refused", to=confirm_url, navigate=False,
                         reason=exc.reason or _t("refused_unknown"))
-    except (PaymentGatewayError, PaymentProviderBusy) as exc:
+    except PaymentProviderBusy as exc:
+        # No slot free: nothing was sent to Stripe, so nothing can have been charged.
         log.warning("payment_confirm_failed", order_id=order_id, error=str(exc))
         return _refused("provider_down", 503, "payment_provider_unavailable", to=confirm_url, navigate=False)
+    except PaymentGatewayError as exc:
+        # Sent, and no clear answer came back (a timeout, a dropped connection, Stripe's 5xx): the card
+        # may have been charged. Pay again is safe to offer: it confirms the same intent, which Stripe
+        # refuses once paid (the buyer is sent to the complete screen), so it never charges twice.
+        log.warning("payment_confirm_failed", order_id=order_id, error=str(exc))
+        return _refused("payment_unknown_pay_again", 503, "payment_provider_unavailable", to=confirm_url,
+                        navigate=False)
     log.info("payment_confirmed_by_shop", order_id=order_id, intent_status=intent.status)
     answer = {"status": intent.status, "complete_url": complete_url}
     if intent.status == "requires_action":

@@ -111,6 +111,12 @@ TEXT: dict[str, dict[str, str]] = {
                    "en": "Sorry, there is no longer enough {sku} in stock. Please check your cart."},
     "provider_down": {"ja": "決済サービスに接続できませんでした。時間をおいてもう一度お試しください。",
                       "en": "We could not reach the payment service. Please try again in a moment."},
+    # The pay step sent the card to Stripe and heard no clear answer: it may have been charged.
+    "payment_unknown_pay_again": {"ja": "決済サービスから応答がなかったため、カードへの請求があったかどうかをまだ確認できて"
+                                        "いません。もう一度「支払う」を押していただいても、二重に請求されることはありません。",
+                                  "en": "We did not get an answer from the payment service, so we cannot tell yet whether "
+                                        "your card was charged. It is safe to press Pay again: you will not be charged "
+                                        "twice."},
     "checkout_in_progress": {"ja": "ご注文の手続きがまだ完了していません。少し時間をおいてもう一度お試しください。",
                              "en": "Your order is still being placed. Please try again in a moment."},
     "payment_refused": {"ja": "決済サービスがこのお支払いを受け付けませんでした（{reason}）。カード情報を入力し直して、もう一度お試しください。",
