@@ -1008,17 +1008,33 @@ def my_page(order_id: str):
             return _shop_headers(make_response(_not_found(exc)))
         if token is not None and not _token_opens(order, token):
             return _shop_headers(make_response(_message_page("bad_token"), 403))
-        # With its token, an order cancelled as its hold ran out: whether its card was charged even so.
+        # With its token, an order cancelled as its hold ran out: whether its card was charged even so;
+        # and an order still payable: what became of its payment, as the complete screen says it (the
+        # webhook may be late, and the buyer should not read "Awaiting payment" once charged).
         ran_out = (_hold_ran_out_of(db, order) if token is not None and order.status is OrderStatus.CANCELLED
                    else None)
-        if ran_out is None:
+        payable = token is not None and order.status in PAYABLE
+        stored = payment_waiting(db, order) if payable else None
+        earlier = earlier_payment_intents(db, order) if payable and stored is None else ()
+        if ran_out is None and not payable:
             return _shop_headers(make_response(_my_page(db, order, token, order.status.value)))
     # Stripe is asked with no database session open; the page is read again after.
-    late = late_payment([ran_out])
-    shown_status = (order.status.value if late is None
-                    else UNKNOWN if late[0].state == UNKNOWN else PAID_AS_HOLD_RAN_OUT)
+    if ran_out is not None:
+        late = late_payment([ran_out])
+        shown_status = (order.status.value if late is None
+                        else UNKNOWN if late[0].state == UNKNOWN else PAID_AS_HOLD_RAN_OUT)
+    else:
+        shown_status = _my_page_status(order, payment_outcome(order, stored, earlier))
     with state().sessions() as db:
         return _shop_headers(make_response(_my_page(db, get_order(db, order_id), token, shown_status)))
+
+
+def _my_page_status(order: Order, outcome: PaymentOutcome | None) -> str:
+    """My page's status of a payable order: Stripe's word where it knows more than our database (money
+    received or on its way, 3-D Secure pending, a decline, no answer), else the database's."""
+    if outcome is None or outcome.state == NOT_PAID:
+        return order.status.value
+    return outcome.state
 
 
 def _my_page(db, order: Order, token: str | None, shown_status: str) -> str:
