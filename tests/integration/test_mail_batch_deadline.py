@@ -90,6 +90,22 @@ def run_batch_while_relay_polls(sessions, settings, ids: list[int]) -> dict:
     return results
 
 
+def paid_events_handed_to_a_worker(checkout, post_event, sessions, orders: int) -> list[int]:
+    """`orders` orders paid at Stripe, their succeeded events stored and published to a worker (who will
+    run them as one batch): the events' outbox ids."""
+    for i in range(orders):
+        order = checkout([("TEA-01", 1)], email=buyer(i))
+        assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
+        assert post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                                    order_id=order["order_id"], amount=order["total"])).status_code == 200
+    with transaction(sessions) as session:
+        events = session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.STRIPE_EVENT)
+                                 .order_by(OutboxMessage.id)).all()
+        for row in events:
+            row.mark_published(60)  # on the broker, handed to the worker
+        return [row.id for row in events]
+
+
 def recipients(mailbox) -> list[str]:
     return sorted(to for tos, _ in mailbox.messages for to in tos)
 
@@ -99,17 +115,7 @@ def test_a_batch_whose_confirmations_outlast_the_redelivery_wait_mails_each_buye
     """Seven orders paid in one batch; their confirmations take 3.5 s to send, the redelivery wait
     is 3 s. Worker A sends those it can before half the wait, marking each done at once; the relay
     publishes the rest when their wait is over, and worker B sends them: every buyer gets one."""
-    for i in range(BUYERS):
-        order = checkout([("TEA-01", 1)], email=buyer(i))
-        assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
-        assert post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
-                                    order_id=order["order_id"], amount=order["total"])).status_code == 200
-    with transaction(sessions) as session:
-        events = session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.STRIPE_EVENT)
-                                 .order_by(OutboxMessage.id)).all()
-        for row in events:
-            row.mark_published(60)  # on the broker, handed to worker A
-        ids = [row.id for row in events]
+    ids = paid_events_handed_to_a_worker(checkout, post_event, sessions, BUYERS)
 
     results = run_batch_while_relay_polls(sessions, slow_mailing, ids)
 

@@ -13,11 +13,11 @@ from sqlalchemy import select
 from consumers import mail
 from consumers.mail import send_mail
 from consumers.processing import process_batch, process_message
-from models.db import transaction
 from models.events import OutboxMessage, OutboxStatus, Topic
 from models.settings import Settings
 from tests.integration.test_mail import Mailbox
-from tests.integration.test_mail_batch_deadline import buyer, mail_rows, recipients
+from tests.integration.test_mail_batch_deadline import (buyer, mail_rows, paid_events_handed_to_a_worker,
+                                                         recipients)
 from tests.support import confirm_card, event_for
 
 MESSAGE = {"kind": "confirmation", "order_id": "ord_1", "to": "taro@example.jp", "subject": "Thank you",
@@ -98,17 +98,7 @@ def test_a_confirmation_whose_quit_is_answered_421_is_done_not_retried(
 def test_a_batch_whose_smtp_server_does_not_answer_waits_for_one_mail_and_leaves_the_rest_for_the_relay(
         client, checkout, post_event, sessions, settings, silent_smtp):
     mailing = dataclasses.replace(settings, smtp_url=f"smtp://127.0.0.1:{silent_smtp.port}", worker_batch=20)
-    for i in range(3):
-        order = checkout([("TEA-01", 1)], email=buyer(i))
-        assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
-        assert post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
-                                    order_id=order["order_id"], amount=order["total"])).status_code == 200
-    with transaction(sessions) as session:
-        events = session.scalars(select(OutboxMessage).where(OutboxMessage.topic == Topic.STRIPE_EVENT)
-                                 .order_by(OutboxMessage.id)).all()
-        for row in events:
-            row.mark_published(60)  # on the broker, handed to the worker
-        ids = [row.id for row in events]
+    ids = paid_events_handed_to_a_worker(checkout, post_event, sessions, 3)
 
     results = process_batch(sessions, mailing, ids)
 
