@@ -40,11 +40,12 @@ def alert_url(settings: Settings, *, order_id: str | None = None, outbox_id: int
 def record_alert(session: Session, settings: Settings, text: str, *, order_id: str | None = None,
                  event_id: str | None = None, outbox_id: int | None = None) -> StaffAlert:
     """Write the alert in the caller's transaction; deliver it with `deliver_alert` after the commit."""
-    # Due for the relay only once the caller has had time to POST it after its commit: the relay
-    # POSTs it if the caller died first.
+    # With STAFF_ALERT_URL: due for the relay only once the caller has had time to POST it after its
+    # commit (the relay POSTs it if the caller died first). Without it the alert is only logged:
+    # nothing for the relay to POST, ever.
+    due = utcnow() + timedelta(seconds=ALERT_RETRY_SECONDS) if settings.staff_alert_url else None
     alert = StaffAlert(order_id=order_id, event_id=event_id, outbox_id=outbox_id, text=redact(text),
-                       url=alert_url(settings, order_id=order_id, outbox_id=outbox_id),
-                       next_attempt_at=utcnow() + timedelta(seconds=ALERT_RETRY_SECONDS))
+                       url=alert_url(settings, order_id=order_id, outbox_id=outbox_id), next_attempt_at=due)
     session.add(alert)
     session.flush()
     return alert
@@ -53,6 +54,10 @@ def record_alert(session: Session, settings: Settings, text: str, *, order_id: s
 def deliver_alert(factory: sessionmaker[Session], settings: Settings, alert_id: int) -> bool:
     """POST a recorded alert after the commit that recorded it (or log it); True when the POST succeeded.
     A failed POST is made again by the relay (`redeliver_alerts`)."""
+    if not settings.staff_alert_url:
+        with factory() as session:
+            log.warning("staff_alert", alert_id=alert_id, **_fields(session.get(StaffAlert, alert_id)))
+        return False
     return _post(factory, settings, alert_id) is True
 
 
@@ -62,7 +67,12 @@ def redeliver_alerts(factory: sessionmaker[Session], settings: Settings, *, now:
 
     Each alert is claimed before its POST (`_post`), so two relays never POST the same one. A failed
     POST ends the turn: the hook is likely still down, each POST may wait out its timeout, and a long
-    turn would hold up the relay's shutdown; the others are tried at the next turn."""
+    turn would hold up the relay's shutdown; the others are tried at the next turn.
+
+    A relay without STAFF_ALERT_URL POSTs nothing and leaves every alert due, still counted by
+    `shop_staff_alerts_undelivered`, for a relay that has it (its start says so in its log)."""
+    if not settings.staff_alert_url:
+        return 0
     now = now or utcnow()
     with factory() as session:
         due = session.scalars(select(StaffAlert.id).where(StaffAlert.next_attempt_at <= now)
@@ -76,10 +86,16 @@ def redeliver_alerts(factory: sessionmaker[Session], settings: Settings, *, now:
     return delivered
 
 
+def _fields(alert: StaffAlert) -> dict:
+    fields = {"text": alert.text, "url": alert.url, "order_id": alert.order_id, "event_id": alert.event_id,
+              "outbox_id": alert.outbox_id}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _post(factory: sessionmaker[Session], settings: Settings, alert_id: int, *,
           due_by: datetime | None = None) -> bool | None:
-    """Claim the alert, then POST it (or only log it, without STAFF_ALERT_URL): True when the POST
-    succeeded, False when it failed, None when nothing was POSTed (logged only, or not this caller's).
+    """Claim the alert, then POST it to STAFF_ALERT_URL: True when the POST succeeded, False when it
+    failed, None when nothing was POSTed (not this caller's).
 
     The claim clears next_attempt_at in a short transaction of its own, where it is still set (and,
     for the relay, come): of two callers only one takes it, and one that finds it delivered or in
@@ -88,7 +104,7 @@ def _post(factory: sessionmaker[Session], settings: Settings, alert_id: int, *,
     POSTed again: a second copy of an alert whose POST succeeded would be worse than none."""
     claim = (update(StaffAlert)
              .where(StaffAlert.id == alert_id, StaffAlert.delivered.is_(False), StaffAlert.next_attempt_at.is_not(None))
-             .values(next_attempt_at=None, attempts=StaffAlert.attempts + (1 if settings.staff_alert_url else 0))
+             .values(next_attempt_at=None, attempts=StaffAlert.attempts + 1)
              .execution_options(synchronize_session=False))
     if due_by is not None:
         claim = claim.where(StaffAlert.next_attempt_at <= due_by)
@@ -96,16 +112,11 @@ def _post(factory: sessionmaker[Session], settings: Settings, alert_id: int, *,
         if session.execute(claim).rowcount != 1:
             return None
         alert = session.get(StaffAlert, alert_id)
-        attempt = alert.attempts
-        fields = {"text": alert.text, "url": alert.url, "order_id": alert.order_id, "event_id": alert.event_id,
-                  "outbox_id": alert.outbox_id}
-    fields = {k: v for k, v in fields.items() if v is not None}
+        attempt, fields = alert.attempts, _fields(alert)
     if attempt <= 1:
         log.warning("staff_alert", alert_id=alert_id, **fields)
     else:
         log.info("staff_alert_retried", alert_id=alert_id, attempt=attempt)
-    if not settings.staff_alert_url:
-        return None
     body = json.dumps({**fields, "text": f"{fields['text']}\n{fields['url']}" if "url" in fields else fields["text"]})
     request = urllib.request.Request(settings.staff_alert_url, data=body.encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")

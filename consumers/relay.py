@@ -174,6 +174,9 @@ class Relay(LongRunningProcess):
         self.chores = (Chore("reservation_expiry", EXPIRY_SWEEP_SECONDS, expire_reservations),
                        Chore("staff_alert_redelivery", ALERT_SWEEP_SECONDS,
                              partial(redeliver_alerts, settings=settings)))
+        if not settings.staff_alert_url:
+            log.warning("staff_alert_url_missing", reason="this relay has no STAFF_ALERT_URL: staff alerts whose POST "
+                                                          "failed, or was never made, wait for a relay that has it")
 
     def serve(self, conn: Connection) -> None:
         publisher = ConfirmedPublisher(conn)

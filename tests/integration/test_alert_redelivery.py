@@ -24,7 +24,7 @@ from models.history import StaffAlert
 from models.migrations import alembic_config
 from tests.integration.test_health_and_cli import _samples
 from tests.integration.test_migrations import _differences, _is_0015s
-from tests.support import event_for
+from tests.support import event_for, rendered_logs
 
 UNDELIVERED = "shop_staff_alerts_undelivered"
 
@@ -234,10 +234,48 @@ def test_two_relays_at_once_post_each_alert_once(settings, sessions):
         assert session.scalars(select(StaffAlert.delivered)).all() == [True] * 20
 
 
+def test_a_relay_without_staff_alert_url_leaves_an_alert_whose_post_failed_waiting_for_one_that_has_it(
+        settings, sessions, client):
+    hook, alerting = _hook_and_settings(settings)
+    try:
+        hook.status = 503
+        alert_id = alerts.alert_staff(sessions, alerting, "Message 9 was dead-lettered: boom", outbox_id=9)
+        failed = _alert(sessions, alert_id)
+        assert (len(hook.posts), failed.attempts, failed.delivered) == (1, 1, False)
+        assert _samples(client)[UNDELIVERED] == 1
+
+        # A relay started without the URL (a forgotten setting) takes its turns: it must not claim the alert.
+        no_url = dataclasses.replace(settings, staff_alert_url=None)
+        with rendered_logs() as logs:
+            relay = Relay(no_url)
+        try:
+            assert [line for line in logs if "staff_alert_url_missing" in line] != []  # its start says so
+            [chore] = [chore for chore in relay.chores if chore.name == "staff_alert_redelivery"]
+            with transaction(sessions) as session:  # its back-off is over
+                session.get(StaffAlert, alert_id).next_attempt_at = utcnow() - timedelta(seconds=1)
+            chore.run(relay.factory)
+            chore.run(relay.factory)
+        finally:
+            relay.engine.dispose()
+        waiting = _alert(sessions, alert_id)
+        assert (waiting.attempts, waiting.delivered) == (1, False) and waiting.next_attempt_at is not None
+        assert _samples(client)[UNDELIVERED] == 1
+
+        # A relay with it POSTs the alert when its turn comes.
+        hook.status = 200
+        assert alerts.redeliver_alerts(sessions, alerting) == 1
+    finally:
+        hook.close()
+    assert len(hook.posts) == 2
+    assert _alert(sessions, alert_id).delivered and _samples(client)[UNDELIVERED] == 0
+
+
 def test_an_alert_only_logged_without_staff_alert_url_is_not_posted_later_nor_counted(settings, sessions, client):
     hook, alerting = _hook_and_settings(settings)
     try:
-        alert_id = alerts.alert_staff(sessions, dataclasses.replace(settings, staff_alert_url=None), "Logged only")
+        with rendered_logs() as logs:
+            alert_id = alerts.alert_staff(sessions, dataclasses.replace(settings, staff_alert_url=None), "Logged only")
+        assert [line for line in logs if "staff_alert" in line and "Logged only" in line] != []
         assert _samples(client)[UNDELIVERED] == 0
         assert alerts.redeliver_alerts(sessions, alerting, now=utcnow() + timedelta(hours=1)) == 0
     finally:
