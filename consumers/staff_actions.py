@@ -23,7 +23,7 @@ from consumers.handlers import Outcome
 from consumers.handlers.payment_intents import fulfil_paid_order
 from consumers.payments import PaymentGatewayError, find_refunds, refund_payment, retrieve_payment_intent
 from consumers.processing import record_failed_run, run_event
-from models.db import transaction
+from models.db import retrying_conflicts, transaction
 from models.errors import Conflict, DomainError, NotFound
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
 from models.history import caused_by, record_staff_action
@@ -561,32 +561,47 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
                       + "".join(f"; {refund_ruled_out_on(dispute)}" for dispute in left_out))
     ids = ", ".join(r.id for r in refunds)
     log.info("refund_at_stripe", order_id=order_id, refund_ids=ids, actor=actor)
-    with caused_by(f"staff {actor}: {action}"), transaction(factory) as session:
-        order = get_order(session, order_id, for_update=True)
-        before = _status(order)
-        for refund in refunds:
-            _record_staff_refund(session, order, refund, note)
-        kept_back = [_left_out(dispute) for dispute in left_out] + [
-            f"payment intent {intent_id} refused at Stripe: {exc}" for intent_id, exc in not_taken]
-        amounts = _given_back(refunds)
-        if kept_back and order.money_held > 0:
-            # Not refunded while it holds money: staff decide again once the dispute is closed or Stripe takes it.
-            given = f"refund {ids} made ({amounts})"
-            still = f"it holds {order.money_held} {order.currency} still"
-            _keep_in_review(order, f"staff {actor}: {action}: {given}; {'; '.join(kept_back)}; {still}")
-            detail = f"{given}; {'; '.join(kept_back)}; {still}, {order.status.value}; its units stay held"
-        else:
-            returned = return_unshipped_units(session, order)
-            if order.status is not OrderStatus.REFUNDED:
-                order.mark_refunded(refunds[-1].id, note)
-            detail = "; ".join([f"stripe refund {ids} ({amounts})", *kept_back, f"{returned} units back on the shelf"])
-        if not_taken:
-            detail = f"partly done: {detail}"
-        if own_status in STILL_PAYABLE:  # the money came on another tab's intent
-            detail += _stop_payments_on(session, order)
-        decision = _audit(session, actor=actor, action=action, target=f"order {order_id}", order=order,
-                          before=before, note=note, detail=detail)
-    if not_taken:
+
+    def record() -> tuple[Decision, bool]:
+        with caused_by(f"staff {actor}: {action}"), transaction(factory) as session:
+            order = get_order(session, order_id, for_update=True)
+            before = _status(order)
+            for refund in refunds:
+                _record_staff_refund(session, order, refund, note)
+            kept_back = [_left_out(dispute) for dispute in left_out] + [
+                f"payment intent {intent_id} refused at Stripe: {exc}" for intent_id, exc in not_taken]
+            # A payment the worker counted while Stripe made these refunds (a second tab's, on an intent
+            # the first read did not know): not refunded, so the order is not refunded either.
+            counted_meanwhile = [i for i in refund_scope(session, order).intents if i not in intents]
+            kept_back += [f"a payment on payment intent {intent_id} was counted while the refund was made, and "
+                          f"is not refunded" for intent_id in counted_meanwhile]
+            amounts = _given_back(refunds)
+            if counted_meanwhile or (kept_back and order.money_held > 0):
+                # Not refunded while it holds money: staff decide again once the dispute is closed, Stripe
+                # takes it, or for the payment counted meanwhile.
+                given = f"refund {ids} made ({amounts})"
+                still = f"it holds {order.money_held} {order.currency} still"
+                _keep_in_review(order, f"staff {actor}: {action}: {given}; {'; '.join(kept_back)}; {still}")
+                detail = f"{given}; {'; '.join(kept_back)}; {still}, {order.status.value}; its units stay held"
+            else:
+                returned = return_unshipped_units(session, order)
+                if order.status is not OrderStatus.REFUNDED:
+                    order.mark_refunded(refunds[-1].id, note)
+                detail = "; ".join([f"stripe refund {ids} ({amounts})", *kept_back,
+                                    f"{returned} units back on the shelf"])
+            partly = bool(not_taken or counted_meanwhile)
+            if partly:
+                detail = f"partly done: {detail}"
+            if own_status in STILL_PAYABLE:  # the money came on another tab's intent
+                detail += _stop_payments_on(session, order)
+            return _audit(session, actor=actor, action=action, target=f"order {order_id}", order=order,
+                          before=before, note=note, detail=detail), partly
+
+    # The money went back at Stripe: its record must not be lost to a deadlock with a worker's batch
+    # (which locks stock, then another order's row), so the transaction is run again if PostgreSQL
+    # chose it to abort. Refunds are keyed by Stripe's id: recording one twice is not possible.
+    decision, partly = retrying_conflicts(record)
+    if partly:
         raise RefundPartlyDone(decision)
     return decision
 

@@ -288,6 +288,33 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
             yield session
 
 
+# SQLSTATEs of a transaction PostgreSQL aborted so that another could go on: a deadlock (40P01) or a
+# serialization failure (40001). Nothing of it was written, and run again it can succeed.
+_CONFLICTS = ("40P01", "40001")
+
+
+# What staff are told of a decision PostgreSQL aborted so: nothing of it was written.
+DECISION_ABORTED = ("the database stopped the decision to break a deadlock with another transaction (a worker's, "
+                    "say): nothing of it was written; run it again")
+
+
+def aborted_by_a_conflict(exc: BaseException) -> bool:
+    """True for a transaction PostgreSQL aborted to break a deadlock or a serialization conflict."""
+    return getattr(getattr(exc, "orig", exc), "sqlstate", None) in _CONFLICTS
+
+
+def retrying_conflicts(work, *, attempts: int = 3):
+    """`work()` (one whole transaction), run again when PostgreSQL aborts it for a deadlock or a
+    serialization conflict with another transaction, up to `attempts` times in all."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except Exception as exc:
+            if attempt == attempts or not aborted_by_a_conflict(exc):
+                raise
+            log.warning("transaction_run_again", attempt=attempt, reason=str(getattr(exc, "orig", exc)).splitlines()[0])
+
+
 class DatabaseNotReady(Exception):
     """The database answers, but the service could not store an event in it (`ping`)."""
 

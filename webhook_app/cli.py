@@ -72,13 +72,20 @@ def _sessions(settings: Settings):
 
 def _staff_call(call):
     """Run a staff use case: unknown id exits 2, a refusal or a failed Stripe call exits 1."""
+    from sqlalchemy.exc import DBAPIError
+
     from consumers.payments import PaymentGatewayError
+    from models.db import DECISION_ABORTED, aborted_by_a_conflict
     from models.errors import DomainError, NotFound
 
     try:
         return call()
     except NotFound as exc:
         raise UnknownId(exc.message)
+    except DBAPIError as exc:
+        if not aborted_by_a_conflict(exc):
+            raise
+        raise click.ClickException(DECISION_ABORTED) from None
     except DomainError as exc:
         raise click.ClickException(exc.message)
     except PaymentGatewayError as exc:

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
+from sqlalchemy.exc import DBAPIError
 
 from consumers.checkout import PaymentProviderBusy, stripe_call_slots
 from consumers.order_story import find_orders_by_reference, order_story
@@ -22,6 +23,7 @@ from consumers.staff_actions import (OrderAsSeen, RefundPartlyDone, accept_order
                                      not_shippable, order_id_of_message, refund_order, refund_ruled_out_on,
                                      refund_scope, refunds_ruled_out, ship_order)
 from models.catalog import ReservationStatus, Stock
+from models.db import DECISION_ABORTED, aborted_by_a_conflict
 from models.errors import DomainError, NotFound
 from models.events import InboxEvent, OutboxMessage, OutboxStatus
 from models.orders import (Order, OrderStatus, PaymentWaiting, ShipmentStatus, can_transition, cancel_ruled_out,
@@ -277,6 +279,10 @@ def _decided(order_id: str, decision: str):
                 result = cancel_order(sessions, order_id, actor=who, note=note, refund=refund, expected=seen)
     except NotFound:
         abort(404)
+    except DBAPIError as exc:
+        if not aborted_by_a_conflict(exc):
+            raise
+        flash(f"Not done: {DECISION_ABORTED}.", "error")
     except PaymentProviderBusy:
         flash(f"Not done: this server is already waiting on Stripe for as many calls as it allows "
               f"(STRIPE_MAX_CONCURRENT_CALLS={settings.stripe_max_concurrent_calls}), so Stripe is slow to answer; "
@@ -286,7 +292,7 @@ def _decided(order_id: str, decision: str):
     except RefundPartlyDone as exc:
         done = exc.decision
         flash(f"Order {order_id}: {decision} partly done, {done.status_before} → {done.status_after} "
-              f"({done.detail}). What went back is recorded; refund again for the rest once Stripe takes it.", "error")
+              f"({done.detail}). What went back is recorded; the order stays in review for what it still holds.", "error")
     except PaymentGatewayError as exc:
         flash(f"Not done: Stripe did not take the refund ({exc}). Nothing changed here; try again later.", "error")
     else:
