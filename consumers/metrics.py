@@ -13,6 +13,7 @@ ever stored.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,11 +22,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
 from models.history import StaffAlert
+from models.logs import describe_error
 from models.orders import Order, OrderStatus
 
 log = structlog.get_logger(__name__)
@@ -39,12 +42,15 @@ def _shared_folder() -> Path | None:
     prometheus-client writes each process's values to a file in it and fails, at the first metric
     defined, when the folder does not exist: a `shop events replay` in a one-off container that has
     the deployment's environment but not the folder its processes made would die of it. A folder
-    that cannot be made is logged and this process counts in memory instead."""
+    that cannot be made, or that exists but cannot be written to, is logged and this process counts in
+    memory instead."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
         return None
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
+        # A folder that exists but takes no file (read-only, another user's) fails at the first metric too.
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
         log.warning("metrics_folder_unusable", folder=folder, error=str(exc))
         values.ValueClass = values.MutexValue  # decided from the environment when prometheus_client was imported
@@ -60,7 +66,9 @@ _SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 180
 
 WEBHOOKS = Counter("shop_webhooks_received", "Stripe webhook requests, by event type and outcome "
                    "(accepted, duplicate, rejected) and the reason of a rejection", ["type", "outcome", "reason"])
-INGEST_SECONDS = Histogram("shop_webhook_ingest_seconds", "Time to verify and store one webhook", buckets=_FAST)
+INGEST_SECONDS = Histogram("shop_webhook_ingest_seconds", "Time to verify and store one webhook, or to fail to "
+                           "store it (accepted, duplicate and storage_unavailable; not the other rejections)",
+                           buckets=_FAST)
 EVENTS = Counter("shop_events_processed", "Stored events run through their handler (by a worker or a staff "
                  "replay), by type and outcome (processed, ignored, retry, dead)", ["type", "outcome"])
 PROCESSING_SECONDS = Histogram("shop_event_processing_seconds", "Handler run time, one transaction",
@@ -101,13 +109,42 @@ def observe_failed_delivery(topic: str, event_type: str | None, *, dead: bool) -
         EVENTS.labels(event_type, "dead" if dead else "retry").inc()
 
 
+# Rejections refused before the event is read, under type "unverified": each shown at 0 from the first
+# scrape, so that increase() over the first one ever seen (a rotated secret, a missing one) is not 0.
+UNVERIFIED_REJECTIONS = ("missing_signature", "invalid_signature", "invalid_payload", "not_an_event",
+                         "payload_too_large", "webhook_not_configured")
+
+
+def _show_rejections_at_zero() -> None:
+    """Create the rejection series at 0 in the process that serves /metrics (not in every `shop` command):
+    the reasons above, and storage_unavailable of every event type a handler is registered for."""
+    from consumers.handlers import HANDLERS  # the registry, filled by the handlers' modules
+
+    for reason in UNVERIFIED_REJECTIONS:
+        WEBHOOKS.labels("unverified", "rejected", reason)
+    for event_type in HANDLERS:
+        WEBHOOKS.labels(event_type, "rejected", "storage_unavailable")
+
+
 class DatabaseCollector:
-    """Gauges read from the database at scrape time, each on an indexed status column."""
+    """Gauges read from the database at scrape time, each on an indexed status column, and
+    shop_metrics_database_up: 1 when they were read; 0, and none of them, when the database did not answer
+    (the process's counters are still served, those that explain the outage among them)."""
 
     def __init__(self, sessions: sessionmaker[Session]):
         self.sessions = sessions
 
     def collect(self):
+        try:
+            gauges = list(self._read())
+        except SQLAlchemyError as exc:
+            log.warning("metrics_database_unreadable", error=describe_error(exc))
+            gauges = []
+        yield GaugeMetricFamily("shop_metrics_database_up", "1 when this scrape read the database gauges, 0 when "
+                                "the database did not answer and they are left out", value=1 if gauges else 0)
+        yield from gauges
+
+    def _read(self):
         now = utcnow()
         waiting = [OutboxStatus.PENDING, OutboxStatus.PUBLISHED]
         with self.sessions() as session:
@@ -164,7 +201,9 @@ class DatabaseCollector:
 
 
 def render(sessions: sessionmaker[Session]) -> bytes:
-    """The text of GET /metrics: every process's counters (multiprocess mode) plus the database gauges."""
+    """The text of GET /metrics: every process's counters (multiprocess mode) plus the database gauges
+    (left out, with shop_metrics_database_up 0, when the database does not answer)."""
+    _show_rejections_at_zero()
     registry = CollectorRegistry()
     if SHARED_FOLDER is not None:
         MultiProcessCollector(registry, path=str(SHARED_FOLDER))

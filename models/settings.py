@@ -99,6 +99,11 @@ def _choice(env: dict, name: str, default: str, allowed: tuple[str, ...]) -> str
     return raw
 
 
+def log_format_from(env) -> str:
+    """LOG_FORMAT, or when unset: console on a terminal, else json (gunicorn's logger reads it here too)."""
+    return _choice(env, "LOG_FORMAT", "console" if sys.stderr.isatty() else "json", LOG_FORMATS)
+
+
 # The databases the service runs on (its SQL has a PostgreSQL and a SQLite form), with the URL shape of each.
 DATABASES = {"postgresql": "postgresql+psycopg://user:password@host/shop", "sqlite": "sqlite:///instance/shop.db"}
 
@@ -291,7 +296,7 @@ class Settings:
     def from_env(cls, env: dict | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
         secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip())
-        log_format = _choice(env, "LOG_FORMAT", "console" if sys.stderr.isatty() else "json", LOG_FORMATS)
+        log_format = log_format_from(env)
         database_url = database_url_from(env.get("DATABASE_URL") or cls.database_url)
         smtp_url = _url(env, "SMTP_URL", ("smtp", "smtps"), "smtp://host:port or smtps://host:port "
                         "(user:password@host to log in)")

@@ -1,4 +1,4 @@
-"""gunicorn's logger, rendered through structlog: one JSON line per request and per server event."""
+"""gunicorn's logger, rendered through structlog: one line per request and per server event, in LOG_FORMAT."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +8,7 @@ import structlog
 from gunicorn.glogging import Logger
 
 from models.logs import configure_logging
+from models.settings import log_format_from
 
 
 # Set in the WSGI environ by a view that logs its request in full itself (the webhook's
@@ -19,7 +20,8 @@ REQUEST_LOGGED = "shop.request_logged"
 class StructlogLogger(Logger):
     def setup(self, cfg) -> None:
         super().setup(cfg)
-        configure_logging(os.environ.get("LOG_FORMAT") or "json")
+        # The app's own rule (Settings), so that gunicorn's lines and the app's share one format.
+        configure_logging(log_format_from(os.environ))
         # Server events (booting, worker timeouts) go through the root handler structlog renders.
         for name in ("gunicorn.error", "gunicorn.access"):
             logger = logging.getLogger(name)
