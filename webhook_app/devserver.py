@@ -16,10 +16,12 @@ import urllib.request
 from pathlib import Path
 
 from consumers.metrics import prepare_folder
+from models.settings import int_in_range
 from webhook_app.cli import DEV_ENV
 
-WEB_PORT = int(os.environ.get("WEB_PORT", "8000"))
-LOCALSTRIPE_PORT = int(os.environ.get("LOCALSTRIPE_PORT", "8420"))
+# A port that is not a number from 1 to 65535 stops `make run` with one line naming it.
+WEB_PORT = int_in_range(os.environ, "WEB_PORT", 8000, 1, 65535)
+LOCALSTRIPE_PORT = int_in_range(os.environ, "LOCALSTRIPE_PORT", 8420, 1, 65535)
 CATALOG = Path(__file__).parent / "data" / "demo_catalog.json"
 ROOT = Path(__file__).resolve().parent.parent  # the Procfile and gunicorn.conf.py live here
 
