@@ -710,6 +710,16 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
                       detail=detail)
 
 
+def _keeping_the_money(order: Order) -> str:
+    """What keeps an order's money instead of a cancel: accept, which only an order in review takes;
+    a paid order keeps it already."""
+    if order.status is OrderStatus.NEEDS_REVIEW:
+        return "accept keeps it and ships"
+    if order.status is OrderStatus.PAID:
+        return "left as it is, the paid order keeps it and ships"
+    return f"left as it is, the order keeps it ({order.status.value})"
+
+
 def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str,
                  refund: bool = False, expected: OrderAsSeen | None = None) -> Decision:
     """Cancel an order and put its units back; refused while it holds money, unless `refund`.
@@ -741,9 +751,9 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
                 if disputed is not None:  # cancel --refund could give none of it back
                     raise Refused(f"order {order_id} holds {order.money_held} {order.currency} taken from the "
                                   f"customer, and a refund is ruled out: {refund_ruled_out_on(disputed)}; "
-                                  f"accept keeps it and ships")
+                                  f"{_keeping_the_money(order)}")
                 raise Refused(f"order {order_id} holds {order.money_held} {order.currency} taken from the customer: "
-                              f"cancel --refund gives it back, accept keeps it and ships")
+                              f"cancel --refund gives it back; {_keeping_the_money(order)}")
             elsewhere = money_in_other_currencies(session, [order]).get(order_id)
             if elsewhere:  # not in the order's money (`Order.counts_currency`), taken from the customer all the same
                 taken = ", ".join(f"{amount} {currency}" for currency, amount in sorted(elsewhere.items()))

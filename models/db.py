@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -14,7 +15,7 @@ import structlog
 
 from sqlalchemy import bindparam, create_engine, event, func, insert, inspect, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -315,6 +316,37 @@ def retrying_conflicts(work, *, attempts: int = 3):
             log.warning("transaction_run_again", attempt=attempt, reason=str(getattr(exc, "orig", exc)).splitlines()[0])
 
 
+def missing_sqlite_file(engine_or_url) -> str | None:
+    """The absolute path of a SQLite database file that does not exist, else None (not SQLite, in memory,
+    or there). Connecting to such a path would make an empty database there, so that a mistyped
+    DATABASE_URL is left behind as a file: /readyz (`ping`) and the `shop` verbs other than
+    `shop db upgrade` (which makes the database) check this first and say so instead."""
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(str(engine_or_url))
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    database = os.path.abspath(url.database)
+    return None if os.path.exists(database) else database
+
+
+def no_database_file(database: str) -> str:
+    """What is said of `missing_sqlite_file`'s path."""
+    return f"no database file at {database}: run `shop db upgrade` (or correct DATABASE_URL)"
+
+
+def missing_table(exc: BaseException) -> str | None:
+    """The table a statement named that the database does not have (SQLite's "no such table",
+    PostgreSQL's SQLSTATE 42P01 undefined_table), else None: a database never migrated, or not the
+    service's."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlstate", None) == "42P01":
+        found = re.search(r'relation "([^"]+)" does not exist', str(orig))
+        return found.group(1) if found else "?"
+    if isinstance(orig, sqlite3.OperationalError):
+        found = re.match(r"no such table: (\S+)", str(orig))
+        return found.group(1) if found else None
+    return None
+
+
 class DatabaseNotReady(Exception):
     """The database answers, but the service could not store an event in it (`ping`)."""
 
@@ -326,8 +358,8 @@ def ping(engine: Engine) -> None:
     an empty database by connecting to it."""
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         database = os.path.abspath(engine.url.database)
-        if not os.path.exists(database):
-            raise DatabaseNotReady(f"no database file at {database}: run `shop db upgrade` (or correct DATABASE_URL)")
+        if missing_sqlite_file(engine):
+            raise DatabaseNotReady(no_database_file(database))
         for path in (database, os.path.dirname(database)):  # the folder too: SQLite writes its journal there
             if not os.access(path, os.W_OK):
                 raise DatabaseNotReady(f"{path} is not writable by this process")

@@ -191,6 +191,21 @@ def _url(env: dict, name: str, schemes: tuple[str, ...], shape: str) -> str | No
     return raw
 
 
+def _webhook_secrets(env: dict) -> tuple[str, ...]:
+    """STRIPE_WEBHOOK_SECRETS, the endpoints' signing secrets, each `whsec_…` (the dashboard's, or the one
+    `stripe listen` prints). Another value there (an API key pasted in the wrong place) would verify no
+    event, so every webhook would be refused with 400: it stops the process at start instead."""
+    secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip())
+    for number, secret in enumerate(secrets, start=1):
+        if not secret.startswith("whsec_"):
+            kind = re.match(r"(?:sk|rk|pk)_(?:test|live)_", secret)
+            what = f" (it starts {kind.group(0)!r}: an API key, not a signing secret)" if kind else ""
+            raise SystemExit(f"STRIPE_WEBHOOK_SECRETS must be the webhook endpoints' signing secrets, each starting "
+                             f"whsec_ (the endpoint's in Stripe's dashboard, or the one `stripe listen` prints), "
+                             f"separated by commas: entry {number} of {len(secrets)} does not{what}")
+    return secrets
+
+
 def _mail_from(env: dict, smtp_url: str | None, default: str) -> str:
     """MAIL_FROM, the sender of the buyers' order mails: required once SMTP_URL sends them, since the
     default's example.com is no shop's domain (receivers junk or refuse it, and replies go nowhere)."""
@@ -295,7 +310,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
-        secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip())
+        secrets = _webhook_secrets(env)
         log_format = log_format_from(env)
         database_url = database_url_from(env.get("DATABASE_URL") or cls.database_url)
         smtp_url = _url(env, "SMTP_URL", ("smtp", "smtps"), "smtp://host:port or smtps://host:port "
@@ -306,7 +321,8 @@ class Settings:
             database_url=database_url,
             broker_url=env.get("BROKER_URL") or cls.broker_url,
             stripe_api_key=env.get("STRIPE_API_KEY") or cls.stripe_api_key,
-            stripe_api_base=env.get("STRIPE_API_BASE") or None,
+            stripe_api_base=_url(env, "STRIPE_API_BASE", ("http", "https"), "an http:// or https:// URL with a "
+                                 "host, such as http://127.0.0.1:8420 for localstripe (unset: Stripe itself)"),
             webhook_secrets=secrets,
             reservation_ttl_seconds=_int(env, "RESERVATION_TTL_SECONDS", cls.reservation_ttl_seconds),
             smtp_url=smtp_url,
@@ -316,7 +332,9 @@ class Settings:
             admin_base_url=_admin_base_url(env, cls.admin_base_url, [name for name, value in (
                 ("SMTP_URL", smtp_url), ("STAFF_ALERT_URL", staff_alert_url)) if value]),
             stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or cls.stripe_publishable_key,
-            stripe_js_url=env.get("STRIPE_JS_URL") or cls.stripe_js_url,
+            stripe_js_url=_url(env, "STRIPE_JS_URL", ("http", "https"), "an http:// or https:// URL with a "
+                               "host, where the shop's screens load Stripe.js (https://js.stripe.com/v3/)")
+            or cls.stripe_js_url,
             catalog_file=env.get("CATALOG_FILE") or None,
             secret_key=env.get("SECRET_KEY") or _instance_secret_key_or_none(),
             # Unset, gunicorn's default; set but empty, no proxy is trusted (as gunicorn reads it).

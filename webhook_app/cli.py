@@ -65,8 +65,12 @@ def _settings() -> Settings:
 
 
 def _sessions(settings: Settings):
-    from models.db import engine_for, make_session_factory
+    from models.db import engine_for, make_session_factory, missing_sqlite_file, no_database_file
 
+    # Connecting would make an empty SQLite database at a mistyped path: only `shop db upgrade` makes one.
+    database = missing_sqlite_file(settings.database_url)
+    if database is not None:
+        raise click.ClickException(no_database_file(database))
     return make_session_factory(engine_for(settings))
 
 
@@ -104,7 +108,7 @@ def _database_unreachable(exc: BaseException) -> bool:
     """True for an error saying the database could not be reached: no connection could be made
     (refused, timed out, no such host, database or role, a password refused, a SQLite file that
     cannot be opened) or the one in use was lost. Not a statement the database refused (a missing
-    table, a constraint): that is a bug or a broken schema, and keeps its traceback."""
+    table is said apart, `_NOT_MIGRATED`; a constraint is a bug, and keeps its traceback)."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     if isinstance(exc, DBAPIError):
@@ -119,20 +123,30 @@ def _database_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError) and (exc.sqlstate is None or exc.sqlstate.startswith("08"))
 
 
+_NOT_MIGRATED = ("the database at DATABASE_URL has no table {table}: it is not migrated, or not the service's "
+                 "database: run `shop db upgrade` (or correct DATABASE_URL)")
+
+
 class _ShopGroup(click.Group):
-    """The `shop` group: a database that cannot be reached is one line and exit 1, from any verb,
-    instead of the driver's whole traceback (which names nothing more useful, and is long)."""
+    """The `shop` group: a database that cannot be reached, or that has not the service's tables, is one
+    line and exit 1, from any verb, instead of the driver's whole traceback (which names nothing more
+    useful, and is long)."""
 
     def invoke(self, ctx):
+        from models.db import missing_table
+
         try:
             return super().invoke(ctx)
         except Exception as exc:
-            if not _database_unreachable(exc):
-                raise
-            from models.logs import describe_error
+            if _database_unreachable(exc):
+                from models.logs import describe_error
 
-            # describe_error: the driver's message without bound parameters, URL passwords masked.
-            raise click.ClickException(f"database unavailable: {_one_line(describe_error(exc))}") from exc
+                # describe_error: the driver's message without bound parameters, URL passwords masked.
+                raise click.ClickException(f"database unavailable: {_one_line(describe_error(exc))}") from exc
+            table = missing_table(exc)
+            if table is None:
+                raise
+            raise click.ClickException(_NOT_MIGRATED.format(table=table)) from exc
 
 
 @click.group(cls=_ShopGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -194,7 +208,8 @@ def catalog_load(file):
     adds the figure's difference from the one loaded last, the units to add since the last load (a
     lower figure takes units off): units sold since stay sold, and the same figure again changes
     nothing. A new sku starts at its figure. Nothing is loaded if a sku would be left with fewer
-    units than checkouts hold, or fewer than none.
+    units than checkouts hold, or fewer than none (exit 1), or if FILE does not parse or is not a
+    catalog (bad usage, exit 2, naming the field).
     """
     from sqlalchemy.exc import IntegrityError
 
@@ -205,6 +220,13 @@ def catalog_load(file):
     settings = _settings()
     try:
         data = read_catalog(file)
+    except (DomainError, ValueError) as exc:  # a file that does not parse (or is not UTF-8), or a wrong shape
+        # Bad usage (exit 2), as `shop events send` says of a file that is not JSON; a load the stock
+        # refuses is a failed operation (exit 1), below.
+        message = exc.message if isinstance(exc, DomainError) else str(exc)
+        raise click.BadParameter(message if message.startswith(str(file)) else f"{file}: {message}",
+                                 param_hint="FILE") from exc
+    try:
         with transaction(_sessions(settings)) as session:
             counts = apply_catalog(session, data)
     except DomainError as exc:
@@ -234,7 +256,8 @@ def worker():
 
 @shop.command()
 def relay():
-    """Publish the outbox to the broker, re-publish lost messages, expire reservations."""
+    """Publish the outbox to the broker, re-publish lost messages, expire reservations, and POST again
+    staff alerts whose POST to STAFF_ALERT_URL failed."""
     from consumers.relay import run_relay
 
     run_relay(_settings())
@@ -344,7 +367,7 @@ def _webhook_url(ctx, param, value: str) -> str:
 @click.option("--fresh-id", is_flag=True, help="Give the event a new id and created time before sending.")
 def events_send(file, url, fresh_id):
     """Sign a Stripe event from FILE with the configured secret and POST it to the service."""
-    from webhook_app.signing import post_signed_event
+    from webhook_app.signing import NoAnswer, post_signed_event
 
     settings = Settings.from_env()
     if not settings.webhook_secrets:
@@ -357,7 +380,9 @@ def events_send(file, url, fresh_id):
         raise click.UsageError(f"{file} is not a JSON object (a Stripe event), but a {type(event).__name__}")
     try:
         status, body = post_signed_event(url, event, settings.webhook_secrets[0], fresh_id=fresh_id)
-    except (OSError, http.client.HTTPException) as exc:  # refused, timed out, reset, DNS, not HTTP
+    except NoAnswer as exc:  # it took the request (or the connection) and said nothing in time
+        raise click.ClickException(f"{url}: {exc}") from exc
+    except (OSError, http.client.HTTPException) as exc:  # refused, reset, DNS, not HTTP
         reason = getattr(exc, "reason", exc)  # URLError wraps the socket's error
         raise click.ClickException(f"could not reach {url}: {getattr(reason, 'strerror', None) or reason}") from exc
     except ValueError as exc:  # a URL urllib cannot send to, though it parsed
@@ -655,7 +680,8 @@ def orders_ship(order_id, note, actor):
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The running service.")
 @click.option("--card", default="4242424242424242", show_default=True,
               help="Test card; 4000000000000341 is declined.")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the webhook.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait for the webhook to be processed (more than 0).")
 def demo(url, card, timeout):
     """A complete purchase against localstripe, step by step."""
     from webhook_app.demo import run_demo

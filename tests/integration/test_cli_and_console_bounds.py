@@ -286,13 +286,13 @@ def test_db_upgrade_to_an_unknown_revision_is_a_usage_error_and_changes_nothing(
 
 @pytest.mark.parametrize("field, value", [("stock", 10**20), ("stock", 2**31), ("unit_amount", 2**31),
                                           ("weight_grams", 10**20)])
-def test_catalog_load_of_a_number_past_the_column_is_exit_1_naming_the_field_and_loads_nothing(
+def test_catalog_load_of_a_number_past_the_column_is_exit_2_naming_the_field_and_loads_nothing(
         run, client, tmp_path, field, value):
     product = {"sku": "BIG-01", "name": "Big", "unit_amount": 100, "stock": 1, "weight_grams": 1, field: value}
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps({"currency": "jpy", "products": [product]}))
     result = run("catalog", "load", path)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # bad usage: the file is not a catalog
     assert f"products[0].{field} must be an integer from 0 to 2147483647" in result.output
     assert client.get("/products/BIG-01").status_code == 404
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 
@@ -186,12 +187,15 @@ def test_the_shop_command_with_the_database_unreachable_prints_no_traceback(data
 
 
 def test_a_statement_the_database_refuses_is_not_called_unavailable(tmp_path):
-    """A reachable database without the schema (never migrated): a fault to see whole, not an outage."""
+    """A reachable database without the schema (never migrated): not an outage, but one line saying what
+    to run (tests/integration/test_cli_contract_fixes.py has the rest)."""
+    sqlite3.connect(tmp_path / "empty.db").close()
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     result = CliRunner().invoke(shop, ["dlq", "list"], env={"DATABASE_URL": url, "LOG_FORMAT": "console"})
     assert result.exit_code == 1
-    assert not isinstance(result.exception, SystemExit)  # raised as it is: its traceback is shown
-    assert "no such table" in str(result.exception) and "database unavailable" not in result.output
+    [line] = _error_lines(result.output)
+    assert "has no table outbox" in line and "run `shop db upgrade`" in line, line
+    assert "database unavailable" not in result.output
 
 
 # --- several dead letters, some refused ---------------------------------------------------------------------

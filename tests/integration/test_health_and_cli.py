@@ -383,21 +383,21 @@ def _broken(path: str, value):
                  id="unknown-prefecture"),
     pytest.param(_broken("products", {"sku": "MUG-01"}), "products", id="products-not-a-list"),
 ])
-def test_catalog_load_of_a_bad_file_is_exit_1_naming_the_field_and_loads_nothing(
+def test_catalog_load_of_a_bad_file_is_exit_2_naming_the_field_and_loads_nothing(
         run_shop, client, tmp_path, data, field):
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(data))
     result = run_shop("catalog", "load", path)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # bad usage: the file is not a catalog
     assert field in result.output
     assert client.get("/products/MUG-01").status_code == 404
 
 
-def test_catalog_load_of_a_file_that_does_not_parse_is_exit_1(run_shop, tmp_path):
+def test_catalog_load_of_a_file_that_does_not_parse_is_exit_2(run_shop, tmp_path):
     path = tmp_path / "catalog.yaml"
     path.write_text("products: [unclosed\n  - sku: {")
     result = run_shop("catalog", "load", path)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # bad usage: the file is not a catalog
     assert "not valid YAML" in result.output
 
 

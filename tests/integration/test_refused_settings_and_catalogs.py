@@ -197,7 +197,7 @@ def _catalog(tmp_path, **product):
 def test_catalog_load_refuses_a_sku_the_shop_cannot_address_and_loads_nothing(run, client, tmp_path, sku):
     before = client.get("/products").get_json()
     result = run("catalog", "load", _catalog(tmp_path, sku=sku))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # bad usage: the file is not a catalog
     assert "products[0].sku must " in result.output
     assert "Traceback" not in result.output
     assert client.get("/products").get_json() == before
@@ -222,7 +222,7 @@ def test_catalog_load_takes_a_sku_the_cart_api_can_add(run, client, tmp_path, sk
 def test_catalog_load_refuses_product_text_the_shop_cannot_show_naming_the_field(run, client, tmp_path, field,
                                                                                  value, message):
     result = run("catalog", "load", _catalog(tmp_path, **{field: value}))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # bad usage: the file is not a catalog
     assert message in result.output
     assert client.get("/products/NEW-01").status_code == 404
 
@@ -239,10 +239,10 @@ def test_japanese_screens_keep_the_catalogs_names_when_the_catalog_file_holds_a_
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
-def test_catalog_load_of_a_file_nested_too_deeply_is_exit_1_saying_so(run, tmp_path, suffix):
+def test_catalog_load_of_a_file_nested_too_deeply_is_exit_2_saying_so(run, tmp_path, suffix):
     path = tmp_path / f"catalog{suffix}"
     path.write_text("[" * 5000 + "]" * 5000)
     result = run("catalog", "load", path)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # bad usage: the file is not a catalog
     assert "nested too deeply" in result.output
     assert isinstance(result.exception, SystemExit), result.exception

@@ -97,3 +97,49 @@ def test_no_secret_key_and_no_instance_folder_to_make_one_in_stops_the_web_serve
     with_key = Settings.from_env({**env, "SECRET_KEY": "from-the-environment"})
     assert with_key.secret_key == "from-the-environment"
     with_key.require_secret_key()
+
+@pytest.mark.parametrize(("name", "value", "shown"), [
+    ("STRIPE_API_BASE", "127.0.0.1:8420", "'127.0.0.1:8420'"),   # no scheme: every checkout answered 502
+    ("STRIPE_API_BASE", "notaurl", "'notaurl'"),
+    ("STRIPE_API_BASE", "http://", "'http://'"),
+    ("STRIPE_API_BASE", "ftp://stripe.internal", "'ftp://stripe.internal'"),
+    ("STRIPE_JS_URL", "js.stripe.com/v3/", "'js.stripe.com/…'"),   # every card form without Stripe.js
+    ("STRIPE_JS_URL", "https:///v3/", "'https:///…'"),
+])
+def test_a_stripe_url_without_a_scheme_or_host_stops_the_process_naming_it(env, name, value, shown):
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({**env, name: value})
+    message = str(stopped.value.code)
+    assert message.startswith(f"{name} must be an http:// or https:// URL with a host"), message
+    assert message.endswith(f"got {shown}") and "\n" not in message, message
+
+
+def test_stripe_urls_with_a_scheme_and_a_host_are_taken_as_given_and_unset_means_stripe_itself(env):
+    settings = Settings.from_env({**env, "STRIPE_API_BASE": "http://127.0.0.1:8420",
+                                  "STRIPE_JS_URL": "http://127.0.0.1:8420/js.stripe.com/v3/"})
+    assert (settings.stripe_api_base, settings.stripe_js_url) == (
+        "http://127.0.0.1:8420", "http://127.0.0.1:8420/js.stripe.com/v3/")
+    unset = Settings.from_env({**env, "STRIPE_API_BASE": "", "STRIPE_JS_URL": ""})
+    assert (unset.stripe_api_base, unset.stripe_js_url) == (None, "https://js.stripe.com/v3/")
+
+
+@pytest.mark.parametrize(("value", "entry", "said"), [
+    ("sk_test_51AbCdEfGhIjKlMnOp", "entry 1 of 1", "it starts 'sk_test_': an API key, not a signing secret"),
+    ("whsec_current, sk_live_51AbCdEfGhIjKlMnOp", "entry 2 of 2", "it starts 'sk_live_'"),
+    ("whsec_current,pasted-something-else", "entry 2 of 2", "does not"),
+])
+def test_a_webhook_secret_that_is_not_a_whsec_signing_secret_stops_the_process_without_showing_it(
+        env, value, entry, said):
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({**env, "STRIPE_WEBHOOK_SECRETS": value})
+    message = str(stopped.value.code)
+    assert message.startswith("STRIPE_WEBHOOK_SECRETS must be the webhook endpoints' signing secrets, each "
+                              "starting whsec_"), message
+    assert f"{entry} does not" in message and said in message, message
+    assert "AbCdEf" not in message and "something-else" not in message and "current" not in message
+
+
+def test_whsec_webhook_secrets_are_taken_as_given(env):
+    settings = Settings.from_env({**env, "STRIPE_WEBHOOK_SECRETS": " whsec_current , whsec_next ,"})
+    assert settings.webhook_secrets == ("whsec_current", "whsec_next")
+    assert Settings.from_env({**env, "STRIPE_WEBHOOK_SECRETS": ""}).webhook_secrets == ()

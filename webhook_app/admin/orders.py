@@ -212,8 +212,12 @@ def consequences(session, order: Order, decision: str, refund: bool = False) -> 
     # cancel without money to give back
     if order.money_held > 0 or elsewhere:
         taken = ", ".join(([held] if order.money_held > 0 else []) + ([f"{other} in another currency"] if other else []))
+        # Accept takes only an order in review: a paid one keeps its money by being left as it is.
+        keep = ("accept instead" if order.status is OrderStatus.NEEDS_REVIEW else
+                "leave the order as it is: it ships" if order.status is OrderStatus.PAID else
+                "leave the order as it is")
         return [f"Money: this order holds {taken} taken from the customer. Cancelling is refused unless you "
-                f"tick “refund” (the money goes back, the order ends refunded); to keep the money, accept instead."]
+                f"tick “refund” (the money goes back, the order ends refunded); to keep the money, {keep}."]
     out = ["Money: none was taken; nothing is charged or refunded."]
     out.append(f"Stock: {units(holds)} go back on the shelf." if holds else "Stock: nothing is held for it.")
     if order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_FAILED) and order.payment_intent_id:
