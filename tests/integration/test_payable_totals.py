@@ -103,6 +103,6 @@ def test_catalog_load_refuses_a_price_one_payment_cannot_take(sessions, settings
         {"sku": GOLD, "name": "Gold tea kettle", "unit_amount": LARGEST_CHARGE + 1, "stock": 1}]}))
     result = CliRunner().invoke(shop, ["catalog", "load", str(path)],
                                 env={"DATABASE_URL": settings.database_url, "LOG_FORMAT": "console"})
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # a catalog file with a value out of bounds: bad usage
     assert f"products[0].unit_amount is over {LARGEST_CHARGE}, the most one payment at Stripe can take" in result.output
     assert client.get(f"/products/{GOLD}").status_code == 404
