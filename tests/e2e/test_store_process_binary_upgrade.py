@@ -76,5 +76,7 @@ def test_a_binary_upgrade_hands_the_store_process_over_and_loses_or_doubles_no_e
         # Every event after the hand-over went through the new store process.
         assert new_stopped["events"] >= len(after)
     finally:
-        if new_master is not None and _alive(new_master):
-            os.kill(new_master, signal.SIGKILL)
+        # A new master left running (a failed assertion above) would outlive the test, serving its port.
+        for pid in {new_master, _pid_in(pidfile.with_name(pidfile.name + ".2")), _pid_in(pidfile)} - {None, old_master}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
