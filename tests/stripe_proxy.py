@@ -282,6 +282,20 @@ def creates_payment_intent(request_line: str) -> bool:
     return method == "POST" and path.split("?")[0] == "/v1/payment_intents"
 
 
+def the_first(prefix: str):
+    """A `hold` for HoldingProxy: the first request whose line starts with `prefix` ("POST /v1/refunds"), no
+    later one (a second decision's, a retry's)."""
+    held: list[str] = []
+
+    def hold(request_line: str) -> bool:
+        if request_line.startswith(prefix) and not held:
+            held.append(request_line)
+            return True
+        return False
+
+    return hold
+
+
 def wait(predicate, timeout: float = 10, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,28 +5,24 @@ Stripe may well have charged the card, so the buyer is not told "we could not re
 service" but that we cannot tell yet, and that pressing Pay again will not charge twice (it confirms
 the same intent). Pressing Pay again once Stripe answers ends with one charge. When no call was sent
 at all (every Stripe call slot of the process is taken), nothing can have been charged and the old
-words stay.
+words stay (tests/integration/test_screens_within_stripe_cap.py).
 """
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import stripe
 
 from models.orders import OrderStatus
-from tests.integration.test_screens_within_stripe_cap import StallingStripe
 from tests.integration.test_shop_after_lost_answer import VISA, complete_url
 from tests.integration.test_shop_pages import (card, enter_information, fill_cart, hidden_fields, only_order, page,
                                                pay_with, press_pay)
-from tests.stripe_proxy import HoldingProxy, wait
+from tests.stripe_proxy import HoldingProxy
 from tests.support import use_stripe
 
 UNKNOWN = {"en": "We did not get an answer from the payment service, so we cannot tell yet whether your card was "
                  "charged. It is safe to press Pay again: you will not be charged twice.",
            "ja": "決済サービスから応答がなかったため、カードへの請求があったかどうかをまだ確認できていません。"
                  "もう一度「支払う」を押していただいても、二重に請求されることはありません。"}
-UNREACHABLE = "We could not reach the payment service. Please try again in a moment."
 
 
 def confirmations(request_line: str) -> bool:
@@ -85,30 +81,3 @@ def test_a_confirmation_whose_answer_is_lost_says_the_charge_is_unknown_and_payi
     assert paid.payment_intent_id == order.payment_intent_id
     assert paid.status is OrderStatus.PENDING_PAYMENT   # Stripe's event not yet processed
     assert len(succeeded_charges({order.payment_intent_id})) == 1
-
-
-def test_a_pay_step_that_found_no_stripe_call_slot_still_says_stripe_could_not_be_reached(
-        make_client, sessions, localstripe):
-    stalling = StallingStripe(localstripe)
-    try:
-        shop = make_client(stripe_api_base=stalling.proxy.base, stripe_max_concurrent_calls=1,
-                           stripe_deadline_seconds=20)
-        fill_cart(shop)
-        enter_information(shop)
-        press_pay(shop)
-        order = only_order(sessions)
-        method = card(VISA)
-        stalling.stall()
-        with ThreadPoolExecutor(1) as pool:
-            # A complete screen waits on Stripe about the order's intent: it holds the process's only slot.
-            waiting = pool.submit(shop.application.test_client().get, complete_url(order))
-            wait(lambda: stalling.asked == 1, timeout=10, what="the complete screen to ask Stripe")
-            busy = pay_with(shop, method, order.id)
-            assert busy.status_code == 503, page(busy)
-            assert busy.get_json()["error"] == {"code": "payment_provider_unavailable", "message": UNREACHABLE}
-            stalling.proxy.release()
-            assert waiting.result(30).status_code == 200
-    finally:
-        stalling.close()
-    # No confirmation was sent: nothing charged.
-    assert stripe.PaymentIntent.retrieve(order.payment_intent_id).status == "requires_payment_method"

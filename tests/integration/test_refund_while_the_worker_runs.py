@@ -22,7 +22,7 @@ from models.events import InboxEvent, OutboxMessage
 from models.history import StaffAction
 from models.orders import Order, OrderStatus
 from models.refunds import Refund
-from tests.stripe_proxy import HoldingProxy
+from tests.stripe_proxy import HoldingProxy, the_first
 from tests.support import confirm_card, event_for, use_stripe
 
 CARD = "4242424242424242"
@@ -56,15 +56,7 @@ def test_a_payment_counted_while_stripe_makes_the_refund_keeps_the_order_in_revi
     stray = stripe.PaymentIntent.create(amount=order["total"], currency="jpy", metadata={"order_id": oid})
     assert confirm_card(stray.id, CARD) == "succeeded"
 
-    held: list[str] = []
-
-    def hold_the_refund(request_line: str) -> bool:
-        if request_line.startswith("POST /v1/refunds") and not held:
-            held.append(request_line)
-            return True
-        return False
-
-    proxy = HoldingProxy(localstripe.port, hold=hold_the_refund)
+    proxy = HoldingProxy(localstripe.port, hold=the_first("POST /v1/refunds"))
     result: dict = {}
     staff = staff_refund_in_a_thread(sessions, oid, result)
     sdk_client = stripe.default_http_client

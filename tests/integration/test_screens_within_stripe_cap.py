@@ -74,10 +74,13 @@ def test_with_every_stripe_slot_held_the_screens_pay_step_and_card_form_answer_w
             assert "We could not check your payment just now" in page(again)
             assert stalling.asked == 1, "the second view asked Stripe while the process's only slot was held"
 
-            # The pay step finds no slot: the shop's 503 for a Stripe it cannot reach; nothing charged.
+            # The pay step finds no slot: the shop's 503 for a Stripe it cannot reach; nothing charged, nothing
+            # sent, so it says Stripe could not be reached (not that a charge is unknown: f6a2c1d).
             paid = pay_with(shop, method, order.id)
             assert paid.status_code == 503, page(paid)
-            assert paid.get_json()["error"]["code"] == "payment_provider_unavailable"
+            assert paid.get_json()["error"] == {
+                "code": "payment_provider_unavailable",
+                "message": "We could not reach the payment service. Please try again in a moment."}
 
             # Pay pressed again (the order is placed already: the card form's SetupIntent) finds no slot either.
             started = shop.post("/checkout/confirm", data=pay_form, headers={"Accept": "application/json"})

@@ -22,7 +22,7 @@ from models.refunds import Refund, RefundSource
 from tests.backends import servers_available
 from tests.integration.test_admin_pages import EMAIL, flashes, logged_in, page, post
 from tests.integration.test_staff_cli import _dead_letter
-from tests.stripe_proxy import HoldingProxy
+from tests.stripe_proxy import HoldingProxy, the_first
 from tests.support import SHIPPING, confirm_card, event_for, stripe_unreachable
 from webhook_app.cli import shop
 
@@ -245,15 +245,7 @@ def test_a_second_refund_decision_while_the_first_waits_for_stripe_is_refused_an
     order = _paid(client, checkout, post_event, deliver)
     other = _paid(client, checkout, post_event, deliver)
     staff = logged_in(client, sessions)
-    held = []
-
-    def alices_refund(request_line: str) -> bool:
-        if request_line.startswith("POST /v1/refunds") and not held:
-            held.append(request_line)
-            return True
-        return False
-
-    proxy = HoldingProxy(localstripe.port, hold=alices_refund)
+    proxy = HoldingProxy(localstripe.port, hold=the_first("POST /v1/refunds"))  # Alice's refund
     first: dict = {}
 
     def refund_as_alice():
