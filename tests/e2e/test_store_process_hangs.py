@@ -159,6 +159,12 @@ def test_a_store_process_waiting_for_the_writers_turn_or_sqlites_lock_longer_tha
     cluster.stop_all()
 
 
+def _web_processes(cluster, master: int, store_pid: int) -> list[int]:
+    """gunicorn's web processes, once its master has forked them: it answers on its port before that."""
+    return cluster.wait_until(lambda: [pid for pid in _children_of(master) if pid != store_pid],
+                              what="gunicorn's web processes")
+
+
 def _pipes_of(pid: int) -> set[str]:
     """The pipes a process holds open, as the kernel names them ("pipe:[inode]")."""
     held = set()
@@ -192,8 +198,7 @@ def test_only_the_master_holds_the_heartbeat_pipe_not_the_web_processes(make_clu
     arguments = open(f"/proc/{store_pid}/cmdline").read().split("\0")
     pipe = os.readlink(f"/proc/{store_pid}/fd/{arguments[arguments.index('--heartbeat-fd') + 1]}")
     master = cluster.procs["web"].pid
-    web_processes = [pid for pid in _children_of(master) if pid != store_pid]
-    assert len(web_processes) >= 1
+    web_processes = _web_processes(cluster, master, store_pid)
     assert pipe in _pipes_of(master)  # the master reads the beats: a web process that held the pipe
     for pid in web_processes:         # too would keep it open past a master that died
         assert pipe not in _pipes_of(pid), f"web process {pid} holds the store process's heartbeat pipe"
@@ -206,11 +211,11 @@ def test_a_stop_sent_to_gunicorns_process_group_leaves_the_store_process_to_the_
     cluster = make_cluster(EMBEDDED)
     cluster.stop("web")
     master = cluster.start("web", own_group=True)
-    (started,) = _lines(cluster, "store_process_started")[-1:]
-    store_pid = started["pid"]
+    # Its port answers before its store process has said it serves, and before its web processes are forked.
+    cluster.wait_until(lambda: len(_lines(cluster, "store_process_started")) == 2, what="the new store process")
+    store_pid = _lines(cluster, "store_process_started")[-1]["pid"]
     assert os.getpgid(store_pid) != os.getpgid(master.pid)
-    web_processes = [pid for pid in _children_of(master.pid) if pid != store_pid]
-    assert len(web_processes) >= 1
+    web_processes = _web_processes(cluster, master.pid, store_pid)
     os.kill(web_processes[0], signal.SIGSTOP)  # finishing its requests, as far as the master can tell
     try:
         os.killpg(master.pid, signal.SIGTERM)
