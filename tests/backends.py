@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import threading
+import time
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 EMBEDDED = "sqlite+filesystem"
@@ -63,3 +66,25 @@ def purge_rabbitmq() -> None:
             channel.queue_delete(queue.name)
         for exchange in (EXCHANGE, DEAD_LETTER_EXCHANGE):
             channel.exchange_delete(exchange.name)
+
+
+def wait_until_waiting_for_a_lock(engine: Engine, proc: subprocess.Popen | None = None,
+                                  thread: threading.Thread | None = None) -> None:
+    """Until a connection to the engine's PostgreSQL database waits for a row lock (what the other
+    side holds). Each look is its own transaction: PostgreSQL keeps one snapshot of
+    pg_stat_activity a transaction, so looking again inside one would never see the wait begin."""
+    deadline = time.monotonic() + 30
+    with engine.connect() as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar_one()
+            connection.rollback()
+            if waiting:
+                return
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"finished without waiting: {proc.communicate()}")
+            if thread is not None and not thread.is_alive():
+                raise AssertionError("finished without waiting")
+            time.sleep(0.02)
+    raise AssertionError("nothing waited for a lock within 30 s")

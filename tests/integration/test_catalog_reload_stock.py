@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
 
 from models.carts import get_cart
 from models.catalog import Product
 from models.catalog_file import apply_catalog
 from models.db import make_engine, transaction
 from models.orders import ShippingAddress, place_order
-from tests.backends import servers_available
+from tests.backends import servers_available, wait_until_waiting_for_a_lock
 from tests.support import BIN, CATALOG, SHIPPING, env_for, event_for
 from webhook_app.cli import shop
 
@@ -175,28 +173,13 @@ def test_a_figure_taking_off_more_units_than_are_left_is_refused_naming_it_and_l
 # --- PostgreSQL: a load and a checkout at the same time -----------------------------------------------------------
 # (On SQLite every write transaction takes the one writer's turn first: a load and a checkout never overlap.)
 
-def wait_until_waiting_for_a_lock(database_url: str, proc: subprocess.Popen | None = None,
+def waiting_for_a_lock_at(database_url: str, proc: subprocess.Popen | None = None,
                                   thread: threading.Thread | None = None) -> None:
-    """Until a connection to this test's database waits for a row lock (what the other side holds)."""
     engine = make_engine(database_url)
-    deadline = time.monotonic() + 30
     try:
-        with engine.connect() as connection:
-            while time.monotonic() < deadline:
-                waiting = connection.execute(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'")).scalar_one()
-                connection.rollback()
-                if waiting:
-                    return
-                if proc is not None and proc.poll() is not None:
-                    raise AssertionError(f"finished without waiting: {proc.communicate()}")
-                if thread is not None and not thread.is_alive():
-                    raise AssertionError("finished without waiting")
-                time.sleep(0.02)
+        wait_until_waiting_for_a_lock(engine, proc=proc, thread=thread)
     finally:
         engine.dispose()
-    raise AssertionError("nothing waited for a lock within 30 s")
 
 
 def shop_catalog_load_started(settings, path, tmp_path) -> subprocess.Popen:
@@ -234,7 +217,7 @@ if servers_available():
                         shipping=ShippingAddress(**SHIPPING), reservation_ttl_seconds=1800)
             session.flush()                                               # CUP-01's row is locked, 2 reserved
             loading = shop_catalog_load_started(settings, path, tmp_path)
-            wait_until_waiting_for_a_lock(settings.database_url, proc=loading)
+            waiting_for_a_lock_at(settings.database_url, proc=loading)
         out, err = loading.communicate(timeout=60)
         assert loading.returncode == 1, (out, err)
         assert "Traceback" not in err
@@ -256,7 +239,7 @@ if servers_available():
             apply_catalog(session, catalog_with({"CUP-01": {"stock": 1}}))     # two cups broken in the count
             checking_out = threading.Thread(target=check_out)
             checking_out.start()
-            wait_until_waiting_for_a_lock(settings.database_url, thread=checking_out)
+            waiting_for_a_lock_at(settings.database_url, thread=checking_out)
         checking_out.join(60)
         response = answered["response"]
         assert response.status_code == 409, response.get_json()
@@ -272,7 +255,7 @@ if servers_available():
         with transaction(sessions) as session:                            # the other load, not yet committed
             apply_catalog(session, json.loads(json.dumps(new)))
             loading = shop_catalog_load_started(settings, path, tmp_path)
-            wait_until_waiting_for_a_lock(settings.database_url, proc=loading)
+            waiting_for_a_lock_at(settings.database_url, proc=loading)
         out, err = loading.communicate(timeout=60)
         assert loading.returncode == 1, (out, err)
         assert "Traceback" not in err

@@ -10,7 +10,6 @@ the worker does in that time must not make the refund's record wrong, nor lose i
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import stripe
@@ -22,6 +21,7 @@ from models.events import InboxEvent, OutboxMessage
 from models.history import StaffAction
 from models.orders import Order, OrderStatus
 from models.refunds import Refund
+from tests.backends import wait_until_waiting_for_a_lock
 from tests.stripe_proxy import HoldingProxy, the_first
 from tests.support import confirm_card, event_for, use_stripe
 
@@ -118,12 +118,7 @@ def test_a_refund_whose_record_deadlocks_with_a_worker_batch_is_recorded_all_the
         if outbox_id == decline and not staff:
             staff.append(staff_refund_in_a_thread(sessions, paid["order_id"], result))
             staff[0].start()
-            with engine.connect() as watcher:
-                deadline = time.monotonic() + 30
-                while not watcher.execute(text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'")).scalar() and time.monotonic() < deadline:
-                    time.sleep(0.02)
+            wait_until_waiting_for_a_lock(engine, thread=staff[0])
         return claim(session, settings, outbox_id, handled, fetched)
 
     monkeypatch.setattr(processing, "_claim", claim_after_staff_waits)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import threading
-import time
 
 import pytest
 import stripe
@@ -19,7 +18,7 @@ from models.events import EventStatus, InboxEvent, OutboxMessage, Topic
 from models.history import OrderStatusChange, StaffAction
 from models.orders import Order, OrderStatus
 from models.refunds import Refund, RefundSource
-from tests.backends import servers_available
+from tests.backends import servers_available, wait_until_waiting_for_a_lock
 from tests.integration.test_admin_pages import EMAIL, flashes, logged_in, page, post
 from tests.integration.test_staff_cli import _dead_letter
 from tests.stripe_proxy import HoldingProxy, the_first
@@ -166,12 +165,7 @@ if servers_available():
             worker.execute(text("SELECT id FROM outbox WHERE id = :id FOR UPDATE"), {"id": message_id})
             racing = threading.Thread(target=replay)
             racing.start()
-            with engine.connect() as watcher:
-                deadline = time.monotonic() + 30
-                while not watcher.execute(text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'")).scalar() and time.monotonic() < deadline:
-                    time.sleep(0.02)
+            wait_until_waiting_for_a_lock(engine, thread=racing)
             # Its second: the inbox row. A replay that took it first would now deadlock with us.
             worker.execute(text("SELECT id FROM inbox_events WHERE event_id = :e FOR UPDATE"), {"e": event["id"]})
             claimed.commit()
