@@ -96,6 +96,14 @@ def _refuse_if_changed(order: Order, expected: OrderAsSeen) -> None:
                       f"(the page showed {expected.described(order.currency)}); nothing was done: review it again")
 
 
+def _still_as_seen(order: Order, expected: OrderAsSeen | None) -> None:
+    """The comparison again, under the decision's own lock of the order: the one before the decision
+    (`_one_decision_at_a_time`) commits, and a payment the worker applies between the two would
+    otherwise be kept (accept) without staff having seen it."""
+    if expected is not None:
+        _refuse_if_changed(order, expected)
+
+
 def _status(order: Order | None) -> str | None:
     return order.status.value if order is not None else None
 
@@ -678,6 +686,7 @@ def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
             _one_decision_at_a_time(factory, order_id, expected), caused_by(f"staff {actor}: accept"), \
             transaction(factory) as session:
         order = get_order(session, order_id, for_update=True)
+        _still_as_seen(order, expected)
         before = _status(order)
         if order.status is not OrderStatus.NEEDS_REVIEW:
             raise Refused(f"order {order_id} is {before}: only an order in review can be accepted")
@@ -742,10 +751,16 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
                 return _give_money_back(factory, order_id, actor=actor, action="cancel", note=note)
         with caused_by(f"staff {actor}: cancel"), transaction(factory) as session:
             order = get_order(session, order_id, for_update=True)
+            _still_as_seen(order, expected)
             before = _status(order)
             # Decided under the order's lock, which the worker applying the payment also takes.
             _refuse_while_a_payment_waits(session, order)
             settle_chargebacks(session, order)
+            if refund and (order.money_held > 0 or money_in_other_currencies(session, [order]).get(order_id)):
+                # It held nothing when the refund path was chosen (read without the lock): a payment came since.
+                raise Refused(f"order {order_id} received a payment while it was being cancelled (it holds "
+                              f"{order.money_held} {order.currency} now): nothing was done; cancel --refund again "
+                              f"gives it back")
             if order.money_held > 0:
                 disputed = refunds_ruled_out(session, [order]).get(order_id)
                 if disputed is not None:  # cancel --refund could give none of it back
@@ -790,6 +805,7 @@ def ship_order(factory: sessionmaker[Session], order_id: str, *, actor: str, not
             _one_decision_at_a_time(factory, order_id, expected), caused_by(f"staff {actor}: ship"), \
             transaction(factory) as session:
         order = get_order(session, order_id, for_update=True)
+        _still_as_seen(order, expected)
         before = _status(order)
         problem = not_shippable(order)
         if problem is not None:

@@ -11,6 +11,7 @@ import re
 
 import stripe
 
+import consumers.staff_actions as staff_actions
 from models.orders import Order
 from tests.integration.test_admin_pages import (audit_rows, flagged_order, flashes, logged_in, order_status, page,
                                                 staff_client)  # noqa: F401 (a fixture)
@@ -130,6 +131,38 @@ def test_an_accept_confirmed_for_one_amount_is_refused_when_a_second_payment_lan
     said = answer_shown(alice, oid)
     assert len(said) == 1 and said[0].startswith(f"Not done: order {oid} changed since you looked: it is now "
                                                  f"{status}, holding {held(sessions, oid)} jpy"), said
+    assert [(r.action, r.detail.split(":")[0]) for r in audit_rows(sessions)] == [("accept", "refused")]
+
+
+def test_an_accept_is_refused_when_a_second_payment_lands_between_the_pages_check_and_the_accept(
+        client, app, sessions, checkout, post_event, deliver, monkeypatch):
+    """The check against the page runs before the decision (refused early, and a refund checks again
+    after Stripe's calls); an accept compares again under its own lock of the order, so a payment the
+    worker applies in between is not kept unseen."""
+    alice = logged_in(app.test_client(), sessions, "alice@example.com")
+    order = flagged_order(checkout, post_event, deliver)
+    oid, first_paid = order["order_id"], order["total"] - 100
+    _, form = confirmation_form(alice, f"/admin/orders/{oid}/accept")
+    paid_in_between = []
+    cause = staff_actions.caused_by
+
+    def second_payment_after_the_check(reason):
+        # Entered once the early check has committed and before the accept's transaction locks the order.
+        if reason.endswith(": accept") and not paid_in_between:
+            paid_in_between.append(pay_again(order, post_event, deliver))
+        return cause(reason)
+
+    monkeypatch.setattr(staff_actions, "caused_by", second_payment_after_the_check)
+    confirm(alice, f"/admin/orders/{oid}/accept", form, note="customer paid the rest by bank transfer")
+
+    assert paid_in_between and held(sessions, oid) == first_paid + order["total"]
+    status = order_status(sessions, oid)
+    assert status == "needs_review"
+    assert client.get(f"/orders/{oid}").get_json().get("shipment") is None  # nothing fulfilled
+    said = answer_shown(alice, oid)
+    assert len(said) == 1 and said[0].startswith(
+        f"Not done: order {oid} changed since you looked: it is now {status}, holding "
+        f"{first_paid + order['total']} jpy"), said
     assert [(r.action, r.detail.split(":")[0]) for r in audit_rows(sessions)] == [("accept", "refused")]
 
 

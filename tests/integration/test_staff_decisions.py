@@ -405,6 +405,41 @@ def test_cancel_refuses_while_money_is_held_and_with_refund_gives_it_back(settin
     assert (action.status_before, action.status_after, action.note) == ("needs_review", "refunded", "out of stock")
 
 
+def test_cancel_refund_says_a_payment_came_while_cancelling_when_it_lands_after_its_first_look(
+        settings, sessions, client, checkout, post_event, deliver, monkeypatch):
+    """cancel --refund reads the order without its lock to choose the refund path; an order holding nothing
+    is cancelled under the lock. A payment applied between the two is refused with what happened, not with
+    a hint to add the --refund the command already has."""
+    import consumers.staff_actions as staff_actions
+
+    order = checkout([("TEA-01", 1)])
+    cause = staff_actions.caused_by
+
+    def paid_after_the_first_look(reason):
+        if reason.endswith(": cancel") and client.get(f"/orders/{order['order_id']}").get_json()["status"] \
+                == "pending_payment":
+            confirm_card(order["payment_intent_id"], "4242424242424242")
+            post_event(event_for("localstripe_payment_intent.succeeded", intent_id=order["payment_intent_id"],
+                                 order_id=order["order_id"], amount=order["total"]))
+            deliver()
+        return cause(reason)
+
+    monkeypatch.setattr(staff_actions, "caused_by", paid_after_the_first_look)
+    refused = _run(settings, "orders", "cancel", order["order_id"], "--note", "customer asked", "--refund",
+                   "--as", "ivan")
+    assert refused.exit_code == 1, refused.output
+    assert f"order {order['order_id']} received a payment while it was being cancelled (it holds " \
+           f"{order['total']} jpy now): nothing was done; cancel --refund again gives it back" in refused.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
+    assert _refunds_at_stripe(order["payment_intent_id"]) == []
+
+    monkeypatch.setattr(staff_actions, "caused_by", cause)
+    done = _run(settings, "orders", "cancel", order["order_id"], "--note", "customer asked", "--refund", "--as", "ivan")
+    assert done.exit_code == 0, done.output
+    assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "refunded"
+    assert [r.amount for r in _refunds_at_stripe(order["payment_intent_id"])] == [order["total"]]
+
+
 def test_a_refund_while_stripe_is_unreachable_changes_nothing_and_is_audited(settings, sessions, client, checkout,
                                                                            post_event, deliver):
     order = _flagged(client, checkout, post_event, deliver)
