@@ -149,6 +149,41 @@ def test_3d_secure_failed_leaves_the_order_unpaid_and_the_stock_held(browser, sh
     assert stock(sessions, "TEA-01") == (40, 2)
 
 
+# Stripe.js's 3-D Secure step rejecting instead of answering (a script error in the dialog, an extension),
+# installed before any script of the page runs: each Stripe instance the page makes gets it.
+THREE_D_SECURE_THROWS = """
+(() => {
+  let made;
+  Object.defineProperty(window, "Stripe", {configurable: true, get: () => made, set: (real) => {
+    made = (key) => {
+      const stripe = real(key);
+      stripe.confirmCardPayment = async () => { throw new TypeError("Stripe.js failed inside 3-D Secure"); };
+      return stripe;
+    };
+  }});
+})();
+"""
+
+
+def test_a_script_failing_inside_3d_secure_sends_the_buyer_to_the_complete_screen_not_could_not_reach(
+        browser, shop, screenshot, sessions):
+    """The card went to the server to be charged and Stripe asked for 3-D Secure; the page's script then
+    fails. The buyer is sent to the complete screen, which asks Stripe what became of the payment, rather
+    than told the payment service could not be reached (it was reached, and may yet take the money)."""
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": THREE_D_SECURE_THROWS})
+    to_confirmation(browser, shop)
+    enter_card(browser, THREE_D_SECURE)
+    press_pay(browser)
+    three_d_secure(browser, complete=True)   # the card's setup; the payment's check then throws
+    wait_for_outcome(browser, "awaiting_authentication")
+    order = only_order(sessions)
+    assert urlsplit(browser.current_url).path == f"/orders/{order.id}/complete"
+    assert "Your card's 3-D Secure check is not finished" in text_of(browser, "main")
+    screenshot("3ds-script-failed")
+    assert stripe.PaymentIntent.retrieve(order.payment_intent_id).status == "requires_action"
+    assert order.status is not OrderStatus.PAID and stock(sessions, "TEA-01") == (40, 2)
+
+
 def test_wrong_postal_code_is_shown_next_to_its_field(browser, shop, screenshot):
     add_to_cart(browser, shop, "TEA-01", 1)
     browser.find_element(By.ID, "to-info").click()

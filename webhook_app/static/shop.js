@@ -65,7 +65,13 @@
     }
   }
 
+  /* The order's complete screen once its card has gone to the server to be charged: from then on a
+     failure of this script (Stripe.js throwing inside 3-D Secure, say) must not read as "could not
+     reach the payment service"; the complete screen says what became of the payment. */
+  var chargedOrNot = null;
+
   async function pay() {
+    chargedOrNot = null;
     var placed;
     try {
       placed = await post(form.action);
@@ -102,6 +108,7 @@
     /* From here the card may be charged whatever comes back: an answer the page cannot read (or
        none) sends the buyer to the order's complete screen, which says what happened. */
     var confirmed;
+    chargedOrNot = order.complete_url;
     try {
       /* The order this page placed: the server refuses to charge another one placed since. */
       confirmed = await post(form.dataset.payUrl, { payment_method: paymentMethod, order_id: order.order_id });
@@ -134,7 +141,11 @@
     button.disabled = true;
     button.textContent = form.dataset.paying;
     pay().catch(function () {
-      showError(form.dataset.failed);
+      if (chargedOrNot) {
+        window.location.assign(chargedOrNot);
+      } else {
+        showError(form.dataset.failed);
+      }
     });
   });
 }());
