@@ -43,7 +43,7 @@ def _shared_folder() -> Path | None:
     defined, when the folder does not exist: a `shop events replay` in a one-off container that has
     the deployment's environment but not the folder its processes made would die of it. A folder
     that cannot be made, or that exists but cannot be written to, is logged and this process counts in
-    memory instead."""
+    memory instead (`_report_unusable_folder`)."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
         return None
@@ -52,10 +52,28 @@ def _shared_folder() -> Path | None:
         # A folder that exists but takes no file (read-only, another user's) fails at the first metric too.
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
-        log.warning("metrics_folder_unusable", folder=folder, error=str(exc))
+        _report_unusable_folder(folder, exc)
         values.ValueClass = values.MutexValue  # decided from the environment when prometheus_client was imported
         return None
     return Path(folder)
+
+
+def _report_unusable_folder(folder: str, exc: OSError) -> None:
+    """Log the unusable folder as every other line of the process: in LOG_FORMAT, on stderr.
+
+    This runs at import, and the worker and the `shop` commands import this module before they configure
+    logging: structlog's default would print the line to stdout in a format of its own, which a log
+    collector parsing JSON would drop. So logging is configured here first, the way every process
+    configures it (from LOG_FORMAT, as gunicorn's logger does); the process's own configure_logging
+    a moment later sets the same again. A process that configured logging already (the web's
+    create_app imports this module after) keeps its configuration."""
+    if not structlog.is_configured():
+        from models.logs import configure_logging
+        from models.settings import log_format_from
+
+        configure_logging(log_format_from(os.environ))
+    log.warning("metrics_folder_unusable", folder=folder, error=str(exc),
+                hint="this process counts in memory, apart from the shared folder the other processes count in")
 
 
 SHARED_FOLDER = _shared_folder()
@@ -109,21 +127,25 @@ def observe_failed_delivery(topic: str, event_type: str | None, *, dead: bool) -
         EVENTS.labels(event_type, "dead" if dead else "retry").inc()
 
 
-# Rejections refused before the event is read, under type "unverified": each shown at 0 from the first
-# scrape, so that increase() over the first one ever seen (a rotated secret, a missing one) is not 0.
+# Rejections before the event is read, under type "unverified" (internal_error too: a bug that fails a
+# request before its event's type is known): each shown at 0 from the first scrape, so that increase()
+# over the first one ever seen (a rotated secret, a missing one, the first 500) is not 0.
 UNVERIFIED_REJECTIONS = ("missing_signature", "invalid_signature", "invalid_payload", "not_an_event",
-                         "payload_too_large", "webhook_not_configured")
+                         "payload_too_large", "webhook_not_configured", "internal_error")
+# Rejections of an event already read, under its type: shown at 0 for every type a handler is registered for.
+EVENT_REJECTIONS = ("storage_unavailable", "internal_error")
 
 
 def _show_rejections_at_zero() -> None:
     """Create the rejection series at 0 in the process that serves /metrics (not in every `shop` command):
-    the reasons above, and storage_unavailable of every event type a handler is registered for."""
+    the reasons above, those of an event read under every event type a handler is registered for."""
     from consumers.handlers import HANDLERS  # the registry, filled by the handlers' modules
 
     for reason in UNVERIFIED_REJECTIONS:
         WEBHOOKS.labels("unverified", "rejected", reason)
     for event_type in HANDLERS:
-        WEBHOOKS.labels(event_type, "rejected", "storage_unavailable")
+        for reason in EVENT_REJECTIONS:
+            WEBHOOKS.labels(event_type, "rejected", reason)
 
 
 class DatabaseCollector:

@@ -7,12 +7,13 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
 from consumers.handlers import HANDLERS
-from tests.integration.test_event_metrics import _shop, _succeeded
+from tests.integration.test_event_metrics import ROOT, _shop, _succeeded
 from tests.support import WEBHOOK_SECRET, signed_headers
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/nodb"
@@ -120,12 +121,52 @@ def test_a_replay_runs_and_counts_in_memory_where_the_shared_folder_cannot_be_wr
     event = _succeeded(checkout([("TEA-01", 1)]))
     assert post_event(event).status_code == 200
     replayed = _shop(settings, tmp_path, "events", "replay", event["id"],
-                     PROMETHEUS_MULTIPROC_DIR=str(unwritable_folder))
+                     PROMETHEUS_MULTIPROC_DIR=str(unwritable_folder), LOG_FORMAT="json")
     assert replayed.returncode == 0, replayed.stderr[-1500:]
     assert "Traceback" not in replayed.stderr, replayed.stderr[-1500:]
     assert "processed (order paid)" in replayed.stdout
-    # Logged at import, before the command configures logging: structlog's default prints it to stdout.
-    said = replayed.stdout + replayed.stderr
-    assert "metrics_folder_unusable" in said and str(unwritable_folder) in said, said[-1500:]
+    # Logged at import, before the command configures logging: still on stderr, in LOG_FORMAT, like every
+    # other line of the command (not on stdout, in structlog's default format).
+    assert "metrics_folder_unusable" not in replayed.stdout, replayed.stdout[-1500:]
+    _assert_folder_logged_once_as_json(replayed.stderr, unwritable_folder)
     assert client.get(f"/orders/{event['data']['object']['metadata']['order_id']}").get_json()["status"] == "paid"
     assert list(unwritable_folder.iterdir()) == []
+
+
+def _assert_folder_logged_once_as_json(stderr: str, folder) -> None:
+    """metrics_folder_unusable once on stderr, as a JSON line of the configured renderer (level, UTC timestamp),
+    and every other line of the process JSON too."""
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]  # a non-JSON line fails here
+    said = [line for line in lines if line["event"] == "metrics_folder_unusable"]
+    assert len(said) == 1, stderr[-1500:]
+    assert said[0]["level"] == "warning" and said[0]["folder"] == str(folder), said
+    assert said[0]["timestamp"].endswith("Z"), said
+
+
+@pytest.mark.parametrize("kind", ["worker", "web"])
+def test_a_long_running_process_logs_the_unusable_folder_in_the_configured_format_on_stderr(
+        settings, tmp_path, unwritable_folder, kind):
+    """The worker imports the metrics before it configures logging; the web's create_app after."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DATABASE_URL": settings.database_url,
+           "BROKER_URL": settings.broker_url, "STRIPE_API_BASE": settings.stripe_api_base, "LOG_FORMAT": "json",
+           "PROMETHEUS_MULTIPROC_DIR": str(unwritable_folder)}
+    code = {"worker": "from webhook_app.cli import shop; shop(['worker'])",
+            "web": "from webhook_app import create_app; create_app()"}[kind]
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    started = []
+    try:
+        if kind == "worker":  # it runs until stopped: read its start, then stop it
+            for line in process.stderr:
+                started.append(line)
+                if "worker_connected" in line or "Traceback" in line:
+                    break
+            process.terminate()
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = "".join(started) + stderr
+    assert "metrics_folder_unusable" not in stdout, stdout[-1500:]
+    _assert_folder_logged_once_as_json(stderr, unwritable_folder)
