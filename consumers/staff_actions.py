@@ -536,6 +536,7 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
             raise Refused(f"order {order_id} is already refunded ({order.refunded_amount} {order.currency} given "
                           f"back, Stripe refund {order.refund_id}): there is nothing left to refund")
         order.ensure_refundable()
+        seen_before = _status(order)  # what staff decided on: the worker may change it while Stripe answers
         scope = refund_scope(session, order)
         if scope.unnamed is not None:  # which payment it contests is unknown: none of them is refunded
             raise Refused(refund_ruled_out(scope.unnamed))
@@ -573,11 +574,13 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
     def record() -> tuple[Decision, bool]:
         with caused_by(f"staff {actor}: {action}"), transaction(factory) as session:
             order = get_order(session, order_id, for_update=True)
-            before = _status(order)
-            for refund in refunds:
-                _record_staff_refund(session, order, refund, note)
+            stored = [_record_staff_refund(session, order, refund, note) for refund in refunds]
+            # Stripe's answer, or its refund.failed / refund.canceled the worker handled meanwhile.
+            failed = [row for row in stored if row.status in ("failed", "canceled")]
             kept_back = [_left_out(dispute) for dispute in left_out] + [
-                f"payment intent {intent_id} refused at Stripe: {exc}" for intent_id, exc in not_taken]
+                f"payment intent {intent_id} refused at Stripe: {exc}" for intent_id, exc in not_taken] + [
+                f"refund {row.stripe_refund_id} {row.status} at Stripe: {row.amount} {row.currency} did not go back"
+                for row in failed]
             # A payment the worker counted while Stripe made these refunds (a second tab's, on an intent
             # the first read did not know): not refunded, so the order is not refunded either.
             counted_meanwhile = [i for i in refund_scope(session, order).intents if i not in intents]
@@ -586,7 +589,7 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
             amounts = _given_back(refunds)
             if counted_meanwhile or (kept_back and order.money_held > 0):
                 # Not refunded while it holds money: staff decide again once the dispute is closed, Stripe
-                # takes it, or for the payment counted meanwhile.
+                # takes it, or for the payment counted meanwhile or a refund that failed.
                 given = f"refund {ids} made ({amounts})"
                 still = f"it holds {order.money_held} {order.currency} still"
                 _keep_in_review(order, f"staff {actor}: {action}: {given}; {'; '.join(kept_back)}; {still}")
@@ -595,15 +598,17 @@ def _give_money_back(factory: sessionmaker[Session], order_id: str, *, actor: st
                 returned = return_unshipped_units(session, order)
                 if order.status is not OrderStatus.REFUNDED:
                     order.mark_refunded(refunds[-1].id, note)
+                else:  # the worker marked it so from Stripe's charge.refunded for these refunds, meanwhile
+                    order.refund_id, order.refund_reason = refunds[-1].id, note
                 detail = "; ".join([f"stripe refund {ids} ({amounts})", *kept_back,
                                     f"{returned} units back on the shelf"])
-            partly = bool(not_taken or counted_meanwhile)
+            partly = bool(not_taken or counted_meanwhile or failed)
             if partly:
                 detail = f"partly done: {detail}"
             if own_status in STILL_PAYABLE:  # the money came on another tab's intent
                 detail += _stop_payments_on(session, order)
             return _audit(session, actor=actor, action=action, target=f"order {order_id}", order=order,
-                          before=before, note=note, detail=detail), partly
+                          before=seen_before, note=note, detail=detail), partly
 
     # The money went back at Stripe: its record must not be lost to a deadlock with a worker's batch
     # (which locks stock, then another order's row), so the transaction is run again if PostgreSQL
@@ -668,9 +673,16 @@ def next_refund_attempt(refunds_at_stripe: list) -> int:
     return len(refunds_at_stripe) + 1
 
 
-def _record_staff_refund(session: Session, order: Order, refund, reason: str) -> None:
-    record_refund(session, order, stripe_refund_id=refund.id, amount=refund.amount, currency=refund.currency,
-                  status=refund.status, source=RefundSource.STAFF, reason=reason)
+def _record_staff_refund(session: Session, order: Order, refund, reason: str) -> Refund:
+    """The refund staff made, recorded once; its row as stored. The worker may have stored it first, from
+    Stripe's charge.refunded or refund.updated while Stripe's answer to staff was on its way: the row is
+    staff's all the same, with their reason, and keeps the status the worker learnt (newer than the answer)."""
+    row = record_refund(session, order, stripe_refund_id=refund.id, amount=refund.amount, currency=refund.currency,
+                        status=refund.status, source=RefundSource.STAFF, reason=reason)
+    if row is None:
+        row = session.scalars(select(Refund).where(Refund.stripe_refund_id == refund.id)).one()
+        row.source, row.reason = RefundSource.STAFF, reason
+    return row
 
 
 def accept_order(factory: sessionmaker[Session], order_id: str, *, actor: str, note: str,

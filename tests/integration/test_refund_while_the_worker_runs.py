@@ -3,6 +3,8 @@ the worker does in that time must not make the refund's record wrong, nor lose i
 
 * a second payment the worker counts while Stripe makes the refund (a second checkout tab) is not
   refunded by it, so the order is not marked refunded: it stays in review, saying so;
+* a refund.failed the worker handles meanwhile (no money went back on it) leaves the order in review, not
+  refunded, and a charge.refunded it handles first leaves the refund staff's, with their reason;
 * on PostgreSQL, the refund's last transaction (the order's row, then its stock) can deadlock with a
   worker's batch (one order's stock, then another order's row); the money already went back at Stripe,
   so that transaction is run again rather than lost.
@@ -10,6 +12,7 @@ the worker does in that time must not make the refund's record wrong, nor lose i
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 import stripe
@@ -22,6 +25,7 @@ from models.history import StaffAction
 from models.orders import Order, OrderStatus
 from models.refunds import Refund
 from tests.backends import wait_until_waiting_for_a_lock
+from tests.integration.test_refunds_and_disputes import charge_refunded_as_now, refund_updated
 from tests.stripe_proxy import HoldingProxy, the_first
 from tests.support import confirm_card, event_for, use_stripe
 
@@ -48,6 +52,28 @@ def staff_refund_in_a_thread(sessions, order_id: str, result: dict) -> threading
     return threading.Thread(target=run)
 
 
+@contextmanager
+def while_stripe_answers_the_refund(localstripe, sessions, order_id: str, result: dict):
+    """Staff refund the order in a thread; Stripe makes the first refund and its answer is held until the
+    block ends (what the block does happens while staff wait for it). Then staff's refund finishes."""
+    proxy = HoldingProxy(localstripe.port, hold=the_first("POST /v1/refunds"))
+    staff = staff_refund_in_a_thread(sessions, order_id, result)
+    sdk_client = stripe.default_http_client
+    stripe.default_http_client = stripe.new_default_http_client(timeout=60)  # Stripe's answer is held a while
+    use_stripe(proxy.base)
+    try:
+        staff.start()
+        proxy.wait_for_answers(1, timeout=30)   # the refund is made at Stripe; its answer held
+        yield
+    finally:
+        proxy.release()
+        staff.join(60)
+        stripe.default_http_client = sdk_client
+        use_stripe(localstripe.base)
+        proxy.close()
+    assert not staff.is_alive()
+
+
 def test_a_payment_counted_while_stripe_makes_the_refund_keeps_the_order_in_review_not_refunded(
         client, sessions, checkout, post_event, deliver, localstripe):
     order = paid_order(client, checkout, post_event, deliver)
@@ -56,25 +82,12 @@ def test_a_payment_counted_while_stripe_makes_the_refund_keeps_the_order_in_revi
     stray = stripe.PaymentIntent.create(amount=order["total"], currency="jpy", metadata={"order_id": oid})
     assert confirm_card(stray.id, CARD) == "succeeded"
 
-    proxy = HoldingProxy(localstripe.port, hold=the_first("POST /v1/refunds"))
     result: dict = {}
-    staff = staff_refund_in_a_thread(sessions, oid, result)
-    sdk_client = stripe.default_http_client
-    stripe.default_http_client = stripe.new_default_http_client(timeout=60)  # Stripe's answer is held a while
-    use_stripe(proxy.base)
-    try:
-        staff.start()
-        proxy.wait_for_answers(1, timeout=30)   # the own intent's refund is made at Stripe; its answer held
+    with while_stripe_answers_the_refund(localstripe, sessions, oid, result):
         # Meanwhile the second tab's payment arrives, and the worker counts it.
         post_event(event_for("localstripe_payment_intent.succeeded", intent_id=stray.id, order_id=oid,
                              amount=order["total"]))
         deliver()
-    finally:
-        proxy.release()
-        staff.join(60)
-        stripe.default_http_client = sdk_client
-        use_stripe(localstripe.base)
-        proxy.close()
 
     assert isinstance(result.get("error"), RefundPartlyDone), result
     with sessions() as session:
@@ -90,6 +103,52 @@ def test_a_payment_counted_while_stripe_makes_the_refund_keeps_the_order_in_revi
     decision = refund_order(sessions, oid, actor="alice", reason="both payments back")
     assert decision.status_after == "refunded"
     assert sum(r.amount for r in stripe.Refund.list(payment_intent=stray.id).data) == order["total"]
+
+
+def test_a_refund_that_fails_at_stripe_while_staff_wait_for_its_answer_leaves_the_order_in_review(
+        client, sessions, checkout, post_event, deliver, localstripe):
+    order = paid_order(client, checkout, post_event, deliver)
+    oid = order["order_id"]
+    result: dict = {}
+    with while_stripe_answers_the_refund(localstripe, sessions, oid, result):
+        [made] = stripe.Refund.list(payment_intent=order["payment_intent_id"]).data
+        # The card's account is closed: Stripe's refund.failed reaches the worker before its answer to staff.
+        post_event(refund_updated(made.id, kind="refund.failed", status="failed",
+                                  failure_reason="expired_or_canceled_card"))
+        deliver()
+
+    assert isinstance(result.get("error"), RefundPartlyDone), result
+    with sessions() as session:
+        stored = session.get(Order, oid)
+        assert (stored.status, stored.money_held) == (OrderStatus.NEEDS_REVIEW, order["total"])
+        assert f"refund {made.id} failed at Stripe: {order['total']} jpy did not go back" in stored.review_reason
+        [row] = session.scalars(select(Refund)).all()
+        assert (row.status, row.source.value, row.reason) == ("failed", "staff", "customer asked")
+        [audit] = session.scalars(select(StaffAction).where(StaffAction.action == "refund")).all()
+        assert (audit.status_before, audit.status_after) == ("paid", "needs_review")
+        assert audit.detail.startswith("partly done: ")
+    assert client.get(f"/orders/{oid}").get_json()["shipment"]["status"] == "pending"  # its units stay held
+
+
+def test_a_refund_whose_charge_refunded_the_worker_handles_first_stays_staffs_with_their_reason(
+        client, sessions, checkout, post_event, deliver, localstripe):
+    order = paid_order(client, checkout, post_event, deliver)
+    oid = order["order_id"]
+    result: dict = {}
+    with while_stripe_answers_the_refund(localstripe, sessions, oid, result):
+        [made] = stripe.Refund.list(payment_intent=order["payment_intent_id"]).data
+        post_event(charge_refunded_as_now(made.charge))  # Stripe's charge.refunded, before its answer to staff
+        deliver()
+        assert client.get(f"/orders/{oid}").get_json()["status"] == "refunded"  # by the worker, meanwhile
+
+    decision = result["decision"]
+    assert (decision.status_before, decision.status_after) == ("paid", "refunded")
+    with sessions() as session:
+        stored = session.get(Order, oid)
+        assert (stored.refunded_amount, stored.refund_id, stored.refund_reason) == \
+            (order["total"], made.id, "customer asked")
+        [row] = session.scalars(select(Refund)).all()
+        assert (row.stripe_refund_id, row.source.value, row.reason) == (made.id, "staff", "customer asked")
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
