@@ -347,6 +347,25 @@ def missing_table(exc: BaseException) -> str | None:
     return None
 
 
+def missing_column(exc: BaseException) -> str | None:
+    """The column ("table.column") a statement named that the database's table does not have
+    (SQLite's "no such column" or "has no column named", PostgreSQL's SQLSTATE 42703
+    undefined_column), else None: most often a database migrated to an older revision than the code's."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlstate", None) == "42703":
+        found = re.search(r'column "?([\w.]+)"? (?:of relation "(\w+)" )?does not exist', str(orig))
+        if not found:
+            return "?"
+        return f"{found.group(2)}.{found.group(1)}" if found.group(2) else found.group(1)
+    if isinstance(orig, sqlite3.OperationalError):
+        found = re.match(r"no such column: (\S+)", str(orig))
+        if found:
+            return found.group(1)
+        found = re.match(r"table (\S+) has no column named (\S+)", str(orig))
+        return f"{found.group(1)}.{found.group(2)}" if found else None
+    return None
+
+
 class DatabaseNotReady(Exception):
     """The database answers, but the service could not store an event in it (`ping`)."""
 

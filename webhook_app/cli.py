@@ -127,13 +127,44 @@ _NOT_MIGRATED = ("the database at DATABASE_URL has no table {table}: it is not m
                  "database: run `shop db upgrade` (or correct DATABASE_URL)")
 
 
+def _schema_behind() -> str | None:
+    """Why the database lacks a table or column the code names, when its Alembic revision says so: it
+    is at an older revision than this release's last (migrated before this release, or downgraded
+    since), or at one this release does not know (a newer release's). Else None (no revision: never
+    migrated, or not the service's database; or at this release's last). Asked only on that error's
+    path: one read of alembic_version."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from models.migrations import alembic_config, database_revision
+
+    database_url = Settings.from_env().database_url
+    try:
+        at = database_revision(database_url)
+    except SQLAlchemyError:  # it answered the verb's statement a moment ago; if not now, say what we know
+        return None
+    script = ScriptDirectory.from_config(alembic_config(database_url))
+    needed = script.get_current_head()
+    if at is None or at == needed:
+        return None
+    try:
+        script.get_revision(at)
+    except CommandError:
+        return (f"the database at DATABASE_URL is at revision {at}, which this release does not know (a newer "
+                f"release migrated it), and this release needs {needed}: deploy that release (or a newer one) "
+                f"again, or restore the database from before its migration")
+    return (f"the database at DATABASE_URL is at revision {at}, and this release needs {needed}: its schema is "
+            f"older than the code; run `shop db upgrade`")
+
+
 class _ShopGroup(click.Group):
-    """The `shop` group: a database that cannot be reached, or that has not the service's tables, is one
-    line and exit 1, from any verb, instead of the driver's whole traceback (which names nothing more
-    useful, and is long)."""
+    """The `shop` group: a database that cannot be reached, that has not the service's tables, or whose
+    schema is at another revision than the code's, is one line and exit 1, from any verb, instead of the
+    driver's whole traceback (which names nothing more useful, and is long)."""
 
     def invoke(self, ctx):
-        from models.db import missing_table
+        from models.db import missing_column, missing_table
 
         try:
             return super().invoke(ctx)
@@ -144,7 +175,12 @@ class _ShopGroup(click.Group):
                 # describe_error: the driver's message without bound parameters, URL passwords masked.
                 raise click.ClickException(f"database unavailable: {_one_line(describe_error(exc))}") from exc
             table = missing_table(exc)
-            if table is None:
+            if table is None and missing_column(exc) is None:
+                raise
+            behind = _schema_behind()
+            if behind is not None:
+                raise click.ClickException(behind) from exc
+            if table is None:  # a column missing at this release's own revision: a bug, with its traceback
                 raise
             raise click.ClickException(_NOT_MIGRATED.format(table=table)) from exc
 

@@ -1,9 +1,9 @@
 """`shop demo`: one purchase against the running service and localstripe, each step printed.
 
 The confirm step is what Stripe.js does in the customer's browser: attach a card to the
-PaymentIntent and confirm it. Everything else goes through the service's own API. A step that
-fails stops the demo with one line (click.ClickException, exit 1) saying what failed and what
-to check, never a traceback.
+PaymentIntent and confirm it, through the service's one Stripe client (consumers.payments).
+Everything else goes through the service's own API. A step that fails stops the demo with one
+line (click.ClickException, exit 1) saying what failed and what to check, never a traceback.
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import urllib.error
 import urllib.request
 
 import click
-import stripe
 
-from consumers.payments import configure_stripe
+from consumers.payments import (CardDeclined, PaymentGatewayError, PaymentRefused, configure_stripe,
+                                confirm_payment_intent, create_card_payment_method)
 from models.settings import Settings
 
+STRIPE_ITSELF = "https://api.stripe.com"  # where the SDK goes when STRIPE_API_BASE is unset
 REQUEST_TIMEOUT_SECONDS = 15  # the service's own waits (a Stripe call, a turn to write) are shorter
 
 
@@ -62,39 +63,45 @@ def _expect(step: str, method: str, url: str, wanted: int, body: dict | None = N
 
 
 def confirm_with_card(payment_intent_id: str, card: str) -> str:
-    """What Stripe.js does: attach the card, confirm. Returns the intent's status (or the decline)."""
-    method = stripe.PaymentMethod.create(type="card", card={"number": card, "exp_month": 12, "exp_year": 2034,
-                                                            "cvc": "123"})
-    stripe.PaymentIntent.modify(payment_intent_id, payment_method=method.id)
+    """What Stripe.js does: make a PaymentMethod of the card, attach it, confirm. Returns the intent's
+    status (or the decline). Through the service's own Stripe client (`consumers.payments`): the
+    same API base, deadlines and error translation as checkout's confirm."""
     try:
-        return stripe.PaymentIntent.confirm(payment_intent_id).status
-    except stripe.CardError as exc:
-        return f"declined: {exc.user_message}"
+        method_id = create_card_payment_method(card)
+        return confirm_payment_intent(payment_intent_id=payment_intent_id, payment_method_id=method_id).status
+    except CardDeclined as exc:
+        return f"declined: {exc.message}"
 
 
-def _confirm(payment_intent_id: str, card: str, shown: str) -> str:
+def _confirm(payment_intent_id: str, card: str, shown: str, api_base: str) -> str:
     try:
         return confirm_with_card(payment_intent_id, card)
-    except stripe.APIConnectionError as exc:
+    except PaymentGatewayError as exc:
+        cause = _root_cause(exc)
+        if not isinstance(exc, PaymentRefused) and isinstance(cause, OSError):  # refused, timed out, no such host
+            reason = _one_line(cause.strerror or str(cause))
+            raise click.ClickException(
+                f"4. confirm failed: could not reach Stripe at {api_base} ({reason}); "
+                f"is localstripe running, and is STRIPE_API_BASE its address?") from exc
+        # Stripe answered: the card refused when it was made (a bad number), a bad key, an intent
+        # that cannot be confirmed, …
+        status = getattr(exc.__cause__, "http_status", None)
+        answered = f"answered {status}: " if status else ""
         raise click.ClickException(
-            f"4. confirm failed: could not reach Stripe at {stripe.api_base} ({_root_cause(exc)}); "
-            f"is localstripe running, and is STRIPE_API_BASE its address?") from exc
-    except stripe.StripeError as exc:  # the card refused when it was attached (a bad number), a bad key, …
-        answered = f"answered {exc.http_status}: " if exc.http_status else ""
-        raise click.ClickException(
-            f"4. confirm failed: Stripe at {stripe.api_base} refused card {shown}, {answered}"
-            f"{_one_line(exc.user_message or str(exc))} (check --card and STRIPE_API_KEY)") from exc
+            f"4. confirm failed: Stripe at {api_base} refused card {shown}, {answered}"
+            f"{_one_line(str(exc))} (check --card and STRIPE_API_KEY)") from exc
 
 
 def _one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-def _root_cause(exc: BaseException) -> str:
-    """The socket's own words ("Connection refused"), not the SDK's paragraph around them."""
+def _root_cause(exc: BaseException) -> BaseException:
+    """The error at the bottom of the chain: the socket's own ("Connection refused"), not the SDK's
+    paragraph around it."""
     while exc.__cause__ or exc.__context__:
         exc = exc.__cause__ or exc.__context__
-    return _one_line(getattr(exc, "strerror", None) or str(exc))
+    return exc
 
 
 def run_demo(base: str, settings: Settings, *, card: str, timeout: float, echo) -> bool:
@@ -125,7 +132,7 @@ def run_demo(base: str, settings: Settings, *, card: str, timeout: float, echo) 
          f"{checkout['shipping_fee']} = {checkout['total']}; PaymentIntent {checkout['payment_intent_id']}, "
          f"stock reserved until {checkout['reserved_until']}")
     shown = f"{card[:4]}…{card[-4:]}"
-    confirmed = _confirm(checkout["payment_intent_id"], card, shown)
+    confirmed = _confirm(checkout["payment_intent_id"], card, shown, settings.stripe_api_base or STRIPE_ITSELF)
     echo(f"4. confirm   card {shown}: {confirmed}")
     if confirmed in ("requires_action", "requires_source_action"):
         raise click.ClickException(f"4. confirm: card {shown} asks for 3-D Secure, which only a browser can "

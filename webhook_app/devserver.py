@@ -36,14 +36,26 @@ def _wait_for_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"nothing listens on port {port} after {timeout} s")
 
 
+def _uses_localstripe() -> bool:
+    """Whether this run starts localstripe. Decided from the real environment only: what an earlier
+    run wrote to dev.env must not make this one skip starting it."""
+    return (not os.environ.get("STRIPE_API_BASE")
+            and os.environ.get("STRIPE_API_KEY", "sk_test_local") == "sk_test_local")
+
+
+def _refuse_one_port_for_two() -> None:
+    """localstripe would take the port first and gunicorn fail to bind it, or the webhooks go to the
+    wrong server: stop before anything is written or started."""
+    if _uses_localstripe() and WEB_PORT == LOCALSTRIPE_PORT:
+        raise SystemExit(f"WEB_PORT and LOCALSTRIPE_PORT are both {WEB_PORT}: the web process and localstripe "
+                         f"cannot listen on one port; set one of them to another")
+
+
 def _dev_env() -> dict:
-    """This run's Stripe settings. Decided from the real environment only: what an earlier run
-    wrote to dev.env must not make this one skip starting localstripe."""
+    """This run's Stripe settings (localstripe's, unless the environment names a Stripe)."""
     DEV_ENV.parent.mkdir(parents=True, exist_ok=True)
     values = {}
-    uses_localstripe = (not os.environ.get("STRIPE_API_BASE")
-                        and os.environ.get("STRIPE_API_KEY", "sk_test_local") == "sk_test_local")
-    if uses_localstripe:
+    if _uses_localstripe():
         values["STRIPE_API_BASE"] = f"http://127.0.0.1:{LOCALSTRIPE_PORT}"
         # The shop's screens load localstripe's fake Stripe.js (card inputs, a 3-D Secure dialog):
         # a purchase can be clicked through offline.
@@ -76,6 +88,7 @@ def _has_products() -> bool:
 def main() -> int:
     bin_dir = Path(sys.executable).parent
     shop = str(bin_dir / "shop")
+    _refuse_one_port_for_two()
     env_values = _dev_env()
     subprocess.run([shop, "db", "upgrade"], check=True)
     if not _has_products():
