@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from models.events import InboxEvent, OutboxMessage, Topic
 from models.history import EventAttempt, OrderStatusChange, StaffAction, StaffAlert
 from models.logs import redact
-from models.orders import Order, get_order
+from models.orders import Order, OrderPaymentIntent, get_order
 from models.refunds import Dispute, Refund
 
 
@@ -185,7 +185,10 @@ def find_orders_by_reference(session: Session, text: str, limit: int = 50) -> tu
     text = text.strip()
     if not text:
         return [], 0
-    match = [Order.id == text, Order.payment_intent_id == text, func.lower(Order.email) == text.lower()]
+    # An intent the order held before, or one a second tab paid it on: the pi_… staff see in Stripe's
+    # dashboard or on a dispute is as likely to be one of those as the one the order holds now.
+    match = [Order.id == text, Order.payment_intent_id == text, func.lower(Order.email) == text.lower(),
+             Order.id.in_(select(OrderPaymentIntent.order_id).where(OrderPaymentIntent.payment_intent_id == text))]
     event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == text)).one_or_none()
     if event is not None:
         if event.order_id:

@@ -79,6 +79,7 @@ def _staff_call(call):
     from sqlalchemy.exc import DBAPIError
 
     from consumers.payments import PaymentGatewayError
+    from consumers.staff_actions import RefundPartlyDone
     from models.db import DECISION_ABORTED, aborted_by_a_conflict
     from models.errors import DomainError, NotFound
 
@@ -92,6 +93,8 @@ def _staff_call(call):
         raise click.ClickException(DECISION_ABORTED) from None
     except DomainError as exc:
         raise click.ClickException(exc.message)
+    except RefundPartlyDone as exc:  # Stripe made a refund: what went back and what did not, as it is
+        raise click.ClickException(str(exc))
     except PaymentGatewayError as exc:
         raise click.ClickException(f"Stripe refused or could not be reached: {exc}")
 

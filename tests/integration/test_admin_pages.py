@@ -344,6 +344,18 @@ def test_search_by_any_reference_opens_the_orders_page(staff_client, checkout, p
     assert (opened.status_code, opened.headers.get("Location")) == (303, f"/admin/orders/{order['order_id']}")
 
 
+def test_search_by_an_intent_the_order_was_paid_on_but_no_longer_holds_opens_the_orders_page(
+        staff_client, client, checkout, post_event, deliver):
+    """The pi_… of a second tab's payment (what Stripe's dashboard and a dispute show) finds its order too."""
+    from tests.integration.test_staff_decisions import _paid_on_a_second_tab_only
+
+    order, stray = _paid_on_a_second_tab_only(client, checkout, post_event, deliver)
+    found = post(staff_client, "/admin/search", q=stray)
+    assert found.status_code == 303
+    opened = staff_client.get(found.headers["Location"])
+    assert (opened.status_code, opened.headers.get("Location")) == (303, f"/admin/orders/{order['order_id']}")
+
+
 def test_search_lists_several_orders_and_says_when_nothing_matches(staff_client, checkout):
     orders = [checkout([("TEA-01", 1)], email="twice@example.com")["order_id"] for _ in range(2)]
     several = page(staff_client, "/admin/search?q=twice@example.com")

@@ -153,3 +153,24 @@ def test_a_dead_mail_shows_no_customer_details_in_dlq_list_or_show(settings, ses
                     SHIPPING["postal_code"], token):
         assert private not in listed.output and private not in shown.output, private
     assert f'"my_page_path": "/orders/{order["order_id"]}?token=***"' in shown.output
+
+
+def test_a_partly_done_refund_is_said_as_it_is_not_as_stripe_refusing():
+    """Stripe made a refund, and the rest is held back for a reason the message gives (a payment counted
+    meanwhile, a dispute): the command says that, exit 1, not that Stripe refused or could not be reached."""
+    import click
+    import pytest
+
+    from consumers.staff_actions import Decision, RefundPartlyDone
+    from webhook_app.cli import _staff_call
+
+    detail = ("partly done: refund re_1 made (1900 jpy); a payment on payment intent pi_2 was counted while the "
+              "refund was made, and is not refunded; it holds 1900 jpy still, needs_review; its units stay held")
+    decision = Decision("refund", "order ord_1", "ord_1", "paid", "needs_review", detail)
+
+    def refund():
+        raise RefundPartlyDone(decision)
+
+    with pytest.raises(click.ClickException) as said:
+        _staff_call(refund)
+    assert (said.value.exit_code, said.value.format_message()) == (1, f"order ord_1: {detail}")
