@@ -29,6 +29,7 @@ from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, 
 from models.history import caused_by, record_staff_action
 from models.locks import try_lock
 from models.logs import describe_error, redact
+from models.money import per_currency
 from models.orders import (
     Order,
     OrderStatus,
@@ -783,7 +784,7 @@ def cancel_order(factory: sessionmaker[Session], order_id: str, *, actor: str, n
                               f"cancel --refund gives it back; {_keeping_the_money(order)}")
             elsewhere = money_in_other_currencies(session, [order]).get(order_id)
             if elsewhere:  # not in the order's money (`Order.counts_currency`), taken from the customer all the same
-                taken = ", ".join(f"{amount} {currency}" for currency, amount in sorted(elsewhere.items()))
+                taken = per_currency(elsewhere)
                 raise Refused(f"order {order_id} holds {taken} taken from the customer in another currency than its "
                               f"own: cancel --refund gives it back")
             if not can_transition(order.status, OrderStatus.CANCELLED):

@@ -31,3 +31,9 @@ def money(amount: int | None, currency: str | None, *, sign: bool = False) -> st
     if sign and code in SIGNS:
         return f"{minus}{SIGNS[code]}{figure}"
     return f"{minus}{figure} {code.upper()}"
+
+
+def per_currency(amounts: dict[str, int]) -> str:
+    """Minor units per currency as the worker's alerts and staff's audit rows write them (the figures
+    Stripe's API and dashboard show): `2000 usd, 3100 jpy`, in the currencies' order."""
+    return ", ".join(f"{amount} {currency}" for currency, amount in sorted(amounts.items()))

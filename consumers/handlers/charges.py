@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 from consumers.handlers.lookup import flag_or_note, lock_order_paid_on
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
-from models.orders import Order, OrderStatus, can_transition, record_refund, return_unshipped_units
+from models.money import per_currency
+from models.orders import (
+    Order,
+    OrderStatus,
+    can_transition,
+    money_in_other_currencies,
+    record_refund,
+    return_unshipped_units,
+)
 from models.refunds import Refund, RefundSource
 
 log = structlog.get_logger(__name__)
@@ -93,6 +101,13 @@ def record_charge_refunds(session: Session, order: Order, refunds: list[dict], *
     if in_full and order.money_held <= 0:
         if order.status is OrderStatus.REFUNDED:
             return Outcome.processed(f"order already refunded; {len(recorded)} refund(s) recorded", order.id)
+        elsewhere = money_in_other_currencies(session, [order]).get(order.id)
+        if elsewhere:
+            # Its own money all given back, but a payment in another currency (never in its amounts) is still
+            # the shop's: marked refunded, the order would leave review and staff's refund would refuse it.
+            return flag_or_note(order, f"refunded in full at Stripe ({refunded} {currency}), but the order still "
+                                       f"holds {per_currency(elsewhere)} paid in another currency than its own: "
+                                       f"`shop orders refund` gives it back")
         if can_transition(order.status, OrderStatus.REFUNDED):
             refund_id = recorded[-1].stripe_refund_id if recorded else charge_id
             order.mark_refunded(refund_id, "refunded in full at Stripe")

@@ -14,9 +14,13 @@ from consumers.handlers.lookup import flag_or_note, lock_order, lock_order_paid_
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.base import utcnow
+from models.money import per_currency
 from models.orders import (
     Order,
+    OrderStatus,
+    can_transition,
     intents_counted_for,
+    money_in_other_currencies,
     order_recording,
     payment_set_aside_on,
     payment_unapplied_on,
@@ -168,7 +172,7 @@ def _first_seen(session: Session, found: _Found, row: Dispute) -> Outcome:
     if row.status in _DECIDED:
         _count_chargeback(session, found)
         return flag_or_note(order, f"{opened} and already closed: {row.status}, {row.amount} {row.currency} "
-                                   f"taken back{_held_after(found, row)}{found.aside()}")
+                                   f"taken back{_held_after(session, found, row, flagging=True)}{found.aside()}")
     return flag_or_note(order, f"{opened}: {row.amount} {row.currency} contested{found.aside()}")
 
 
@@ -180,12 +184,37 @@ def _count_chargeback(session: Session, found: _Found) -> None:
     settle_chargebacks(session, found.order)
 
 
-def _held_after(found: _Found, row: Dispute) -> str:
+def _held_after(session: Session, found: _Found, row: Dispute, *, flagging: bool) -> str:
+    """What a lost dispute leaves the order holding, and what staff can do about it, by the sign of what it
+    holds and its status (`flagging`: the alert flags the order too, so a paid order will be in review).
+    Money paid in another currency (never in `Order.money_held`) is said too: it is still the customer's."""
     order = found.order
     if row.status != "lost" or not found.counted():
         return ""
-    return (f"; the order now holds {order.money_held} {order.currency}"
-            + ("" if order.money_held > 0 else ": nothing to refund or keep, cancel it to put unshipped units back"))
+    held = order.money_held
+    elsewhere = money_in_other_currencies(session, [order]).get(order.id)
+    other = per_currency(elsewhere or {})
+    said = f"; the order now holds {held} {order.currency}"
+    if held > 0:
+        return said + (f" (and {other} paid in another currency than its own)" if other else "")
+    if held < 0:
+        # Refunded, then charged back too: no refund or cancel of ours gives that money back, and a lost
+        # dispute is decided (answering it with the refund as evidence was for while it was open).
+        said += (f": the customer was paid back twice, by the refund and by the chargeback, so the shop lost "
+                 f"{-held} {order.currency} more than it took; nothing is left to refund, and the dispute is "
+                 f"decided: accept the loss, or ask the customer to return what was paid back twice (Stripe's "
+                 f"dashboard shows the refund and the dispute)")
+    else:
+        said += ": nothing to refund or keep"
+    if other:  # cancel is refused while it holds it; refund gives it back and ends the order refunded
+        return said + (f"; but {other} paid in another currency than its own is still held: `shop orders refund` "
+                       f"gives it back")
+    status = order.status
+    if flagging and can_transition(status, OrderStatus.NEEDS_REVIEW):
+        status = OrderStatus.NEEDS_REVIEW
+    if can_transition(status, OrderStatus.CANCELLED):
+        said += ("; cancel" if held < 0 else ", cancel") + " it to put unshipped units back"
+    return said
 
 
 def _take_status(session: Session, found: _Found, row: Dispute, dispute: dict) -> str | None:
@@ -211,9 +240,10 @@ def _take_status(session: Session, found: _Found, row: Dispute, dispute: dict) -
     return replaced
 
 
-def _decision_changed(found: _Found, row: Dispute, replaced: str) -> Outcome:
+def _decision_changed(session: Session, found: _Found, row: Dispute, replaced: str) -> Outcome:
     return flag_or_note(found.order, f"dispute {row.stripe_dispute_id} was decided {replaced}, and Stripe now says "
-                                     f"{row.status} ({row.amount} {row.currency}){_held_after(found, row)}"
+                                     f"{row.status} ({row.amount} {row.currency})"
+                                     f"{_held_after(session, found, row, flagging=True)}"
                                      f"{found.aside()}")
 
 
@@ -239,7 +269,7 @@ def on_dispute_updated(session: Session, event: dict, context: HandlerContext) -
         return _first_seen(session, found, _new_row(session, order, dispute))
     replaced = _take_status(session, found, row, dispute)
     if replaced is not None:
-        return _decision_changed(found, row, replaced)
+        return _decision_changed(session, found, row, replaced)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} is {row.status}", order.id)
 
 
@@ -260,7 +290,8 @@ def on_dispute_closed(session: Session, event: dict, context: HandlerContext) ->
         row.closed_at = utcnow()
     log.warning("dispute_closed", dispute_id=row.stripe_dispute_id, dispute_status=row.status)
     if replaced is not None:
-        return _decision_changed(found, row, replaced)
+        return _decision_changed(session, found, row, replaced)
     return Outcome.processed(f"dispute {row.stripe_dispute_id} closed: {row.status}", order.id,
                              alert=f"Order {order.id}: dispute {row.stripe_dispute_id} closed: {row.status} "
-                                   f"({row.amount} {row.currency}){_held_after(found, row)}{found.aside()}")
+                                   f"({row.amount} {row.currency}){_held_after(session, found, row, flagging=False)}"
+                                   f"{found.aside()}")
