@@ -173,7 +173,18 @@ def _first_seen(session: Session, found: _Found, row: Dispute) -> Outcome:
         _count_chargeback(session, found)
         return flag_or_note(order, f"{opened} and already closed: {row.status}, {row.amount} {row.currency} "
                                    f"taken back{_held_after(session, found, row, flagging=True)}{found.aside()}")
-    return flag_or_note(order, f"{opened}: {row.amount} {row.currency} contested{found.aside()}")
+    return flag_or_note(order, f"{opened}: {row.amount} {row.currency} contested{_refunded_already(order)}"
+                               f"{found.aside()}")
+
+
+def _refunded_already(order: Order) -> str:
+    """An open dispute on money already given back: answered with the refund as evidence before it is due,
+    it is won; left unanswered, it is lost and the customer is paid back twice."""
+    if order.refunded_amount <= 0:
+        return ""
+    return (f"; {order.refunded_amount} {order.currency} of the order's payment was refunded already: answer the "
+            f"dispute in Stripe's dashboard with the refund as evidence before it is due, or the customer is "
+            f"paid back twice")
 
 
 def _count_chargeback(session: Session, found: _Found) -> None:

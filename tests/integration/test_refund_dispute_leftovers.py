@@ -54,6 +54,23 @@ def test_a_full_refund_at_stripe_of_the_orders_own_payment_keeps_it_in_review_wh
     assert stock(client) == (40, 0)
 
 
+def test_a_dispute_opened_on_a_refunded_order_says_to_answer_it_with_the_refund_as_evidence(
+        client, sessions, paid_order, stripe_says):
+    order = paid_order()
+    refund = stripe.Refund.create(payment_intent=order["payment_intent_id"])
+    stripe_says(charge_refunded(refund.charge))
+    told = len(alerts(sessions))
+    stripe_says(dispute_event("created", order, refund.charge, "needs_response"))
+
+    row = order_row(sessions, order)
+    assert (row.status.value, row.money_held) == ("refunded", 0)  # the money is back with the customer: noted
+    [text] = [alert.text for alert in alerts(sessions)[told:]]
+    assert text == (f"Order {row.id} needs review: dispute dp_FromTheCardIssuer1 opened (fraudulent): 3100 jpy "
+                    f"contested; 3100 jpy of the order's payment was refunded already: answer the dispute in "
+                    f"Stripe's dashboard with the refund as evidence before it is due, or the customer is paid "
+                    f"back twice"), text
+
+
 def test_a_dispute_lost_on_a_refunded_order_says_the_customer_was_paid_back_twice_and_offers_no_cancel(
         client, sessions, paid_order, stripe_says):
     order = paid_order()
