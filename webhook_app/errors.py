@@ -35,6 +35,10 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return jsonify({"error": error}), status
 
 
+# A 500: a bug of the service, not of the request (the Flask app's and the webhook's own answer).
+INTERNAL_ERROR_MESSAGE = "the service failed to handle this request; it was logged"
+
+
 def error_body(code: str, message: str) -> bytes:
     """The same error as error_response's body, bytes for a plain WSGI answer (the webhook's): compact,
     sorted and ending in a newline, as jsonify writes it outside debug mode."""
@@ -150,4 +154,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("request_failed")
-        return error_answer(500, "internal_error", "the service failed to handle this request; it was logged")
+        return error_answer(500, "internal_error", INTERNAL_ERROR_MESSAGE)

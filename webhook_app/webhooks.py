@@ -40,7 +40,7 @@ from models.events import (API_VERSION, EVENT_ID, EVENT_TYPE, OBJECT_ID, StoredE
 from models.base import new_id
 from models.logs import describe_error
 from webhook_app import store_process
-from webhook_app.errors import error_body
+from webhook_app.errors import INTERNAL_ERROR_MESSAGE, error_body
 from webhook_app.gunicorn_logging import REQUEST_LOGGED
 
 log = structlog.get_logger(__name__)
@@ -423,7 +423,7 @@ _STATUS_LINES = {code: f"{code} {HTTP_STATUS_CODES[code].upper()}" for code in (
 
 # What the Flask app answered a method other than POST on this path (its HTTPException handler).
 _METHOD_NOT_ALLOWED = error_body("method_not_allowed", "The method is not allowed for the requested URL.")
-_INTERNAL_ERROR = error_body("internal_error", "the service failed to handle this request; it was logged")
+_INTERNAL_ERROR = error_body("internal_error", INTERNAL_ERROR_MESSAGE)
 
 
 class WebhookDispatcher:
