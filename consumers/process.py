@@ -12,7 +12,7 @@ from kombu import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.broker import connect, declare_topology
-from models.db import engine_for, make_session_factory
+from models.db import engine_for, make_session_factory, schema_problem
 from models.logs import describe_error
 from models.settings import Settings
 
@@ -85,7 +85,7 @@ class LongRunningProcess(ABC):
                               f"docs/deploy.md 'RabbitMQ topology' says; tried again every {TOPOLOGY_RETRY_SECONDS} s")
                 self._pause(TOPOLOGY_RETRY_SECONDS)
             except Exception as exc:  # noqa: BLE001 - broker or database down: wait, reconnect, go on
-                log.warning(f"{self.name}_paused", error=describe_error(exc))
+                log.warning(f"{self.name}_paused", error=describe_error(exc), **schema_problem(exc))
                 time.sleep(1)
         log.info(f"{self.name}_stopping")
         for thread in threads:
@@ -104,7 +104,7 @@ class LongRunningProcess(ABC):
             try:
                 chore.run(self.factory)
             except Exception as exc:  # noqa: BLE001 - database down: try again at the next turn
-                log.warning(f"{chore.name}_failed", error=describe_error(exc))
+                log.warning(f"{chore.name}_failed", error=describe_error(exc), **schema_problem(exc))
             self._pause(chore.seconds)
 
     @abstractmethod

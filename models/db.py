@@ -366,6 +366,15 @@ def missing_column(exc: BaseException) -> str | None:
     return None
 
 
+def schema_problem(exc: BaseException) -> dict:
+    """For a long-running process's log line about a failure: `fix`, when a statement named a table or column
+    the database lacks (not migrated, or an older revision than this release's: the worker and relay may
+    start before the release's migration has run, and wait for it), else nothing."""
+    if missing_table(exc) is None and missing_column(exc) is None:
+        return {}
+    return {"fix": "the database has not this release's schema: run `shop db upgrade` (or correct DATABASE_URL)"}
+
+
 class DatabaseNotReady(Exception):
     """The database answers, but the service could not store an event in it (`ping`)."""
 

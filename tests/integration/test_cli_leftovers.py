@@ -69,6 +69,25 @@ def test_a_verb_on_a_database_at_an_older_revision_names_both_revisions_in_one_l
     assert _error_lines(result.output) == [_behind("0009")]
 
 
+def test_a_relay_started_before_the_releases_migration_says_what_to_run_while_it_waits(older_url, tmp_path):
+    """`shop relay` (and `shop worker`) may start before `shop db upgrade` has run: they wait for the schema,
+    and each line they log while they wait says what to run."""
+    env = {**os.environ, "DATABASE_URL": older_url, "LOG_FORMAT": "json",
+           "BROKER_URL": f"filesystem://{tmp_path / 'broker'}", "STAFF_ALERT_URL": ""}
+    relay = subprocess.Popen([str(BIN / "shop"), "relay"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(4)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        said, _ = relay.communicate(timeout=30)
+    waiting = [line for line in said.splitlines() if '"relay_paused"' in line or '_failed"' in line]
+    assert waiting, said
+    fix = "the database has not this release's schema: run `shop db upgrade` (or correct DATABASE_URL)"
+    assert all(fix in line for line in waiting), said
+    assert relay.returncode == 0, said
+
+
 def test_the_shop_command_on_an_older_revision_prints_one_line_and_works_once_upgraded(older_url, tmp_path):
     env = {**os.environ, "DATABASE_URL": older_url, "LOG_FORMAT": "console"}
     done = subprocess.run([str(BIN / "shop"), "orders", "review"], env=env, cwd=tmp_path, capture_output=True,
