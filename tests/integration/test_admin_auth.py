@@ -17,6 +17,7 @@ from models.settings import instance_secret_key
 from models.staff import (FAILURE_WINDOW, MAX_FAILURES_PER_EMAIL_AND_IP, MAX_FAILURES_PER_IP, LoginFailure,
                           add_staff_member)
 from tests.support import WEBHOOK_SECRET, event_for
+from webhook_app.admin import CONSOLE_COOKIE_NAME
 from webhook_app.admin.dashboard import dashboard_figures
 from webhook_app.cli import shop
 
@@ -105,7 +106,8 @@ def test_staff_member_logs_in_sees_the_dashboard_and_logs_out(client, staff, che
 def _copy_of_the_session(app, client):
     """Another browser holding a copy of `client`'s signed session cookie (as anyone who copied it would)."""
     copy = app.test_client()
-    copy.set_cookie("shop_session", client.get_cookie("shop_session").value)
+    copy.set_cookie(CONSOLE_COOKIE_NAME, client.get_cookie(CONSOLE_COOKIE_NAME, path="/admin").value,
+                    path="/admin")
     return copy
 
 
@@ -239,9 +241,27 @@ def test_wrong_password_and_unknown_email_get_the_same_answer(client, staff):
 
 
 def _session_cookie(response) -> str:
-    cookies = [h for h in response.headers.getlist("Set-Cookie") if h.startswith("shop_session=")]
+    cookies = [h for h in response.headers.getlist("Set-Cookie") if h.startswith(f"{CONSOLE_COOKIE_NAME}=")]
     assert cookies, response.headers
     return cookies[-1]
+
+
+def test_the_console_keeps_its_own_session_so_a_token_a_shop_page_shows_cannot_post_to_it(client, staff):
+    """A script on a shop page (Stripe.js on the pay step) can read that page's CSRF token and post with the
+    browser's cookies: a staff member who shops in the browser they use for the console must not lend it
+    their console session. The console's session is its own cookie, sent to /admin only, with its own token."""
+    shop_page = client.get("/?lang=en").get_data(as_text=True)
+    shop_token = re.search(r'<meta name="csrf-token" content="([^"]+)">', shop_page).group(1)
+    console = _session_cookie(log_in(client))
+    assert "Path=/admin" in console, console
+    assert client.get_cookie(CONSOLE_COOKIE_NAME, path="/admin") is not None
+    assert client.get_cookie(CONSOLE_COOKIE_NAME) is None  # never sent to the shop's pages
+
+    refused = client.post("/admin/logout", data={"csrf_token": shop_token})
+    assert refused.status_code == 400, refused.status_code
+    assert client.get("/admin/").status_code == 200  # still logged in: the shop's token did nothing
+    _log_out(client)  # the console's own token does
+    assert client.get("/admin/").status_code == 302
 
 
 def test_session_cookie_is_httponly_lax_and_secure_only_over_https(client, make_client, staff):

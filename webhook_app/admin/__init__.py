@@ -54,14 +54,33 @@ def actor() -> str:
     return current_user.email
 
 
+# The console's session cookie: its own name, sent only to /admin. The shop's screens have theirs
+# (SESSION_COOKIE_NAME), with their own CSRF token in every page, and a third-party script on them
+# (Stripe.js on the pay step) could read that token and post with the browser's cookies; a staff
+# member who shops in the same browser must not lend the shop's pages their console session.
+CONSOLE_COOKIE_NAME = "shop_console_session"
+CONSOLE_PATH = "/admin"
+
+
+def _for_the_console() -> bool:
+    return bool(request) and (request.path == CONSOLE_PATH or request.path.startswith(CONSOLE_PATH + "/"))
+
+
 class StaffSessionInterface(SecureCookieSessionInterface):
     """Session cookies are `Secure` whenever the request came over https (or ADMIN_BASE_URL is
-    https), so one deployment behind TLS never sends a session over plain http. (Stripe's webhook
-    never reaches Flask, so it never opens one: `webhook_app.webhooks.WebhookDispatcher`.)
+    https), so one deployment behind TLS never sends a session over plain http. The console's
+    session is a cookie of its own, for /admin only (CONSOLE_COOKIE_NAME). (Stripe's webhook never
+    reaches Flask, so it never opens one: `webhook_app.webhooks.WebhookDispatcher`.)
     """
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or (request and request.is_secure))
+
+    def get_cookie_name(self, app: Flask) -> str:
+        return CONSOLE_COOKIE_NAME if _for_the_console() else super().get_cookie_name(app)
+
+    def get_cookie_path(self, app: Flask) -> str:
+        return CONSOLE_PATH if _for_the_console() else super().get_cookie_path(app)
 
 
 def init_admin(app: Flask, *, secret_key: str | None, admin_base_url: str) -> None:
