@@ -49,3 +49,45 @@ def test_a_card_number_typed_with_a_japanese_input_method_is_masked():
 def test_digits_that_are_not_a_card_number_stay_as_they_are():
     for text in ("order 4242 4242 4242 4241 of a kind", "tel 03-1234-5678", "2026-11-27 12:00:00"):
         assert scrub_text(text) == text
+
+
+def test_a_card_number_glued_to_japanese_text_or_to_a_word_is_masked():
+    """`\\w` edges: kana, kanji and ASCII letters right before the digits let the number through."""
+    for before in ("カード番号", "札幌市中央区カード", "Room", "No.", "番号："):
+        for typed in ("4242424242424242", "4242 4242 4242 4242", "４２４２４２４２４２４２４２４２"):
+            shown = scrub_text(f"北1条 {before}{typed} 様")
+            assert shown == f"北1条 {before}[card number ••••4242] 様", (before, typed)
+
+
+def test_a_card_number_split_by_several_spaces_line_breaks_dots_or_slashes_is_masked():
+    for typed in ("4242  4242  4242  4242", "4242\n4242\n4242\n4242", "4242 4242\r\n4242 4242", "4242.4242.4242.4242",
+                  "4242/4242/4242/4242", "4242 - 4242 - 4242 - 4242", "4242．4242．4242．4242", "3782 822463 10005"):
+        shown = scrub_text(f"Kita 1-jo {typed} Sapporo")
+        assert shown.startswith("Kita 1-jo [card number ••••") and shown.endswith("] Sapporo"), typed
+
+
+def test_a_card_number_after_other_numbers_is_masked_and_they_stay():
+    """A card starts and ends at a group's edge: the block number before it and the expiry after it are
+    not taken into it (the run's 19 or more digits together fail Luhn)."""
+    assert scrub_text("北1条西2-1-1 4242424242424242") == "北1条西2-1-1 [card number ••••4242]"
+    assert scrub_text("Room 12 4242 4242 4242 4242 Sapporo") == "Room 12 [card number ••••4242] Sapporo"
+    assert scrub_text("4242424242424242 12/28") == "[card number ••••4242] 12/28"
+
+
+def test_ids_with_a_card_like_run_of_digits_stay_readable():
+    """Staff search by Stripe's ids and ours: digits inside one are never taken for a card."""
+    for text in ("pi_4242424242424242", "evt_4242424242424242", "ord_4242424242424242", "cus_Ab4242424242424242Z",
+                 "seti_x4242424242424242", "req_4242424242424242"):
+        assert scrub_text(f"see {text} here") == f"see {text} here"
+    assert scrub_text("pi_1 4242 4242 4242 4242") == "pi_1 [card number ••••4242]"
+
+
+def test_ordinary_numbers_stay_as_they_are():
+    """Luhn still decides: a phone number, a postal code, an amount, numbers of 13 to 19 digits that fail
+    Luhn, a postal code beside a phone number (17 digits), a timestamp whose 16 digits pass Luhn but whose
+    seconds are not a card's group."""
+    for text in ("tel 011-123-4567", "〒060-0001", "合計 3,100円", "1234567890123", "1234567890123456",
+                 "1234567890123456789", "〒060-0001 011-123-4567", "tel 011-123-4567 / 011-123-4568",
+                 "created 1764331000.100001", "2026-11-28 12:16:00.123456", "223.182.253.19"):
+        assert scrub_text(text) == text, text
+    assert scrub_text("1764331000100001") == "[card number ••••0001]"  # the same 16 digits typed whole pass Luhn

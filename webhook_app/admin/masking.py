@@ -27,30 +27,89 @@ _TOKEN_IN_LINK = re.compile(r"([?&](?:access_)?token=)[^&#\s\"'<>]+")
 # A client secret (`pi_…_secret_…`, `seti_…_secret_…`) and Stripe's key and webhook-secret prefixes.
 _SECRET = re.compile(r"\b(?:[a-z]+_[A-Za-z0-9]+_secret_[A-Za-z0-9]+|whsec_[A-Za-z0-9]+|"
                      r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_]+)")
-# 13 to 19 digits, optionally grouped by spaces or dashes: checked with Luhn before masking. Digits
-# and separators as a Japanese input method types them count too (full-width digits, the
-# ideographic space, full-width and other dashes, the long-vowel mark).
-_DIGIT_RUN = re.compile(r"(?<![\w])(?:\d[ \t\u00a0\u3000\-\u2010-\u2015\u2212\uff0d\u30fc]?){12,18}\d(?![\w])")
+# A card number as people type it: 13 to 19 digits, whole or in groups. Between groups, up to three
+# separators: spaces (the ideographic space and line breaks too), dots, slashes, dashes (full-width and
+# other dashes, the long-vowel mark a Japanese input method types). Any Unicode digit counts, so
+# full-width ４２４２ is found as 4242 (what NFKC would make of it) without rewriting the page around it.
+# Its edges are any character but a digit: a number glued to Japanese text ("カード番号4242…") or to a
+# word ("Room4242…") is still found. The run's lookahead skips, without a Python call, every number on a
+# page that has fewer than 13 digits.
+_SEPARATOR = r"[ \t\r\n\u00a0\u3000./\uff0e\uff0f\-\u2010-\u2015\u2212\uff0d\u30fc]"
+_DIGIT_RUN = re.compile(rf"(?<!\d)(?=(?:\d{_SEPARATOR}{{0,3}}){{13}})\d+(?:{_SEPARATOR}{{1,3}}\d+)*")
+_DIGIT_GROUP = re.compile(r"\d+")
+# People group a card's digits by 4 (Amex 4-6-5, Diners 4-6-4); a longer group among others is not a
+# card typed in groups but numbers side by side (a timestamp's seconds and fraction, 1764331000.123456).
+_LONGEST_GROUP = 8
+_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # a digit doubled, its two digits summed (Luhn)
+# Stripe's ids are at most 255 characters: looking no further keeps a hostile page of digits glued to
+# letters from costing a walk over the whole page for each number.
+_LONGEST_ID = 255
+_ID_BEFORE = re.compile(r"[A-Za-z0-9_]*\Z")
+_ID_AFTER = re.compile(r"[A-Za-z0-9_]*")
 
 
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = int(char)
-        if index % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
+def _in_identifier(text: str, start: int, end: int) -> bool:
+    """Digits inside an id like pi_3Mtw…, evt_…, ord_… (an ASCII word with an underscore): staff search
+    by these, so they stay readable."""
+    before = _ID_BEFORE.search(text, max(0, start - _LONGEST_ID), start).group()
+    after = _ID_AFTER.match(text, end, end + _LONGEST_ID).group()
+    return "_" in before or "_" in after
 
 
-def _mask_card(match: re.Match) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    return f"[card number ••••{digits[-4:]}]" if _luhn_ok(digits) else match.group(0)
+def _card_spans(groups: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """(start, end, digits) of each card number among consecutive digit groups: a card starts and ends
+    at a group's edge (so "2-1-1 4242424242424242", an address's block number before it, is found)."""
+    digits = "".join(group[2] for group in groups)
+    # Luhn sums by prefix, for either parity of the last digit: any span's check is two look-ups, so a
+    # run of thousands of short groups (a list of numbers, or a hostile address) costs little.
+    sums = ([0], [0])
+    for position, char in enumerate(digits):
+        plain, doubled = int(char), _DOUBLED[int(char)]
+        sums[0].append(sums[0][-1] + (plain if position % 2 == 0 else doubled))
+        sums[1].append(sums[1][-1] + (doubled if position % 2 == 0 else plain))
+    offsets = [0]
+    for group in groups:
+        offsets.append(offsets[-1] + len(group[2]))
+    found, first = [], 0
+    while first < len(groups):
+        chosen, last, longest = None, first, 0
+        while last < len(groups) and offsets[last + 1] - offsets[first] <= 19:
+            longest = max(longest, len(groups[last][2]))
+            start, end = offsets[first], offsets[last + 1]
+            table = sums[(end - 1) % 2]  # the last digit is never doubled
+            if (end - start >= 13 and (last == first or longest <= _LONGEST_GROUP)
+                    and (table[end] - table[start]) % 10 == 0):
+                chosen = last  # the longest that passes: no digit of a card left out
+            last += 1
+        if chosen is None:
+            first += 1
+        else:
+            found.append((groups[first][0], groups[chosen][1], digits[offsets[first]:offsets[chosen + 1]]))
+            first = chosen + 1
+    return found
+
+
+def _mask_cards(match: re.Match) -> str:
+    text, offset = match.string, match.start()
+    run = match.group(0)
+    # An id's digits split the run: a card is looked for on either side of them, never through them.
+    segments: list[list[tuple[int, int, str]]] = [[]]
+    for group in _DIGIT_GROUP.finditer(run):
+        if _in_identifier(text, offset + group.start(), offset + group.end()):
+            segments.append([])
+        else:  # any Unicode digit as its ASCII digit, as NFKC would make it
+            segments[-1].append((group.start(), group.end(), "".join(str(int(char)) for char in group.group())))
+    pieces, done = [], 0
+    for segment in segments:
+        for start, end, digits in _card_spans(segment):
+            pieces += [run[done:start], f"[card number ••••{digits[-4:]}]"]
+            done = end
+    return "".join(pieces) + run[done:]
 
 
 def scrub_text(text: str) -> str:
     """Card numbers, client secrets and API/webhook secrets masked in any text (a whole page too)."""
-    return _DIGIT_RUN.sub(_mask_card, _SECRET.sub(MASK, text))
+    return _DIGIT_RUN.sub(_mask_cards, _SECRET.sub(MASK, text))
 
 
 def _is_private(key: str) -> bool:
