@@ -25,8 +25,12 @@ log = structlog.get_logger(__name__)
 
 
 def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
+    """The service's engine. Its errors never quote a statement's bound values (hide_parameters): they
+    are an order's address and access token, a PaymentIntent's client secret, an event's payload, and
+    an error's text goes to logs, tracebacks stored with failed runs, and alerts."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False},
+                               hide_parameters=True)
         _configure_sqlite(engine)
         return engine
     _convert_long_statements_once()
@@ -36,6 +40,7 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
         max_overflow=max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
+        hide_parameters=True,
     ))
 
 
@@ -274,7 +279,7 @@ def store_engine_for(settings, engine: Engine) -> Engine:
         return engine
     return commits_durable(create_engine(settings.database_url, max_overflow=0, pool_recycle=1800,
                                          pool_size=settings.db_pool_size + settings.db_max_overflow,
-                                         isolation_level="AUTOCOMMIT"))
+                                         isolation_level="AUTOCOMMIT", hide_parameters=True))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
