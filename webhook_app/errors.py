@@ -6,11 +6,12 @@ import json
 
 import structlog
 from flask import Flask, current_app, jsonify, request
-from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import DataError, OperationalError, ProgrammingError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from consumers.checkout import PaymentProviderBusy, PaymentProviderUnavailable
 from models.errors import Conflict, DomainError, IllegalTransition, InvalidInput, NotFound
+from models.db import schema_problem
 from models.logs import describe_error
 
 log = structlog.get_logger(__name__)
@@ -134,10 +135,28 @@ def register_error_handlers(app: Flask) -> None:
             body.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         return body, status
 
+    def _schema_behind(exc: Exception):
+        """A table or column the code names that the database lacks: this release's code runs before its
+        migration (`shop db upgrade`), or on a database downgraded since. 503, as for a database down: the
+        operator's migration is what the client waits for, and the log line says to run it."""
+        problem = schema_problem(exc)
+        if not problem:
+            return None
+        log.error("database_schema_behind", error=describe_error(exc), **problem)
+        return error_answer(503, "storage_unavailable", "the database is not ready for this release; please retry")
+
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError):
+        answer = _schema_behind(exc)  # SQLite says a missing table or column with an OperationalError
+        if answer is not None:
+            return answer
         log.error("database_unavailable", error=str(exc.orig)[:200])
         return error_answer(503, "storage_unavailable", "the database is unavailable; please retry")
+
+    @app.errorhandler(ProgrammingError)
+    def _database_refused_statement(exc: ProgrammingError):
+        answer = _schema_behind(exc)  # PostgreSQL's undefined table or column
+        return answer if answer is not None else _unexpected(exc)
 
     @app.errorhandler(DataError)
     def _unstorable_value(exc: DataError):

@@ -88,6 +88,22 @@ def test_a_relay_started_before_the_releases_migration_says_what_to_run_while_it
     assert relay.returncode == 0, said
 
 
+def test_the_web_on_an_older_revision_answers_503_and_logs_what_to_run(client, database_url):
+    """A web process of this release started before its migration (or on a downgraded database): a request
+    that reads what the migration adds is answered 503 (retry later), never a bare 500, and the log says
+    what to run."""
+    from tests.support import rendered_logs
+
+    command.downgrade(alembic_config(database_url), "0009")  # the running web process's database, downgraded
+    with rendered_logs() as lines:
+        answer = client.get("/orders/ord_0123456789abcdef")  # reads orders.charged_back_amount (0010)
+    assert answer.status_code == 503, answer.get_data(as_text=True)
+    assert answer.get_json()["error"] == {"code": "storage_unavailable",
+                                          "message": "the database is not ready for this release; please retry"}
+    said = [line for line in lines if "database_schema_behind" in line]
+    assert said and "run `shop db upgrade`" in said[0], lines
+
+
 def test_the_shop_command_on_an_older_revision_prints_one_line_and_works_once_upgraded(older_url, tmp_path):
     env = {**os.environ, "DATABASE_URL": older_url, "LOG_FORMAT": "console"}
     done = subprocess.run([str(BIN / "shop"), "orders", "review"], env=env, cwd=tmp_path, capture_output=True,
