@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 import stripe
@@ -273,13 +273,14 @@ def confirm_payment(sessions: sessionmaker[Session], settings: Settings, order_i
             if order.status not in PAYABLE or order.payment_intent_id is None:
                 raise _cancelled(session, order)
             # Paid after its hold ran out, the order would be cancelled by the expiry sweep and its
-            # stock sold again, the money taken all the same: refused before Stripe is asked.
-            lapsed = hold_lapsed(order)
+            # stock sold again, the money taken all the same: refused before Stripe is asked, and so is a
+            # confirmation that could still be waiting for Stripe's answer when the hold runs out.
+            lapsed = hold_lapsed(order, within_seconds=settings.stripe_deadline_seconds + 1)
             if lapsed is not None:
                 raise lapsed
             intent_id = order.payment_intent_id
         try:
-            return _confirm(settings, intent_id, payment_method_id)
+            return _keep_the_hold_for(sessions, order_id, _confirm(settings, intent_id, payment_method_id))
         except IntentNotConfirmable as exc:
             if exc.status not in REPLACEABLE_INTENT_STATES:
                 raise
@@ -289,7 +290,40 @@ def confirm_payment(sessions: sessionmaker[Session], settings: Settings, order_i
         new_intent_id = replace_payment_intent(sessions, settings, order_id, intent_id, old_status)
         if old_status == "requires_action":
             _cancel_before_paying_again(settings, order_id, intent_id)
-        return _confirm(settings, new_intent_id, payment_method_id)
+        return _keep_the_hold_for(sessions, order_id, _confirm(settings, new_intent_id, payment_method_id))
+
+
+# Intent statuses after a confirmation in which money is taken or on its way (or the buyer is in 3-D
+# Secure now): Stripe's event follows, and until it is stored the expiry sweep knows nothing of it.
+PAYMENT_UNDER_WAY = frozenset({"succeeded", "processing", "requires_capture", "requires_action"})
+# How long such an order's hold is kept from then on, at least: longer than a 3-D Secure dialog and
+# Stripe's webhook delays, and short, since a buyer who leaves 3-D Secure unfinished holds the stock as long.
+PAYMENT_UNDER_WAY_HOLD = timedelta(minutes=10)
+
+
+def _keep_the_hold_for(sessions: sessionmaker[Session], order_id: str, intent: stripe.PaymentIntent):
+    """The intent the pay step confirmed, after its order's hold is made to last PAYMENT_UNDER_WAY_HOLD more
+    when Stripe took (or is taking) the money. The sweep keeps a hold only for a payment whose event is
+    stored: a hold that ran out between Stripe's answer and its event would have been cancelled, its units
+    sold to another buyer, and the buyer charged for them. Under the order's lock, as the sweep decides."""
+    if intent.status not in PAYMENT_UNDER_WAY:
+        return intent
+    with transaction(sessions) as session:
+        order = get_order(session, order_id, for_update=True)
+        if order.status not in PAYABLE:  # paid already (the event came first), or cancelled meanwhile
+            return intent
+        until = utcnow() + PAYMENT_UNDER_WAY_HOLD
+        if _held_until(order) >= until:
+            return intent
+        active = [r for r in order.reservations if r.status is ReservationStatus.ACTIVE]
+        if not active:  # the sweep released them in the last moment: the late event flags the order
+            return intent
+        order.reserved_until = until
+        for reservation in active:
+            reservation.expires_at = until
+        log.info("hold_kept_payment_under_way", order_id=order_id, payment_intent=intent.id,
+                 intent_status=intent.status, reserved_until=until.isoformat())
+    return intent
 
 
 def _cancel_before_paying_again(settings: Settings, order_id: str, intent_id: str) -> None:
@@ -378,12 +412,16 @@ def _not_replaceable(session: Session, order: Order, old_intent_id: str) -> Chec
     return hold_lapsed(order)
 
 
-def hold_lapsed(order: Order) -> CheckoutCancelled | None:
-    """Why the order can no longer be paid for its stock: its hold ran out (None: it holds it)."""
+def _held_until(order: Order) -> datetime:
     held_until = order.reserved_until
-    if held_until.tzinfo is None:  # SQLite hands back naive UTC
-        held_until = held_until.replace(tzinfo=timezone.utc)
-    if held_until <= utcnow() or any(r.status is not ReservationStatus.ACTIVE for r in order.reservations):
+    return held_until.replace(tzinfo=timezone.utc) if held_until.tzinfo is None else held_until  # SQLite: naive UTC
+
+
+def hold_lapsed(order: Order, *, within_seconds: float = 0) -> CheckoutCancelled | None:
+    """Why the order can no longer be paid for its stock: its hold ran out, or runs out within
+    `within_seconds` (a confirmation that may take that long must not outlast it). None: it holds it."""
+    if _held_until(order) <= utcnow() + timedelta(seconds=within_seconds) \
+            or any(r.status is not ReservationStatus.ACTIVE for r in order.reservations):
         return CheckoutCancelled(f"order {order.id} no longer holds its stock", field="order_id")
     return None
 

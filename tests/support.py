@@ -62,17 +62,22 @@ def load_catalog(sessions) -> dict:
 
 def let_the_hold_run_out(sessions, order_id: str) -> None:
     """The order's hold has passed its time (set on its rows, as the expiry sweep would find them)."""
+    hold_ends_in(sessions, order_id, -1)
+
+
+def hold_ends_in(sessions, order_id: str, seconds: float) -> None:
+    """The order's hold ends `seconds` from now (set on its rows, as checkout and the expiry sweep read them)."""
     from datetime import timedelta
 
     from models.base import utcnow
     from models.orders import Order
 
-    past = utcnow() - timedelta(seconds=1)
+    when = utcnow() + timedelta(seconds=seconds)
     with transaction(sessions) as session:
         order = session.get(Order, order_id)
-        order.reserved_until = past
+        order.reserved_until = when
         for reservation in order.reservations:
-            reservation.expires_at = past
+            reservation.expires_at = when
 
 
 def assert_error(response, status: int, code: str | None = None, field: str | None = None) -> dict:
