@@ -234,17 +234,23 @@ def pay(sessions: sessionmaker[Session], settings: Settings, order: Order) -> Or
             raise
         return winner
     except PaymentGatewayError as exc:
-        winner = abandon(sessions, order.id, str(exc))
-        if winner is None:
-            # The message goes to the public client: the SDK's text names Stripe's (or the egress
-            # proxy's) host, port and path, or quotes a masked API key. abandon() logged it.
-            if isinstance(exc, PaymentRefused):
-                raise PaymentProviderRefused("Stripe refused to create the payment; the stock was released",
-                                             exc.reason)
-            raise PaymentProviderUnavailable("could not create the payment with Stripe; the stock was released, "
-                                             "please retry")
-        return winner
+        return _given_up(sessions, order.id, exc)
     return attach(sessions, order.id, intent)
+
+
+def _given_up(sessions: sessionmaker[Session], order_id: str, exc: PaymentGatewayError) -> Order:
+    """Stripe failed to create the order's intent: the order abandoned (502), unless another request
+    attached one meanwhile (its order is the answer)."""
+    winner = abandon(sessions, order_id, str(exc))
+    if winner is None:
+        # The message goes to the public client: the SDK's text names Stripe's (or the egress
+        # proxy's) host, port and path, or quotes a masked API key. abandon() logged it.
+        if isinstance(exc, PaymentRefused):
+            raise PaymentProviderRefused("Stripe refused to create the payment; the stock was released",
+                                         exc.reason) from exc
+        raise PaymentProviderUnavailable("could not create the payment with Stripe; the stock was released, "
+                                         "please retry") from exc
+    return winner
 
 
 def _create_intent(settings: Settings, order: Order, *, replacing: str | None = None) -> stripe.PaymentIntent:
@@ -506,10 +512,26 @@ def replay(sessions: sessionmaker[Session], settings: Settings, order: Order, re
     # there): the order's idempotency key at Stripe gives back the same intent.
     try:
         intent = _create_intent(settings, order)
-    except PaymentGatewayError:
-        raise CheckoutInProgress(f"the checkout for order {order.id} with this Idempotency-Key is still in progress",
-                                 field="Idempotency-Key")
+    except PaymentProviderBusy:
+        raise PaymentProviderBusy(
+            f"the payment provider is slow to answer and this server is waiting on it for as many checkouts as it "
+            f"allows; order {order.id} keeps its stock, please retry with the same Idempotency-Key in a moment"
+        ) from None
+    except PaymentGatewayError as exc:
+        if _first_request_may_still_run(settings, order):
+            # Stripe refuses a second request with a key whose first is still being answered.
+            raise CheckoutInProgress(f"the checkout for order {order.id} with this Idempotency-Key is still in "
+                                     f"progress", field="Idempotency-Key") from exc
+        # The first request died: no one else will release the stock before the hold runs out.
+        return _given_up(sessions, order.id, exc)
     return attach(sessions, order.id, intent)
+
+
+def _first_request_may_still_run(settings: Settings, order: Order) -> bool:
+    """Whether the request that placed the order may still be waiting for Stripe: placed less than its
+    wait for a call slot and its deadline ago (and a few seconds for the clocks and the commit)."""
+    placed = order.created_at.replace(tzinfo=timezone.utc) if order.created_at.tzinfo is None else order.created_at
+    return utcnow() - placed < timedelta(seconds=settings.stripe_deadline_seconds + StripeCallSlots.SLOW_SECONDS + 5)
 
 
 def order_for_key(sessions: sessionmaker[Session], key: str | None) -> Order | None:
