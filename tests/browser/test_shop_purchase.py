@@ -188,7 +188,7 @@ def test_wrong_postal_code_is_shown_next_to_its_field(browser, shop, screenshot)
     add_to_cart(browser, shop, "TEA-01", 1)
     browser.find_element(By.ID, "to-info").click()
     fill_information(browser, postal_code="06-01")
-    error = browser.find_element(By.ID, "postal_code-error")
+    error = wait(browser).until(lambda b: b.find_element(By.ID, "postal_code-error"))  # once the answer has loaded
     assert "123-4567" in error.text
     # Next to its field: inside the same field block, right after the input.
     assert error.find_element(By.XPATH, "preceding-sibling::input").get_attribute("id") == "postal_code"
