@@ -105,17 +105,29 @@ def test_a_payment_counted_while_stripe_makes_the_refund_keeps_the_order_in_revi
     assert sum(r.amount for r in stripe.Refund.list(payment_intent=stray.id).data) == order["total"]
 
 
+def refunded_while_the_worker_handles(client, sessions, checkout, post_event, deliver, localstripe, event_of,
+                                      then=lambda order: None) -> tuple[dict, object, dict]:
+    """A paid order that staff refund; while Stripe's answer to them is held, Stripe's event about the refund
+    (`event_of(refund)`) reaches the worker, and `then` looks at the order. The order, the refund, and
+    what staff's refund_order gave (`decision` or `error`)."""
+    order = paid_order(client, checkout, post_event, deliver)
+    result: dict = {}
+    with while_stripe_answers_the_refund(localstripe, sessions, order["order_id"], result):
+        [made] = stripe.Refund.list(payment_intent=order["payment_intent_id"]).data
+        post_event(event_of(made))
+        deliver()
+        then(order)
+    return order, made, result
+
+
 def test_a_refund_that_fails_at_stripe_while_staff_wait_for_its_answer_leaves_the_order_in_review(
         client, sessions, checkout, post_event, deliver, localstripe):
-    order = paid_order(client, checkout, post_event, deliver)
+    # The card's account is closed: Stripe's refund.failed reaches the worker before its answer to staff.
+    order, made, result = refunded_while_the_worker_handles(
+        client, sessions, checkout, post_event, deliver, localstripe,
+        lambda refund: refund_updated(refund.id, kind="refund.failed", status="failed",
+                                      failure_reason="expired_or_canceled_card"))
     oid = order["order_id"]
-    result: dict = {}
-    with while_stripe_answers_the_refund(localstripe, sessions, oid, result):
-        [made] = stripe.Refund.list(payment_intent=order["payment_intent_id"]).data
-        # The card's account is closed: Stripe's refund.failed reaches the worker before its answer to staff.
-        post_event(refund_updated(made.id, kind="refund.failed", status="failed",
-                                  failure_reason="expired_or_canceled_card"))
-        deliver()
 
     assert isinstance(result.get("error"), RefundPartlyDone), result
     with sessions() as session:
@@ -132,14 +144,14 @@ def test_a_refund_that_fails_at_stripe_while_staff_wait_for_its_answer_leaves_th
 
 def test_a_refund_whose_charge_refunded_the_worker_handles_first_stays_staffs_with_their_reason(
         client, sessions, checkout, post_event, deliver, localstripe):
-    order = paid_order(client, checkout, post_event, deliver)
+    def refunded_by_the_worker(order):
+        assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "refunded"
+
+    # Stripe's charge.refunded, before its answer to staff.
+    order, made, result = refunded_while_the_worker_handles(
+        client, sessions, checkout, post_event, deliver, localstripe,
+        lambda refund: charge_refunded_as_now(refund.charge), then=refunded_by_the_worker)
     oid = order["order_id"]
-    result: dict = {}
-    with while_stripe_answers_the_refund(localstripe, sessions, oid, result):
-        [made] = stripe.Refund.list(payment_intent=order["payment_intent_id"]).data
-        post_event(charge_refunded_as_now(made.charge))  # Stripe's charge.refunded, before its answer to staff
-        deliver()
-        assert client.get(f"/orders/{oid}").get_json()["status"] == "refunded"  # by the worker, meanwhile
 
     decision = result["decision"]
     assert (decision.status_before, decision.status_after) == ("paid", "refunded")
