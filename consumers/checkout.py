@@ -18,7 +18,7 @@ from typing import Iterator
 import stripe
 import structlog
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.payments import (IntentNotConfirmable, PaymentGatewayError, PaymentRefused, cancel_payment_intent,
@@ -30,6 +30,7 @@ from models.db import transaction
 from models.errors import Conflict, DomainError, InvalidInput, OutOfStock, PriceChanged
 from models.events import Topic, enqueue
 from models.history import OrderStatusChange, caused_by, current_cause
+from models.logs import describe_error
 from models.orders import (Order, OrderStatus, ShippingAddress, get_order, hold_payment_intent, place_order,
                            record_payment_intent, release_reservations)
 from models.settings import Settings
@@ -314,21 +315,28 @@ def _keep_the_hold_for(sessions: sessionmaker[Session], order_id: str, intent: s
     sold to another buyer, and the buyer charged for them. Under the order's lock, as the sweep decides."""
     if intent.status not in PAYMENT_UNDER_WAY:
         return intent
-    with transaction(sessions) as session:
-        order = get_order(session, order_id, for_update=True)
-        if order.status not in PAYABLE:  # paid already (the event came first), or cancelled meanwhile
-            return intent
-        until = utcnow() + PAYMENT_UNDER_WAY_HOLD
-        if _held_until(order) >= until:
-            return intent
-        active = [r for r in order.reservations if r.status is ReservationStatus.ACTIVE]
-        if not active:  # the sweep released them in the last moment: the late event flags the order
-            return intent
-        order.reserved_until = until
-        for reservation in active:
-            reservation.expires_at = until
-        log.info("hold_kept_payment_under_way", order_id=order_id, payment_intent=intent.id,
-                 intent_status=intent.status, reserved_until=until.isoformat())
+    try:
+        with transaction(sessions) as session:
+            order = get_order(session, order_id, for_update=True)
+            if order.status not in PAYABLE:  # paid already (the event came first), or cancelled meanwhile
+                return intent
+            until = utcnow() + PAYMENT_UNDER_WAY_HOLD
+            if _held_until(order) >= until:
+                return intent
+            active = [r for r in order.reservations if r.status is ReservationStatus.ACTIVE]
+            if not active:  # the sweep released them in the last moment: the late event flags the order
+                return intent
+            order.reserved_until = until
+            for reservation in active:
+                reservation.expires_at = until
+    except SQLAlchemyError as exc:
+        # The card is charged whatever our database says now: the buyer is told so (the pay step's answer),
+        # and a hold that runs out before Stripe's event is what the late event flags for staff.
+        log.error("hold_not_kept_payment_under_way", order_id=order_id, payment_intent=intent.id,
+                  error=describe_error(exc))
+        return intent
+    log.info("hold_kept_payment_under_way", order_id=order_id, payment_intent=intent.id,
+             intent_status=intent.status, reserved_until=until.isoformat())
     return intent
 
 

@@ -73,3 +73,29 @@ def test_pay_within_the_confirmations_deadline_of_the_holds_end_is_refused_befor
     with pytest.raises(CheckoutCancelled, match="no longer holds its stock"):
         confirm_payment(sessions, settings, placed["order_id"], create_card_payment_method(VISA))
     assert stripe.PaymentIntent.retrieve(placed["payment_intent_id"]).status == "requires_payment_method"
+
+
+def test_a_database_that_refuses_the_longer_hold_still_gives_the_buyer_stripes_answer(
+        client, sessions, settings, checkout, database_url):
+    """The card is charged whatever the database does next: the pay step answers Stripe's `succeeded`, and
+    the hold not kept is logged (a hold that then runs out before the event is what the late event flags)."""
+    from sqlalchemy import text
+
+    from tests.support import rendered_logs
+
+    placed = checkout([("CUP-01", 1)])
+    hold_ends_in(sessions, placed["order_id"], 60)  # shorter than the hold a payment under way is given
+    engine = sessions.kw["bind"]
+    with engine.begin() as connection:  # fault injection: every later change to a hold is refused
+        if database_url.startswith("sqlite"):
+            connection.execute(text("CREATE TRIGGER refuse_holds BEFORE UPDATE ON reservations "
+                                    "BEGIN SELECT RAISE(ABORT, 'holds refused'); END"))
+        else:
+            connection.execute(text("CREATE FUNCTION refuse_holds() RETURNS trigger AS $$ BEGIN "
+                                    "RAISE EXCEPTION 'holds refused'; END $$ LANGUAGE plpgsql"))
+            connection.execute(text("CREATE TRIGGER refuse_holds BEFORE UPDATE ON reservations FOR EACH ROW "
+                                    "EXECUTE FUNCTION refuse_holds()"))
+    with rendered_logs() as lines:
+        intent = confirm_payment(sessions, settings, placed["order_id"], create_card_payment_method(VISA))
+    assert intent.status == "succeeded"
+    assert any("hold_not_kept_payment_under_way" in line and "holds refused" in line for line in lines), lines
