@@ -290,7 +290,9 @@ def events_since(created_gte: int) -> Iterator[dict]:
     """
     try:
         for event in stripe.Event.list(created={"gte": created_gte}, limit=100).auto_paging_iter():
-            yield event.to_dict()
+            # for_json: decimal strings (a Billing object's `unit_amount_decimal`, say) stay strings, not
+            # Decimal, which json.dumps cannot write: one plan or price event would stop every run there.
+            yield event.to_dict(for_json=True)
     except stripe.StripeError as exc:
         raise PaymentGatewayError(_describe(exc)) from exc
 

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
+import stripe
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
@@ -38,6 +40,26 @@ def test_a_payment_whose_webhook_never_arrived_is_found_stored_once_and_pays_the
     assert client.get(f"/orders/{order['order_id']}").get_json()["status"] == "paid"
     with sessions() as session:
         assert session.get(InboxEvent, ours.id).status.value == "processed"
+
+
+def test_an_event_of_a_billing_object_with_decimal_strings_does_not_stop_reconcile(settings, sessions, checkout):
+    """A Billing object (a plan, a price, an invoice line) carries decimal strings (`unit_amount_decimal`):
+    its event, of a type this service does not handle, is stored like any other, and so is every later one."""
+    plan = stripe.Plan.create(currency="jpy", interval="month", product={"name": "Tea club"},
+                              billing_scheme="tiered", tiers_mode="volume",
+                              tiers=[{"up_to": "inf", "unit_amount": 1200, "unit_amount_decimal": "1200"}])
+    time.sleep(1.1)  # the payment's events a second later: reconcile stores them oldest first
+    order = checkout([("TEA-01", 1)])
+    assert confirm_card(order["payment_intent_id"], "4242424242424242") == "succeeded"
+
+    result = _run(settings, "--since", "1h")
+    assert result.exit_code == 0, (result.output, result.exception)
+    with sessions() as session:
+        stored = session.scalars(select(InboxEvent).where(InboxEvent.type == "plan.created",
+                                                          InboxEvent.object_id == plan.id)).one()
+        assert stored.status.value == "ignored" and '"unit_amount_decimal": "1200"' in stored.payload
+        assert session.scalars(select(InboxEvent).where(InboxEvent.object_id == order["payment_intent_id"],
+                                                        InboxEvent.type == "payment_intent.succeeded")).one()
 
 
 @pytest.mark.parametrize("text, seconds", [("3d", 259200), ("12h", 43200), ("30m", 1800), ("90s", 90)])
