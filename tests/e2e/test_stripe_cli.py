@@ -77,3 +77,19 @@ def test_stripe_fixtures_pays_a_real_checkout(cluster, localstripe, stripe_cli):
     paid = cluster.wait_for_order(order["order_id"], {"paid"})
     assert paid["shipment"]["status"] == "pending"
     assert cluster.stock("TEA-01")["on_hand"] == before["on_hand"] - 1
+
+
+def test_stripe_fixtures_with_the_declining_card_docs_name_declines_and_the_order_stays_unpaid(
+        cluster, localstripe, stripe_cli):
+    """docs/stripe-cli.md's offline "declined card": localstripe declines pm_card_chargeCustomerFail on
+    confirmation (its pm_card_visa_chargeDeclined only once attached to a customer, which the fixture is not)."""
+    order = cluster.checkout([("TEA-01", 1)])
+    assert order["status"] == 201, order
+    result = subprocess.run(
+        [str(stripe_cli), "fixtures", str(PAY_CHECKOUT), "--api-key", CLI_KEY, "--api-base", localstripe.base],
+        env={**os.environ, "STRIPE_CLI_TELEMETRY_OPTOUT": "1", "PAYMENT_INTENT_ID": order["payment_intent_id"],
+             "PAYMENT_METHOD": "pm_card_chargeCustomerFail"},
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode != 0 and "402" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert stripe.PaymentIntent.retrieve(order["payment_intent_id"]).status == "requires_payment_method"
+    assert cluster.wait_for_order(order["order_id"], {"pending_payment", "payment_failed"})["status"] != "paid"
