@@ -22,7 +22,7 @@ from consumers.alerts import deliver_alert
 from consumers.handlers import Outcome
 from consumers.handlers.payment_intents import fulfil_paid_order
 from consumers.payments import PaymentGatewayError, find_refunds, refund_payment, retrieve_payment_intent
-from consumers.processing import record_failed_run, run_event
+from consumers.processing import StripeRecordNeeded, handler_context, record_failed_run, run_event
 from models.db import retrying_conflicts, transaction
 from models.errors import Conflict, DomainError, NotFound
 from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic, enqueue
@@ -238,38 +238,50 @@ def _failed_replay(factory: sessionmaker[Session], event_id: str, exc: Exception
 
 def _replay(factory: sessionmaker[Session], settings: Settings, event_id: str, *, actor: str,
             note: str | None) -> Outcome:
-    with caused_by(f"staff {actor}: replay"), transaction(factory) as session:
-        messages = list(session.scalars(
-            select(OutboxMessage).join(InboxEvent, OutboxMessage.inbox_event_id == InboxEvent.id)
-            .where(InboxEvent.event_id == event_id).order_by(OutboxMessage.id).with_for_update(of=OutboxMessage)))
-        event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)
-                                .with_for_update()).one_or_none()
-        if event is None:
-            raise NotFound(f"no stored event {event_id}")
-        order = _order_of(session, event, lock=True)
-        before = _status(order)
-        target = f"event {event_id}"
-        if event.status is EventStatus.RESOLVED:
-            closed = next((m for m in messages if m.status is OutboxStatus.RESOLVED), None)
-            reason = (f"event {event_id} is resolved (note: {closed.resolution_note if closed else 'none'}); "
-                      f"reopen it first: shop dlq reopen {closed.id if closed else '?'} --note TEXT")
-            _audit(session, actor=actor, action="replay", target=target, order=order, before=before, note=note,
-                   detail=f"refused: {reason}")
-            refusal = EventResolved(reason)
-        else:
-            refusal = None
-            outcome = run_event(session, event, settings, runner=f"replay by {actor}")
-            for message in messages:
-                if message.status not in (OutboxStatus.DONE, OutboxStatus.RESOLVED):
-                    message.mark_done()
-            if order is None and outcome.order_id:
-                order = session.get(Order, outcome.order_id)
-            if order is not None:
-                # A payment staff reopened and applied now counts for the order: a dispute on its intent
-                # lost meanwhile (recorded, but not counted while the payment was not) comes off it now.
-                settle_chargebacks(session, order)
-            _audit(session, actor=actor, action="replay", target=target, order=order, before=before, note=note,
-                   detail=f"{outcome.status.value}: {outcome.reason}")
+    # Stripe's records a handler needs are fetched with no transaction open, as the worker does: a slow
+    # Stripe must not hold the order's lock, or SQLite's one write lock (every webhook would wait on it).
+    fetched: dict[tuple[str, str], object] = {}
+    while True:
+        try:
+            with caused_by(f"staff {actor}: replay"), transaction(factory) as session:
+                messages = list(session.scalars(
+                    select(OutboxMessage).join(InboxEvent, OutboxMessage.inbox_event_id == InboxEvent.id)
+                    .where(InboxEvent.event_id == event_id).order_by(OutboxMessage.id)
+                    .with_for_update(of=OutboxMessage)))
+                event = session.scalars(select(InboxEvent).where(InboxEvent.event_id == event_id)
+                                        .with_for_update()).one_or_none()
+                if event is None:
+                    raise NotFound(f"no stored event {event_id}")
+                order = _order_of(session, event, lock=True)
+                before = _status(order)
+                target = f"event {event_id}"
+                if event.status is EventStatus.RESOLVED:
+                    closed = next((m for m in messages if m.status is OutboxStatus.RESOLVED), None)
+                    reason = (f"event {event_id} is resolved (note: {closed.resolution_note if closed else 'none'}); "
+                              f"reopen it first: shop dlq reopen {closed.id if closed else '?'} --note TEXT")
+                    _audit(session, actor=actor, action="replay", target=target, order=order, before=before, note=note,
+                           detail=f"refused: {reason}")
+                    refusal = EventResolved(reason)
+                else:
+                    refusal = None
+                    outcome = run_event(session, event, settings, runner=f"replay by {actor}",
+                                        context=handler_context(settings, fetched))
+                    for message in messages:
+                        if message.status not in (OutboxStatus.DONE, OutboxStatus.RESOLVED):
+                            message.mark_done()
+                    if order is None and outcome.order_id:
+                        order = session.get(Order, outcome.order_id)
+                    if order is not None:
+                        # A payment staff reopened and applied now counts for the order: a dispute on its intent
+                        # lost meanwhile (recorded, but not counted while the payment was not) comes off it now.
+                        settle_chargebacks(session, order)
+                    _audit(session, actor=actor, action="replay", target=target, order=order, before=before, note=note,
+                           detail=f"{outcome.status.value}: {outcome.reason}")
+            break
+        except StripeRecordNeeded as need:
+            if need.key in fetched:
+                raise
+            fetched[need.key] = need.fetch()  # rolled back; Stripe asked with no lock held
     if refusal is not None:
         raise refusal
     if outcome.alert_id is not None:
