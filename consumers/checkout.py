@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Iterator
 
 import stripe
@@ -321,7 +321,7 @@ def _keep_the_hold_for(sessions: sessionmaker[Session], order_id: str, intent: s
             if order.status not in PAYABLE:  # paid already (the event came first), or cancelled meanwhile
                 return intent
             until = utcnow() + PAYMENT_UNDER_WAY_HOLD
-            if _held_until(order) >= until:
+            if order.reserved_until >= until:
                 return intent
             active = [r for r in order.reservations if r.status is ReservationStatus.ACTIVE]
             if not active:  # the sweep released them in the last moment: the late event flags the order
@@ -426,15 +426,10 @@ def _not_replaceable(session: Session, order: Order, old_intent_id: str) -> Chec
     return hold_lapsed(order)
 
 
-def _held_until(order: Order) -> datetime:
-    held_until = order.reserved_until
-    return held_until.replace(tzinfo=timezone.utc) if held_until.tzinfo is None else held_until  # SQLite: naive UTC
-
-
 def hold_lapsed(order: Order, *, within_seconds: float = 0) -> CheckoutCancelled | None:
     """Why the order can no longer be paid for its stock: its hold ran out, or runs out within
     `within_seconds` (a confirmation that may take that long must not outlast it). None: it holds it."""
-    if _held_until(order) <= utcnow() + timedelta(seconds=within_seconds) \
+    if order.reserved_until <= utcnow() + timedelta(seconds=within_seconds) \
             or any(r.status is not ReservationStatus.ACTIVE for r in order.reservations):
         return CheckoutCancelled(f"order {order.id} no longer holds its stock", field="order_id")
     return None
@@ -538,8 +533,7 @@ def replay(sessions: sessionmaker[Session], settings: Settings, order: Order, re
 def _first_request_may_still_run(settings: Settings, order: Order) -> bool:
     """Whether the request that placed the order may still be waiting for Stripe: placed less than its
     wait for a call slot and its deadline ago (and a few seconds for the clocks and the commit)."""
-    placed = order.created_at.replace(tzinfo=timezone.utc) if order.created_at.tzinfo is None else order.created_at
-    return utcnow() - placed < timedelta(seconds=settings.stripe_deadline_seconds + StripeCallSlots.SLOW_SECONDS + 5)
+    return utcnow() - order.created_at < timedelta(seconds=settings.stripe_deadline_seconds + StripeCallSlots.SLOW_SECONDS + 5)
 
 
 def order_for_key(sessions: sessionmaker[Session], key: str | None) -> Order | None:
