@@ -29,11 +29,15 @@ _CLIENT_SECRET = re.compile(r"\b((?:pi|seti)_[A-Za-z0-9]+)_secret_[A-Za-z0-9]+")
 # A bearer credential: `Authorization: Bearer ...`, an order's `?token=` or `access_token` field.
 _BEARER = re.compile(r"\b(Bearer\s+)[A-Za-z0-9._~+/=-]+")
 _TOKEN_FIELD = re.compile(r"(?<![A-Za-z0-9])((?:access_)?token[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9_-]{8,}")
+# Stripe's secret and restricted API keys and a webhook endpoint's signing secret, wherever they turn up
+# (a settings error quoting a value, a driver's or a library's message): the prefix stays, to say which.
+_STRIPE_SECRET = re.compile(r"\b((?:sk|rk)_(?:live|test)_|whsec_)[A-Za-z0-9]+")
 
 
 def redact(text: str) -> str:
     """Text fit for a log line, an error column or an alert: e-mail addresses, URL passwords, client
-    secrets and bearer tokens masked, and neither a refused row nor a statement's bound values shown.
+    secrets, bearer tokens and Stripe's API keys and webhook secrets masked, and neither a refused row
+    nor a statement's bound values shown.
 
     Errors from SMTP (SMTPRecipientsRefused) and drivers quote the address they choked on; a database
     error quotes the row and the values it refused (models.db hides the values; the row is said here).
@@ -47,6 +51,8 @@ def redact(text: str) -> str:
         text = _CLIENT_SECRET.sub(r"\1 <client secret hidden>", text)
     if "oken" in text or "Bearer" in text:
         text = _TOKEN_FIELD.sub(r"\1<token>", _BEARER.sub(r"\1<token>", text))
+    if "k_live_" in text or "k_test_" in text or "whsec_" in text:
+        text = _STRIPE_SECRET.sub(r"\1<hidden>", text)
     if "@" in text:
         text = _EMAIL.sub("<email>", _URL_CREDENTIALS.sub("<credentials>@", text))
     return text
@@ -64,12 +70,13 @@ def _redacted(value):
 
 def redact_event_dict(_logger, _method_name: str, event_dict: dict) -> dict:
     """Last line of defence, after every other processor but the renderer: no field, traceback
-    included, carries an e-mail address, a URL's password, a client secret, a bearer token, a refused
-    row or a statement's bound values to a log line, whoever logged it (`redact`)."""
+    included, carries an e-mail address, a URL's password, a client secret, a bearer token, a Stripe
+    API key or webhook secret, a refused row or a statement's bound values to a log line, whoever logged it (`redact`)."""
     for key, value in event_dict.items():
         if type(value) is str:  # the common case, kept cheap: most fields hold none of redact's words
             if ("@" in value or "oken" in value or "_secret_" in value or "Bearer" in value
-                    or "Failing row" in value or "parameters" in value):
+                    or "Failing row" in value or "parameters" in value
+                    or "k_live_" in value or "k_test_" in value or "whsec_" in value):
                 event_dict[key] = redact(value)
         elif isinstance(value, (dict, list, tuple)):
             event_dict[key] = _redacted(value)

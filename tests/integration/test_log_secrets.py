@@ -129,7 +129,10 @@ def test_an_engines_errors_keep_the_key_that_clashed_but_not_the_values_bound(da
      ("Zq3-x_9aBcDeFgHiJk", "sk_live_abcdefgh12345678"), ("?token=<token>&lang=ja", "Bearer <token>")),
     ("{'access_token': 'Zq3-x_9aBcDeFgHiJk', 'order_id': 'ord_1'}",
      ("Zq3-x_9aBcDeFgHiJk",), ("'access_token': '<token>'", "'order_id': 'ord_1'")),
-], ids=["postgresql-error-text", "client-secrets", "bearer-and-link-token", "access-token-field"])
+    ("STRIPE_API_KEY sk_live_51AbCdEf9 is refused; restricted rk_test_4eC39Hq, endpoint secret whsec_Zx81Qp (pk_test_K3y)",
+     ("sk_live_51AbCdEf9", "rk_test_4eC39Hq", "whsec_Zx81Qp"),
+     ("STRIPE_API_KEY sk_live_<hidden> is refused", "rk_test_<hidden>", "whsec_<hidden>", "(pk_test_K3y)")),
+], ids=["postgresql-error-text", "client-secrets", "bearer-and-link-token", "access-token-field", "stripe-keys"])
 def test_a_rendered_line_masks_secrets_and_refused_rows_and_keeps_the_rest(line, hidden, kept):
     configure_logging("json")
     with rendered_logs() as lines:
