@@ -62,34 +62,58 @@ def _expect(step: str, method: str, url: str, wanted: int, body: dict | None = N
     return answer
 
 
+class StripeRefusedStep(Exception):
+    """Stripe answered a step of the confirm with a refusal, or could not be reached: which step, and
+    the gateway's error (`consumers.payments`)."""
+
+    def __init__(self, step: str, error: PaymentGatewayError):
+        super().__init__(f"{step}: {error}")
+        self.step, self.error = step, error
+
+
 def confirm_with_card(payment_intent_id: str, card: str) -> str:
     """What Stripe.js does: make a PaymentMethod of the card, attach it, confirm. Returns the intent's
-    status (or the decline). Through the service's own Stripe client (`consumers.payments`): the
-    same API base, deadlines and error translation as checkout's confirm."""
+    status (or the decline); StripeRefusedStep says which step Stripe refused. Through the service's own
+    Stripe client (`consumers.payments`): the same API base, deadlines and error translation as
+    checkout's confirm."""
+    shown = f"{card[:4]}…{card[-4:]}"
     try:
-        method_id = create_card_payment_method(card)
-        return confirm_payment_intent(payment_intent_id=payment_intent_id, payment_method_id=method_id).status
+        method_id = _step(f"refused to make a PaymentMethod of card {shown}", create_card_payment_method, card)
+        return _step(f"refused to confirm {payment_intent_id} with card {shown}", confirm_payment_intent,
+                     payment_intent_id=payment_intent_id, payment_method_id=method_id).status
     except CardDeclined as exc:
         return f"declined: {exc.message}"
 
 
-def _confirm(payment_intent_id: str, card: str, shown: str, api_base: str) -> str:
+def _step(step: str, call, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except CardDeclined:
+        raise
+    except PaymentGatewayError as exc:
+        raise StripeRefusedStep(step, exc) from exc
+
+
+def _confirm(payment_intent_id: str, card: str, api_base: str) -> str:
     try:
         return confirm_with_card(payment_intent_id, card)
-    except PaymentGatewayError as exc:
+    except StripeRefusedStep as refused:
+        exc = refused.error
         cause = _root_cause(exc)
         if not isinstance(exc, PaymentRefused) and isinstance(cause, OSError):  # refused, timed out, no such host
             reason = _one_line(cause.strerror or str(cause))
             raise click.ClickException(
                 f"4. confirm failed: could not reach Stripe at {api_base} ({reason}); "
                 f"is localstripe running, and is STRIPE_API_BASE its address?") from exc
-        # Stripe answered: the card refused when it was made (a bad number), a bad key, an intent
-        # that cannot be confirmed, …
-        status = getattr(exc.__cause__, "http_status", None)
-        answered = f"answered {status}: " if status else ""
+        # Stripe answered: a bad card number, a bad key, an intent that cannot be confirmed, … in Stripe's
+        # own words (its message), not the SDK's class name.
+        stripe_error = exc.__cause__
+        status = getattr(stripe_error, "http_status", None)
+        said = _one_line(getattr(stripe_error, "user_message", None) or str(stripe_error or exc))
         raise click.ClickException(
-            f"4. confirm failed: Stripe at {api_base} refused card {shown}, {answered}"
-            f"{_one_line(str(exc))} (check --card and STRIPE_API_KEY)") from exc
+            f"4. confirm failed: Stripe at {api_base} {refused.step}"
+            f"{f' ({status}: {said})' if status else f': {said}'}; check --card (a test card such as "
+            f"4242424242424242) and STRIPE_API_KEY") from exc
 
 
 def _one_line(text: str | None) -> str:
@@ -132,7 +156,7 @@ def run_demo(base: str, settings: Settings, *, card: str, timeout: float, echo) 
          f"{checkout['shipping_fee']} = {checkout['total']}; PaymentIntent {checkout['payment_intent_id']}, "
          f"stock reserved until {checkout['reserved_until']}")
     shown = f"{card[:4]}…{card[-4:]}"
-    confirmed = _confirm(checkout["payment_intent_id"], card, shown, settings.stripe_api_base or STRIPE_ITSELF)
+    confirmed = _confirm(checkout["payment_intent_id"], card, settings.stripe_api_base or STRIPE_ITSELF)
     echo(f"4. confirm   card {shown}: {confirmed}")
     if confirmed in ("requires_action", "requires_source_action"):
         raise click.ClickException(f"4. confirm: card {shown} asks for 3-D Secure, which only a browser can "
