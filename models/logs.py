@@ -8,7 +8,12 @@ import sys
 import structlog
 
 
-_EMAIL = re.compile(r"[\w.!#$%&*+/=?^~-]+@[\w-]+(?:\.[\w-]+)+")
+# An e-mail address as checkout takes one (anything without a space around an @, with a dot after it), as a
+# server or a library quotes it: a quoted local part, a domain literal ([192.0.2.7]), characters such as
+# `'`, `}` or `|` in it. A quote, brace or bracket that opens the quoted text ({'…': in a dict's repr) is
+# kept when it is first; the rest goes.
+_EMAIL = re.compile(r"(?P<open>[{'`]*)(?:\"[^\"\n]*\"|[^\s<>()\[\]\",;:@]+)"
+                    r"@(?:\[[^\]\s]*\]|[^\s<>()\[\]\",;:@'`/]+\.[^\s<>()\[\]\",;:@'`/]+)")
 # The user:password of a URL (a broker or database URL quoted by a driver's error).
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^\s/@:]+:[^\s/@]*@")
 # PostgreSQL's DETAIL of a refused row quotes the whole row: an order's address and access token, a
@@ -54,7 +59,7 @@ def redact(text: str) -> str:
     if "k_live_" in text or "k_test_" in text or "whsec_" in text:
         text = _STRIPE_SECRET.sub(r"\1<hidden>", text)
     if "@" in text:
-        text = _EMAIL.sub("<email>", _URL_CREDENTIALS.sub("<credentials>@", text))
+        text = _EMAIL.sub(r"\g<open><email>", _URL_CREDENTIALS.sub("<credentials>@", text))
     return text
 
 

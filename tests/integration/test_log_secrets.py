@@ -132,7 +132,11 @@ def test_an_engines_errors_keep_the_key_that_clashed_but_not_the_values_bound(da
     ("STRIPE_API_KEY sk_live_51AbCdEf9 is refused; restricted rk_test_4eC39Hq, endpoint secret whsec_Zx81Qp (pk_test_K3y)",
      ("sk_live_51AbCdEf9", "rk_test_4eC39Hq", "whsec_Zx81Qp"),
      ("STRIPE_API_KEY sk_live_<hidden> is refused", "rk_test_<hidden>", "whsec_<hidden>", "(pk_test_K3y)")),
-], ids=["postgresql-error-text", "client-secrets", "bearer-and-link-token", "access-token-field", "stripe-keys"])
+    ("recipient refused: o'brien@example.jp, {'taro}@[192.0.2.7]': (550, b'<taro}@[192.0.2.7]> unknown')}",
+     ("o'", "brien", "taro", "192.0.2.7"),
+     ("recipient refused: <email>, {'<email>': (550, b'<<email>> unknown')}",)),
+], ids=["postgresql-error-text", "client-secrets", "bearer-and-link-token", "access-token-field", "stripe-keys",
+        "unusual-addresses"])
 def test_a_rendered_line_masks_secrets_and_refused_rows_and_keeps_the_rest(line, hidden, kept):
     configure_logging("json")
     with rendered_logs() as lines:
