@@ -67,17 +67,18 @@ def test_a_card_number_split_by_several_spaces_line_breaks_dots_or_slashes_is_ma
 
 
 def test_a_card_number_after_other_numbers_is_masked_and_they_stay():
-    """A card starts and ends at a group's edge: the block number before it and the expiry after it are
-    not taken into it (the run's 19 or more digits together fail Luhn)."""
+    """A card starts and ends at a group's edge: the block number before it and the postal code after it
+    are not taken into it (the run's 19 or more digits together fail Luhn)."""
     assert scrub_text("北1条西2-1-1 4242424242424242") == "北1条西2-1-1 [card number ••••4242]"
     assert scrub_text("Room 12 4242 4242 4242 4242 Sapporo") == "Room 12 [card number ••••4242] Sapporo"
-    assert scrub_text("4242424242424242 12/28") == "[card number ••••4242] 12/28"
+    assert scrub_text("4242424242424242 060-0001") == "[card number ••••4242] 060-0001"
 
 
 def test_ids_with_a_card_like_run_of_digits_stay_readable():
-    """Staff search by Stripe's ids and ours: digits inside one are never taken for a card."""
-    for text in ("pi_4242424242424242", "evt_4242424242424242", "ord_4242424242424242", "cus_Ab4242424242424242Z",
-                 "seti_x4242424242424242", "req_4242424242424242"):
+    """Staff search by Stripe's ids and ours: digits inside one (among a Stripe token's letters, or an id of
+    ours whose 16 hex digits are all digits) are never taken for a card."""
+    for text in ("pi_3Mtw4242424242424242", "evt_1N4242424242424242xY", "ord_4242424242424242",
+                 "cus_Ab4242424242424242Z", "seti_x4242424242424242", "req_4242424242424242"):
         assert scrub_text(f"see {text} here") == f"see {text} here"
     assert scrub_text("pi_1 4242 4242 4242 4242") == "pi_1 [card number ••••4242]"
 

@@ -1,6 +1,7 @@
-"""What the console never shows: customers' contact details inside payloads, card numbers,
-client secrets and API or webhook secrets, wherever they turn up (a payload, an error, a note), and
-an order's access token (a link holding it opens the buyer's details to anyone who has it).
+"""What the console never shows: customers' contact details inside payloads, card numbers (and an
+expiry or security code typed right after one), client secrets and API or webhook secrets, wherever they
+turn up (a payload, an error, a note), and an order's access token (a link holding it opens the buyer's
+details to anyone who has it).
 """
 from __future__ import annotations
 
@@ -27,15 +28,22 @@ _TOKEN_IN_LINK = re.compile(r"([?&](?:access_)?token=)[^&#\s\"'<>]+")
 # A client secret (`pi_…_secret_…`, `seti_…_secret_…`) and Stripe's key and webhook-secret prefixes.
 _SECRET = re.compile(r"\b(?:[a-z]+_[A-Za-z0-9]+_secret_[A-Za-z0-9]+|whsec_[A-Za-z0-9]+|"
                      r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_]+)")
-# A card number as people type it: 13 to 19 digits, whole or in groups. Between groups, up to three
+# A card number as people type it: 13 to 19 digits, whole or in groups. Between groups, up to six
 # separators: spaces (the ideographic space and line breaks too), dots, slashes, dashes (full-width and
-# other dashes, the long-vowel mark a Japanese input method types). Any Unicode digit counts, so
-# full-width ４２４２ is found as 4242 (what NFKC would make of it) without rewriting the page around it.
+# other dashes, the long-vowel mark a Japanese input method types). Six covers what typing puts between two
+# groups ("4242    4242", "4242  -  4242", a line break with a few spaces of indent); a wider gap is layout
+# (aligned columns), and numbers with anything else between them (a letter, a comma, a colon, a bracket,
+# a tag) never join at any distance. Any Unicode digit counts, so full-width ４２４２ is found as 4242 (what
+# NFKC would make of it) without rewriting the page around it.
 # Its edges are any character but a digit: a number glued to Japanese text ("カード番号4242…") or to a
 # word ("Room4242…") is still found. The run's lookahead skips, without a Python call, every number on a
-# page that has fewer than 13 digits.
+# page that has fewer than 13 digits; it looks at most 13 groups of six separators ahead of a digit, and
+# the run itself never backtracks more than six characters, so a page costs time in proportion to its
+# length whatever it holds.
 _SEPARATOR = r"[ \t\r\n\u00a0\u3000./\uff0e\uff0f\-\u2010-\u2015\u2212\uff0d\u30fc]"
-_DIGIT_RUN = re.compile(rf"(?<!\d)(?=(?:\d{_SEPARATOR}{{0,3}}){{13}})\d+(?:{_SEPARATOR}{{1,3}}\d+)*")
+_MOST_SEPARATORS = 6
+_DIGIT_RUN = re.compile(rf"(?<!\d)(?=(?:\d{_SEPARATOR}{{0,{_MOST_SEPARATORS}}}){{13}})\d+"
+                        rf"(?:{_SEPARATOR}{{1,{_MOST_SEPARATORS}}}\d+)*")
 _DIGIT_GROUP = re.compile(r"\d+")
 # People group a card's digits by 4 (Amex 4-6-5, Diners 4-6-4); a longer group among others is not a
 # card typed in groups but numbers side by side (a timestamp's seconds and fraction, 1764331000.123456).
@@ -44,16 +52,30 @@ _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # a digit doubled, its two digits sum
 # Stripe's ids are at most 255 characters: looking no further keeps a hostile page of digits glued to
 # letters from costing a walk over the whole page for each number.
 _LONGEST_ID = 255
-_ID_BEFORE = re.compile(r"[A-Za-z0-9_]*\Z")
-_ID_AFTER = re.compile(r"[A-Za-z0-9_]*")
+_ID_CHARACTERS = re.compile(r"[A-Za-z0-9_]*")
+# An id is lowercase words each ended by `_` (pi_, evt_, sub_sched_), then a token. Stripe's token is random
+# base62 (pi_3MtwBwLkdIwHu7ix28a3tqPa): digits inside one sit among letters. Ours (models.base.new_id) are 16
+# hex digits, all of them digits for about one order in 1,800, so our prefixes are known by name.
+_ID_PREFIX = re.compile(r"(?:[a-z]+_)+")
+_LETTER = re.compile(r"[A-Za-z]")
+_OWN_ID_PREFIXES = frozenset({"ord_", "cart_", "shp_", "req_"})
+_OWN_ID_TOKEN = re.compile(r"[0-9a-f]{16}")
 
 
 def _in_identifier(text: str, start: int, end: int) -> bool:
-    """Digits inside an id like pi_3Mtw…, evt_…, ord_… (an ASCII word with an underscore): staff search
-    by these, so they stay readable."""
-    before = _ID_BEFORE.search(text, max(0, start - _LONGEST_ID), start).group()
-    after = _ID_AFTER.match(text, end, end + _LONGEST_ID).group()
-    return "_" in before or "_" in after
+    """Digits inside an id like pi_3Mtw…, evt_1N…, ord_… (staff search by these, so they stay readable),
+    but not a card number glued to a word by `_` ("card_4242…", "4242…_exp"): there the token after the
+    prefix is the card's digits alone."""
+    # The word before is read backwards: a search for it forwards would try each of the 255 places.
+    window = text[max(0, start - _LONGEST_ID):start][::-1]
+    before = _ID_CHARACTERS.match(window).group()[::-1]
+    after = _ID_CHARACTERS.match(text, end, end + _LONGEST_ID).group()
+    prefix, underscore, token_start = before.rpartition("_")
+    prefix += underscore
+    if not _ID_PREFIX.fullmatch(prefix):
+        return False
+    token = token_start + text[start:end] + after.partition("_")[0]
+    return bool(_LETTER.search(token)) or (prefix in _OWN_ID_PREFIXES and bool(_OWN_ID_TOKEN.fullmatch(token)))
 
 
 def _card_spans(groups: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
@@ -107,9 +129,55 @@ def _mask_cards(match: re.Match) -> str:
     return "".join(pieces) + run[done:]
 
 
+# What a customer types after a card number: its expiry (MM/YY, MM/YYYY, MM-YY) and security code, bare or
+# after a label ("exp 12/34 cvc 123", "有効期限12/34 セキュリティコード123"). Looked for only within a few words after
+# a masked card: the same digits elsewhere (a postal code, a room number, an amount, a date) are an
+# address's own. The window ends at a tag ("<": a customer's own is escaped), so on a page it never reaches
+# the next field; a value glued to more digits (060-0001, 2026/11/28, 123.45) or to a word (305号室, 3100円)
+# is not one.
+_MASKED_CARD = re.compile(r"\[card number ••••\d{4}\]")
+_DETAILS_WINDOW = 40
+_WIDE_DIGIT = "[0-9\uff10-\uff19]"
+_DETAIL_LABEL = (r"(?:exp(?:ir(?:y|es|ation))?(?:[ \t]?date)?|valid[ \t]?(?:thru|through|until)|good[ \t]?thru"
+                 r"|cvc2?|cvv2?|cid|csc|security[ \t]?code|card[ \t]?code"
+                 r"|有効期限|期限|セキュリティー?コード|確認コード|確認番号)")
+_DETAIL_GAP = r"[ \t\r\n\u00a0\u3000,;:.=|()/\-\uff1a\u3001\u3002\uff1d\uff08\uff09\uff0f\uff0d]"
+_DATE_SEPARATOR = "[/\\-\uff0f\uff0d]"
+_DETAIL_END = rf"(?!{_WIDE_DIGIT}|[/\-.\uff0e\uff0f\uff0d]{_WIDE_DIGIT})(?=\Z|\W|{_DETAIL_LABEL})"
+_DETAIL = re.compile(
+    rf"(?:{_DETAIL_GAP}|{_DETAIL_LABEL}){{0,{_DETAILS_WINDOW}}}"
+    rf"(?:(?P<expiry>(?:[0\uff10]?[1-9\uff11-\uff19]|[1\uff11][0-2\uff10-\uff12]){_DATE_SEPARATOR}"
+    rf"{_WIDE_DIGIT}{{2}}(?:{_WIDE_DIGIT}{{2}})?)|(?P<code>{_WIDE_DIGIT}{{3,4}})){_DETAIL_END}", re.I)
+# A card typed in groups whose digits and a one-digit month pass Luhn together ("4242 4242 4242 0034 1/35")
+# is masked with the month (a card's longest span is taken): the year is left glued to the mask.
+_EXPIRY_YEAR_LEFT = re.compile(rf"{_DATE_SEPARATOR}{_WIDE_DIGIT}{{2}}(?:{_WIDE_DIGIT}{{2}})?{_DETAIL_END}", re.I)
+
+
+def _mask_card_details(text: str) -> str:
+    """An expiry and a security code (one of each) typed within a few words after a masked card, masked."""
+    pieces, done = [], 0
+    for card in _MASKED_CARD.finditer(text):
+        position, seen = card.end(), set()
+        year_left = _EXPIRY_YEAR_LEFT.match(text, position)
+        if year_left:
+            pieces += [text[done:position], MASK]
+            done = position = year_left.end()
+            seen.add("expiry")
+        while len(seen) < 2:
+            detail = _DETAIL.match(text, position)
+            kind = detail and detail.lastgroup
+            if not detail or kind in seen or detail.start(kind) - card.end() > _DETAILS_WINDOW:
+                break
+            pieces += [text[done:detail.start(kind)], MASK]
+            done = position = detail.end()
+            seen.add(kind)
+    return "".join(pieces) + text[done:]
+
+
 def scrub_text(text: str) -> str:
-    """Card numbers, client secrets and API/webhook secrets masked in any text (a whole page too)."""
-    return _DIGIT_RUN.sub(_mask_cards, _SECRET.sub(MASK, text))
+    """Card numbers (with an expiry or code typed right after), client secrets and API/webhook secrets
+    masked in any text (a whole page too)."""
+    return _mask_card_details(_DIGIT_RUN.sub(_mask_cards, _SECRET.sub(MASK, text)))
 
 
 def _is_private(key: str) -> bool:
