@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.handlers import HANDLED_EVENT_TYPES
 from consumers.payments import events_since
 from models.db import transaction
 from models.events import InboxEvent, store_event
+from models.logs import describe_error
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +41,40 @@ _LOOKUP_BATCH = 100  # Stripe's page size (events_since): one inbox look-up a pa
 
 
 @dataclass
+class Refused:
+    """A missing event the database would not store, and its reason (`describe_error`: no payload, no secret)."""
+    event_id: str
+    event_type: str
+    reason: str
+
+
+@dataclass
 class Reconciled:
     seen: int = 0
+    missing: int | None = None  # known once every page is looked up in the inbox
     stored: int = 0
+    refused: list[Refused] = field(default_factory=list)
+
+
+class DatabaseFailed(Exception):
+    """The database failed in a way that is not about one event's values (unreachable, connection lost,
+    locked, read-only, privileges, schema): every later event would fail alike, so the run stopped where
+    it was. `result` says what was stored (and refused) until then; running again is safe. The
+    database's error is the `__cause__`."""
+
+    def __init__(self, result: Reconciled):
+        super().__init__("stopped before storing any event" if result.missing is None
+                         else f"stopped after storing {result.stored} of {result.missing} missing events")
+        self.result = result
+
+
+def _refuses_the_event(exc: BaseException, dbapi) -> bool:
+    """True for the database refusing this event's values: a DataError (on PostgreSQL, an object id
+    longer than its column, or a NUL in it: a coupon's, product's or plan's id is chosen by whoever made
+    it) or an IntegrityError (a duplicate event id is no error: ON CONFLICT DO NOTHING). On PostgreSQL
+    `store_event` raises the driver's own error; on SQLite SQLAlchemy's, wrapping it."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(orig, (dbapi.DataError, dbapi.IntegrityError))
 
 
 def reconcile(factory: sessionmaker[Session], since_seconds: int) -> Reconciled:
@@ -56,22 +89,40 @@ def reconcile(factory: sessionmaker[Session], since_seconds: int) -> Reconciled:
     `created_gte` window (`--since`; Stripe keeps 30 days): normally a handful, after a long
     outage that outage's events. If Stripe fails midway, nothing is stored and the run fails;
     running it again is safe.
+
+    Each event is stored in a transaction of its own. One the database refuses for its values
+    (`_refuses_the_event`) is logged, listed in `refused` with the database's reason, and the run goes
+    on with the next. Any other database error, in a look-up or a store, stops the run at once
+    (`DatabaseFailed`).
     """
     result = Reconciled()
     since = int(time.time()) - since_seconds
+    dbapi = factory.kw["bind"].dialect.loaded_dbapi
     missing: list[dict] = []
     page: list[dict] = []
-    for data in events_since(since):
-        result.seen += 1
-        page.append(data)
-        if len(page) == _LOOKUP_BATCH:
-            missing += _not_in_inbox(factory, page)
-            page = []
-    missing += _not_in_inbox(factory, page)
+    try:
+        for data in events_since(since):
+            result.seen += 1
+            page.append(data)
+            if len(page) == _LOOKUP_BATCH:
+                missing += _not_in_inbox(factory, page)
+                page = []
+        missing += _not_in_inbox(factory, page)
+    except DBAPIError as exc:
+        raise DatabaseFailed(result) from exc
     missing.sort(key=lambda data: (int(data.get("created") or 0), data["id"]))
+    result.missing = len(missing)
     for data in missing:
-        with transaction(factory) as session:
-            stored = store_event(session, data, json.dumps(data), handled_types=HANDLED_EVENT_TYPES)
+        try:
+            with transaction(factory) as session:
+                stored = store_event(session, data, json.dumps(data), handled_types=HANDLED_EVENT_TYPES)
+        except (DBAPIError, dbapi.Error) as exc:
+            if not _refuses_the_event(exc, dbapi):
+                raise DatabaseFailed(result) from exc
+            reason = describe_error(exc)
+            result.refused.append(Refused(data["id"], data["type"], reason))
+            log.warning("event_not_reconciled", event_id=data["id"], event_type=data["type"], error=reason)
+            continue
         # The unique event id decides: a webhook may have delivered it since the look-up.
         if not stored.duplicate:
             result.stored += 1

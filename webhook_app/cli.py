@@ -434,9 +434,14 @@ def events_send(file, url, fresh_id):
 @shop.command()
 @click.option("--since", default="3d", show_default=True, help="How far back to look: 3d, 12h, 30m, 90s.")
 def reconcile(since):
-    """Fetch events from Stripe's API that never arrived, and ingest them (safe to repeat)."""
+    """Fetch events from Stripe's API that never arrived, and ingest them (safe to repeat).
+
+    An event the database refuses is named with its reason, the others are still stored, and the
+    exit status is 1; a database failing otherwise (unreachable, read-only, locked) stops the run."""
     from consumers.payments import PaymentGatewayError, configure_stripe
-    from consumers.reconcile import parse_span, reconcile as run_reconcile
+    from consumers.reconcile import DatabaseFailed, parse_span, reconcile as run_reconcile
+    from models.db import missing_column, missing_table
+    from models.logs import describe_error
 
     try:
         seconds = parse_span(since)
@@ -448,7 +453,24 @@ def reconcile(since):
         result = run_reconcile(_sessions(settings), seconds)
     except PaymentGatewayError as exc:
         raise click.ClickException(f"could not list events at Stripe: {exc}")
-    click.echo(f"{result.seen} events at Stripe since {since} ago, {result.stored} were missing and are now stored")
+    except DatabaseFailed as exc:
+        _name_refused(exc.result.refused)
+        cause = exc.__cause__
+        if missing_table(cause) or missing_column(cause):
+            raise cause  # the shop group says what to run
+        what = "database unavailable" if _database_unreachable(cause) else "the database failed"
+        raise click.ClickException(f"{what}: {_one_line(describe_error(cause))}; {exc} (running it again is safe)")
+    click.echo(f"{result.seen} events at Stripe since {since} ago, {result.stored} were missing and are now stored"
+               + (f"; {len(result.refused)} more could not be stored:" if result.refused else ""))
+    _name_refused(result.refused)
+    if result.refused:
+        sys.exit(1)
+
+
+def _name_refused(refused_events) -> None:
+    """One line each: the event and the database's reason (redacted by describe_error)."""
+    for refused in refused_events:
+        click.echo(f"not stored: {refused.event_id} ({refused.event_type}): {_one_line(refused.reason)}", err=True)
 
 
 @shop.group()

@@ -2,17 +2,25 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import stripe
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 
 from consumers.reconcile import parse_span
 from models.events import InboxEvent
-from tests.support import confirm_card, free_port, use_stripe
+from tests.backends import create_postgres_database, drop_postgres_database
+from tests.support import LocalStripe, confirm_card, env_for, free_port, use_stripe
 from webhook_app.cli import shop
+
+SHOP = Path(sys.executable).parent / "shop"
 
 
 def _run(settings, *args):
@@ -80,3 +88,130 @@ def test_stripe_unreachable_is_a_failed_operation_with_a_message(settings):
     finally:
         use_stripe(settings.stripe_api_base)  # the CLI pointed the SDK at the closed port
     assert result.exit_code == 1 and "could not list events at Stripe" in result.output
+
+
+@pytest.fixture
+def own_stripe(settings, tmp_path):
+    """A localstripe of this test's own: events that no database can hold stay out of the shared one's list,
+    which the other tests reconcile."""
+    workdir = tmp_path / "own-localstripe"
+    workdir.mkdir()
+    server = LocalStripe(workdir)
+    use_stripe(server.base)
+    yield dataclasses.replace(settings, stripe_api_base=server.base)
+    server.stop()
+    use_stripe(settings.stripe_api_base)
+
+
+def _plan(plan_id: str | None = None) -> stripe.Plan:
+    """A plan: its id is the one chosen by whoever makes it (Stripe and localstripe take any), else Stripe's own."""
+    return stripe.Plan.create(**({"id": plan_id} if plan_id else {}), currency="jpy", amount=1200,
+                              interval="month", product={"name": "Tea club"})
+
+
+def _created_event(object_id: str) -> str:
+    [event] = [event for event in stripe.Event.list(limit=100).auto_paging_iter()
+               if event.type == "plan.created" and event.data.object.id == object_id]
+    return event.id
+
+
+def test_an_event_the_database_refuses_is_named_and_every_later_event_is_still_stored(own_stripe, sessions, tmp_path):
+    """PostgreSQL refuses a plan's hand-chosen id longer than the inbox's object_id column (255) or holding
+    a NUL: each of those events is logged and named with the database's reason, the events after them are
+    stored, and the exit status is 1. SQLite holds both ids, and stores them like any other."""
+    too_long, with_nul = _plan("plan_" + "x" * 300), _plan("plan_tea\x00club")
+    time.sleep(1.1)  # the later event a second later: reconcile stores them oldest first
+    later = _plan()
+    refused = {_created_event(too_long.id): "value too long for type character varying(255)",
+               _created_event(with_nul.id): "cannot contain NUL (0x00) bytes"}
+    at_stripe = len(stripe.Event.list(limit=100).data)  # the plans' and their products' (the inbox has none)
+
+    done = subprocess.run([str(SHOP), "reconcile", "--since", "1h"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL,
+                          env=env_for(tmp_path, DATABASE_URL=own_stripe.database_url,
+                                      STRIPE_API_BASE=own_stripe.stripe_api_base, LOG_FORMAT="console"))
+    with sessions() as session:
+        stored = {row.event_id: row for row in session.scalars(select(InboxEvent))}
+    assert _created_event(later.id) in stored, done.stderr[-800:]  # the run went on past the refused ones
+    assert "Traceback" not in done.stderr, done.stderr
+    if own_stripe.database_url.startswith("sqlite"):
+        assert done.returncode == 0, done.stderr
+        assert stored[_created_event(too_long.id)].object_id == too_long.id
+        assert stored[_created_event(with_nul.id)].object_id == with_nul.id
+        return
+    assert done.returncode == 1, done.stderr
+    assert len(stored) == at_stripe - 2
+    assert done.stdout == (f"{at_stripe} events at Stripe since 1h ago, {len(stored)} were missing and are now "
+                           "stored; 2 more could not be stored:\n"), done.stdout
+    named = [line for line in done.stderr.splitlines() if line.startswith("not stored: ")]
+    assert len(named) == 2 and not set(refused) & set(stored)
+    for event_id, reason in refused.items():
+        [line] = [line for line in named if line.startswith(f"not stored: {event_id} (plan.created): ")]
+        assert reason in line
+        [logged] = [line for line in done.stderr.splitlines() if "event_not_reconciled" in line and event_id in line]
+        assert reason in logged
+    assert "x" * 255 not in done.stdout + done.stderr  # neither the refused value nor a payload is repeated
+
+
+def test_a_database_that_takes_no_writes_stops_the_run_at_once_with_one_line(own_stripe, sessions):
+    """Every event would fail alike (PostgreSQL set read-only, as a demoted primary is; SQLite's write lock
+    held by another process past the busy timeout, which the service's SQLite takes for its first read, the
+    inbox look-up): the first failure stops the run, said in one line."""
+    _plan(), _plan()
+    events = len(stripe.Event.list(limit=100).data)  # all missing: the inbox is empty
+    url = make_url(own_stripe.database_url)
+    if url.get_backend_name() == "sqlite":
+        locker = sqlite3.connect(url.database, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        release = locker.close
+        reason, stopped = "database is locked", "stopped before storing any event"
+    else:
+        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{url.database}" SET default_transaction_read_only = on'))
+        release = admin.dispose
+        reason = "cannot execute INSERT in a read-only transaction"
+        stopped = f"stopped after storing 0 of {events} missing events"
+    try:
+        result = _run(own_stripe, "--since", "1h")
+    finally:
+        release()
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert events > 1 and len(errors) == 1 and reason in errors[0], result.output
+    assert stopped in errors[0] and "running it again is safe" in errors[0]
+    assert "not stored: " not in result.output and "event_not_reconciled" not in result.output
+    assert "Traceback" not in result.output
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(InboxEvent)) == 0
+
+
+def test_a_database_that_cannot_be_reached_is_one_line(own_stripe, tmp_path):
+    _plan()
+    url = make_url(own_stripe.database_url)
+    down = (url.set(port=free_port()).render_as_string(hide_password=False) if url.get_backend_name() == "postgresql"
+            else f"sqlite:///{tmp_path / 'no-such-folder' / 'shop.db'}")
+    result = _run(dataclasses.replace(own_stripe, database_url=down), "--since", "1h")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    [error] = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert "Traceback" not in result.output
+    assert ("database unavailable: " in error if url.get_backend_name() == "postgresql"
+            else "no-such-folder" in error)
+
+
+def test_a_database_never_migrated_is_one_line_saying_what_to_run(own_stripe, tmp_path):
+    _plan()
+    if own_stripe.database_url.startswith("sqlite"):
+        sqlite3.connect(tmp_path / "empty.db").close()
+        empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    else:
+        empty = create_postgres_database()
+    try:
+        result = _run(dataclasses.replace(own_stripe, database_url=empty), "--since", "1h")
+    finally:
+        if not empty.startswith("sqlite"):
+            drop_postgres_database(empty)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    [error] = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert "has no table inbox_events" in error and "run `shop db upgrade`" in error
