@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import smtplib
+import socket
 import ssl
+import time
 from datetime import timedelta
 from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parseaddr
 from functools import lru_cache
 from urllib.parse import unquote, urlparse
 
@@ -16,7 +20,7 @@ from sqlalchemy.orm import Session
 from models.base import utcnow
 from models.db import add_row
 from models.events import OutboxMessage, OutboxStatus, Topic
-from models.logs import describe_error
+from models.logs import describe_error, redact
 from models.money import money
 from models.orders import Order, OrderStatus, ShipmentStatus
 from models.settings import Settings
@@ -118,12 +122,79 @@ class MailNotSent(Exception):
 
 class MailServerUnreachable(MailNotSent):
     """The SMTP server could not be reached, or stopped answering: no connection, a connection closed,
-    or no answer within SMTP_TIMEOUT_SECONDS. A batch's next mails would wait as long for it, so
-    they are left for the relay (consumers.processing)."""
+    no answer within SMTP_TIMEOUT_SECONDS, or a session too slow to end within the mail's time
+    (`send_mail`'s deadline), all before the mail's last line was sent: it did not take the mail, which
+    is retried. A batch's next mails would wait as long for it, so they are left for the relay
+    (consumers.processing)."""
+
+
+class MailOutcomeUnknown(MailNotSent):
+    """The SMTP server was sent the whole mail (its final ".") and then gave no answer in time, or closed
+    the connection: it may have taken the mail and may deliver it (RFC 5321 4.5.3.2.6). Not retried
+    automatically, else the buyer may get it again on every retry: a dead letter, for staff to check the
+    server's log (the mail's Message-ID) before retrying it."""
 
 
 # How long a mail waits for the SMTP server to connect or to answer one command.
 SMTP_TIMEOUT_SECONDS = 10.0
+# How long it may wait for the answer to the mail's final "." (the server queues the mail, scans it,
+# writes it to disk): RFC 5321 4.5.3.2.6 has clients wait 10 minutes, but never past `send_mail`'s
+# deadline, which the worker sets inside the mail's lease (consumers.processing).
+SMTP_DATA_ANSWER_SECONDS = 600.0
+
+
+class _OutOfTime(smtplib.SMTPException):
+    """The session's deadline came before the session's next step."""
+
+
+class _SessionWithin:
+    """An SMTP session that ends by `deadline` (`time.monotonic()`): SMTP_TIMEOUT_SECONDS for the
+    connection and each command's answer, longer for the answer to the final "." (SMTP_DATA_ANSWER_SECONDS),
+    none of them past the deadline. `dot_unanswered` says the server has the whole mail and has not
+    answered it yet: a failure then leaves the mail's fate unknown, one before it is safe to retry."""
+
+    def __init__(self, *args, deadline: float, **kwargs):
+        self.deadline = deadline
+        self.dot_unanswered = False
+        self.cut_short = False  # the last wait was shortened to the deadline
+        self._in_data = False
+        super().__init__(*args, **kwargs)
+
+    def _wait_at_most(self, seconds: float) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _OutOfTime("no time left")
+        self.cut_short = left < seconds
+        if self.sock is not None:
+            self.sock.settimeout(min(seconds, left))
+
+    def send(self, s):
+        self._wait_at_most(SMTP_TIMEOUT_SECONDS)
+        super().send(s)
+        # smtplib's data() sends the whole mail, ending in CRLF "." CRLF, in this one call.
+        if self._in_data and isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
+            self.dot_unanswered = True
+
+    def getreply(self):
+        self._wait_at_most(SMTP_DATA_ANSWER_SECONDS if self.dot_unanswered else SMTP_TIMEOUT_SECONDS)
+        reply = super().getreply()
+        self.dot_unanswered = False
+        return reply
+
+    def data(self, msg):
+        self._in_data = True
+        try:
+            return super().data(msg)
+        finally:
+            self._in_data = False
+
+
+class _Session(_SessionWithin, smtplib.SMTP):
+    pass
+
+
+class _TlsSession(_SessionWithin, smtplib.SMTP_SSL):
+    pass
 
 
 def mail_text(settings: Settings, message: dict) -> str:
@@ -170,13 +241,30 @@ def _loopback_tls_context() -> ssl.SSLContext:
     return context
 
 
-def send_mail(settings: Settings, message: dict) -> None:
+def message_id(settings: Settings, message: dict, outbox_id: int | None) -> str:
+    """The mail's Message-ID: the same for every attempt to send one outbox row (so a mailbox can fold
+    the copies an at-least-once sender may leave), at the domain of MAIL_FROM."""
+    domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or socket.getfqdn()
+    if outbox_id is None:  # a mail not from the outbox
+        return make_msgid(idstring=message.get("kind"), domain=domain)
+    left = ".".join(re.sub(r"[^A-Za-z0-9_-]", "", str(part))
+                    for part in ("mail", outbox_id, message.get("kind"), message.get("order_id")) if part)
+    return f"<{left}@{domain}>"
+
+
+def send_mail(settings: Settings, message: dict, *, outbox_id: int | None = None,
+              deadline: float | None = None) -> None:
     """Send one queued e-mail; without SMTP_URL it is written to the log instead.
 
     Neither way logs the recipient's address or the body (it names the customer and their address):
     the order id, kind and subject are enough to find the mail, and the order holds the rest.
     Over smtps://, and smtp:// with STARTTLS, the server's certificate is checked (SMTP_CA_FILE
     for a private CA); one that fails the check gets neither the password nor the mail.
+
+    The session ends by `deadline` (`time.monotonic()`; none: SMTP_DATA_ANSWER_SECONDS from now): one
+    that would run past it before the mail's final "." is given up (MailServerUnreachable, retried);
+    once the server has the final ".", no answer to it in time is MailOutcomeUnknown (not retried).
+    `outbox_id` makes the Message-ID (`message_id`).
     """
     if not settings.smtp_url:
         log.info("mail_logged", order_id=message.get("order_id"), kind=message.get("kind"),
@@ -187,13 +275,20 @@ def send_mail(settings: Settings, message: dict) -> None:
     email["From"] = settings.mail_from
     email["To"] = message["to"]
     email["Subject"] = message["subject"]
+    email["Date"] = format_datetime(utcnow())
+    email["Message-ID"] = mail_id = message_id(settings, message, outbox_id)
     email.set_content(mail_text(settings, message))
     host, context = url.hostname or "localhost", _tls_context(settings.smtp_ca_file)
+    deadline = time.monotonic() + SMTP_DATA_ANSWER_SECONDS if deadline is None else deadline
+    smtp = None
     try:
+        timeout = min(SMTP_TIMEOUT_SECONDS, deadline - time.monotonic())
+        if timeout <= 0:
+            raise _OutOfTime("no time left")
         if url.scheme == "smtps":
-            smtp = smtplib.SMTP_SSL(host, url.port or 465, timeout=SMTP_TIMEOUT_SECONDS, context=context)
+            smtp = _TlsSession(host, url.port or 465, timeout=timeout, context=context, deadline=deadline)
         else:
-            smtp = smtplib.SMTP(host, url.port or 25, timeout=SMTP_TIMEOUT_SECONDS)
+            smtp = _Session(host, url.port or 25, timeout=timeout, deadline=deadline)
         try:
             if url.scheme == "smtp":
                 _start_tls(smtp, context, host, logs_in=bool(url.username))
@@ -203,19 +298,36 @@ def send_mail(settings: Settings, message: dict) -> None:
         except BaseException:
             smtp.close()
             raise
-    except ssl.SSLCertVerificationError as exc:
-        raise MailNotSent(f"the SMTP server {host}'s certificate was refused ({exc.verify_message}): nothing was "
-                          f"sent to it; if a private CA signed it, set SMTP_CA_FILE to that CA's PEM file") from None
-    except ssl.SSLError as exc:
-        raise MailNotSent(f"TLS with the SMTP server {host} failed: {describe_error(exc)}") from None
-    except (smtplib.SMTPConnectError, smtplib.SMTPServerDisconnected, OSError) as exc:
-        raise MailServerUnreachable(f"no session with the SMTP server {host}: {describe_error(exc)}") from None
-    except smtplib.SMTPException as exc:
-        # SMTPRecipientsRefused and its kin quote the address; `from None` keeps the original, address
-        # and all, out of the traceback that the worker stores with the failed attempt.
-        raise MailNotSent(describe_error(exc)) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        # `from None`: SMTPRecipientsRefused and its kin quote the address; the original, address and
+        # all, stays out of the traceback that the worker stores with the failed attempt.
+        raise _not_sent(exc, host, mail_id, dot_unanswered=smtp is not None and smtp.dot_unanswered,
+                        cut_short=smtp is not None and smtp.cut_short) from None
     _quit(smtp, host)
     log.info("mail_sent", order_id=message.get("order_id"), kind=message.get("kind"))
+
+
+def _not_sent(exc: BaseException, host: str, mail_id: str, dot_unanswered: bool, cut_short: bool) -> MailNotSent:
+    """What a failed session means for the mail. An SMTP server's refusal is an SMTPException, and every
+    SMTPException is an OSError: the order of the questions matters."""
+    if dot_unanswered:
+        return MailOutcomeUnknown(
+            f"the SMTP server {host} got the whole mail, then no answer ({redact(str(exc))}): "
+            f"it may have taken it, so it is not retried; look for Message-ID "
+            f"{mail_id.strip('<>').partition('@')[0]} in its log before a retry")
+    if isinstance(exc, _OutOfTime) or (cut_short and "timed out" in str(exc)):
+        return MailServerUnreachable(f"the SMTP server {host} was too slow: the session did not reach the mail's "
+                                     f"end within the time the mail has (its lease); nothing was delivered")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return MailNotSent(f"the SMTP server {host}'s certificate was refused ({exc.verify_message}): nothing was "
+                           f"sent to it; if a private CA signed it, set SMTP_CA_FILE to that CA's PEM file")
+    if isinstance(exc, ssl.SSLError):
+        return MailNotSent(f"TLS with the SMTP server {host} failed: {describe_error(exc)}")
+    if isinstance(exc, (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError)):
+        return MailServerUnreachable(f"no session with the SMTP server {host}: {describe_error(exc)}")
+    if isinstance(exc, smtplib.SMTPException):  # the server answered: a refusal (550 user unknown, ...)
+        return MailNotSent(describe_error(exc))
+    return MailServerUnreachable(f"no session with the SMTP server {host}: {describe_error(exc)}")
 
 
 def _quit(smtp: smtplib.SMTP, host: str) -> None:

@@ -12,6 +12,8 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import NamedTuple
 
 import structlog
 from sqlalchemy import event as orm_event, select, update
@@ -21,8 +23,8 @@ from consumers import metrics
 from consumers.alerts import deliver_alert, record_alert
 from consumers.handlers import HANDLERS, HandlerContext, Outcome
 from consumers.handlers.lookup import ids_named, order_named
-from consumers.mail import (MailsAfterCommit, MailServerUnreachable, is_still_true, send_after_commit,
-                           send_mail)
+from consumers.mail import (MailOutcomeUnknown, MailsAfterCommit, MailServerUnreachable, is_still_true,
+                           send_after_commit, send_mail)
 from consumers.payments import cancel_order_payment_intents, list_refunds, retrieve_payment_intent
 from models.base import utcnow
 from models.catalog import ReservationStatus, SoldUnits, collect_sold_units
@@ -184,6 +186,7 @@ class _Claimed:
     result: Result | None = None      # missing or skipped: nothing else to do
     outcome: Outcome | None = None    # a stripe event's handler ran
     outside: tuple[Topic, dict] | None = None  # a call to make with no transaction open, then mark done
+    deliveries: int = 0               # the message's deliveries when claimed (see `_lease`)
 
 
 def _claim(session: Session, settings: Settings, outbox_id: int, handled: dict,
@@ -211,7 +214,7 @@ def _claim_locked(session: Session, settings: Settings, message: OutboxMessage, 
                  reason="the order moved on since it was queued")
         message.mark_done()
         return _Claimed()
-    return _Claimed(outside=(topic, body))
+    return _Claimed(outside=(topic, body), deliveries=message.deliveries or 0)
 
 
 def _observe(handled: dict, outcome: Outcome | None, started: float) -> None:
@@ -232,6 +235,9 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
                 with transaction(factory) as session:
                     mails = send_after_commit(session, settings.redelivery_seconds)
                     claimed = _claim(session, settings, outbox_id, handled, fetched)
+                    send_by = None
+                    if claimed.outside is not None and claimed.outside[0] is Topic.MAIL and settings.smtp_url:
+                        send_by = _extend_lease(session.get(OutboxMessage, outbox_id), settings)
                 break
             except StripeRecordNeeded as need:
                 if need.key in fetched:
@@ -243,8 +249,9 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
         if claimed.outside is not None:
             # Calls to SMTP and Stripe happen outside any transaction, so a slow server never
             # holds a database lock; a crash before marking it done repeats the call (at least
-            # once: Stripe's cancel is idempotent, a mail may be sent twice).
-            _call_outside(settings, *claimed.outside)
+            # once: Stripe's cancel is idempotent, a mail may be sent twice). A mail's lease was
+            # extended with its claim: the relay publishes no copy while it is being sent.
+            _call_outside(settings, *claimed.outside, outbox_id=outbox_id, deadline=send_by)
             with transaction(factory) as session:
                 _lock(session, outbox_id).mark_done()
     except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped
@@ -267,21 +274,51 @@ _CONNECTION_LOST = Result("skipped", "left unrun: the worker lost its connection
 
 
 def _mail_deadline(settings: Settings) -> float:
-    """When a worker stops sending the mails of what it just committed: half the redelivery wait
-    from the commit (`time.monotonic()`). Those mails are published to it and due for the relay's
-    re-publication a redelivery wait after they were queued (a confirmation) or published (a mail
-    message), and those sent are marked done every quarter of that wait (`_finish_outside`), so none
-    is being sent, or sent and still published, when its copy is published (a second mail to the
-    buyer). One not sent by then is left as it is, published and due: the relay publishes it once
-    its wait is over and another worker sends it."""
+    """When a worker stops starting the mails of what it just committed: half the redelivery wait from
+    the commit (`time.monotonic()`), so a slow SMTP server and a large batch do not hold the worker (and
+    the broker's messages it has not acknowledged) for ever. Each mail sent over SMTP gets a fresh lease
+    right before it is sent (`_lease`), so the relay publishes no copy of a mail being sent. One not
+    started by the deadline is left as it is, published and due: the relay publishes it once its wait is
+    over and another worker sends it."""
     return time.monotonic() + settings.redelivery_seconds / 2
+
+
+# The longest one mail's SMTP session may take, whatever the redelivery wait: a batch sends the broker
+# its heartbeats only between calls, and RabbitMQ closes a connection silent for about 90 s
+# (`consumers.worker._still_connected`), handing the batch's messages, mails too, to another worker.
+MAIL_SESSION_SECONDS_MAX = 60.0
+
+
+def _send_seconds(settings: Settings) -> float:
+    """The time one mail's SMTP session has from its lease: three quarters of the redelivery wait (the
+    last quarter is for marking it done before the relay would publish it again), at most
+    MAIL_SESSION_SECONDS_MAX. A session that would run past it before the mail's end gives up (retried);
+    one whose end the server does not answer within it is a dead letter (`MailOutcomeUnknown`)."""
+    return min(settings.redelivery_seconds * 3 / 4, MAIL_SESSION_SECONDS_MAX)
+
+
+def _extend_lease(message: OutboxMessage, settings: Settings) -> float:
+    """A mail about to be sent is not due for the relay for a whole redelivery wait from now; the
+    `time.monotonic()` by which its SMTP session must end (`_send_seconds`)."""
+    send_by = time.monotonic() + _send_seconds(settings)
+    message.available_at = utcnow() + timedelta(seconds=settings.redelivery_seconds)
+    return send_by
+
+
+class _Call(NamedTuple):
+    """A call a committed transaction left to make with no transaction open (a mail, a Stripe cancel)."""
+    outbox_id: int
+    topic: Topic
+    body: dict
+    started: float
+    deliveries: int  # the message's deliveries when claimed: a re-publication since is another's copy
 
 
 def _send_committed_mails(factory, settings: Settings, mails: MailsAfterCommit, deadline: float,
                           connected: Callable[[], bool] = _connected) -> None:
     """Send the confirmation mails a committed transaction queued (`MailsAfterCommit`), as
     `_finish_outside` sends a batch's mail messages; a failure schedules the mail's retry."""
-    calls = [(row.id, Topic.MAIL, row.body, time.monotonic()) for row in mails.committed()]
+    calls = [_Call(row.id, Topic.MAIL, row.body, time.monotonic(), row.deliveries or 0) for row in mails.committed()]
     if calls:
         _finish_outside(factory, settings, calls, {}, deadline, connected)
 
@@ -310,8 +347,9 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     one of Stripe's records (StripeRecordNeeded) go through `process_message` after the
     commit, which records a failure exactly as for a message on its own, and so do the mails
     queued after it. Mails and Stripe
-    calls are made after the commit, with no lock held, each marked done once made, and no mail
-    is sent after the batch's deadline (`_mail_deadline`); staff alerts are POSTed after them. If the
+    calls are made after the commit, with no lock held, each marked done once made, each mail under
+    a fresh lease (`_finish_outside`), and no mail is started after the batch's deadline
+    (`_mail_deadline`); staff alerts are POSTed after them. If the
     transaction itself fails, nothing of it was kept and every message goes through
     `process_message`. The units the paid orders take off the shelf are written in one UPDATE
     per sku just before the commit (`models.catalog.SoldUnits`), so the stock rows are locked
@@ -321,7 +359,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
     results: dict[int, Result] = {}
     alone: list[int] = []        # to run one at a time after the commit
     finished: list[tuple[dict, Outcome | None, float]] = []
-    outside: list[tuple[int, Topic, dict, float]] = []
+    outside: list[_Call] = []
     try:
         with transaction(factory) as session:
             sold, rows = collect_sold_units(session), collect_rows_at_commit(session)
@@ -355,7 +393,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
                 if claimed.result is not None:
                     results[outbox_id] = claimed.result
                 elif claimed.outside is not None:
-                    outside.append((outbox_id, *claimed.outside, started))
+                    outside.append(_Call(outbox_id, *claimed.outside, started, claimed.deliveries))
                 else:
                     finished.append((handled, claimed.outcome, started))
                     results[outbox_id] = Result("done")
@@ -370,7 +408,7 @@ def process_batch(factory: sessionmaker[Session], settings: Settings, outbox_ids
                     continue
                 claimed = _claim_locked(session, settings, message, {}, {})
                 if claimed.outside is not None:
-                    outside.append((message.id, *claimed.outside, time.monotonic()))
+                    outside.append(_Call(message.id, *claimed.outside, time.monotonic(), claimed.deliveries))
                 else:
                     results[message.id] = claimed.result or Result("done")
             # The paid orders' units leave the shelf in one UPDATE per sku, so the stock rows are
@@ -496,23 +534,28 @@ def _is_ordinary(data: dict, order: Order, livemode: bool) -> bool:
             and all(r.status is ReservationStatus.ACTIVE for r in order.reservations))
 
 
-def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, dict, float]],
-                    results: dict[int, Result], deadline: float, connected: Callable[[], bool] = _connected) -> None:
-    """Make a batch's mail and Stripe calls one by one, no lock held, marking those made done in one
-    UPDATE at the end, and before that every quarter of the redelivery wait (a slow SMTP server): a
-    mail still published when its redelivery wait is over is published again, and sent again. No
-    mail is sent once `deadline` (`_mail_deadline`) has passed, nor once the worker's connection to the
-    broker is lost (`connected`, asked before each call, also sends its heartbeats: else RabbitMQ closes
-    a connection silent for a long batch, and hands the batch's mail messages to another worker, which
-    sends them too), nor once the SMTP server was not reached for one (each would wait as long for it):
-    the rest stay published and due, for the relay. Mails only logged (no SMTP_URL) are all marked in
-    the one UPDATE."""
+def _finish_outside(factory, settings: Settings, calls: list[_Call], results: dict[int, Result], deadline: float,
+                    connected: Callable[[], bool] = _connected) -> None:
+    """Make a batch's mail and Stripe calls one by one, no lock held, and mark those made done.
+
+    Before each mail goes to the SMTP server, one short transaction marks the mails sent before it done
+    and gives it a fresh lease (`_lease`: not due for the relay for a redelivery wait), and its session
+    must end within three quarters of that (`_send_seconds`): the relay never publishes a copy of a mail
+    still being sent, nor of one sent and not yet marked done. A mail the relay published again meanwhile
+    (another worker's copy) or that was finished meanwhile is not sent. The others are marked done in one
+    UPDATE at the end, and before that every quarter of the redelivery wait. No mail is started once
+    `deadline` (`_mail_deadline`) has passed, nor once the worker's connection to the broker is lost
+    (`connected`, asked before each call, also sends its heartbeats: else RabbitMQ closes a connection
+    silent for a long batch, and hands the batch's mail messages to another worker, which sends them
+    too), nor once the SMTP server was not reached for one, or did not answer one's end (each would wait
+    as long for it): the rest stay published and due, for the relay. Mails only logged (no SMTP_URL) get
+    no lease and are all marked in the one UPDATE."""
     made: list[tuple[int, float]] = []
     left, marked_at, unreachable = 0, time.monotonic(), False
-    for outbox_id, topic, body, started in calls:
+    for outbox_id, topic, body, started, deliveries in calls:
         alive = connected()
         if topic is Topic.MAIL and (time.monotonic() >= deadline or not alive or unreachable):
-            results[outbox_id] = Result("skipped", "left for the relay: the SMTP server was not reached for an "
+            results[outbox_id] = Result("skipped", "left for the relay: the SMTP server did not answer an "
                                                    "earlier mail of the batch" if unreachable else
                                                    "left for the relay: the mails after the commit ran past "
                                                    "half the redelivery wait")
@@ -520,11 +563,17 @@ def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, d
             continue
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(outbox_id=outbox_id)
+        send_by = None
+        if topic is Topic.MAIL and settings.smtp_url:
+            send_by = _lease(factory, settings, outbox_id, deliveries, made, results)
+            made, marked_at = [], time.monotonic()
+            if send_by is None:
+                continue
         try:
-            _call_outside(settings, topic, body)
+            _call_outside(settings, topic, body, outbox_id=outbox_id, deadline=send_by)
         except Exception as exc:  # noqa: BLE001 - recorded and retried as for a message on its own
             results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started)
-            unreachable = unreachable or isinstance(exc, MailServerUnreachable)
+            unreachable = unreachable or isinstance(exc, (MailServerUnreachable, MailOutcomeUnknown))
             continue
         made.append((outbox_id, started))
         if time.monotonic() - marked_at >= settings.redelivery_seconds / 4:
@@ -537,18 +586,62 @@ def _finish_outside(factory, settings: Settings, calls: list[tuple[int, Topic, d
                     deadline_seconds=settings.redelivery_seconds / 2)
 
 
+def _lease(factory, settings: Settings, outbox_id: int, deliveries: int, made: list[tuple[int, float]],
+           results: dict[int, Result]) -> float | None:
+    """In one short transaction, mark the calls `made` done and extend the lease of the mail about to be
+    sent (`_extend_lease`), if it is still this worker's: live, and not published again since it was
+    claimed (its deliveries unchanged), else another worker has or will have its copy. The
+    `time.monotonic()` by which its SMTP session must end, or None if it is not to be sent (its result
+    says why)."""
+    try:
+        with transaction(factory) as session:
+            _mark_made(session, made)
+            message = _lock(session, outbox_id)
+            if message is None:
+                taken_by_another = "missing"
+            elif not message.is_to_handle():
+                taken_by_another = message.status.value  # done by a copy, retried after a copy's failure
+            elif (message.deliveries or 0) != deliveries:
+                taken_by_another = "published again"  # the relay's copy is another worker's to send
+            else:
+                taken_by_another = None
+            send_by = None if taken_by_another else _extend_lease(message, settings)
+    except Exception as exc:  # noqa: BLE001 - as `_mark_done`; the mail stays published, for the relay
+        _made_failed(factory, settings, made, results, exc)
+        results[outbox_id] = Result("skipped", f"left for the relay: its lease could not be extended "
+                                               f"({describe_error(exc)})")
+        return None
+    for made_id, _ in made:
+        results[made_id] = Result("done")
+    if taken_by_another:
+        log.info("mail_not_sent_taken_meanwhile", status=taken_by_another)
+        results[outbox_id] = Result("skipped", f"not sent: {taken_by_another} since this worker claimed it")
+    return send_by
+
+
+def _mark_made(session: Session, made: list[tuple[int, float]]) -> None:
+    """The calls made, done (as `OutboxMessage.mark_done` for each), in one UPDATE."""
+    if made:
+        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([i for i, _ in made]))
+                        .values(status=OutboxStatus.DONE, done_at=utcnow())
+                        .execution_options(synchronize_session=False))
+
+
+def _made_failed(factory, settings: Settings, made: list[tuple[int, float]], results: dict[int, Result],
+                 exc: Exception) -> None:
+    for outbox_id, started in made:  # as process_message: the call is made again on the retry
+        results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started)
+
+
 def _mark_done(factory, settings: Settings, made: list[tuple[int, float]], results: dict[int, Result]) -> None:
     """Mark the calls made done in one UPDATE (as `OutboxMessage.mark_done` for each, locking their rows)."""
     if not made:
         return
     try:
         with transaction(factory) as session:
-            session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([i for i, _ in made]))
-                            .values(status=OutboxStatus.DONE, done_at=utcnow())
-                            .execution_options(synchronize_session=False))
+            _mark_made(session, made)
     except Exception as exc:  # noqa: BLE001 - as process_message: the call is made again on the retry
-        for outbox_id, started in made:
-            results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started)
+        _made_failed(factory, settings, made, results, exc)
         return
     for outbox_id, _ in made:
         results[outbox_id] = Result("done")
@@ -575,9 +668,10 @@ def start_copy(factory: sessionmaker[Session], settings: Settings, outbox_id: in
     return True
 
 
-def _call_outside(settings: Settings, topic: Topic, body: dict) -> None:
+def _call_outside(settings: Settings, topic: Topic, body: dict, *, outbox_id: int | None = None,
+                  deadline: float | None = None) -> None:
     if topic is Topic.MAIL:
-        send_mail(settings, body)
+        send_mail(settings, body, outbox_id=outbox_id, deadline=deadline)
     elif topic is Topic.PAYMENT_CANCEL:
         result = cancel_order_payment_intents(order_id=body["order_id"], created_since=body.get("created_since"),
                                               payment_intent_id=body.get("payment_intent_id"))
@@ -622,8 +716,16 @@ def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception,
             # earlier failure (scheduled, dead): this late failure must not reopen it.
             log.warning("late_failure_not_recorded", status=message.status.value, error=error)
             return Result("skipped", f"message already {message.status.value}; failure kept as history only")
-        again = message.schedule_retry(redact(f"{error}\n{trace}"), max_attempts=settings.max_attempts,
-                                       base_seconds=settings.retry_base_seconds)
+        unknown = isinstance(exc, MailOutcomeUnknown)
+        if unknown:
+            # The SMTP server may have taken the mail: a retry could mail the buyer again. Staff check
+            # the server's log (the error names the Message-ID) before a retry.
+            message.attempts += 1
+            message.dead_letter(redact(f"{error}\n{trace}"))
+            again = False
+        else:
+            again = message.schedule_retry(redact(f"{error}\n{trace}"), max_attempts=settings.max_attempts,
+                                           base_seconds=settings.retry_base_seconds)
         if event is not None and event.status not in CLOSED_EVENT_STATES:
             event.attempts = message.attempts
             event.last_error = error
@@ -631,8 +733,8 @@ def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception,
         attempts, next_at, topic = message.attempts, message.available_at, message.topic
         event_type = event.type if event is not None else None
         if not again:
-            alert_id = record_alert(session, settings,
-                                    f"Message {outbox_id} was dead-lettered after {attempts} attempts: {error}",
+            said = "at once, not retried (the mail may have gone out)" if unknown else f"after {attempts} attempts"
+            alert_id = record_alert(session, settings, f"Message {outbox_id} was dead-lettered {said}: {error}",
                                     outbox_id=outbox_id, order_id=message.order_id or (event and event.order_id),
                                     event_id=event.event_id if event is not None else None).id
     metrics.observe_failed_delivery(topic.value, event_type, dead=not again)
