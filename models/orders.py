@@ -92,8 +92,8 @@ class Order(Base):
     refund_reason: Mapped[str | None] = mapped_column(Text, default=None)
     refunded_at: Mapped[datetime | None] = mapped_column(default=None)
     # Money actually taken and given back, in minor units: "money taken" is paid > refunded.
-    paid_amount: Mapped[int] = mapped_column(Integer, default=0)
-    refunded_amount: Mapped[int] = mapped_column(Integer, default=0)
+    paid_amount: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    refunded_amount: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Taken back by the card network for a dispute the shop lost (a chargeback): gone, like a refund.
     charged_back_amount: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -205,7 +205,7 @@ def db_upgrade(revision):
     """Migrate the database at DATABASE_URL to the latest schema, and say which revision it is at then."""
     from alembic.util import CommandError
 
-    from models.migrations import UnknownDatabaseRevision, upgrade
+    from models.migrations import RevisionNotApplied, UnknownDatabaseRevision, upgrade
 
     settings = _settings()
     try:
@@ -215,6 +215,11 @@ def db_upgrade(revision):
             f"the database is at revision {exc.revision}, which this release does not know: a newer release "
             f"migrated it. Deploy that release (or a newer one) again, or restore the database from before its "
             f"migration; nothing done") from exc
+    except RevisionNotApplied as exc:  # a table in use, say: the revisions before it are committed
+        moved = f" (migrated from {exc.before or 'an empty database'})" if exc.at != exc.before else ""
+        raise click.ClickException(
+            f"the database is at {exc.at or 'no revision (an empty database)'}{moved}: revision "
+            f"{exc.revision or 'after it'} was not applied: {exc.reason}") from exc
     except CommandError as exc:  # alembic names what is wrong with the revision asked for
         if click.get_current_context().get_parameter_source("revision") is click.core.ParameterSource.DEFAULT:
             raise click.ClickException(str(exc)) from exc

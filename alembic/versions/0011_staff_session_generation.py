@@ -7,7 +7,8 @@ every request (the read that already checks for a disabled login); logging out a
 login add one to it. Sessions opened before this revision carry none and end at their next request:
 every staff member logs in again once.
 
-Adding a column with a constant default rewrites nothing on PostgreSQL (11 and later) or SQLite.
+Adding a column with a constant default rewrites nothing on PostgreSQL (11 and later) or SQLite; on
+PostgreSQL it waits at most 2 s a try for the table's exclusive lock, as 0010.
 
 Revision ID: 0011
 Revises: 0010
@@ -15,6 +16,8 @@ Create Date: 2026-11-27
 """
 from alembic import op
 import sqlalchemy as sa
+
+from models.migrations import lock_tables_briefly
 
 
 revision = '0011'
@@ -26,8 +29,9 @@ depends_on = None
 # Plain ALTER TABLE on both (SQLite has DROP COLUMN since 3.35), as 0010: a batch copy of the table
 # would drop and recreate staff_members under every console request.
 def upgrade() -> None:
-    op.add_column('staff_members', sa.Column('session_generation', sa.Integer(), nullable=False, server_default='0'))
+    lock_tables_briefly('staff_members', lambda: op.add_column(
+        'staff_members', sa.Column('session_generation', sa.Integer(), nullable=False, server_default='0')))
 
 
 def downgrade() -> None:
-    op.drop_column('staff_members', 'session_generation')
+    lock_tables_briefly('staff_members', lambda: op.drop_column('staff_members', 'session_generation'))

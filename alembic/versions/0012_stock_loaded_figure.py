@@ -8,7 +8,9 @@ The figure last loaded before this revision is not known: each row's on_hand now
 the first load after the upgrade sets on_hand to its figure less the units sold since the upgrade.
 
 Adding a column with a constant default rewrites nothing on PostgreSQL (11 and later) or SQLite;
-the backfill writes each stock row once (one row per sku).
+the backfill writes each stock row once (one row per sku). On PostgreSQL the stock table is locked
+exclusively from the ALTER to the revision's commit (a moment: a row per sku); each try waits at most
+2 s for that lock, as 0010.
 
 Revision ID: 0012
 Revises: 0011
@@ -16,6 +18,8 @@ Create Date: 2026-11-27
 """
 from alembic import op
 import sqlalchemy as sa
+
+from models.migrations import lock_tables_briefly
 
 
 revision = '0012'
@@ -25,10 +29,14 @@ depends_on = None
 
 
 # Plain ALTER TABLE on both (SQLite has DROP COLUMN since 3.35), as 0010 and 0011: no batch copy of the table.
-def upgrade() -> None:
+def _add_loaded_stock() -> None:
     op.add_column('stock', sa.Column('loaded_stock', sa.Integer(), nullable=False, server_default='0'))
     op.execute("UPDATE stock SET loaded_stock = on_hand")
 
 
+def upgrade() -> None:
+    lock_tables_briefly('stock', _add_loaded_stock)
+
+
 def downgrade() -> None:
-    op.drop_column('stock', 'loaded_stock')
+    lock_tables_briefly('stock', lambda: op.drop_column('stock', 'loaded_stock'))

@@ -11,6 +11,10 @@ payment, or in review), the intents the pay step replaced, as their history name
 ("payment intent pi_old replaced by pi_new (…)"). Intents checkout created before this revision
 that never became the order's are not known: their cancellation was queued when they were made.
 
+On PostgreSQL the new table's reference to orders takes a lock on orders that stops its writes (a
+checkout, a payment) until the revision commits: each try waits at most 2 s for it, as 0010, and the
+backfill that follows reads the open orders only.
+
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-11-27
@@ -19,6 +23,8 @@ import re
 
 from alembic import op
 import sqlalchemy as sa
+
+from models.migrations import lock_tables_briefly
 
 
 revision = '0013'
@@ -30,7 +36,7 @@ _REPLACED = re.compile(r"^payment intent (\S+) replaced by (\S+) ")
 
 
 # Plain DDL on both (a new table: nothing is copied or rewritten), as 0010 and 0011.
-def upgrade() -> None:
+def _create_table() -> None:
     op.create_table(
         'order_payment_intents',
         sa.Column('order_id', sa.String(length=40), nullable=False),
@@ -38,6 +44,10 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name='fk_order_payment_intents_order_id_orders'),
         sa.PrimaryKeyConstraint('order_id', 'payment_intent_id', name='pk_order_payment_intents'),
     )
+
+
+def upgrade() -> None:
+    lock_tables_briefly('orders', _create_table)
     op.execute("INSERT INTO order_payment_intents (order_id, payment_intent_id) "
                "SELECT id, payment_intent_id FROM orders WHERE payment_intent_id IS NOT NULL")
     bind = op.get_bind()
@@ -60,4 +70,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table('order_payment_intents')
+    lock_tables_briefly('orders and order_payment_intents', lambda: op.drop_table('order_payment_intents'))
