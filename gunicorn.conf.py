@@ -52,11 +52,12 @@ def child_exit(server, worker):
 def on_starting(server):
     # A setting the service refuses stops gunicorn itself, with its one-line message: raised in a
     # worker instead, it would make the master start a new worker forever.
-    from consumers.broker import refuse_unknown_transport
+    from consumers.broker import refuse_unknown_transport, refuse_unshared_transport
     from models.settings import Settings
 
     settings = Settings.from_env()
     refuse_unknown_transport(settings.broker_url)  # the web answers /readyz from the broker
+    refuse_unshared_transport(settings.broker_url)
     settings.require_secret_key()  # one key for every web process, or none starts
     if server.cfg.threads <= 2 * settings.stripe_max_concurrent_calls:
         # Checkouts waiting on a slow Stripe (and as many waiting for a turn) would hold every thread:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
@@ -18,6 +19,22 @@ DEAD_LETTER_QUEUE = Queue("shop.dead", DEAD_LETTER_EXCHANGE, routing_key="dead",
 
 
 BROKER_EXAMPLES = "amqp://user:password@host:5672/vhost (RabbitMQ) or filesystem://instance/broker (files, no server)"
+
+
+# kombu's transports that live inside one process: the relay publishes into its own, no worker reads it.
+_ONE_PROCESS_TRANSPORTS = frozenset({"memory"})
+
+
+def refuse_unshared_transport(url: str) -> None:
+    """Stop at start, naming BROKER_URL, when its transport lives inside one process (kombu's `memory://`):
+    the web, the relay and the worker are processes of their own, so a paid order's event would be stored
+    and published and never reach a worker, with every process looking healthy. For the processes that use
+    the broker (gunicorn's master, `shop worker`, `shop relay`); a `shop` verb that does not may run with it."""
+    for part in url.split(";"):
+        transport = part.strip().partition("://")[0].partition("+")[0]
+        if transport in _ONE_PROCESS_TRANSPORTS:
+            raise SystemExit(f"BROKER_URL must be a broker every process shares: {transport}:// lives inside one "
+                             f"process, so no worker would get what the relay publishes; use {BROKER_EXAMPLES}")
 
 
 def refuse_unknown_transport(url: str) -> None:
@@ -185,9 +202,16 @@ def ping(settings: Settings) -> None:
     """Raise if the broker cannot be reached (used by /readyz)."""
     folder = settings.broker_folder
     if folder is not None:
+        # No server to be down: ready once its folders are there (made as `connect` makes them, so a web
+        # process started before any worker or relay is ready too) and writable.
         queue_dir = folder / "queue"
-        if not queue_dir.is_dir():
-            raise ConnectionError(f"broker folder {queue_dir} does not exist")
+        try:
+            for made in (queue_dir, folder / "processed"):
+                made.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConnectionError(f"broker folder {queue_dir} cannot be made: {exc.strerror or exc}") from None
+        if not os.access(queue_dir, os.W_OK | os.X_OK):
+            raise ConnectionError(f"broker folder {queue_dir} is not writable by this process")
         return
     with connect(settings) as conn:
         conn.ensure_connection(max_retries=1, timeout=3)

@@ -34,10 +34,11 @@ NAME_LENGTH = Product.__table__.c.name.type.length
 
 def read_catalog(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
+    as_json = path.suffix.lower() == ".json"
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if as_json else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise InvalidInput(f"{path} is not valid {'JSON' if as_json else 'YAML'}: {exc}") from exc
     except RecursionError:  # "[[[[…" thousands deep: past Python's stack, as the webhook's parse_event_json says
         raise InvalidInput(f"{path} is nested too deeply to read: a catalog is a few levels deep") from None
     validate_catalog(data)

@@ -126,6 +126,13 @@ def database_url_from(raw: str) -> str:
     except (ArgumentError, ImportError) as exc:  # a driver SQLAlchemy does not know, or one not installed
         raise SystemExit(f"DATABASE_URL names the driver {url.drivername!r}, which cannot be loaded here ({exc}): "
                          f"use {examples}") from None
+    if url.get_backend_name() == "sqlite" and (url.database in (None, "", ":memory:")
+                                               or url.query.get("mode") == "memory"):
+        # Each process (web, worker, relay, each `shop` verb) would have a database of its own, gone with it:
+        # an event the webhook stores, no worker ever sees.
+        raise SystemExit(f"DATABASE_URL must name a database every process shares: {raw!r} is an in-memory "
+                         f"SQLite database, one per process and gone when it exits; use a file such as "
+                         f"{DATABASES['sqlite']}")
     try:
         # No connection yet: this only hands the driver's options (SQLite's ?timeout=…) to the dialect.
         create_engine(raw).dispose()
@@ -204,6 +211,26 @@ def _webhook_secrets(env: dict) -> tuple[str, ...]:
                              f"whsec_ (the endpoint's in Stripe's dashboard, or the one `stripe listen` prints), "
                              f"separated by commas: entry {number} of {len(secrets)} does not{what}")
     return secrets
+
+
+_STRIPE_KEY_KIND = re.compile(r"(?:sk|rk|pk)_(?:test|live)_|whsec_")
+_KEY_KINDS = {"sk_": "a secret API key", "rk_": "a restricted API key", "pk_": "a publishable key",
+              "whsec_": "a webhook signing secret"}
+
+
+def _stripe_key(env: dict, name: str, default: str, wanted: str, shape: str, secrets: tuple[str, ...]) -> str:
+    """STRIPE_API_KEY (a secret or restricted key) or STRIPE_PUBLISHABLE_KEY (`pk_…`): one of Stripe's other
+    kinds of key there stops the process at start. The publishable key is written into the pay step's page
+    for every buyer: a secret key there would give anyone the shop's Stripe account, and the webhook's
+    signing secret would let a buyer sign a `payment_intent.succeeded` for an order they never paid."""
+    raw = env.get(name) or default
+    kind = _STRIPE_KEY_KIND.match(raw)
+    if kind is not None and not kind.group(0).startswith(wanted) or raw in secrets:
+        said = next((what for prefix, what in _KEY_KINDS.items() if raw.startswith(prefix)), "")
+        why = (" (it is one of STRIPE_WEBHOOK_SECRETS)" if raw in secrets
+               else f" (it starts {kind.group(0)!r}: {said})")
+        raise SystemExit(f"{name} must be {shape}{why}")
+    return raw
 
 
 def _mail_from(env: dict, smtp_url: str | None, default: str) -> str:
@@ -320,7 +347,9 @@ class Settings:
         return cls(
             database_url=database_url,
             broker_url=env.get("BROKER_URL") or cls.broker_url,
-            stripe_api_key=env.get("STRIPE_API_KEY") or cls.stripe_api_key,
+            stripe_api_key=_stripe_key(env, "STRIPE_API_KEY", cls.stripe_api_key, ("sk_", "rk_"),
+                                       "the shop's secret API key (sk_test_… / sk_live_…, or a restricted "
+                                       "rk_… key)", secrets),
             stripe_api_base=_url(env, "STRIPE_API_BASE", ("http", "https"), "an http:// or https:// URL with a "
                                  "host, such as http://127.0.0.1:8420 for localstripe (unset: Stripe itself)"),
             webhook_secrets=secrets,
@@ -331,7 +360,9 @@ class Settings:
             log_format=log_format,
             admin_base_url=_admin_base_url(env, cls.admin_base_url, [name for name, value in (
                 ("SMTP_URL", smtp_url), ("STAFF_ALERT_URL", staff_alert_url)) if value]),
-            stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or cls.stripe_publishable_key,
+            stripe_publishable_key=_stripe_key(env, "STRIPE_PUBLISHABLE_KEY", cls.stripe_publishable_key, ("pk_",),
+                                               "the shop's publishable key (pk_test_… / pk_live_…), which every "
+                                               "buyer's pay step shows", secrets),
             stripe_js_url=_url(env, "STRIPE_JS_URL", ("http", "https"), "an http:// or https:// URL with a "
                                "host, where the shop's screens load Stripe.js (https://js.stripe.com/v3/)")
             or cls.stripe_js_url,

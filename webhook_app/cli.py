@@ -293,7 +293,10 @@ def worker():
     from consumers.payments import configure_stripe
     from consumers.worker import run_worker
 
+    from consumers.broker import refuse_unshared_transport
+
     settings = _settings()
+    refuse_unshared_transport(settings.broker_url)
     configure_stripe(settings)
     run_worker(settings)
 
@@ -302,9 +305,12 @@ def worker():
 def relay():
     """Publish the outbox to the broker, re-publish lost messages, expire reservations, and POST again
     staff alerts whose POST to STAFF_ALERT_URL failed."""
+    from consumers.broker import refuse_unshared_transport
     from consumers.relay import run_relay
 
-    run_relay(_settings())
+    settings = _settings()
+    refuse_unshared_transport(settings.broker_url)
+    run_relay(settings)
 
 
 @shop.group()

@@ -38,9 +38,10 @@ def _wait_for_port(port: int, timeout: float = 20) -> None:
 
 def _uses_localstripe() -> bool:
     """Whether this run starts localstripe. Decided from the real environment only: what an earlier
-    run wrote to dev.env must not make this one skip starting it."""
+    run wrote to dev.env must not make this one skip starting it. An empty STRIPE_API_KEY is the default,
+    as the processes (Settings) read it."""
     return (not os.environ.get("STRIPE_API_BASE")
-            and os.environ.get("STRIPE_API_KEY", "sk_test_local") == "sk_test_local")
+            and (os.environ.get("STRIPE_API_KEY") or "sk_test_local") == "sk_test_local")
 
 
 def _refuse_one_port_for_two() -> None:

@@ -123,8 +123,10 @@ if servers_available():
             admin.dispose()
 
 
-def test_readyz_is_503_naming_the_broker_when_its_folder_is_gone(make_client, tmp_path):
-    not_ready = make_client(broker_url=f"filesystem://{tmp_path / 'no-such-broker'}")
+def test_readyz_is_503_naming_the_broker_when_its_folder_cannot_be_made(make_client, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where the broker's folder would go")
+    not_ready = make_client(broker_url=f"filesystem://{blocker / 'no-such-broker'}")
     with rendered_logs() as lines:
         response = not_ready.get("/readyz")
     assert response.status_code == 503

@@ -148,7 +148,8 @@ def test_a_long_running_process_logs_the_unusable_folder_in_the_configured_forma
         settings, tmp_path, unwritable_folder, kind):
     """The worker imports the metrics before it configures logging; the web's create_app after."""
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DATABASE_URL": settings.database_url,
-           "BROKER_URL": settings.broker_url, "STRIPE_API_BASE": settings.stripe_api_base, "LOG_FORMAT": "json",
+           "BROKER_URL": f"filesystem://{tmp_path / 'broker'}", "STRIPE_API_BASE": settings.stripe_api_base,
+           "LOG_FORMAT": "json",
            "PROMETHEUS_MULTIPROC_DIR": str(unwritable_folder)}
     code = {"worker": "from webhook_app.cli import shop; shop(['worker'])",
             "web": "from webhook_app import create_app; create_app()"}[kind]
