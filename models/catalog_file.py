@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from models.carts import LARGEST_CHARGE
 from models.catalog import Product, Stock
 from models.errors import InvalidInput
-from models.shipping import DEFAULT, ShippingRate, canonical_prefecture
+from models.shipping import ACCEPTED_PREFECTURES, DEFAULT, ShippingRate, canonical_prefecture
 from models.text import unstorable
 
 
@@ -131,7 +131,8 @@ def validate_catalog(data) -> None:
                      f"{where}.prefectures")
             for name in prefs:
                 _require(isinstance(name, str) and canonical_prefecture(name) is not None,
-                         f"{where}.prefectures: unknown prefecture {name!r}", f"{where}.prefectures")
+                         f"{where}.prefectures: unknown prefecture {name!r}: each must be {ACCEPTED_PREFECTURES}",
+                         f"{where}.prefectures")
             names = [canonical_prefecture(name) for name in prefs]
         for name in names:
             _require(name not in priced, f"{where}.prefectures: {name} already has a rate", f"{where}.prefectures")

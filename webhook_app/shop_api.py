@@ -13,7 +13,7 @@ from models.catalog import Product
 from models.db import transaction
 from models.errors import NotFound, OutOfStock
 from models.orders import Order, ShippingAddress, get_order
-from models.shipping import canonical_prefecture
+from models.shipping import ACCEPTED_PREFECTURES, canonical_prefecture
 from webhook_app import state
 from webhook_app.errors import ApiError
 from webhook_app.shop_pages import my_page, wants_page
@@ -99,8 +99,8 @@ def _checkout_input() -> tuple[str, str, ShippingAddress]:
         raise ApiError(422, "invalid_input", "shipping.postal_code must look like 123-4567", "shipping.postal_code")
     prefecture = canonical_prefecture(fields["prefecture"])
     if prefecture is None:
-        raise ApiError(422, "invalid_input", f"shipping.prefecture {fields['prefecture']!r} is not a Japanese prefecture",
-                       "shipping.prefecture")
+        raise ApiError(422, "invalid_input",
+                       f"shipping.prefecture {fields['prefecture']!r} is not {ACCEPTED_PREFECTURES}", "shipping.prefecture")
     fields["prefecture"] = prefecture
     return cart_id, email, ShippingAddress(**fields)
 
