@@ -1,12 +1,14 @@
 """charge.refunded: a refund made at Stripe (its dashboard, or ours already recorded) shows on the order;
 charge.refund.updated and refund.updated/failed: a refund that failed after all is no longer counted.
-`record_charge_refunds` is also how a stray intent's refunds made before its payment was linked are counted."""
+`record_charge_refunds` is also how a stray intent's refunds made before its payment was linked are counted;
+one whose event comes while that payment is stored but not yet applied is retried after it."""
 from __future__ import annotations
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consumers.handlers.disputes import PaymentNotYetApplied
 from consumers.handlers.lookup import flag_or_note, lock_order_paid_on
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
@@ -16,6 +18,7 @@ from models.orders import (
     OrderStatus,
     can_transition,
     money_in_other_currencies,
+    payment_unapplied_on,
     record_refund,
     return_unshipped_units,
 )
@@ -50,6 +53,32 @@ def _refunds_of(charge: dict, intent_id: str, refunded: int, context: HandlerCon
     return refunds
 
 
+def _lock_order_refunded(session: Session, intent_id: object, what: str) -> Order | None:
+    """The order whose money a refund on the intent gave back (`lock_order_paid_on`), or None: not ours.
+    `what` names the refund (or its charge) in the error.
+
+    A stray intent (a second checkout tab's) is linked to its order only by its payment's succeeded event.
+    While that event is stored and not yet applied (waiting, being applied by another worker right now,
+    retrying, or dead-lettered), the refund finds no order, and the payment's worker may have read Stripe's
+    list of the intent's refunds before this one was made (`_count_refunds_made_before`): ignored, the refund
+    would be counted nowhere. So, as a dispute's, it raises PaymentNotYetApplied and is retried after the
+    payment; behind a dead-lettered payment it ends a dead letter too (alerted), for staff to retry after it.
+    An intent with no payment stored, or whose payment was ignored or resolved by hand, is not ours."""
+    if not isinstance(intent_id, str):
+        return None
+    order = lock_order_paid_on(session, intent_id)
+    if order is not None:
+        return order
+    waiting = payment_unapplied_on(session, intent_id)
+    if waiting is not None:
+        raise PaymentNotYetApplied(
+            f"{what} is on payment intent {intent_id} whose payment (event {waiting.event_id}, status "
+            f"{waiting.status.value}) is stored but not yet applied: retried after it")
+    # PostgreSQL reads each statement as of its own start: a payment applied between the two look-ups is
+    # no longer waiting, and its order is found now.
+    return lock_order_paid_on(session, intent_id)
+
+
 def given_back(refunds: list[dict]) -> int:
     """What the refunds give back (a failed or canceled one gives nothing)."""
     return sum(int(refund.get("amount") or 0) for refund in refunds
@@ -60,7 +89,7 @@ def given_back(refunds: list[dict]) -> int:
 def on_charge_refunded(session: Session, event: dict, context: HandlerContext) -> Outcome:
     charge = event["data"]["object"]
     intent_id = charge.get("payment_intent")
-    order = lock_order_paid_on(session, intent_id) if isinstance(intent_id, str) else None
+    order = _lock_order_refunded(session, intent_id, f"charge {charge.get('id')}")
     if order is None:
         return Outcome.ignored(f"no order of ours for charge {charge.get('id')} (payment intent {intent_id})")
     amount, refunded = int(charge.get("amount") or 0), int(charge.get("amount_refunded") or 0)
@@ -144,7 +173,7 @@ def on_refund_updated(session: Session, event: dict, context: HandlerContext) ->
     marked the order refunded or partly refunded on its word."""
     refund = event["data"]["object"]
     intent_id = refund.get("payment_intent")
-    order = lock_order_paid_on(session, intent_id) if isinstance(intent_id, str) else None
+    order = _lock_order_refunded(session, intent_id, f"refund {refund.get('id')}")
     if order is None:
         return Outcome.ignored(f"no order of ours for refund {refund.get('id')} (payment intent {intent_id})")
     status = refund.get("status")
