@@ -205,6 +205,11 @@ def _claim_locked(session: Session, settings: Settings, message: OutboxMessage, 
         log.info("message_skipped", status=message.status.value)
         return _Claimed(Result("skipped", message.status.value))
     topic, body = message.topic, message.body
+    if topic is Topic.MAIL and _leased(message):
+        # Another worker took it and is sending it (a copy the relay published before it took the
+        # original, say): that worker marks it done, or the relay publishes it again once the lease ends.
+        log.info("mail_not_sent_leased", leased_until=message.leased_until.isoformat())
+        return _Claimed(Result("skipped", "not sent: another worker is sending it (its lease has not ended)"))
     if topic is Topic.STRIPE_EVENT:
         outcome = _handle_event(session, settings, message, handled, fetched)
         message.mark_done()
@@ -229,6 +234,7 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
     started = time.monotonic()
     handled: dict = {}  # the inbox event whose handler ran: for the failure's history row and the metrics
     fetched: dict[tuple[str, str], object] = {}  # Stripe's records, fetched outside the transaction
+    send_by = None  # set once this worker holds the mail's lease
     try:
         while True:
             try:
@@ -250,12 +256,13 @@ def process_message(factory: sessionmaker[Session], settings: Settings, outbox_i
             # Calls to SMTP and Stripe happen outside any transaction, so a slow server never
             # holds a database lock; a crash before marking it done repeats the call (at least
             # once: Stripe's cancel is idempotent, a mail may be sent twice). A mail's lease was
-            # extended with its claim: the relay publishes no copy while it is being sent.
+            # extended with its claim: the relay publishes no copy while it is being sent, and no
+            # other worker sends one it already has.
             _call_outside(settings, *claimed.outside, outbox_id=outbox_id, deadline=send_by)
             with transaction(factory) as session:
                 _lock(session, outbox_id).mark_done()
     except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried, never dropped
-        return _failed(factory, settings, outbox_id, exc, handled, started)
+        return _failed(factory, settings, outbox_id, exc, handled, started, leased=send_by is not None)
     _observe(handled, claimed.outcome, started)
     _send_committed_mails(factory, settings, mails, _mail_deadline(settings))
     if claimed.outcome is not None and claimed.outcome.alert_id is not None:
@@ -298,11 +305,19 @@ def _send_seconds(settings: Settings) -> float:
 
 
 def _extend_lease(message: OutboxMessage, settings: Settings) -> float:
-    """A mail about to be sent is not due for the relay for a whole redelivery wait from now; the
-    `time.monotonic()` by which its SMTP session must end (`_send_seconds`)."""
+    """A mail about to be sent (its row locked) is this worker's for a whole redelivery wait from now: not
+    due for the relay, and not sent by another worker (`_leased`), a copy it already has included; the
+    `time.monotonic()` by which its SMTP session must end (`_send_seconds`). The lease ends when the relay
+    may publish the mail again, so the worker that runs that copy finds it over."""
     send_by = time.monotonic() + _send_seconds(settings)
-    message.available_at = utcnow() + timedelta(seconds=settings.redelivery_seconds)
+    message.available_at = message.leased_until = utcnow() + timedelta(seconds=settings.redelivery_seconds)
     return send_by
+
+
+def _leased(message: OutboxMessage) -> bool:
+    """Another worker holds the mail's lease (`_extend_lease`): it is sending it, or has sent it and is
+    about to mark it done. A holder whose send failed gave the lease up (`_record_failure`)."""
+    return message.leased_until is not None and message.leased_until > utcnow()
 
 
 class _Call(NamedTuple):
@@ -323,8 +338,9 @@ def _send_committed_mails(factory, settings: Settings, mails: MailsAfterCommit, 
         _finish_outside(factory, settings, calls, {}, deadline, connected)
 
 
-def _failed(factory, settings: Settings, outbox_id: int, exc: Exception, handled: dict, started: float) -> Result:
-    result = _record_failure(factory, settings, outbox_id, exc, handled.get("inbox_event_id"))
+def _failed(factory, settings: Settings, outbox_id: int, exc: Exception, handled: dict, started: float, *,
+            leased: bool = False) -> Result:
+    result = _record_failure(factory, settings, outbox_id, exc, handled.get("inbox_event_id"), leased=leased)
     if "type" in handled and result.outcome in ("retry", "dead"):
         metrics.observe_run_time(handled["type"], started)  # counted by _record_failure
     return result
@@ -542,7 +558,8 @@ def _finish_outside(factory, settings: Settings, calls: list[_Call], results: di
     and gives it a fresh lease (`_lease`: not due for the relay for a redelivery wait), and its session
     must end within three quarters of that (`_send_seconds`): the relay never publishes a copy of a mail
     still being sent, nor of one sent and not yet marked done. A mail the relay published again meanwhile
-    (another worker's copy) or that was finished meanwhile is not sent. The others are marked done in one
+    (another worker's copy), that another worker leased meanwhile (it is sending a copy), or that was
+    finished meanwhile is not sent. The others are marked done in one
     UPDATE at the end, and before that every quarter of the redelivery wait. No mail is started once
     `deadline` (`_mail_deadline`) has passed, nor once the worker's connection to the broker is lost
     (`connected`, asked before each call, also sends its heartbeats: else RabbitMQ closes a connection
@@ -572,7 +589,8 @@ def _finish_outside(factory, settings: Settings, calls: list[_Call], results: di
         try:
             _call_outside(settings, topic, body, outbox_id=outbox_id, deadline=send_by)
         except Exception as exc:  # noqa: BLE001 - recorded and retried as for a message on its own
-            results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started)
+            results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started,
+                                         leased=send_by is not None)
             unreachable = unreachable or isinstance(exc, (MailServerUnreachable, MailOutcomeUnknown))
             continue
         made.append((outbox_id, started))
@@ -589,8 +607,9 @@ def _finish_outside(factory, settings: Settings, calls: list[_Call], results: di
 def _lease(factory, settings: Settings, outbox_id: int, deliveries: int, made: list[tuple[int, float]],
            results: dict[int, Result]) -> float | None:
     """In one short transaction, mark the calls `made` done and extend the lease of the mail about to be
-    sent (`_extend_lease`), if it is still this worker's: live, and not published again since it was
-    claimed (its deliveries unchanged), else another worker has or will have its copy. The
+    sent (`_extend_lease`), if it is still this worker's: live, not published again since it was
+    claimed (its deliveries unchanged), else another worker has or will have its copy, and not leased by
+    another worker (`_leased`: one sending a copy published before this worker claimed it). The
     `time.monotonic()` by which its SMTP session must end, or None if it is not to be sent (its result
     says why)."""
     try:
@@ -603,6 +622,8 @@ def _lease(factory, settings: Settings, outbox_id: int, deliveries: int, made: l
                 taken_by_another = message.status.value  # done by a copy, retried after a copy's failure
             elif (message.deliveries or 0) != deliveries:
                 taken_by_another = "published again"  # the relay's copy is another worker's to send
+            elif _leased(message):
+                taken_by_another = "leased by another worker"  # a copy's worker is sending it
             else:
                 taken_by_another = None
             send_by = None if taken_by_another else _extend_lease(message, settings)
@@ -630,7 +651,7 @@ def _mark_made(session: Session, made: list[tuple[int, float]]) -> None:
 def _made_failed(factory, settings: Settings, made: list[tuple[int, float]], results: dict[int, Result],
                  exc: Exception) -> None:
     for outbox_id, started in made:  # as process_message: the call is made again on the retry
-        results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started)
+        results[outbox_id] = _failed(factory, settings, outbox_id, exc, {}, started, leased=True)
 
 
 def _mark_done(factory, settings: Settings, made: list[tuple[int, float]], results: dict[int, Result]) -> None:
@@ -699,7 +720,9 @@ def _handle_event(session: Session, settings: Settings, message: OutboxMessage, 
 
 
 def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception,
-                    inbox_event_id: int | None) -> Result:
+                    inbox_event_id: int | None, *, leased: bool = False) -> Result:
+    """Record a failed run of the message: retried later, or a dead letter. `leased`: the failure is of a
+    mail this worker held the lease of, which it gives up, so the retry is sent when due."""
     error = describe_error(exc)
     trace = traceback.format_exc(limit=20)
     alert_id = None
@@ -716,6 +739,8 @@ def _record_failure(factory, settings: Settings, outbox_id: int, exc: Exception,
             # earlier failure (scheduled, dead): this late failure must not reopen it.
             log.warning("late_failure_not_recorded", status=message.status.value, error=error)
             return Result("skipped", f"message already {message.status.value}; failure kept as history only")
+        if leased:
+            message.leased_until = None
         unknown = isinstance(exc, MailOutcomeUnknown)
         if unknown:
             # The SMTP server may have taken the mail: a retry could mail the buyer again. Staff check

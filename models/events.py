@@ -116,6 +116,9 @@ class OutboxMessage(Base):
     # delivery is not counted (see `start_copy`).
     starts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     available_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A mail's lease: until then the worker that took it is sending it, and no other worker sends it, a
+    # copy the relay published before included (`consumers.processing._extend_lease`). Mails over SMTP only.
+    leased_until: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -25,7 +25,7 @@ from models.migrations import alembic_config, database_revision, upgrade
 from tests.support import BIN, WEBHOOK_SECRET, env_for, free_port, serve
 from webhook_app.cli import shop
 
-HEAD = "0016"  # this release's last migration (alembic/versions)
+HEAD = "0017"  # this release's last migration (alembic/versions)
 
 # Verbs that read columns 0010 and 0011 added (orders.charged_back_amount, staff_members.session_generation).
 VERBS = [("orders", "review"), ("orders", "show", "ord_x"), ("orders", "cancel", "ord_x", "--note", "asked"),
