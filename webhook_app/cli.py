@@ -290,10 +290,9 @@ def catalog_load(file):
 @shop.command()
 def worker():
     """Consume the work queues and run each message through its handler (ack after commit)."""
+    from consumers.broker import refuse_unshared_transport
     from consumers.payments import configure_stripe
     from consumers.worker import run_worker
-
-    from consumers.broker import refuse_unshared_transport
 
     settings = _settings()
     refuse_unshared_transport(settings.broker_url)

@@ -15,6 +15,7 @@ from models.db import make_engine
 from models.migrations import alembic_config, database_revision, upgrade
 from tests.backends import (create_postgres_database, drop_postgres_database, servers_available,
                             wait_until_waiting_for_a_lock)
+from tests.integration.test_db_upgrade_messages import empty_database_url  # noqa: F401 (fixture)
 
 SHOP = os.path.join(os.path.dirname(sys.executable), "shop")
 
@@ -38,17 +39,6 @@ def finished(proc: subprocess.Popen) -> tuple[int, str, str]:
         out, err = proc.communicate()
         raise AssertionError(f"`shop db upgrade` still running after 120 s: {out} {err[-2000:]}") from None
     return proc.returncode, out, err
-
-
-@pytest.fixture(params=["sqlite", "postgresql"] if servers_available() else ["sqlite"])
-def empty_database_url(request, tmp_path):
-    """A database no migration has run on yet."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)
 
 
 def test_two_upgrades_at_once_one_migrates_and_the_other_then_finds_the_database_at_head(empty_database_url):

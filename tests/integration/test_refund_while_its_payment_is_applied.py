@@ -17,25 +17,15 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from consumers.processing import process_message
-from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
+from models.events import EventStatus, OutboxStatus
 from models.refunds import Refund, RefundSource
+from tests.integration.test_dispute_before_its_payment import _inbox, _message_of
 from tests.integration.test_out_of_order_money_events import _paid_on_a_second_tab, _stray_succeeded
 from tests.integration.test_refunds_and_disputes import (  # noqa: F401  (fixtures)
     alerts, charge_refunded, charge_refunded_as_now, order_row, paid_order, refund_updated, refunds)
 from tests.stripe_proxy import HoldingProxy, the_first
 from tests.support import confirm_card, event_for, stripe_unreachable, use_stripe
 from webhook_app.cli import shop
-
-
-def _inbox(sessions, event: dict) -> InboxEvent:
-    with sessions() as session:
-        return session.scalars(select(InboxEvent).where(InboxEvent.event_id == event["id"])).one()
-
-
-def _message_of(sessions, event: dict) -> OutboxMessage:
-    with sessions() as session:
-        return session.scalars(select(OutboxMessage).join(InboxEvent, InboxEvent.id == OutboxMessage.inbox_event_id)
-                               .where(InboxEvent.event_id == event["id"])).one()
 
 
 def _waiting(what: str, stray: str, payment: dict, status: str) -> str:
