@@ -198,6 +198,23 @@ def writer_turn(dbapi_connection) -> Iterator[None]:
         _end_turn(dbapi_connection)
 
 
+def _into_wal_mode(cursor) -> None:
+    """Puts the file in WAL mode (it stays so: a no-op once it is). Changing a file's mode needs it to itself,
+    and SQLite answers "database is locked" at once, without waiting in its busy handler, when another
+    connection is writing to a file still in rollback-journal mode: two processes opening a new database
+    together (two `shop db upgrade` at once, say), one changing its mode and then migrating while the
+    other connects. So the change is tried again, within the writers' turn timeout."""
+    deadline = time.monotonic() + TURN_TIMEOUT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     database = engine.url.database
     turn_file = f"{database}-writer" if database and database != ":memory:" else None
@@ -208,7 +225,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # Let SQLAlchemy, not the driver, decide when a transaction begins.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _into_wal_mode(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         # Under gunicorn's 20 s request timeout, so a request stuck behind the write lock

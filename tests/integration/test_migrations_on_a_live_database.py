@@ -4,9 +4,12 @@ and two upgrades at once (two machines' release step) run one after the other.""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import pytest
 from sqlalchemy import text
@@ -83,6 +86,29 @@ def test_on_sqlite_two_upgrades_held_up_together_still_run_one_after_the_other(t
         f"database already at head ({head()}); nothing done\n",
         f"database migrated to head ({head()}), from an empty database\n"], results
 
+
+def test_on_sqlite_a_process_connecting_while_another_writes_to_the_new_file_waits_to_put_it_in_wal_mode(tmp_path):
+    """The second of two upgrades at once can connect while the first, having made the file, writes to it still
+    in rollback-journal mode. SQLite refuses the second's change to WAL mode at once, without waiting in its
+    busy handler: that upgrade failed, "database is locked". The change waits for the writer instead."""
+    path = tmp_path / "new.db"
+    first = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        first.execute("CREATE TABLE made_by_the_first (x)")
+        first.execute("BEGIN IMMEDIATE")
+        first.execute("INSERT INTO made_by_the_first VALUES (1)")
+        with ThreadPoolExecutor(1) as pool:
+            connecting = pool.submit(engine.connect)
+            with pytest.raises(FutureTimeout):  # still waiting, not failed
+                connecting.result(timeout=0.5)
+            first.commit()
+            with connecting.result(timeout=60) as connection:
+                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+                assert connection.exec_driver_sql("SELECT x FROM made_by_the_first").scalars().all() == [1]
+    finally:
+        engine.dispose()
+        first.close()
 
 # PostgreSQL only: SQLite has one writer at a time and no lock to wait for on a table.
 if servers_available():
