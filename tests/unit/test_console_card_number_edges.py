@@ -29,6 +29,9 @@ ID_SHAPE = re.compile(r"[a-z]+(?:_[a-z]+)*_[A-Za-z0-9]+")
     ("Room_4242424242424242", f"Room_{MASKED}"),
     ("カード_4242424242424242", f"カード_{MASKED}"),
     ("card_４２４２４２４２４２４２４２４２", f"card_{MASKED}"),
+    ("card_4242424242424242exp", f"card_{MASKED}exp"),
+    ("card_no_4242424242424242expires", f"card_no_{MASKED}expires"),
+    ("card_4242424242424242exp 12/34 cvc 123", f"card_{MASKED}exp {MASK} cvc {MASK}"),
 ])
 def test_a_card_number_glued_to_a_word_by_an_underscore_is_masked(typed, shown):
     assert scrub_text(f"北1条 {typed} 様") == f"北1条 {shown} 様"

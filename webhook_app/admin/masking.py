@@ -60,12 +60,13 @@ _ID_PREFIX = re.compile(r"(?:[a-z]+_)+")
 _LETTER = re.compile(r"[A-Za-z]")
 _OWN_ID_PREFIXES = frozenset({"ord_", "cart_", "shp_", "req_"})
 _OWN_ID_TOKEN = re.compile(r"[0-9a-f]{16}")
+_SHORTEST_CARD = 13
 
 
 def _in_identifier(text: str, start: int, end: int) -> bool:
     """Digits inside an id like pi_3Mtw…, evt_1N…, ord_… (staff search by these, so they stay readable),
-    but not a card number glued to a word by `_` ("card_4242…", "4242…_exp"): there the token after the
-    prefix is the card's digits alone."""
+    but not a card number glued to a word by `_` ("card_4242…", "4242…_exp", "card_4242…exp"): there the token
+    after the prefix is, or opens with, the card's digits."""
     # The word before is read backwards: a search for it forwards would try each of the 255 places.
     window = text[max(0, start - _LONGEST_ID):start][::-1]
     before = _ID_CHARACTERS.match(window).group()[::-1]
@@ -75,7 +76,13 @@ def _in_identifier(text: str, start: int, end: int) -> bool:
     if not _ID_PREFIX.fullmatch(prefix):
         return False
     token = token_start + text[start:end] + after.partition("_")[0]
-    return bool(_LETTER.search(token)) or (prefix in _OWN_ID_PREFIXES and bool(_OWN_ID_TOKEN.fullmatch(token)))
+    if prefix in _OWN_ID_PREFIXES and _OWN_ID_TOKEN.fullmatch(token):
+        return True
+    # A token that opens with 13 digits or more ("card_4242…exp") is a card glued to words on both sides:
+    # Stripe's random base62 token opens so about once in 10^10 ids.
+    if not token_start and end - start >= _SHORTEST_CARD:
+        return False
+    return bool(_LETTER.search(token))
 
 
 def _card_spans(groups: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
