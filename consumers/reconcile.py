@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.handlers import HANDLED_EVENT_TYPES
 from consumers.payments import events_since
 from models.db import transaction
-from models.events import InboxEvent, store_event
+from models.events import InboxEvent, store_event, why_not_storable
 from models.logs import describe_error
 
 log = structlog.get_logger(__name__)
@@ -42,7 +42,8 @@ _LOOKUP_BATCH = 100  # Stripe's page size (events_since): one inbox look-up a pa
 
 @dataclass
 class Refused:
-    """A missing event the database would not store, and its reason (`describe_error`: no payload, no secret)."""
+    """A missing event that was not stored, and why: the webhook's rules for an event (`why_not_storable`)
+    or the database's refusal (`describe_error`: no payload, no secret)."""
     event_id: str
     event_type: str
     reason: str
@@ -90,10 +91,12 @@ def reconcile(factory: sessionmaker[Session], since_seconds: int) -> Reconciled:
     outage that outage's events. If Stripe fails midway, nothing is stored and the run fails;
     running it again is safe.
 
-    Each event is stored in a transaction of its own. One the database refuses for its values
-    (`_refuses_the_event`) is logged, listed in `refused` with the database's reason, and the run goes
-    on with the next. Any other database error, in a look-up or a store, stops the run at once
-    (`DatabaseFailed`).
+    Each event is stored in a transaction of its own. One the webhook would refuse (`why_not_storable`:
+    an object id over 255 characters or holding a control or non-ASCII character, say, which a coupon's,
+    product's or plan's id chosen by hand can be) is not stored on any backend, as the webhook would
+    not have stored it; one the database refuses for its values (`_refuses_the_event`) neither. Either
+    is logged, listed in `refused` with its reason, and the run goes on with the next. Any other
+    database error, in a look-up or a store, stops the run at once (`DatabaseFailed`).
     """
     result = Reconciled()
     since = int(time.time()) - since_seconds
@@ -113,21 +116,31 @@ def reconcile(factory: sessionmaker[Session], since_seconds: int) -> Reconciled:
     missing.sort(key=lambda data: (int(data.get("created") or 0), data["id"]))
     result.missing = len(missing)
     for data in missing:
+        # Not the database: SQLite stores an object id of 300 characters or holding a NUL, which PostgreSQL
+        # refuses. The webhook's rules decide, so each backend's inbox holds only what a delivery could store.
+        problem = why_not_storable(data)
+        if problem:
+            _refuse(result, data, problem)
+            continue
         try:
             with transaction(factory) as session:
                 stored = store_event(session, data, json.dumps(data), handled_types=HANDLED_EVENT_TYPES)
         except (DBAPIError, dbapi.Error) as exc:
             if not _refuses_the_event(exc, dbapi):
                 raise DatabaseFailed(result) from exc
-            reason = describe_error(exc)
-            result.refused.append(Refused(data["id"], data["type"], reason))
-            log.warning("event_not_reconciled", event_id=data["id"], event_type=data["type"], error=reason)
+            _refuse(result, data, describe_error(exc))
             continue
         # The unique event id decides: a webhook may have delivered it since the look-up.
         if not stored.duplicate:
             result.stored += 1
             log.info("event_reconciled", event_id=data["id"], event_type=data["type"], status=stored.status.value)
     return result
+
+
+def _refuse(result: Reconciled, data: dict, reason: str) -> None:
+    event_type = str(data.get("type"))  # a str even when the type is what is wrong
+    result.refused.append(Refused(data["id"], event_type, reason))
+    log.warning("event_not_reconciled", event_id=data["id"], event_type=event_type, error=reason)
 
 
 def _not_in_inbox(factory: sessionmaker[Session], events: list[dict]) -> list[dict]:

@@ -415,6 +415,36 @@ API_VERSION = re.compile(r"[\x21-\x7e]{1,40}")
 OBJECT_ID = re.compile(r"[\x21-\x7e]{1,255}")
 
 
+def why_not_storable(event) -> str | None:
+    """Why a parsed event cannot be stored in the inbox (None if it can): not a Stripe event, or an id,
+    type, api_version or data.object.id that breaks the rules above. One check for every way in: the
+    webhook answers 400 `not_an_event` with this message, and `shop reconcile` names the event with it,
+    so no backend stores what another would refuse (SQLite would take an object id of 300 characters
+    or one holding a NUL; PostgreSQL would not)."""
+    if not isinstance(event, dict):
+        return "the body is not a JSON object"
+    if event.get("object") != "event":
+        return 'the body is not a Stripe event (object is not "event")'
+    if not isinstance(event.get("id"), str) or not EVENT_ID.fullmatch(event["id"]):
+        return "the event has no evt_ id"
+    if not isinstance(event.get("type"), str) or not event["type"]:
+        return "the event has no type"
+    if not EVENT_TYPE.fullmatch(event["type"]):
+        return "the event's type is not a Stripe event type"
+    api_version = event.get("api_version")
+    if api_version is not None and not (isinstance(api_version, str) and API_VERSION.fullmatch(api_version)):
+        return "the event's api_version is not a Stripe API version"
+    if not isinstance(event.get("livemode", False), bool):
+        return "the event's livemode is not true or false"
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        return "the event has no data.object"
+    object_id = data["object"].get("id")
+    if isinstance(object_id, str) and not OBJECT_ID.fullmatch(object_id):
+        return "the event's data.object.id is not a Stripe id"
+    return None
+
+
 _SQLITE_INBOX_COLUMNS = ("event_id", "type", "api_version", "livemode", "payload", "object_id", "status",
                          "outcome", "received_at", "processed_at")
 _SQLITE_INBOX_VALUES = "(?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"

@@ -446,8 +446,9 @@ def events_send(file, url, fresh_id):
 def reconcile(since):
     """Fetch events from Stripe's API that never arrived, and ingest them (safe to repeat).
 
-    An event the database refuses is named with its reason, the others are still stored, and the
-    exit status is 1; a database failing otherwise (unreachable, read-only, locked) stops the run."""
+    An event the webhook would refuse (an object id over 255 characters, say) or the database refuses is
+    named with its reason, the others are still stored, and the exit status is 1; a database failing
+    otherwise (unreachable, read-only, locked) stops the run."""
     from consumers.payments import PaymentGatewayError, configure_stripe
     from consumers.reconcile import DatabaseFailed, parse_span, reconcile as run_reconcile
     from models.db import missing_column, missing_table
@@ -478,7 +479,8 @@ def reconcile(since):
 
 
 def _name_refused(refused_events) -> None:
-    """One line each: the event and the database's reason (redacted by describe_error)."""
+    """One line each: the event and why it was not stored (the webhook's rule it breaks, or the database's
+    reason, redacted by describe_error)."""
     for refused in refused_events:
         click.echo(f"not stored: {refused.event_id} ({refused.event_type}): {_one_line(refused.reason)}", err=True)
 

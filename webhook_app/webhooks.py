@@ -35,8 +35,7 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 from consumers import metrics
 from consumers.handlers import HANDLED_EVENT_TYPES
 from models.db import writer_turn
-from models.events import (API_VERSION, EVENT_ID, EVENT_TYPE, OBJECT_ID, StoredEvent, store_events_pg,
-                           store_events_sqlite)
+from models.events import StoredEvent, store_events_pg, store_events_sqlite, why_not_storable
 from models.base import new_id
 from models.logs import describe_error
 from webhook_app import store_process
@@ -153,31 +152,6 @@ def parse_event_json(payload: str):
         raise InvalidJson("the JSON is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or an integer over Python's digit limit
         raise InvalidJson(str(exc)[:200]) from None
-
-
-def _not_an_event(event) -> str | None:
-    if not isinstance(event, dict):
-        return "the body is not a JSON object"
-    if event.get("object") != "event":
-        return 'the body is not a Stripe event (object is not "event")'
-    if not isinstance(event.get("id"), str) or not EVENT_ID.fullmatch(event["id"]):
-        return "the event has no evt_ id"
-    if not isinstance(event.get("type"), str) or not event["type"]:
-        return "the event has no type"
-    if not EVENT_TYPE.fullmatch(event["type"]):
-        return "the event's type is not a Stripe event type"
-    api_version = event.get("api_version")
-    if api_version is not None and not (isinstance(api_version, str) and API_VERSION.fullmatch(api_version)):
-        return "the event's api_version is not a Stripe API version"
-    if not isinstance(event.get("livemode", False), bool):
-        return "the event's livemode is not true or false"
-    data = event.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
-        return "the event has no data.object"
-    object_id = data["object"].get("id")
-    if isinstance(object_id, str) and not OBJECT_ID.fullmatch(object_id):
-        return "the event's data.object.id is not a Stripe id"
-    return None
 
 
 class StoreBusy(Exception):
@@ -561,7 +535,7 @@ class _Delivery:
             event = parse_event_json(payload)
         except InvalidJson as exc:
             return self.reject(400, "invalid_payload", f"the body is not valid JSON: {exc}")
-        problem = _not_an_event(event)
+        problem = why_not_storable(event)
         if problem:
             return self.reject(400, "not_an_event", problem)
 
