@@ -8,8 +8,8 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consumers.handlers.disputes import PaymentNotYetApplied
-from consumers.handlers.lookup import flag_or_note, lock_order_paid_on
+from consumers.handlers.disputes import lock_order_paid_on_once_applied
+from consumers.handlers.lookup import flag_or_note
 from consumers.handlers.outcome import Outcome
 from consumers.handlers.registry import HandlerContext, handles
 from models.money import per_currency
@@ -18,7 +18,6 @@ from models.orders import (
     OrderStatus,
     can_transition,
     money_in_other_currencies,
-    payment_unapplied_on,
     record_refund,
     return_unshipped_units,
 )
@@ -66,17 +65,7 @@ def _lock_order_refunded(session: Session, intent_id: object, what: str) -> Orde
     An intent with no payment stored, or whose payment was ignored or resolved by hand, is not ours."""
     if not isinstance(intent_id, str):
         return None
-    order = lock_order_paid_on(session, intent_id)
-    if order is not None:
-        return order
-    waiting = payment_unapplied_on(session, intent_id)
-    if waiting is not None:
-        raise PaymentNotYetApplied(
-            f"{what} is on payment intent {intent_id} whose payment (event {waiting.event_id}, status "
-            f"{waiting.status.value}) is stored but not yet applied: retried after it")
-    # PostgreSQL reads each statement as of its own start: a payment applied between the two look-ups is
-    # no longer waiting, and its order is found now.
-    return lock_order_paid_on(session, intent_id)
+    return lock_order_paid_on_once_applied(session, intent_id, what)
 
 
 def given_back(refunds: list[dict]) -> int:

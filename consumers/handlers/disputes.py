@@ -92,7 +92,7 @@ def _find(session: Session, dispute: dict) -> _Found:
     it; the money is left as it is until its payment is applied."""
     intent_id = dispute.get("payment_intent")
     intent_id = intent_id if isinstance(intent_id, str) else None
-    order = lock_order_paid_on(session, intent_id) if intent_id else None
+    order = lock_order_paid_on_once_applied(session, intent_id, f"dispute {dispute['id']}") if intent_id else None
     unapplied = None
     if order is not None and order.payment_intent_id == intent_id \
             and intent_id not in intents_counted_for(session, order):
@@ -100,11 +100,6 @@ def _find(session: Session, dispute: dict) -> _Found:
         # not the money (`models.orders.settle_chargebacks` counts it once that payment is applied).
         unapplied = _held_unapplied(session, intent_id)
     elif order is None and intent_id:
-        waiting = payment_unapplied_on(session, intent_id)
-        if waiting is not None:
-            raise PaymentNotYetApplied(
-                f"dispute {dispute['id']} is on payment intent {intent_id} whose payment (event {waiting.event_id}, "
-                f"status {waiting.status.value}) is stored but not yet applied: retried after it")
         set_aside = payment_set_aside_on(session, intent_id)
         if set_aside is not None:
             order_id, unapplied = set_aside.order_id, set_aside.said()
@@ -117,6 +112,25 @@ def _find(session: Session, dispute: dict) -> _Found:
     if order is None:
         return _Found(None, row)
     return _Found(order, row, unapplied, _other_currency(order, dispute))
+
+
+def lock_order_paid_on_once_applied(session: Session, intent_id: str, what: str) -> Order | None:
+    """`lock_order_paid_on`, or PaymentNotYetApplied while a payment on the intent is stored and not yet applied
+    (a stray intent's: only that payment links it to its order). `what` names the money event in the error.
+    None: no order holds the intent and no payment on it is waiting or was applied for one.
+
+    PostgreSQL reads each statement as of its own start: a payment another worker applies between the two
+    look-ups is no longer waiting, and its order is found by looking again; without that look, a dispute or
+    refund handled in that moment took the payment for one never received, or for none of ours."""
+    order = lock_order_paid_on(session, intent_id)
+    if order is not None:
+        return order
+    waiting = payment_unapplied_on(session, intent_id)
+    if waiting is not None:
+        raise PaymentNotYetApplied(
+            f"{what} is on payment intent {intent_id} whose payment (event {waiting.event_id}, status "
+            f"{waiting.status.value}) is stored but not yet applied: retried after it")
+    return lock_order_paid_on(session, intent_id)
 
 
 def _other_currency(order: Order, dispute: dict) -> str | None:
