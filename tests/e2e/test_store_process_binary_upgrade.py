@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends import EMBEDDED
-from tests.e2e.test_store_process_faults import _alive, _lines, _stored_once_each
+from tests.e2e.test_store_process_faults import _alive, _lines, _started, _stored_once_each
 from tests.support import event_for
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +30,7 @@ def test_a_binary_upgrade_hands_the_store_process_over_and_loses_or_doubles_no_e
     pidfile = tmp_path / "web.pid"
     cluster = make_cluster(EMBEDDED, GUNICORN_CMD_ARGS=f"--pid {pidfile}")
     old_master = cluster.procs["web"].pid
-    (first,) = _lines(cluster, "store_process_started")
+    first = _started(cluster)
     before = [event_for("payment_intent.succeeded") for _ in range(10)]
     assert [cluster.post_event(event).status_code for event in before] == [200] * len(before)
 

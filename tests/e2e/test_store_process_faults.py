@@ -40,6 +40,15 @@ def _lines(cluster, event: str) -> list[dict]:
     return found
 
 
+def _started(cluster) -> dict:
+    """The store process's `store_process_started` line. The master goes on once the store process's socket
+    exists, a moment before that process logs the line: waited for, not read at once."""
+    cluster.wait_until(lambda: _lines(cluster, "store_process_started"), timeout=WAIT,
+                       what="the store process's started line")
+    (started,) = _lines(cluster, "store_process_started")
+    return started
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie nobody reaped yet is not)."""
     try:
@@ -88,7 +97,7 @@ def the_new_store_process_serves_until_gunicorn_stops(cluster, pid: int) -> None
 def test_webhooks_go_through_the_store_process_and_sigterm_of_gunicorn_stops_it_and_removes_its_socket(
         make_cluster):
     cluster = make_cluster(EMBEDDED)
-    (started,) = _lines(cluster, "store_process_started")
+    started = _started(cluster)
     assert started["socket"] == _socket(cluster) and os.path.exists(started["socket"])
     events = [event_for("payment_intent.succeeded") for _ in range(30)]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
@@ -113,7 +122,7 @@ def test_webhooks_go_through_the_store_process_and_sigterm_of_gunicorn_stops_it_
 def test_a_store_process_killed_during_a_stream_of_webhooks_loses_and_doubles_nothing_and_is_restarted(
         make_cluster):
     cluster = make_cluster(EMBEDDED)
-    (started,) = _lines(cluster, "store_process_started")
+    started = _started(cluster)
     answers: dict[str, int] = {}
     answered = threading.Semaphore(0)
     after_restart = threading.Event()  # set with the number answered by then
@@ -162,7 +171,7 @@ def test_a_store_process_killed_during_a_stream_of_webhooks_loses_and_doubles_no
 
 def test_the_store_process_dies_with_a_killed_gunicorn_master(make_cluster):
     cluster = make_cluster(EMBEDDED)
-    (started,) = _lines(cluster, "store_process_started")
+    started = _started(cluster)
     cluster.stop("web", signal.SIGKILL)
     cluster.wait_until(lambda: not _alive(started["pid"]), timeout=WAIT, what="the store process exits")
     assert not os.path.exists(started["socket"])  # it stopped cleanly, on the SIGTERM its parent's death sent

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.backends import EMBEDDED
-from tests.e2e.test_store_process_faults import (_alive, _lines, _stored_once_each,
+from tests.e2e.test_store_process_faults import (_alive, _lines, _started, _stored_once_each,
                                                  the_new_store_process_serves_until_gunicorn_stops)
 from tests.support import WEBHOOK_SECRET, event_for, signed_headers
 from webhook_app.store_process import HEARTBEAT_INTERVAL_SECONDS, HUNG_AFTER_SECONDS, WATCH_INTERVAL_SECONDS
@@ -51,7 +51,7 @@ def _continue(pid: int) -> None:
 def test_a_store_process_stopped_during_a_stream_of_webhooks_is_replaced_and_nothing_is_lost_or_doubled(
         make_cluster):
     cluster = make_cluster(EMBEDDED)
-    (started,) = _lines(cluster, "store_process_started")
+    started = _started(cluster)
     answers: dict[str, tuple[int, float, float]] = {}  # event id -> (status, seconds, posted at)
     answered = threading.Semaphore(0)
     after_restart = threading.Event()
@@ -115,7 +115,7 @@ assert HOLD_SECONDS < WEB_WAIT_SECONDS - 1.0
 def test_a_store_process_waiting_for_the_writers_turn_or_sqlites_lock_longer_than_the_threshold_is_not_killed(
         make_cluster):
     cluster = make_cluster(EMBEDDED)
-    (started,) = _lines(cluster, "store_process_started")
+    started = _started(cluster)
     database = cluster.database_url.removeprefix("sqlite:///")
     assert [_post(cluster, event_for("payment_intent.succeeded"))[0] for _ in range(3)] == [200] * 3
 
@@ -193,7 +193,7 @@ def _children_of(parent: int) -> list[int]:
 
 def test_only_the_master_holds_the_heartbeat_pipe_not_the_web_processes(make_cluster):
     cluster = make_cluster(EMBEDDED)
-    (started,) = _lines(cluster, "store_process_started")
+    started = _started(cluster)
     store_pid = started["pid"]
     arguments = open(f"/proc/{store_pid}/cmdline").read().split("\0")
     pipe = os.readlink(f"/proc/{store_pid}/fd/{arguments[arguments.index('--heartbeat-fd') + 1]}")

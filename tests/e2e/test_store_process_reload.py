@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from tests.backends import EMBEDDED
-from tests.e2e.test_store_process_faults import _alive, _lines, _stored_once_each
+from tests.e2e.test_store_process_faults import _alive, _lines, _started, _stored_once_each
 from tests.support import event_for
 
 pytestmark = pytest.mark.e2e
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 def test_a_reload_replaces_the_store_process_and_its_events_go_through_the_new_one(make_cluster):
     cluster = make_cluster(EMBEDDED)
-    (started,) = _lines(cluster, "store_process_started")
+    started = _started(cluster)
     before = [event_for("payment_intent.succeeded") for _ in range(10)]
     assert [cluster.post_event(event).status_code for event in before] == [200] * len(before)
 

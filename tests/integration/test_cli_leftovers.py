@@ -76,11 +76,25 @@ def test_a_relay_started_before_the_releases_migration_says_what_to_run_while_it
            "BROKER_URL": f"filesystem://{tmp_path / 'broker'}", "STAFF_ALERT_URL": ""}
     relay = subprocess.Popen([str(BIN / "shop"), "relay"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    lines: list[str] = []
+    first_wait = threading.Event()
+
+    def read() -> None:
+        for line in relay.stdout:
+            lines.append(line)
+            if '"relay_paused"' in line or '_failed"' in line:
+                first_wait.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        time.sleep(4)
+        # Until the relay has said it waits (its start takes seconds on a loaded machine), at most a minute.
+        first_wait.wait(60)
     finally:
         relay.send_signal(signal.SIGTERM)
-        said, _ = relay.communicate(timeout=30)
+        relay.wait(timeout=30)
+        reader.join(30)
+    said = "".join(lines)
     waiting = [line for line in said.splitlines() if '"relay_paused"' in line or '_failed"' in line]
     assert waiting, said
     fix = "the database has not this release's schema: run `shop db upgrade` (or correct DATABASE_URL)"

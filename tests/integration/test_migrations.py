@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import pytest
 from alembic import command
@@ -191,17 +192,24 @@ def test_0008_waits_for_a_transaction_holding_the_inbox_instead_of_queueing_the_
     else:
         holder.exec_driver_sql("SELECT count(*) FROM inbox_events").scalar_one()  # holds the writers' turn
     # At 5 s the first try (2 s) has timed out unless the migration took over 3 s to start.
-    release = threading.Timer(5.0, holder.rollback)
+    released_at: list[float] = []
+
+    def release_the_lock() -> None:
+        released_at.append(time.monotonic())  # before the ROLLBACK: the migration may go on the moment it ends
+        holder.rollback()
+
+    release = threading.Timer(5.0, release_the_lock)
     release.start()
     try:
         with caplog.at_level(logging.INFO, logger="alembic.runtime.migration"):
             command.downgrade(alembic_config(database_url), "0007")
-        waited = not holder.in_transaction()
+        finished_at = time.monotonic()
+        release.join(30)
     finally:
         release.cancel()
         holder.close()
         engine.dispose()
-    assert waited
+    assert released_at and finished_at > released_at[0]  # it waited for the holder
     if database_url.startswith("postgresql"):
         assert "inbox_events is locked by another transaction; trying again (2 of 5)" in caplog.text
         assert _payload_compression(database_url) == ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.errors import IllegalTransition
@@ -143,6 +143,7 @@ def test_paid_order_never_moves_back_to_payment_failed():
     assert order.payment_attempts == 0
 
 
+@settings(deadline=None)  # correctness, not speed: a loaded machine may stall one example
 @given(st.lists(st.sampled_from(sorted(METHODS, key=lambda s: s.value)), max_size=30))
 def test_once_paid_no_sequence_of_calls_reaches_payment_failed_or_pending_payment(calls):
     order = order_in(P)
