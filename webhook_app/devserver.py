@@ -133,6 +133,12 @@ def main() -> int:
         for child in children:
             if child.poll() is None:
                 child.terminate()
+        for child in children:  # gone before this returns: a `make run` started next finds the ports free
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 
@@ -41,6 +42,10 @@ def _run_and_demo(tmp_path, env, web, stripe_port, stock_after):
         run.send_signal(signal.SIGTERM)
         run.wait(30)
         log.close()
+    # Stopped means every process it started is gone, localstripe too: a `make run` started next binds its ports.
+    for port in (web, stripe_port):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers after make run stopped"
     output = (tmp_path / "run.log").read_text()
     assert f"http://127.0.0.1:{web}" in output and f"http://127.0.0.1:{stripe_port}" in output
     assert f"shop        http://127.0.0.1:{web}/" in output
