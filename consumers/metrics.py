@@ -8,13 +8,17 @@ deployment (`make run` uses instance/metrics). Without it each process reports i
 process keeps showing its counts.
 Database-wide figures (backlog, its oldest row's age and how overdue it is, dead letters, orders in review, staff
 alerts to POST again) are read at scrape time with queries that use the status indexes, never a scan of every event
-ever stored.
+ever stored, and waited for at most READ_WAIT_SECONDS: a silent database never holds the counters back.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
+import weakref
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import structlog
@@ -26,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
-from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus
+from models.events import EventStatus, InboxEvent, OutboxMessage, OutboxStatus, Topic
 from models.history import StaffAlert
 from models.logs import describe_error
 from models.orders import Order, OrderStatus
@@ -117,6 +121,11 @@ def observe_run_time(event_type: str, started: float) -> None:
     PROCESSING_SECONDS.labels(event_type).observe(time.monotonic() - started)
 
 
+# shop_events_processed_total's outcomes: a committed handler run's (its EventStatus) and a failed run's.
+OUTCOME_RETRY, OUTCOME_DEAD = "retry", "dead"
+EVENT_OUTCOMES = (EventStatus.PROCESSED.value, EventStatus.IGNORED.value, OUTCOME_RETRY, OUTCOME_DEAD)
+
+
 def observe_failed_delivery(topic: str, event_type: str | None, *, dead: bool) -> None:
     """A message that failed, scheduled again or dead-lettered (after its last attempt, or after
     MAX_DELIVERIES started copies). A stored event's counts under its type as well, so that
@@ -124,7 +133,7 @@ def observe_failed_delivery(topic: str, event_type: str | None, *, dead: bool) -
     shop_dead_letters_total of topic stripe_event."""
     (DEAD_LETTERS if dead else RETRIES).labels(topic).inc()
     if event_type is not None:
-        EVENTS.labels(event_type, "dead" if dead else "retry").inc()
+        EVENTS.labels(event_type, OUTCOME_DEAD if dead else OUTCOME_RETRY).inc()
 
 
 # Rejections before the event is read, under type "unverified" (internal_error too: a bug that fails a
@@ -136,35 +145,104 @@ UNVERIFIED_REJECTIONS = ("missing_signature", "invalid_signature", "invalid_payl
 EVENT_REJECTIONS = ("storage_unavailable", "internal_error")
 
 
-def _show_rejections_at_zero() -> None:
-    """Create the rejection series at 0 in the process that serves /metrics (not in every `shop` command):
-    the reasons above, those of an event read under every event type a handler is registered for."""
+def _show_series_at_zero() -> None:
+    """Create at 0, in the process that serves /metrics (not in every `shop` command), the series the alerts
+    read with increase(). A labelled series otherwise appears with its first count, at 1, and increase() over
+    a series first seen at 1 is 0: the first dead letter, the first ignored payment, the first rotated secret
+    after a start would never fire. In multiprocess mode the zeros are this process's file's, added to the
+    counts the other processes write. Created: the rejection reasons above, those of an event read under
+    every event type a handler is registered for; retries and dead letters of every topic; handler runs of
+    every handled type in each outcome, and its run-time and lag histograms."""
     from consumers.handlers import HANDLERS  # the registry, filled by the handlers' modules
 
     for reason in UNVERIFIED_REJECTIONS:
         WEBHOOKS.labels("unverified", "rejected", reason)
+    for topic in Topic:
+        RETRIES.labels(topic.value)
+        DEAD_LETTERS.labels(topic.value)
     for event_type in HANDLERS:
         for reason in EVENT_REJECTIONS:
             WEBHOOKS.labels(event_type, "rejected", reason)
+        for outcome in EVENT_OUTCOMES:
+            EVENTS.labels(event_type, outcome)
+        PROCESSING_SECONDS.labels(event_type)
+        LAG_SECONDS.labels(event_type)
+
+
+# How long a scrape waits for the database gauges: well inside Prometheus's default scrape timeout (10 s).
+READ_WAIT_SECONDS = 3.0
+
+
+class _LatestRead:
+    """The latest read of one database's gauges, running or ended, kept across scrapes (one read at a time)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reading: Future | None = None
+        self.since = 0.0
+
+
+# Keyed by the sessionmaker, and gone with it (an app disposed of; the tests build many).
+_LATEST_READS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LATEST_READS_LOCK = threading.Lock()
+
+
+def _read_of(sessions: sessionmaker[Session]) -> _LatestRead:
+    with _LATEST_READS_LOCK:
+        latest = _LATEST_READS.get(sessions)
+        if latest is None:
+            latest = _LATEST_READS[sessions] = _LatestRead()
+        return latest
 
 
 class DatabaseCollector:
     """Gauges read from the database at scrape time, each on an indexed status column, and
     shop_metrics_database_up: 1 when they were read; 0, and none of them, when the database did not answer
-    (the process's counters are still served, those that explain the outage among them)."""
+    (the process's counters are still served, those that explain the outage among them).
 
-    def __init__(self, sessions: sessionmaker[Session]):
+    A database that refuses answers at once; one that goes silent (a network partition, a frozen server) would
+    hold the scrape until TCP gives up, many minutes, and Prometheus, which times out first, would lose every
+    counter. So the gauges are read in a thread of their own and waited for `wait` seconds; one read at a time:
+    a scrape that finds the previous read still stuck waits for that one instead of starting another, which
+    would hold one more of the pool's connections for as long."""
+
+    def __init__(self, sessions: sessionmaker[Session], wait: float = READ_WAIT_SECONDS):
         self.sessions = sessions
+        self.wait = wait
+        self._latest = _read_of(sessions)  # shared by every scrape of this database in this process
 
     def collect(self):
-        try:
-            gauges = list(self._read())
-        except SQLAlchemyError as exc:
-            log.warning("metrics_database_unreadable", error=describe_error(exc))
-            gauges = []
+        gauges = self._gauges()
         yield GaugeMetricFamily("shop_metrics_database_up", "1 when this scrape read the database gauges, 0 when "
                                 "the database did not answer and they are left out", value=1 if gauges else 0)
         yield from gauges
+
+    def _gauges(self) -> list:
+        latest = self._latest
+        with latest.lock:
+            reading = latest.reading
+            if reading is None or reading.done():
+                reading = latest.reading = Future()
+                latest.since = time.monotonic()
+                threading.Thread(target=self._read_into, args=(reading,), name="metrics-database-read",
+                                 daemon=True).start()
+            since = latest.since
+        try:
+            return reading.result(timeout=self.wait)
+        except FutureTimeout:
+            log.warning("metrics_database_unanswered", waited_seconds=self.wait,
+                        reading_for_seconds=round(time.monotonic() - since, 1),
+                        hint="the database gauges are left out (shop_metrics_database_up 0); no other read "
+                             "starts until this one ends")
+        except SQLAlchemyError as exc:
+            log.warning("metrics_database_unreadable", error=describe_error(exc))
+        return []
+
+    def _read_into(self, reading: Future) -> None:
+        try:
+            reading.set_result(list(self._read()))
+        except Exception as exc:  # noqa: BLE001 (handed to the scrape that waits for it, raised there)
+            reading.set_exception(exc)
 
     def _read(self):
         now = utcnow()
@@ -225,7 +303,7 @@ class DatabaseCollector:
 def render(sessions: sessionmaker[Session]) -> bytes:
     """The text of GET /metrics: every process's counters (multiprocess mode) plus the database gauges
     (left out, with shop_metrics_database_up 0, when the database does not answer)."""
-    _show_rejections_at_zero()
+    _show_series_at_zero()
     registry = CollectorRegistry()
     if SHARED_FOLDER is not None:
         MultiProcessCollector(registry, path=str(SHARED_FOLDER))
