@@ -303,6 +303,18 @@ class DatabaseCollector:
 def render(sessions: sessionmaker[Session]) -> bytes:
     """The text of GET /metrics: every process's counters (multiprocess mode) plus the database gauges
     (left out, with shop_metrics_database_up 0, when the database does not answer)."""
+    registry = _counters()
+    registry.register(DatabaseCollector(sessions))
+    return generate_latest(registry)
+
+
+def render_counters() -> bytes:
+    """The counters alone: what `shop worker` and `shop relay` serve on METRICS_PORT (consumers.metrics_server)."""
+    return generate_latest(_counters())
+
+
+def _counters() -> CollectorRegistry:
+    """A registry of every process's counters (multiprocess mode), or this process's own, zeros included."""
     _show_series_at_zero()
     registry = CollectorRegistry()
     if SHARED_FOLDER is not None:
@@ -310,8 +322,7 @@ def render(sessions: sessionmaker[Session]) -> bytes:
     else:
         for metric in (WEBHOOKS, INGEST_SECONDS, EVENTS, PROCESSING_SECONDS, LAG_SECONDS, RETRIES, DEAD_LETTERS):
             registry.register(_Reader(metric))
-    registry.register(DatabaseCollector(sessions))
-    return generate_latest(registry)
+    return registry
 
 
 class _Reader:

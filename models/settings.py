@@ -44,6 +44,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "RELAY_INTERVAL_SECONDS": (0.01, 60),
     # RabbitMQ's basic.qos prefetch count is a 16-bit number.
     "WORKER_PREFETCH": (1, 65535),
+    # 0: no port of their own (the web's /metrics serves them, on a host with a web process).
+    "METRICS_PORT": (0, 65535),
     # 0 runs each message on its own, as 1 does.
     "WORKER_BATCH": (0, 1000),
     # SQLAlchemy reads a pool size of 0 and an overflow of -1 as "no limit".
@@ -326,6 +328,9 @@ class Settings:
     # RELAY_INTERVAL_SECONDS says.
     relay_interval_seconds: float = 0.2
     worker_prefetch: int = 10
+    # `shop worker` and `shop relay` serve their host's counters on this port (0: they do not; the web's
+    # /metrics does, from the host's shared folder): for a host that runs no web process.
+    metrics_port: int = 0
     # Messages a worker runs in one database transaction (one savepoint each); 1 for one each.
     # 20 here (SQLite); from the environment, 100 on PostgreSQL (WORKER_BATCH_POSTGRESQL) unless
     # WORKER_BATCH says.
@@ -380,6 +385,7 @@ class Settings:
             relay_interval_seconds=_float(env, "RELAY_INTERVAL_SECONDS", _on_postgresql(
                 database_url, RELAY_INTERVAL_POSTGRESQL, cls.relay_interval_seconds)),
             worker_prefetch=_int(env, "WORKER_PREFETCH", cls.worker_prefetch),
+            metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
             worker_batch=max(1, _int(env, "WORKER_BATCH", _on_postgresql(
                 database_url, WORKER_BATCH_POSTGRESQL, cls.worker_batch))),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),

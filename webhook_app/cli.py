@@ -289,26 +289,36 @@ def catalog_load(file):
 
 @shop.command()
 def worker():
-    """Consume the work queues and run each message through its handler (ack after commit)."""
+    """Consume the work queues and run each message through its handler (ack after commit).
+
+    With METRICS_PORT set, also serves its host's counters on GET /metrics at that port (a host with no web
+    process)."""
     from consumers.broker import refuse_unshared_transport
+    from consumers.metrics_server import serve_counters
     from consumers.payments import configure_stripe
     from consumers.worker import run_worker
 
     settings = _settings()
     refuse_unshared_transport(settings.broker_url)
     configure_stripe(settings)
+    serve_counters(settings.metrics_port, "worker")
     run_worker(settings)
 
 
 @shop.command()
 def relay():
     """Publish the outbox to the broker, re-publish lost messages, expire reservations, and POST again
-    staff alerts whose POST to STAFF_ALERT_URL failed."""
+    staff alerts whose POST to STAFF_ALERT_URL failed.
+
+    With METRICS_PORT set, also serves its host's counters on GET /metrics at that port (a host with no web
+    process)."""
     from consumers.broker import refuse_unshared_transport
+    from consumers.metrics_server import serve_counters
     from consumers.relay import run_relay
 
     settings = _settings()
     refuse_unshared_transport(settings.broker_url)
+    serve_counters(settings.metrics_port, "relay")
     run_relay(settings)
 
 
